@@ -1,0 +1,467 @@
+//! Metric analysis semantics, pure: a measured value becomes an outcome, outcomes fold into a run, a run into a verdict.
+//!
+//! The rules follow Argo Rollouts' AnalysisRun where users rely on them (`failureLimit` 0,
+//! `inconclusiveLimit` 0, `consecutiveErrorLimit` 4, errors retried every 10 s, both
+//! conditions set and neither matching = inconclusive, "no data" = inconclusive). One rule
+//! is deliberately safer: a metric past its consecutive-error limit does not abort the
+//! rollout (the provider being down is not evidence against the canary); the rollout holds,
+//! and the spec's progress deadline decides.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Analysis, ERROR_RETRY, Metric};
+
+/// How many measurements per metric are kept in the status (as Argo Rollouts).
+pub const RETAINED: usize = 10;
+
+/// What one measurement says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    Success,
+    Failure,
+    /// No data, NaN, or a value matching neither condition.
+    Inconclusive,
+    /// The measurement could not be taken (provider unreachable, query rejected).
+    Error,
+}
+
+/// One measurement of one metric.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Measurement {
+    pub at: DateTime<Utc>,
+    /// `None`: no data (empty result or NaN), or an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub outcome: Outcome,
+    /// Why, for inconclusive and error outcomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Judges a value the provider returned (`Ok(None)`: no data) against the metric's conditions.
+pub fn evaluate(
+    metric: &Metric,
+    taken: Result<Option<f64>, String>,
+    at: DateTime<Utc>,
+) -> Measurement {
+    let measurement = |value, outcome, message: Option<String>| Measurement {
+        at,
+        value,
+        outcome,
+        message,
+    };
+    let value = match taken {
+        Err(e) => return measurement(None, Outcome::Error, Some(e)),
+        Ok(None) => {
+            return measurement(None, Outcome::Inconclusive, Some("no data".into()));
+        }
+        Ok(Some(v)) if v.is_nan() => {
+            return measurement(None, Outcome::Inconclusive, Some("no data (NaN)".into()));
+        }
+        Ok(Some(v)) => v,
+    };
+    let failed = metric.failure.as_ref().map(|c| c.eval(value));
+    let succeeded = metric.success.as_ref().map(|c| c.eval(value));
+    let outcome = match (succeeded, failed) {
+        (_, Some(true)) => Outcome::Failure,
+        (Some(true), _) => Outcome::Success,
+        (Some(false), Some(false)) => Outcome::Inconclusive,
+        (Some(false), None) => Outcome::Failure,
+        (None, Some(false)) => Outcome::Success,
+        (None, None) => Outcome::Inconclusive,
+    };
+    let message = (outcome == Outcome::Inconclusive)
+        .then(|| "value matches neither condition".to_string());
+    measurement(Some(value), outcome, message)
+}
+
+/// The tallies of one metric within one analysis run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricState {
+    /// Measurements taken (errors excluded).
+    pub measured: u32,
+    pub successes: u32,
+    pub failures: u32,
+    pub inconclusives: u32,
+    pub errors: u32,
+    pub consecutive_errors: u32,
+    /// The last [`RETAINED`] measurements, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<Measurement>,
+}
+
+impl MetricState {
+    fn last_at(&self) -> Option<DateTime<Utc>> {
+        self.recent.last().map(|m| m.at)
+    }
+
+    fn record(&mut self, m: Measurement) {
+        match m.outcome {
+            Outcome::Error => {
+                self.errors += 1;
+                self.consecutive_errors += 1;
+            }
+            outcome => {
+                self.measured += 1;
+                self.consecutive_errors = 0;
+                match outcome {
+                    Outcome::Success => self.successes += 1,
+                    Outcome::Failure => self.failures += 1,
+                    _ => self.inconclusives += 1,
+                }
+            }
+        }
+        self.recent.push(m);
+        if self.recent.len() > RETAINED {
+            self.recent.remove(0);
+        }
+    }
+}
+
+/// One analysis run (a step's, or the background one) as recorded in the status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisState {
+    pub started_at: DateTime<Utc>,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, MetricState>,
+}
+
+impl AnalysisState {
+    pub fn new(started_at: DateTime<Utc>) -> Self {
+        AnalysisState {
+            started_at,
+            metrics: BTreeMap::new(),
+        }
+    }
+
+    /// Folds a measurement in. Measurements older than the run, or not newer than the
+    /// metric's last one, are ignored, so replaying inputs after a restart counts nothing twice.
+    pub fn record(&mut self, metric: &str, m: Measurement) -> bool {
+        if m.at < self.started_at {
+            return false;
+        }
+        let state = self.metrics.entry(metric.to_string()).or_default();
+        if state.last_at().is_some_and(|last| m.at <= last) {
+            return false;
+        }
+        state.record(m);
+        true
+    }
+}
+
+/// The numbers behind a verdict, for status files, commit messages and revert PRs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// One line a person can read in `git log --oneline`.
+    pub summary: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// The metric's recent values (no data as null).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<Option<f64>>,
+}
+
+impl Evidence {
+    pub fn text(summary: impl Into<String>) -> Self {
+        Evidence {
+            summary: summary.into(),
+            metric: None,
+            condition: None,
+            values: Vec::new(),
+        }
+    }
+}
+
+/// What an analysis run says now.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// Not finished; the next measurement is due at `next`.
+    Running { next: DateTime<Utc> },
+    /// Every metric reached its count without breaking a limit.
+    Passed,
+    /// A metric broke its failure limit.
+    Failed(Evidence),
+    /// A metric broke its inconclusive limit.
+    Inconclusive(Evidence),
+    /// A metric could not be measured more than its consecutive-error limit allows; hold.
+    /// The next attempt is due at `next`.
+    Stalled { evidence: Evidence, next: DateTime<Utc> },
+}
+
+/// Assesses a run against its spec at `now`.
+pub fn assess(spec: &Analysis, state: &AnalysisState, now: DateTime<Utc>) -> Verdict {
+    let empty = MetricState::default();
+    let mut next: Option<DateTime<Utc>> = None;
+    let mut inconclusive = None;
+    let mut stalled = None;
+    for metric in &spec.metrics {
+        let m = state.metrics.get(&metric.name).unwrap_or(&empty);
+        if m.failures > spec.failure_limit {
+            return Verdict::Failed(evidence(metric, m, "failed", m.failures, spec.failure_limit));
+        }
+        if m.inconclusives > spec.inconclusive_limit && inconclusive.is_none() {
+            inconclusive = Some(evidence(
+                metric,
+                m,
+                "was inconclusive",
+                m.inconclusives,
+                spec.inconclusive_limit,
+            ));
+        }
+        if spec.count.is_some_and(|c| m.measured >= c) {
+            continue;
+        }
+        let due = next_due(spec, state, m);
+        if m.consecutive_errors > spec.consecutive_error_limit && stalled.is_none() {
+            stalled = Some(evidence(
+                metric,
+                m,
+                "could not be measured",
+                m.consecutive_errors,
+                spec.consecutive_error_limit,
+            ));
+        }
+        next = Some(next.map_or(due, |n| n.min(due)));
+    }
+    let next = next.map(|n| n.max(now));
+    match (inconclusive, stalled, next) {
+        (Some(e), ..) => Verdict::Inconclusive(e),
+        (None, Some(evidence), Some(next)) => Verdict::Stalled { evidence, next },
+        (None, _, Some(next)) => Verdict::Running { next },
+        (None, _, None) => Verdict::Passed,
+    }
+}
+
+/// The metrics of `spec` due for a measurement at `now`.
+pub fn due(spec: &Analysis, state: &AnalysisState, now: DateTime<Utc>) -> Vec<String> {
+    let empty = MetricState::default();
+    spec.metrics
+        .iter()
+        .filter(|metric| {
+            let m = state.metrics.get(&metric.name).unwrap_or(&empty);
+            !spec.count.is_some_and(|c| m.measured >= c) && next_due(spec, state, m) <= now
+        })
+        .map(|metric| metric.name.clone())
+        .collect()
+}
+
+fn next_due(spec: &Analysis, state: &AnalysisState, m: &MetricState) -> DateTime<Utc> {
+    let first = state.started_at + spec.initial_delay;
+    let Some(last) = m.recent.last() else {
+        return first;
+    };
+    let gap = match (last.outcome, spec.interval) {
+        (Outcome::Error, Some(i)) => i.min(ERROR_RETRY),
+        (Outcome::Error, None) => ERROR_RETRY,
+        (_, Some(i)) => i,
+        // A single-measurement analysis that measured is done; this is never reached for it.
+        (_, None) => ERROR_RETRY,
+    };
+    last.at + gap
+}
+
+fn evidence(metric: &Metric, m: &MetricState, what: &str, n: u32, limit: u32) -> Evidence {
+    let values: Vec<Option<f64>> = m.recent.iter().map(|x| x.value).collect();
+    let condition = match (&metric.success, &metric.failure) {
+        (Some(s), Some(f)) => format!("success `{s}`, failure `{f}`"),
+        (Some(s), None) => format!("success `{s}`"),
+        (None, Some(f)) => format!("failure `{f}`"),
+        (None, None) => String::new(),
+    };
+    let last = m
+        .recent
+        .iter()
+        .rev()
+        .find_map(|x| x.value)
+        .map(|v| format!(" (last {})", short(v)))
+        .unwrap_or_default();
+    let why = m
+        .recent
+        .last()
+        .and_then(|x| x.message.as_deref())
+        .filter(|_| what != "failed")
+        .map(|msg| format!(": {msg}"))
+        .unwrap_or_default();
+    Evidence {
+        summary: format!(
+            "{} {what} {n} times, limit {limit}{last}{why}",
+            metric.name
+        ),
+        metric: Some(metric.name.clone()),
+        condition: (!condition.is_empty()).then_some(condition),
+        values,
+    }
+}
+
+/// A value short enough for a commit subject.
+pub fn short(v: f64) -> String {
+    if v == v.trunc() && v.abs() < 1e9 {
+        format!("{v:.0}")
+    } else if v.abs() >= 0.001 {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::ProviderKind;
+    use crate::spec::condition::Condition;
+    use chrono::TimeZone as _;
+    use std::time::Duration;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn metric(success: Option<&str>, failure: Option<&str>) -> Metric {
+        Metric {
+            name: "errors".into(),
+            provider: ProviderKind::Embedded,
+            query: "error_rate".into(),
+            success: success.map(|s| Condition::parse(s).unwrap()),
+            failure: failure.map(|s| Condition::parse(s).unwrap()),
+        }
+    }
+
+    fn spec(count: Option<u32>, failure_limit: u32) -> Analysis {
+        Analysis {
+            metrics: vec![metric(Some("result < 0.01"), None)],
+            interval: Some(Duration::from_secs(60)),
+            count,
+            initial_delay: Duration::from_secs(30),
+            failure_limit,
+            inconclusive_limit: 0,
+            consecutive_error_limit: 4,
+            on_inconclusive: Default::default(),
+        }
+    }
+
+    fn check_outcome(success: Option<&str>, failure: Option<&str>, v: Result<Option<f64>, &str>, want: Outcome) {
+        let m = evaluate(&metric(success, failure), v.map_err(str::to_string), t(0));
+        assert_eq!(m.outcome, want, "{success:?} {failure:?} {v:?}");
+    }
+
+    #[test]
+    fn outcomes_follow_the_conditions() {
+        use Outcome::*;
+        check_outcome(Some("result < 0.01"), None, Ok(Some(0.001)), Success);
+        check_outcome(Some("result < 0.01"), None, Ok(Some(0.5)), Failure);
+        check_outcome(None, Some("result > 0.05"), Ok(Some(0.01)), Success);
+        check_outcome(None, Some("result > 0.05"), Ok(Some(0.1)), Failure);
+        // Both set, neither matches: inconclusive (Argo Rollouts).
+        check_outcome(Some("result < 0.01"), Some("result > 0.05"), Ok(Some(0.03)), Inconclusive);
+        // Failure wins when both match.
+        check_outcome(Some("result < 1"), Some("result > 0"), Ok(Some(0.5)), Failure);
+        // No data is never a pass.
+        check_outcome(Some("result < 0.01"), None, Ok(None), Inconclusive);
+        check_outcome(Some("result < 0.01"), None, Ok(Some(f64::NAN)), Inconclusive);
+        check_outcome(Some("result < 0.01"), None, Err("connection refused"), Error);
+    }
+
+    fn run(outcomes: &[(i64, Outcome)]) -> AnalysisState {
+        let mut s = AnalysisState::new(t(0));
+        for &(at, o) in outcomes {
+            let value = (o != Outcome::Error).then_some(0.5);
+            s.record("errors", Measurement { at: t(at), value, outcome: o, message: None });
+        }
+        s
+    }
+
+    #[test]
+    fn verdicts_follow_limits() {
+        use Outcome::*;
+        // Nothing measured yet: first measurement after the initial delay.
+        assert_eq!(assess(&spec(Some(3), 0), &run(&[]), t(0)), Verdict::Running { next: t(30) });
+        assert_eq!(due(&spec(Some(3), 0), &run(&[]), t(29)), Vec::<String>::new());
+        assert_eq!(due(&spec(Some(3), 0), &run(&[]), t(30)), vec!["errors".to_string()]);
+        // Two successes of three: next one an interval later.
+        assert_eq!(
+            assess(&spec(Some(3), 0), &run(&[(30, Success), (90, Success)]), t(100)),
+            Verdict::Running { next: t(150) }
+        );
+        // Count reached: passed.
+        assert_eq!(
+            assess(&spec(Some(3), 0), &run(&[(30, Success), (90, Success), (150, Success)]), t(150)),
+            Verdict::Passed
+        );
+        // failureLimit 0: the first failure fails the run.
+        assert!(matches!(assess(&spec(Some(3), 0), &run(&[(30, Failure)]), t(30)), Verdict::Failed(_)));
+        // failureLimit 1: one failure is tolerated, the second is not.
+        assert!(matches!(assess(&spec(Some(3), 1), &run(&[(30, Failure)]), t(30)), Verdict::Running { .. }));
+        assert!(matches!(
+            assess(&spec(Some(3), 1), &run(&[(30, Failure), (90, Failure)]), t(90)),
+            Verdict::Failed(_)
+        ));
+        // Inconclusive over its limit.
+        assert!(matches!(assess(&spec(Some(3), 0), &run(&[(30, Inconclusive)]), t(30)), Verdict::Inconclusive(_)));
+        // Background (no count) never passes.
+        assert!(matches!(
+            assess(&spec(None, 0), &run(&[(30, Success), (90, Success), (150, Success)]), t(150)),
+            Verdict::Running { .. }
+        ));
+    }
+
+    #[test]
+    fn errors_retry_fast_and_stall_past_the_limit() {
+        use Outcome::*;
+        // An error is retried after 10 s, not the 60 s interval.
+        assert_eq!(assess(&spec(Some(3), 0), &run(&[(30, Error)]), t(31)), Verdict::Running { next: t(40) });
+        // Four errors in a row are tolerated, the fifth stalls the run; it is not a failure.
+        let four = run(&[(30, Error), (40, Error), (50, Error), (60, Error)]);
+        assert!(matches!(assess(&spec(Some(3), 0), &four, t(60)), Verdict::Running { .. }));
+        let five = run(&[(30, Error), (40, Error), (50, Error), (60, Error), (70, Error)]);
+        match assess(&spec(Some(3), 0), &five, t(70)) {
+            Verdict::Stalled { evidence, next } => {
+                assert_eq!(next, t(80));
+                assert!(evidence.summary.contains("could not be measured 5 times, limit 4"), "{evidence:?}");
+            }
+            v => panic!("{v:?}"),
+        }
+        // A success resets the streak.
+        let back = run(&[(30, Error), (40, Error), (50, Error), (60, Error), (70, Error), (80, Success)]);
+        assert!(matches!(assess(&spec(Some(3), 0), &back, t(80)), Verdict::Running { .. }));
+    }
+
+    #[test]
+    fn replayed_measurements_count_once() {
+        let mut s = AnalysisState::new(t(0));
+        let m = Measurement { at: t(30), value: Some(0.0), outcome: Outcome::Success, message: None };
+        assert!(s.record("errors", m.clone()));
+        assert!(!s.record("errors", m));
+        let old = Measurement { at: t(-5), value: Some(0.0), outcome: Outcome::Success, message: None };
+        assert!(!s.record("errors", old));
+        assert_eq!(s.metrics["errors"].measured, 1);
+    }
+
+    #[test]
+    fn evidence_names_metric_values_and_limit() {
+        let s = run(&[(30, Outcome::Failure)]);
+        let Verdict::Failed(e) = assess(&spec(Some(3), 0), &s, t(30)) else { panic!() };
+        assert_eq!(e.summary, "errors failed 1 times, limit 0 (last 0.5)");
+        assert_eq!(e.condition.as_deref(), Some("success `result < 0.01`"));
+        assert_eq!(e.values, vec![Some(0.5)]);
+    }
+
+    #[test]
+    fn short_values() {
+        assert_eq!(short(0.25), "0.25");
+        assert_eq!(short(42.0), "42");
+        assert_eq!(short(0.0001234), "1.23e-4");
+        assert_eq!(short(0.1), "0.1");
+    }
+}

@@ -1,0 +1,48 @@
+//! canaryd: a GitOps canary-release controller.
+//!
+//! # Codemap
+//!
+//! The decision is pure; I/O lives at the edges.
+//!
+//! - [`spec`]: the documents users write (`Rollout`, `Router`, `MetricTemplate`), exactly as
+//!   YAML spells them; serde reads them and schemars turns them into `schemas/`.
+//!   [`spec::condition`] is the `result < 0.01` language, [`spec::duration`] the `5m` one.
+//! - [`yaml`]: bounded reading of YAML files into documents, with a map from field path to
+//!   line and column.
+//! - [`validate`]: raw documents → [`model`] types, collecting every problem as a
+//!   [`diag::Diagnostic`] (file, line, column, field, help). `canaryd lint` runs only this.
+//! - [`model`]: validated rollouts (`Weight` in 0..=100, parsed durations, resolved
+//!   templates), the [`model::Revision`] that identifies what is rolled out, and the traffic
+//!   types ([`model::Traffic`] desired, [`model::Observed`] live).
+//! - [`progress`]: the state machine of a rollout; serialised, it is the status file in Git.
+//! - [`analysis`]: metric semantics: value → outcome → run → verdict.
+//! - [`plan`]: the planner, `plan(spec, recorded status, live weights, measurements, gates,
+//!   now) → Plan`. The daemon executes plans; `canaryd plan` prints them.
+//! - [`repo`]: finds and reads spec files on disk (the only module here touching the file
+//!   system), and [`live`] reads a live-weights file for `canaryd plan`.
+//! - [`report`]: what `lint` and `plan` print, human or JSON.
+//! - [`schema`]: JSON Schema generation for `schemas/`.
+//!
+//! # Invariants
+//!
+//! - `spec`, `yaml`, `validate`, `model`, `progress`, `analysis` and `plan` do no I/O and never
+//!   read the clock: time comes in as `now`. They cannot fail except by returning values.
+//! - The planner never emits a canary weight that the current spec's steps do not name, other
+//!   than 0 and 100 (a property test checks this).
+//! - Nothing below `main` reads the environment; configuration is parsed once and passed down.
+//! - Secrets never appear in specs: router and forge credentials are named by environment
+//!   variable or file.
+
+pub mod analysis;
+pub mod diag;
+pub mod live;
+pub mod model;
+pub mod plan;
+pub mod progress;
+pub mod repo;
+pub mod report;
+pub mod schema;
+pub mod spec;
+pub mod templates;
+pub mod validate;
+pub mod yaml;

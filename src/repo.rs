@@ -1,0 +1,208 @@
+//! Finding and reading spec files, status files and the controller configuration on disk.
+//!
+//! The one place of the spec side that touches the file system. Oversized files are refused
+//! from their metadata, before a byte is read.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::diag::{Diagnostic, Position};
+use crate::model::Catalog;
+use crate::progress::Status;
+use crate::spec::RouterSpec;
+use crate::validate::{self, Known, Source};
+use crate::yaml::MAX_FILE_BYTES;
+
+/// Name of the file that lists paths to skip when walking a directory (one per line,
+/// relative to that directory; `#` starts a comment). `examples/` uses it to keep its
+/// deliberately invalid specs out of `canaryd lint examples/`.
+pub const IGNORE_FILE: &str = ".canarydignore";
+
+/// Errors that stop a command from running at all (exit 2), as opposed to findings.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("path {path} does not exist")]
+    NotFound { path: PathBuf },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("controller configuration {path} is invalid: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("status file {path} is invalid: {message}")]
+    Status { path: PathBuf, message: String },
+}
+
+/// Spec files read from disk, and the problems met reading them.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub sources: Vec<Source>,
+    pub diags: Vec<Diagnostic>,
+    /// Files that could not be read at all.
+    pub broken: Vec<String>,
+}
+
+/// Reads every `*.yaml`/`*.yml` under `paths` (files or directories, recursively, sorted,
+/// skipping hidden entries and what `.canarydignore` lists). File names in diagnostics are
+/// shown relative to `base` when under it.
+pub fn load(paths: &[PathBuf], base: Option<&Path>) -> Result<Loaded, RepoError> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.exists() {
+            return Err(RepoError::NotFound { path: path.clone() });
+        }
+        if path.is_dir() {
+            walk(path, path, &ignored(path), &mut files)?;
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut loaded = Loaded::default();
+    for path in files {
+        let shown = base
+            .and_then(|b| path.strip_prefix(b).ok())
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        match read_bounded(&path) {
+            Ok(text) => loaded.sources.push(Source { file: shown, text }),
+            Err(message) => {
+                loaded.diags.push(
+                    Diagnostic::error(&shown, Position { line: 1, column: 1 }, "", message.0)
+                        .with_help(message.1),
+                );
+                loaded.broken.push(shown);
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+/// Reads and validates the specs under `paths`.
+pub fn catalog(
+    paths: &[PathBuf],
+    base: Option<&Path>,
+    known: &Known,
+) -> Result<(Catalog, Vec<Diagnostic>, Vec<Source>), RepoError> {
+    let loaded = load(paths, base)?;
+    let (mut catalog, mut diags) = validate::validate(&loaded.sources, known);
+    catalog.broken_files.extend(loaded.broken);
+    diags.extend(loaded.diags);
+    diags.sort_by(|a, b| (a.file.as_str(), a.position).cmp(&(b.file.as_str(), b.position)));
+    Ok((catalog, diags, loaded.sources))
+}
+
+fn read_bounded(path: &Path) -> Result<String, (String, String)> {
+    let size = fs::metadata(path)
+        .map_err(|e| (format!("cannot read file: {e}"), "check permissions".to_string()))?
+        .len();
+    if size > MAX_FILE_BYTES {
+        return Err((
+            format!(
+                "file is {:.1} MiB; spec files are limited to {} MiB",
+                size as f64 / (1024.0 * 1024.0),
+                MAX_FILE_BYTES / (1024 * 1024)
+            ),
+            "split it, or list it in .canarydignore if it is not a spec".to_string(),
+        ));
+    }
+    let bytes = fs::read(path)
+        .map_err(|e| (format!("cannot read file: {e}"), "check permissions".to_string()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        (
+            format!("file is not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            "save it as UTF-8".to_string(),
+        )
+    })
+}
+
+fn ignored(dir: &Path) -> Vec<PathBuf> {
+    fs::read_to_string(dir.join(IGNORE_FILE))
+        .map(|text| {
+            text.lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim())
+                .filter(|l| !l.is_empty())
+                .map(|l| dir.join(l.trim_end_matches('/')))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn walk(root: &Path, dir: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) -> Result<(), RepoError> {
+    let read = |e| RepoError::Read {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(read)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(read)?;
+    entries.sort();
+    for path in entries {
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden || skip.iter().any(|s| path.starts_with(s)) {
+            continue;
+        }
+        if path.is_dir() {
+            walk(root, &path, skip, out)?;
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            out.push(path);
+        }
+    }
+    let _ = root;
+    Ok(())
+}
+
+/// The parts of the controller's configuration file that specs can reference.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// Routers by name, as in a `kind: Router` document's `spec`.
+    #[serde(default)]
+    pub routers: BTreeMap<String, RouterSpec>,
+}
+
+impl Config {
+    pub fn read(path: &Path) -> Result<Config, RepoError> {
+        let text = fs::read_to_string(path).map_err(|e| RepoError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        serde_saphyr::from_str(&text).map_err(|e| RepoError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn known(&self) -> Known {
+        Known {
+            routers: self.routers.keys().cloned().collect(),
+        }
+    }
+}
+
+/// Reads the recorded status of `rollout` from `dir/<rollout>.yaml`; a new status when absent.
+pub fn read_status(dir: &Path, rollout: &str) -> Result<Status, RepoError> {
+    let path = dir.join(format!("{rollout}.yaml"));
+    match fs::read_to_string(&path) {
+        Ok(text) => serde_saphyr::from_str(&text).map_err(|e| RepoError::Status {
+            path,
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Status::new(rollout)),
+        Err(e) => Err(RepoError::Read { path, source: e }),
+    }
+}

@@ -1,0 +1,996 @@
+//! Validation: raw YAML documents in, validated [`Catalog`] out, with every problem collected as a [`Diagnostic`].
+//!
+//! This phase is pure (text in, values out); `lint` runs only this. It never stops at the first
+//! problem: each document is checked on its own, and within a rollout every field is checked,
+//! so one run of `canaryd lint` lists everything to fix.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::diag::{Diagnostic, Position};
+use crate::model::{
+    self, Analysis, Backend, Catalog, Metric, Revision, RollbackPolicy, Rollout, Step, Target,
+    Weight, Window,
+};
+use crate::spec::condition::Condition;
+use crate::spec::duration::{self, DURATION_HELP};
+use crate::spec::{self, DocKind, RolloutSpec};
+use crate::templates;
+use crate::yaml::{self, Document, PathMap};
+
+/// One spec file's contents.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// Path relative to the repository (or as given on the command line).
+    pub file: String,
+    pub text: String,
+}
+
+/// What the controller's own configuration defines, which specs may reference.
+#[derive(Clone, Debug, Default)]
+pub struct Known {
+    pub routers: BTreeSet<String>,
+}
+
+/// Default hold of a shorthand weight, as Flagger's `analysis.interval`.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// Default progress deadline, as Argo Rollouts and Flagger (600 s).
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+/// Default hold of each weight in a stepped rollback.
+const DEFAULT_ROLLBACK_INTERVAL: Duration = Duration::from_secs(30);
+/// Default consecutive-error limit, as Argo Rollouts.
+const DEFAULT_CONSECUTIVE_ERRORS: u32 = 4;
+
+const WEIGHT_HELP: &str = "weights are the percentage of requests sent to the canary, 0 to 100";
+
+/// Validates every document of every source. Returns what is usable and every problem found.
+pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let mut catalog = Catalog::default();
+    let mut parsed: Vec<(&Source, Document)> = Vec::new();
+
+    for source in sources {
+        let (docs, problems) = yaml::documents(&source.file, &source.text);
+        if problems.is_empty() {
+            parsed.extend(docs.into_iter().map(|d| (source, d)));
+            continue;
+        }
+        // The file is unreadable past some point: hold every rollout it (partly) names.
+        let lines: Vec<String> = problems.iter().map(Diagnostic::one_line).collect();
+        for doc in &docs {
+            if doc.kind.as_deref() == Some("Rollout")
+                && let Some(name) = &doc.name
+            {
+                catalog
+                    .invalid
+                    .entry(name.clone())
+                    .or_default()
+                    .extend(lines.clone());
+            }
+        }
+        catalog.broken_files.push(source.file.clone());
+        diags.extend(problems);
+    }
+
+    // Pass 1: routers and metric templates, which rollouts reference.
+    let mut routers: BTreeMap<String, (String, Position)> = BTreeMap::new();
+    let mut templates: BTreeMap<String, (spec::MetricTemplateSpec, String, Position)> =
+        BTreeMap::new();
+    let mut rollout_docs = Vec::new();
+    for (source, doc) in &parsed {
+        let file = source.file.as_str();
+        let Some(kind) = document_kind(file, doc, &mut diags) else {
+            continue;
+        };
+        match kind {
+            DocKind::Rollout => rollout_docs.push((*source, doc)),
+            DocKind::Router => {
+                let Ok(r) = doc.deserialize::<spec::RouterDoc>(file).map_err(|d| diags.push(*d))
+                else {
+                    continue;
+                };
+                let mut cx = Cx::new(file, &doc.paths, &mut diags);
+                if check_name(&mut cx, &r.metadata.name)
+                    && let Some(first) =
+                        duplicate(&mut cx, "router", &r.metadata.name, &routers)
+                {
+                    let _ = first;
+                } else {
+                    routers.insert(
+                        r.metadata.name.clone(),
+                        (file.to_string(), doc.paths.value("metadata.name")),
+                    );
+                }
+            }
+            DocKind::MetricTemplate => {
+                let Ok(t) = doc
+                    .deserialize::<spec::MetricTemplateDoc>(file)
+                    .map_err(|d| diags.push(*d))
+                else {
+                    continue;
+                };
+                let mut cx = Cx::new(file, &doc.paths, &mut diags);
+                let ok = check_name(&mut cx, &t.metadata.name);
+                for (field, text) in [
+                    ("spec.successCondition", &t.spec.success_condition),
+                    ("spec.failureCondition", &t.spec.failure_condition),
+                ] {
+                    if let Some(text) = text {
+                        condition(&mut cx, field, text);
+                    }
+                }
+                if ok
+                    && duplicate(&mut cx, "metric template", &t.metadata.name, &templates)
+                        .is_none()
+                {
+                    templates.insert(
+                        t.metadata.name.clone(),
+                        (t.spec, file.to_string(), doc.paths.value("metadata.name")),
+                    );
+                }
+            }
+        }
+    }
+
+    // Pass 2: rollouts.
+    let refs = Refs {
+        routers: routers
+            .keys()
+            .cloned()
+            .chain(known.routers.iter().cloned())
+            .collect(),
+        templates: templates
+            .iter()
+            .map(|(k, (t, _, _))| (k.clone(), t.clone()))
+            .collect(),
+    };
+    let mut seen: BTreeMap<String, (String, Position)> = BTreeMap::new();
+    let mut valid: BTreeMap<String, Rollout> = BTreeMap::new();
+    for (source, doc) in rollout_docs {
+        let file = source.file.as_str();
+        let before = diags.len();
+        let rollout = doc
+            .deserialize::<spec::RolloutDoc>(file)
+            .map_err(|d| diags.push(*d))
+            .ok()
+            .and_then(|raw| {
+                let mut cx = Cx::new(file, &doc.paths, &mut diags);
+                rollout(&mut cx, &raw, &refs)
+            });
+        let errors: Vec<String> = diags[before..]
+            .iter()
+            .filter(|d| d.is_error())
+            .map(Diagnostic::one_line)
+            .collect();
+        let Some(name) = rollout.as_ref().map(|r| r.name.clone()).or(doc.name.clone()) else {
+            continue;
+        };
+        let here = (file.to_string(), doc.paths.value("metadata.name"));
+        if let Some((first_file, first_pos)) = seen.get(&name) {
+            let d = Diagnostic::error(
+                file,
+                here.1,
+                "metadata.name",
+                format!("rollout `{name}` is defined twice"),
+            )
+            .with_help(format!(
+                "first defined at {first_file}:{}:{}; rollout names must be unique across the \
+                 repository, since each has one status file",
+                first_pos.line, first_pos.column
+            ));
+            let line = d.one_line();
+            diags.push(d);
+            // Neither copy can be trusted to say what is desired.
+            valid.remove(&name);
+            catalog.invalid.entry(name).or_default().push(line);
+            continue;
+        }
+        seen.insert(name.clone(), here);
+        match rollout {
+            Some(r) if errors.is_empty() => {
+                valid.insert(name, r);
+            }
+            _ => catalog.invalid.entry(name).or_default().extend(errors),
+        }
+    }
+    catalog.rollouts = valid
+        .into_values()
+        .filter(|r| !catalog.invalid.contains_key(&r.name))
+        .collect();
+    diags.sort_by(|a, b| {
+        (a.file.as_str(), a.position).cmp(&(b.file.as_str(), b.position))
+    });
+    (catalog, diags)
+}
+
+/// References a rollout may make.
+struct Refs {
+    routers: BTreeSet<String>,
+    templates: BTreeMap<String, spec::MetricTemplateSpec>,
+}
+
+/// The file and path map of the document being checked, and where problems go.
+struct Cx<'a> {
+    file: &'a str,
+    paths: &'a PathMap,
+    diags: &'a mut Vec<Diagnostic>,
+    errors: usize,
+}
+
+impl<'a> Cx<'a> {
+    fn new(file: &'a str, paths: &'a PathMap, diags: &'a mut Vec<Diagnostic>) -> Self {
+        Cx {
+            file,
+            paths,
+            diags,
+            errors: 0,
+        }
+    }
+
+    fn error(&mut self, field: &str, message: impl Into<String>, help: impl Into<String>) {
+        self.errors += 1;
+        self.diags.push(
+            Diagnostic::error(self.file, self.paths.value(field), field, message).with_help(help),
+        );
+    }
+
+    fn warn(&mut self, field: &str, message: impl Into<String>, help: impl Into<String>) {
+        self.diags.push(
+            Diagnostic::warning(self.file, self.paths.value(field), field, message)
+                .with_help(help),
+        );
+    }
+}
+
+fn document_kind(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option<DocKind> {
+    let kinds = || {
+        DocKind::ALL
+            .iter()
+            .map(|k| format!("`{}`", k.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match doc.kind.as_deref() {
+        Some(k) => {
+            let found = DocKind::parse(k);
+            if found.is_none() {
+                diags.push(
+                    Diagnostic::error(file, doc.paths.value("kind"), "kind", format!("unknown kind `{k}`"))
+                        .with_help(format!("canaryd reads documents of kind {}", kinds())),
+                );
+            }
+            found
+        }
+        None => {
+            diags.push(
+                Diagnostic::error(file, doc.start, "kind", "document has no `kind`").with_help(
+                    format!(
+                        "start each document with `apiVersion: {}` and a `kind:` ({})",
+                        spec::API_VERSION,
+                        kinds()
+                    ),
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Names become file and branch names: DNS labels only.
+fn check_name(cx: &mut Cx<'_>, name: &str) -> bool {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !ok {
+        cx.error(
+            "metadata.name",
+            format!("name `{name}` is not a DNS label"),
+            "use lowercase letters, digits and `-`, at most 63 characters, e.g. `checkout-api`",
+        );
+    }
+    ok
+}
+
+/// Reports a duplicate name; returns where the first one is.
+fn duplicate<T>(
+    cx: &mut Cx<'_>,
+    what: &str,
+    name: &str,
+    seen: &BTreeMap<String, T>,
+) -> Option<()>
+where
+    T: DupSite,
+{
+    let (file, pos) = seen.get(name)?.site();
+    cx.error(
+        "metadata.name",
+        format!("{what} `{name}` is defined twice"),
+        format!("first defined at {file}:{}:{}", pos.line, pos.column),
+    );
+    Some(())
+}
+
+trait DupSite {
+    fn site(&self) -> (&str, Position);
+}
+impl DupSite for (String, Position) {
+    fn site(&self) -> (&str, Position) {
+        (&self.0, self.1)
+    }
+}
+impl DupSite for (spec::MetricTemplateSpec, String, Position) {
+    fn site(&self) -> (&str, Position) {
+        (&self.1, self.2)
+    }
+}
+
+fn dur(cx: &mut Cx<'_>, field: &str, text: &str) -> Option<Duration> {
+    match duration::parse(text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            cx.error(field, format!("bad duration: {e}"), DURATION_HELP);
+            None
+        }
+    }
+}
+
+fn weight(cx: &mut Cx<'_>, field: &str, n: i64) -> Option<Weight> {
+    let w = Weight::new(n);
+    if w.is_none() {
+        cx.error(field, format!("weight {n} is out of range"), WEIGHT_HELP);
+    }
+    w
+}
+
+fn condition(cx: &mut Cx<'_>, field: &str, text: &str) -> Option<Condition> {
+    match Condition::parse(text) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            let column_hint = format!("at character {} of `{}`", e.offset + 1, text.trim());
+            cx.error(
+                field,
+                format!("bad condition: {} ({column_hint})", e.message),
+                e.help,
+            );
+            None
+        }
+    }
+}
+
+fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollout> {
+    let start_errors = cx.errors;
+    check_name(cx, &raw.metadata.name);
+    let s = &raw.spec;
+
+    let target = target(cx, s, refs);
+    let steps = steps(cx, s, refs);
+    let background = s
+        .analysis
+        .as_ref()
+        .and_then(|a| analysis(cx, "spec.analysis", a, refs, true));
+    let rollback = match &s.rollback {
+        None => Some(RollbackPolicy::Immediate),
+        Some(r) => match r.mode.unwrap_or_default() {
+            spec::RollbackMode::Immediate => {
+                if r.interval.is_some() {
+                    cx.warn(
+                        "spec.rollback.interval",
+                        "`interval` has no effect on an immediate rollback",
+                        "remove it, or set `mode: stepped`",
+                    );
+                }
+                Some(RollbackPolicy::Immediate)
+            }
+            spec::RollbackMode::Stepped => match &r.interval {
+                None => Some(RollbackPolicy::Stepped(DEFAULT_ROLLBACK_INTERVAL)),
+                Some(t) => dur(cx, "spec.rollback.interval", t).map(RollbackPolicy::Stepped),
+            },
+        },
+    };
+    let deadline = match &s.progress_deadline {
+        None => Some(DEFAULT_DEADLINE),
+        Some(t) => dur(cx, "spec.progressDeadline", t).and_then(|d| {
+            if d.is_zero() {
+                cx.error(
+                    "spec.progressDeadline",
+                    "progress deadline is zero",
+                    "give the rollout time to make progress, e.g. `10m`",
+                );
+                None
+            } else {
+                Some(d)
+            }
+        }),
+    };
+    let window = s.window.as_ref().and_then(|w| window(cx, w));
+
+    if cx.errors > start_errors {
+        return None;
+    }
+    let target = target?;
+    let revision = Revision::of(&target, s.retry.unwrap_or(0));
+    Some(Rollout {
+        name: raw.metadata.name.clone(),
+        file: cx.file.to_string(),
+        targets: vec![target],
+        revision,
+        steps: steps?,
+        background,
+        rollback: rollback?,
+        progress_deadline: deadline?,
+        deadline_abort: s.progress_deadline_abort.unwrap_or(true),
+        window,
+        on_drift: s.on_drift.unwrap_or_default(),
+    })
+}
+
+fn target(cx: &mut Cx<'_>, s: &RolloutSpec, refs: &Refs) -> Option<Target> {
+    let mut ok = true;
+    if !refs.routers.contains(&s.router) {
+        let known = if refs.routers.is_empty() {
+            "none is defined: add a `kind: Router` document or define it in the controller's \
+             configuration"
+                .to_string()
+        } else {
+            format!(
+                "known routers: {}",
+                refs.routers.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        };
+        cx.error(
+            "spec.router",
+            format!("unknown router `{}`", s.router),
+            known,
+        );
+        ok = false;
+    }
+    for (field, value) in [
+        ("spec.service", &s.service),
+        ("spec.stable.name", &s.stable.name),
+    ] {
+        if value.trim().is_empty() {
+            cx.error(field, "must not be empty", "name it as the router knows it");
+            ok = false;
+        }
+    }
+    let stable = Backend {
+        name: s.stable.name.clone(),
+        version: s.stable.version.clone(),
+    };
+    let canary = match &s.canary {
+        None => None,
+        Some(c) if c.name == s.stable.name && c.version == s.stable.version => None,
+        Some(c) if c.name == s.stable.name => {
+            cx.error(
+                "spec.canary.name",
+                format!("canary and stable are the same backend `{}`", c.name),
+                "traffic is split between two backends on the router: point the canary at the \
+                 other one (e.g. `blue`/`green`), and record what it runs in `version`",
+            );
+            ok = false;
+            None
+        }
+        Some(c) if c.name.trim().is_empty() => {
+            cx.error("spec.canary.name", "must not be empty", "name it as the router knows it");
+            ok = false;
+            None
+        }
+        Some(c) => Some(Backend {
+            name: c.name.clone(),
+            version: c.version.clone(),
+        }),
+    };
+    ok.then(|| Target {
+        router: s.router.clone(),
+        service: s.service.clone(),
+        stable,
+        canary,
+    })
+}
+
+fn steps(cx: &mut Cx<'_>, s: &RolloutSpec, refs: &Refs) -> Option<Vec<Step>> {
+    let shorthand = s.step_weight.is_some() || s.step_weights.is_some();
+    match (&s.steps, shorthand) {
+        (Some(_), true) => {
+            let field = if s.step_weight.is_some() {
+                "spec.stepWeight"
+            } else {
+                "spec.stepWeights"
+            };
+            cx.error(
+                field,
+                "both `steps` and the shorthand are given",
+                "use either an explicit `steps` list or `stepWeight`/`stepWeights` with \
+                 `maxWeight` and `interval`, not both",
+            );
+            None
+        }
+        (Some(list), false) => {
+            for field in ["spec.maxWeight", "spec.interval"] {
+                if cx.paths.contains(field) {
+                    cx.warn(
+                        field,
+                        format!("`{}` only applies to the shorthand", &field[5..]),
+                        "with an explicit `steps` list, hold weights with `pause` steps",
+                    );
+                }
+            }
+            explicit_steps(cx, list, refs)
+        }
+        (None, true) => shorthand_steps(cx, s),
+        (None, false) => {
+            cx.error(
+                "spec",
+                "the rollout has no steps",
+                "add `steps:` (e.g. `- setWeight: 10`, `- pause: {duration: 5m}`) or the \
+                 shorthand `stepWeight: 10` with `maxWeight` and `interval`",
+            );
+            None
+        }
+    }
+}
+
+fn explicit_steps(cx: &mut Cx<'_>, list: &[spec::Step], refs: &Refs) -> Option<Vec<Step>> {
+    if list.is_empty() {
+        cx.error(
+            "spec.steps",
+            "the step list is empty",
+            "add at least one step, e.g. `- setWeight: 10`; promotion follows the last step",
+        );
+        return None;
+    }
+    let mut out = Vec::with_capacity(list.len());
+    let mut last: Option<(Weight, String)> = None;
+    let mut ok = true;
+    for (i, step) in list.iter().enumerate() {
+        let base = format!("spec.steps[{i}]");
+        let step = match step {
+            spec::Step::SetWeight(n) => {
+                let field = format!("{base}.setWeight");
+                let Some(w) = weight(cx, &field, *n) else {
+                    ok = false;
+                    continue;
+                };
+                if let Some((prev, prev_field)) = &last {
+                    if w < *prev {
+                        cx.error(
+                            &field,
+                            format!("weight {} is lower than the {} before it", w.get(), prev.get()),
+                            format!(
+                                "canary weights only grow during a rollout ({prev_field} sets {}); \
+                                 to send traffic back, revert the change instead",
+                                prev.get()
+                            ),
+                        );
+                        ok = false;
+                    } else if w == *prev {
+                        cx.warn(
+                            &field,
+                            format!("weight {} repeats the step before it", w.get()),
+                            "remove the repeated step, or use `pause` to hold a weight",
+                        );
+                    }
+                }
+                last = Some((w, field));
+                Step::SetWeight(w)
+            }
+            spec::Step::Pause(p) => match &p.duration {
+                None => Step::Pause(None),
+                Some(t) => match dur(cx, &format!("{base}.pause.duration"), t) {
+                    Some(d) => Step::Pause(Some(d)),
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                },
+            },
+            spec::Step::Analysis(a) => match analysis(cx, &format!("{base}.analysis"), a, refs, false) {
+                Some(a) => Step::Analysis(a),
+                None => {
+                    ok = false;
+                    continue;
+                }
+            },
+        };
+        out.push(step);
+    }
+    ok.then_some(out)
+}
+
+/// Expands Flagger's shorthand. Unlike Flagger, the last weight never overshoots `maxWeight`:
+/// `stepWeight: 20, maxWeight: 50` gives 20, 40, 50, then promotion.
+fn shorthand_steps(cx: &mut Cx<'_>, s: &RolloutSpec) -> Option<Vec<Step>> {
+    let interval = match &s.interval {
+        None => Some(DEFAULT_INTERVAL),
+        Some(t) => dur(cx, "spec.interval", t),
+    };
+    let max = match s.max_weight {
+        None => Some(Weight::FULL),
+        Some(n) => weight(cx, "spec.maxWeight", n),
+    };
+    let weights: Option<Vec<Weight>> = match (s.step_weight, &s.step_weights) {
+        (Some(_), Some(_)) => {
+            cx.error(
+                "spec.stepWeights",
+                "both `stepWeight` and `stepWeights` are given",
+                "use `stepWeight` for equal steps or `stepWeights` for a list, not both",
+            );
+            None
+        }
+        (Some(n), None) => {
+            let step = weight(cx, "spec.stepWeight", n);
+            match (step, max) {
+                (Some(step), _) if step == Weight::ZERO => {
+                    cx.error(
+                        "spec.stepWeight",
+                        "step weight 0 never moves traffic",
+                        "use a step between 1 and 100, e.g. `stepWeight: 10`",
+                    );
+                    None
+                }
+                (Some(step), Some(max)) => {
+                    let mut ws = Vec::new();
+                    let mut w = step.get();
+                    while w < max.get() {
+                        ws.push(Weight::new(i64::from(w))?);
+                        w = w.saturating_add(step.get());
+                    }
+                    ws.push(max);
+                    Some(ws)
+                }
+                _ => None,
+            }
+        }
+        (None, Some(list)) => {
+            if list.is_empty() {
+                cx.error(
+                    "spec.stepWeights",
+                    "the weight list is empty",
+                    "list the canary weights to go through, e.g. `[1, 5, 25, 50]`",
+                );
+                None
+            } else {
+                let mut ws = Vec::new();
+                let mut ok = true;
+                for (i, &n) in list.iter().enumerate() {
+                    let field = format!("spec.stepWeights[{i}]");
+                    match weight(cx, &field, n) {
+                        Some(w) if ws.last().is_some_and(|prev| w <= *prev) => {
+                            cx.error(
+                                &field,
+                                format!("weight {} does not increase", w.get()),
+                                "list the weights in increasing order",
+                            );
+                            ok = false;
+                        }
+                        Some(w) => ws.push(w),
+                        None => ok = false,
+                    }
+                }
+                if let (Some(max), Some(&last)) = (s.max_weight.and_then(Weight::new), ws.last())
+                    && last > max
+                {
+                    cx.error(
+                        "spec.maxWeight",
+                        format!("`maxWeight` {} is below the last step weight {}", max.get(), last.get()),
+                        "raise `maxWeight` or drop the weights above it",
+                    );
+                    ok = false;
+                }
+                ok.then_some(ws)
+            }
+        }
+        (None, None) => None,
+    };
+    let (weights, interval) = (weights?, interval?);
+    Some(
+        weights
+            .into_iter()
+            .flat_map(|w| [Step::SetWeight(w), Step::Pause(Some(interval))])
+            .collect(),
+    )
+}
+
+fn analysis(
+    cx: &mut Cx<'_>,
+    base: &str,
+    a: &spec::Analysis,
+    refs: &Refs,
+    background: bool,
+) -> Option<Analysis> {
+    let start = cx.errors;
+    if a.metrics.is_empty() {
+        cx.error(
+            &format!("{base}.metrics"),
+            "the analysis has no metrics",
+            "add at least one metric check, e.g. `- name: errors\\n  template: error-rate`",
+        );
+    }
+    let mut names = BTreeSet::new();
+    let mut metrics = Vec::new();
+    for (i, m) in a.metrics.iter().enumerate() {
+        let field = format!("{base}.metrics[{i}]");
+        if !names.insert(m.name.as_str()) {
+            cx.error(
+                &format!("{field}.name"),
+                format!("metric `{}` appears twice in this analysis", m.name),
+                "give each check its own name; it identifies the check in status and commits",
+            );
+        }
+        if let Some(metric) = metric(cx, &field, m, refs) {
+            metrics.push(metric);
+        }
+    }
+    let interval = match &a.interval {
+        Some(t) => dur(cx, &format!("{base}.interval"), t),
+        None if background => Some(DEFAULT_INTERVAL),
+        None => None,
+    };
+    if let Some(d) = interval
+        && d.is_zero()
+    {
+        cx.error(
+            &format!("{base}.interval"),
+            "analysis interval is zero",
+            "measure at most every few seconds, e.g. `interval: 30s`",
+        );
+    }
+    let count = match (a.count, interval, background) {
+        (Some(0), ..) => {
+            cx.error(
+                &format!("{base}.count"),
+                "count 0 never measures anything",
+                "remove the analysis, or measure at least once",
+            );
+            None
+        }
+        (Some(n), None, _) if n > 1 => {
+            cx.error(
+                &format!("{base}.count"),
+                format!("count {n} needs an interval"),
+                "add `interval:` so canaryd knows how far apart the measurements are",
+            );
+            None
+        }
+        (None, Some(_), false) => {
+            cx.error(
+                &format!("{base}.interval"),
+                "a step analysis with an interval needs a count",
+                "without `count` the step would never finish; add e.g. `count: 5`",
+            );
+            None
+        }
+        (None, None, false) => Some(1),
+        (c, ..) => c,
+    };
+    let initial_delay = match &a.initial_delay {
+        Some(t) => dur(cx, &format!("{base}.initialDelay"), t),
+        None => Some(Duration::ZERO),
+    };
+    if cx.errors > start {
+        return None;
+    }
+    Some(Analysis {
+        metrics,
+        interval,
+        count,
+        initial_delay: initial_delay?,
+        failure_limit: a.failure_limit.unwrap_or(0),
+        inconclusive_limit: a.inconclusive_limit.unwrap_or(0),
+        consecutive_error_limit: a.consecutive_error_limit.unwrap_or(DEFAULT_CONSECUTIVE_ERRORS),
+        on_inconclusive: a.on_inconclusive.unwrap_or_default(),
+    })
+}
+
+fn metric(cx: &mut Cx<'_>, field: &str, m: &spec::MetricCheck, refs: &Refs) -> Option<Metric> {
+    let start = cx.errors;
+    let template: Option<spec::MetricTemplateSpec> = match &m.template {
+        None => None,
+        Some(name) => match refs
+            .templates
+            .get(name)
+            .cloned()
+            .or_else(|| templates::builtin(name))
+        {
+            Some(t) => Some(t),
+            None => {
+                let mut known: Vec<String> = refs.templates.keys().cloned().collect();
+                known.extend(templates::BUILTIN.iter().map(|s| s.to_string()));
+                cx.error(
+                    &format!("{field}.template"),
+                    format!("unknown metric template `{name}`"),
+                    format!(
+                        "use a built-in or a `kind: MetricTemplate` document; known: {}",
+                        known.join(", ")
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let provider = m.provider.or(template.as_ref().map(|t| t.provider));
+    let query = m.query.clone().or(template.as_ref().map(|t| t.query.clone()));
+    if m.template.is_none() && (provider.is_none() || query.is_none()) {
+        cx.error(
+            field,
+            format!("metric `{}` has no source", m.name),
+            "give it a `template:`, or a `provider:` and a `query:`",
+        );
+    }
+    if let Some(q) = &query
+        && q.trim().is_empty()
+    {
+        cx.error(&format!("{field}.query"), "the query is empty", "write the query to run");
+    }
+    let mut parse = |own: &Option<String>, from_template: Option<&String>, key: &str| {
+        match (own, from_template) {
+            (Some(text), _) => condition(cx, &format!("{field}.{key}"), text),
+            (None, Some(text)) => Condition::parse(text).ok(),
+            (None, None) => None,
+        }
+    };
+    let success = parse(
+        &m.success_condition,
+        template.as_ref().and_then(|t| t.success_condition.as_ref()),
+        "successCondition",
+    );
+    let failure = parse(
+        &m.failure_condition,
+        template.as_ref().and_then(|t| t.failure_condition.as_ref()),
+        "failureCondition",
+    );
+    let conditions_ok = m.success_condition.is_none() || success.is_some();
+    let conditions_ok = conditions_ok && (m.failure_condition.is_none() || failure.is_some());
+    if conditions_ok && success.is_none() && failure.is_none() {
+        cx.error(
+            field,
+            format!("metric `{}` has no condition", m.name),
+            "add `successCondition` (e.g. `result < 0.01`) or `failureCondition`; without one \
+             every measurement would be inconclusive",
+        );
+    }
+    if cx.errors > start {
+        return None;
+    }
+    Some(Metric {
+        name: m.name.clone(),
+        provider: provider?,
+        query: query?,
+        success,
+        failure,
+    })
+}
+
+fn window(cx: &mut Cx<'_>, w: &spec::Window) -> Option<Window> {
+    let timezone = match &w.timezone {
+        None => Some(chrono_tz::UTC),
+        Some(name) => match name.parse::<chrono_tz::Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                cx.error(
+                    "spec.window.timezone",
+                    format!("unknown time zone `{name}`"),
+                    "use an IANA time zone name, e.g. `UTC`, `Europe/Berlin`, `America/New_York`",
+                );
+                None
+            }
+        },
+    };
+    let schedule = match crontab(&w.cron) {
+        Ok(s) => Some(s),
+        Err(msg) => {
+            cx.error(
+                "spec.window.cron",
+                format!("bad cron expression `{}`: {msg}", w.cron),
+                "five fields: minute hour day-of-month month day-of-week, e.g. \
+                 `* 9-16 * * Mon-Fri` for weekdays 09:00-16:59",
+            );
+            None
+        }
+    };
+    let window = Window {
+        source: w.cron.clone(),
+        schedule: schedule?,
+        timezone: timezone?,
+    };
+    Some(window)
+}
+
+/// Parses a five-field crontab expression into the `cron` crate's seven-field form. Crontab's
+/// day-of-week numbers (0 or 7 = Sunday, 1 = Monday) are translated to names, because the crate
+/// numbers them from 1 = Sunday and would silently shift every day by one.
+fn crontab(expr: &str) -> Result<cron::Schedule, String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!("expected 5 fields, found {}", fields.len()));
+    }
+    let dow = crontab_dow(fields[4])?;
+    let full = format!(
+        "0 {} {} {} {} {} *",
+        fields[0], fields[1], fields[2], fields[3], dow
+    );
+    full.parse::<cron::Schedule>().map_err(|e| {
+        let msg = e.to_string();
+        let msg = msg.trim_start_matches("Invalid expression: ");
+        first_lower(msg)
+    })
+}
+
+fn first_lower(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_lowercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+fn crontab_dow(field: &str) -> Result<String, String> {
+    const NAMES: [&str; 8] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let name = |s: &str| -> Result<String, String> {
+        match s.parse::<usize>() {
+            Ok(n) if n < NAMES.len() => Ok(NAMES[n].to_string()),
+            Ok(n) => Err(format!("day of week {n} is not 0-7")),
+            Err(_) => Ok(s.to_string()),
+        }
+    };
+    field
+        .split(',')
+        .map(|item| {
+            let (range, step) = match item.split_once('/') {
+                Some((r, s)) => (r, Some(s)),
+                None => (item, None),
+            };
+            let range = match range.split_once('-') {
+                // `5-7` (Fri-Sun) wraps past Saturday: split it in two.
+                Some((a, "7")) if step.is_none() => format!("{}-Sat,Sun", name(a)?),
+                Some((a, b)) => format!("{}-{}", name(a)?, name(b)?),
+                None if range == "*" || range == "?" => range.to_string(),
+                None => name(range)?,
+            };
+            Ok(match step {
+                Some(s) => format!("{range}/{s}"),
+                None => range,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map(|items| items.join(","))
+}
+
+/// Validates sources with no controller configuration, for tests and examples.
+pub fn validate_texts(sources: &[(&str, &str)]) -> (Catalog, Vec<Diagnostic>) {
+    let sources: Vec<Source> = sources
+        .iter()
+        .map(|(f, t)| Source {
+            file: f.to_string(),
+            text: t.to_string(),
+        })
+        .collect();
+    validate(&sources, &Known::default())
+}
+
+#[allow(unused)]
+fn _assert_model_is_used(_: model::Traffic) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone as _;
+
+    #[test]
+    fn crontab_days_keep_their_meaning() {
+        // 1-5 is Monday to Friday in crontab.
+        let s = crontab("* 9-16 * * 1-5").unwrap();
+        let monday_10 = chrono::Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap();
+        let sunday_10 = chrono::Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+        assert!(s.includes(monday_10));
+        assert!(!s.includes(sunday_10));
+        assert!(crontab("* * * * 0").unwrap().includes(sunday_10));
+        assert!(crontab("* * * * 5-7").unwrap().includes(sunday_10));
+        assert!(crontab("* * * * Mon-Fri").unwrap().includes(monday_10));
+        assert!(crontab("* * * * 8").is_err());
+        assert!(crontab("* * * *").is_err());
+    }
+}

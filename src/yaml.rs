@@ -1,0 +1,464 @@
+//! Bounded YAML reading: files split into documents, each with a map from field path to line and column.
+//!
+//! Every spec file goes through here before serde sees it. This module
+//! - refuses oversized files before reading them whole, and bounds events, depth and documents,
+//!   so a hostile file (an alias bomb, 100 MB of nesting) is refused in milliseconds;
+//! - splits a file into documents, each deserialised on its own, so one bad document does not
+//!   hide the others;
+//! - records where every field is (`spec.steps[2].setWeight` → line 14, column 19), so that
+//!   validation, which runs on typed values, can still point at the source.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde_saphyr::granit_parser::{Event, Parser, ScanError, Span};
+
+use crate::diag::{Diagnostic, Position};
+
+/// Largest spec file read, in bytes. Rollout specs are a few kilobytes; anything this large is
+/// a mistake or an attack.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Most YAML events (scalars, starts, ends) in one file.
+const MAX_EVENTS: usize = 200_000;
+/// Deepest nesting of mappings and sequences.
+const MAX_DEPTH: usize = 64;
+/// Most documents in one file.
+const MAX_DOCUMENTS: usize = 256;
+/// Most events serde may replay through aliases in one document (a billion-laughs guard).
+const MAX_ALIAS_REPLAY: usize = 10_000;
+
+/// Where each field of a document is. Keys are paths like `spec.steps[2].setWeight`; the root
+/// document is the empty path.
+#[derive(Clone, Debug, Default)]
+pub struct PathMap {
+    nodes: BTreeMap<String, Node>,
+}
+
+/// Where one field is: its key (for mapping entries) and its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub key: Option<Position>,
+    pub value: Position,
+}
+
+impl PathMap {
+    /// Position of the value at `path`, or of its nearest ancestor that exists (a missing
+    /// field is reported at the mapping that lacks it).
+    pub fn value(&self, path: &str) -> Position {
+        self.lookup(path).value
+    }
+
+    /// Position of the key at `path` (falls back to its value, then to the nearest ancestor).
+    pub fn key(&self, path: &str) -> Position {
+        let node = self.lookup(path);
+        node.key.unwrap_or(node.value)
+    }
+
+    /// Whether `path` is present in the document.
+    pub fn contains(&self, path: &str) -> bool {
+        self.nodes.contains_key(path)
+    }
+
+    /// The deepest path whose key or value starts at `pos`, for errors that come with a position
+    /// only (serde's). Falls back to the last path that starts before `pos`.
+    pub fn path_at(&self, pos: Position) -> String {
+        let mut best: Option<(&String, Position)> = None;
+        for (path, node) in &self.nodes {
+            for p in [node.key, Some(node.value)].into_iter().flatten() {
+                if p == pos {
+                    return path.clone();
+                }
+                if p <= pos && best.is_none_or(|(_, b)| p >= b) {
+                    best = Some((path, p));
+                }
+            }
+        }
+        best.map(|(path, _)| path.clone()).unwrap_or_default()
+    }
+
+    fn lookup(&self, path: &str) -> Node {
+        let mut path = path;
+        loop {
+            if let Some(node) = self.nodes.get(path) {
+                return *node;
+            }
+            match parent(path) {
+                Some(up) => path = up,
+                None => {
+                    return Node {
+                        key: None,
+                        value: Position { line: 1, column: 1 },
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn parent(path: &str) -> Option<&str> {
+    if path.is_empty() {
+        return None;
+    }
+    let cut = path.rfind(['.', '[']).unwrap_or(0);
+    Some(&path[..cut])
+}
+
+/// One YAML document of a file.
+#[derive(Clone, Debug)]
+pub struct Document {
+    /// 0-based index of the document in its file.
+    pub index: usize,
+    /// The document's text, padded with blank lines so that serde's line numbers are the file's.
+    text: String,
+    pub paths: PathMap,
+    /// Top-level `kind`, when it is a plain string.
+    pub kind: Option<String>,
+    /// `metadata.name`, when it is a plain string.
+    pub name: Option<String>,
+    /// Where the document starts.
+    pub start: Position,
+}
+
+impl Document {
+    /// Deserialises the document, with alias replay bounded. A failure becomes one diagnostic at
+    /// the offending field.
+    pub fn deserialize<T: DeserializeOwned>(&self, file: &str) -> Result<T, Box<Diagnostic>> {
+        let mut options = serde_saphyr::Options::default();
+        options.alias_limits.max_total_replayed_events = MAX_ALIAS_REPLAY;
+        options.with_snippet = false;
+        serde_saphyr::from_str_with_options(&self.text, options).map_err(|e| {
+            let pos = e
+                .location()
+                .map(|l| Position {
+                    line: l.line() as usize,
+                    column: l.column() as usize,
+                })
+                .filter(|p| p.line > 0)
+                .unwrap_or(self.start);
+            let field = self.paths.path_at(pos);
+            let (message, help) = explain_serde(&e.without_snippet().to_string());
+            Box::new(Diagnostic::error(file, pos, field, message).with_help(help))
+        })
+    }
+}
+
+/// Turns serde-saphyr's message into ours: lowercase, no location (we print it), and a help line.
+fn explain_serde(raw: &str) -> (String, String) {
+    // serde-saphyr appends " at line X column Y"; we print the position ourselves.
+    let mut msg = raw.trim().to_string();
+    if let Some(cut) = msg.find(" at line ") {
+        msg.truncate(cut);
+    }
+    let lower = msg.to_lowercase();
+    let help = if lower.contains("unknown field") {
+        "remove the field or fix its spelling; the schema in schemas/ lists every field".to_string()
+    } else if lower.contains("unknown variant") {
+        "use one of the values listed above".to_string()
+    } else if lower.contains("missing field") {
+        "add the field; the schema in schemas/ lists what is required".to_string()
+    } else if lower.contains("alias") || lower.contains("budget") || lower.contains("limit") {
+        "spec files must stay small: remove the anchors and aliases that expand this much"
+            .to_string()
+    } else if lower.contains("invalid type") {
+        "check the field's type in the schema in schemas/".to_string()
+    } else {
+        "see the spec reference in README.md".to_string()
+    };
+    (first_lower(&msg), help)
+}
+
+fn first_lower(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Splits `text` into documents with their path maps. Problems that make a document unreadable
+/// are returned as diagnostics; the documents before them are still returned.
+pub fn documents(file: &str, text: &str) -> (Vec<Document>, Vec<Diagnostic>) {
+    let mut walker = Walker::new(text);
+    let mut diags = Vec::new();
+    let mut parser = Parser::new_from_str(text);
+    let mut events = 0usize;
+    loop {
+        let Some(next) = parser.next() else { break };
+        events += 1;
+        if events > MAX_EVENTS {
+            diags.push(limit(file, &walker, "too many YAML nodes"));
+            break;
+        }
+        let (event, span) = match next {
+            Ok(ev) => ev,
+            Err(e) => {
+                diags.push(scan_error(file, &e));
+                break;
+            }
+        };
+        if let Err(msg) = walker.event(event, span) {
+            diags.push(limit(file, &walker, msg));
+            break;
+        }
+    }
+    (walker.finish(), diags)
+}
+
+fn limit(file: &str, walker: &Walker<'_>, what: &str) -> Diagnostic {
+    Diagnostic::error(
+        file,
+        walker.last,
+        String::new(),
+        format!("{what}: the file is refused"),
+    )
+    .with_help(format!(
+        "spec files are limited to {MAX_EVENTS} nodes, {MAX_DEPTH} levels of nesting and \
+         {MAX_DOCUMENTS} documents; split or simplify it"
+    ))
+}
+
+fn scan_error(file: &str, e: &ScanError) -> Diagnostic {
+    let m = e.marker();
+    let pos = Position {
+        line: m.line().max(1),
+        column: m.col() + 1,
+    };
+    Diagnostic::error(file, pos, String::new(), format!("malformed YAML: {}", e.info()))
+        .with_help("check indentation and quoting around this position")
+}
+
+enum Frame {
+    Map { key: Option<(String, Position)> },
+    Seq { next: usize },
+}
+
+struct Walker<'a> {
+    text: &'a str,
+    line_starts: Vec<usize>,
+    docs: Vec<Document>,
+    current: Option<Document>,
+    stack: Vec<(Frame, String)>,
+    last: Position,
+}
+
+impl<'a> Walker<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Walker {
+            text,
+            line_starts,
+            docs: Vec::new(),
+            current: None,
+            stack: Vec::new(),
+            last: Position { line: 1, column: 1 },
+        }
+    }
+
+    fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), &'static str> {
+        let pos = Position {
+            line: span.start.line().max(1),
+            column: span.start.col() + 1,
+        };
+        self.last = pos;
+        match event {
+            Event::DocumentStart(..) => {
+                if self.docs.len() >= MAX_DOCUMENTS {
+                    return Err("too many documents");
+                }
+                self.current = Some(Document {
+                    index: self.docs.len(),
+                    text: String::new(),
+                    paths: PathMap::default(),
+                    kind: None,
+                    name: None,
+                    start: pos,
+                });
+                self.stack.clear();
+            }
+            Event::DocumentEnd => {
+                if let Some(doc) = self.current.take() {
+                    self.docs.push(doc);
+                }
+            }
+            Event::Scalar(value, ..) => {
+                if self.take_key(&value, pos) {
+                    return Ok(());
+                }
+                let path = self.node_path(pos);
+                if let Some(doc) = self.current.as_mut() {
+                    match path.as_str() {
+                        "kind" => doc.kind = Some(value.to_string()),
+                        "metadata.name" => doc.name = Some(value.to_string()),
+                        _ => {}
+                    }
+                }
+            }
+            Event::Alias(_) => {
+                if !self.take_key("*alias", pos) {
+                    self.node_path(pos);
+                }
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err("nesting too deep");
+                }
+                let key_taken = self.take_key("?", pos);
+                let path = if key_taken {
+                    // A complex key: its contents get paths under the parent, which is harmless.
+                    self.stack.last().map(|(_, p)| p.clone()).unwrap_or_default()
+                } else {
+                    self.node_path(pos)
+                };
+                let frame = if matches!(event, Event::MappingStart(..)) {
+                    Frame::Map { key: None }
+                } else {
+                    Frame::Seq { next: 0 }
+                };
+                self.stack.push((frame, path));
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// In a mapping that expects a key, records `key` and returns true.
+    fn take_key(&mut self, key: &str, pos: Position) -> bool {
+        match self.stack.last_mut() {
+            Some((Frame::Map { key: slot @ None }, _)) => {
+                *slot = Some((key.to_string(), pos));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Computes the path of a value node starting at `pos`, records it, and advances the parent.
+    fn node_path(&mut self, pos: Position) -> String {
+        let (path, key_pos) = match self.stack.last_mut() {
+            None => (String::new(), None),
+            Some((Frame::Map { key }, parent)) => {
+                let (k, kp) = key.take().unwrap_or_default();
+                let path = if parent.is_empty() {
+                    k
+                } else {
+                    format!("{parent}.{k}")
+                };
+                (path, Some(kp))
+            }
+            Some((Frame::Seq { next }, parent)) => {
+                let path = format!("{parent}[{next}]");
+                *next += 1;
+                (path, None)
+            }
+        };
+        if let Some(doc) = self.current.as_mut() {
+            doc.paths.nodes.insert(
+                path.clone(),
+                Node {
+                    key: key_pos,
+                    value: pos,
+                },
+            );
+        }
+        path
+    }
+
+    fn finish(mut self) -> Vec<Document> {
+        if let Some(doc) = self.current.take() {
+            self.docs.push(doc);
+        }
+        let starts: Vec<usize> = self.docs.iter().map(|d| d.start.line).collect();
+        let mut docs = self.docs;
+        for (i, doc) in docs.iter_mut().enumerate() {
+            let first = doc.start.line;
+            let from = self.line_starts[first - 1];
+            let to = starts
+                .get(i + 1)
+                .filter(|&&next| next > first)
+                .map(|&next| self.line_starts[next - 1])
+                .unwrap_or(self.text.len());
+            let mut text = "\n".repeat(first - 1);
+            text.push_str(&self.text[from..to]);
+            doc.text = text;
+        }
+        // A document with nothing in it (a trailing `---`) is no document.
+        docs.retain(|d| d.paths.nodes.get("").is_some_and(|_| !is_blank(&d.text)));
+        docs
+    }
+}
+
+fn is_blank(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#') || l == "---" || l == "...")
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.value.line, self.value.column)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(line: usize, column: usize) -> Position {
+        Position { line, column }
+    }
+
+    #[test]
+    fn maps_paths_to_positions() {
+        let text = "kind: Rollout\nmetadata:\n  name: web\nspec:\n  steps:\n    - setWeight: 10\n    - pause: {}\n";
+        let (docs, diags) = documents("f.yaml", text);
+        assert!(diags.is_empty(), "{diags:?}");
+        let doc = &docs[0];
+        assert_eq!(doc.kind.as_deref(), Some("Rollout"));
+        assert_eq!(doc.name.as_deref(), Some("web"));
+        assert_eq!(doc.paths.value("spec.steps[0].setWeight"), pos(6, 18));
+        assert_eq!(doc.paths.key("spec.steps[0].setWeight"), pos(6, 7));
+        assert_eq!(doc.paths.value("spec.steps[1].pause"), pos(7, 14));
+        // Missing fields fall back to the nearest ancestor.
+        assert_eq!(doc.paths.value("spec.steps[1].pause.duration"), pos(7, 14));
+        assert_eq!(doc.paths.path_at(pos(6, 18)), "spec.steps[0].setWeight");
+    }
+
+    #[test]
+    fn splits_documents_keeping_file_lines() {
+        let text = "# header\nkind: Router\nmetadata: {name: a}\n---\nkind: Rollout\nmetadata:\n  name: b\n---\n";
+        let (docs, diags) = documents("f.yaml", text);
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1].name.as_deref(), Some("b"));
+        assert_eq!(docs[1].paths.value("metadata.name"), pos(7, 9));
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct Strict {
+            #[allow(dead_code)]
+            kind: String,
+        }
+        let err = docs[1].deserialize::<Strict>("f.yaml").unwrap_err();
+        assert_eq!((err.position.line, err.position.column), (6, 1), "{err:?}");
+        assert_eq!(err.field, "metadata");
+        assert!(err.message.contains("unknown field `metadata`"), "{err:?}");
+    }
+
+    #[test]
+    fn malformed_yaml_names_the_position() {
+        let (_, diags) = documents("f.yaml", "a: [1, 2\nb: 3\n");
+        assert_eq!(diags.len(), 1);
+        assert!(diags[0].message.starts_with("malformed YAML"), "{diags:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let text = "[".repeat(10_000);
+        let (_, diags) = documents("f.yaml", &text);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+    }
+}
