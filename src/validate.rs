@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::diag::{Diagnostic, Position};
 use crate::model::{
-    self, Analysis, Backend, Catalog, Metric, Revision, RollbackPolicy, Rollout, Step, Target,
+    Analysis, Backend, Catalog, Metric, Revision, RollbackPolicy, Rollout, Step, Target,
     Weight, Window,
 };
 use crate::spec::condition::Condition;
@@ -843,8 +843,10 @@ fn metric(cx: &mut Cx<'_>, field: &str, m: &spec::MetricCheck, refs: &Refs) -> O
         template.as_ref().and_then(|t| t.failure_condition.as_ref()),
         "failureCondition",
     );
-    let conditions_ok = m.success_condition.is_none() || success.is_some();
-    let conditions_ok = conditions_ok && (m.failure_condition.is_none() || failure.is_some());
+    // Only complain about missing conditions when everything they could come from resolved.
+    let conditions_ok = (m.template.is_none() || template.is_some())
+        && (m.success_condition.is_none() || success.is_some())
+        && (m.failure_condition.is_none() || failure.is_some());
     if conditions_ok && success.is_none() && failure.is_none() {
         cx.error(
             field,
@@ -913,18 +915,24 @@ fn crontab(expr: &str) -> Result<cron::Schedule, String> {
         "0 {} {} {} {} {} *",
         fields[0], fields[1], fields[2], fields[3], dow
     );
-    full.parse::<cron::Schedule>().map_err(|e| {
-        let msg = e.to_string();
-        let msg = msg.trim_start_matches("Invalid expression: ");
-        first_lower(msg)
+    full.parse::<cron::Schedule>().map_err(|_| {
+        // The crate's error names no field: find the one that fails on its own.
+        const NAMES: [(&str, &str); 5] = [
+            ("minute", "0-59"),
+            ("hour", "0-23"),
+            ("day of month", "1-31"),
+            ("month", "1-12 or Jan-Dec"),
+            ("day of week", "0-7 or Sun-Sat"),
+        ];
+        (0..5)
+            .find(|&i| {
+                let mut alone = ["*"; 5];
+                alone[i] = if i == 4 { dow.as_str() } else { fields[i] };
+                format!("0 {} *", alone.join(" ")).parse::<cron::Schedule>().is_err()
+            })
+            .map(|i| format!("{} field `{}` is not valid ({})", NAMES[i].0, fields[i], NAMES[i].1))
+            .unwrap_or_else(|| "the fields never match together".to_string())
     })
-}
-
-fn first_lower(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_lowercase().chain(c).collect())
-        .unwrap_or_default()
 }
 
 fn crontab_dow(field: &str) -> Result<String, String> {
@@ -970,9 +978,6 @@ pub fn validate_texts(sources: &[(&str, &str)]) -> (Catalog, Vec<Diagnostic>) {
         .collect();
     validate(&sources, &Known::default())
 }
-
-#[allow(unused)]
-fn _assert_model_is_used(_: model::Traffic) {}
 
 #[cfg(test)]
 mod tests {

@@ -25,8 +25,12 @@ const MAX_EVENTS: usize = 200_000;
 const MAX_DEPTH: usize = 64;
 /// Most documents in one file.
 const MAX_DOCUMENTS: usize = 256;
-/// Most events serde may replay through aliases in one document (a billion-laughs guard).
-const MAX_ALIAS_REPLAY: usize = 10_000;
+/// Most nodes a file may hold once its aliases are expanded (a billion-laughs guard). Checked
+/// while walking, before serde replays a single alias.
+const MAX_EXPANDED: usize = 100_000;
+/// Most events serde may replay through aliases in one document; the walk has already
+/// refused anything near this, so it is a second fence.
+const MAX_ALIAS_REPLAY: usize = MAX_EXPANDED;
 
 /// Where each field of a document is. Keys are paths like `spec.steps[2].setWeight`; the root
 /// document is the empty path.
@@ -213,8 +217,8 @@ fn limit(file: &str, walker: &Walker<'_>, what: &str) -> Diagnostic {
         format!("{what}: the file is refused"),
     )
     .with_help(format!(
-        "spec files are limited to {MAX_EVENTS} nodes, {MAX_DEPTH} levels of nesting and \
-         {MAX_DOCUMENTS} documents; split or simplify it"
+        "spec files are limited to {MAX_EVENTS} nodes ({MAX_EXPANDED} with aliases expanded), \
+         {MAX_DEPTH} levels of nesting and {MAX_DOCUMENTS} documents; split or simplify it"
     ))
 }
 
@@ -240,6 +244,12 @@ struct Walker<'a> {
     current: Option<Document>,
     stack: Vec<(Frame, String)>,
     last: Position,
+    /// Nodes seen so far with every alias counted as the size of what it names.
+    expanded: usize,
+    /// Expanded size of each anchor by id.
+    anchor_sizes: BTreeMap<usize, usize>,
+    /// Open anchored collections: (anchor id, `expanded` when it opened).
+    open_anchors: Vec<(usize, usize)>,
 }
 
 impl<'a> Walker<'a> {
@@ -253,6 +263,9 @@ impl<'a> Walker<'a> {
             current: None,
             stack: Vec::new(),
             last: Position { line: 1, column: 1 },
+            expanded: 0,
+            anchor_sizes: BTreeMap::new(),
+            open_anchors: Vec::new(),
         }
     }
 
@@ -262,6 +275,29 @@ impl<'a> Walker<'a> {
             column: span.start.col() + 1,
         };
         self.last = pos;
+        self.expanded += 1;
+        match &event {
+            Event::Alias(id) => {
+                self.expanded += self.anchor_sizes.get(id).copied().unwrap_or(0);
+            }
+            Event::Scalar(_, _, id, _) if *id != 0 => {
+                self.anchor_sizes.insert(*id, 1);
+            }
+            Event::MappingStart(_, id, _) | Event::SequenceStart(_, id, _) => {
+                self.open_anchors.push((*id, self.expanded));
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                if let Some((id, start)) = self.open_anchors.pop()
+                    && id != 0
+                {
+                    self.anchor_sizes.insert(id, self.expanded - start + 1);
+                }
+            }
+            _ => {}
+        }
+        if self.expanded > MAX_EXPANDED {
+            return Err("aliases expand to too many nodes");
+        }
         match event {
             Event::DocumentStart(..) => {
                 if self.docs.len() >= MAX_DOCUMENTS {
@@ -453,6 +489,21 @@ mod tests {
         let (_, diags) = documents("f.yaml", "a: [1, 2\nb: 3\n");
         assert_eq!(diags.len(), 1);
         assert!(diags[0].message.starts_with("malformed YAML"), "{diags:?}");
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_before_expansion() {
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"]) {
+            let refs = vec![format!("*{prev}"); 10].join(", ");
+            text.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        let (_, diags) = documents("bomb.yaml", &text);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(diags[0].message.contains("aliases expand"), "{diags:?}");
+        // A few honest aliases are fine.
+        let (docs, diags) = documents("ok.yaml", "a: &a [1, 2]\nb: *a\nc: *a\n");
+        assert!(diags.is_empty() && docs.len() == 1);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub enum ApiVersion {
 pub struct Metadata {
     /// Unique among documents of the same kind in the repository; a DNS label
     /// (`[a-z0-9-]`, at most 63 characters), since it names status files and branches.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
     pub name: String,
     /// Free-form labels, carried into status for people and tooling.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -87,15 +88,19 @@ pub struct RolloutSpec {
     pub steps: Option<Vec<Step>>,
     /// Shorthand: raise the canary weight by this much every `interval` up to `maxWeight`, then promote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
     pub step_weight: Option<i64>,
     /// Shorthand: the canary weights to go through, one per `interval`, then promote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(range(min = 1, max = 100)))]
     pub step_weights: Option<Vec<i64>>,
     /// Shorthand: the last canary weight before promotion (default 100 with `stepWeight`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
     pub max_weight: Option<i64>,
     /// Shorthand: how long each weight is held (default `1m`, as Flagger).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub interval: Option<String>,
     /// Analysis that runs in the background from the first step to promotion; a failure aborts
     /// at whatever step the rollout is.
@@ -108,6 +113,7 @@ pub struct RolloutSpec {
     /// weights not verified) before `progressDeadlineAbort` applies. Default `10m`.
     /// Timed and manual pauses do not count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub progress_deadline: Option<String>,
     /// Abort when the progress deadline passes (default `true`, as Flagger); `false` only
     /// reports it in the status and keeps holding (as Argo Rollouts).
@@ -144,7 +150,7 @@ pub struct Backend {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Step {
     /// Send this percentage of requests (0–100) to the canary.
-    SetWeight(i64),
+    SetWeight(#[schemars(range(min = 0, max = 100))] i64),
     /// Hold the current weight: for `duration`, or (no duration) until promoted by a commit
     /// (`canaryd promote NAME`).
     Pause(Pause),
@@ -158,6 +164,7 @@ pub enum Step {
 pub struct Pause {
     /// How long to hold. Absent: until promoted by a commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub duration: Option<String>,
 }
 
@@ -170,6 +177,7 @@ pub struct Analysis {
     /// Time between measurements. In a step: absent means one measurement. In the background:
     /// default `1m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub interval: Option<String>,
     /// Measurements per metric before the analysis passes. In a step: default 1 (and required
     /// with `interval`). In the background: absent means until the rollout ends.
@@ -177,6 +185,7 @@ pub struct Analysis {
     pub count: Option<u32>,
     /// Wait this long after the analysis starts before the first measurement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub initial_delay: Option<String>,
     /// A metric fails when more than this many measurements fail (default 0: the first failure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +260,7 @@ pub struct Rollback {
     pub mode: Option<RollbackMode>,
     /// With `stepped`: how long each weight is held on the way back (default `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub interval: Option<String>,
 }
 
