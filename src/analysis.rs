@@ -76,8 +76,8 @@ pub fn evaluate(
         (None, Some(false)) => Outcome::Success,
         (None, None) => Outcome::Inconclusive,
     };
-    let message = (outcome == Outcome::Inconclusive)
-        .then(|| "value matches neither condition".to_string());
+    let message =
+        (outcome == Outcome::Inconclusive).then(|| "value matches neither condition".to_string());
     measurement(Some(value), outcome, message)
 }
 
@@ -196,7 +196,10 @@ pub enum Verdict {
     Inconclusive(Evidence),
     /// A metric could not be measured more than its consecutive-error limit allows; hold.
     /// The next attempt is due at `next`.
-    Stalled { evidence: Evidence, next: DateTime<Utc> },
+    Stalled {
+        evidence: Evidence,
+        next: DateTime<Utc>,
+    },
 }
 
 /// Assesses a run against its spec at `now`.
@@ -208,7 +211,13 @@ pub fn assess(spec: &Analysis, state: &AnalysisState, now: DateTime<Utc>) -> Ver
     for metric in &spec.metrics {
         let m = state.metrics.get(&metric.name).unwrap_or(&empty);
         if m.failures > spec.failure_limit {
-            return Verdict::Failed(evidence(metric, m, "failed", m.failures, spec.failure_limit));
+            return Verdict::Failed(evidence(
+                metric,
+                m,
+                "failed",
+                m.failures,
+                spec.failure_limit,
+            ));
         }
         if m.inconclusives > spec.inconclusive_limit && inconclusive.is_none() {
             inconclusive = Some(evidence(
@@ -250,7 +259,7 @@ pub fn due(spec: &Analysis, state: &AnalysisState, now: DateTime<Utc>) -> Vec<St
         .iter()
         .filter(|metric| {
             let m = state.metrics.get(&metric.name).unwrap_or(&empty);
-            !spec.count.is_some_and(|c| m.measured >= c) && next_due(spec, state, m) <= now
+            spec.count.is_none_or(|c| m.measured < c) && next_due(spec, state, m) <= now
         })
         .map(|metric| metric.name.clone())
         .collect()
@@ -294,10 +303,7 @@ fn evidence(metric: &Metric, m: &MetricState, what: &str, n: u32, limit: u32) ->
         .map(|msg| format!(": {msg}"))
         .unwrap_or_default();
     Evidence {
-        summary: format!(
-            "{} {what} {n} times, limit {limit}{last}{why}",
-            metric.name
-        ),
+        summary: format!("{} {what} {n} times, limit {limit}{last}{why}", metric.name),
         metric: Some(metric.name.clone()),
         condition: (!condition.is_empty()).then_some(condition),
         values,
@@ -351,7 +357,12 @@ mod tests {
         }
     }
 
-    fn check_outcome(success: Option<&str>, failure: Option<&str>, v: Result<Option<f64>, &str>, want: Outcome) {
+    fn check_outcome(
+        success: Option<&str>,
+        failure: Option<&str>,
+        v: Result<Option<f64>, &str>,
+        want: Outcome,
+    ) {
         let m = evaluate(&metric(success, failure), v.map_err(str::to_string), t(0));
         assert_eq!(m.outcome, want, "{success:?} {failure:?} {v:?}");
     }
@@ -364,20 +375,48 @@ mod tests {
         check_outcome(None, Some("result > 0.05"), Ok(Some(0.01)), Success);
         check_outcome(None, Some("result > 0.05"), Ok(Some(0.1)), Failure);
         // Both set, neither matches: inconclusive (Argo Rollouts).
-        check_outcome(Some("result < 0.01"), Some("result > 0.05"), Ok(Some(0.03)), Inconclusive);
+        check_outcome(
+            Some("result < 0.01"),
+            Some("result > 0.05"),
+            Ok(Some(0.03)),
+            Inconclusive,
+        );
         // Failure wins when both match.
-        check_outcome(Some("result < 1"), Some("result > 0"), Ok(Some(0.5)), Failure);
+        check_outcome(
+            Some("result < 1"),
+            Some("result > 0"),
+            Ok(Some(0.5)),
+            Failure,
+        );
         // No data is never a pass.
         check_outcome(Some("result < 0.01"), None, Ok(None), Inconclusive);
-        check_outcome(Some("result < 0.01"), None, Ok(Some(f64::NAN)), Inconclusive);
-        check_outcome(Some("result < 0.01"), None, Err("connection refused"), Error);
+        check_outcome(
+            Some("result < 0.01"),
+            None,
+            Ok(Some(f64::NAN)),
+            Inconclusive,
+        );
+        check_outcome(
+            Some("result < 0.01"),
+            None,
+            Err("connection refused"),
+            Error,
+        );
     }
 
     fn run(outcomes: &[(i64, Outcome)]) -> AnalysisState {
         let mut s = AnalysisState::new(t(0));
         for &(at, o) in outcomes {
             let value = (o != Outcome::Error).then_some(0.5);
-            s.record("errors", Measurement { at: t(at), value, outcome: o, message: None });
+            s.record(
+                "errors",
+                Measurement {
+                    at: t(at),
+                    value,
+                    outcome: o,
+                    message: None,
+                },
+            );
         }
         s
     }
@@ -386,32 +425,66 @@ mod tests {
     fn verdicts_follow_limits() {
         use Outcome::*;
         // Nothing measured yet: first measurement after the initial delay.
-        assert_eq!(assess(&spec(Some(3), 0), &run(&[]), t(0)), Verdict::Running { next: t(30) });
-        assert_eq!(due(&spec(Some(3), 0), &run(&[]), t(29)), Vec::<String>::new());
-        assert_eq!(due(&spec(Some(3), 0), &run(&[]), t(30)), vec!["errors".to_string()]);
+        assert_eq!(
+            assess(&spec(Some(3), 0), &run(&[]), t(0)),
+            Verdict::Running { next: t(30) }
+        );
+        assert_eq!(
+            due(&spec(Some(3), 0), &run(&[]), t(29)),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            due(&spec(Some(3), 0), &run(&[]), t(30)),
+            vec!["errors".to_string()]
+        );
         // Two successes of three: next one an interval later.
         assert_eq!(
-            assess(&spec(Some(3), 0), &run(&[(30, Success), (90, Success)]), t(100)),
+            assess(
+                &spec(Some(3), 0),
+                &run(&[(30, Success), (90, Success)]),
+                t(100)
+            ),
             Verdict::Running { next: t(150) }
         );
         // Count reached: passed.
         assert_eq!(
-            assess(&spec(Some(3), 0), &run(&[(30, Success), (90, Success), (150, Success)]), t(150)),
+            assess(
+                &spec(Some(3), 0),
+                &run(&[(30, Success), (90, Success), (150, Success)]),
+                t(150)
+            ),
             Verdict::Passed
         );
         // failureLimit 0: the first failure fails the run.
-        assert!(matches!(assess(&spec(Some(3), 0), &run(&[(30, Failure)]), t(30)), Verdict::Failed(_)));
-        // failureLimit 1: one failure is tolerated, the second is not.
-        assert!(matches!(assess(&spec(Some(3), 1), &run(&[(30, Failure)]), t(30)), Verdict::Running { .. }));
         assert!(matches!(
-            assess(&spec(Some(3), 1), &run(&[(30, Failure), (90, Failure)]), t(90)),
+            assess(&spec(Some(3), 0), &run(&[(30, Failure)]), t(30)),
+            Verdict::Failed(_)
+        ));
+        // failureLimit 1: one failure is tolerated, the second is not.
+        assert!(matches!(
+            assess(&spec(Some(3), 1), &run(&[(30, Failure)]), t(30)),
+            Verdict::Running { .. }
+        ));
+        assert!(matches!(
+            assess(
+                &spec(Some(3), 1),
+                &run(&[(30, Failure), (90, Failure)]),
+                t(90)
+            ),
             Verdict::Failed(_)
         ));
         // Inconclusive over its limit.
-        assert!(matches!(assess(&spec(Some(3), 0), &run(&[(30, Inconclusive)]), t(30)), Verdict::Inconclusive(_)));
+        assert!(matches!(
+            assess(&spec(Some(3), 0), &run(&[(30, Inconclusive)]), t(30)),
+            Verdict::Inconclusive(_)
+        ));
         // Background (no count) never passes.
         assert!(matches!(
-            assess(&spec(None, 0), &run(&[(30, Success), (90, Success), (150, Success)]), t(150)),
+            assess(
+                &spec(None, 0),
+                &run(&[(30, Success), (90, Success), (150, Success)]),
+                t(150)
+            ),
             Verdict::Running { .. }
         ));
     }
@@ -420,30 +493,67 @@ mod tests {
     fn errors_retry_fast_and_stall_past_the_limit() {
         use Outcome::*;
         // An error is retried after 10 s, not the 60 s interval.
-        assert_eq!(assess(&spec(Some(3), 0), &run(&[(30, Error)]), t(31)), Verdict::Running { next: t(40) });
+        assert_eq!(
+            assess(&spec(Some(3), 0), &run(&[(30, Error)]), t(31)),
+            Verdict::Running { next: t(40) }
+        );
         // Four errors in a row are tolerated, the fifth stalls the run; it is not a failure.
         let four = run(&[(30, Error), (40, Error), (50, Error), (60, Error)]);
-        assert!(matches!(assess(&spec(Some(3), 0), &four, t(60)), Verdict::Running { .. }));
-        let five = run(&[(30, Error), (40, Error), (50, Error), (60, Error), (70, Error)]);
+        assert!(matches!(
+            assess(&spec(Some(3), 0), &four, t(60)),
+            Verdict::Running { .. }
+        ));
+        let five = run(&[
+            (30, Error),
+            (40, Error),
+            (50, Error),
+            (60, Error),
+            (70, Error),
+        ]);
         match assess(&spec(Some(3), 0), &five, t(70)) {
             Verdict::Stalled { evidence, next } => {
                 assert_eq!(next, t(80));
-                assert!(evidence.summary.contains("could not be measured 5 times, limit 4"), "{evidence:?}");
+                assert!(
+                    evidence
+                        .summary
+                        .contains("could not be measured 5 times, limit 4"),
+                    "{evidence:?}"
+                );
             }
             v => panic!("{v:?}"),
         }
         // A success resets the streak.
-        let back = run(&[(30, Error), (40, Error), (50, Error), (60, Error), (70, Error), (80, Success)]);
-        assert!(matches!(assess(&spec(Some(3), 0), &back, t(80)), Verdict::Running { .. }));
+        let back = run(&[
+            (30, Error),
+            (40, Error),
+            (50, Error),
+            (60, Error),
+            (70, Error),
+            (80, Success),
+        ]);
+        assert!(matches!(
+            assess(&spec(Some(3), 0), &back, t(80)),
+            Verdict::Running { .. }
+        ));
     }
 
     #[test]
     fn replayed_measurements_count_once() {
         let mut s = AnalysisState::new(t(0));
-        let m = Measurement { at: t(30), value: Some(0.0), outcome: Outcome::Success, message: None };
+        let m = Measurement {
+            at: t(30),
+            value: Some(0.0),
+            outcome: Outcome::Success,
+            message: None,
+        };
         assert!(s.record("errors", m.clone()));
         assert!(!s.record("errors", m));
-        let old = Measurement { at: t(-5), value: Some(0.0), outcome: Outcome::Success, message: None };
+        let old = Measurement {
+            at: t(-5),
+            value: Some(0.0),
+            outcome: Outcome::Success,
+            message: None,
+        };
         assert!(!s.record("errors", old));
         assert_eq!(s.metrics["errors"].measured, 1);
     }
@@ -451,7 +561,9 @@ mod tests {
     #[test]
     fn evidence_names_metric_values_and_limit() {
         let s = run(&[(30, Outcome::Failure)]);
-        let Verdict::Failed(e) = assess(&spec(Some(3), 0), &s, t(30)) else { panic!() };
+        let Verdict::Failed(e) = assess(&spec(Some(3), 0), &s, t(30)) else {
+            panic!()
+        };
         assert_eq!(e.summary, "errors failed 1 times, limit 0 (last 0.5)");
         assert_eq!(e.condition.as_deref(), Some("success `result < 0.01`"));
         assert_eq!(e.values, vec![Some(0.5)]);

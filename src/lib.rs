@@ -22,6 +22,7 @@
 //!   system), and [`live`] reads a live-weights file for `canaryd plan`.
 //! - [`report`]: what `lint` and `plan` print, human or JSON.
 //! - [`schema`]: JSON Schema generation for `schemas/`.
+//! - [`demo`]: `canaryd demo`, the planner driven against a simulated router and metrics.
 //!
 //! # Invariants
 //!
@@ -34,6 +35,7 @@
 //!   variable or file.
 
 pub mod analysis;
+pub mod demo;
 pub mod diag;
 pub mod live;
 pub mod model;

@@ -18,16 +18,15 @@ pub struct LiveError(String);
 
 impl LiveWeights {
     pub fn parse(json: &str) -> Result<LiveWeights, LiveError> {
-        let raw: BTreeMap<String, BTreeMap<String, u32>> = serde_json::from_str(json).map_err(|e| {
-            LiveError(format!(
-                "{e} (expected {{\"router/service\": {{\"backend\": weight, ...}}, ...}})"
-            ))
-        })?;
+        let raw: BTreeMap<String, BTreeMap<String, u32>> =
+            serde_json::from_str(json).map_err(|e| {
+                LiveError(format!(
+                    "{e} (expected {{\"router/service\": {{\"backend\": weight, ...}}, ...}})"
+                ))
+            })?;
         for key in raw.keys() {
             if !key.contains('/') {
-                return Err(LiveError(format!(
-                    "key `{key}` is not `router/service`"
-                )));
+                return Err(LiveError(format!("key `{key}` is not `router/service`")));
             }
         }
         Ok(LiveWeights(
@@ -54,11 +53,17 @@ mod tests {
         let target = Target {
             router: "edge".into(),
             service: "web".into(),
-            stable: Backend { name: "blue".into(), version: None },
+            stable: Backend {
+                name: "blue".into(),
+                version: None,
+            },
             canary: None,
         };
         assert_eq!(live.get(&target).unwrap().backends["green"], 10);
-        let other = Target { service: "api".into(), ..target };
+        let other = Target {
+            service: "api".into(),
+            ..target
+        };
         assert!(live.get(&other).is_none());
     }
 

@@ -18,7 +18,11 @@ use canaryd::report;
 use canaryd::validate::Known;
 
 #[derive(Parser)]
-#[command(name = "canaryd", version, about = "GitOps canary releases: Git in, traffic out, status back")]
+#[command(
+    name = "canaryd",
+    version,
+    about = "GitOps canary releases: Git in, traffic out, status back"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,6 +74,13 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
     },
+    /// Show a promotion, an abort and a revert, driven by the planner against a simulated
+    /// router and metrics. Needs nothing installed.
+    Demo {
+        /// Do not pause between events.
+        #[arg(long)]
+        fast: bool,
+    },
     /// Print (or write) the JSON Schemas of the spec documents and the status file.
     Schema {
         /// Write them into this folder instead of printing the rollout schema.
@@ -105,6 +116,7 @@ fn main() -> ExitCode {
             output,
         ),
         Command::Schema { write } => schema(write.as_deref()),
+        Command::Demo { fast } => demo(fast),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -122,10 +134,21 @@ fn known(config: Option<&Path>) -> Result<Known> {
     })
 }
 
-fn lint(paths: &[PathBuf], config: Option<&Path>, deny_warnings: bool, output: Output) -> Result<u8> {
+fn lint(
+    paths: &[PathBuf],
+    config: Option<&Path>,
+    deny_warnings: bool,
+    output: Output,
+) -> Result<u8> {
     let known = known(config)?;
     let (_, diags, sources) = repo::catalog(paths, None, &known)?;
-    let files = sources.len() + diags.iter().filter(|d| d.field.is_empty() && d.position.line == 1).count().min(0);
+    // Files read, and files refused before they could be read (too large, not UTF-8).
+    let files = sources
+        .iter()
+        .map(|s| s.file.as_str())
+        .chain(diags.iter().map(|d| d.file.as_str()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     match output {
         Output::Human => print!("{}", report::lint_human(&diags, &sources, files)),
         Output::Json => {
@@ -158,7 +181,8 @@ fn plan(
         bail!("{} is not a folder of rollout specs", dir.display());
     }
     let (catalog, _diags, _) = repo::catalog(&[dir], Some(repo_dir), &known)?;
-    let text = fs::read_to_string(live).with_context(|| format!("cannot read {}", live.display()))?;
+    let text =
+        fs::read_to_string(live).with_context(|| format!("cannot read {}", live.display()))?;
     let live = LiveWeights::parse(&text)?;
     let mut plans = Vec::new();
     let mut human = String::new();
@@ -178,7 +202,12 @@ fn plan(
             now,
         });
         pending |= p.has_changes(&recorded);
-        human.push_str(&report::plan_human(rollout, &p, &recorded.progress, observed));
+        human.push_str(&report::plan_human(
+            rollout,
+            &p,
+            &recorded.progress,
+            observed,
+        ));
         human.push('\n');
         plans.push(p);
     }
@@ -200,6 +229,12 @@ fn plan(
         Output::Json => println!("{}", serde_json::to_string_pretty(&plans)?),
     }
     Ok(u8::from(pending))
+}
+
+fn demo(fast: bool) -> Result<u8> {
+    let pace = std::time::Duration::from_millis(if fast { 0 } else { 250 });
+    canaryd::demo::run(&mut std::io::stdout().lock(), pace)?;
+    Ok(0)
 }
 
 fn schema(write: Option<&Path>) -> Result<u8> {

@@ -25,10 +25,7 @@ impl Weight {
 
     /// `None` outside 0..=100.
     pub fn new(percent: i64) -> Option<Weight> {
-        u8::try_from(percent)
-            .ok()
-            .filter(|p| *p <= 100)
-            .map(Weight)
+        u8::try_from(percent).ok().filter(|p| *p <= 100).map(Weight)
     }
 
     pub fn get(self) -> u8 {
@@ -57,7 +54,9 @@ impl fmt::Display for Weight {
 /// What identifies a rollout's revision: a short hash of the router, the service, both
 /// backends with their versions, and `retry`. Step lists, analysis, windows and deadlines
 /// are deliberately left out, so editing them mid-rollout does not restart it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct Revision(String);
 

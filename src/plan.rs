@@ -25,7 +25,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::analysis::{self, AnalysisState, Evidence, Measurement, Verdict};
-use crate::model::{ERROR_RETRY, Observed, Revision, RollbackPolicy, Rollout, Step, Traffic, Weight};
+use crate::model::{
+    ERROR_RETRY, Observed, Revision, RollbackPolicy, Rollout, Step, Traffic, Weight,
+};
 use crate::progress::{ABORTED_REMEMBERED, Drift, PauseReason, Progress, Run, Status};
 use crate::spec::{DriftPolicy, InconclusivePolicy};
 
@@ -96,21 +98,38 @@ pub struct Revert {
 #[serde(tag = "action", rename_all = "camelCase")]
 pub enum Action {
     /// Nothing changes now.
-    Wait { reason: String },
+    Wait {
+        reason: String,
+    },
     /// Held for want of an input, or by the window or the drift policy.
-    Hold { reason: String },
+    Hold {
+        reason: String,
+    },
     /// Weights set at a `setWeight` step (or again, when they did not take).
-    SetWeight { step: usize, weight: Weight },
+    SetWeight {
+        step: usize,
+        weight: Weight,
+    },
     /// Entered a pause.
-    Pause { step: usize },
+    Pause {
+        step: usize,
+    },
     /// Entered an analysis step.
-    Analyse { step: usize },
+    Analyse {
+        step: usize,
+    },
     /// Live weights differed from those set; set again.
-    Reapply { reason: String },
+    Reapply {
+        reason: String,
+    },
     Promote,
-    Abort { evidence: Evidence },
+    Abort {
+        evidence: Evidence,
+    },
     /// Traffic back to the restored revision (the whole way, or the first step of it).
-    RollBack { from: Revision },
+    RollBack {
+        from: Revision,
+    },
     /// One more step of a stepped rollback.
     StepBack,
     /// Nothing to roll out: traffic to stable.
@@ -202,6 +221,10 @@ pub fn plan(i: Inputs<'_>) -> Plan {
         wake: None,
     };
     let action = p.decide();
+    if p.status.progress.run().is_none() {
+        // The rollout left flight (promoted, aborted, rolled back): nothing more to measure.
+        p.measure.clear();
+    }
     Plan {
         rollout: i.spec.name.clone(),
         action,
@@ -250,7 +273,9 @@ impl Planner<'_> {
 
     /// The canary's live share under the spec's target; `None` when unreadable.
     fn live_canary(&self) -> Option<Weight> {
-        self.i.live.and_then(|l| self.i.spec.target().live_canary(l))
+        self.i
+            .live
+            .and_then(|l| self.i.spec.target().live_canary(l))
     }
 
     fn set(&mut self, canary: Weight) {
@@ -266,7 +291,9 @@ impl Planner<'_> {
             Progress::Promoted { .. } => self.settle(Weight::FULL, "promoted"),
             Progress::Aborted { .. } => self.settle(Weight::ZERO, "aborted"),
             Progress::RolledBack { weight, .. } => self.settle(weight, "rolled back"),
-            Progress::RollingBack { remaining, since, .. } => self.step_back(remaining, since),
+            Progress::RollingBack {
+                remaining, since, ..
+            } => self.step_back(remaining, since),
             Progress::Progressing { .. } | Progress::Paused { .. } | Progress::Analysing { .. } => {
                 self.in_flight()
             }
@@ -321,9 +348,15 @@ impl Planner<'_> {
         }
         if let Some(weight) = restored_weight {
             self.status.progress = if weight == Weight::FULL {
-                Progress::Promoted { revision: rev, at: now }
+                Progress::Promoted {
+                    revision: rev,
+                    at: now,
+                }
             } else {
-                Progress::Stable { revision: rev, since: now }
+                Progress::Stable {
+                    revision: rev,
+                    since: now,
+                }
             };
             return match self.live_canary() {
                 Some(live) if live == weight => wait("traffic matches"),
@@ -355,7 +388,10 @@ impl Planner<'_> {
         // First sight of a rollout whose canary already carries everything: it finished
         // before canaryd knew it. Adopt, never run it again.
         if matches!(old, Progress::Pending) && self.live_canary() == Some(Weight::FULL) {
-            self.status.progress = Progress::Promoted { revision: rev.clone(), at: now };
+            self.status.progress = Progress::Promoted {
+                revision: rev.clone(),
+                at: now,
+            };
             self.status.promoted = Some(rev);
             return wait("canary already at 100%: recorded as promoted");
         }
@@ -377,7 +413,11 @@ impl Planner<'_> {
             weight: Weight::ZERO,
             verified: false,
             stable: target.stable.name.clone(),
-            canary: target.canary.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+            canary: target
+                .canary
+                .as_ref()
+                .map(|c| c.name.clone())
+                .unwrap_or_default(),
             started_at: now,
             step_started_at: now,
             stalled_since: None,
@@ -392,7 +432,10 @@ impl Planner<'_> {
     fn roll_back(&mut self, old: &Progress, weight: Weight) -> Action {
         let spec = self.i.spec;
         let now = self.now();
-        let from = old.revision().cloned().unwrap_or_else(|| spec.revision.clone());
+        let from = old
+            .revision()
+            .cloned()
+            .unwrap_or_else(|| spec.revision.clone());
         let final_traffic = spec.target().traffic(weight, self.i.live);
         let stepped = match (spec.rollback, old.run()) {
             (RollbackPolicy::Stepped(interval), Some(run)) => Some((interval, run.clone())),
@@ -476,7 +519,8 @@ impl Planner<'_> {
         } else {
             Weight::ZERO
         };
-        self.traffic = Some(last.unwrap_or_else(|| self.i.spec.target().traffic(weight, self.i.live)));
+        self.traffic =
+            Some(last.unwrap_or_else(|| self.i.spec.target().traffic(weight, self.i.live)));
         self.status.progress = Progress::RolledBack {
             revision,
             from,
@@ -506,7 +550,10 @@ impl Planner<'_> {
         let action = match step {
             Step::SetWeight(w) => {
                 self.status.progress = Progress::Progressing { run };
-                Action::SetWeight { step: k, weight: *w }
+                Action::SetWeight {
+                    step: k,
+                    weight: *w,
+                }
             }
             Step::Pause(d) => {
                 let until = d.map(|d| now + d);
@@ -584,10 +631,9 @@ impl Planner<'_> {
         }
         if let Verdict::Running { next } | Verdict::Stalled { next, .. } =
             analysis::assess(spec, state, self.now())
+            && next > self.now()
         {
-            if next > self.now() {
-                self.wake_at(next);
-            }
+            self.wake_at(next);
         }
     }
 
@@ -633,7 +679,10 @@ impl Planner<'_> {
             action: GateAction::Abort,
         }) = &gate
         {
-            return self.abort(&run, Evidence::text(format!("aborted by hand in commit {id}")));
+            return self.abort(
+                &run,
+                Evidence::text(format!("aborted by hand in commit {id}")),
+            );
         }
 
         // 2. Evidence from the analyses.
@@ -642,7 +691,8 @@ impl Planner<'_> {
             match analysis::assess(bg_spec, bg, now) {
                 Verdict::Failed(e) => return self.abort(&run, e),
                 Verdict::Inconclusive(e) => {
-                    if let Some(action) = self.inconclusive(&run, bg_spec.on_inconclusive, e, &gate) {
+                    if let Some(action) = self.inconclusive(&run, bg_spec.on_inconclusive, e, &gate)
+                    {
                         return action;
                     }
                 }
@@ -670,8 +720,20 @@ impl Planner<'_> {
         let fits = match (&progress, step_spec) {
             (_, None) => false,
             (Progress::Progressing { .. }, Some(Step::SetWeight(_))) => true,
-            (Progress::Paused { reason: PauseReason::Step, .. }, Some(Step::Pause(_))) => true,
-            (Progress::Paused { reason: PauseReason::Inconclusive { .. }, .. }, _) => true,
+            (
+                Progress::Paused {
+                    reason: PauseReason::Step,
+                    ..
+                },
+                Some(Step::Pause(_)),
+            ) => true,
+            (
+                Progress::Paused {
+                    reason: PauseReason::Inconclusive { .. },
+                    ..
+                },
+                _,
+            ) => true,
             (Progress::Analysing { .. }, Some(Step::Analysis(_))) => true,
             _ => false,
         };
@@ -702,7 +764,11 @@ impl Planner<'_> {
                 let mut drift = Drift {
                     at: now,
                     expected: run.weight,
-                    live: self.i.live.and_then(Observed::percentages).unwrap_or_default(),
+                    live: self
+                        .i
+                        .live
+                        .and_then(Observed::percentages)
+                        .unwrap_or_default(),
                     action: String::new(),
                 };
                 match spec.on_drift {
@@ -807,7 +873,13 @@ impl Planner<'_> {
             && !matches!(progress, Progress::Progressing { .. })
         {
             if let Some(bg) = run.background.as_mut()
-                && matches!(progress, Progress::Paused { reason: PauseReason::Inconclusive { .. }, .. })
+                && matches!(
+                    progress,
+                    Progress::Paused {
+                        reason: PauseReason::Inconclusive { .. },
+                        ..
+                    }
+                )
             {
                 // A person looked at the inconclusive result and chose to go on: start counting afresh.
                 *bg = AnalysisState::new(now);
@@ -819,9 +891,7 @@ impl Planner<'_> {
         // 8. The step itself.
         let ready = match &progress {
             Progress::Progressing { .. } => true,
-            Progress::Paused {
-                until: Some(t), ..
-            } => {
+            Progress::Paused { until: Some(t), .. } => {
                 if now < *t {
                     self.wake_at(*t);
                     return wait(format!("paused until {}", at(*t)));
@@ -882,7 +952,13 @@ impl Planner<'_> {
             // Already paused for it; the gate (if any) decides below.
             return None;
         }
-        if matches!(gate, Some(Gate { action: GateAction::Promote, .. })) {
+        if matches!(
+            gate,
+            Some(Gate {
+                action: GateAction::Promote,
+                ..
+            })
+        ) {
             return None;
         }
         self.status.progress = Progress::Paused {

@@ -100,7 +100,12 @@ pub fn catalog(
 
 fn read_bounded(path: &Path) -> Result<String, (String, String)> {
     let size = fs::metadata(path)
-        .map_err(|e| (format!("cannot read file: {e}"), "check permissions".to_string()))?
+        .map_err(|e| {
+            (
+                format!("cannot read file: {e}"),
+                "check permissions".to_string(),
+            )
+        })?
         .len();
     if size > MAX_FILE_BYTES {
         return Err((
@@ -112,11 +117,18 @@ fn read_bounded(path: &Path) -> Result<String, (String, String)> {
             "split it, or list it in .canarydignore if it is not a spec".to_string(),
         ));
     }
-    let bytes = fs::read(path)
-        .map_err(|e| (format!("cannot read file: {e}"), "check permissions".to_string()))?;
+    let bytes = fs::read(path).map_err(|e| {
+        (
+            format!("cannot read file: {e}"),
+            "check permissions".to_string(),
+        )
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         (
-            format!("file is not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            format!(
+                "file is not UTF-8 (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
             "save it as UTF-8".to_string(),
         )
     })
@@ -134,7 +146,12 @@ fn ignored(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-fn walk(root: &Path, dir: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) -> Result<(), RepoError> {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    skip: &[PathBuf],
+    out: &mut Vec<PathBuf>,
+) -> Result<(), RepoError> {
     let read = |e| RepoError::Read {
         path: dir.to_path_buf(),
         source: e,

@@ -81,7 +81,9 @@ pub fn weights_diff(live: Option<&Observed>, desired: &Traffic) -> String {
 /// Where a progress stands, for people: `progressing, step 2/6 (canary 20%)`.
 pub fn describe(progress: &Progress, steps: usize) -> String {
     match progress {
-        Progress::Progressing { run } | Progress::Analysing { run, .. } | Progress::Paused { run, .. } => {
+        Progress::Progressing { run }
+        | Progress::Analysing { run, .. }
+        | Progress::Paused { run, .. } => {
             format!(
                 "{}, step {}/{} (canary {}{})",
                 progress.phase(),
@@ -97,7 +99,12 @@ pub fn describe(progress: &Progress, steps: usize) -> String {
 }
 
 /// `plan`'s human output for one rollout.
-pub fn plan_human(rollout: &Rollout, plan: &Plan, recorded: &Progress, live: Option<&Observed>) -> String {
+pub fn plan_human(
+    rollout: &Rollout,
+    plan: &Plan,
+    recorded: &Progress,
+    live: Option<&Observed>,
+) -> String {
     let mut out = String::new();
     let target = rollout.target();
     let _ = writeln!(
@@ -114,11 +121,18 @@ pub fn plan_human(rollout: &Rollout, plan: &Plan, recorded: &Progress, live: Opt
         let _ = writeln!(out, "  phase:  {before} -> {after}");
     }
     let _ = writeln!(out, "  action: {}", plan.action);
-    let desired = plan.traffic.clone().unwrap_or_else(|| match live.and_then(Observed::percentages) {
-        Some(backends) => Traffic { backends },
-        None => target.traffic(Weight::ZERO, None),
-    });
-    let _ = writeln!(out, "  traffic on {}/{} (- live, + desired):", target.router, target.service);
+    let desired =
+        plan.traffic
+            .clone()
+            .unwrap_or_else(|| match live.and_then(Observed::percentages) {
+                Some(backends) => Traffic { backends },
+                None => target.traffic(Weight::ZERO, None),
+            });
+    let _ = writeln!(
+        out,
+        "  traffic on {}/{} (- live, + desired):",
+        target.router, target.service
+    );
     if plan.traffic.is_none() {
         let shown = match live.and_then(Observed::percentages) {
             Some(b) => traffic_lines(Some(&b)),
@@ -138,7 +152,11 @@ pub fn plan_human(rollout: &Rollout, plan: &Plan, recorded: &Progress, live: Opt
         let _ = writeln!(out, "  measure: {}", names.join(", "));
     }
     if let Some(r) = &plan.revert {
-        let _ = writeln!(out, "  revert: open a revert of revision {} ({})", r.revision, r.evidence.summary);
+        let _ = writeln!(
+            out,
+            "  revert: open a revert of revision {} ({})",
+            r.revision, r.evidence.summary
+        );
     }
     if let Some(w) = plan.wake {
         let _ = writeln!(out, "  next look: {}", w.format("%Y-%m-%d %H:%M:%S UTC"));

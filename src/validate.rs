@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::diag::{Diagnostic, Position};
 use crate::model::{
-    Analysis, Backend, Catalog, Metric, Revision, RollbackPolicy, Rollout, Step, Target,
-    Weight, Window,
+    Analysis, Backend, Catalog, Metric, Revision, RollbackPolicy, Rollout, Step, Target, Weight,
+    Window,
 };
 use crate::spec::condition::Condition;
 use crate::spec::duration::{self, DURATION_HELP};
@@ -85,17 +85,16 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
         match kind {
             DocKind::Rollout => rollout_docs.push((*source, doc)),
             DocKind::Router => {
-                let Ok(r) = doc.deserialize::<spec::RouterDoc>(file).map_err(|d| diags.push(*d))
+                let Ok(r) = doc
+                    .deserialize::<spec::RouterDoc>(file)
+                    .map_err(|d| diags.push(*d))
                 else {
                     continue;
                 };
                 let mut cx = Cx::new(file, &doc.paths, &mut diags);
                 if check_name(&mut cx, &r.metadata.name)
-                    && let Some(first) =
-                        duplicate(&mut cx, "router", &r.metadata.name, &routers)
+                    && duplicate(&mut cx, "router", &r.metadata.name, &routers).is_none()
                 {
-                    let _ = first;
-                } else {
                     routers.insert(
                         r.metadata.name.clone(),
                         (file.to_string(), doc.paths.value("metadata.name")),
@@ -120,8 +119,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
                     }
                 }
                 if ok
-                    && duplicate(&mut cx, "metric template", &t.metadata.name, &templates)
-                        .is_none()
+                    && duplicate(&mut cx, "metric template", &t.metadata.name, &templates).is_none()
                 {
                     templates.insert(
                         t.metadata.name.clone(),
@@ -162,7 +160,11 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
             .filter(|d| d.is_error())
             .map(Diagnostic::one_line)
             .collect();
-        let Some(name) = rollout.as_ref().map(|r| r.name.clone()).or(doc.name.clone()) else {
+        let Some(name) = rollout
+            .as_ref()
+            .map(|r| r.name.clone())
+            .or(doc.name.clone())
+        else {
             continue;
         };
         let here = (file.to_string(), doc.paths.value("metadata.name"));
@@ -197,9 +199,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
         .into_values()
         .filter(|r| !catalog.invalid.contains_key(&r.name))
         .collect();
-    diags.sort_by(|a, b| {
-        (a.file.as_str(), a.position).cmp(&(b.file.as_str(), b.position))
-    });
+    diags.sort_by(|a, b| (a.file.as_str(), a.position).cmp(&(b.file.as_str(), b.position)));
     (catalog, diags)
 }
 
@@ -236,8 +236,7 @@ impl<'a> Cx<'a> {
 
     fn warn(&mut self, field: &str, message: impl Into<String>, help: impl Into<String>) {
         self.diags.push(
-            Diagnostic::warning(self.file, self.paths.value(field), field, message)
-                .with_help(help),
+            Diagnostic::warning(self.file, self.paths.value(field), field, message).with_help(help),
         );
     }
 }
@@ -255,8 +254,13 @@ fn document_kind(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Opt
             let found = DocKind::parse(k);
             if found.is_none() {
                 diags.push(
-                    Diagnostic::error(file, doc.paths.value("kind"), "kind", format!("unknown kind `{k}`"))
-                        .with_help(format!("canaryd reads documents of kind {}", kinds())),
+                    Diagnostic::error(
+                        file,
+                        doc.paths.value("kind"),
+                        "kind",
+                        format!("unknown kind `{k}`"),
+                    )
+                    .with_help(format!("canaryd reads documents of kind {}", kinds())),
                 );
             }
             found
@@ -296,12 +300,7 @@ fn check_name(cx: &mut Cx<'_>, name: &str) -> bool {
 }
 
 /// Reports a duplicate name; returns where the first one is.
-fn duplicate<T>(
-    cx: &mut Cx<'_>,
-    what: &str,
-    name: &str,
-    seen: &BTreeMap<String, T>,
-) -> Option<()>
+fn duplicate<T>(cx: &mut Cx<'_>, what: &str, name: &str, seen: &BTreeMap<String, T>) -> Option<()>
 where
     T: DupSite,
 {
@@ -475,7 +474,11 @@ fn target(cx: &mut Cx<'_>, s: &RolloutSpec, refs: &Refs) -> Option<Target> {
             None
         }
         Some(c) if c.name.trim().is_empty() => {
-            cx.error("spec.canary.name", "must not be empty", "name it as the router knows it");
+            cx.error(
+                "spec.canary.name",
+                "must not be empty",
+                "name it as the router knows it",
+            );
             ok = false;
             None
         }
@@ -559,7 +562,11 @@ fn explicit_steps(cx: &mut Cx<'_>, list: &[spec::Step], refs: &Refs) -> Option<V
                     if w < *prev {
                         cx.error(
                             &field,
-                            format!("weight {} is lower than the {} before it", w.get(), prev.get()),
+                            format!(
+                                "weight {} is lower than the {} before it",
+                                w.get(),
+                                prev.get()
+                            ),
                             format!(
                                 "canary weights only grow during a rollout ({prev_field} sets {}); \
                                  to send traffic back, revert the change instead",
@@ -588,13 +595,15 @@ fn explicit_steps(cx: &mut Cx<'_>, list: &[spec::Step], refs: &Refs) -> Option<V
                     }
                 },
             },
-            spec::Step::Analysis(a) => match analysis(cx, &format!("{base}.analysis"), a, refs, false) {
-                Some(a) => Step::Analysis(a),
-                None => {
-                    ok = false;
-                    continue;
+            spec::Step::Analysis(a) => {
+                match analysis(cx, &format!("{base}.analysis"), a, refs, false) {
+                    Some(a) => Step::Analysis(a),
+                    None => {
+                        ok = false;
+                        continue;
+                    }
                 }
-            },
+            }
         };
         out.push(step);
     }
@@ -676,7 +685,11 @@ fn shorthand_steps(cx: &mut Cx<'_>, s: &RolloutSpec) -> Option<Vec<Step>> {
                 {
                     cx.error(
                         "spec.maxWeight",
-                        format!("`maxWeight` {} is below the last step weight {}", max.get(), last.get()),
+                        format!(
+                            "`maxWeight` {} is below the last step weight {}",
+                            max.get(),
+                            last.get()
+                        ),
                         "raise `maxWeight` or drop the weights above it",
                     );
                     ok = false;
@@ -781,7 +794,9 @@ fn analysis(
         initial_delay: initial_delay?,
         failure_limit: a.failure_limit.unwrap_or(0),
         inconclusive_limit: a.inconclusive_limit.unwrap_or(0),
-        consecutive_error_limit: a.consecutive_error_limit.unwrap_or(DEFAULT_CONSECUTIVE_ERRORS),
+        consecutive_error_limit: a
+            .consecutive_error_limit
+            .unwrap_or(DEFAULT_CONSECUTIVE_ERRORS),
         on_inconclusive: a.on_inconclusive.unwrap_or_default(),
     })
 }
@@ -813,7 +828,10 @@ fn metric(cx: &mut Cx<'_>, field: &str, m: &spec::MetricCheck, refs: &Refs) -> O
         },
     };
     let provider = m.provider.or(template.as_ref().map(|t| t.provider));
-    let query = m.query.clone().or(template.as_ref().map(|t| t.query.clone()));
+    let query = m
+        .query
+        .clone()
+        .or(template.as_ref().map(|t| t.query.clone()));
     if m.template.is_none() && (provider.is_none() || query.is_none()) {
         cx.error(
             field,
@@ -824,14 +842,19 @@ fn metric(cx: &mut Cx<'_>, field: &str, m: &spec::MetricCheck, refs: &Refs) -> O
     if let Some(q) = &query
         && q.trim().is_empty()
     {
-        cx.error(&format!("{field}.query"), "the query is empty", "write the query to run");
+        cx.error(
+            &format!("{field}.query"),
+            "the query is empty",
+            "write the query to run",
+        );
     }
-    let mut parse = |own: &Option<String>, from_template: Option<&String>, key: &str| {
-        match (own, from_template) {
-            (Some(text), _) => condition(cx, &format!("{field}.{key}"), text),
-            (None, Some(text)) => Condition::parse(text).ok(),
-            (None, None) => None,
-        }
+    let mut parse = |own: &Option<String>, from_template: Option<&String>, key: &str| match (
+        own,
+        from_template,
+    ) {
+        (Some(text), _) => condition(cx, &format!("{field}.{key}"), text),
+        (None, Some(text)) => Condition::parse(text).ok(),
+        (None, None) => None,
     };
     let success = parse(
         &m.success_condition,
@@ -928,9 +951,16 @@ fn crontab(expr: &str) -> Result<cron::Schedule, String> {
             .find(|&i| {
                 let mut alone = ["*"; 5];
                 alone[i] = if i == 4 { dow.as_str() } else { fields[i] };
-                format!("0 {} *", alone.join(" ")).parse::<cron::Schedule>().is_err()
+                format!("0 {} *", alone.join(" "))
+                    .parse::<cron::Schedule>()
+                    .is_err()
             })
-            .map(|i| format!("{} field `{}` is not valid ({})", NAMES[i].0, fields[i], NAMES[i].1))
+            .map(|i| {
+                format!(
+                    "{} field `{}` is not valid ({})",
+                    NAMES[i].0, fields[i], NAMES[i].1
+                )
+            })
             .unwrap_or_else(|| "the fields never match together".to_string())
     })
 }
@@ -988,8 +1018,12 @@ mod tests {
     fn crontab_days_keep_their_meaning() {
         // 1-5 is Monday to Friday in crontab.
         let s = crontab("* 9-16 * * 1-5").unwrap();
-        let monday_10 = chrono::Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap();
-        let sunday_10 = chrono::Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+        let monday_10 = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 23, 10, 0, 0)
+            .unwrap();
+        let sunday_10 = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 22, 10, 0, 0)
+            .unwrap();
         assert!(s.includes(monday_10));
         assert!(!s.includes(sunday_10));
         assert!(crontab("* * * * 0").unwrap().includes(sunday_10));

@@ -187,8 +187,7 @@ pub fn documents(file: &str, text: &str) -> (Vec<Document>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut parser = Parser::new_from_str(text);
     let mut events = 0usize;
-    loop {
-        let Some(next) = parser.next() else { break };
+    for next in parser.by_ref() {
         events += 1;
         if events > MAX_EVENTS {
             diags.push(limit(file, &walker, "too many YAML nodes"));
@@ -228,8 +227,13 @@ fn scan_error(file: &str, e: &ScanError) -> Diagnostic {
         line: m.line().max(1),
         column: m.col() + 1,
     };
-    Diagnostic::error(file, pos, String::new(), format!("malformed YAML: {}", e.info()))
-        .with_help("check indentation and quoting around this position")
+    Diagnostic::error(
+        file,
+        pos,
+        String::new(),
+        format!("malformed YAML: {}", e.info()),
+    )
+    .with_help("check indentation and quoting around this position")
 }
 
 enum Frame {
@@ -331,10 +335,8 @@ impl<'a> Walker<'a> {
                     }
                 }
             }
-            Event::Alias(_) => {
-                if !self.take_key("*alias", pos) {
-                    self.node_path(pos);
-                }
+            Event::Alias(_) if !self.take_key("*alias", pos) => {
+                self.node_path(pos);
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 if self.stack.len() >= MAX_DEPTH {
@@ -343,7 +345,10 @@ impl<'a> Walker<'a> {
                 let key_taken = self.take_key("?", pos);
                 let path = if key_taken {
                     // A complex key: its contents get paths under the parent, which is harmless.
-                    self.stack.last().map(|(_, p)| p.clone()).unwrap_or_default()
+                    self.stack
+                        .last()
+                        .map(|(_, p)| p.clone())
+                        .unwrap_or_default()
                 } else {
                     self.node_path(pos)
                 };
@@ -494,7 +499,10 @@ mod tests {
     #[test]
     fn an_alias_bomb_is_refused_before_expansion() {
         let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
-        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"]) {
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
             let refs = vec![format!("*{prev}"); 10].join(", ");
             text.push_str(&format!("{name}: &{name} [{refs}]\n"));
         }

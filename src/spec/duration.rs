@@ -50,9 +50,7 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
                 )));
             }
             other => {
-                return Err(DurationError(format!(
-                    "unknown unit `{other}` in `{text}`"
-                )));
+                return Err(DurationError(format!("unknown unit `{other}` in `{text}`")));
             }
         };
         let millis = n
@@ -75,7 +73,12 @@ pub fn display(d: Duration) -> impl fmt::Display {
             if millis == 0 {
                 return f.write_str("0s");
             }
-            for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+            for (unit, size) in [
+                ("d", 86_400_000),
+                ("h", 3_600_000),
+                ("m", 60_000),
+                ("s", 1_000),
+            ] {
                 if millis >= size {
                     write!(f, "{}{unit}", millis / size)?;
                     millis %= size;

@@ -421,6 +421,7 @@ pub struct MetricTemplateSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 #[schemars(title = "canaryd document")]
+#[allow(clippy::large_enum_variant)] // only built for its schema
 pub enum AnyDoc {
     Rollout(RolloutDoc),
     Router(RouterDoc),

@@ -28,29 +28,48 @@ fn root() -> &'static Path {
 fn lint_exits_0_on_the_examples() {
     let o = canaryd(&["lint", "examples/"], root());
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
-    assert!(stdout(&o).ends_with("files checked: 0 errors, 0 warnings\n"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).ends_with("files checked: 0 errors, 0 warnings\n"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
 fn lint_exits_1_with_file_line_column_and_help() {
-    let o = canaryd(&["lint", "examples/invalid/weight-out-of-range.yaml"], root());
+    let o = canaryd(
+        &["lint", "examples/invalid/weight-out-of-range.yaml"],
+        root(),
+    );
     assert_eq!(o.status.code(), Some(1));
     let out = stdout(&o);
     assert!(out.contains("error: weight 150 is out of range\n"), "{out}");
-    assert!(out.contains("--> examples/invalid/weight-out-of-range.yaml:13:18\n"), "{out}");
+    assert!(
+        out.contains("--> examples/invalid/weight-out-of-range.yaml:13:18\n"),
+        "{out}"
+    );
     assert!(out.contains("13 |     - setWeight: 150\n"), "{out}");
     assert!(out.contains("^ spec.steps[1].setWeight\n"), "{out}");
-    assert!(out.contains("= help: weights are the percentage of requests sent to the canary"), "{out}");
+    assert!(
+        out.contains("= help: weights are the percentage of requests sent to the canary"),
+        "{out}"
+    );
 }
 
 #[test]
 fn lint_json_is_machine_readable() {
-    let o = canaryd(&["lint", "--output", "json", "examples/invalid/bad-cron.yaml"], root());
+    let o = canaryd(
+        &["lint", "--output", "json", "examples/invalid/bad-cron.yaml"],
+        root(),
+    );
     assert_eq!(o.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(json["errors"], 1);
     let d = &json["diagnostics"][0];
-    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(14), Some(11)));
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(14), Some(11))
+    );
     assert_eq!(d["field"], "spec.window.cron");
     assert_eq!(d["severity"], "error");
 }
@@ -60,17 +79,31 @@ fn lint_exits_2_when_it_cannot_run() {
     let o = canaryd(&["lint", "no/such/dir"], root());
     assert_eq!(o.status.code(), Some(2));
     assert!(o.stdout.is_empty());
-    assert_eq!(String::from_utf8_lossy(&o.stderr), "error: path no/such/dir does not exist\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "error: path no/such/dir does not exist\n"
+    );
 }
 
 #[test]
 fn lint_warnings_fail_only_when_denied() {
     let dir = tempfile::tempdir().unwrap();
-    let text = fs::read_to_string(root().join("examples/basic.yaml")).unwrap().replace("setWeight: 50", "setWeight: 10");
+    let text = fs::read_to_string(root().join("examples/basic.yaml"))
+        .unwrap()
+        .replace("setWeight: 50", "setWeight: 10");
     fs::write(dir.path().join("web.yaml"), text).unwrap();
-    fs::copy(root().join("examples/routers.yaml"), dir.path().join("routers.yaml")).unwrap();
+    fs::copy(
+        root().join("examples/routers.yaml"),
+        dir.path().join("routers.yaml"),
+    )
+    .unwrap();
     assert_eq!(canaryd(&["lint", "."], dir.path()).status.code(), Some(0));
-    assert_eq!(canaryd(&["lint", "--deny-warnings", "."], dir.path()).status.code(), Some(1));
+    assert_eq!(
+        canaryd(&["lint", "--deny-warnings", "."], dir.path())
+            .status
+            .code(),
+        Some(1)
+    );
 }
 
 /// A repository with the basic example and live weights all on stable.
@@ -78,9 +111,17 @@ fn repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir(dir.path().join("rollouts")).unwrap();
     for f in ["basic.yaml", "routers.yaml"] {
-        fs::copy(root().join("examples").join(f), dir.path().join("rollouts").join(f)).unwrap();
+        fs::copy(
+            root().join("examples").join(f),
+            dir.path().join("rollouts").join(f),
+        )
+        .unwrap();
     }
-    fs::write(dir.path().join("live.json"), r#"{"edge/checkout": {"checkout-blue": 100, "checkout-green": 0}}"#).unwrap();
+    fs::write(
+        dir.path().join("live.json"),
+        r#"{"edge/checkout": {"checkout-blue": 100, "checkout-green": 0}}"#,
+    )
+    .unwrap();
     dir
 }
 
@@ -90,11 +131,22 @@ const NOW: &str = "2026-11-26T10:00:00Z";
 fn plan_shows_the_diff_and_exits_1_when_changes_are_pending() {
     let dir = repo();
     let o = canaryd(&["plan", "--live", "live.json", "--now", NOW], dir.path());
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let out = stdout(&o);
     assert!(out.starts_with("rollout checkout (revision "), "{out}");
-    assert!(out.contains("  phase:  pending -> progressing, step 1/4 (canary 10%, unverified)\n"), "{out}");
-    assert!(out.contains("  action: set canary weight 10% (step 1)\n"), "{out}");
+    assert!(
+        out.contains("  phase:  pending -> progressing, step 1/4 (canary 10%, unverified)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  action: set canary weight 10% (step 1)\n"),
+        "{out}"
+    );
     assert!(
         out.contains(
             "    - checkout-blue 100%\n    - checkout-green 0%\n    + checkout-blue 90%\n    + checkout-green 10%\n"
@@ -106,7 +158,18 @@ fn plan_shows_the_diff_and_exits_1_when_changes_are_pending() {
 #[test]
 fn plan_json_carries_the_next_status() {
     let dir = repo();
-    let o = canaryd(&["plan", "--live", "live.json", "--now", NOW, "--output", "json"], dir.path());
+    let o = canaryd(
+        &[
+            "plan",
+            "--live",
+            "live.json",
+            "--now",
+            NOW,
+            "--output",
+            "json",
+        ],
+        dir.path(),
+    );
     assert_eq!(o.status.code(), Some(1));
     let plans: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let p = &plans[0];
@@ -120,18 +183,57 @@ fn plan_json_carries_the_next_status() {
 fn plan_exits_0_when_live_traffic_matches_the_recorded_state() {
     let dir = repo();
     // Find the revision, record it as promoted, and put live traffic where a promotion leaves it.
-    let o = canaryd(&["plan", "--live", "live.json", "--now", NOW, "--output", "json"], dir.path());
+    let o = canaryd(
+        &[
+            "plan",
+            "--live",
+            "live.json",
+            "--now",
+            NOW,
+            "--output",
+            "json",
+        ],
+        dir.path(),
+    );
     let plans: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let revision = plans[0]["status"]["progress"]["run"]["revision"].as_str().unwrap();
+    let revision = plans[0]["status"]["progress"]["run"]["revision"]
+        .as_str()
+        .unwrap();
     let mut status = Status::new("checkout");
-    status.progress = Progress::Promoted { revision: Revision::from(revision), at: NOW.parse().unwrap() };
+    status.progress = Progress::Promoted {
+        revision: Revision::from(revision),
+        at: NOW.parse().unwrap(),
+    };
     status.promoted = Some(Revision::from(revision));
     fs::create_dir(dir.path().join("status")).unwrap();
-    fs::write(dir.path().join("status/checkout.yaml"), serde_saphyr::to_string(&status).unwrap()).unwrap();
-    fs::write(dir.path().join("live.json"), r#"{"edge/checkout": {"checkout-blue": 0, "checkout-green": 100}}"#).unwrap();
-    let o = canaryd(&["plan", "--live", "live.json", "--status", "status", "--now", NOW], dir.path());
+    fs::write(
+        dir.path().join("status/checkout.yaml"),
+        serde_saphyr::to_string(&status).unwrap(),
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("live.json"),
+        r#"{"edge/checkout": {"checkout-blue": 0, "checkout-green": 100}}"#,
+    )
+    .unwrap();
+    let o = canaryd(
+        &[
+            "plan",
+            "--live",
+            "live.json",
+            "--status",
+            "status",
+            "--now",
+            NOW,
+        ],
+        dir.path(),
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
-    assert!(stdout(&o).contains("action: wait: promoted; traffic matches"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("action: wait: promoted; traffic matches"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -151,7 +253,10 @@ fn plan_exits_2_on_unreadable_input() {
     let o = canaryd(&["plan", "--live", "live.json"], dir.path());
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("error: live weights:"));
-    let o = canaryd(&["plan", "--live", "live.json", "--repo", "nowhere"], dir.path());
+    let o = canaryd(
+        &["plan", "--live", "live.json", "--repo", "nowhere"],
+        dir.path(),
+    );
     assert_eq!(o.status.code(), Some(2));
 }
 

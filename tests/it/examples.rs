@@ -29,13 +29,20 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_valid_example_lints_clean() {
     let examples = root().join("examples");
-    let (catalog, diags, sources) = repo::catalog(&[examples], Some(&root()), &Known::default()).unwrap();
+    let (catalog, diags, sources) =
+        repo::catalog(&[examples], Some(&root()), &Known::default()).unwrap();
     assert!(diags.is_empty(), "{diags:#?}");
     assert!(catalog.invalid.is_empty() && catalog.broken_files.is_empty());
     // The list: basic, manual gate, Flagger shorthand, analysis-heavy, windowed.
     let names: Vec<&str> = catalog.rollouts.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["billing", "checkout", "inventory", "payments", "search"]);
-    assert!(sources.iter().all(|s| !s.file.contains("invalid")), "invalid/ is skipped");
+    assert_eq!(
+        names,
+        ["billing", "checkout", "inventory", "payments", "search"]
+    );
+    assert!(
+        sources.iter().all(|s| !s.file.contains("invalid")),
+        "invalid/ is skipped"
+    );
 }
 
 /// `# expect: LINE:COLUMN FIELD: MESSAGE` (FIELD may be empty).
@@ -47,7 +54,12 @@ fn expectation(text: &str) -> (usize, usize, String, String) {
     let (pos, rest) = line.split_once(' ').unwrap();
     let (l, c) = pos.split_once(':').unwrap();
     let (field, message) = rest.split_once(": ").unwrap();
-    (l.parse().unwrap(), c.parse().unwrap(), field.trim().to_string(), message.to_string())
+    (
+        l.parse().unwrap(),
+        c.parse().unwrap(),
+        field.trim().to_string(),
+        message.to_string(),
+    )
 }
 
 #[test]
@@ -64,8 +76,13 @@ fn every_invalid_example_yields_its_diagnostic() {
         }
         let (line, column, field, message) = expectation(&text);
         // Lint the file's folder, so pairs (duplicate names across files) are seen together.
-        let target = if file.parent() == Some(dir.as_path()) { file.clone() } else { file.parent().unwrap().to_path_buf() };
-        let (catalog, diags, _) = repo::catalog(&[target], Some(&root()), &Known::default()).unwrap();
+        let target = if file.parent() == Some(dir.as_path()) {
+            file.clone()
+        } else {
+            file.parent().unwrap().to_path_buf()
+        };
+        let (catalog, diags, _) =
+            repo::catalog(&[target], Some(&root()), &Known::default()).unwrap();
         let shown = file.strip_prefix(root()).unwrap().display().to_string();
         let found = diags.iter().any(|d| {
             d.file == shown
@@ -75,8 +92,14 @@ fn every_invalid_example_yields_its_diagnostic() {
                 && d.message.starts_with(&message)
                 && d.help.is_some()
         });
-        assert!(found, "{shown}: expected {line}:{column} {field}: {message}\ngot {diags:#?}");
-        assert!(catalog.rollouts.is_empty(), "{shown}: an invalid rollout must not be planned");
+        assert!(
+            found,
+            "{shown}: expected {line}:{column} {field}: {message}\ngot {diags:#?}"
+        );
+        assert!(
+            catalog.rollouts.is_empty(),
+            "{shown}: an invalid rollout must not be planned"
+        );
         checked += 1;
     }
     assert!(checked >= 15);
@@ -85,7 +108,8 @@ fn every_invalid_example_yields_its_diagnostic() {
 #[test]
 fn examples_satisfy_the_published_schemas() {
     let schema_for = |file: &str| -> serde_json::Value {
-        serde_json::from_str(&fs::read_to_string(root().join("schemas").join(file)).unwrap()).unwrap()
+        serde_json::from_str(&fs::read_to_string(root().join("schemas").join(file)).unwrap())
+            .unwrap()
     };
     let any = jsonschema::validator_for(&schema_for("canaryd.json")).unwrap();
     let mut files = Vec::new();
@@ -95,7 +119,11 @@ fn examples_satisfy_the_published_schemas() {
         let text = fs::read_to_string(&file).unwrap();
         let invalid = file.components().any(|c| c.as_os_str() == "invalid");
         // The header names the schema an editor uses.
-        assert!(text.starts_with("# yaml-language-server: $schema="), "{}", file.display());
+        assert!(
+            text.starts_with("# yaml-language-server: $schema="),
+            "{}",
+            file.display()
+        );
         if invalid {
             continue;
         }
@@ -109,7 +137,11 @@ fn examples_satisfy_the_published_schemas() {
                 "Router" => "router.json",
                 _ => "metric-template.json",
             };
-            assert!(jsonschema::is_valid(&schema_for(own), &doc), "{}: {kind}", file.display());
+            assert!(
+                jsonschema::is_valid(&schema_for(own), &doc),
+                "{}: {kind}",
+                file.display()
+            );
             valid_docs += 1;
         }
     }
@@ -120,8 +152,14 @@ fn examples_satisfy_the_published_schemas() {
         "spec": {"router": "edge", "service": "web", "stable": {"name": "a"},
                  "steps": [{"setWeight": 150}, {"pause": {"duration": "5 minutes"}}], "stepweight": 1}
     });
-    let errors = jsonschema::validator_for(&schema_for("rollout.json")).unwrap().iter_errors(&bad).count();
-    assert!(errors >= 4, "name pattern, weight range, duration pattern, unknown field: {errors}");
+    let errors = jsonschema::validator_for(&schema_for("rollout.json"))
+        .unwrap()
+        .iter_errors(&bad)
+        .count();
+    assert!(
+        errors >= 4,
+        "name pattern, weight range, duration pattern, unknown field: {errors}"
+    );
 }
 
 #[test]

@@ -17,7 +17,9 @@ spec: {kind: embedded, listen: \"127.0.0.1:8080\"}
 /// (indented by two spaces).
 fn rollout(body: &str) -> String {
     let body: String = body.lines().map(|l| format!("  {l}\n")).collect();
-    format!("{ROUTER}---\napiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n{body}")
+    format!(
+        "{ROUTER}---\napiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n{body}"
+    )
 }
 
 const TARGET: &str = "router: edge\nservice: web\nstable: {name: blue, version: \"1\"}\ncanary: {name: green, version: \"2\"}\n";
@@ -29,10 +31,15 @@ fn run(body: &str) -> (Catalog, Vec<Diagnostic>) {
 /// Checks that `body` raises exactly the errors whose (field, message fragment) are listed.
 fn check(body: &str, expected: &[(&str, &str)]) {
     let (catalog, diags) = run(body);
-    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.severity == Severity::Error).collect();
+    let errors: Vec<&Diagnostic> = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect();
     for (field, fragment) in expected {
         assert!(
-            errors.iter().any(|d| d.field == *field && d.message.contains(fragment) && d.help.is_some()),
+            errors
+                .iter()
+                .any(|d| d.field == *field && d.message.contains(fragment) && d.help.is_some()),
             "expected `{field}: {fragment}` in\n{errors:#?}"
         );
     }
@@ -50,11 +57,20 @@ fn valid(body: &str) -> canaryd::model::Rollout {
 #[test]
 fn weights_are_percentages_that_only_grow() {
     check("steps: [{setWeight: 10}, {setWeight: 50}]", &[]);
-    check("steps: [{setWeight: -5}]", &[("spec.steps[0].setWeight", "weight -5 is out of range")]);
-    check("steps: [{setWeight: 101}]", &[("spec.steps[0].setWeight", "weight 101 is out of range")]);
+    check(
+        "steps: [{setWeight: -5}]",
+        &[("spec.steps[0].setWeight", "weight -5 is out of range")],
+    );
+    check(
+        "steps: [{setWeight: 101}]",
+        &[("spec.steps[0].setWeight", "weight 101 is out of range")],
+    );
     check(
         "steps: [{setWeight: 50}, {pause: {}}, {setWeight: 20}]",
-        &[("spec.steps[2].setWeight", "weight 20 is lower than the 50 before it")],
+        &[(
+            "spec.steps[2].setWeight",
+            "weight 20 is lower than the 50 before it",
+        )],
     );
     check("steps: []", &[("spec.steps", "the step list is empty")]);
     check("", &[("spec", "the rollout has no steps")]);
@@ -71,12 +87,25 @@ fn a_repeated_weight_is_only_a_warning() {
 
 #[test]
 fn durations_need_units() {
-    check("steps: [{setWeight: 5}, {pause: {duration: 90}}]", &[("spec.steps[1].pause.duration", "has no unit")]);
-    check("steps: [{setWeight: 5}, {pause: {duration: 2 hours}}]", &[("spec.steps[1].pause.duration", "unknown unit")]);
-    check("steps: [{setWeight: 5}]\nprogressDeadline: 0s", &[("spec.progressDeadline", "zero")]);
+    check(
+        "steps: [{setWeight: 5}, {pause: {duration: 90}}]",
+        &[("spec.steps[1].pause.duration", "has no unit")],
+    );
+    check(
+        "steps: [{setWeight: 5}, {pause: {duration: 2 hours}}]",
+        &[("spec.steps[1].pause.duration", "unknown unit")],
+    );
+    check(
+        "steps: [{setWeight: 5}]\nprogressDeadline: 0s",
+        &[("spec.progressDeadline", "zero")],
+    );
     let r = valid("steps: [{setWeight: 5}, {pause: {duration: 1h30m}}]");
     assert_eq!(r.steps[1], Step::Pause(Some(Duration::from_secs(5400))));
-    assert_eq!(r.progress_deadline, Duration::from_secs(600), "default as Argo and Flagger");
+    assert_eq!(
+        r.progress_deadline,
+        Duration::from_secs(600),
+        "default as Argo and Flagger"
+    );
     assert!(r.deadline_abort, "default abort, as Flagger");
 }
 
@@ -85,29 +114,70 @@ fn the_shorthand_expands_without_overshooting() {
     let r = valid("stepWeight: 20\nmaxWeight: 50\ninterval: 2m");
     let minute2 = Step::Pause(Some(Duration::from_secs(120)));
     let w = |n| Step::SetWeight(Weight::new(n).unwrap());
-    assert_eq!(r.steps, vec![w(20), minute2.clone(), w(40), minute2.clone(), w(50), minute2]);
+    assert_eq!(
+        r.steps,
+        vec![
+            w(20),
+            minute2.clone(),
+            w(40),
+            minute2.clone(),
+            w(50),
+            minute2
+        ]
+    );
     let r = valid("stepWeights: [1, 5, 25]");
     assert_eq!(r.steps.len(), 6);
-    assert_eq!(r.steps[1], Step::Pause(Some(Duration::from_secs(60))), "default interval 1m");
+    assert_eq!(
+        r.steps[1],
+        Step::Pause(Some(Duration::from_secs(60))),
+        "default interval 1m"
+    );
     let r = valid("stepWeight: 25");
-    assert_eq!(r.allowed_weights().iter().map(|w| w.get()).collect::<Vec<_>>(), [0, 25, 50, 75, 100]);
-    check("stepWeight: 0", &[("spec.stepWeight", "never moves traffic")]);
-    check("stepWeights: [10, 5]", &[("spec.stepWeights[1]", "does not increase")]);
-    check("stepWeights: [10, 60]\nmaxWeight: 50", &[("spec.maxWeight", "below the last step weight 60")]);
-    check("stepWeight: 10\nsteps: [{setWeight: 10}]", &[("spec.stepWeight", "both `steps` and the shorthand")]);
-    check("stepWeight: 10\nstepWeights: [10]", &[("spec.stepWeights", "both `stepWeight` and `stepWeights`")]);
+    assert_eq!(
+        r.allowed_weights()
+            .iter()
+            .map(|w| w.get())
+            .collect::<Vec<_>>(),
+        [0, 25, 50, 75, 100]
+    );
+    check(
+        "stepWeight: 0",
+        &[("spec.stepWeight", "never moves traffic")],
+    );
+    check(
+        "stepWeights: [10, 5]",
+        &[("spec.stepWeights[1]", "does not increase")],
+    );
+    check(
+        "stepWeights: [10, 60]\nmaxWeight: 50",
+        &[("spec.maxWeight", "below the last step weight 60")],
+    );
+    check(
+        "stepWeight: 10\nsteps: [{setWeight: 10}]",
+        &[("spec.stepWeight", "both `steps` and the shorthand")],
+    );
+    check(
+        "stepWeight: 10\nstepWeights: [10]",
+        &[("spec.stepWeights", "both `stepWeight` and `stepWeights`")],
+    );
 }
 
 #[test]
 fn backends_must_differ() {
     let with_canary = |canary: &str| {
-        let body = format!("router: edge\nservice: web\nstable: {{name: blue, version: \"1\"}}\ncanary: {canary}\nsteps: [{{setWeight: 5}}]");
+        let body = format!(
+            "router: edge\nservice: web\nstable: {{name: blue, version: \"1\"}}\ncanary: {canary}\nsteps: [{{setWeight: 5}}]"
+        );
         validate::validate_texts(&[("r.yaml", &rollout(&body))])
     };
     let (catalog, diags) = with_canary("{name: blue, version: \"3\"}");
     assert!(catalog.rollouts.is_empty());
     assert_eq!(diags[0].field, "spec.canary.name");
-    assert!(diags[0].message.contains("canary and stable are the same backend `blue`"));
+    assert!(
+        diags[0]
+            .message
+            .contains("canary and stable are the same backend `blue`")
+    );
     // A canary identical to stable is no canary at all.
     let (catalog, diags) = with_canary("{name: blue, version: \"1\"}");
     assert!(diags.is_empty());
@@ -116,7 +186,10 @@ fn backends_must_differ() {
 
 #[test]
 fn analyses_are_checked_whole() {
-    check("steps: [{setWeight: 5}]\nanalysis: {metrics: []}", &[("spec.analysis.metrics", "no metrics")]);
+    check(
+        "steps: [{setWeight: 5}]\nanalysis: {metrics: []}",
+        &[("spec.analysis.metrics", "no metrics")],
+    );
     check(
         "steps: [{setWeight: 5}]\nanalysis:\n  metrics:\n    - {name: e, template: error-rate}\n    - {name: e, template: error-rate}",
         &[("spec.analysis.metrics[1].name", "appears twice")],
@@ -147,7 +220,10 @@ fn analyses_are_checked_whole() {
         &[
             ("spec.steps[0].setWeight", "out of range"),
             ("spec.steps[1].pause.duration", "bad duration"),
-            ("spec.analysis.metrics[0].template", "unknown metric template `nope`"),
+            (
+                "spec.analysis.metrics[0].template",
+                "unknown metric template `nope`",
+            ),
         ],
     );
 }
@@ -157,35 +233,70 @@ fn analysis_defaults_follow_argo_rollouts() {
     let r = valid(
         "steps: [{setWeight: 5}, {analysis: {metrics: [{name: e, template: error-rate}]}}]\nanalysis: {metrics: [{name: e, template: error-rate}]}",
     );
-    let Step::Analysis(step) = &r.steps[1] else { panic!() };
-    assert_eq!((step.interval, step.count), (None, Some(1)), "a step analysis measures once");
-    assert_eq!((step.failure_limit, step.inconclusive_limit, step.consecutive_error_limit), (0, 0, 4));
+    let Step::Analysis(step) = &r.steps[1] else {
+        panic!()
+    };
+    assert_eq!(
+        (step.interval, step.count),
+        (None, Some(1)),
+        "a step analysis measures once"
+    );
+    assert_eq!(
+        (
+            step.failure_limit,
+            step.inconclusive_limit,
+            step.consecutive_error_limit
+        ),
+        (0, 0, 4)
+    );
     let bg = r.background.unwrap();
-    assert_eq!((bg.interval, bg.count), (Some(Duration::from_secs(60)), None), "background runs until the end");
+    assert_eq!(
+        (bg.interval, bg.count),
+        (Some(Duration::from_secs(60)), None),
+        "background runs until the end"
+    );
     // Templates resolve: the built-in error-rate measures the embedded router.
     assert_eq!(bg.metrics[0].query, "error_rate");
-    assert_eq!(bg.metrics[0].success.as_ref().unwrap().as_str(), "result <= 0.01");
+    assert_eq!(
+        bg.metrics[0].success.as_ref().unwrap().as_str(),
+        "result <= 0.01"
+    );
 }
 
 #[test]
 fn metric_templates_from_the_repository_resolve_and_can_be_overridden() {
     let template = "apiVersion: canaryd.dev/v1alpha1\nkind: MetricTemplate\nmetadata: {name: errs}\nspec: {provider: prometheus, query: 'sum(x)', successCondition: result < 1}\n---\n";
-    let body = format!("{TARGET}steps: [{{setWeight: 5}}]\nanalysis: {{metrics: [{{name: e, template: errs, successCondition: result < 0.5}}]}}");
+    let body = format!(
+        "{TARGET}steps: [{{setWeight: 5}}]\nanalysis: {{metrics: [{{name: e, template: errs, successCondition: result < 0.5}}]}}"
+    );
     let text = format!("{template}{}", rollout(&body));
     let (catalog, diags) = validate::validate_texts(&[("r.yaml", &text)]);
     assert!(diags.is_empty(), "{diags:#?}");
     let m = &catalog.rollouts[0].background.as_ref().unwrap().metrics[0];
-    assert_eq!((m.query.as_str(), m.success.as_ref().unwrap().as_str()), ("sum(x)", "result < 0.5"));
+    assert_eq!(
+        (m.query.as_str(), m.success.as_ref().unwrap().as_str()),
+        ("sum(x)", "result < 0.5")
+    );
 }
 
 #[test]
 fn names_are_dns_labels_and_unique() {
-    let text = rollout(&format!("{TARGET}steps: [{{setWeight: 5}}]")).replace("name: web", "name: Web_1");
+    let text =
+        rollout(&format!("{TARGET}steps: [{{setWeight: 5}}]")).replace("name: web", "name: Web_1");
     let (_, diags) = validate::validate_texts(&[("r.yaml", &text)]);
-    assert!(diags.iter().any(|d| d.field == "metadata.name" && d.message.contains("not a DNS label")));
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.field == "metadata.name" && d.message.contains("not a DNS label"))
+    );
     let routers = format!("{ROUTER}---\n{ROUTER}");
     let (_, diags) = validate::validate_texts(&[("r.yaml", &routers)]);
-    assert!(diags.iter().any(|d| d.message == "router `edge` is defined twice" && d.position.line == 8), "{diags:#?}");
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.message == "router `edge` is defined twice" && d.position.line == 8),
+        "{diags:#?}"
+    );
 }
 
 #[test]
@@ -196,18 +307,30 @@ fn duplicate_rollouts_across_files_hold_both() {
     assert!(catalog.rollouts.is_empty(), "neither copy can be trusted");
     assert!(catalog.invalid.contains_key("web"));
     let d = diags.iter().find(|d| d.file == "b.yaml").unwrap();
-    assert!(d.help.as_ref().unwrap().contains("first defined at a.yaml:"), "{d:#?}");
+    assert!(
+        d.help
+            .as_ref()
+            .unwrap()
+            .contains("first defined at a.yaml:"),
+        "{d:#?}"
+    );
 }
 
 #[test]
 fn routers_may_come_from_the_controller_configuration() {
-    let text = format!(
-        "apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n  router: lb\n  service: web\n  stable: {{name: a}}\n  steps: [{{setWeight: 5}}]\n"
-    );
-    let sources = [Source { file: "r.yaml".into(), text }];
+    let text = "apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {name: web}\nspec:\n  router: lb\n  service: web\n  stable: {name: a}\n  steps: [{setWeight: 5}]\n".to_string();
+    let sources = [Source {
+        file: "r.yaml".into(),
+        text,
+    }];
     let (_, diags) = validate::validate(&sources, &Known::default());
-    assert!(diags[0].message.contains("unknown router `lb`") && diags[0].help.as_ref().unwrap().contains("none is defined"));
-    let known = Known { routers: ["lb".to_string()].into() };
+    assert!(
+        diags[0].message.contains("unknown router `lb`")
+            && diags[0].help.as_ref().unwrap().contains("none is defined")
+    );
+    let known = Known {
+        routers: ["lb".to_string()].into(),
+    };
     let (catalog, diags) = validate::validate(&sources, &known);
     assert!(diags.is_empty() && catalog.rollouts.len() == 1);
 }
@@ -217,8 +340,19 @@ fn one_bad_document_does_not_hide_the_others() {
     let good = rollout(&format!("{TARGET}steps: [{{setWeight: 5}}]"));
     let bad = "---\napiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {name: api}\nspec: {router: edge, service: api, stable: {name: a}, steps: [{setWeight: 900}]}\n";
     let (catalog, diags) = validate::validate_texts(&[("r.yaml", &format!("{good}{bad}"))]);
-    assert_eq!(catalog.rollouts.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["web"]);
-    assert!(catalog.invalid["api"][0].contains("r.yaml:19:75:"), "{:?}", catalog.invalid);
+    assert_eq!(
+        catalog
+            .rollouts
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["web"]
+    );
+    assert!(
+        catalog.invalid["api"][0].contains("r.yaml:19:75:"),
+        "{:?}",
+        catalog.invalid
+    );
     assert_eq!(diags.len(), 1);
 }
 
@@ -227,7 +361,10 @@ fn a_malformed_file_holds_the_rollouts_it_names() {
     let text = "apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: web\nspec:\n  router: [edge\n";
     let (catalog, diags) = validate::validate_texts(&[("r.yaml", text)]);
     assert_eq!(catalog.broken_files, ["r.yaml"]);
-    assert!(catalog.invalid.contains_key("web"), "its traffic must be held, not treated as deleted");
+    assert!(
+        catalog.invalid.contains_key("web"),
+        "its traffic must be held, not treated as deleted"
+    );
     assert!(diags[0].message.starts_with("malformed YAML"));
 }
 
@@ -240,26 +377,45 @@ fn a_huge_file_is_refused_before_it_is_read() {
     let loaded = canaryd::repo::load(&[dir.path().to_path_buf()], Some(dir.path())).unwrap();
     assert!(loaded.sources.is_empty());
     assert_eq!(loaded.broken, ["huge.yaml"]);
-    assert!(loaded.diags[0].message.contains("100.0 MiB"), "{:?}", loaded.diags);
+    assert!(
+        loaded.diags[0].message.contains("100.0 MiB"),
+        "{:?}",
+        loaded.diags
+    );
 }
 
 #[test]
 fn the_revision_is_the_backends_not_the_steps() {
     let base = valid("steps: [{setWeight: 5}]");
-    let edited = valid("steps: [{setWeight: 5}, {pause: {}}, {setWeight: 50}]\nanalysis: {metrics: [{name: e, template: error-rate}]}");
-    assert_eq!(base.revision, edited.revision, "editing steps must not restart a rollout");
+    let edited = valid(
+        "steps: [{setWeight: 5}, {pause: {}}, {setWeight: 50}]\nanalysis: {metrics: [{name: e, template: error-rate}]}",
+    );
+    assert_eq!(
+        base.revision, edited.revision,
+        "editing steps must not restart a rollout"
+    );
     let (catalog, _) = validate::validate_texts(&[(
         "r.yaml",
-        &rollout("router: edge\nservice: web\nstable: {name: blue, version: \"1\"}\ncanary: {name: green, version: \"3\"}\nsteps: [{setWeight: 5}]"),
+        &rollout(
+            "router: edge\nservice: web\nstable: {name: blue, version: \"1\"}\ncanary: {name: green, version: \"3\"}\nsteps: [{setWeight: 5}]",
+        ),
     )]);
-    assert_ne!(base.revision, catalog.rollouts[0].revision, "a new version is a new revision");
+    assert_ne!(
+        base.revision, catalog.rollouts[0].revision,
+        "a new version is a new revision"
+    );
     let retried = valid("steps: [{setWeight: 5}]\nretry: 1");
-    assert_ne!(base.revision, retried.revision, "`retry` runs an aborted revision again");
+    assert_ne!(
+        base.revision, retried.revision,
+        "`retry` runs an aborted revision again"
+    );
 }
 
 #[test]
 fn windows_read_crontab_in_their_time_zone() {
-    let r = valid("steps: [{setWeight: 5}]\nwindow: {cron: \"* 9-16 * * 1-5\", timezone: Europe/Berlin}");
+    let r = valid(
+        "steps: [{setWeight: 5}]\nwindow: {cron: \"* 9-16 * * 1-5\", timezone: Europe/Berlin}",
+    );
     let w = r.window.unwrap();
     // Monday 2026-11-23: Berlin is UTC+1 in winter.
     let utc = |d, h, m| Utc.with_ymd_and_hms(2026, 11, d, h, m, 0).unwrap();
@@ -268,20 +424,40 @@ fn windows_read_crontab_in_their_time_zone() {
     assert!(w.contains(utc(23, 15, 59)), "16:59 Berlin");
     assert!(!w.contains(utc(23, 16, 0)), "17:00 Berlin");
     assert!(!w.contains(utc(22, 10, 0)), "Sunday");
-    assert_eq!(w.next_open(utc(21, 12, 0)), Some(utc(23, 8, 0)), "Saturday: opens Monday 09:00 Berlin");
+    assert_eq!(
+        w.next_open(utc(21, 12, 0)),
+        Some(utc(23, 8, 0)),
+        "Saturday: opens Monday 09:00 Berlin"
+    );
     // Summer time: 09:00 Berlin is 07:00 UTC.
     let summer = Utc.with_ymd_and_hms(2026, 7, 6, 7, 0, 0).unwrap();
     assert!(w.contains(summer));
-    check("steps: [{setWeight: 5}]\nwindow: {cron: \"* 9-16 * *\"}", &[("spec.window.cron", "expected 5 fields")]);
-    check("steps: [{setWeight: 5}]\nwindow: {cron: \"61 * * * *\"}", &[("spec.window.cron", "minute field `61`")]);
-    check("steps: [{setWeight: 5}]\nwindow: {cron: \"* * * * *\", timezone: Mars/Olympus}", &[("spec.window.timezone", "unknown time zone")]);
+    check(
+        "steps: [{setWeight: 5}]\nwindow: {cron: \"* 9-16 * *\"}",
+        &[("spec.window.cron", "expected 5 fields")],
+    );
+    check(
+        "steps: [{setWeight: 5}]\nwindow: {cron: \"61 * * * *\"}",
+        &[("spec.window.cron", "minute field `61`")],
+    );
+    check(
+        "steps: [{setWeight: 5}]\nwindow: {cron: \"* * * * *\", timezone: Mars/Olympus}",
+        &[("spec.window.timezone", "unknown time zone")],
+    );
 }
 
 #[test]
 fn stepped_rollback_and_drift_policy_are_read() {
     let r = valid("steps: [{setWeight: 5}]\nrollback: {mode: stepped}\nonDrift: hold");
-    assert_eq!(r.rollback, canaryd::model::RollbackPolicy::Stepped(Duration::from_secs(30)));
+    assert_eq!(
+        r.rollback,
+        canaryd::model::RollbackPolicy::Stepped(Duration::from_secs(30))
+    );
     assert_eq!(r.on_drift, canaryd::spec::DriftPolicy::Hold);
     let (_, diags) = run("steps: [{setWeight: 5}]\nrollback: {mode: immediate, interval: 1m}");
-    assert!(diags.iter().any(|d| d.severity == Severity::Warning && d.field == "spec.rollback.interval"));
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.severity == Severity::Warning && d.field == "spec.rollback.interval")
+    );
 }

@@ -1,0 +1,15 @@
+# A small runtime image for canaryd: build with the Rust toolchain, run as a non-root user on
+# a distroless base (glibc, CA certificates, nothing else).
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked --bin canaryd \
+    && strip target/release/canaryd
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/canaryd /usr/local/bin/canaryd
+# 65532 is distroless's `nonroot`; numeric, so Kubernetes can check runAsNonRoot.
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/canaryd"]
+CMD ["--help"]
