@@ -642,10 +642,9 @@ impl Planner<'_> {
         let spec = self.i.spec;
         let now = self.now();
         let mut progress = self.status.progress.clone();
+        // Marked honoured (`last_gate`) only where it is acted on below: a promote seen while the
+        // rollout is held stays pending until the hold ends, rather than being lost.
         let gate = self.i.gates.first().cloned();
-        if let Some(g) = &gate {
-            self.status.last_gate = Some(g.id.clone());
-        }
 
         // Fold the new measurements into the run.
         let (run, step_state) = match &mut progress {
@@ -679,6 +678,7 @@ impl Planner<'_> {
             action: GateAction::Abort,
         }) = &gate
         {
+            self.status.last_gate = Some(id.clone());
             return self.abort(
                 &run,
                 Evidence::text(format!("aborted by hand in commit {id}")),
@@ -738,7 +738,9 @@ impl Planner<'_> {
             _ => false,
         };
         if !fits {
-            let k = run.step.min(spec.steps.len());
+            // Clamped to the last step: a list shortened below the current step resumes at its
+            // last step (and promotes after it, window permitting), rather than promoting now.
+            let k = run.step.min(spec.steps.len().saturating_sub(1));
             return self.enter(run, k);
         }
         let in_force = spec.weight_at(run.step);
@@ -751,13 +753,11 @@ impl Planner<'_> {
         let live = self.live_canary();
         let mut reason_held: Option<String> = None;
         match live {
-            None => {
-                let why = if self.i.live.is_none() {
-                    "router weights unknown".to_string()
-                } else {
-                    "router reports weights that do not fit this rollout's backends".to_string()
-                };
-                stalled = Some(why);
+            None if self.i.live.is_none() => stalled = Some("router weights unknown".to_string()),
+            None if run.verified => {
+                stalled = Some(
+                    "router reports weights that do not fit this rollout's backends".to_string(),
+                );
             }
             Some(w) if w == run.weight => run.verified = true,
             Some(w) if run.verified => {
@@ -801,8 +801,10 @@ impl Planner<'_> {
                     }
                 }
             }
-            Some(_) => {
-                // Not applied yet, or it did not take: apply (again).
+            // Not applied yet, or it did not take: apply (again). This includes weights that do
+            // not fit (`None`): after a crash between record and apply, the router may not list
+            // the canary backend until canaryd first sets it.
+            _ => {
                 if run.step_started_at < now {
                     stalled = stalled.or(Some("weights not verified on the router".into()));
                 }
@@ -865,7 +867,11 @@ impl Planner<'_> {
             return hold(why);
         }
 
-        // 7. A promote commit moves past the current pause or analysis, window or not.
+        // 7. A promote commit moves past the current pause or analysis, window or not. At a
+        // `setWeight` step there is nothing to move past: it is honoured as a no-op.
+        if let Some(g) = &gate {
+            self.status.last_gate = Some(g.id.clone());
+        }
         if let Some(Gate {
             action: GateAction::Promote,
             ..

@@ -25,12 +25,12 @@ const MAX_EVENTS: usize = 200_000;
 const MAX_DEPTH: usize = 64;
 /// Most documents in one file.
 const MAX_DOCUMENTS: usize = 256;
-/// Most nodes a file may hold once its aliases are expanded (a billion-laughs guard). Checked
-/// while walking, before serde replays a single alias.
-const MAX_EXPANDED: usize = 100_000;
+/// Most nodes the aliases of a file may stand for once expanded (a billion-laughs guard).
+/// Checked while walking, before serde replays a single alias.
+const MAX_ALIASED: usize = 100_000;
 /// Most events serde may replay through aliases in one document; the walk has already
-/// refused anything near this, so it is a second fence.
-const MAX_ALIAS_REPLAY: usize = MAX_EXPANDED;
+/// refused anything past this, so it is a second fence.
+const MAX_ALIAS_REPLAY: usize = MAX_ALIASED;
 
 /// Where each field of a document is. Keys are paths like `spec.steps[2].setWeight`; the root
 /// document is the empty path.
@@ -216,7 +216,7 @@ fn limit(file: &str, walker: &Walker<'_>, what: &str) -> Diagnostic {
         format!("{what}: the file is refused"),
     )
     .with_help(format!(
-        "spec files are limited to {MAX_EVENTS} nodes ({MAX_EXPANDED} with aliases expanded), \
+        "spec files are limited to {MAX_EVENTS} nodes (and aliases to {MAX_ALIASED}), \
          {MAX_DEPTH} levels of nesting and {MAX_DOCUMENTS} documents; split or simplify it"
     ))
 }
@@ -250,6 +250,8 @@ struct Walker<'a> {
     last: Position,
     /// Nodes seen so far with every alias counted as the size of what it names.
     expanded: usize,
+    /// Nodes that aliases stand for, so far.
+    aliased: usize,
     /// Expanded size of each anchor by id.
     anchor_sizes: BTreeMap<usize, usize>,
     /// Open anchored collections: (anchor id, `expanded` when it opened).
@@ -268,6 +270,7 @@ impl<'a> Walker<'a> {
             stack: Vec::new(),
             last: Position { line: 1, column: 1 },
             expanded: 0,
+            aliased: 0,
             anchor_sizes: BTreeMap::new(),
             open_anchors: Vec::new(),
         }
@@ -282,7 +285,9 @@ impl<'a> Walker<'a> {
         self.expanded += 1;
         match &event {
             Event::Alias(id) => {
-                self.expanded += self.anchor_sizes.get(id).copied().unwrap_or(0);
+                let size = self.anchor_sizes.get(id).copied().unwrap_or(0);
+                self.expanded += size;
+                self.aliased += size;
             }
             Event::Scalar(_, _, id, _) if *id != 0 => {
                 self.anchor_sizes.insert(*id, 1);
@@ -299,7 +304,7 @@ impl<'a> Walker<'a> {
             }
             _ => {}
         }
-        if self.expanded > MAX_EXPANDED {
+        if self.aliased > MAX_ALIASED {
             return Err("aliases expand to too many nodes");
         }
         match event {
