@@ -117,42 +117,29 @@ pub fn run(out: &mut dyn Write, pace: Duration) -> io::Result<Summary> {
         "The router and the metrics are simulated in memory; time runs on a simulated clock.\n"
     )?;
 
-    writeln!(
-        out,
-        "Act 1. A pull request sets the canary: green runs checkout 1.1 (0.2% errors)."
-    )?;
-    act(
-        out,
-        pace,
-        &mut world,
-        &spec(("blue", "1.0"), ("green", "1.1")),
-        &mut summary,
-    )?;
-
-    writeln!(
-        out,
-        "\nAct 2. The next pull request swaps the slots: blue gets checkout 1.2, which fails 8% of requests."
-    )?;
-    world.error_rate.insert("blue".into(), 0.08);
-    act(
-        out,
-        pace,
-        &mut world,
-        &spec(("green", "1.1"), ("blue", "1.2")),
-        &mut summary,
-    )?;
-
-    writeln!(
-        out,
-        "\nAct 3. The revert pull request is merged: the spec is back at the promoted revision."
-    )?;
-    act(
-        out,
-        pace,
-        &mut world,
-        &spec(("blue", "1.0"), ("green", "1.1")),
-        &mut summary,
-    )?;
+    // Each act: what happened in Git, how the blue backend now behaves, and the spec merged.
+    let acts = [
+        (
+            "Act 1. A pull request sets the canary: green runs checkout 1.1 (0.2% errors).",
+            0.002,
+            spec(("blue", "1.0"), ("green", "1.1")),
+        ),
+        (
+            "Act 2. The next pull request swaps the slots: blue gets checkout 1.2, which fails 8% of requests.",
+            0.08,
+            spec(("green", "1.1"), ("blue", "1.2")),
+        ),
+        (
+            "Act 3. The revert pull request is merged: the spec is back at the promoted revision.",
+            0.08,
+            spec(("blue", "1.0"), ("green", "1.1")),
+        ),
+    ];
+    for (i, (story, blue_errors, text)) in acts.iter().enumerate() {
+        writeln!(out, "{}{story}", if i == 0 { "" } else { "\n" })?;
+        world.error_rate.insert("blue".into(), *blue_errors);
+        act(out, pace, &mut world, text, &mut summary)?;
+    }
 
     writeln!(
         out,

@@ -217,6 +217,7 @@ fn plan(
             None => canaryd::progress::Status::new(name),
         };
         let p = plan::plan_invalid(&recorded, errors.clone());
+        pending |= p.has_changes(&recorded);
         human.push_str(&format!("rollout {name}\n  action: {}\n", p.action));
         for e in errors {
             human.push_str(&format!("    {e}\n"));
@@ -233,8 +234,11 @@ fn plan(
 
 fn demo(fast: bool) -> Result<u8> {
     let pace = std::time::Duration::from_millis(if fast { 0 } else { 250 });
-    canaryd::demo::run(&mut std::io::stdout().lock(), pace)?;
-    Ok(0)
+    match canaryd::demo::run(&mut std::io::stdout().lock(), pace) {
+        // `canaryd demo | head` is fine.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        other => other.map(|_| 0).map_err(Into::into),
+    }
 }
 
 fn schema(write: Option<&Path>) -> Result<u8> {

@@ -127,6 +127,23 @@ fn repo() -> tempfile::TempDir {
 
 const NOW: &str = "2026-11-26T10:00:00Z";
 
+/// `canaryd plan --output json` in `dir`: the exit code and the plans.
+fn plan_json(dir: &Path) -> (Option<i32>, serde_json::Value) {
+    let o = canaryd(
+        &[
+            "plan",
+            "--live",
+            "live.json",
+            "--now",
+            NOW,
+            "--output",
+            "json",
+        ],
+        dir,
+    );
+    (o.status.code(), serde_json::from_slice(&o.stdout).unwrap())
+}
+
 #[test]
 fn plan_shows_the_diff_and_exits_1_when_changes_are_pending() {
     let dir = repo();
@@ -158,20 +175,8 @@ fn plan_shows_the_diff_and_exits_1_when_changes_are_pending() {
 #[test]
 fn plan_json_carries_the_next_status() {
     let dir = repo();
-    let o = canaryd(
-        &[
-            "plan",
-            "--live",
-            "live.json",
-            "--now",
-            NOW,
-            "--output",
-            "json",
-        ],
-        dir.path(),
-    );
-    assert_eq!(o.status.code(), Some(1));
-    let plans: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (code, plans) = plan_json(dir.path());
+    assert_eq!(code, Some(1));
     let p = &plans[0];
     assert_eq!(p["action"]["action"], "setWeight");
     assert_eq!(p["traffic"]["backends"]["checkout-green"], 10);
@@ -183,19 +188,7 @@ fn plan_json_carries_the_next_status() {
 fn plan_exits_0_when_live_traffic_matches_the_recorded_state() {
     let dir = repo();
     // Find the revision, record it as promoted, and put live traffic where a promotion leaves it.
-    let o = canaryd(
-        &[
-            "plan",
-            "--live",
-            "live.json",
-            "--now",
-            NOW,
-            "--output",
-            "json",
-        ],
-        dir.path(),
-    );
-    let plans: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (_, plans) = plan_json(dir.path());
     let revision = plans[0]["status"]["progress"]["run"]["revision"]
         .as_str()
         .unwrap();
@@ -244,6 +237,30 @@ fn plan_holds_when_the_router_is_unknown() {
     let out = stdout(&o);
     // Starting writes the first step and asks for its weight; the router answers nothing.
     assert!(out.contains("(unknown)"), "{out}");
+}
+
+#[test]
+fn plan_reports_an_invalid_spec_and_leaves_its_traffic() {
+    let dir = repo();
+    let path = dir.path().join("rollouts/basic.yaml");
+    let text = fs::read_to_string(&path)
+        .unwrap()
+        .replace("setWeight: 50", "setWeight: 500");
+    fs::write(&path, text).unwrap();
+    let (code, plans) = plan_json(dir.path());
+    assert_eq!(code, Some(1), "the status changes to invalid");
+    assert_eq!(plans[0]["action"]["action"], "invalid");
+    assert!(
+        plans[0]["traffic"].is_null(),
+        "traffic is left exactly as it is"
+    );
+    let errors = &plans[0]["status"]["progress"]["errors"][0];
+    assert!(
+        errors.as_str().unwrap().contains(
+            "rollouts/basic.yaml:20:18: spec.steps[2].setWeight: weight 500 is out of range"
+        ),
+        "{errors}"
+    );
 }
 
 #[test]
