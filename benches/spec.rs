@@ -133,7 +133,7 @@ fn main() {
         .and_then(|f| f.set_len(100 * 1024 * 1024))
         .expect("sparse file");
     let t = median(101, || {
-        let loaded = canaryd::repo::load(&[dir.clone()], None).expect("load");
+        let loaded = canaryd::repo::load(std::slice::from_ref(&dir), None).expect("load");
         assert_eq!(loaded.broken.len(), 1);
     });
     std::fs::remove_dir_all(&dir).ok();

@@ -204,7 +204,7 @@ fn act(
                 measurement,
             });
         }
-        if let Some(revert) = &p.revert {
+        if let (Some(revert), Action::Abort { .. }) = (&p.revert, &p.action) {
             writeln!(
                 out,
                 "             revert branch canaryd/revert/checkout-{}: restore the spec before this change",

@@ -74,7 +74,9 @@ pub struct Inputs<'a> {
     pub live: Option<&'a Observed>,
     /// Measurements taken since the recorded status.
     pub samples: &'a [Sample],
-    /// Gate commits after `recorded.last_gate`, oldest first.
+    /// Promote/abort commits for this rollout, oldest first: those after `recorded.last_gate`
+    /// and after the commit that set the spec's current revision (a gate is meant for the
+    /// revision it was made against; the caller knows the history, the planner does not).
     pub gates: &'a [Gate],
     pub now: DateTime<Utc>,
 }
@@ -289,11 +291,17 @@ impl Planner<'_> {
         match self.status.progress.clone() {
             Progress::Stable { .. } => self.settle(Weight::ZERO, "no canary"),
             Progress::Promoted { .. } => self.settle(Weight::FULL, "promoted"),
-            Progress::Aborted { .. } => self.settle(Weight::ZERO, "aborted"),
+            Progress::Aborted {
+                revision, evidence, ..
+            } => {
+                // Git still asks for the aborted revision, so the revert is still wanted. Opening
+                // it is idempotent (found again by name), so a crash between recording the abort
+                // and opening the revert loses nothing.
+                self.revert = Some(Revert { revision, evidence });
+                self.settle(Weight::ZERO, "aborted")
+            }
             Progress::RolledBack { weight, .. } => self.settle(weight, "rolled back"),
-            Progress::RollingBack {
-                remaining, since, ..
-            } => self.step_back(remaining, since),
+            Progress::RollingBack { .. } => self.step_back(false),
             Progress::Progressing { .. } | Progress::Paused { .. } | Progress::Analysing { .. } => {
                 self.in_flight()
             }
@@ -428,105 +436,104 @@ impl Planner<'_> {
         self.enter(run, 0)
     }
 
-    /// Traffic back to `weight` of the spec's (restored) revision after a revert.
+    /// Traffic back to `weight` of the spec's (restored) revision after a revert: at once, or
+    /// (stepped) down through the spec's weights on the old run's backends.
     fn roll_back(&mut self, old: &Progress, weight: Weight) -> Action {
         let spec = self.i.spec;
-        let now = self.now();
         let from = old
             .revision()
             .cloned()
             .unwrap_or_else(|| spec.revision.clone());
-        let final_traffic = spec.target().traffic(weight, self.i.live);
-        let stepped = match (spec.rollback, old.run()) {
-            (RollbackPolicy::Stepped(interval), Some(run)) => Some((interval, run.clone())),
-            _ => None,
-        };
-        if let Some((interval, run)) = stepped {
-            // Down through the spec's weights below the current one, on the old backends.
-            let mut remaining: Vec<Traffic> = spec
-                .allowed_weights()
-                .into_iter()
-                .rev()
-                .filter(|w| *w > Weight::ZERO && *w < run.weight)
-                .map(|w| old_traffic(&run, w, &final_traffic))
-                .collect();
-            remaining.push(final_traffic);
-            let first = remaining.remove(0);
-            self.traffic = Some(first);
-            if remaining.is_empty() {
-                self.status.progress = Progress::RolledBack {
-                    revision: spec.revision.clone(),
-                    from: from.clone(),
-                    at: now,
-                    weight,
-                };
-            } else {
-                self.wake_at(now + interval);
-                self.status.progress = Progress::RollingBack {
-                    revision: spec.revision.clone(),
-                    from: from.clone(),
-                    remaining,
-                    since: now,
-                };
-            }
+        if let (RollbackPolicy::Stepped(_), Some(run)) = (spec.rollback, old.run()) {
+            self.status.progress = Progress::RollingBack {
+                revision: spec.revision.clone(),
+                from: from.clone(),
+                stable: run.stable.clone(),
+                canary: run.canary.clone(),
+                weight: run.weight,
+                target: weight,
+                since: self.now(),
+            };
+            self.step_back(true);
             return Action::RollBack { from };
         }
-        self.traffic = Some(final_traffic);
+        self.traffic = Some(spec.target().traffic(weight, self.i.live));
         self.status.progress = Progress::RolledBack {
             revision: spec.revision.clone(),
             from: from.clone(),
-            at: now,
+            at: self.now(),
             weight,
         };
         Action::RollBack { from }
     }
 
-    fn step_back(&mut self, mut remaining: Vec<Traffic>, since: DateTime<Utc>) -> Action {
-        let RollbackPolicy::Stepped(interval) = self.i.spec.rollback else {
-            // The policy changed to immediate mid-way: finish now.
-            let last = remaining.pop();
-            return self.finish_step_back(last);
-        };
-        let next_at = since + interval;
-        if self.now() < next_at {
-            self.wake_at(next_at);
-            return wait(format!("stepping back; next step at {}", at(next_at)));
-        }
-        let next = remaining.remove(0);
-        if remaining.is_empty() {
-            return self.finish_step_back(Some(next));
-        }
-        self.traffic = Some(next);
-        self.wake_at(self.now() + interval);
-        if let Progress::RollingBack {
-            remaining: r,
-            since: s,
-            ..
-        } = &mut self.status.progress
-        {
-            *r = remaining;
-            *s = self.i.now;
-        }
-        Action::StepBack
-    }
-
-    fn finish_step_back(&mut self, last: Option<Traffic>) -> Action {
-        let Progress::RollingBack { revision, from, .. } = self.status.progress.clone() else {
-            unreachable!("only called while rolling back");
-        };
-        let weight = if self.status.promoted.as_ref() == Some(&revision) {
-            Weight::FULL
-        } else {
-            Weight::ZERO
-        };
-        self.traffic =
-            Some(last.unwrap_or_else(|| self.i.spec.target().traffic(weight, self.i.live)));
-        self.status.progress = Progress::RolledBack {
+    /// One step of a stepped rollback: the old canary down to the next lower weight the spec
+    /// in force names, or, below the lowest, the restored revision's final traffic. Computed
+    /// afresh each time, so editing the steps mid-way never yields a weight they do not name.
+    fn step_back(&mut self, first: bool) -> Action {
+        let Progress::RollingBack {
             revision,
             from,
-            at: self.i.now,
+            stable,
+            canary,
             weight,
+            target,
+            since,
+        } = self.status.progress.clone()
+        else {
+            unreachable!("only called while rolling back");
         };
+        let spec = self.i.spec;
+        let now = self.now();
+        let interval = match spec.rollback {
+            RollbackPolicy::Stepped(interval) => Some(interval),
+            // The policy changed to immediate mid-way: finish now.
+            RollbackPolicy::Immediate => None,
+        };
+        if let Some(interval) = interval
+            && !first
+            && now < since + interval
+        {
+            self.wake_at(since + interval);
+            return wait(format!(
+                "stepping back; next step at {}",
+                at(since + interval)
+            ));
+        }
+        let lower = spec
+            .allowed_weights()
+            .into_iter()
+            .rev()
+            .find(|w| *w > Weight::ZERO && *w < weight);
+        match (interval, lower) {
+            (Some(interval), Some(w)) => {
+                let final_traffic = spec.target().traffic(target, self.i.live);
+                let mut backends = final_traffic.backends;
+                backends.values_mut().for_each(|v| *v = Weight::ZERO);
+                backends.insert(stable.clone(), w.complement());
+                backends.insert(canary.clone(), w);
+                self.traffic = Some(Traffic { backends });
+                self.wake_at(now + interval);
+                self.status.progress = Progress::RollingBack {
+                    revision,
+                    from,
+                    stable,
+                    canary,
+                    weight: w,
+                    target,
+                    since: now,
+                };
+            }
+            _ => {
+                self.traffic = Some(spec.target().traffic(target, self.i.live));
+                self.status.progress = Progress::RolledBack {
+                    revision,
+                    from,
+                    at: now,
+                    weight: target,
+                };
+            }
+        }
         Action::StepBack
     }
 
@@ -868,16 +875,13 @@ impl Planner<'_> {
         }
 
         // 7. A promote commit moves past the current pause or analysis, window or not. At a
-        // `setWeight` step there is nothing to move past: it is honoured as a no-op.
-        if let Some(g) = &gate {
-            self.status.last_gate = Some(g.id.clone());
-        }
-        if let Some(Gate {
-            action: GateAction::Promote,
-            ..
-        }) = &gate
+        // `setWeight` step there is nothing to move past yet: it stays pending for the next
+        // pause or analysis, the gate the person most likely meant.
+        if let Some(g) = &gate
+            && g.action == GateAction::Promote
             && !matches!(progress, Progress::Progressing { .. })
         {
+            self.status.last_gate = Some(g.id.clone());
             if let Some(bg) = run.background.as_mut()
                 && matches!(
                     progress,
@@ -989,16 +993,4 @@ impl Planner<'_> {
             _ => {}
         }
     }
-}
-
-/// Traffic at canary `w` on the backends of an old run, zeroing every other backend the final
-/// state names.
-fn old_traffic(run: &Run, w: Weight, final_traffic: &Traffic) -> Traffic {
-    let mut backends = final_traffic.backends.clone();
-    for v in backends.values_mut() {
-        *v = Weight::ZERO;
-    }
-    backends.insert(run.stable.clone(), w.complement());
-    backends.insert(run.canary.clone(), w);
-    Traffic { backends }
 }

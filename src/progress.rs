@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{AnalysisState, Evidence};
-use crate::model::{Revision, Traffic, Weight};
+use crate::model::{Revision, Weight};
 
 /// Revisions aborted and remembered (never retried on their own), newest last.
 pub const ABORTED_REMEMBERED: usize = 20;
@@ -92,8 +92,14 @@ pub enum Progress {
     RollingBack {
         revision: Revision,
         from: Revision,
-        /// Traffic still to apply, in order; the last is the final state.
-        remaining: Vec<Traffic>,
+        /// The backends of the run being rolled back.
+        stable: String,
+        canary: String,
+        /// The canary weight on those backends now.
+        weight: Weight,
+        /// The restored revision's canary weight once done: 100 when it had been promoted, else 0.
+        target: Weight,
+        /// When the last step back was taken.
         since: DateTime<Utc>,
     },
     /// The spec went back to an earlier revision and traffic followed.
