@@ -214,7 +214,7 @@ pub fn assess(spec: &Analysis, state: &AnalysisState, now: DateTime<Utc>) -> Ver
             return Verdict::Failed(evidence(
                 metric,
                 m,
-                "failed",
+                Broke::Failures,
                 m.failures,
                 spec.failure_limit,
             ));
@@ -223,7 +223,7 @@ pub fn assess(spec: &Analysis, state: &AnalysisState, now: DateTime<Utc>) -> Ver
             inconclusive = Some(evidence(
                 metric,
                 m,
-                "was inconclusive",
+                Broke::Inconclusives,
                 m.inconclusives,
                 spec.inconclusive_limit,
             ));
@@ -236,7 +236,7 @@ pub fn assess(spec: &Analysis, state: &AnalysisState, now: DateTime<Utc>) -> Ver
             stalled = Some(evidence(
                 metric,
                 m,
-                "could not be measured",
+                Broke::Errors,
                 m.consecutive_errors,
                 spec.consecutive_error_limit,
             ));
@@ -280,7 +280,19 @@ fn next_due(spec: &Analysis, state: &AnalysisState, m: &MetricState) -> DateTime
     last.at + gap
 }
 
-fn evidence(metric: &Metric, m: &MetricState, what: &str, n: u32, limit: u32) -> Evidence {
+/// Which limit a metric broke.
+#[derive(Clone, Copy)]
+enum Broke {
+    Failures,
+    Inconclusives,
+    Errors,
+}
+
+/// The evidence of a broken limit, its summary short enough for a commit subject:
+/// `errors = 0.08 matched \`result > 0.05\` (2 failures, limit 1)`,
+/// `errors inconclusive: no data (1 time, limit 0)`,
+/// `latency could not be measured: connection refused (5 in a row, limit 4)`.
+fn evidence(metric: &Metric, m: &MetricState, broke: Broke, n: u32, limit: u32) -> Evidence {
     let values: Vec<Option<f64>> = m.recent.iter().map(|x| x.value).collect();
     let condition = match (&metric.success, &metric.failure) {
         (Some(s), Some(f)) => format!("success `{s}`, failure `{f}`"),
@@ -288,23 +300,53 @@ fn evidence(metric: &Metric, m: &MetricState, what: &str, n: u32, limit: u32) ->
         (None, Some(f)) => format!("failure `{f}`"),
         (None, None) => String::new(),
     };
-    let last = m
-        .recent
-        .iter()
-        .rev()
-        .find_map(|x| x.value)
-        .map(|v| format!(" (last {})", short(v)))
-        .unwrap_or_default();
-    let why = m
+    let plural = |word: &str| {
+        if n == 1 {
+            word.to_string()
+        } else {
+            format!("{word}s")
+        }
+    };
+    let message = m
         .recent
         .last()
-        .and_then(|x| x.message.as_deref())
-        .filter(|_| what != "failed")
-        .map(|msg| format!(": {msg}"))
-        .unwrap_or_default();
+        .and_then(|x| x.message.clone())
+        .unwrap_or_else(|| "no message".to_string());
+    let name = &metric.name;
+    let summary = match broke {
+        Broke::Failures => {
+            let last = m
+                .recent
+                .iter()
+                .rev()
+                .find(|x| x.outcome == Outcome::Failure);
+            let value = last.and_then(|x| x.value);
+            let why = match (value, &metric.failure, &metric.success) {
+                (Some(v), Some(f), _) if f.eval(v) => format!("matched `{f}`"),
+                (_, _, Some(s)) => format!("missed `{s}`"),
+                _ => "failed".to_string(),
+            };
+            let value = value
+                .map(|v| format!(" = {}", short(v)))
+                .unwrap_or_default();
+            format!(
+                "{name}{value} {why} ({n} {}, limit {limit})",
+                plural("failure")
+            )
+        }
+        Broke::Inconclusives => {
+            format!(
+                "{name} inconclusive: {message} ({n} {}, limit {limit})",
+                plural("time")
+            )
+        }
+        Broke::Errors => {
+            format!("{name} could not be measured: {message} ({n} in a row, limit {limit})")
+        }
+    };
     Evidence {
-        summary: format!("{} {what} {n} times, limit {limit}{last}{why}", metric.name),
-        metric: Some(metric.name.clone()),
+        summary,
+        metric: Some(name.clone()),
         condition: (!condition.is_empty()).then_some(condition),
         values,
     }
@@ -513,11 +555,9 @@ mod tests {
         match assess(&spec(Some(3), 0), &five, t(70)) {
             Verdict::Stalled { evidence, next } => {
                 assert_eq!(next, t(80));
-                assert!(
-                    evidence
-                        .summary
-                        .contains("could not be measured 5 times, limit 4"),
-                    "{evidence:?}"
+                assert_eq!(
+                    evidence.summary,
+                    "errors could not be measured: no message (5 in a row, limit 4)"
                 );
             }
             v => panic!("{v:?}"),
@@ -564,7 +604,10 @@ mod tests {
         let Verdict::Failed(e) = assess(&spec(Some(3), 0), &s, t(30)) else {
             panic!()
         };
-        assert_eq!(e.summary, "errors failed 1 times, limit 0 (last 0.5)");
+        assert_eq!(
+            e.summary,
+            "errors = 0.5 missed `result < 0.01` (1 failure, limit 0)"
+        );
         assert_eq!(e.condition.as_deref(), Some("success `result < 0.01`"));
         assert_eq!(e.values, vec![Some(0.5)]);
     }

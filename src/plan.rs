@@ -913,10 +913,9 @@ impl Planner<'_> {
                     PauseReason::Step => {
                         format!("paused until promoted (canaryd promote {})", spec.name)
                     }
-                    PauseReason::Inconclusive { evidence } => format!(
-                        "inconclusive ({}); promote or abort by commit",
-                        evidence.summary
-                    ),
+                    PauseReason::Inconclusive { evidence } => {
+                        format!("{}; promote or abort by commit", evidence.summary)
+                    }
                 });
             }
             Progress::Analysing { .. } => {
@@ -979,7 +978,7 @@ impl Planner<'_> {
             },
         };
         Some(hold(format!(
-            "inconclusive: {}; waiting for a promote or abort commit",
+            "{}; waiting for a promote or abort commit",
             evidence.summary
         )))
     }

@@ -542,6 +542,62 @@ fn an_abort_commit_sends_traffic_to_stable_and_opens_a_revert() {
 }
 
 #[test]
+fn a_promote_made_at_a_set_weight_step_opens_the_next_gate() {
+    let mut w = World::new(canary(
+        "steps: [{setWeight: 10}, {pause: {}}, {setWeight: 30}, {pause: {}}]",
+    ));
+    w.commit("c1", GateAction::Promote);
+    let p = w.step();
+    assert_eq!(
+        p.action,
+        Action::SetWeight {
+            step: 0,
+            weight: pct(10)
+        }
+    );
+    assert_eq!(
+        w.status.last_gate, None,
+        "nothing to move past yet: the commit waits"
+    );
+    w.settle();
+    assert_eq!(
+        w.router(),
+        "blue=70 green=30",
+        "the manual pause after 10% was passed"
+    );
+    assert_eq!(w.status.last_gate.as_deref(), Some("c1"));
+    assert_eq!(
+        (w.phase(), w.run().step),
+        ("paused", 3),
+        "and only that one"
+    );
+}
+
+#[test]
+fn the_revert_stays_wanted_while_git_asks_for_the_aborted_revision() {
+    let mut w = World::new(canary(BASIC_STEPS)).at_step(1);
+    w.commit("badc0de", GateAction::Abort);
+    w.step();
+    // The daemon died before opening the revert: later plans still ask for it (opening it is
+    // idempotent), and leave traffic on stable.
+    for _ in 0..2 {
+        w.advance(mins(1));
+        let p = w.step();
+        assert_eq!(
+            p.revert.as_ref().map(|r| &r.revision),
+            Some(&w.spec.revision)
+        );
+        assert_eq!(p.traffic, None);
+        assert_eq!(w.router(), "blue=100 green=0");
+    }
+    // The revert is merged: nothing more to revert.
+    w.spec = spec(&format!("{NO_CANARY}{BASIC_STEPS}"));
+    let p = w.step();
+    assert_eq!(p.revert, None);
+    assert_eq!(w.phase(), "rolledBack");
+}
+
+#[test]
 fn the_last_step_promotes_to_100() {
     let mut w = World::new(canary("steps: [{setWeight: 50}]"));
     w.step();
@@ -726,7 +782,10 @@ fn failing_analysis_aborts_at_once_with_evidence() {
     let mut w = World::new(analysed("")).at_step(1);
     let p = w.measure(value(0.2));
     let e = evidence(&p.action);
-    assert_eq!(e.summary, "errors failed 1 times, limit 0 (last 0.2)");
+    assert_eq!(
+        e.summary,
+        "errors = 0.2 missed `result <= 0.01` (1 failure, limit 0)"
+    );
     assert_eq!(e.metric.as_deref(), Some("errors"));
     assert_eq!(e.condition.as_deref(), Some("success `result <= 0.01`"));
     assert_eq!(e.values, vec![Some(0.2)]);
@@ -765,7 +824,7 @@ fn failure_limit_tolerates_that_many_failures() {
     let p = w.measure(value(0.4));
     assert_eq!(
         evidence(&p.action).summary,
-        "errors failed 3 times, limit 2 (last 0.4)"
+        "errors = 0.4 missed `result <= 0.01` (3 failures, limit 2)"
     );
     assert_eq!(
         evidence(&p.action).values,
@@ -780,7 +839,7 @@ fn no_data_is_inconclusive_and_pauses() {
     let p = w.measure(NO_DATA);
     assert_eq!(
         reason(&p.action),
-        "inconclusive: errors was inconclusive 1 times, limit 0: no data; waiting for a promote or abort commit"
+        "errors inconclusive: no data (1 time, limit 0); waiting for a promote or abort commit"
     );
     assert!(matches!(p.action, Action::Hold { .. }));
     assert!(matches!(
@@ -796,7 +855,8 @@ fn no_data_is_inconclusive_and_pauses() {
     w.advance(Duration::from_secs(86_400));
     let p = w.step();
     assert!(
-        reason(&p.action).starts_with("inconclusive (errors was inconclusive"),
+        reason(&p.action)
+            == "errors inconclusive: no data (1 time, limit 0); promote or abort by commit",
         "{p:?}"
     );
     assert_eq!(w.router(), "blue=80 green=20");
@@ -831,7 +891,7 @@ fn inconclusive_with_policy_abort_aborts() {
     let p = w.measure(NO_DATA);
     assert_eq!(
         evidence(&p.action).summary,
-        "errors was inconclusive 1 times, limit 0: no data"
+        "errors inconclusive: no data (1 time, limit 0)"
     );
     assert!(p.revert.is_some());
     assert_eq!(w.router(), "blue=100 green=0");
@@ -852,7 +912,7 @@ fn provider_errors_are_not_failures_and_hold_past_the_limit() {
     assert!(matches!(p.action, Action::Hold { .. }), "{:?}", p.action);
     assert_eq!(
         reason(&p.action),
-        "errors could not be measured 5 times, limit 4: connection refused"
+        "errors could not be measured: connection refused (5 in a row, limit 4)"
     );
     assert_eq!(p.traffic, None);
     assert_eq!(w.phase(), "analysing");
@@ -891,7 +951,7 @@ fn a_failing_background_analysis_aborts_at_any_step() {
     let p = w.measure(value(0.5));
     assert_eq!(
         evidence(&p.action).summary,
-        "errors failed 1 times, limit 0 (last 0.5)"
+        "errors = 0.5 missed `result <= 0.01` (1 failure, limit 0)"
     );
     assert_eq!(w.router(), "blue=100 green=0");
 }
@@ -953,7 +1013,7 @@ fn replayed_measurements_are_not_counted_twice() {
     let p = w.measure(value(0.3));
     assert_eq!(
         evidence(&p.action).summary,
-        "errors failed 2 times, limit 1 (last 0.3)"
+        "errors = 0.3 missed `result <= 0.01` (2 failures, limit 1)"
     );
 }
 
