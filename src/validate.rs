@@ -85,10 +85,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
         match kind {
             DocKind::Rollout => rollout_docs.push((*source, doc)),
             DocKind::Router => {
-                let Ok(r) = doc
-                    .deserialize::<spec::RouterDoc>(file)
-                    .map_err(|d| diags.push(*d))
-                else {
+                let Some(r) = read::<spec::RouterDoc>(doc, file, &mut diags) else {
                     continue;
                 };
                 let mut cx = Cx::new(file, &doc.paths, &mut diags);
@@ -102,10 +99,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
                 }
             }
             DocKind::MetricTemplate => {
-                let Ok(t) = doc
-                    .deserialize::<spec::MetricTemplateDoc>(file)
-                    .map_err(|d| diags.push(*d))
-                else {
+                let Some(t) = read::<spec::MetricTemplateDoc>(doc, file, &mut diags) else {
                     continue;
                 };
                 let mut cx = Cx::new(file, &doc.paths, &mut diags);
@@ -147,14 +141,10 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
     for (source, doc) in rollout_docs {
         let file = source.file.as_str();
         let before = diags.len();
-        let rollout = doc
-            .deserialize::<spec::RolloutDoc>(file)
-            .map_err(|d| diags.push(*d))
-            .ok()
-            .and_then(|raw| {
-                let mut cx = Cx::new(file, &doc.paths, &mut diags);
-                rollout(&mut cx, &raw, &refs)
-            });
+        let rollout = read::<spec::RolloutDoc>(doc, file, &mut diags).and_then(|raw| {
+            let mut cx = Cx::new(file, &doc.paths, &mut diags);
+            rollout(&mut cx, &raw, &refs)
+        });
         let errors: Vec<String> = diags[before..]
             .iter()
             .filter(|d| d.is_error())
@@ -201,6 +191,24 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
         .collect();
     diags.sort_by(|a, b| (a.file.as_str(), a.position).cmp(&(b.file.as_str(), b.position)));
     (catalog, diags)
+}
+
+/// Deserialises a document, adding its unknown fields (or the error that stopped it) to `diags`.
+fn read<T: serde::de::DeserializeOwned>(
+    doc: &Document,
+    file: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    match doc.deserialize::<T>(file) {
+        Ok((value, unknown)) => {
+            diags.extend(unknown);
+            Some(value)
+        }
+        Err(d) => {
+            diags.push(*d);
+            None
+        }
+    }
 }
 
 /// References a rollout may make.

@@ -59,6 +59,24 @@ impl PathMap {
         node.key.unwrap_or(node.value)
     }
 
+    /// The one key under the mapping at `path`, if it has exactly one (the variant of an
+    /// externally tagged enum, like a step's `pause`).
+    pub fn only_child(&self, path: &str) -> Option<String> {
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}.")
+        };
+        let mut children = self
+            .nodes
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k)
+            .filter(|k| !k[prefix.len()..].contains(['.', '[']));
+        let first = children.next()?.clone();
+        children.next().is_none().then_some(first)
+    }
+
     /// Whether `path` is present in the document.
     pub fn contains(&self, path: &str) -> bool {
         self.nodes.contains_key(path)
@@ -125,26 +143,135 @@ pub struct Document {
 }
 
 impl Document {
-    /// Deserialises the document, with alias replay bounded. A failure becomes one diagnostic at
-    /// the offending field.
-    pub fn deserialize<T: DeserializeOwned>(&self, file: &str) -> Result<T, Box<Diagnostic>> {
+    /// Deserialises the document, with alias replay bounded. Every unknown field comes back as
+    /// an error diagnostic beside the value, so that one run reports them all and validation
+    /// can still check the rest; anything else that fails is one diagnostic at its field.
+    pub fn deserialize<T: DeserializeOwned>(
+        &self,
+        file: &str,
+    ) -> Result<(T, Vec<Diagnostic>), Box<Diagnostic>> {
         let mut options = serde_saphyr::Options::default();
         options.alias_limits.max_total_replayed_events = MAX_ALIAS_REPLAY;
         options.with_snippet = false;
-        serde_saphyr::from_str_with_options(&self.text, options).map_err(|e| {
-            let pos = e
-                .location()
-                .map(|l| Position {
-                    line: l.line() as usize,
-                    column: l.column() as usize,
-                })
-                .filter(|p| p.line > 0)
-                .unwrap_or(self.start);
-            let field = self.paths.path_at(pos);
-            let (message, help) = explain_serde(&e.without_snippet().to_string());
-            Box::new(Diagnostic::error(file, pos, field, message).with_help(help))
-        })
+        let mut unknown = Vec::new();
+        let value =
+            serde_saphyr::with_deserializer_from_str_with_options(&self.text, options, |de| {
+                serde_ignored::deserialize(de, |path| unknown.push(self.yaml_path(&path)))
+            })
+            .map_err(|e| {
+                let pos = e
+                    .location()
+                    .map(|l| Position {
+                        line: l.line() as usize,
+                        column: l.column() as usize,
+                    })
+                    .filter(|p| p.line > 0)
+                    .unwrap_or(self.start);
+                let field = self.paths.path_at(pos);
+                let (message, help) = explain_serde(&e.without_snippet().to_string());
+                Box::new(Diagnostic::error(file, pos, field, message).with_help(help))
+            })?;
+        let diags = unknown
+            .into_iter()
+            .map(|path| {
+                let name = path.rsplit(['.', '[']).next().unwrap_or(&path).to_string();
+                let help = match suggest(&name) {
+                    Some(near) => {
+                        format!("did you mean `{near}`? The schema in schemas/ lists every field")
+                    }
+                    None => {
+                        "remove it or fix its spelling; the schema in schemas/ lists every field"
+                            .to_string()
+                    }
+                };
+                Diagnostic::error(
+                    file,
+                    self.paths.key(&path),
+                    &path,
+                    format!("unknown field `{name}`"),
+                )
+                .with_help(help)
+            })
+            .collect();
+        Ok((value, diags))
     }
+
+    /// Our path syntax for a path serde_ignored reports. Enum variants are not named in its
+    /// paths, but a one-key map in the document says which one it was.
+    fn yaml_path(&self, path: &serde_ignored::Path<'_>) -> String {
+        use serde_ignored::Path;
+        match path {
+            Path::Root => String::new(),
+            Path::Seq { parent, index } => format!("{}[{index}]", self.yaml_path(parent)),
+            Path::Map { parent, key } => {
+                let base = self.yaml_path(parent);
+                if base.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{base}.{key}")
+                }
+            }
+            Path::Some { parent } | Path::NewtypeStruct { parent } => self.yaml_path(parent),
+            Path::NewtypeVariant { parent } => {
+                let base = self.yaml_path(parent);
+                self.paths.only_child(&base).unwrap_or(base)
+            }
+        }
+    }
+}
+
+/// Every field name of every document kind, for "did you mean" hints.
+fn known_fields() -> &'static [String] {
+    static FIELDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    FIELDS.get_or_init(|| {
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                        out.extend(props.keys().cloned());
+                    }
+                    map.values().for_each(|v| walk(v, out));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let schema =
+            serde_json::to_value(schemars::schema_for!(crate::spec::AnyDoc)).unwrap_or_default();
+        let mut out = Vec::new();
+        walk(&schema, &mut out);
+        out.sort();
+        out.dedup();
+        out
+    })
+}
+
+/// The known field closest to `name`: same letters ignoring case, `-` and `_`, or at most
+/// two edits away.
+fn suggest(name: &str) -> Option<&'static str> {
+    let norm = |s: &str| s.to_lowercase().replace(['-', '_'], "");
+    let wanted = norm(name);
+    known_fields()
+        .iter()
+        .map(|f| (f, edit_distance(&norm(f), &wanted)))
+        .filter(|(_, d)| *d <= 2)
+        .min_by_key(|(_, d)| *d)
+        .map(|(f, _)| f.as_str())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Turns serde-saphyr's message into ours: lowercase, no location (we print it), and a help line.

@@ -4,6 +4,10 @@
 //! nothing else uses them directly. [`crate::validate`] turns them into [`crate::model`] types,
 //! where a weight is a [`crate::model::Weight`] and a duration a `Duration`.
 //!
+//! Unknown fields are refused, but not by serde (which would stop at the first): the schema
+//! forbids them (`#[schemars(deny_unknown_fields)]`) and [`crate::yaml`] reports every one.
+//! Only the internally tagged [`RouterSpec`] leaves that to serde.
+//!
 //! Numbers that have a range (weights) are read wide (`i64`) on purpose: a weight of `150` or
 //! `-5` must reach validation, which reports it with its line and a hint, rather than fail
 //! inside the YAML reader with a bare type error.
@@ -28,7 +32,8 @@ pub enum ApiVersion {
 
 /// Name and labels of a document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Metadata {
     /// Unique among documents of the same kind in the repository; a DNS label
     /// (`[a-z0-9-]`, at most 63 characters), since it names status files and branches.
@@ -54,7 +59,8 @@ pub enum RolloutKind {
 
 /// A rollout: move traffic for one service from its stable backend to a canary, step by step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 #[schemars(title = "canaryd Rollout")]
 pub struct RolloutDoc {
     pub api_version: ApiVersion,
@@ -69,7 +75,8 @@ pub struct RolloutDoc {
 /// `retry`: changing any of them starts a new rollout; changing steps, analysis, window or
 /// deadline does not.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct RolloutSpec {
     /// Name of the router carrying the traffic: a `kind: Router` document in this repository
     /// or a router in the controller's configuration.
@@ -133,7 +140,8 @@ pub struct RolloutSpec {
 
 /// A backend on the router.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Backend {
     /// The backend's name on the router (HAProxy server, Traefik/Caddy upstream, NGINX server,
     /// HTTPRoute backendRef, or the embedded router's upstream URL).
@@ -147,7 +155,8 @@ pub struct Backend {
 /// One step. Written as a one-key map: `- setWeight: 20`, `- pause: {duration: 5m}`,
 /// `- pause: {}`, `- analysis: {...}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub enum Step {
     /// Send this percentage of requests (0–100) to the canary.
     SetWeight(#[schemars(range(min = 0, max = 100))] i64),
@@ -160,7 +169,8 @@ pub enum Step {
 
 /// `pause: {duration: 5m}` or `pause: {}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Pause {
     /// How long to hold. Absent: until promoted by a commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,7 +180,8 @@ pub struct Pause {
 
 /// Metric analysis: measure every `interval`, `count` times, after `initialDelay`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Analysis {
     /// The checks; every metric is measured at each interval.
     pub metrics: Vec<MetricCheck>,
@@ -205,7 +216,8 @@ pub struct Analysis {
 
 /// One metric check: where its value comes from and what a good value is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct MetricCheck {
     /// Name of the check, unique within its analysis; shown in status and commits.
     pub name: String,
@@ -252,7 +264,8 @@ pub enum InconclusivePolicy {
 
 /// How traffic returns to stable when the spec is reverted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Rollback {
     /// `immediate` (default): all at once. `stepped`: back through the step weights.
     /// An abort on failed analysis is always immediate.
@@ -286,7 +299,8 @@ pub enum DriftPolicy {
 
 /// A deployment window.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Window {
     /// A five-field crontab expression (minute hour day-of-month month day-of-week, `0`/`7` =
     /// Sunday); steps may advance during every minute it matches. `* 9-16 * * Mon-Fri` is
@@ -309,7 +323,8 @@ pub enum RouterDocKind {
 
 /// A traffic router that rollouts name in `spec.router`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 #[schemars(title = "canaryd Router")]
 pub struct RouterDoc {
     pub api_version: ApiVersion,
@@ -395,7 +410,8 @@ pub enum MetricTemplateKind {
 
 /// A reusable metric: provider, query and default conditions, referenced by name from checks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 #[schemars(title = "canaryd MetricTemplate")]
 pub struct MetricTemplateDoc {
     pub api_version: ApiVersion,
@@ -406,7 +422,8 @@ pub struct MetricTemplateDoc {
 
 /// The template itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct MetricTemplateSpec {
     pub provider: ProviderKind,
     /// The query; templated like a check's.
