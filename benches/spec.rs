@@ -186,4 +186,19 @@ fn main() {
         "plan one in-flight rollout:                   {:>8.2} µs per plan",
         t.as_secs_f64() * 1e6 / rounds as f64
     );
+
+    // Peak memory of the whole run, hostile inputs included (Linux only).
+    if let Some(peak) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
+    {
+        println!(
+            "peak resident memory of this run:            {}",
+            peak.trim_start_matches("VmHWM:").trim()
+        );
+    }
 }

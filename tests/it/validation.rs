@@ -475,16 +475,44 @@ fn every_unknown_field_is_reported_with_a_suggestion_and_the_rest_still_checked(
         found.iter().any(|(f, m, h)| {
             f == field
                 && m == message
-                && near.is_none_or(|n| h.as_deref().is_some_and(|h| h.contains(&format!("did you mean `{n}`?"))))
+                && near.is_none_or(|n| {
+                    h.as_deref()
+                        .is_some_and(|h| h.contains(&format!("did you mean `{n}`?")))
+                })
         })
     };
-    assert!(has("spec.stepweight", "unknown field `stepweight`", Some("stepWeight")), "{found:#?}");
-    assert!(has("spec.steps[1].pause.durration", "unknown field `durration`", Some("duration")), "{found:#?}");
     assert!(
-        has("spec.analysis.metrics[0].succesCondition", "unknown field `succesCondition`", Some("successCondition")),
+        has(
+            "spec.stepweight",
+            "unknown field `stepweight`",
+            Some("stepWeight")
+        ),
         "{found:#?}"
     );
-    assert!(has("spec.steps[0].setWeight", "weight 150 is out of range", None), "and validation went on: {found:#?}");
+    assert!(
+        has(
+            "spec.steps[1].pause.durration",
+            "unknown field `durration`",
+            Some("duration")
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        has(
+            "spec.analysis.metrics[0].succesCondition",
+            "unknown field `succesCondition`",
+            Some("successCondition")
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        has(
+            "spec.steps[0].setWeight",
+            "weight 150 is out of range",
+            None
+        ),
+        "and validation went on: {found:#?}"
+    );
     assert_eq!(diags.len(), 4, "{found:#?}");
     assert!(catalog.rollouts.is_empty());
     // Each points at its key.
@@ -497,5 +525,8 @@ fn unknown_router_settings_are_refused_too() {
     let text = ROUTER.replace("listen:", "lisen:");
     let (_, diags) = validate::validate_texts(&[("r.yaml", &text)]);
     assert_eq!(diags.len(), 1, "{diags:#?}");
-    assert!(diags[0].message.contains("unknown field `lisen`"), "{diags:#?}");
+    assert!(
+        diags[0].message.contains("unknown field `lisen`"),
+        "{diags:#?}"
+    );
 }
