@@ -290,6 +290,7 @@ impl Planner<'_> {
         }
         match self.status.progress.clone() {
             Progress::Stable { .. } => self.settle(Weight::ZERO, "no canary"),
+            Progress::Waiting { .. } => self.start(),
             Progress::Promoted { .. } => self.settle(Weight::FULL, "promoted"),
             Progress::Aborted {
                 revision, evidence, ..
@@ -403,17 +404,33 @@ impl Planner<'_> {
             self.status.promoted = Some(rev);
             return wait("canary already at 100%: recorded as promoted");
         }
+        self.status.progress = Progress::Waiting {
+            revision: rev,
+            since: now,
+        };
+        self.start()
+    }
+
+    /// Starts the spec's revision at its first step, or, outside the window, waits with all
+    /// traffic on stable.
+    fn start(&mut self) -> Action {
+        let spec = self.i.spec;
+        let now = self.now();
         if let Some(w) = &spec.window
             && !w.contains(now)
         {
             if let Some(open) = w.next_open(now) {
                 self.wake_at(open);
             }
+            if self.live_canary() != Some(Weight::ZERO) && self.i.live.is_some() {
+                self.set(Weight::ZERO);
+            }
             return hold(format!(
                 "outside window `{}`: the rollout starts when it opens",
                 w.source
             ));
         }
+        let rev = spec.revision.clone();
         let target = spec.target();
         let run = Run {
             revision: rev,

@@ -63,6 +63,12 @@ pub enum Progress {
         revision: Revision,
         since: DateTime<Utc>,
     },
+    /// A new revision waiting for its deployment window to open; all traffic on stable
+    /// meanwhile (a canary it replaced does not keep unanalysed traffic over a weekend).
+    Waiting {
+        revision: Revision,
+        since: DateTime<Utc>,
+    },
     /// At a `setWeight` step: its weight is being applied, or was and is waiting for the window.
     Progressing { run: Run },
     /// At a pause: timed (`until`), until promoted, or after an inconclusive analysis.
@@ -123,6 +129,7 @@ impl Progress {
         match self {
             Progress::Pending => None,
             Progress::Stable { revision, .. }
+            | Progress::Waiting { revision, .. }
             | Progress::Promoted { revision, .. }
             | Progress::Aborted { revision, .. }
             | Progress::RollingBack { revision, .. }
@@ -149,6 +156,7 @@ impl Progress {
         match self {
             Progress::Pending => "pending",
             Progress::Stable { .. } => "stable",
+            Progress::Waiting { .. } => "waiting",
             Progress::Progressing { .. } => "progressing",
             Progress::Paused { .. } => "paused",
             Progress::Analysing { .. } => "analysing",

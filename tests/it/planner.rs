@@ -1243,6 +1243,29 @@ fn a_canary_merged_outside_the_window_starts_when_it_opens() {
 }
 
 #[test]
+fn a_canary_superseded_outside_the_window_gives_its_traffic_back_to_stable() {
+    let mut w = World::new(canary(&format!("{BASIC_STEPS}{OFFICE_HOURS}"))).at_step(1);
+    assert_eq!(w.router(), "blue=90 green=10");
+    // Friday evening a new version of the canary is merged: green now runs something no
+    // analysis has seen, so it gets no traffic until the window opens and the rollout starts.
+    w.now = utc(2026, 3, 6, 18, 0);
+    w.spec = spec(&format!(
+        "router: edge\nservice: web\nstable: {{name: blue, version: '1'}}\ncanary: {{name: green, version: '3'}}\n{BASIC_STEPS}{OFFICE_HOURS}"
+    ));
+    let p = w.step();
+    assert_eq!(w.phase(), "waiting");
+    assert_eq!(w.router(), "blue=100 green=0");
+    assert_eq!(p.wake, Some(utc(2026, 3, 9, 9, 0)), "Monday 09:00");
+    let p = w.step();
+    assert_eq!((p.traffic, w.phase()), (None, "waiting"), "it stays put");
+    w.wake();
+    assert_eq!(
+        (w.phase(), w.router()),
+        ("progressing", "blue=90 green=10".to_string())
+    );
+}
+
+#[test]
 fn outside_the_window_failures_still_abort() {
     let mut w = World::new(canary(&format!(
         "{BASIC_STEPS}{OFFICE_HOURS}analysis: {{interval: 1m, metrics: [{{name: errors, template: error-rate}}]}}"
