@@ -28,7 +28,7 @@ use crate::analysis::{self, AnalysisState, Evidence, Measurement, Verdict};
 use crate::model::{
     ERROR_RETRY, Observed, Revision, RollbackPolicy, Rollout, Step, Traffic, Weight,
 };
-use crate::progress::{ABORTED_REMEMBERED, Drift, PauseReason, Progress, Run, Status};
+use crate::progress::{Drift, PauseReason, Progress, Run, Status, remember};
 use crate::spec::{DriftPolicy, InconclusivePolicy};
 
 /// Which analysis of a rollout a measurement belongs to.
@@ -347,12 +347,17 @@ impl Planner<'_> {
         );
         let restored_weight = if spec.target().canary.is_none() {
             Some(Weight::ZERO)
-        } else if self.status.promoted.as_ref() == Some(&rev) {
+        } else if self.status.promoted.contains(&rev) {
             Some(Weight::FULL)
         } else {
             None
         };
-        if let (Some(weight), true) = (restored_weight, was_active) {
+        // A revert: back from a rollout in flight (or aborted), or back to a revision that had
+        // been promoted before the one now live.
+        if let Some(weight) = restored_weight
+            && (was_active || weight == Weight::FULL)
+            && old.revision().is_some()
+        {
             return self.roll_back(&old, weight);
         }
         if let Some(weight) = restored_weight {
@@ -394,6 +399,12 @@ impl Planner<'_> {
             self.set(Weight::ZERO);
             return hold("revision was aborted before; not retried on its own");
         }
+        // Starting blind could run a finished rollout again, or put a canary beside weights
+        // nobody can see: wait for the router.
+        if self.i.live.is_none() {
+            self.wake_at(now + ERROR_RETRY);
+            return hold("router weights unknown: the rollout starts once they can be read");
+        }
         // First sight of a rollout whose canary already carries everything: it finished
         // before canaryd knew it. Adopt, never run it again.
         if matches!(old, Progress::Pending) && self.live_canary() == Some(Weight::FULL) {
@@ -401,7 +412,7 @@ impl Planner<'_> {
                 revision: rev.clone(),
                 at: now,
             };
-            self.status.promoted = Some(rev);
+            remember(&mut self.status.promoted, &rev);
             return wait("canary already at 100%: recorded as promoted");
         }
         self.status.progress = Progress::Waiting {
@@ -416,6 +427,10 @@ impl Planner<'_> {
     fn start(&mut self) -> Action {
         let spec = self.i.spec;
         let now = self.now();
+        if self.i.live.is_none() {
+            self.wake_at(now + ERROR_RETRY);
+            return hold("router weights unknown: the rollout starts once they can be read");
+        }
         if let Some(w) = &spec.window
             && !w.contains(now)
         {
@@ -618,7 +633,7 @@ impl Planner<'_> {
             revision: rev.clone(),
             at: self.now(),
         };
-        self.status.promoted = Some(rev);
+        remember(&mut self.status.promoted, &rev);
         self.set(Weight::FULL);
         Action::Promote
     }
@@ -632,11 +647,7 @@ impl Planner<'_> {
             step: run.step,
             weight: run.weight,
         };
-        self.status.aborted.retain(|r| *r != rev);
-        self.status.aborted.push(rev.clone());
-        if self.status.aborted.len() > ABORTED_REMEMBERED {
-            self.status.aborted.remove(0);
-        }
+        remember(&mut self.status.aborted, &rev);
         self.set(Weight::ZERO);
         self.revert = Some(Revert {
             revision: rev,
@@ -715,8 +726,7 @@ impl Planner<'_> {
             match analysis::assess(bg_spec, bg, now) {
                 Verdict::Failed(e) => return self.abort(&run, e),
                 Verdict::Inconclusive(e) => {
-                    if let Some(action) = self.inconclusive(&run, bg_spec.on_inconclusive, e, &gate)
-                    {
+                    if let Some(action) = self.inconclusive(&run, bg_spec.on_inconclusive, e) {
                         return action;
                     }
                 }
@@ -730,7 +740,7 @@ impl Planner<'_> {
             match analysis::assess(a, st, now) {
                 Verdict::Failed(e) => return self.abort(&run, e),
                 Verdict::Inconclusive(e) => {
-                    if let Some(action) = self.inconclusive(&run, a.on_inconclusive, e, &gate) {
+                    if let Some(action) = self.inconclusive(&run, a.on_inconclusive, e) {
                         return action;
                     }
                 }
@@ -761,16 +771,45 @@ impl Planner<'_> {
             (Progress::Analysing { .. }, Some(Step::Analysis(_))) => true,
             _ => false,
         };
+        // Clamped to the last step: a list shortened below the current step resumes at its
+        // last step (and promotes after it, window permitting), rather than promoting now.
+        let k = run.step.min(spec.steps.len().saturating_sub(1));
+        // An edit that raises the weight in force is an advance: not outside the window.
+        if spec.weight_at(k) > run.weight
+            && let Some(w) = &spec.window
+            && !w.contains(now)
+        {
+            if let Some(open) = w.next_open(now) {
+                self.wake_at(open);
+            }
+            self.put_run(&run);
+            return hold(format!(
+                "outside window `{}`: the edited steps raise the weight when it opens",
+                w.source
+            ));
+        }
         if !fits {
-            // Clamped to the last step: a list shortened below the current step resumes at its
-            // last step (and promotes after it, window permitting), rather than promoting now.
-            let k = run.step.min(spec.steps.len().saturating_sub(1));
             return self.enter(run, k);
         }
         let in_force = spec.weight_at(run.step);
-        if run.weight != in_force {
+        // A weight asked for in this very plan cannot have failed to take yet.
+        let newly_set = run.weight != in_force;
+        if newly_set {
             run.weight = in_force;
             run.verified = false;
+        }
+        // An edited pause duration counts from when the pause began.
+        if let (
+            Progress::Paused {
+                reason: PauseReason::Step,
+                until,
+                ..
+            },
+            Some(Step::Pause(d)),
+        ) = (&mut progress, step_spec)
+        {
+            *until = d.map(|d| run.step_started_at + d);
+            self.status.progress = progress.clone();
         }
 
         // 4. The live weights.
@@ -829,7 +868,7 @@ impl Planner<'_> {
             // not fit (`None`): after a crash between record and apply, the router may not list
             // the canary backend until canaryd first sets it.
             _ => {
-                if run.step_started_at < now {
+                if run.step_started_at < now && !newly_set {
                     stalled = stalled.or(Some("weights not verified on the router".into()));
                 }
                 self.set(run.weight);
@@ -958,14 +997,12 @@ impl Planner<'_> {
         wait("nothing to do")
     }
 
-    /// An inconclusive verdict: pause for a person (unless one already promoted past it),
-    /// or abort, as the spec says.
+    /// An inconclusive verdict: pause for a person, or abort, as the spec says.
     fn inconclusive(
         &mut self,
         run: &Run,
         policy: InconclusivePolicy,
         evidence: Evidence,
-        gate: &Option<Gate>,
     ) -> Option<Action> {
         if policy == InconclusivePolicy::Abort {
             return Some(self.abort(run, evidence));
@@ -978,14 +1015,10 @@ impl Planner<'_> {
             // Already paused for it; the gate (if any) decides below.
             return None;
         }
-        if matches!(
-            gate,
-            Some(Gate {
-                action: GateAction::Promote,
-                ..
-            })
-        ) {
-            return None;
+        // A promote made before this evidence existed is not a decision about it: the pause
+        // waits for a commit made after it.
+        if let Some(g) = self.i.gates.last() {
+            self.status.last_gate = Some(g.id.clone());
         }
         self.status.progress = Progress::Paused {
             run: run.clone(),

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::analysis::{AnalysisState, Evidence};
 use crate::model::{Revision, Weight};
 
-/// Revisions aborted and remembered (never retried on their own), newest last.
-pub const ABORTED_REMEMBERED: usize = 20;
+/// How many promoted and aborted revisions a status remembers, newest last.
+pub const REMEMBERED: usize = 20;
 
 /// The status of one rollout, as committed to the status branch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -23,10 +23,10 @@ pub const ABORTED_REMEMBERED: usize = 20;
 pub struct Status {
     pub rollout: String,
     pub progress: Progress,
-    /// The last revision whose canary was promoted to 100 %: what "back to stable" means when
-    /// a later change is reverted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub promoted: Option<Revision>,
+    /// Revisions whose canary was promoted to 100 %, newest last: the spec coming back to one
+    /// of them (a revert) restores it at once rather than running it again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promoted: Vec<Revision>,
     /// Revisions that were aborted. Their spec coming back does not start them again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aborted: Vec<Revision>,
@@ -38,13 +38,22 @@ pub struct Status {
     pub drift: Option<Drift>,
 }
 
+/// Adds `rev` as the newest of `list`, keeping at most [`REMEMBERED`].
+pub fn remember(list: &mut Vec<Revision>, rev: &Revision) {
+    list.retain(|r| r != rev);
+    list.push(rev.clone());
+    if list.len() > REMEMBERED {
+        list.remove(0);
+    }
+}
+
 impl Status {
     /// The status of a rollout never seen before.
     pub fn new(rollout: &str) -> Self {
         Status {
             rollout: rollout.to_string(),
             progress: Progress::Pending,
-            promoted: None,
+            promoted: Vec::new(),
             aborted: Vec::new(),
             last_gate: None,
             drift: None,

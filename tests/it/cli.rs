@@ -197,7 +197,7 @@ fn plan_exits_0_when_live_traffic_matches_the_recorded_state() {
         revision: Revision::from(revision),
         at: NOW.parse().unwrap(),
     };
-    status.promoted = Some(Revision::from(revision));
+    status.promoted = vec![Revision::from(revision)];
     fs::create_dir(dir.path().join("status")).unwrap();
     fs::write(
         dir.path().join("status/checkout.yaml"),

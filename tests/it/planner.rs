@@ -605,7 +605,7 @@ fn the_last_step_promotes_to_100() {
     assert_eq!(p.action, Action::Promote);
     assert_eq!(w.router(), "blue=0 green=100");
     assert_eq!(w.phase(), "promoted");
-    assert_eq!(w.status.promoted.as_ref(), Some(&w.spec.revision));
+    assert_eq!(w.status.promoted, vec![w.spec.revision.clone()]);
     // And it stays there: a finished rollout is never run again.
     w.advance(Duration::from_secs(86_400));
     let p = w.step();
@@ -1557,6 +1557,160 @@ fn reverting_to_a_promoted_revision_restores_it() {
     );
     assert_eq!(w.router(), "blue=0 green=100");
     assert!(matches!(w.status.progress, Progress::RolledBack { weight, .. } if weight == pct(100)));
+}
+
+#[test]
+fn reverting_a_promoted_release_restores_the_one_before() {
+    let v1 = canary("steps: [{setWeight: 50}]");
+    let v2 = spec(&format!(
+        "router: edge\nservice: web\nstable: {{name: green, version: '1.1'}}\ncanary: {{name: blue, version: '1.2'}}\nsteps: [{{setWeight: 50}}]"
+    ));
+    let mut w = World::new(v1.clone());
+    w.settle();
+    w.spec = v2.clone();
+    w.settle();
+    assert_eq!(
+        (w.phase(), w.router()),
+        ("promoted", "blue=100 green=0".to_string())
+    );
+    // A bug shows up after promotion; the release is reverted. 1.1 on green comes back at once,
+    // and is not run through its steps again.
+    w.spec = v1.clone();
+    let p = w.step();
+    assert_eq!(
+        p.action,
+        Action::RollBack {
+            from: v2.revision.clone()
+        }
+    );
+    assert_eq!(w.router(), "blue=0 green=100");
+    assert_eq!(w.phase(), "rolledBack");
+    assert_eq!(
+        w.status.promoted,
+        vec![v1.revision.clone(), v2.revision.clone()]
+    );
+}
+
+#[test]
+fn a_new_canary_waits_for_a_readable_router() {
+    let mut w = World::new(canary(BASIC_STEPS));
+    w.router_up = false;
+    let p = w.step();
+    assert_eq!(
+        reason(&p.action),
+        "router weights unknown: the rollout starts once they can be read"
+    );
+    assert_eq!((p.traffic, w.phase()), (None, "pending"));
+    w.router_up = true;
+    w.step();
+    assert_eq!(
+        (w.phase(), w.router()),
+        ("progressing", "blue=90 green=10".to_string())
+    );
+}
+
+#[test]
+fn a_finished_canary_seen_first_while_the_router_is_down_is_not_run_again() {
+    let mut w = World::on_router(
+        canary(BASIC_STEPS),
+        observed(&[("blue", 0), ("green", 100)]),
+    );
+    w.router_up = false;
+    w.step();
+    w.router_up = true;
+    w.step();
+    assert_eq!(
+        (w.phase(), w.router()),
+        ("promoted", "blue=0 green=100".to_string())
+    );
+}
+
+#[test]
+fn editing_steps_outside_the_window_does_not_raise_the_weight() {
+    let office = "window: {cron: '* 9-16 * * Mon-Fri'}\n";
+    let mut w = World::new(canary(&format!(
+        "steps: [{{setWeight: 10}}, {{pause: {{}}}}, {{setWeight: 60}}]\n{office}"
+    )))
+    .at_step(1);
+    w.now = utc(2026, 3, 7, 12, 0); // Saturday
+    w.spec = canary(&format!(
+        "steps: [{{setWeight: 40}}, {{pause: {{}}}}, {{setWeight: 60}}]\n{office}"
+    ));
+    let p = w.step();
+    assert_eq!(p.traffic, None);
+    assert_eq!(w.router(), "blue=90 green=10");
+    assert_eq!(p.wake, Some(utc(2026, 3, 9, 9, 0)));
+    // Lowering it is not an advance: that may happen at any time.
+    w.spec = canary(&format!(
+        "steps: [{{setWeight: 5}}, {{pause: {{}}}}, {{setWeight: 60}}]\n{office}"
+    ));
+    w.step();
+    assert_eq!(w.router(), "blue=95 green=5");
+    // Monday morning the raised edit takes effect.
+    w.spec = canary(&format!(
+        "steps: [{{setWeight: 40}}, {{pause: {{}}}}, {{setWeight: 60}}]\n{office}"
+    ));
+    w.now = utc(2026, 3, 9, 9, 0);
+    let p = w.step();
+    assert_eq!(w.router(), "blue=60 green=40", "{p:#?}");
+}
+
+#[test]
+fn an_edited_pause_duration_counts_from_when_the_pause_began() {
+    let mut w = World::new(canary(BASIC_STEPS)).at_step(1);
+    let began = w.now;
+    w.advance(mins(2));
+    w.spec = canary("steps: [{setWeight: 10}, {pause: {duration: 3m}}, {setWeight: 50}]");
+    let p = w.step();
+    assert_eq!(
+        p.wake,
+        Some(began + mins(3)),
+        "not the old 5m, and not 3m from now"
+    );
+    w.advance(mins(1));
+    w.step();
+    assert_eq!(w.router(), "blue=50 green=50");
+}
+
+#[test]
+fn a_promote_made_before_an_inconclusive_result_does_not_pass_it() {
+    let mut w = World::new(canary(
+        "steps: [{setWeight: 20}, {pause: {}}, {setWeight: 50}]\nanalysis: {interval: 1m, metrics: [{name: errors, template: error-rate}]}",
+    ));
+    w.commit("early", GateAction::Promote);
+    w.step(); // 20 %: nothing to move past yet, the promote waits
+    assert_eq!(w.status.last_gate, None);
+    w.step(); // verified: the manual pause is entered, and the background analysis measures
+    assert_eq!((w.phase(), w.status.last_gate.as_deref()), ("paused", None));
+    // The background analysis finds no data before anyone has looked.
+    w.take_measurements(|_| NO_DATA);
+    w.step();
+    assert!(matches!(
+        &w.status.progress,
+        Progress::Paused {
+            reason: PauseReason::Inconclusive { .. },
+            ..
+        }
+    ));
+    assert_eq!(
+        w.status.last_gate.as_deref(),
+        Some("early"),
+        "the earlier promote is spent"
+    );
+    w.advance(mins(10));
+    w.step();
+    assert_eq!(
+        (w.phase(), w.router()),
+        ("paused", "blue=80 green=20".to_string())
+    );
+    // A person looks at it and promotes: that commit moves it on.
+    w.commit("late", GateAction::Promote);
+    w.step();
+    assert_eq!(
+        (w.run().step, w.router()),
+        (2, "blue=50 green=50".to_string()),
+        "a decision made after the evidence moves it on"
+    );
 }
 
 #[test]
