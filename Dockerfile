@@ -3,7 +3,9 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# benches/ too: Cargo.toml declares the bench target, and cargo reads every target's path.
 COPY src ./src
+COPY benches ./benches
 RUN cargo build --release --locked --bin canaryd \
     && strip target/release/canaryd
 

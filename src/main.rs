@@ -150,7 +150,7 @@ fn lint(
         .collect::<std::collections::BTreeSet<_>>()
         .len();
     match output {
-        Output::Human => print!("{}", report::lint_human(&diags, &sources, files)),
+        Output::Human => emit(&report::lint_human(&diags, &sources, files))?,
         Output::Json => {
             let errors = diags.iter().filter(|d| d.is_error()).count();
             let json = report::LintJson {
@@ -159,7 +159,7 @@ fn lint(
                 warnings: diags.len() - errors,
                 diagnostics: &diags,
             };
-            println!("{}", serde_json::to_string_pretty(&json)?);
+            emit(&format!("{}\n", serde_json::to_string_pretty(&json)?))?;
         }
     }
     let findings = diags.iter().any(|d| d.is_error() || deny_warnings);
@@ -180,7 +180,7 @@ fn plan(
     if !dir.is_dir() {
         bail!("{} is not a folder of rollout specs", dir.display());
     }
-    let (catalog, _diags, _) = repo::catalog(&[dir], Some(repo_dir), &known)?;
+    let (catalog, diags, _) = repo::catalog(&[dir], Some(repo_dir), &known)?;
     let text =
         fs::read_to_string(live).with_context(|| format!("cannot read {}", live.display()))?;
     let live = LiveWeights::parse(&text)?;
@@ -226,8 +226,19 @@ fn plan(
         plans.push(p);
     }
     match output {
-        Output::Human => print!("{human}"),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&plans)?),
+        Output::Human => emit(&human)?,
+        Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&plans)?))?,
+    }
+    // A file that cannot be parsed may hold rollouts nobody can plan: say so, and fail.
+    let broken: Vec<&canaryd::diag::Diagnostic> = diags
+        .iter()
+        .filter(|d| d.is_error() && catalog.broken_files.contains(&d.file))
+        .collect();
+    for d in &broken {
+        eprintln!("error: {} (its rollouts are held)", d.one_line());
+    }
+    if !broken.is_empty() {
+        return Ok(2);
     }
     Ok(u8::from(pending))
 }
@@ -241,6 +252,16 @@ fn demo(fast: bool) -> Result<u8> {
     }
 }
 
+/// Writes to stdout; a reader that went away (`canaryd lint | head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 fn schema(write: Option<&Path>) -> Result<u8> {
     let all = canaryd::schema::all();
     match write {
@@ -250,7 +271,7 @@ fn schema(write: Option<&Path>) -> Result<u8> {
                 fs::write(dir.join(name), text)?;
             }
         }
-        None => print!("{}", all[0].1),
+        None => emit(&all[0].1)?,
     }
     Ok(0)
 }

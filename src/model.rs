@@ -320,7 +320,10 @@ pub enum RollbackPolicy {
 pub struct Window {
     /// As written in the spec.
     pub source: String,
-    pub schedule: cron::Schedule,
+    /// The expression matches when any of these does. Crontab ORs day-of-month with
+    /// day-of-week when both are restricted; the `cron` crate ANDs them, so such an expression
+    /// becomes two schedules, one per day field.
+    pub schedules: Vec<cron::Schedule>,
     pub timezone: chrono_tz::Tz,
 }
 
@@ -341,16 +344,17 @@ impl Window {
         local
             .with_second(0)
             .and_then(|t| t.with_nanosecond(0))
-            .is_some_and(|minute| self.schedule.includes(minute))
+            .is_some_and(|minute| self.schedules.iter().any(|s| s.includes(minute)))
     }
 
     /// When the window next opens after `now`, if within a year.
     pub fn next_open(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = self.timezone.from_utc_datetime(&now.naive_utc());
-        self.schedule
-            .after(&local)
-            .next()
+        self.schedules
+            .iter()
+            .filter_map(|s| s.after(&local).next())
             .map(|t| t.with_timezone(&Utc))
+            .min()
             .filter(|t| (*t - now).num_days() <= WINDOW_HORIZON_DAYS)
     }
 }

@@ -28,7 +28,7 @@ use crate::analysis::{self, AnalysisState, Evidence, Measurement, Verdict};
 use crate::model::{
     ERROR_RETRY, Observed, Revision, RollbackPolicy, Rollout, Step, Traffic, Weight,
 };
-use crate::progress::{Drift, PauseReason, Progress, Run, Status, remember};
+use crate::progress::{Drift, DriftAction, PauseReason, Progress, Run, Status, remember};
 use crate::spec::{DriftPolicy, InconclusivePolicy};
 
 /// Which analysis of a rollout a measurement belongs to.
@@ -824,7 +824,7 @@ impl Planner<'_> {
             }
             Some(w) if w == run.weight => run.verified = true,
             Some(w) if run.verified => {
-                let mut drift = Drift {
+                let drift = Drift {
                     at: now,
                     expected: run.weight,
                     live: self
@@ -832,11 +832,13 @@ impl Planner<'_> {
                         .live
                         .and_then(Observed::percentages)
                         .unwrap_or_default(),
-                    action: String::new(),
+                    action: match spec.on_drift {
+                        DriftPolicy::Reapply => DriftAction::Reapplied,
+                        DriftPolicy::Hold => DriftAction::Held,
+                    },
                 };
                 match spec.on_drift {
                     DriftPolicy::Reapply => {
-                        drift.action = "reapplied".into();
                         self.status.drift = Some(drift);
                         run.verified = false;
                         self.put_run(&run);
@@ -850,7 +852,6 @@ impl Planner<'_> {
                         };
                     }
                     DriftPolicy::Hold => {
-                        drift.action = "held".into();
                         if self.status.drift.as_ref().map(|d| (&d.live, d.expected))
                             != Some((&drift.live, drift.expected))
                         {

@@ -229,6 +229,16 @@ pub struct Drift {
     pub expected: Weight,
     /// What the router reported, in percent per backend.
     pub live: BTreeMap<String, Weight>,
-    /// What canaryd did about it: `reapplied` or `held`.
-    pub action: String,
+    /// What canaryd did about it.
+    pub action: DriftAction,
+}
+
+/// What the planner did about drift, as the spec's `onDrift` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DriftAction {
+    /// Set the recorded step's weights again.
+    Reapplied,
+    /// Left the router alone and held the rollout.
+    Held,
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -58,7 +58,7 @@ pub fn load(paths: &[PathBuf], base: Option<&Path>) -> Result<Loaded, RepoError>
             return Err(RepoError::NotFound { path: path.clone() });
         }
         if path.is_dir() {
-            walk(path, path, &ignored(path), &mut files)?;
+            walk(path, &ignored(path), &mut files)?;
         } else {
             files.push(path.clone());
         }
@@ -98,31 +98,45 @@ pub fn catalog(
     Ok((catalog, diags, loaded.sources))
 }
 
+/// Reads a spec file, refusing what is not a regular file or is over [`MAX_FILE_BYTES`]
+/// without reading more than that: a symlink to `/dev/zero` or a FIFO reports size 0.
 fn read_bounded(path: &Path) -> Result<String, (String, String)> {
-    let size = fs::metadata(path)
-        .map_err(|e| {
-            (
-                format!("cannot read file: {e}"),
-                "check permissions".to_string(),
-            )
-        })?
-        .len();
-    if size > MAX_FILE_BYTES {
+    let io = |e: io::Error| {
+        let help = match e.kind() {
+            io::ErrorKind::PermissionDenied => "check the file's permissions",
+            io::ErrorKind::NotFound => "the file (or the target of its symlink) is gone",
+            _ => "check that the file is readable",
+        };
+        (format!("cannot read file: {e}"), help.to_string())
+    };
+    let file = fs::File::open(path).map_err(io)?;
+    if !file.metadata().map_err(io)?.is_file() {
         return Err((
+            "not a regular file".to_string(),
+            "spec files are plain files; remove it or list it in .canarydignore".to_string(),
+        ));
+    }
+    let too_big = |size: u64| {
+        (
             format!(
                 "file is {:.1} MiB; spec files are limited to {} MiB",
                 size as f64 / (1024.0 * 1024.0),
                 MAX_FILE_BYTES / (1024 * 1024)
             ),
             "split it, or list it in .canarydignore if it is not a spec".to_string(),
-        ));
-    }
-    let bytes = fs::read(path).map_err(|e| {
-        (
-            format!("cannot read file: {e}"),
-            "check permissions".to_string(),
         )
-    })?;
+    };
+    let size = file.metadata().map_err(io)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(too_big(size));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
     String::from_utf8(bytes).map_err(|e| {
         (
             format!(
@@ -146,23 +160,20 @@ fn ignored(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-fn walk(
-    root: &Path,
-    dir: &Path,
-    skip: &[PathBuf],
-    out: &mut Vec<PathBuf>,
-) -> Result<(), RepoError> {
+/// Collects the YAML files under `dir`. Symlinked folders are not followed (a link to `..`
+/// would list everything twice, or forever); symlinked files are read like files.
+fn walk(dir: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) -> Result<(), RepoError> {
     let read = |e| RepoError::Read {
         path: dir.to_path_buf(),
         source: e,
     };
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+    let mut entries: Vec<(PathBuf, fs::FileType)> = fs::read_dir(dir)
         .map_err(read)?
-        .map(|e| e.map(|e| e.path()))
+        .map(|e| e.and_then(|e| Ok((e.path(), e.file_type()?))))
         .collect::<Result<_, _>>()
         .map_err(read)?;
-    entries.sort();
-    for path in entries {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (path, kind) in entries {
         let hidden = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -170,16 +181,17 @@ fn walk(
         if hidden || skip.iter().any(|s| path.starts_with(s)) {
             continue;
         }
-        if path.is_dir() {
-            walk(root, &path, skip, out)?;
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
+        if kind.is_dir() {
+            walk(&path, skip, out)?;
+        } else if (!kind.is_symlink() || !path.is_dir())
+            && matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            )
+        {
             out.push(path);
         }
     }
-    let _ = root;
     Ok(())
 }
 

@@ -57,7 +57,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
         }
         // The file is unreadable past some point: hold every rollout it (partly) names.
         let lines: Vec<String> = problems.iter().map(Diagnostic::one_line).collect();
-        for doc in &docs {
+        for doc in docs.iter().filter(|d| d.complete) {
             if doc.kind.as_deref() == Some("Rollout")
                 && let Some(name) = &doc.name
             {
@@ -73,9 +73,10 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
     }
 
     // Pass 1: routers and metric templates, which rollouts reference.
-    let mut routers: BTreeMap<String, (String, Position)> = BTreeMap::new();
-    let mut templates: BTreeMap<String, (spec::MetricTemplateSpec, String, Position)> =
-        BTreeMap::new();
+    // Where each router and template is defined, for duplicate names.
+    let mut routers: BTreeMap<String, Site> = BTreeMap::new();
+    let mut template_sites: BTreeMap<String, Site> = BTreeMap::new();
+    let mut templates: BTreeMap<String, spec::MetricTemplateSpec> = BTreeMap::new();
     let mut rollout_docs = Vec::new();
     for (source, doc) in &parsed {
         let file = source.file.as_str();
@@ -113,12 +114,19 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
                     }
                 }
                 if ok
-                    && duplicate(&mut cx, "metric template", &t.metadata.name, &templates).is_none()
+                    && duplicate(
+                        &mut cx,
+                        "metric template",
+                        &t.metadata.name,
+                        &template_sites,
+                    )
+                    .is_none()
                 {
-                    templates.insert(
+                    template_sites.insert(
                         t.metadata.name.clone(),
-                        (t.spec, file.to_string(), doc.paths.value("metadata.name")),
+                        (file.to_string(), doc.paths.value("metadata.name")),
                     );
+                    templates.insert(t.metadata.name, t.spec);
                 }
             }
         }
@@ -131,12 +139,9 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
             .cloned()
             .chain(known.routers.iter().cloned())
             .collect(),
-        templates: templates
-            .iter()
-            .map(|(k, (t, _, _))| (k.clone(), t.clone()))
-            .collect(),
+        templates,
     };
-    let mut seen: BTreeMap<String, (String, Position)> = BTreeMap::new();
+    let mut seen: BTreeMap<String, Site> = BTreeMap::new();
     let mut valid: BTreeMap<String, Rollout> = BTreeMap::new();
     for (source, doc) in rollout_docs {
         let file = source.file.as_str();
@@ -307,12 +312,12 @@ fn check_name(cx: &mut Cx<'_>, name: &str) -> bool {
     ok
 }
 
-/// Reports a duplicate name; returns where the first one is.
-fn duplicate<T>(cx: &mut Cx<'_>, what: &str, name: &str, seen: &BTreeMap<String, T>) -> Option<()>
-where
-    T: DupSite,
-{
-    let (file, pos) = seen.get(name)?.site();
+/// Where a named document is defined: file and position of its name.
+type Site = (String, Position);
+
+/// Reports `name` if it is already in `seen`; returns `Some` when it was a duplicate.
+fn duplicate(cx: &mut Cx<'_>, what: &str, name: &str, seen: &BTreeMap<String, Site>) -> Option<()> {
+    let (file, pos) = seen.get(name)?;
     cx.error(
         "metadata.name",
         format!("{what} `{name}` is defined twice"),
@@ -321,22 +326,20 @@ where
     Some(())
 }
 
-trait DupSite {
-    fn site(&self) -> (&str, Position);
-}
-impl DupSite for (String, Position) {
-    fn site(&self) -> (&str, Position) {
-        (&self.0, self.1)
-    }
-}
-impl DupSite for (spec::MetricTemplateSpec, String, Position) {
-    fn site(&self) -> (&str, Position) {
-        (&self.1, self.2)
-    }
-}
+/// Longest duration a spec may give: a year. Nothing in a rollout waits longer, and the
+/// planner adds durations to timestamps, which must not overflow.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
 
 fn dur(cx: &mut Cx<'_>, field: &str, text: &str) -> Option<Duration> {
     match duration::parse(text) {
+        Ok(d) if d > MAX_DURATION => {
+            cx.error(
+                field,
+                format!("duration `{}` is longer than a year", text.trim()),
+                "durations in a rollout are at most `366d`",
+            );
+            None
+        }
         Ok(d) => Some(d),
         Err(e) => {
             cx.error(field, format!("bad duration: {e}"), DURATION_HELP);
@@ -623,12 +626,44 @@ fn explicit_steps(cx: &mut Cx<'_>, list: &[spec::Step], refs: &Refs) -> Option<V
 fn shorthand_steps(cx: &mut Cx<'_>, s: &RolloutSpec) -> Option<Vec<Step>> {
     let interval = match &s.interval {
         None => Some(DEFAULT_INTERVAL),
-        Some(t) => dur(cx, "spec.interval", t),
+        Some(t) => dur(cx, "spec.interval", t).filter(|d| {
+            if d.is_zero() {
+                cx.error(
+                    "spec.interval",
+                    "interval 0 holds no weight at all",
+                    "hold each weight long enough to judge it, e.g. `interval: 1m`",
+                );
+            }
+            !d.is_zero()
+        }),
     };
     let max = match s.max_weight {
         None => Some(Weight::FULL),
-        Some(n) => weight(cx, "spec.maxWeight", n),
+        Some(n) => weight(cx, "spec.maxWeight", n).filter(|w| {
+            if *w == Weight::ZERO {
+                cx.error(
+                    "spec.maxWeight",
+                    "`maxWeight` 0 would jump from 0 % straight to promotion",
+                    "use the last canary weight before promotion, 1 to 100",
+                );
+            }
+            *w > Weight::ZERO
+        }),
     };
+    if let (Some(step), Some(max)) = (s.step_weight.and_then(Weight::new), max)
+        && step > max
+    {
+        cx.error(
+            "spec.stepWeight",
+            format!(
+                "step weight {} is above `maxWeight` {}",
+                step.get(),
+                max.get()
+            ),
+            "make `stepWeight` at most `maxWeight`, or raise `maxWeight`",
+        );
+        return None;
+    }
     let weights: Option<Vec<Weight>> = match (s.step_weight, &s.step_weights) {
         (Some(_), Some(_)) => {
             cx.error(
@@ -913,7 +948,7 @@ fn window(cx: &mut Cx<'_>, w: &spec::Window) -> Option<Window> {
             }
         },
     };
-    let schedule = match crontab(&w.cron) {
+    let schedules = match crontab(&w.cron) {
         Ok(s) => Some(s),
         Err(msg) => {
             cx.error(
@@ -927,16 +962,19 @@ fn window(cx: &mut Cx<'_>, w: &spec::Window) -> Option<Window> {
     };
     let window = Window {
         source: w.cron.clone(),
-        schedule: schedule?,
+        schedules: schedules?,
         timezone: timezone?,
     };
     Some(window)
 }
 
-/// Parses a five-field crontab expression into the `cron` crate's seven-field form. Crontab's
-/// day-of-week numbers (0 or 7 = Sunday, 1 = Monday) are translated to names, because the crate
-/// numbers them from 1 = Sunday and would silently shift every day by one.
-fn crontab(expr: &str) -> Result<cron::Schedule, String> {
+/// Parses a five-field crontab expression into the `cron` crate's seven-field form, keeping
+/// crontab's meaning where the crate differs:
+/// - day-of-week numbers (0 or 7 = Sunday, 1 = Monday) are translated to names, because the
+///   crate numbers them from 1 = Sunday and would silently shift every day by one;
+/// - with both day fields restricted, crontab matches either (`* * 1 * Mon` is the 1st *and*
+///   every Monday); the crate would need both, so that gives two schedules.
+fn crontab(expr: &str) -> Result<Vec<cron::Schedule>, String> {
     let fields: Vec<&str> = expr.split_whitespace().collect();
     if fields.len() != 5 {
         return Err(format!("expected 5 fields, found {}", fields.len()));
@@ -946,7 +984,7 @@ fn crontab(expr: &str) -> Result<cron::Schedule, String> {
         "0 {} {} {} {} {} *",
         fields[0], fields[1], fields[2], fields[3], dow
     );
-    full.parse::<cron::Schedule>().map_err(|_| {
+    let parsed = full.parse::<cron::Schedule>().map_err(|_| {
         // The crate's error names no field: find the one that fails on its own.
         const NAMES: [(&str, &str); 5] = [
             ("minute", "0-59"),
@@ -970,7 +1008,19 @@ fn crontab(expr: &str) -> Result<cron::Schedule, String> {
                 )
             })
             .unwrap_or_else(|| "the fields never match together".to_string())
-    })
+    })?;
+    let restricted = |f: &str| f != "*" && f != "?";
+    if !(restricted(fields[2]) && restricted(fields[4])) {
+        return Ok(vec![parsed]);
+    }
+    let [min, hour, dom, month, _] = [fields[0], fields[1], fields[2], fields[3], fields[4]];
+    [
+        format!("0 {min} {hour} {dom} {month} * *"),
+        format!("0 {min} {hour} * {month} {dow} *"),
+    ]
+    .iter()
+    .map(|e| e.parse::<cron::Schedule>().map_err(|e| e.to_string()))
+    .collect()
 }
 
 fn crontab_dow(field: &str) -> Result<String, String> {
@@ -1024,19 +1074,19 @@ mod tests {
 
     #[test]
     fn crontab_days_keep_their_meaning() {
+        let matches = |expr: &str, t| crontab(expr).unwrap().iter().any(|s| s.includes(t));
+        let at = |m, d| chrono::Utc.with_ymd_and_hms(2026, m, d, 10, 0, 0).unwrap();
+        let (sunday, monday) = (at(11, 22), at(11, 23));
         // 1-5 is Monday to Friday in crontab.
-        let s = crontab("* 9-16 * * 1-5").unwrap();
-        let monday_10 = chrono::Utc
-            .with_ymd_and_hms(2026, 11, 23, 10, 0, 0)
-            .unwrap();
-        let sunday_10 = chrono::Utc
-            .with_ymd_and_hms(2026, 11, 22, 10, 0, 0)
-            .unwrap();
-        assert!(s.includes(monday_10));
-        assert!(!s.includes(sunday_10));
-        assert!(crontab("* * * * 0").unwrap().includes(sunday_10));
-        assert!(crontab("* * * * 5-7").unwrap().includes(sunday_10));
-        assert!(crontab("* * * * Mon-Fri").unwrap().includes(monday_10));
+        assert!(matches("* 9-16 * * 1-5", monday));
+        assert!(!matches("* 9-16 * * 1-5", sunday));
+        assert!(matches("* * * * 0", sunday));
+        assert!(matches("* * * * 5-7", sunday));
+        assert!(matches("* * * * Mon-Fri", monday));
+        // Both day fields restricted: either matches, as in crontab. 1 March 2026 is a Sunday.
+        assert!(matches("* * 1 * Mon", at(3, 1)));
+        assert!(matches("* * 1 * Mon", at(3, 2)));
+        assert!(!matches("* * 1 * Mon", at(3, 3)));
         assert!(crontab("* * * * 8").is_err());
         assert!(crontab("* * * *").is_err());
     }

@@ -140,6 +140,9 @@ pub struct Document {
     pub name: Option<String>,
     /// Where the document starts.
     pub start: Position,
+    /// Whether the parser reached its end; `kind` and `name` of an incomplete document (cut
+    /// short by a syntax error) may be partial and are not to be trusted.
+    pub complete: bool,
 }
 
 impl Document {
@@ -446,11 +449,13 @@ impl<'a> Walker<'a> {
                     kind: None,
                     name: None,
                     start: pos,
+                    complete: false,
                 });
                 self.stack.clear();
             }
             Event::DocumentEnd => {
-                if let Some(doc) = self.current.take() {
+                if let Some(mut doc) = self.current.take() {
+                    doc.complete = true;
                     self.docs.push(doc);
                 }
             }

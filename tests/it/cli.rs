@@ -284,3 +284,24 @@ fn schema_prints_the_rollout_schema() {
     let committed = fs::read_to_string(root().join("schemas/rollout.json")).unwrap();
     assert_eq!(stdout(&o), committed);
 }
+
+#[test]
+fn plan_fails_when_a_spec_file_cannot_be_parsed() {
+    let dir = repo();
+    fs::write(
+        dir.path().join("rollouts/broken.yaml"),
+        "kind: Rollout\nmetadata: [web\n",
+    )
+    .unwrap();
+    let o = canaryd(&["plan", "--live", "live.json", "--now", NOW], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stdout(&o).contains("rollout checkout"),
+        "the others are still planned"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("error: rollouts/broken.yaml:2:11: malformed YAML: unclosed bracket"),
+        "{err}"
+    );
+}

@@ -12,7 +12,7 @@ use canaryd::model::{Metric, Observed, Revision, Rollout, Step, Traffic, Weight}
 use canaryd::plan::{
     self, Action, AnalysisRef, Due, Gate, GateAction, Inputs, Plan, Revert, Sample,
 };
-use canaryd::progress::{Drift, PauseReason, Progress, Run, Status};
+use canaryd::progress::{Drift, DriftAction, PauseReason, Progress, Run, Status};
 use canaryd::validate::validate_texts;
 use chrono::{DateTime, TimeZone as _, Utc};
 
@@ -1320,7 +1320,7 @@ fn a_hand_changed_weight_is_reapplied_and_recorded_as_drift() {
             at: w.now,
             expected: pct(10),
             live: BTreeMap::from([("blue".into(), pct(70)), ("green".into(), pct(30))]),
-            action: "reapplied".into(),
+            action: DriftAction::Reapplied,
         })
     );
     // Read back, the rollout goes on where it was; the pause keeps its end.
@@ -1406,7 +1406,7 @@ fn with_on_drift_hold_a_hand_changed_weight_is_left_and_reported() {
         assert_eq!(w.router(), "blue=70 green=30");
         assert_eq!(w.run().step, 1, "the pause is over but the rollout holds");
         let drift = w.status.drift.as_ref().expect("drift recorded");
-        assert_eq!((drift.expected, drift.action.as_str()), (pct(10), "held"));
+        assert_eq!((drift.expected, drift.action), (pct(10), DriftAction::Held));
         assert_eq!(
             drift.at,
             monday_10am() + mins(10),
@@ -1562,9 +1562,9 @@ fn reverting_to_a_promoted_revision_restores_it() {
 #[test]
 fn reverting_a_promoted_release_restores_the_one_before() {
     let v1 = canary("steps: [{setWeight: 50}]");
-    let v2 = spec(&format!(
-        "router: edge\nservice: web\nstable: {{name: green, version: '1.1'}}\ncanary: {{name: blue, version: '1.2'}}\nsteps: [{{setWeight: 50}}]"
-    ));
+    let v2 = spec(
+        "router: edge\nservice: web\nstable: {name: green, version: '1.1'}\ncanary: {name: blue, version: '1.2'}\nsteps: [{setWeight: 50}]",
+    );
     let mut w = World::new(v1.clone());
     w.settle();
     w.spec = v2.clone();

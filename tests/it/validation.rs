@@ -358,13 +358,26 @@ fn one_bad_document_does_not_hide_the_others() {
 
 #[test]
 fn a_malformed_file_holds_the_rollouts_it_names() {
-    let text = "apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: web\nspec:\n  router: [edge\n";
-    let (catalog, diags) = validate::validate_texts(&[("r.yaml", text)]);
+    // A complete document before the syntax error is named and held; the broken one is held
+    // through its file (the daemon holds every rollout last seen there), since a name read
+    // from a half-parsed document cannot be trusted.
+    let text = format!(
+        "{}---\napiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: api\nspec:\n  router: [edge\n",
+        rollout(&format!("{TARGET}steps: [{{setWeight: 5}}]"))
+    );
+    let (catalog, diags) = validate::validate_texts(&[("r.yaml", &text)]);
     assert_eq!(catalog.broken_files, ["r.yaml"]);
     assert!(
         catalog.invalid.contains_key("web"),
         "its traffic must be held, not treated as deleted"
     );
+    assert_eq!(
+        catalog.invalid.len(),
+        1,
+        "no half-read name: {:?}",
+        catalog.invalid
+    );
+    assert!(catalog.rollouts.is_empty());
     assert!(diags[0].message.starts_with("malformed YAML"));
 }
 
@@ -529,4 +542,50 @@ fn unknown_router_settings_are_refused_too() {
         diags[0].message.contains("unknown field `lisen`"),
         "{diags:#?}"
     );
+}
+
+#[test]
+fn durations_are_bounded_so_nothing_overflows_later() {
+    check(
+        "steps: [{setWeight: 10}, {pause: {duration: 99999999d}}]",
+        &[("spec.steps[1].pause.duration", "longer than a year")],
+    );
+    check(
+        "steps: [{setWeight: 10}]\nprogressDeadline: 400d",
+        &[("spec.progressDeadline", "longer than a year")],
+    );
+    valid("steps: [{setWeight: 10}, {pause: {duration: 366d}}]");
+}
+
+#[test]
+fn the_shorthand_refuses_what_would_skip_the_canary() {
+    check(
+        "stepWeight: 10\nmaxWeight: 0",
+        &[("spec.maxWeight", "straight to promotion")],
+    );
+    check(
+        "stepWeight: 30\nmaxWeight: 20",
+        &[("spec.stepWeight", "above `maxWeight` 20")],
+    );
+    check(
+        "stepWeight: 10\ninterval: 0s",
+        &[("spec.interval", "holds no weight")],
+    );
+}
+
+#[test]
+fn special_files_and_symlink_loops_are_refused_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::os::unix::fs::symlink("/dev/zero", root.join("zero.yaml")).unwrap();
+    std::os::unix::fs::symlink("..", root.join("up")).unwrap();
+    std::fs::write(root.join("ok.yaml"), ROUTER).unwrap();
+    let loaded = canaryd::repo::load(&[root.to_path_buf()], Some(root)).unwrap();
+    assert_eq!(
+        loaded.sources.len(),
+        1,
+        "the loop through `up` is not followed"
+    );
+    assert_eq!(loaded.broken, ["zero.yaml"]);
+    assert_eq!(loaded.diags[0].message, "not a regular file");
 }
