@@ -28,7 +28,7 @@ use crate::analysis::{self, AnalysisState, Evidence, Measurement, Verdict};
 use crate::model::{
     ERROR_RETRY, Observed, Revision, RollbackPolicy, Rollout, Step, Traffic, Weight,
 };
-use crate::progress::{Drift, DriftAction, PauseReason, Progress, Run, Status, remember};
+use crate::progress::{Drift, DriftAction, PauseReason, Progress, Run, Stall, Status, remember};
 use crate::spec::{DriftPolicy, InconclusivePolicy};
 
 /// Which analysis of a rollout a measurement belongs to.
@@ -460,8 +460,7 @@ impl Planner<'_> {
                 .unwrap_or_default(),
             started_at: now,
             step_started_at: now,
-            stalled_since: None,
-            stalled_because: None,
+            stall: None,
             deadline_exceeded: false,
             background: spec.background.as_ref().map(|_| AnalysisState::new(now)),
         };
@@ -583,8 +582,7 @@ impl Planner<'_> {
         }
         run.step = k;
         run.step_started_at = now;
-        run.stalled_since = None;
-        run.stalled_because = None;
+        run.stall = None;
         let changes_traffic = !run.verified;
         let action = match step {
             Step::SetWeight(w) => {
@@ -889,8 +887,11 @@ impl Planner<'_> {
         // 6. Stalls and the deadline.
         match &stalled {
             Some(why) => {
-                let since = *run.stalled_since.get_or_insert(now);
-                run.stalled_because = Some(why.clone());
+                let since = run.stall.as_ref().map_or(now, |s| s.since);
+                run.stall = Some(Stall {
+                    since,
+                    because: why.clone(),
+                });
                 let deadline = since + spec.progress_deadline;
                 if now >= deadline {
                     let evidence = Evidence::text(format!(
@@ -915,8 +916,7 @@ impl Planner<'_> {
                 return hold(why.clone());
             }
             None => {
-                run.stalled_since = None;
-                run.stalled_because = None;
+                run.stall = None;
                 run.deadline_exceeded = false;
             }
         }

@@ -205,19 +205,25 @@ pub struct Run {
     pub canary: String,
     pub started_at: DateTime<Utc>,
     pub step_started_at: DateTime<Utc>,
-    /// Since when the rollout has been held for want of an input (router, metrics); the
-    /// progress deadline counts from here.
+    /// Held for want of an input (router, metrics): since when, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stalled_since: Option<DateTime<Utc>>,
-    /// Why it is stalled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stalled_because: Option<String>,
+    pub stall: Option<Stall>,
     /// The deadline passed and the spec says to keep holding rather than abort.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deadline_exceeded: bool,
     /// The background analysis, when the spec has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background: Option<AnalysisState>,
+}
+
+/// A rollout held for want of an input; the progress deadline counts from `since`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stall {
+    pub since: DateTime<Utc>,
+    /// Why, as of the last look: `router weights unknown`, `weights not verified on the router`,
+    /// or the metric that could not be measured.
+    pub because: String,
 }
 
 /// Live weights that differed from what canaryd set.

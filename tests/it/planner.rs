@@ -927,7 +927,7 @@ fn provider_errors_are_not_failures_and_hold_past_the_limit() {
     w.wake();
     let p = w.measure(value(0.001));
     assert_eq!(reason(&p.action), "analysing");
-    assert_eq!(w.run().stalled_since, None);
+    assert_eq!(w.run().stall, None);
     w.wake();
     let p = w.measure(value(0.001));
     assert_eq!(
@@ -1057,7 +1057,7 @@ fn an_unreachable_router_holds_and_never_advances_blind() {
         w.advance(secs(10));
     }
     assert_eq!(
-        w.run().stalled_because.as_deref(),
+        w.run().stall.as_ref().map(|s| s.because.as_str()),
         Some("router weights unknown")
     );
     w.router_up = true;
@@ -1108,7 +1108,7 @@ fn a_weight_that_did_not_reach_the_router_is_set_again_when_it_is_back() {
     assert_eq!(w.router(), "blue=50 green=50");
     let p = w.step();
     assert_eq!(p.action, Action::Pause { step: 3 });
-    assert_eq!(w.run().stalled_since, None);
+    assert_eq!(w.run().stall, None);
 }
 
 #[test]
@@ -1119,7 +1119,7 @@ fn the_deadline_aborts_a_long_hold() {
     let stalled_at = w.now;
     let p = w.step();
     assert!(matches!(p.action, Action::Hold { .. }));
-    assert_eq!(w.run().stalled_since, Some(stalled_at));
+    assert_eq!(w.run().stall.as_ref().map(|s| s.since), Some(stalled_at));
     w.advance(mins(5) - secs(1));
     let p = w.step();
     assert!(matches!(p.action, Action::Hold { .. }), "{:?}", p.action);
