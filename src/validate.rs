@@ -89,7 +89,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
                 let Some(r) = read::<spec::RouterDoc>(doc, file, &mut diags) else {
                     continue;
                 };
-                let mut cx = Cx::new(file, &doc.paths, &mut diags);
+                let mut cx = Cx::new(file, doc, &mut diags);
                 if check_name(&mut cx, &r.metadata.name)
                     && duplicate(&mut cx, "router", &r.metadata.name, &routers).is_none()
                 {
@@ -103,7 +103,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
                 let Some(t) = read::<spec::MetricTemplateDoc>(doc, file, &mut diags) else {
                     continue;
                 };
-                let mut cx = Cx::new(file, &doc.paths, &mut diags);
+                let mut cx = Cx::new(file, doc, &mut diags);
                 let ok = check_name(&mut cx, &t.metadata.name);
                 for (field, text) in [
                     ("spec.successCondition", &t.spec.success_condition),
@@ -147,7 +147,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
         let file = source.file.as_str();
         let before = diags.len();
         let rollout = read::<spec::RolloutDoc>(doc, file, &mut diags).and_then(|raw| {
-            let mut cx = Cx::new(file, &doc.paths, &mut diags);
+            let mut cx = Cx::new(file, doc, &mut diags);
             rollout(&mut cx, &raw, &refs)
         });
         let errors: Vec<String> = diags[before..]
@@ -225,19 +225,50 @@ struct Refs {
 /// The file and path map of the document being checked, and where problems go.
 struct Cx<'a> {
     file: &'a str,
+    doc: &'a Document,
     paths: &'a PathMap,
     diags: &'a mut Vec<Diagnostic>,
     errors: usize,
 }
 
 impl<'a> Cx<'a> {
-    fn new(file: &'a str, paths: &'a PathMap, diags: &'a mut Vec<Diagnostic>) -> Self {
+    fn new(file: &'a str, doc: &'a Document, diags: &'a mut Vec<Diagnostic>) -> Self {
         Cx {
             file,
-            paths,
+            doc,
+            paths: &doc.paths,
             diags,
             errors: 0,
         }
+    }
+
+    /// An error `offset` bytes into the string value at `field`, pointed at exactly when the
+    /// value is written on one line (plain or quoted), else at the value's start.
+    fn error_in_value(
+        &mut self,
+        field: &str,
+        value: &str,
+        offset: usize,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        let mut pos = self.paths.value(field);
+        let trimmed = value.trim_start();
+        let lead = value.len() - trimmed.len();
+        if let Some(line) = self.doc.source_line(pos.line)
+            && let Some(rest) = line.get(pos.column.saturating_sub(1)..)
+        {
+            let quote = usize::from(rest.starts_with(['"', '\'']));
+            if rest[quote..].starts_with(trimmed) && offset >= lead {
+                let chars = trimmed[..(offset - lead).min(trimmed.len())]
+                    .chars()
+                    .count();
+                pos.column += quote + chars;
+            }
+        }
+        self.errors += 1;
+        self.diags
+            .push(Diagnostic::error(self.file, pos, field, message).with_help(help));
     }
 
     fn error(&mut self, field: &str, message: impl Into<String>, help: impl Into<String>) {
@@ -360,10 +391,11 @@ fn condition(cx: &mut Cx<'_>, field: &str, text: &str) -> Option<Condition> {
     match Condition::parse(text) {
         Ok(c) => Some(c),
         Err(e) => {
-            let column_hint = format!("at character {} of `{}`", e.offset + 1, text.trim());
-            cx.error(
+            cx.error_in_value(
                 field,
-                format!("bad condition: {} ({column_hint})", e.message),
+                text,
+                e.offset,
+                format!("bad condition: {}", e.message),
                 e.help,
             );
             None

@@ -146,6 +146,11 @@ pub struct Document {
 }
 
 impl Document {
+    /// Line `n` (1-based) of the file, when it belongs to this document.
+    pub fn source_line(&self, n: usize) -> Option<&str> {
+        self.text.lines().nth(n.checked_sub(1)?)
+    }
+
     /// Deserialises the document, with alias replay bounded. Every unknown field comes back as
     /// an error diagnostic beside the value, so that one run reports them all and validation
     /// can still check the rest; anything else that fails is one diagnostic at its field.

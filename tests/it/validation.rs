@@ -589,3 +589,23 @@ fn special_files_and_symlink_loops_are_refused_not_followed() {
     assert_eq!(loaded.broken, ["zero.yaml"]);
     assert_eq!(loaded.diags[0].message, "not a regular file");
 }
+
+#[test]
+fn a_bad_condition_is_pointed_at_where_it_goes_wrong() {
+    let (_, diags) = run(
+        "steps: [{setWeight: 5}]\nanalysis:\n  metrics:\n    - name: e\n      template: error-rate\n      successCondition: result < < 1\n      failureCondition: \"result >\"\n",
+    );
+    let at = |field: &str| {
+        let d = diags.iter().find(|d| d.field.ends_with(field)).unwrap();
+        (d.position.line, d.position.column, d.message.clone())
+    };
+    // Line 19 is `      successCondition: result < < 1` (indented two more in the file).
+    let (line, column, message) = at("successCondition");
+    assert_eq!((line, column), (19, 36), "{message}");
+    let (line, column, _) = at("failureCondition");
+    assert_eq!(
+        (line, column),
+        (20, 36),
+        "after the quote, at the end of `result >`"
+    );
+}
