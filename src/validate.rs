@@ -379,6 +379,22 @@ fn dur(cx: &mut Cx<'_>, field: &str, text: &str) -> Option<Duration> {
     }
 }
 
+/// A duration that must not be zero; `zero` and `help` say why for this field.
+fn nonzero_dur(
+    cx: &mut Cx<'_>,
+    field: &str,
+    text: &str,
+    zero: &str,
+    help: &str,
+) -> Option<Duration> {
+    let d = dur(cx, field, text)?;
+    if d.is_zero() {
+        cx.error(field, zero, help);
+        return None;
+    }
+    Some(d)
+}
+
 fn weight(cx: &mut Cx<'_>, field: &str, n: i64) -> Option<Weight> {
     let w = Weight::new(n);
     if w.is_none() {
@@ -435,18 +451,13 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
     };
     let deadline = match &s.progress_deadline {
         None => Some(DEFAULT_DEADLINE),
-        Some(t) => dur(cx, "spec.progressDeadline", t).and_then(|d| {
-            if d.is_zero() {
-                cx.error(
-                    "spec.progressDeadline",
-                    "progress deadline is zero",
-                    "give the rollout time to make progress, e.g. `10m`",
-                );
-                None
-            } else {
-                Some(d)
-            }
-        }),
+        Some(t) => nonzero_dur(
+            cx,
+            "spec.progressDeadline",
+            t,
+            "progress deadline is zero",
+            "give the rollout time to make progress, e.g. `10m`",
+        ),
     };
     let window = s.window.as_ref().and_then(|w| window(cx, w));
 
@@ -658,16 +669,13 @@ fn explicit_steps(cx: &mut Cx<'_>, list: &[spec::Step], refs: &Refs) -> Option<V
 fn shorthand_steps(cx: &mut Cx<'_>, s: &RolloutSpec) -> Option<Vec<Step>> {
     let interval = match &s.interval {
         None => Some(DEFAULT_INTERVAL),
-        Some(t) => dur(cx, "spec.interval", t).filter(|d| {
-            if d.is_zero() {
-                cx.error(
-                    "spec.interval",
-                    "interval 0 holds no weight at all",
-                    "hold each weight long enough to judge it, e.g. `interval: 1m`",
-                );
-            }
-            !d.is_zero()
-        }),
+        Some(t) => nonzero_dur(
+            cx,
+            "spec.interval",
+            t,
+            "interval 0 holds no weight at all",
+            "hold each weight long enough to judge it, e.g. `interval: 1m`",
+        ),
     };
     let max = match s.max_weight {
         None => Some(Weight::FULL),
@@ -814,19 +822,16 @@ fn analysis(
         }
     }
     let interval = match &a.interval {
-        Some(t) => dur(cx, &format!("{base}.interval"), t),
+        Some(t) => nonzero_dur(
+            cx,
+            &format!("{base}.interval"),
+            t,
+            "analysis interval is zero",
+            "measure at most every few seconds, e.g. `interval: 30s`",
+        ),
         None if background => Some(DEFAULT_INTERVAL),
         None => None,
     };
-    if let Some(d) = interval
-        && d.is_zero()
-    {
-        cx.error(
-            &format!("{base}.interval"),
-            "analysis interval is zero",
-            "measure at most every few seconds, e.g. `interval: 30s`",
-        );
-    }
     let count = match (a.count, interval, background) {
         (Some(0), ..) => {
             cx.error(

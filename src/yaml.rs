@@ -9,7 +9,6 @@
 //!   validation, which runs on typed values, can still point at the source.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::de::DeserializeOwned;
 use serde_saphyr::granit_parser::{Event, Parser, ScanError, Span};
@@ -579,12 +578,6 @@ fn is_blank(text: &str) -> bool {
     text.lines()
         .map(str::trim)
         .all(|l| l.is_empty() || l.starts_with('#') || l == "---" || l == "...")
-}
-
-impl fmt::Display for Node {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.value.line, self.value.column)
-    }
 }
 
 #[cfg(test)]

@@ -384,20 +384,6 @@ pub enum RouterSpec {
     },
 }
 
-impl RouterSpec {
-    /// The `kind` as written in YAML.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RouterSpec::Embedded { .. } => "embedded",
-            RouterSpec::Haproxy { .. } => "haproxy",
-            RouterSpec::Traefik { .. } => "traefik",
-            RouterSpec::Caddy { .. } => "caddy",
-            RouterSpec::Nginx { .. } => "nginx",
-            RouterSpec::GatewayApi { .. } => "gatewayApi",
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // MetricTemplate
 // ---------------------------------------------------------------------------------------------
@@ -465,15 +451,6 @@ impl DocKind {
             DocKind::Rollout => "Rollout",
             DocKind::Router => "Router",
             DocKind::MetricTemplate => "MetricTemplate",
-        }
-    }
-
-    /// File name of this kind's schema under `schemas/`.
-    pub fn schema_file(self) -> &'static str {
-        match self {
-            DocKind::Rollout => "rollout.json",
-            DocKind::Router => "router.json",
-            DocKind::MetricTemplate => "metric-template.json",
         }
     }
 }
