@@ -34,17 +34,24 @@
 //! - Secrets never appear in specs: router and forge credentials are named by environment
 //!   variable or file.
 
+pub mod admin;
 pub mod analysis;
+pub mod backend;
 pub mod demo;
 pub mod diag;
+pub mod git;
 pub mod live;
 pub mod model;
 pub mod plan;
 pub mod progress;
+pub mod record;
 pub mod repo;
 pub mod report;
+pub mod router;
 pub mod schema;
 pub mod spec;
+pub mod status_view;
+pub mod telemetry;
 pub mod templates;
 pub mod validate;
 pub mod yaml;

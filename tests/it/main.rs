@@ -2,8 +2,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod cli;
 mod demo;
+mod embedded;
 mod examples;
+mod git;
 mod planner;
 mod validation;

@@ -1,0 +1,93 @@
+//! The status file: one per rollout on the status branch, the planner's state plus what the
+//! daemon observed when it recorded it.
+//!
+//! Only [`StatusFile::substance`] decides whether a new commit is due: a file whose only
+//! change is a timestamp is not committed again.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::Outcome;
+use crate::model::Weight;
+use crate::progress::Status;
+
+/// The folder of status files on the status branch.
+pub const STATUS_DIR: &str = "status";
+
+/// Path of a rollout's status file on the status branch.
+pub fn path_of(rollout: &str) -> String {
+    format!("{STATUS_DIR}/{rollout}.yaml")
+}
+
+/// One rollout's status file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(title = "canaryd status file")]
+pub struct StatusFile {
+    /// The planner's state; this is what the daemon resumes from.
+    pub status: Status,
+    /// The commit of the watched branch whose spec was planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_commit: Option<String>,
+    /// The number of steps of the spec, for "step k/n".
+    #[serde(default)]
+    pub steps: usize,
+    /// The weights canaryd last set, per backend.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub desired: BTreeMap<String, Weight>,
+    /// The weights the router reported at the last look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveRecord>,
+    /// The newest value of each metric measured for the current revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<MetricValue>,
+    /// When this file was written.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Live weights as read from the router.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveRecord {
+    pub backends: BTreeMap<String, Weight>,
+    pub at: DateTime<Utc>,
+}
+
+/// The newest measurement of one metric.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricValue {
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl StatusFile {
+    /// The file with every timestamp that changes on each look blanked out: two files with the
+    /// same substance need no new commit.
+    pub fn substance(&self) -> StatusFile {
+        let mut s = self.clone();
+        s.updated_at = DateTime::<Utc>::MIN_UTC;
+        if let Some(live) = &mut s.live {
+            live.at = DateTime::<Utc>::MIN_UTC;
+        }
+        s
+    }
+
+    /// The file as YAML.
+    pub fn to_yaml(&self) -> Result<String, String> {
+        serde_saphyr::to_string(self).map_err(|e| e.to_string())
+    }
+
+    /// Reads a status file; the error names the rollout.
+    pub fn from_yaml(text: &str) -> Result<StatusFile, String> {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+}

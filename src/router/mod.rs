@@ -1,0 +1,63 @@
+//! The router boundary: read live weights, set weights, report health. One file per driver.
+//!
+//! A driver is picked by the `kind` of a `Router` document through the closed [`Driver`] enum
+//! (enum dispatch: adding a router is a new file and a new variant). Every driver reads the
+//! live weights from the router itself, never from a cache, and `apply` sets weights, never
+//! adds to them, so applying the same traffic twice is harmless.
+
+pub mod embedded;
+
+use crate::model::{Observed, Traffic};
+
+/// Why a router could not be read or set.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The router did not answer (connection refused, timeout): try again later.
+    #[error("router `{router}` unreachable: {message}")]
+    Unreachable { router: String, message: String },
+    /// The router answered but refused the request.
+    #[error("router `{router}` refused the change: {message}")]
+    Rejected { router: String, message: String },
+    /// The router does not know the service or one of its backends.
+    #[error("router `{router}` has no {what}")]
+    Unknown { router: String, what: String },
+    /// The router could not be started or configured (embedded router: address in use).
+    #[error("router `{router}` could not start: {message}")]
+    Setup { router: String, message: String },
+}
+
+impl RouterError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RouterError::Unreachable { .. })
+    }
+}
+
+/// A configured router, ready to drive.
+#[derive(Debug)]
+pub enum Driver {
+    Embedded(embedded::EmbeddedRouter),
+}
+
+impl Driver {
+    /// The live weights of `service`, read from the router.
+    pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
+        match self {
+            Driver::Embedded(r) => Ok(r.observe(service)),
+        }
+    }
+
+    /// Sets the weights of `service` (backends not named are left as they are).
+    pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
+        match self {
+            Driver::Embedded(r) => r.apply(service, traffic),
+        }
+    }
+
+    /// Whether the router answers.
+    pub async fn health(&self) -> Result<(), RouterError> {
+        match self {
+            Driver::Embedded(_) => Ok(()),
+        }
+    }
+}
