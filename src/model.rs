@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::spec::condition::Condition;
-use crate::spec::{DriftPolicy, InconclusivePolicy, ProviderKind};
+use crate::spec::{DriftPolicy, InconclusivePolicy, ProviderKind, RouterSpec};
 
 /// A percentage of requests, 0 to 100.
 #[derive(
@@ -370,4 +370,6 @@ pub struct Catalog {
     /// Files that could not be read or parsed far enough to know which rollouts they hold.
     /// Every rollout last seen in one of them must be held too.
     pub broken_files: Vec<String>,
+    /// Routers defined by `kind: Router` documents in the repository, by name.
+    pub routers: BTreeMap<String, RouterSpec>,
 }

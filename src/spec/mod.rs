@@ -347,6 +347,9 @@ pub enum RouterSpec {
     Embedded {
         /// Address it listens on, e.g. `127.0.0.1:8080`.
         listen: String,
+        /// Backend name → upstream base URL, e.g. `blue: http://127.0.0.1:9001`. Rollouts on
+        /// this router name their stable and canary from these.
+        backends: BTreeMap<String, String>,
     },
     /// HAProxy through its runtime API.
     Haproxy {

@@ -28,6 +28,7 @@ metadata:
 spec:
   kind: embedded
   listen: 127.0.0.1:8080
+  backends: {blue: \"http://127.0.0.1:9001\", green: \"http://127.0.0.1:9002\"}
 ";
 
 /// The service `web` on router `edge`: stable `blue` at 1.0, canary `green` at 1.1.

@@ -10,7 +10,7 @@ use chrono::{TimeZone as _, Utc};
 const ROUTER: &str = "apiVersion: canaryd.dev/v1alpha1
 kind: Router
 metadata: {name: edge}
-spec: {kind: embedded, listen: \"127.0.0.1:8080\"}
+spec: {kind: embedded, listen: \"127.0.0.1:8080\", backends: {blue: \"http://127.0.0.1:9001\", green: \"http://127.0.0.1:9002\"}}
 ";
 
 /// A file holding the router and one rollout named `web` whose `spec:` body is `body`
