@@ -1,1 +1,158 @@
-//! (placeholder; being built)
+//! The admin HTTP server: `/healthz` (liveness), `/readyz` (readiness) and `/metrics` (Prometheus text).
+
+use std::fmt;
+use std::future::IntoFuture as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::Telemetry;
+
+/// The content type of the Prometheus text exposition format 0.0.4.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How long in-flight admin requests may take to finish once shutdown starts.
+const GRACE: Duration = Duration::from_secs(1);
+
+type Renderer = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// What the admin endpoints report: the telemetry, readiness, and extra metric renderers
+/// (for example the embedded router's per-backend request counters).
+pub struct Admin {
+    pub telemetry: Arc<Telemetry>,
+    ready: AtomicBool,
+    extra: Mutex<Vec<Renderer>>,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("telemetry", &self.telemetry)
+            .field("ready", &self.ready.load(Ordering::Relaxed))
+            .field("extra", &self.renderers().len())
+            .finish()
+    }
+}
+
+impl Admin {
+    /// Not ready until [`Admin::set_ready`] says so.
+    pub fn new(telemetry: Arc<Telemetry>) -> Arc<Admin> {
+        Arc::new(Admin {
+            telemetry,
+            ready: AtomicBool::new(false),
+            extra: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The daemon marks itself ready after its first full reconcile.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Adds a renderer whose text is appended to `/metrics` after the telemetry's. It must
+    /// write complete metric families (`# HELP`, `# TYPE`, samples).
+    pub fn add_renderer(&self, f: impl Fn(&mut String) + Send + Sync + 'static) {
+        self.extra
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::new(f));
+    }
+
+    fn renderers(&self) -> Vec<Renderer> {
+        self.extra
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The `/metrics` body. Renderers run outside the lock, so one may add another.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.telemetry.render(&mut out);
+        for r in self.renderers() {
+            r(&mut out);
+        }
+        out
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    admin: Arc<Admin>,
+    shutdown: CancellationToken,
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if s.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else if s.admin.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        s.admin.render(),
+    )
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` is cancelled; then the admin is
+/// marked not ready (`/readyz` answers 503 to requests still in flight), no new connection is
+/// accepted, and in-flight requests get [`GRACE`] to finish.
+///
+/// The server stops listening as soon as `shutdown` is cancelled, so a load balancer only sees
+/// `/readyz` turn 503 if the daemon calls [`Admin::set_ready`]`(false)` when it starts shutting
+/// down and cancels this server's token last (a child token cancelled after its work drained).
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin server listening");
+    }
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState {
+            admin: admin.clone(),
+            shutdown: shutdown.clone(),
+        });
+    let signal = shutdown.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            signal.cancelled().await;
+            admin.set_ready(false);
+        })
+        .into_future();
+    tokio::select! {
+        result = server => result,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(GRACE).await;
+        } => {
+            tracing::warn!("admin server: requests still open after the grace period, leaving them");
+            Ok(())
+        }
+    }
+}
