@@ -1,1 +1,1648 @@
-//! (placeholder; being built)
+//! Git as the daemon's input and database: the bare mirror, spec and status files, gate commits, pushes (the only module using `git2`).
+//
+// Everything here blocks; the daemon calls it from `tokio::task::spawn_blocking`. The remote is
+// a shared database with other writers: nothing is ever force-pushed, and a push that loses a
+// race comes back as `Push::Rejected` so that the caller re-fetches, re-plans and tries again.
+//
+// Remotes may be URLs (file://, http(s)://, ssh://, git://, scp-like) or local paths. libgit2's
+// local transport refuses to push into a non-bare repository at all, so for a local working
+// copy the objects are copied and the ref is updated with a compare-and-swap instead (see
+// `push_into_working_copy`). The branch checked out in such a working copy is never pushed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use git2::{
+    AutotagOption, Commit, ErrorClass, ErrorCode, FetchOptions, ObjectType, Oid, PushOptions,
+    RemoteCallbacks, Repository, Signature, Tree,
+};
+
+use crate::repo::IGNORE_FILE;
+use crate::yaml::MAX_FILE_BYTES;
+
+/// Folder of the status branch that holds one `<rollout>.yaml` per rollout.
+pub const STATUS_DIR: &str = "status";
+/// At most this many spec files are read at one commit; the rest are reported as skipped.
+pub const MAX_SPEC_FILES: usize = 10_000;
+/// `file_history` looks at no more than this many commits, whatever its `limit`.
+pub const MAX_HISTORY_WALK: usize = 100_000;
+/// Name of the remote in the mirror's configuration.
+const ORIGIN: &str = "origin";
+/// Trees nested deeper than this under the rollouts folder are not read.
+const MAX_DEPTH: usize = 64;
+
+/// What went wrong talking to Git. Messages name URLs only through [`redact`].
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot open repository {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Cause,
+    },
+    #[error("git {op} failed in {path}")]
+    Repo {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Cause,
+    },
+    #[error("cannot {op} remote {url}")]
+    Remote {
+        op: &'static str,
+        url: String,
+        #[source]
+        source: Cause,
+    },
+    #[error(
+        "push of {reference} to {url} was rejected: the remote has moved on; fetch and try again"
+    )]
+    Rejected { url: String, reference: String },
+    #[error("push of {reference} to {url} was refused: {reason}")]
+    Refused {
+        url: String,
+        reference: String,
+        reason: String,
+    },
+    #[error("{what} `{name}` not found in {place}")]
+    NotFound {
+        what: &'static str,
+        name: String,
+        place: String,
+    },
+    #[error("file {path} at commit {commit} cannot be read: {reason}")]
+    Unreadable {
+        path: String,
+        commit: String,
+        reason: String,
+    },
+    #[error("invalid {what} `{name}`: {reason}")]
+    Invalid {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+    #[error("working copy {path} has no branch checked out (detached or unborn HEAD)")]
+    NoBranch { path: PathBuf },
+}
+
+impl GitError {
+    /// Whether trying again later may succeed: network trouble, a locked ref or a push that
+    /// lost a race. A missing commit or branch, a corrupt object or a refused push is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            GitError::Rejected { .. } => true,
+            GitError::Remote { source, .. } => source.is_network() || source.is_lock(),
+            GitError::Open { source, .. } | GitError::Repo { source, .. } => source.is_lock(),
+            GitError::Refused { .. }
+            | GitError::NotFound { .. }
+            | GitError::Unreadable { .. }
+            | GitError::Invalid { .. }
+            | GitError::NoBranch { .. } => false,
+        }
+    }
+}
+
+/// A libgit2 error with any credentials scrubbed from its message, keeping what
+/// [`GitError::is_transient`] needs to decide.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    message: String,
+    code: ErrorCode,
+    class: ErrorClass,
+}
+
+impl Cause {
+    fn new(e: &git2::Error, url: Option<&str>) -> Cause {
+        let mut message = e.message().to_string();
+        if let Some(url) = url {
+            let clean = redact(url);
+            if clean != url {
+                message = message.replace(url, &clean);
+                if let Some(userinfo) = userinfo(url) {
+                    message = message.replace(&format!("{userinfo}@"), "");
+                    message = message.replace(userinfo, "***");
+                }
+            }
+        }
+        Cause {
+            message,
+            code: e.code(),
+            class: e.class(),
+        }
+    }
+
+    fn is_lock(&self) -> bool {
+        self.code == ErrorCode::Locked
+    }
+
+    fn is_network(&self) -> bool {
+        !matches!(self.code, ErrorCode::Auth | ErrorCode::Certificate)
+            && (matches!(self.code, ErrorCode::Timeout | ErrorCode::Eof)
+                || matches!(
+                    self.class,
+                    ErrorClass::Net | ErrorClass::Ssh | ErrorClass::Http | ErrorClass::Os
+                ))
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Cause {}
+
+/// `url` without the `user:password@` part of its authority (scp-like `git@host:path` and
+/// local paths are returned as they are: they carry no secret).
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), userinfo(url)) {
+        (Some(i), Some(info)) => format!("{}{}", &url[..i + 3], &url[i + 3 + info.len() + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// The userinfo of a `scheme://userinfo@host/...` URL.
+fn userinfo(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority.rfind('@').map(|at| &authority[..at])
+}
+
+/// Where the daemon reads specs from and writes status to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub url: String,
+    /// The watched branch, e.g. `main`.
+    pub branch: String,
+    /// The branch status files are committed to, e.g. `canaryd/status`.
+    pub status_branch: String,
+    /// Folder of the spec files inside the repository, e.g. `rollouts` (`""` or `.` for the root).
+    pub rollouts_dir: String,
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &redact(&self.url))
+            .field("branch", &self.branch)
+            .field("status_branch", &self.status_branch)
+            .field("rollouts_dir", &self.rollouts_dir)
+            .finish()
+    }
+}
+
+/// Author and committer of the commits canaryd makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Author {
+    pub name: String,
+    pub email: String,
+}
+
+impl Default for Author {
+    fn default() -> Author {
+        Author {
+            name: "canaryd".to_string(),
+            email: "canaryd@localhost".to_string(),
+        }
+    }
+}
+
+/// Tips of the two branches after a fetch; `None` when the remote has no such branch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Heads {
+    /// The watched branch.
+    pub spec: Option<String>,
+    /// The status branch (absent until the first status commit).
+    pub status: Option<String>,
+}
+
+/// The spec files at one commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpecFiles {
+    /// (repository-relative path, text), sorted by path.
+    pub files: Vec<(String, String)>,
+    /// (repository-relative path, why it was not read).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Outcome of [`Mirror::commit_status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Push {
+    /// The new status commit is on the remote.
+    Pushed(String),
+    /// The status files already say this; nothing was committed.
+    Unchanged,
+    /// The remote branch moved since the last fetch: fetch, re-plan and call again.
+    Rejected,
+}
+
+/// A promote or abort commit on the watched branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GateCommit {
+    pub id: String,
+    /// `promote` or `abort`.
+    pub action: String,
+    pub revision: String,
+}
+
+/// Outcome of [`Mirror::ensure_revert_branch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevertBranch {
+    Created(String),
+    /// The remote already had the branch (its tip); it was left as it was.
+    Existed(String),
+}
+
+/// The daemon's own bare clone of the remote, in its data directory.
+pub struct Mirror {
+    repo: Repository,
+    dir: PathBuf,
+    remote: Remote,
+    rollouts_dir: String,
+    author: Author,
+}
+
+impl fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mirror")
+            .field("dir", &self.dir)
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
+// The daemon moves a `Mirror` into `spawn_blocking`.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Mirror>();
+};
+
+/// What a push did, before the caller turns it into its own result type.
+enum Pushed {
+    Done,
+    Rejected,
+}
+
+impl Mirror {
+    /// Opens or creates the bare mirror at `dir` (e.g. `<data_dir>/mirror.git`) for `remote`;
+    /// updates the origin URL if it changed.
+    pub fn open(dir: &Path, remote: Remote, author: Author) -> Result<Mirror, GitError> {
+        check_branch(&remote.branch)?;
+        check_branch(&remote.status_branch)?;
+        let rollouts_dir = normalize_dir(&remote.rollouts_dir)?;
+        let open_err = |e: git2::Error| GitError::Open {
+            path: dir.to_path_buf(),
+            source: Cause::new(&e, None),
+        };
+        let repo = match Repository::open_bare(dir) {
+            Ok(repo) => repo,
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                Repository::init_bare(dir).map_err(open_err)?
+            }
+            Err(e) => return Err(open_err(e)),
+        };
+        let mirror = Mirror {
+            repo,
+            dir: dir.to_path_buf(),
+            remote,
+            rollouts_dir,
+            author,
+        };
+        let url = mirror.remote.url.as_str();
+        match mirror.repo.find_remote(ORIGIN) {
+            Ok(r) if r.url() == Some(url) => {}
+            Ok(_) => mirror
+                .repo
+                .remote_set_url(ORIGIN, url)
+                .map_err(mirror.repo_err("remote configuration"))?,
+            Err(_) => {
+                // No configured fetch refspec: fetches name exactly the refs they want, and
+                // libgit2's opportunistic updates of `refs/remotes/origin/*` stay out of it.
+                mirror
+                    .repo
+                    .remote(ORIGIN, url)
+                    .map_err(mirror.repo_err("remote configuration"))?;
+                mirror
+                    .repo
+                    .config()
+                    .and_then(|mut c| c.remove_multivar(&format!("remote.{ORIGIN}.fetch"), ".*"))
+                    .map_err(mirror.repo_err("remote configuration"))?;
+            }
+        }
+        Ok(mirror)
+    }
+
+    /// Fetches the watched branch and the status branch into `refs/remotes/origin/*` and
+    /// returns their tips. A branch the remote does not have (normal for the status branch
+    /// before the first status commit) is `None`, and a stale local copy of it is pruned.
+    pub fn fetch(&self) -> Result<Heads, GitError> {
+        let (spec, status) = (&self.remote.branch, &self.remote.status_branch);
+        let tips =
+            self.fetch_refs(&[format!("refs/heads/{spec}"), format!("refs/heads/{status}")])?;
+        for (branch, tip) in [spec, status].into_iter().zip(&tips) {
+            match tip {
+                Some(oid) => {
+                    self.repo
+                        .reference(&tracking(branch), *oid, true, "canaryd: fetch")
+                        .map_err(self.repo_err("update ref"))?;
+                }
+                None => self.delete_ref(&tracking(branch))?,
+            }
+        }
+        let id = |tip: &Option<Oid>| tip.map(|o| o.to_string());
+        Ok(Heads {
+            spec: id(&tips[0]),
+            status: id(&tips[1]),
+        })
+    }
+
+    /// The spec files at `commit`: every `*.yaml`/`*.yml` blob under the rollouts folder,
+    /// recursively, skipping hidden entries and what its `.canarydignore` lists (each line a
+    /// path or folder, relative to the rollouts folder as `canaryd lint` reads it, or
+    /// repository-relative; `#` starts a comment). Symbolic links, files over 1 MiB and text
+    /// that is not UTF-8 are listed in `skipped`, as is anything past [`MAX_SPEC_FILES`].
+    pub fn spec_files(&self, commit: &str) -> Result<SpecFiles, GitError> {
+        let c = self.commit(commit)?;
+        let root = c.tree().map_err(self.repo_err("read tree"))?;
+        let mut out = SpecFiles::default();
+        let tree = if self.rollouts_dir.is_empty() {
+            root
+        } else {
+            match root.get_path(Path::new(&self.rollouts_dir)) {
+                Ok(e) if e.kind() == Some(ObjectType::Tree) => self
+                    .repo
+                    .find_tree(e.id())
+                    .map_err(self.repo_err("read tree"))?,
+                _ => return Ok(out),
+            }
+        };
+        let ignore = match tree.get_name(IGNORE_FILE) {
+            Some(e) => {
+                let path = join(&self.rollouts_dir, IGNORE_FILE);
+                let text = self.blob_text(e.id(), &path, commit)?;
+                ignore_list(&text, &self.rollouts_dir)
+            }
+            None => Vec::new(),
+        };
+        let mut walk = SpecWalk {
+            mirror: self,
+            ignore: &ignore,
+            out: &mut out,
+            full: false,
+        };
+        walk.tree(&tree, &self.rollouts_dir, 0)?;
+        out.files.sort();
+        Ok(out)
+    }
+
+    /// Text of the file at `path` (repository-relative) at `commit`; `None` if there is no
+    /// file there. A file over 1 MiB or not UTF-8 is an error.
+    pub fn file_at(&self, commit: &str, path: &str) -> Result<Option<String>, GitError> {
+        let c = self.commit(commit)?;
+        let tree = c.tree().map_err(self.repo_err("read tree"))?;
+        match tree.get_path(Path::new(path)) {
+            Ok(e) if e.kind() == Some(ObjectType::Blob) => {
+                self.blob_text(e.id(), path, commit).map(Some)
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(self.repo_err("read tree")(e)),
+        }
+    }
+
+    /// First-parent history from `head`, newest first, of the commits that changed `path`
+    /// (added, modified or deleted it): at most `limit` of them, as (commit id, first parent
+    /// id or `None` for a root commit). Looks at no more than [`MAX_HISTORY_WALK`] commits.
+    pub fn file_history(
+        &self,
+        head: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Option<String>)>, GitError> {
+        if path.is_empty() {
+            return Err(GitError::Invalid {
+                what: "path",
+                name: path.to_string(),
+                reason: "it is empty",
+            });
+        }
+        let mut out = Vec::new();
+        let mut current = Some(self.commit(head)?);
+        let mut walked = 0;
+        while let Some(c) = current {
+            if out.len() >= limit || walked >= MAX_HISTORY_WALK {
+                break;
+            }
+            walked += 1;
+            let parent = if c.parent_count() > 0 {
+                Some(c.parent(0).map_err(self.repo_err("read commit"))?)
+            } else {
+                None
+            };
+            let here = self.entry_id(&c, path)?;
+            let before = match &parent {
+                Some(p) => self.entry_id(p, path)?,
+                None => None,
+            };
+            if here != before {
+                out.push((
+                    c.id().to_string(),
+                    parent.as_ref().map(|p| p.id().to_string()),
+                ));
+            }
+            current = parent;
+        }
+        Ok(out)
+    }
+
+    /// The status files at the status branch tip as last fetched (or pushed): rollout name →
+    /// YAML text of `status/<name>.yaml`. Empty if the branch does not exist.
+    pub fn status_files(&self) -> Result<BTreeMap<String, String>, GitError> {
+        match self.tracking_tip(&self.remote.status_branch)? {
+            Some(tip) => {
+                let c = self
+                    .repo
+                    .find_commit(tip)
+                    .map_err(self.repo_err("read commit"))?;
+                status_map(&self.repo, &c, &self.dir)
+            }
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// Commits `changes` (rollout → new YAML, or `None` to delete its status file) on top of
+    /// the fetched status branch tip (a root commit if there is none) with `message`, and
+    /// pushes it without force. `Unchanged` if the files already say this; `Rejected` if the
+    /// remote branch moved since the fetch. On success the local copy of the status branch is
+    /// moved too, so [`Mirror::status_files`] reflects the commit without a fetch.
+    pub fn commit_status(
+        &self,
+        changes: &BTreeMap<String, Option<String>>,
+        message: &str,
+    ) -> Result<Push, GitError> {
+        let mut edits = Vec::new();
+        for (rollout, text) in changes {
+            check_rollout(rollout)?;
+            edits.push((
+                format!("{STATUS_DIR}/{rollout}.yaml"),
+                text.as_deref().map(str::as_bytes),
+            ));
+        }
+        let base = match self.tracking_tip(&self.remote.status_branch)? {
+            Some(tip) => Some(
+                self.repo
+                    .find_commit(tip)
+                    .map_err(self.repo_err("read commit"))?,
+            ),
+            None => None,
+        };
+        let base_tree = match &base {
+            Some(c) => Some(c.tree().map_err(self.repo_err("read tree"))?),
+            None => None,
+        };
+        let tree = self.edited_tree(base_tree.as_ref(), &edits)?;
+        let same = match &base_tree {
+            Some(base) => base.id() == tree,
+            // Deleting from a branch that does not exist yet makes no root commit.
+            None => self
+                .repo
+                .find_tree(tree)
+                .map_err(self.repo_err("read tree"))?
+                .is_empty(),
+        };
+        if same {
+            return Ok(Push::Unchanged);
+        }
+        let commit = self.make_commit(tree, base.as_ref(), message)?;
+        let dst = format!("refs/heads/{}", self.remote.status_branch);
+        match self.push_commit(commit, &dst)? {
+            Pushed::Rejected => Ok(Push::Rejected),
+            Pushed::Done => {
+                self.repo
+                    .reference(
+                        &tracking(&self.remote.status_branch),
+                        commit,
+                        true,
+                        "canaryd: status pushed",
+                    )
+                    .map_err(self.repo_err("update ref"))?;
+                Ok(Push::Pushed(commit.to_string()))
+            }
+        }
+    }
+
+    /// Promote/abort gate commits for `rollout` on the first-parent history from `head`,
+    /// oldest first. The walk stops before `stop_at` (the last gate already honoured; an id
+    /// the mirror does not know never matches) or after `limit` commits. A gate commit's
+    /// message ends in the trailers `Canaryd-Gate: promote|abort`, `Rollout: <name>` and
+    /// `Revision: <rev>` (keys compared without case).
+    pub fn gates(
+        &self,
+        head: &str,
+        rollout: &str,
+        stop_at: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<GateCommit>, GitError> {
+        let stop = stop_at.and_then(|s| self.commit(s).ok()).map(|c| c.id());
+        let mut out = Vec::new();
+        let mut current = Some(self.commit(head)?);
+        let mut walked = 0;
+        while let Some(c) = current {
+            if walked >= limit || Some(c.id()) == stop {
+                break;
+            }
+            walked += 1;
+            if let Some(gate) = gate_of(&c, rollout) {
+                out.push(gate);
+            }
+            current = if c.parent_count() > 0 {
+                Some(c.parent(0).map_err(self.repo_err("read commit"))?)
+            } else {
+                None
+            };
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Ensures the branch `name` exists on the remote. If the remote already has it (asked of
+    /// the remote itself, so this holds across restarts) its tip is returned untouched.
+    /// Otherwise makes one commit on top of `base` (a commit of the watched branch) that sets
+    /// each path of `restore` to its text, or deletes it for `None`, and pushes it without
+    /// force. Losing a race to another writer of the same branch is `Existed` too.
+    pub fn ensure_revert_branch(
+        &self,
+        name: &str,
+        base: &str,
+        restore: &BTreeMap<String, Option<String>>,
+        message: &str,
+    ) -> Result<RevertBranch, GitError> {
+        check_branch(name)?;
+        if name == self.remote.branch || name == self.remote.status_branch {
+            return Err(GitError::Invalid {
+                what: "revert branch",
+                name: name.to_string(),
+                reason: "it is the watched or the status branch",
+            });
+        }
+        let dst = format!("refs/heads/{name}");
+        if let Some(tip) = self.remote_tip(&dst)? {
+            return Ok(RevertBranch::Existed(tip.to_string()));
+        }
+        let base = self.commit(base)?;
+        let base_tree = base.tree().map_err(self.repo_err("read tree"))?;
+        let edits: Vec<(String, Option<&[u8]>)> = restore
+            .iter()
+            .map(|(path, text)| (path.clone(), text.as_deref().map(str::as_bytes)))
+            .collect();
+        let tree = self.edited_tree(Some(&base_tree), &edits)?;
+        let commit = self.make_commit(tree, Some(&base), message)?;
+        match self.push_commit(commit, &dst)? {
+            Pushed::Done => Ok(RevertBranch::Created(commit.to_string())),
+            Pushed::Rejected => match self.remote_tip(&dst)? {
+                Some(tip) => Ok(RevertBranch::Existed(tip.to_string())),
+                None => Err(GitError::Rejected {
+                    url: redact(&self.remote.url),
+                    reference: dst,
+                }),
+            },
+        }
+    }
+
+    // ---- helpers ----
+
+    fn repo_err(&self, op: &'static str) -> impl Fn(git2::Error) -> GitError + '_ {
+        move |e| GitError::Repo {
+            op,
+            path: self.dir.clone(),
+            source: Cause::new(&e, None),
+        }
+    }
+
+    fn remote_err(&self, op: &'static str) -> impl Fn(git2::Error) -> GitError + '_ {
+        move |e| GitError::Remote {
+            op,
+            url: redact(&self.remote.url),
+            source: Cause::new(&e, Some(&self.remote.url)),
+        }
+    }
+
+    fn origin(&self) -> Result<git2::Remote<'_>, GitError> {
+        self.repo
+            .find_remote(ORIGIN)
+            .map_err(self.repo_err("remote configuration"))
+    }
+
+    /// The commit named by `rev` (an id, or any revision the mirror can resolve).
+    fn commit(&self, rev: &str) -> Result<Commit<'_>, GitError> {
+        let by_id = Oid::from_str(rev)
+            .ok()
+            .and_then(|o| self.repo.find_commit(o).ok());
+        by_id
+            .or_else(|| {
+                self.repo
+                    .revparse_single(rev)
+                    .and_then(|o| o.peel_to_commit())
+                    .ok()
+            })
+            .ok_or_else(|| GitError::NotFound {
+                what: "commit",
+                name: rev.to_string(),
+                place: format!("the mirror {}", self.dir.display()),
+            })
+    }
+
+    fn tracking_tip(&self, branch: &str) -> Result<Option<Oid>, GitError> {
+        self.ref_tip(&tracking(branch))
+    }
+
+    fn ref_tip(&self, name: &str) -> Result<Option<Oid>, GitError> {
+        match self.repo.refname_to_id(name) {
+            Ok(oid) => Ok(Some(oid)),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(self.repo_err("read ref")(e)),
+        }
+    }
+
+    fn delete_ref(&self, name: &str) -> Result<(), GitError> {
+        match self.repo.find_reference(name) {
+            Ok(mut r) => r.delete().map_err(self.repo_err("delete ref")),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(self.repo_err("read ref")(e)),
+        }
+    }
+
+    /// The id of what `path` names in `commit`'s tree (blob or tree), `None` if nothing.
+    fn entry_id(&self, commit: &Commit<'_>, path: &str) -> Result<Option<Oid>, GitError> {
+        let tree = commit.tree().map_err(self.repo_err("read tree"))?;
+        match tree.get_path(Path::new(path)) {
+            Ok(e) => Ok(Some(e.id())),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(self.repo_err("read tree")(e)),
+        }
+    }
+
+    fn blob_text(&self, id: Oid, path: &str, commit: &str) -> Result<String, GitError> {
+        blob_text(&self.repo, id).map_err(|why| match why {
+            Unread::Git(e) => self.repo_err("read blob")(e),
+            other => GitError::Unreadable {
+                path: path.to_string(),
+                commit: commit.to_string(),
+                reason: other.to_string(),
+            },
+        })
+    }
+
+    /// Writes the tree of `base` with `edits` applied (path → content, `None` deletes).
+    fn edited_tree(
+        &self,
+        base: Option<&Tree<'_>>,
+        edits: &[(String, Option<&[u8]>)],
+    ) -> Result<Oid, GitError> {
+        let mut blobs = Vec::new();
+        for (path, content) in edits {
+            let parts = split_path(path)?;
+            let blob = match content {
+                Some(bytes) => Some(self.repo.blob(bytes).map_err(self.repo_err("write blob"))?),
+                None => None,
+            };
+            blobs.push((parts, blob));
+        }
+        let edits: Vec<Edit<'_>> = blobs.iter().map(|(p, b)| (p.as_slice(), *b)).collect();
+        let written = edit_tree(&self.repo, base, &edits).map_err(|e| match e {
+            TreeEdit::Git(e) => self.repo_err("write tree")(e),
+            TreeEdit::Conflict(path) => GitError::Invalid {
+                what: "path",
+                name: path,
+                reason: "it is both a file and a folder among the changes",
+            },
+        })?;
+        match written {
+            Some(oid) => Ok(oid),
+            None => self
+                .repo
+                .treebuilder(None)
+                .and_then(|b| b.write())
+                .map_err(self.repo_err("write tree")),
+        }
+    }
+
+    fn make_commit(
+        &self,
+        tree: Oid,
+        parent: Option<&Commit<'_>>,
+        message: &str,
+    ) -> Result<Oid, GitError> {
+        let sig = signature(&self.author).map_err(self.repo_err("commit"))?;
+        let tree = self
+            .repo
+            .find_tree(tree)
+            .map_err(self.repo_err("read tree"))?;
+        let parents: Vec<&Commit<'_>> = parent.into_iter().collect();
+        self.repo
+            .commit(None, &sig, &sig, message, &tree, &parents)
+            .map_err(self.repo_err("commit"))
+    }
+
+    /// Pushes `commit` to `dst` on the remote, without force.
+    fn push_commit(&self, commit: Oid, dst: &str) -> Result<Pushed, GitError> {
+        // libgit2 pushes references, not ids: stage the commit under our own namespace.
+        let src = format!("refs/canaryd/outgoing/{}", dst.trim_start_matches("refs/"));
+        self.repo
+            .reference(&src, commit, true, "canaryd: push")
+            .map_err(self.repo_err("update ref"))?;
+        let result = push_ref(&self.repo, ORIGIN, &self.remote.url, &src, dst);
+        self.delete_ref(&src)?;
+        result
+    }
+
+    /// The tip of `refname` on the remote, asked of the remote itself.
+    fn remote_tip(&self, refname: &str) -> Result<Option<Oid>, GitError> {
+        Ok(self.fetch_refs(&[refname.to_string()])?.remove(0))
+    }
+
+    /// Fetches the remote refs `names` and returns their tips, `None` for those the remote
+    /// does not have. Each lands in a staging ref first, so an absent ref is told apart
+    /// from a stale local one. (`git2::Remote::list` would tell directly, but it aborts on
+    /// the empty advertisement of an empty repository: it builds a slice from a null pointer.)
+    fn fetch_refs(&self, names: &[String]) -> Result<Vec<Option<Oid>>, GitError> {
+        // libgit2 calls a path that does not exist an "unsupported URL protocol".
+        if let Some(path) = local_path(&self.remote.url)
+            && !path.exists()
+        {
+            return Err(GitError::NotFound {
+                what: "remote repository",
+                name: self.remote.url.clone(),
+                place: "the local file system".to_string(),
+            });
+        }
+        let staging: Vec<String> = names
+            .iter()
+            .map(|n| format!("refs/canaryd/fetch/{}", n.trim_start_matches("refs/")))
+            .collect();
+        for s in &staging {
+            self.delete_ref(s)?;
+        }
+        let specs: Vec<String> = names
+            .iter()
+            .zip(&staging)
+            .map(|(n, s)| format!("+{n}:{s}"))
+            .collect();
+        let mut remote = self.origin()?;
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(callbacks())
+            .download_tags(AutotagOption::None)
+            .update_fetchhead(false);
+        remote
+            .fetch(&specs, Some(&mut opts), Some("canaryd: fetch"))
+            .map_err(self.remote_err("fetch from"))?;
+        let mut tips = Vec::new();
+        for s in &staging {
+            tips.push(self.ref_tip(s)?);
+            self.delete_ref(s)?;
+        }
+        Ok(tips)
+    }
+}
+
+/// Walks a tree of spec files for [`Mirror::spec_files`].
+struct SpecWalk<'a> {
+    mirror: &'a Mirror,
+    ignore: &'a [String],
+    out: &'a mut SpecFiles,
+    full: bool,
+}
+
+impl SpecWalk<'_> {
+    fn tree(&mut self, tree: &Tree<'_>, prefix: &str, depth: usize) -> Result<(), GitError> {
+        let m = self.mirror;
+        for entry in tree.iter() {
+            if self.full {
+                return Ok(());
+            }
+            let Ok(name) = std::str::from_utf8(entry.name_bytes()) else {
+                let path = join(prefix, &String::from_utf8_lossy(entry.name_bytes()));
+                self.out
+                    .skipped
+                    .push((path, "its name is not UTF-8".into()));
+                continue;
+            };
+            let path = join(prefix, name);
+            if name.starts_with('.') || self.ignore.iter().any(|i| under(&path, i)) {
+                continue;
+            }
+            match entry.kind() {
+                Some(ObjectType::Tree) if depth < MAX_DEPTH => {
+                    let sub = m
+                        .repo
+                        .find_tree(entry.id())
+                        .map_err(m.repo_err("read tree"))?;
+                    self.tree(&sub, &path, depth + 1)?;
+                }
+                Some(ObjectType::Tree) => {
+                    self.out
+                        .skipped
+                        .push((path, "folders nest too deep".into()));
+                }
+                Some(ObjectType::Blob) if name.ends_with(".yaml") || name.ends_with(".yml") => {
+                    self.blob(entry.id(), entry.filemode(), path)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn blob(&mut self, id: Oid, mode: i32, path: String) -> Result<(), GitError> {
+        if self.out.files.len() >= MAX_SPEC_FILES {
+            self.full = true;
+            let why = format!("more than {MAX_SPEC_FILES} spec files; the rest are not read");
+            self.out.skipped.push((path, why));
+            return Ok(());
+        }
+        if mode == i32::from(git2::FileMode::Link) {
+            self.out
+                .skipped
+                .push((path, "it is a symbolic link".into()));
+            return Ok(());
+        }
+        match blob_text(&self.mirror.repo, id) {
+            Ok(text) => self.out.files.push((path, text)),
+            Err(Unread::Git(e)) => return Err(self.mirror.repo_err("read blob")(e)),
+            Err(why) => self.out.skipped.push((path, why.to_string())),
+        }
+        Ok(())
+    }
+}
+
+/// Why a blob's text could not be had.
+#[derive(Debug, thiserror::Error)]
+enum Unread {
+    #[error("it is larger than {} MiB", MAX_FILE_BYTES / (1024 * 1024))]
+    TooLarge,
+    #[error("it is not UTF-8 text")]
+    NotText,
+    #[error("git failed")]
+    Git(git2::Error),
+}
+
+/// A blob's text, refusing an oversized one from its header before reading it.
+fn blob_text(repo: &Repository, id: Oid) -> Result<String, Unread> {
+    let odb = repo.odb().map_err(Unread::Git)?;
+    let (size, _) = odb.read_header(id).map_err(Unread::Git)?;
+    if size as u64 > MAX_FILE_BYTES {
+        return Err(Unread::TooLarge);
+    }
+    let blob = repo.find_blob(id).map_err(Unread::Git)?;
+    String::from_utf8(blob.content().to_vec()).map_err(|_| Unread::NotText)
+}
+
+/// The `status/<name>.yaml` files of `commit`, by rollout name.
+fn status_map(
+    repo: &Repository,
+    commit: &Commit<'_>,
+    place: &Path,
+) -> Result<BTreeMap<String, String>, GitError> {
+    let git = |op| {
+        move |e: git2::Error| GitError::Repo {
+            op,
+            path: place.to_path_buf(),
+            source: Cause::new(&e, None),
+        }
+    };
+    let root = commit.tree().map_err(git("read tree"))?;
+    let mut out = BTreeMap::new();
+    let Some(entry) = root.get_name(STATUS_DIR) else {
+        return Ok(out);
+    };
+    if entry.kind() != Some(ObjectType::Tree) {
+        return Ok(out);
+    }
+    let dir = repo.find_tree(entry.id()).map_err(git("read tree"))?;
+    for e in dir.iter() {
+        let Some(name) = e.name() else { continue };
+        let Some(rollout) = name.strip_suffix(".yaml") else {
+            continue;
+        };
+        if rollout.is_empty() || rollout.starts_with('.') || e.kind() != Some(ObjectType::Blob) {
+            continue;
+        }
+        let text = blob_text(repo, e.id()).map_err(|why| match why {
+            Unread::Git(e) => git("read blob")(e),
+            other => GitError::Unreadable {
+                path: format!("{STATUS_DIR}/{name}"),
+                commit: commit.id().to_string(),
+                reason: other.to_string(),
+            },
+        })?;
+        out.insert(rollout.to_string(), text);
+    }
+    Ok(out)
+}
+
+/// The gate a commit records for `rollout`, if it is one.
+fn gate_of(commit: &Commit<'_>, rollout: &str) -> Option<GateCommit> {
+    let message = String::from_utf8_lossy(commit.message_bytes());
+    let found = trailers(&message);
+    let get = |key: &str| {
+        found
+            .iter()
+            .rev()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    };
+    let action = get("Canaryd-Gate")?.to_ascii_lowercase();
+    if !matches!(action.as_str(), "promote" | "abort") || get("Rollout")? != rollout {
+        return None;
+    }
+    let revision = get("Revision").filter(|r| !r.is_empty())?;
+    Some(GateCommit {
+        id: commit.id().to_string(),
+        action,
+        revision: revision.to_string(),
+    })
+}
+
+/// Git trailers of a commit message: the `Key: value` lines of its last paragraph, when that
+/// is not the subject. A line starting with whitespace continues the previous value; other
+/// lines of the paragraph are ignored.
+pub fn trailers(message: &str) -> Vec<(String, String)> {
+    let mut paragraphs: Vec<Vec<&str>> = Vec::new();
+    let mut current = Vec::new();
+    for line in message.lines() {
+        if line.trim().is_empty() {
+            if !current.is_empty() {
+                paragraphs.push(std::mem::take(&mut current));
+            }
+        } else {
+            current.push(line);
+        }
+    }
+    if !current.is_empty() {
+        paragraphs.push(current);
+    }
+    if paragraphs.len() < 2 {
+        return Vec::new();
+    }
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut continues = false;
+    for line in paragraphs.last().into_iter().flatten() {
+        if line.starts_with([' ', '\t']) {
+            if let (true, Some((_, value))) = (continues, out.last_mut()) {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+            continue;
+        }
+        continues = false;
+        if let Some((key, value)) = line.split_once(':') {
+            let key = key.trim_end();
+            if !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                out.push((key.to_string(), value.trim().to_string()));
+                continues = true;
+            }
+        }
+    }
+    out
+}
+
+/// For `canaryd promote|abort NAME`: in the working copy at `repo`, commits `message` with
+/// HEAD's tree (an empty commit; index and work tree untouched) on the checked-out branch
+/// and, if `push`, pushes that branch without force to its upstream (`branch.<b>.remote` and
+/// `branch.<b>.merge`, else `origin` and the same name). Returns the commit id. A rejected
+/// push is an error, and the commit stays in the working copy: pull and push again.
+pub fn gate_commit(
+    repo: &Path,
+    message: &str,
+    author: &Author,
+    push: bool,
+) -> Result<String, GitError> {
+    let git = |op| {
+        move |e: git2::Error| GitError::Repo {
+            op,
+            path: repo.to_path_buf(),
+            source: Cause::new(&e, None),
+        }
+    };
+    let r = Repository::open(repo).map_err(|e| GitError::Open {
+        path: repo.to_path_buf(),
+        source: Cause::new(&e, None),
+    })?;
+    let no_branch = || GitError::NoBranch {
+        path: repo.to_path_buf(),
+    };
+    let head = match r.head() {
+        Ok(h) => h,
+        Err(e) if e.code() == ErrorCode::UnbornBranch => return Err(no_branch()),
+        Err(e) => return Err(git("read HEAD")(e)),
+    };
+    if !head.is_branch() {
+        return Err(no_branch());
+    }
+    let refname = head.name().ok_or_else(no_branch)?.to_string();
+    let parent = head.peel_to_commit().map_err(git("read HEAD"))?;
+    let tree = parent.tree().map_err(git("read tree"))?;
+    let sig = signature(author).map_err(git("commit"))?;
+    // Updating through HEAD moves the branch it points to, and fails if it moved meanwhile.
+    let id = r
+        .commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])
+        .map_err(git("commit"))?;
+    if push {
+        let branch = refname.trim_start_matches("refs/heads/");
+        let config = r.config().map_err(git("read config"))?;
+        let remote_name = config
+            .get_string(&format!("branch.{branch}.remote"))
+            .unwrap_or_else(|_| ORIGIN.to_string());
+        let dst = config
+            .get_string(&format!("branch.{branch}.merge"))
+            .unwrap_or_else(|_| refname.clone());
+        let url = r
+            .find_remote(&remote_name)
+            .map_err(|_| GitError::NotFound {
+                what: "remote",
+                name: remote_name.clone(),
+                place: repo.display().to_string(),
+            })?
+            .url()
+            .unwrap_or_default()
+            .to_string();
+        if let Pushed::Rejected = push_ref(&r, &remote_name, &url, &refname, &dst)? {
+            return Err(GitError::Rejected {
+                url: redact(&url),
+                reference: dst,
+            });
+        }
+    }
+    Ok(id.to_string())
+}
+
+/// For `canaryd status`: the status files (rollout → YAML) of `status_branch` at `source`.
+/// A local repository path is read in place (`refs/heads/<b>`, else
+/// `refs/remotes/origin/<b>`); a URL is fetched into a temporary bare repository under
+/// `scratch`, removed afterwards. A branch that does not exist is [`GitError::NotFound`].
+pub fn read_status_branch(
+    source: &str,
+    status_branch: &str,
+    scratch: &Path,
+) -> Result<BTreeMap<String, String>, GitError> {
+    check_branch(status_branch)?;
+    let not_found = || GitError::NotFound {
+        what: "branch",
+        name: status_branch.to_string(),
+        place: redact(source),
+    };
+    if !is_url(source) {
+        let path = Path::new(source);
+        let repo = Repository::open(path).map_err(|e| GitError::Open {
+            path: path.to_path_buf(),
+            source: Cause::new(&e, None),
+        })?;
+        let tip = [
+            format!("refs/heads/{status_branch}"),
+            tracking(status_branch),
+        ]
+        .iter()
+        .find_map(|r| repo.refname_to_id(r).ok())
+        .ok_or_else(not_found)?;
+        let commit = repo.find_commit(tip).map_err(|e| GitError::Repo {
+            op: "read commit",
+            path: path.to_path_buf(),
+            source: Cause::new(&e, None),
+        })?;
+        return status_map(&repo, &commit, path);
+    }
+    let dir = ScratchDir::new(scratch);
+    let git = |op| {
+        let path = dir.0.clone();
+        move |e: git2::Error| GitError::Repo {
+            op,
+            path: path.clone(),
+            source: Cause::new(&e, None),
+        }
+    };
+    let repo = Repository::init_bare(&dir.0).map_err(git("init"))?;
+    let mut remote = repo
+        .remote_anonymous(source)
+        .map_err(git("remote configuration"))?;
+    let mut opts = FetchOptions::new();
+    opts.remote_callbacks(callbacks())
+        .download_tags(AutotagOption::None);
+    let spec = format!("+refs/heads/{status_branch}:{}", tracking(status_branch));
+    remote
+        .fetch(&[spec], Some(&mut opts), None)
+        .map_err(|e| GitError::Remote {
+            op: "fetch from",
+            url: redact(source),
+            source: Cause::new(&e, Some(source)),
+        })?;
+    let tip = repo
+        .refname_to_id(&tracking(status_branch))
+        .map_err(|_| not_found())?;
+    let commit = repo.find_commit(tip).map_err(git("read commit"))?;
+    status_map(&repo, &commit, &dir.0)
+}
+
+/// A directory removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(parent: &Path) -> ScratchDir {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let path = parent.join(format!("canaryd-status-{}-{nanos}", std::process::id()));
+        ScratchDir(path)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---- pushing ----
+
+/// Pushes local `src` to `dst` on the remote `remote_name` (whose URL is `url`), without
+/// force. A non-fast-forward, whether libgit2 sees it before sending or the server reports
+/// it per reference, is `Rejected`; a server refusing for another reason (a hook, a
+/// checked-out branch) is an error.
+fn push_ref(
+    repo: &Repository,
+    remote_name: &str,
+    url: &str,
+    src: &str,
+    dst: &str,
+) -> Result<Pushed, GitError> {
+    if let Some(path) = local_path(url)
+        && let Ok(target) = Repository::open(&path)
+        && !target.is_bare()
+    {
+        return push_into_working_copy(repo, &target, url, src, dst);
+    }
+    let remote_err = |op| {
+        move |e: git2::Error| GitError::Remote {
+            op,
+            url: redact(url),
+            source: Cause::new(&e, Some(url)),
+        }
+    };
+    let mut remote = repo
+        .find_remote(remote_name)
+        .map_err(remote_err("configure"))?;
+    let mut refused: Option<String> = None;
+    let result = {
+        let mut cbs = callbacks();
+        cbs.push_update_reference(|_, status| {
+            if let Some(status) = status {
+                refused = Some(status.to_string());
+            }
+            Ok(())
+        });
+        let mut opts = PushOptions::new();
+        opts.remote_callbacks(cbs);
+        remote.push(&[format!("{src}:{dst}")], Some(&mut opts))
+    };
+    match result {
+        Err(e) if e.code() == ErrorCode::NotFastForward => return Ok(Pushed::Rejected),
+        Err(e) => return Err(remote_err("push to")(e)),
+        Ok(()) => {}
+    }
+    match refused {
+        None => Ok(Pushed::Done),
+        Some(reason) if is_policy(&reason) => Err(GitError::Refused {
+            url: redact(url),
+            reference: dst.to_string(),
+            reason,
+        }),
+        Some(_) => Ok(Pushed::Rejected),
+    }
+}
+
+/// Whether a server's reason for refusing a ref is a rule, not a lost race.
+fn is_policy(reason: &str) -> bool {
+    [
+        "checked out",
+        "hook",
+        "deny",
+        "denied",
+        "hidden",
+        "protected",
+    ]
+    .iter()
+    .any(|w| reason.contains(w))
+}
+
+/// A push into a local non-bare repository, which libgit2's local transport refuses: copies
+/// the missing objects and moves the ref with a compare-and-swap, refusing the branch that is
+/// checked out there. Hooks of that repository do not run.
+fn push_into_working_copy(
+    local: &Repository,
+    target: &Repository,
+    url: &str,
+    src: &str,
+    dst: &str,
+) -> Result<Pushed, GitError> {
+    let local_err = |op| {
+        move |e: git2::Error| GitError::Repo {
+            op,
+            path: local.path().to_path_buf(),
+            source: Cause::new(&e, None),
+        }
+    };
+    let target_err = |op| {
+        move |e: git2::Error| GitError::Remote {
+            op,
+            url: redact(url),
+            source: Cause::new(&e, Some(url)),
+        }
+    };
+    let new = local.refname_to_id(src).map_err(local_err("read ref"))?;
+    let checked_out = target
+        .find_reference("HEAD")
+        .ok()
+        .and_then(|h| h.symbolic_target().map(str::to_string));
+    if checked_out.as_deref() == Some(dst) {
+        return Err(GitError::Refused {
+            url: redact(url),
+            reference: dst.to_string(),
+            reason: "the branch is checked out in that working copy".to_string(),
+        });
+    }
+    copy_objects(local, target, new).map_err(target_err("push to"))?;
+    let old = match target.refname_to_id(dst) {
+        Ok(old) => Some(old),
+        Err(e) if e.code() == ErrorCode::NotFound => None,
+        Err(e) => return Err(target_err("read a ref of")(e)),
+    };
+    let msg = "push from canaryd";
+    let moved = match old {
+        Some(old) if old == new => return Ok(Pushed::Done),
+        Some(old) => {
+            if !target
+                .graph_descendant_of(new, old)
+                .map_err(target_err("push to"))?
+            {
+                return Ok(Pushed::Rejected);
+            }
+            target.reference_matching(dst, new, true, old, msg)
+        }
+        None => target.reference(dst, new, false, msg),
+    };
+    match moved {
+        Ok(_) => Ok(Pushed::Done),
+        Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists) => {
+            Ok(Pushed::Rejected)
+        }
+        Err(e) => Err(target_err("push to")(e)),
+    }
+}
+
+/// Copies the objects reachable from `tip` that `to` lacks (an object it has is taken to
+/// come with everything it reaches, as Git's connectivity rule holds).
+fn copy_objects(from: &Repository, to: &Repository, tip: Oid) -> Result<(), git2::Error> {
+    let (src, dst) = (from.odb()?, to.odb()?);
+    let mut todo = vec![tip];
+    while let Some(oid) = todo.pop() {
+        if dst.exists(oid) {
+            continue;
+        }
+        let object = src.read(oid)?;
+        dst.write(object.kind(), object.data())?;
+        match object.kind() {
+            ObjectType::Commit => {
+                let c = from.find_commit(oid)?;
+                todo.push(c.tree_id());
+                todo.extend(c.parent_ids());
+            }
+            ObjectType::Tree => {
+                let t = from.find_tree(oid)?;
+                todo.extend(
+                    t.iter()
+                        .filter(|e| e.kind() != Some(ObjectType::Commit))
+                        .map(|e| e.id()),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+// ---- small pure helpers ----
+
+/// Callbacks for every remote operation: the place where credentials will be plugged in.
+fn callbacks<'a>() -> RemoteCallbacks<'a> {
+    RemoteCallbacks::new()
+}
+
+fn signature(author: &Author) -> Result<Signature<'static>, git2::Error> {
+    Signature::now(&author.name, &author.email)
+}
+
+fn tracking(branch: &str) -> String {
+    format!("refs/remotes/{ORIGIN}/{branch}")
+}
+
+/// Whether `source` is a URL rather than a local path (scheme, or scp-like `host:path`).
+fn is_url(source: &str) -> bool {
+    source.contains("://") || scp_like(source)
+}
+
+fn scp_like(source: &str) -> bool {
+    match (source.find(':'), source.find('/')) {
+        (Some(colon), slash) => colon > 1 && slash.is_none_or(|s| colon < s),
+        _ => false,
+    }
+}
+
+/// The directory a local remote names (a plain path or a `file://` URL).
+fn local_path(url: &str) -> Option<PathBuf> {
+    if let Some(path) = url.strip_prefix("file://") {
+        return Some(PathBuf::from(path));
+    }
+    (!is_url(url)).then(|| PathBuf::from(url))
+}
+
+fn check_branch(name: &str) -> Result<(), GitError> {
+    if git2::Reference::is_valid_name(&format!("refs/heads/{name}")) {
+        Ok(())
+    } else {
+        Err(GitError::Invalid {
+            what: "branch name",
+            name: name.to_string(),
+            reason: "git does not allow it as a branch name",
+        })
+    }
+}
+
+fn check_rollout(name: &str) -> Result<(), GitError> {
+    let bad = name.is_empty()
+        || name.starts_with('.')
+        || name.contains(['/', '\\', '\0', '\n'])
+        || name.trim() != name;
+    if bad {
+        return Err(GitError::Invalid {
+            what: "rollout name",
+            name: name.to_string(),
+            reason: "a status file name must be one plain path segment",
+        });
+    }
+    Ok(())
+}
+
+/// The rollouts folder without leading `./` or surrounding slashes; `""` for the root.
+fn normalize_dir(dir: &str) -> Result<String, GitError> {
+    let trimmed = dir.trim().trim_start_matches("./").trim_matches('/');
+    if trimmed.is_empty() || trimmed == "." {
+        return Ok(String::new());
+    }
+    split_path(trimmed)?;
+    Ok(trimmed.to_string())
+}
+
+/// Components of a repository-relative path, refusing `..`, `.`, `.git` and empty ones.
+fn split_path(path: &str) -> Result<Vec<&str>, GitError> {
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == ".." || p.eq_ignore_ascii_case(".git"))
+    {
+        return Err(GitError::Invalid {
+            what: "path",
+            name: path.to_string(),
+            reason: "it must be a plain repository-relative path",
+        });
+    }
+    Ok(parts)
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+/// Whether `path` is `prefix` or inside the folder `prefix`.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Repository-relative prefixes that `.canarydignore` (at `dir`) lists: each line both
+/// relative to `dir` and as written.
+fn ignore_list(text: &str, dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let line = line.trim_start_matches("./").trim_matches('/');
+        if line.is_empty() {
+            continue;
+        }
+        out.push(join(dir, line));
+        if !dir.is_empty() {
+            out.push(line.to_string());
+        }
+    }
+    out
+}
+
+/// One change for [`edit_tree`]: path components, and the new blob or `None` to delete.
+type Edit<'a> = (&'a [&'a str], Option<Oid>);
+
+enum TreeEdit {
+    Git(git2::Error),
+    Conflict(String),
+}
+
+impl From<git2::Error> for TreeEdit {
+    fn from(e: git2::Error) -> TreeEdit {
+        TreeEdit::Git(e)
+    }
+}
+
+/// Writes `base` with `edits` (path components → blob, `None` deletes) applied, recursively;
+/// `None` if the result is empty (an emptied folder disappears, as in Git).
+fn edit_tree(
+    repo: &Repository,
+    base: Option<&Tree<'_>>,
+    edits: &[Edit<'_>],
+) -> Result<Option<Oid>, TreeEdit> {
+    let mut groups: BTreeMap<&str, Vec<Edit<'_>>> = BTreeMap::new();
+    for (path, blob) in edits {
+        if let Some((first, rest)) = path.split_first() {
+            groups.entry(first).or_default().push((rest, *blob));
+        }
+    }
+    let mut builder = repo.treebuilder(base)?;
+    for (name, group) in groups {
+        let existing = builder.get(name)?.map(|e| (e.id(), e.kind(), e.filemode()));
+        if let Some((_, blob)) = group.iter().find(|(rest, _)| rest.is_empty()) {
+            if group.len() > 1 {
+                return Err(TreeEdit::Conflict(name.to_string()));
+            }
+            match blob {
+                Some(oid) => {
+                    // Keep an executable bit; anything else becomes a plain file.
+                    let mode = match existing {
+                        Some((_, Some(ObjectType::Blob), m))
+                            if m == i32::from(git2::FileMode::BlobExecutable) =>
+                        {
+                            git2::FileMode::BlobExecutable
+                        }
+                        _ => git2::FileMode::Blob,
+                    };
+                    builder.insert(name, *oid, i32::from(mode))?;
+                }
+                None if existing.is_some() => builder.remove(name)?,
+                None => {}
+            }
+            continue;
+        }
+        let sub_base = match existing {
+            Some((id, Some(ObjectType::Tree), _)) => Some(repo.find_tree(id)?),
+            _ => None,
+        };
+        match edit_tree(repo, sub_base.as_ref(), &group)? {
+            Some(oid) => {
+                builder.insert(name, oid, i32::from(git2::FileMode::Tree))?;
+            }
+            None if existing.is_some() => builder.remove(name)?,
+            None => {}
+        }
+    }
+    if builder.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(builder.write()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_strips_userinfo() {
+        let check = |url: &str, want: &str| assert_eq!(redact(url), want, "{url}");
+        check(
+            "https://user:pass@example.com/r.git",
+            "https://example.com/r.git",
+        );
+        check(
+            "https://token@example.com/r.git",
+            "https://example.com/r.git",
+        );
+        check("ssh://git@host:22/r.git", "ssh://host:22/r.git");
+        check("https://example.com/a@b", "https://example.com/a@b");
+        check("git@github.com:org/r.git", "git@github.com:org/r.git");
+        check("/srv/git/r.git", "/srv/git/r.git");
+        check("file:///srv/r.git", "file:///srv/r.git");
+    }
+
+    #[test]
+    fn causes_do_not_leak_credentials() {
+        let url = "https://user:s3cret@example.com/r.git";
+        let e = git2::Error::from_str(&format!("failed to reach {url} as user:s3cret"));
+        let cause = Cause::new(&e, Some(url));
+        assert!(!cause.to_string().contains("s3cret"), "{cause}");
+        assert!(cause.to_string().contains("https://example.com/r.git"));
+    }
+
+    #[test]
+    fn trailers_come_from_the_last_paragraph() {
+        let check = |msg: &str, want: &[(&str, &str)]| {
+            let got = trailers(msg);
+            let got: Vec<(&str, &str)> = got.iter().map(|(k, v)| (&**k, &**v)).collect();
+            assert_eq!(got, want, "{msg:?}");
+        };
+        check("Subject: only", &[]);
+        check(
+            "subject\n\nbody: not last\n\nRollout: web\nRevision: abc\n",
+            &[("Rollout", "web"), ("Revision", "abc")],
+        );
+        check(
+            "s\n\nA: 1\n  more\nnot a trailer\nB-c: 2",
+            &[("A", "1 more"), ("B-c", "2")],
+        );
+        check("s\r\n\r\nKey With Space: x\r\nK: v\r\n", &[("K", "v")]);
+        check("s\n\nbody\n", &[]);
+    }
+
+    #[test]
+    fn transient_errors() {
+        let cause = |code, class, msg: &str| {
+            let e = git2::Error::new(code, class, msg);
+            Cause::new(&e, None)
+        };
+        let remote = |source| GitError::Remote {
+            op: "fetch from",
+            url: "u".into(),
+            source,
+        };
+        use ErrorClass as C;
+        use ErrorCode as E;
+        assert!(remote(cause(E::GenericError, C::Net, "reset")).is_transient());
+        assert!(remote(cause(E::GenericError, C::Http, "502")).is_transient());
+        assert!(!remote(cause(E::Auth, C::Http, "401")).is_transient());
+        assert!(!remote(cause(E::NotFound, C::Repository, "no repo")).is_transient());
+        let repo = |source| GitError::Repo {
+            op: "commit",
+            path: "p".into(),
+            source,
+        };
+        assert!(repo(cause(E::Locked, C::Reference, "locked")).is_transient());
+        assert!(!repo(cause(E::GenericError, C::Odb, "corrupt")).is_transient());
+        let rejected = GitError::Rejected {
+            url: "u".into(),
+            reference: "r".into(),
+        };
+        assert!(rejected.is_transient());
+        let missing = GitError::NotFound {
+            what: "branch",
+            name: "main".into(),
+            place: "u".into(),
+        };
+        assert!(!missing.is_transient());
+    }
+
+    #[test]
+    fn urls_and_paths() {
+        assert!(is_url("https://h/r"));
+        assert!(is_url("git@github.com:o/r.git"));
+        assert!(!is_url("/srv/r.git"));
+        assert!(!is_url("./a:b/r"));
+        assert!(!is_url("C:/r"));
+        assert_eq!(local_path("file:///srv/r"), Some(PathBuf::from("/srv/r")));
+        assert_eq!(local_path("ssh://h/r"), None);
+    }
+
+    #[test]
+    fn ignore_lines_match_paths_and_folders() {
+        let list = ignore_list("# c\ndrafts/\nrollouts/old.yaml # x\n\n", "rollouts");
+        assert!(list.iter().any(|i| under("rollouts/drafts/a.yaml", i)));
+        assert!(list.iter().any(|i| under("rollouts/old.yaml", i)));
+        assert!(!list.iter().any(|i| under("rollouts/drafts2.yaml", i)));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_rollout("web").is_ok());
+        assert!(check_rollout("../x").is_err());
+        assert!(check_rollout(".hidden").is_err());
+        assert!(check_branch("canaryd/status").is_ok());
+        assert!(check_branch("bad..name").is_err());
+        assert!(split_path("a/../b").is_err());
+        assert_eq!(
+            normalize_dir("./rollouts/").ok(),
+            Some("rollouts".to_string())
+        );
+        assert_eq!(normalize_dir(".").ok(), Some(String::new()));
+    }
+}
