@@ -266,7 +266,10 @@ pub fn due(spec: &Analysis, state: &AnalysisState, now: DateTime<Utc>) -> Vec<St
 }
 
 fn next_due(spec: &Analysis, state: &AnalysisState, m: &MetricState) -> DateTime<Utc> {
-    let first = state.started_at + spec.initial_delay;
+    // The first measurement of a periodic analysis comes one interval in, as Flagger's checks
+    // do, so that its window holds only traffic the canary served at this weight. (Argo
+    // Rollouts measures at once, which with a windowed query mostly measures the step before.)
+    let first = state.started_at + spec.initial_delay + spec.interval.unwrap_or_default();
     let Some(last) = m.recent.last() else {
         return first;
     };
@@ -466,17 +469,18 @@ mod tests {
     #[test]
     fn verdicts_follow_limits() {
         use Outcome::*;
-        // Nothing measured yet: first measurement after the initial delay.
+        // Nothing measured yet: first measurement after the initial delay (30 s) and one
+        // interval (60 s), so that its window holds only this step's traffic.
         assert_eq!(
             assess(&spec(Some(3), 0), &run(&[]), t(0)),
-            Verdict::Running { next: t(30) }
+            Verdict::Running { next: t(90) }
         );
         assert_eq!(
-            due(&spec(Some(3), 0), &run(&[]), t(29)),
+            due(&spec(Some(3), 0), &run(&[]), t(89)),
             Vec::<String>::new()
         );
         assert_eq!(
-            due(&spec(Some(3), 0), &run(&[]), t(30)),
+            due(&spec(Some(3), 0), &run(&[]), t(90)),
             vec!["errors".to_string()]
         );
         // Two successes of three: next one an interval later.

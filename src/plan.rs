@@ -41,6 +41,19 @@ pub enum AnalysisRef {
     Background,
 }
 
+impl AnalysisRef {
+    /// The analysis of `spec` this refers to.
+    pub fn of(self, spec: &Rollout) -> Option<&crate::model::Analysis> {
+        match self {
+            AnalysisRef::Background => spec.background.as_ref(),
+            AnalysisRef::Step(k) => match spec.steps.get(k)? {
+                Step::Analysis(a) => Some(a),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// A measurement taken because a plan asked for it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
@@ -813,15 +826,18 @@ impl Planner<'_> {
         // 4. The live weights.
         let live = self.live_canary();
         let mut reason_held: Option<String> = None;
+        // Nothing carries traffic: the router restarted and forgot the weights. That is drift.
+        let forgotten = self.i.live.is_some_and(|l| l.percentages().is_none());
         match live {
             None if self.i.live.is_none() => stalled = Some("router weights unknown".to_string()),
-            None if run.verified => {
+            None if run.verified && !forgotten => {
                 stalled = Some(
                     "router reports weights that do not fit this rollout's backends".to_string(),
                 );
             }
             Some(w) if w == run.weight => run.verified = true,
-            Some(w) if run.verified => {
+            found if run.verified => {
+                let w = found.map_or_else(|| "none".to_string(), |w| w.to_string());
                 let drift = Drift {
                     at: now,
                     expected: run.weight,

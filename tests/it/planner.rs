@@ -378,6 +378,13 @@ impl World {
                 .run()
                 .is_some_and(|r| r.step == k && r.verified)
             {
+                // An analysis takes its first measurement one interval in: go there.
+                if matches!(self.status.progress, Progress::Analysing { .. })
+                    && plan.measure.is_empty()
+                    && plan.wake.is_some()
+                {
+                    self.wake();
+                }
                 return self;
             }
             if !plan.measure.is_empty() {
@@ -741,6 +748,10 @@ fn passing_analysis_advances() {
     w.step();
     let p = w.step();
     assert_eq!(p.action, Action::Analyse { step: 1 });
+    // The first measurement comes one interval in, when its window holds this step's traffic.
+    assert!(p.measure.is_empty());
+    assert_eq!(p.wake, Some(w.now + mins(1)));
+    let p = w.wake();
     assert_eq!(names(&p.measure), vec![(AnalysisRef::Step(1), "errors")]);
     let start = w.now;
     for i in 1..3 {
@@ -1678,12 +1689,12 @@ fn a_promote_made_before_an_inconclusive_result_does_not_pass_it() {
     let mut w = World::new(canary(
         "steps: [{setWeight: 20}, {pause: {}}, {setWeight: 50}]\nanalysis: {interval: 1m, metrics: [{name: errors, template: error-rate}]}",
     ));
-    w.commit("early", GateAction::Promote);
-    w.step(); // 20 %: nothing to move past yet, the promote waits
-    assert_eq!(w.status.last_gate, None);
-    w.step(); // verified: the manual pause is entered, and the background analysis measures
+    w.step(); // 20 %
+    w.step(); // verified: the manual pause is entered
     assert_eq!((w.phase(), w.status.last_gate.as_deref()), ("paused", None));
-    // The background analysis finds no data before anyone has looked.
+    w.wake(); // the background analysis measures, one interval in
+    // A promote arrives while the measurement is out; it finds no data.
+    w.commit("early", GateAction::Promote);
     w.take_measurements(|_| NO_DATA);
     w.step();
     assert!(matches!(
@@ -2017,6 +2028,7 @@ fn status_round_trips_through_yaml() {
     w.step();
     record(&w);
     w.step();
+    w.wake();
     w.measure(value(0.001));
     record(&w);
     w.wake();
@@ -2567,4 +2579,18 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn a_router_that_forgot_every_weight_is_drift_and_set_again() {
+    // The embedded router restarts with the daemon and knows no weights until they are set.
+    let mut w = World::new(canary(BASIC_STEPS)).at_step(1);
+    w.hand_set(&[]);
+    let p = w.step();
+    assert!(matches!(p.action, Action::Reapply { .. }), "{:?}", p.action);
+    assert_eq!(w.router(), "blue=90 green=10");
+    assert_eq!(
+        w.status.drift.as_ref().map(|d| d.live.is_empty()),
+        Some(true)
+    );
 }
