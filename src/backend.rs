@@ -149,7 +149,8 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    fn merge(&mut self, other: LoadReport) {
+    /// Adds another run's counts to these.
+    pub fn merge(&mut self, other: LoadReport) {
         self.sent += other.sent;
         self.ok += other.ok;
         self.server_errors += other.server_errors;

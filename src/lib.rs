@@ -37,6 +37,7 @@
 pub mod admin;
 pub mod analysis;
 pub mod backend;
+pub mod daemon;
 pub mod demo;
 pub mod diag;
 pub mod git;
@@ -44,6 +45,7 @@ pub mod live;
 pub mod model;
 pub mod plan;
 pub mod progress;
+pub mod provider;
 pub mod record;
 pub mod repo;
 pub mod report;

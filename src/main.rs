@@ -74,13 +74,31 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
     },
-    /// Show a promotion, an abort and a revert, driven by the planner against a simulated
-    /// router and metrics. Needs nothing installed.
-    Demo {
-        /// Do not pause between events.
+    /// Run the daemon: fetch specs from Git, move traffic step by step, commit status back.
+    Run(RunArgs),
+    /// Show each rollout's status as recorded on the status branch.
+    Status {
+        /// Only this rollout.
+        name: Option<String>,
+        /// The repository: a local path or a URL.
+        #[arg(long, env = "CANARYD_REPO", default_value = ".")]
+        repo: String,
+        #[arg(long, env = "CANARYD_STATUS_BRANCH", default_value = DEFAULT_STATUS_BRANCH)]
+        status_branch: String,
+        /// Show it again every two seconds until interrupted.
         #[arg(long)]
-        fast: bool,
+        watch: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
     },
+    /// Let a paused rollout move on: a promote commit on the current branch of a local clone.
+    Promote(GateArgs),
+    /// Stop a rollout and send its traffic back to stable: an abort commit.
+    Abort(GateArgs),
+    /// Show a promotion, an abort with its revert branch, and the revert merged: a Git
+    /// repository, two backends, the embedded router and the daemon, on 127.0.0.1, in a temp
+    /// dir. Needs nothing installed.
+    Demo,
     /// Print (or write) the JSON Schemas of the spec documents and the status file.
     Schema {
         /// Write them into this folder instead of printing the rollout schema.
@@ -89,9 +107,75 @@ enum Command {
     },
 }
 
+const DEFAULT_STATUS_BRANCH: &str = "canaryd/status";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Configuration file (YAML): repo, branch, routers, ... Flags and environment win.
+    #[arg(long, env = "CANARYD_CONFIG")]
+    config: Option<PathBuf>,
+    /// The repository of rollout specs: a local path or a URL (file, http(s), ssh, git).
+    #[arg(long, env = "CANARYD_REPO")]
+    repo: Option<String>,
+    /// The watched branch [default: main].
+    #[arg(long, env = "CANARYD_BRANCH")]
+    branch: Option<String>,
+    /// Folder of rollout specs inside the repository [default: rollouts].
+    #[arg(long, env = "CANARYD_ROLLOUTS")]
+    rollouts: Option<String>,
+    /// The branch status is committed to [default: canaryd/status].
+    #[arg(long, env = "CANARYD_STATUS_BRANCH")]
+    status_branch: Option<String>,
+    /// Where the Git mirror is kept [default: .canaryd].
+    #[arg(long, env = "CANARYD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// How often the remote is fetched [default: 30s].
+    #[arg(long, env = "CANARYD_POLL_INTERVAL")]
+    poll_interval: Option<String>,
+    /// Address of /healthz, /readyz and /metrics [default: 127.0.0.1:9090].
+    #[arg(long, env = "CANARYD_ADMIN")]
+    admin: Option<String>,
+    #[arg(long, env = "CANARYD_LOG_FORMAT", value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::Args)]
+struct GateArgs {
+    /// The rollout.
+    name: String,
+    /// The local clone to commit in.
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// Folder of rollout specs inside the repository.
+    #[arg(long, default_value = "rollouts")]
+    rollouts: PathBuf,
+    /// Controller configuration, for routers defined there.
+    #[arg(long, env = "CANARYD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Also push the commit to the branch's upstream.
+    #[arg(long)]
+    push: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Status {
+            name,
+            repo,
+            status_branch,
+            watch,
+            output,
+        } => status(name.as_deref(), &repo, &status_branch, watch, output),
+        Command::Promote(args) => gate(args, "promote"),
+        Command::Abort(args) => gate(args, "abort"),
         Command::Lint {
             paths,
             config,
@@ -116,7 +200,7 @@ fn main() -> ExitCode {
             output,
         ),
         Command::Schema { write } => schema(write.as_deref()),
-        Command::Demo { fast } => demo(fast),
+        Command::Demo => demo(),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -243,12 +327,195 @@ fn plan(
     Ok(u8::from(pending))
 }
 
-fn demo(fast: bool) -> Result<u8> {
-    let pace = std::time::Duration::from_millis(if fast { 0 } else { 250 });
-    match canaryd::demo::run(&mut std::io::stdout().lock(), pace) {
+fn run(args: RunArgs) -> Result<u8> {
+    let log = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        );
+    match args.log_format {
+        LogFormat::Human => log.init(),
+        LogFormat::Json => log.json().init(),
+    }
+    let config = match &args.config {
+        Some(path) => Config::read(path)?,
+        None => Config::default(),
+    };
+    let repo_url = args
+        .repo
+        .or(config.repo)
+        .context("no repository: give --repo, CANARYD_REPO or `repo:` in the configuration")?;
+    let poll = args
+        .poll_interval
+        .or(config.poll_interval)
+        .map(|t| {
+            canaryd::spec::duration::parse(&t)
+                .map_err(|e| anyhow::anyhow!("poll interval `{t}`: {e}"))
+        })
+        .transpose()?
+        .unwrap_or(std::time::Duration::from_secs(30));
+    let watch = (!repo_url.contains("://"))
+        .then(|| PathBuf::from(&repo_url))
+        .filter(|p| p.is_dir());
+    let settings = canaryd::daemon::Settings {
+        remote: canaryd::git::Remote {
+            url: repo_url,
+            branch: args
+                .branch
+                .or(config.branch)
+                .unwrap_or_else(|| "main".into()),
+            status_branch: args
+                .status_branch
+                .or(config.status_branch)
+                .unwrap_or_else(|| DEFAULT_STATUS_BRANCH.into()),
+            rollouts_dir: args
+                .rollouts
+                .or(config.rollouts)
+                .unwrap_or_else(|| "rollouts".into()),
+        },
+        author: canaryd::git::Author::default(),
+        data_dir: args
+            .data_dir
+            .or(config.data_dir)
+            .unwrap_or_else(|| ".canaryd".into()),
+        poll,
+        watch,
+        routers: config.routers,
+        router_timeout: std::time::Duration::from_secs(5),
+    };
+    let admin_addr = args
+        .admin
+        .or(config.admin)
+        .unwrap_or_else(|| "127.0.0.1:9090".into());
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        spawn_signal_handler(shutdown.clone());
+        let telemetry = std::sync::Arc::new(canaryd::telemetry::Telemetry::default());
+        let admin = canaryd::admin::Admin::new(telemetry);
+        let listener = tokio::net::TcpListener::bind(&admin_addr)
+            .await
+            .with_context(|| format!("cannot listen on {admin_addr} for the admin endpoints"))?;
+        tracing::info!(admin = %admin_addr, "admin endpoints up");
+        let server = tokio::spawn(canaryd::admin::serve(
+            listener,
+            admin.clone(),
+            shutdown.clone(),
+        ));
+        let result = canaryd::daemon::run(settings, admin, shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = server.await;
+        result?;
+        Ok(0)
+    })
+}
+
+/// Cancels `shutdown` on ctrl-c or SIGTERM.
+fn spawn_signal_handler(shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+}
+
+fn status(
+    name: Option<&str>,
+    repo: &str,
+    status_branch: &str,
+    watch: bool,
+    output: Output,
+) -> Result<u8> {
+    let scratch = tempfile_dir()?;
+    loop {
+        let files = canaryd::git::read_status_branch(repo, status_branch, &scratch)
+            .with_context(|| format!("cannot read branch {status_branch}"))?;
+        let mut parsed = Vec::new();
+        for (rollout, text) in &files {
+            if name.is_some_and(|n| n != rollout) {
+                continue;
+            }
+            match canaryd::record::StatusFile::from_yaml(text) {
+                Ok(f) => parsed.push(f),
+                Err(e) => eprintln!("warning: status of `{rollout}` cannot be read: {e}"),
+            }
+        }
+        if let Some(n) = name
+            && parsed.is_empty()
+        {
+            bail!("no status for rollout `{n}` on {status_branch}");
+        }
+        let text = match output {
+            Output::Human => canaryd::status_view::human(&parsed, Utc::now()),
+            Output::Json => format!("{}\n", canaryd::status_view::json(&parsed)),
+        };
+        if !watch {
+            emit(&text)?;
+            let _ = fs::remove_dir_all(&scratch);
+            return Ok(0);
+        }
+        // Clear the screen and draw again.
+        emit(&format!("\x1b[2J\x1b[H{text}"))?;
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
+/// A private scratch folder for fetching a remote status branch.
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("canaryd-status-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn gate(args: GateArgs, action: &str) -> Result<u8> {
+    let known = known(args.config.as_deref())?;
+    let dir = args.repo.join(&args.rollouts);
+    let (catalog, _, _) = repo::catalog(&[dir], Some(&args.repo), &known)?;
+    let Some(rollout) = catalog.rollouts.iter().find(|r| r.name == args.name) else {
+        bail!(
+            "no valid rollout `{}` in {}",
+            args.name,
+            args.repo.join(&args.rollouts).display()
+        );
+    };
+    let message = format!(
+        "canaryd: {action} {name}\n\nRequested with `canaryd {action} {name}` for revision {rev}.\n\n\
+         Canaryd-Gate: {action}\nRollout: {name}\nRevision: {rev}\n",
+        name = rollout.name,
+        rev = rollout.revision,
+    );
+    let id = canaryd::git::gate_commit(
+        &args.repo,
+        &message,
+        &canaryd::git::Author::default(),
+        args.push,
+    )?;
+    emit(&format!(
+        "{action} {} (revision {}): commit {id}\n",
+        rollout.name, rollout.revision
+    ))?;
+    Ok(0)
+}
+
+fn demo() -> Result<u8> {
+    let mut out = std::io::stdout().lock();
+    match canaryd::demo::run(&mut out, &std::env::temp_dir()) {
+        Ok(_) => Ok(0),
         // `canaryd demo | head` is fine.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
-        other => other.map(|_| 0).map_err(Into::into),
+        Err(canaryd::demo::DemoError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -32,6 +32,13 @@ pub struct StatusFile {
     /// The commit of the watched branch whose spec was planned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_commit: Option<String>,
+    /// The spec file the rollout was read from: if that file later cannot be parsed, the
+    /// rollout is held rather than forgotten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The revert branch pushed after an abort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert: Option<String>,
     /// The number of steps of the spec, for "step k/n".
     #[serde(default)]
     pub steps: usize,
@@ -70,6 +77,21 @@ pub struct MetricValue {
 }
 
 impl StatusFile {
+    /// The file of a rollout never recorded.
+    pub fn new(rollout: &str, now: DateTime<Utc>) -> StatusFile {
+        StatusFile {
+            status: Status::new(rollout),
+            spec_commit: None,
+            file: None,
+            revert: None,
+            steps: 0,
+            desired: BTreeMap::new(),
+            live: None,
+            analysis: Vec::new(),
+            updated_at: now,
+        }
+    }
+
     /// The file with every timestamp that changes on each look blanked out: two files with the
     /// same substance need no new commit.
     pub fn substance(&self) -> StatusFile {

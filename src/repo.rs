@@ -195,13 +195,28 @@ fn walk(dir: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) -> Result<(), Repo
     Ok(())
 }
 
-/// The parts of the controller's configuration file that specs can reference.
+/// The controller's configuration file (`canaryd run --config`). Every field but `routers` has
+/// a flag and an environment variable of the same name, which win over the file.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
     /// Routers by name, as in a `kind: Router` document's `spec`.
     #[serde(default)]
     pub routers: BTreeMap<String, RouterSpec>,
+    /// The repository of rollout specs: a local path or a URL.
+    pub repo: Option<String>,
+    /// The watched branch.
+    pub branch: Option<String>,
+    /// Folder of rollout specs inside the repository.
+    pub rollouts: Option<String>,
+    /// The branch status files are committed to.
+    pub status_branch: Option<String>,
+    /// Where the daemon keeps its Git mirror.
+    pub data_dir: Option<PathBuf>,
+    /// How often the remote is fetched, e.g. `30s`.
+    pub poll_interval: Option<String>,
+    /// Address of the admin endpoints (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: Option<String>,
 }
 
 impl Config {

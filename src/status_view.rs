@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::analysis::Outcome;
-use crate::demo::bar;
 use crate::model::Weight;
 use crate::progress::{Drift, DriftAction, PauseReason, Progress, Stall};
 use crate::record::{LiveRecord, MetricValue, StatusFile};
@@ -353,6 +352,12 @@ pub fn json(files: &[StatusFile]) -> String {
     text
 }
 
+/// A 20-cell progress bar of the canary's share.
+pub fn bar(w: Weight) -> String {
+    let filled = usize::from(w.get()) / 5;
+    format!("{}{}", "█".repeat(filled), "░".repeat(20 - filled))
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone as _;
@@ -389,6 +394,8 @@ mod tests {
         let mut status = Status::new("checkout");
         status.progress = progress;
         StatusFile {
+            file: None,
+            revert: None,
             status,
             spec_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
             steps: 6,

@@ -97,7 +97,9 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
                         r.metadata.name.clone(),
                         (file.to_string(), doc.paths.value("metadata.name")),
                     );
-                    catalog.routers.insert(r.metadata.name.clone(), r.spec.clone());
+                    catalog
+                        .routers
+                        .insert(r.metadata.name.clone(), r.spec.clone());
                 }
             }
             DocKind::MetricTemplate => {

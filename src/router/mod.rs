@@ -47,7 +47,7 @@ impl Driver {
         }
     }
 
-    /// Sets the weights of `service` (backends not named are left as they are).
+    /// Sets the weights of `service`: a set, never an add (backends not named get 0).
     pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
         match self {
             Driver::Embedded(r) => r.apply(service, traffic),

@@ -1,0 +1,839 @@
+//! `canaryd run`: the loop that fetches specs from Git, reads live weights, executes plans
+//! (status commit, traffic, measurements, revert branch) and sleeps until the next look.
+//!
+//! One task owns all state and handles one closed [`Event`] at a time, so a rollout is never
+//! reconciled twice at once. Git work runs on the blocking pool. The order of effects is the
+//! product's safety rule: a plan that moves traffic *toward* the canary is recorded in Git
+//! first (write-ahead) and not applied at all when Git cannot be written; a plan that moves
+//! traffic *back* (abort, rollback) is applied first and recorded after, retried until Git
+//! takes it.
+
+pub mod message;
+mod revert;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::analysis;
+use crate::git::{self, Author, GateCommit, Mirror, Push, Remote};
+use crate::model::{Catalog, Observed, Revision, Rollout};
+use crate::plan::{self, Action, Gate, GateAction, Inputs, Plan, Sample};
+use crate::progress::Progress;
+use crate::provider;
+use crate::record::{LiveRecord, MetricValue, StatusFile};
+use crate::router::embedded::EmbeddedRouter;
+use crate::router::{Driver, RouterError};
+use crate::spec::RouterSpec;
+use crate::telemetry::{ErrorClass, Event as Tele, ReconcileOutcome, Telemetry};
+use crate::validate::{self, Known, Source};
+
+/// How many times a rejected status push is re-planned and retried in one look.
+const PUSH_ATTEMPTS: usize = 5;
+/// How many plans one rollout may execute in one look (apply, verify, measure, record).
+const ROUNDS: usize = 4;
+/// How far back gate commits and a rollout's history are searched.
+const HISTORY: usize = 500;
+/// The window a metric is measured over when its analysis has no interval.
+const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Everything `canaryd run` needs, parsed once in `main`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub remote: Remote,
+    pub author: Author,
+    /// Where the mirror lives.
+    pub data_dir: PathBuf,
+    /// How often the remote is fetched (and every rollout looked at, the full resync).
+    pub poll: Duration,
+    /// A local repository to watch for new commits (the remote, when it is a local path).
+    pub watch: Option<PathBuf>,
+    /// Routers defined in the controller configuration.
+    pub routers: BTreeMap<String, RouterSpec>,
+    /// Bound on every call to a router.
+    pub router_timeout: Duration,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot open the git mirror")]
+    Mirror(#[source] git::GitError),
+    #[error("the git worker stopped")]
+    Worker,
+}
+
+/// What wakes the loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    /// The poll interval or a rollout's wake time came.
+    Tick,
+    /// The watched repository changed on disk.
+    Changed,
+    Shutdown,
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(
+    settings: Settings,
+    admin: Arc<Admin>,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let mirror_dir = settings.data_dir.join("mirror.git");
+    let (remote, author) = (settings.remote.clone(), settings.author.clone());
+    let mirror = tokio::task::spawn_blocking(move || Mirror::open(&mirror_dir, remote, author))
+        .await
+        .map_err(|_| DaemonError::Worker)?
+        .map_err(DaemonError::Mirror)?;
+    let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
+    let _watcher = settings
+        .watch
+        .as_ref()
+        .and_then(|path| watch(path, changed_tx.clone(), &admin.telemetry));
+    let mut daemon = Daemon {
+        telemetry: admin.telemetry.clone(),
+        settings,
+        mirror: Arc::new(Mutex::new(mirror)),
+        drivers: BTreeMap::new(),
+        catalog: None,
+        gates: BTreeMap::new(),
+        unrecorded: BTreeMap::new(),
+        reverts: BTreeMap::new(),
+        shutdown: shutdown.clone(),
+    };
+    let mut event = Event::Tick;
+    loop {
+        match event {
+            Event::Shutdown => break,
+            Event::Tick | Event::Changed => {}
+        }
+        let wake = daemon.look().await;
+        admin.set_ready(true);
+        let now = Utc::now();
+        let next = wake
+            .map(|w| (w - now).to_std().unwrap_or_default())
+            .unwrap_or(daemon.settings.poll)
+            .min(daemon.settings.poll)
+            // A wake in the past (a measurement overdue) still lets other events in.
+            .max(Duration::from_millis(50));
+        event = tokio::select! {
+            () = shutdown.cancelled() => Event::Shutdown,
+            () = tokio::time::sleep(next) => Event::Tick,
+            Some(()) = changed_rx.recv() => {
+                // A commit writes several files; let it finish before looking.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while changed_rx.try_recv().is_ok() {}
+                Event::Changed
+            }
+        };
+    }
+    admin.set_ready(false);
+    for running in daemon.drivers.values() {
+        running.stop.cancel();
+    }
+    tracing::info!("canaryd stopped");
+    Ok(())
+}
+
+/// Watches `path` (a repository) and sends on `tx` when something in it changes.
+fn watch(
+    path: &std::path::Path,
+    tx: mpsc::Sender<()>,
+    telemetry: &Telemetry,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let git_dir = if path.join(".git").is_dir() {
+        path.join(".git")
+    } else {
+        path.to_path_buf()
+    };
+    let handler = move |res: notify::Result<notify::Event>| {
+        if res.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.try_send(());
+        }
+    };
+    let started = notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(&git_dir, notify::RecursiveMode::Recursive)
+            .map(|()| w)
+    });
+    match started {
+        Ok(w) => {
+            tracing::info!(path = %git_dir.display(), "watching the repository for commits");
+            Some(w)
+        }
+        Err(e) => {
+            telemetry.record(Tele::Error {
+                class: ErrorClass::Git,
+                rollout: None,
+                message: format!("cannot watch {}: {e}; polling only", git_dir.display()),
+            });
+            None
+        }
+    }
+}
+
+/// A router the daemon drives, with the spec it was started from.
+#[derive(Debug)]
+struct Running {
+    spec: RouterSpec,
+    driver: Arc<Driver>,
+    stop: CancellationToken,
+}
+
+struct Daemon {
+    settings: Settings,
+    telemetry: Arc<Telemetry>,
+    mirror: Arc<Mutex<Mirror>>,
+    drivers: BTreeMap<String, Running>,
+    /// The catalog of the last spec commit read.
+    catalog: Option<(String, Arc<Catalog>)>,
+    /// Gate commits per rollout as of a spec commit, oldest first.
+    gates: BTreeMap<String, (String, Vec<GateCommit>)>,
+    /// Status files of plans applied (traffic back to safety) but not yet recorded in Git,
+    /// because Git refused; they are the truth until recorded.
+    unrecorded: BTreeMap<String, StatusFile>,
+    /// Revert branches known to exist, by (rollout, aborted revision).
+    reverts: BTreeMap<(String, Revision), String>,
+    shutdown: CancellationToken,
+}
+
+/// Where a rollout's spec stands in the catalog.
+enum Spec<'a> {
+    Valid(&'a Rollout),
+    Invalid(Vec<String>),
+}
+
+impl Daemon {
+    /// Runs a blocking Git operation on the mirror.
+    async fn git<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Mirror) -> Result<T, git::GitError> + Send + 'static,
+    ) -> Result<T, git::GitError> {
+        let mirror = self.mirror.clone();
+        tokio::task::spawn_blocking(move || {
+            let m = mirror
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&m)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// One look at everything: fetch, plan and execute every rollout. Returns the earliest
+    /// time a rollout asked to be looked at again.
+    async fn look(&mut self) -> Option<DateTime<Utc>> {
+        let heads = match self.git(|m| m.fetch()).await {
+            Ok(h) => h,
+            Err(e) => {
+                self.error(ErrorClass::Git, None, format!("fetch failed: {e}"));
+                return None;
+            }
+        };
+        let Some(head) = heads.spec else {
+            tracing::warn!(branch = %self.settings.remote.branch, "the watched branch does not exist yet");
+            return None;
+        };
+        let catalog = match self.catalog(&head).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.error(
+                    ErrorClass::Git,
+                    None,
+                    format!("cannot read specs at {head}: {e}"),
+                );
+                return None;
+            }
+        };
+        let recorded = match self.git(|m| m.status_files()).await {
+            Ok(files) => files,
+            Err(e) => {
+                self.error(
+                    ErrorClass::Git,
+                    None,
+                    format!("cannot read the status branch: {e}"),
+                );
+                return None;
+            }
+        };
+        let mut statuses = BTreeMap::new();
+        for (name, text) in &recorded {
+            match StatusFile::from_yaml(text) {
+                Ok(f) => {
+                    statuses.insert(name.clone(), f);
+                }
+                Err(e) => self.error(
+                    ErrorClass::Status,
+                    Some(name),
+                    format!("status file of `{name}` cannot be read, rollout held: {e}"),
+                ),
+            }
+        }
+        // Rollouts last seen in a file that no longer parses are held, not forgotten.
+        let mut names: BTreeSet<String> = catalog.rollouts.iter().map(|r| r.name.clone()).collect();
+        names.extend(catalog.invalid.keys().cloned());
+        for (name, f) in &statuses {
+            if f.file
+                .as_ref()
+                .is_some_and(|file| catalog.broken_files.contains(file))
+            {
+                names.insert(name.clone());
+            }
+        }
+        let mut wake: Option<DateTime<Utc>> = None;
+        for name in names {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let recorded_file = statuses.get(&name).cloned();
+            if recorded_file.is_none() && recorded.contains_key(&name) {
+                continue; // unreadable status: held (reported above)
+            }
+            let spec = match catalog.rollouts.iter().find(|r| r.name == name) {
+                Some(r) => Spec::Valid(r),
+                None => match catalog.invalid.get(&name) {
+                    Some(errors) => Spec::Invalid(errors.clone()),
+                    None => Spec::Invalid(vec![format!(
+                        "{} cannot be parsed",
+                        recorded_file
+                            .as_ref()
+                            .and_then(|f| f.file.clone())
+                            .unwrap_or_default()
+                    )]),
+                },
+            };
+            let span = tracing::info_span!("rollout", rollout = %name, commit = %short(&head));
+            let _enter = span.enter();
+            if let Some(w) = self
+                .reconcile(&name, &head, &catalog, spec, recorded_file)
+                .await
+            {
+                wake = Some(wake.map_or(w, |x| x.min(w)));
+            }
+        }
+        wake
+    }
+
+    /// The validated catalog at `commit` (cached per commit).
+    async fn catalog(&mut self, commit: &str) -> Result<Arc<Catalog>, git::GitError> {
+        if let Some((c, catalog)) = &self.catalog
+            && c == commit
+        {
+            return Ok(catalog.clone());
+        }
+        let c = commit.to_string();
+        let files = self.git(move |m| m.spec_files(&c)).await?;
+        let sources: Vec<Source> = files
+            .files
+            .into_iter()
+            .map(|(file, text)| Source { file, text })
+            .collect();
+        let known = Known {
+            routers: self.settings.routers.keys().cloned().collect(),
+        };
+        let (mut catalog, diags) = validate::validate(&sources, &known);
+        for (path, why) in files.skipped {
+            catalog.broken_files.push(path.clone());
+            self.error(ErrorClass::Spec, None, format!("{path} skipped: {why}"));
+        }
+        for d in diags.iter().filter(|d| d.is_error()) {
+            self.error(ErrorClass::Spec, None, d.one_line());
+        }
+        let catalog = Arc::new(catalog);
+        self.catalog = Some((commit.to_string(), catalog.clone()));
+        Ok(catalog)
+    }
+
+    /// Plans and executes one rollout until it has nothing more to do now.
+    async fn reconcile(
+        &mut self,
+        name: &str,
+        head: &str,
+        catalog: &Catalog,
+        spec: Spec<'_>,
+        recorded_file: Option<StatusFile>,
+    ) -> Option<DateTime<Utc>> {
+        let now = Utc::now();
+        let mut recorded = self
+            .unrecorded
+            .get(name)
+            .cloned()
+            .or(recorded_file)
+            .unwrap_or_else(|| StatusFile::new(name, now));
+        let mut samples: Vec<Sample> = Vec::new();
+        let mut measured: Vec<MetricValue> = Vec::new();
+        let mut attempts = 0;
+        let mut round = 0;
+        while round < ROUNDS {
+            round += 1;
+            let now = Utc::now();
+            let (plan, live, rollout) = match spec {
+                Spec::Invalid(ref errors) => (
+                    plan::plan_invalid(&recorded.status, errors.clone()),
+                    None,
+                    None,
+                ),
+                Spec::Valid(r) => {
+                    let driver = self.driver(&r.target().router, catalog).await;
+                    let live = match &driver {
+                        Some(d) => self.observe(d, r).await,
+                        None => None,
+                    };
+                    let gates = self
+                        .gates(head, r, recorded.status.last_gate.as_deref())
+                        .await;
+                    let plan = plan::plan(Inputs {
+                        spec: r,
+                        recorded: &recorded.status,
+                        live: live.as_ref(),
+                        samples: &samples,
+                        gates: &gates,
+                        now,
+                    });
+                    (plan, live, Some(r))
+                }
+            };
+            samples.clear();
+            let file = self.file_for(
+                &recorded,
+                &plan,
+                rollout,
+                head,
+                live.as_ref(),
+                &measured,
+                now,
+            );
+            let toward_safety = matches!(
+                plan.action,
+                Action::Abort { .. } | Action::RollBack { .. } | Action::StepBack | Action::Stable
+            );
+            if toward_safety {
+                self.apply(&plan, rollout).await;
+            }
+            // Values are told once, in the commit of the round that measured them.
+            let told = std::mem::take(&mut measured);
+            if file.substance() != recorded.substance() {
+                let message = message::status_commit(&file, &plan.action, &told);
+                match self.record(name, &file, &message).await {
+                    Ok(true) => {
+                        self.unrecorded.remove(name);
+                        self.telemetry.record(Tele::StatusCommitted {
+                            rollout: name.to_string(),
+                            summary: message.lines().next().unwrap_or_default().to_string(),
+                        });
+                    }
+                    Ok(false) => {
+                        // Someone else moved the status branch: plan again from theirs.
+                        attempts += 1;
+                        self.telemetry.record(Tele::PushRejected);
+                        if attempts >= PUSH_ATTEMPTS {
+                            self.error(
+                                ErrorClass::Git,
+                                Some(name),
+                                "status push rejected too often; will retry".into(),
+                            );
+                            return None;
+                        }
+                        match self.refetch_status(name).await {
+                            Some(f) => recorded = f,
+                            None => return None,
+                        }
+                        round -= 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        self.error(
+                            ErrorClass::Git,
+                            Some(name),
+                            format!("cannot record status: {e}"),
+                        );
+                        if toward_safety {
+                            // Traffic is already safe; keep the truth until Git takes it.
+                            self.unrecorded.insert(name.to_string(), file);
+                        }
+                        // Nothing toward the canary happens without a record.
+                        return Some(
+                            now + chrono::Duration::from_std(self.settings.poll)
+                                .unwrap_or_default(),
+                        );
+                    }
+                }
+            }
+            recorded = file;
+            if !toward_safety && plan.traffic.is_some() {
+                self.apply(&plan, rollout).await;
+            }
+            self.outcome(name, &plan);
+            if let (Some(revert), Some(r)) = (&plan.revert, rollout)
+                && let Some(branch) = self.revert(r, head, revert).await
+                && recorded.revert.as_deref() != Some(branch.as_str())
+            {
+                // Recorded with the next change (or the next look).
+                recorded.revert = Some(branch);
+                round -= 1;
+                continue;
+            }
+            let Some(r) = rollout else {
+                return plan.wake;
+            };
+            if plan.measure.is_empty() {
+                if plan.traffic.is_some() {
+                    continue; // read the weights back and record them verified
+                }
+                return plan.wake;
+            }
+            (samples, measured) = self.measure(r, &plan, catalog).await;
+        }
+        Some(Utc::now())
+    }
+}
+
+impl Daemon {
+    fn error(&self, class: ErrorClass, rollout: Option<&str>, message: String) {
+        self.telemetry.record(Tele::Error {
+            class,
+            rollout: rollout.map(str::to_string),
+            message,
+        });
+    }
+
+    /// The status file to record for `plan`, carrying forward what the plan does not decide.
+    #[allow(clippy::too_many_arguments)]
+    fn file_for(
+        &self,
+        recorded: &StatusFile,
+        plan: &Plan,
+        rollout: Option<&Rollout>,
+        head: &str,
+        live: Option<&Observed>,
+        measured: &[MetricValue],
+        now: DateTime<Utc>,
+    ) -> StatusFile {
+        let mut f = recorded.clone();
+        let new_revision = plan.status.progress.revision() != recorded.status.progress.revision();
+        f.status = plan.status.clone();
+        if let Some(r) = rollout {
+            // The commit that brought the current revision, not every later commit (an unrelated
+            // push must not rewrite a thousand status files).
+            if new_revision || f.spec_commit.is_none() {
+                f.spec_commit = Some(head.to_string());
+            }
+            f.file = Some(r.file.clone());
+            f.steps = r.steps.len();
+            f.live = live
+                .and_then(Observed::percentages)
+                .map(|backends| LiveRecord { backends, at: now });
+        }
+        if let Some(t) = &plan.traffic {
+            f.desired = t.backends.clone();
+        }
+        if new_revision {
+            f.analysis.clear();
+        }
+        for m in measured {
+            f.analysis.retain(|old| old.metric != m.metric);
+            f.analysis.push(m.clone());
+        }
+        if !matches!(plan.status.progress, Progress::Aborted { .. }) {
+            f.revert = None;
+        }
+        f.updated_at = now;
+        f
+    }
+
+    /// The driver of router `name`, started (or restarted, when its spec changed) on demand.
+    async fn driver(&mut self, name: &str, catalog: &Catalog) -> Option<Arc<Driver>> {
+        let spec = self
+            .settings
+            .routers
+            .get(name)
+            .or_else(|| catalog.routers.get(name))?
+            .clone();
+        if let Some(r) = self.drivers.get(name)
+            && r.spec == spec
+        {
+            return Some(r.driver.clone());
+        }
+        if let Some(old) = self.drivers.remove(name) {
+            old.stop.cancel();
+        }
+        let stop = self.shutdown.child_token();
+        let started = match &spec {
+            RouterSpec::Embedded { listen, backends } => {
+                EmbeddedRouter::start(name, listen, backends.clone(), stop.clone())
+                    .await
+                    .map(Driver::Embedded)
+            }
+            other => Err(RouterError::Setup {
+                router: name.to_string(),
+                message: format!("kind `{}` is not supported by this build", kind_of(other)),
+            }),
+        };
+        match started {
+            Ok(driver) => {
+                tracing::info!(router = name, "router started");
+                let driver = Arc::new(driver);
+                self.drivers.insert(
+                    name.to_string(),
+                    Running {
+                        spec,
+                        driver: driver.clone(),
+                        stop,
+                    },
+                );
+                Some(driver)
+            }
+            Err(e) => {
+                self.error(ErrorClass::Router, None, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// The live weights of a rollout's service; `None` (hold) when the router cannot tell.
+    async fn observe(&self, driver: &Driver, r: &Rollout) -> Option<Observed> {
+        let target = r.target();
+        match tokio::time::timeout(
+            self.settings.router_timeout,
+            driver.observe(&target.service),
+        )
+        .await
+        {
+            Ok(Ok(o)) => Some(o),
+            Ok(Err(e)) => {
+                self.error(ErrorClass::Router, Some(&r.name), e.to_string());
+                None
+            }
+            Err(_) => {
+                self.error(
+                    ErrorClass::Router,
+                    Some(&r.name),
+                    format!("router `{}` did not answer in time", target.router),
+                );
+                None
+            }
+        }
+    }
+
+    /// Sets the plan's traffic on the rollout's router.
+    async fn apply(&self, plan: &Plan, rollout: Option<&Rollout>) {
+        let (Some(traffic), Some(r)) = (&plan.traffic, rollout) else {
+            return;
+        };
+        let target = r.target();
+        let Some(driver) = self.drivers.get(&target.router).map(|d| d.driver.clone()) else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(
+            self.settings.router_timeout,
+            driver.apply(&target.service, traffic),
+        )
+        .await;
+        match result {
+            Ok(Ok(())) => {
+                self.telemetry.record(Tele::RouterApply {
+                    router: target.router.clone(),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                let canary = target
+                    .canary
+                    .as_ref()
+                    .and_then(|c| traffic.backends.get(&c.name))
+                    .map_or(0, |w| w.get());
+                self.telemetry.record(Tele::WeightChanged {
+                    rollout: r.name.clone(),
+                    router: target.router.clone(),
+                    canary_weight: canary,
+                });
+            }
+            Ok(Err(e)) => self.error(ErrorClass::Router, Some(&r.name), e.to_string()),
+            Err(_) => self.error(
+                ErrorClass::Router,
+                Some(&r.name),
+                format!("router `{}` did not answer in time", target.router),
+            ),
+        }
+    }
+
+    /// Counts the plan's outcome and announces lifecycle changes.
+    fn outcome(&self, name: &str, plan: &Plan) {
+        let outcome = match &plan.action {
+            Action::Wait { .. } => ReconcileOutcome::Unchanged,
+            Action::Hold { .. } | Action::Invalid => ReconcileOutcome::Held,
+            _ => ReconcileOutcome::Changed,
+        };
+        self.telemetry.record(Tele::Reconciled {
+            rollout: name.to_string(),
+            outcome,
+        });
+        match &plan.action {
+            Action::Abort { evidence } => self.telemetry.record(Tele::Aborted {
+                rollout: name.to_string(),
+                reason: evidence.summary.clone(),
+            }),
+            Action::Promote => self.telemetry.record(Tele::Promoted {
+                rollout: name.to_string(),
+            }),
+            _ => {}
+        }
+    }
+
+    /// Promote/abort commits meant for the rollout's current revision, not yet honoured.
+    async fn gates(&mut self, head: &str, r: &Rollout, last: Option<&str>) -> Vec<Gate> {
+        let cached = self
+            .gates
+            .get(&r.name)
+            .filter(|(c, _)| c == head)
+            .map(|(_, g)| g.clone());
+        let list = match cached {
+            Some(list) => list,
+            None => {
+                let (h, n) = (head.to_string(), r.name.clone());
+                match self.git(move |m| m.gates(&h, &n, None, HISTORY)).await {
+                    Ok(list) => {
+                        self.gates
+                            .insert(r.name.clone(), (head.to_string(), list.clone()));
+                        list
+                    }
+                    Err(e) => {
+                        self.error(
+                            ErrorClass::Git,
+                            Some(&r.name),
+                            format!("cannot read gate commits: {e}"),
+                        );
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        let start = last
+            .and_then(|g| list.iter().position(|c| c.id == g))
+            .map_or(0, |p| p + 1);
+        list[start..]
+            .iter()
+            .filter(|c| c.revision == r.revision.as_str())
+            .filter_map(|c| {
+                let action = match c.action.as_str() {
+                    "promote" => GateAction::Promote,
+                    "abort" => GateAction::Abort,
+                    _ => return None,
+                };
+                Some(Gate {
+                    id: c.id.clone(),
+                    action,
+                })
+            })
+            .collect()
+    }
+
+    /// Commits one status file. `Ok(false)`: the push was rejected (someone else pushed).
+    async fn record(&self, name: &str, file: &StatusFile, message: &str) -> Result<bool, String> {
+        let yaml = file.to_yaml()?;
+        let changes = BTreeMap::from([(name.to_string(), Some(yaml))]);
+        let message = message.to_string();
+        match self.git(move |m| m.commit_status(&changes, &message)).await {
+            Ok(Push::Pushed(_) | Push::Unchanged) => Ok(true),
+            Ok(Push::Rejected) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The status file of `name` as the remote has it now.
+    async fn refetch_status(&self, name: &str) -> Option<StatusFile> {
+        let files = self
+            .git(|m| {
+                m.fetch()?;
+                m.status_files()
+            })
+            .await;
+        match files {
+            Ok(files) => match files.get(name).map(|t| StatusFile::from_yaml(t)) {
+                Some(Ok(f)) => Some(f),
+                None => Some(StatusFile::new(name, Utc::now())),
+                Some(Err(e)) => {
+                    self.error(
+                        ErrorClass::Status,
+                        Some(name),
+                        format!("status file of `{name}` cannot be read: {e}"),
+                    );
+                    None
+                }
+            },
+            Err(e) => {
+                self.error(ErrorClass::Git, Some(name), format!("fetch failed: {e}"));
+                None
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// Takes the measurements a plan asks for: samples for the next plan, values for the status.
+    async fn measure(
+        &mut self,
+        r: &Rollout,
+        plan: &Plan,
+        catalog: &Catalog,
+    ) -> (Vec<Sample>, Vec<MetricValue>) {
+        let target = r.target();
+        let driver = self.driver(&target.router, catalog).await;
+        let now = Utc::now();
+        let mut samples = Vec::new();
+        let mut values = Vec::new();
+        for due in &plan.measure {
+            let Some(a) = due.analysis.of(r) else {
+                continue;
+            };
+            let Some(metric) = a.metrics.iter().find(|m| m.name == due.metric) else {
+                continue;
+            };
+            let window = a.interval.unwrap_or(DEFAULT_WINDOW);
+            let taken = provider::measure(metric, target, driver.as_deref(), window);
+            if let Err(e) = &taken {
+                self.error(
+                    ErrorClass::Metrics,
+                    Some(&r.name),
+                    format!("metric `{}`: {e}", metric.name),
+                );
+            }
+            let m = analysis::evaluate(metric, taken, now);
+            values.push(MetricValue {
+                metric: metric.name.clone(),
+                value: m.value,
+                outcome: m.outcome,
+                condition: metric
+                    .success
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .or_else(|| metric.failure.as_ref().map(|c| format!("not {c}"))),
+                at: now,
+            });
+            samples.push(Sample {
+                revision: r.revision.clone(),
+                analysis: due.analysis,
+                metric: due.metric.clone(),
+                measurement: m,
+            });
+        }
+        (samples, values)
+    }
+}
+
+/// The `kind` of a router spec, as written in YAML.
+fn kind_of(spec: &RouterSpec) -> String {
+    serde_json::to_value(spec)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}

@@ -1,0 +1,169 @@
+//! The revert branch after an abort: one commit that restores the rollout's spec file as it
+//! was before the change that started the aborted canary, named from (rollout, that change)
+//! so that it is found again, never made twice.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::git::RevertBranch;
+use crate::model::{Revision, Rollout};
+use crate::plan::Revert;
+use crate::validate::{self, Known, Source};
+
+use super::{Daemon, HISTORY, short};
+use crate::telemetry::ErrorClass;
+
+/// The branch name for a revert of `rollout`'s change `commit`.
+pub fn branch_name(rollout: &str, commit: &str) -> String {
+    format!("canaryd/revert/{rollout}-{}", short(commit))
+}
+
+/// The revert commit's message, quoting the evidence.
+pub fn message(r: &Rollout, revert: &Revert, change: &str, parent: Option<&str>) -> String {
+    let mut m = format!(
+        "Revert {}: restore its spec from before {}\n\n",
+        r.name,
+        short(change)
+    );
+    let _ = writeln!(
+        m,
+        "canaryd aborted revision {} of rollout {}: {}",
+        revert.revision, r.name, revert.evidence.summary
+    );
+    if let Some(metric) = &revert.evidence.metric {
+        let values: Vec<String> = revert
+            .evidence
+            .values
+            .iter()
+            .map(|v| v.map_or_else(|| "no data".to_string(), crate::analysis::short))
+            .collect();
+        let _ = writeln!(
+            m,
+            "metric {metric}, condition `{}`, recent values [{}]",
+            revert.evidence.condition.as_deref().unwrap_or("-"),
+            values.join(", ")
+        );
+    }
+    let _ = writeln!(
+        m,
+        "\nTraffic is already back on stable. Merging this makes Git agree with it: {} as of {}.",
+        r.file,
+        parent.map_or("(none: the file did not exist)", short)
+    );
+    let _ = write!(
+        m,
+        "\nRollout: {}\nRevision: {}\nReverts: {change}\n",
+        r.name, revert.revision
+    );
+    m
+}
+
+impl Daemon {
+    /// Makes sure the revert branch for `revert` exists on the remote; returns its name.
+    pub(super) async fn revert(
+        &mut self,
+        r: &Rollout,
+        head: &str,
+        revert: &Revert,
+    ) -> Option<String> {
+        let key = (r.name.clone(), revert.revision.clone());
+        if let Some(branch) = self.reverts.get(&key) {
+            return Some(branch.clone());
+        }
+        let (h, file) = (head.to_string(), r.file.clone());
+        let history = match self.git(move |m| m.file_history(&h, &file, HISTORY)).await {
+            Ok(h) => h,
+            Err(e) => {
+                self.error(
+                    ErrorClass::Git,
+                    Some(&r.name),
+                    format!("cannot read history of {}: {e}", r.file),
+                );
+                return None;
+            }
+        };
+        // Newest first: the change that brought the aborted revision is the newest commit whose
+        // parent did not have it.
+        let mut found = None;
+        for (change, parent) in history {
+            let before = match &parent {
+                Some(p) => self.revision_at(p.as_str(), &r.name).await,
+                None => None,
+            };
+            if before.as_ref() != Some(&revert.revision) {
+                found = Some((change, parent));
+                break;
+            }
+        }
+        let Some((change, parent)) = found else {
+            self.error(
+                ErrorClass::Git,
+                Some(&r.name),
+                format!(
+                    "no commit within {HISTORY} of {} brought revision {}",
+                    short(head),
+                    revert.revision
+                ),
+            );
+            return None;
+        };
+        let restored = match &parent {
+            Some(p) => {
+                let (p, file) = (p.clone(), r.file.clone());
+                match self.git(move |m| m.file_at(&p, &file)).await {
+                    Ok(text) => text,
+                    Err(e) => {
+                        self.error(ErrorClass::Git, Some(&r.name), e.to_string());
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
+        let name = branch_name(&r.name, &change);
+        let msg = message(r, revert, &change, parent.as_deref());
+        let restore = BTreeMap::from([(r.file.clone(), restored)]);
+        let (n, base) = (name.clone(), head.to_string());
+        match self
+            .git(move |m| m.ensure_revert_branch(&n, &base, &restore, &msg))
+            .await
+        {
+            Ok(RevertBranch::Created(id)) => {
+                tracing::info!(branch = %name, commit = %short(&id), "revert branch pushed");
+            }
+            Ok(RevertBranch::Existed(_)) => {
+                tracing::debug!(branch = %name, "revert branch already there");
+            }
+            Err(e) => {
+                self.error(
+                    ErrorClass::Git,
+                    Some(&r.name),
+                    format!("cannot push revert branch {name}: {e}"),
+                );
+                return None;
+            }
+        }
+        self.reverts.insert(key, name.clone());
+        Some(name)
+    }
+
+    /// The revision of rollout `name` at `commit`, if it was valid there.
+    async fn revision_at(&self, commit: &str, name: &str) -> Option<Revision> {
+        let c = commit.to_string();
+        let files = self.git(move |m| m.spec_files(&c)).await.ok()?;
+        let sources: Vec<Source> = files
+            .files
+            .into_iter()
+            .map(|(file, text)| Source { file, text })
+            .collect();
+        let known = Known {
+            routers: self.settings.routers.keys().cloned().collect(),
+        };
+        let (catalog, _) = validate::validate(&sources, &known);
+        catalog
+            .rollouts
+            .into_iter()
+            .find(|r| r.name == name)
+            .map(|r| r.revision)
+    }
+}

@@ -1,0 +1,726 @@
+//! The daemon as users run it: the real binary against real Git repositories in temp dirs (a
+//! bare remote and a working clone pushed to with the git CLI), the embedded router and real
+//! HTTP backends on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use canaryd::backend::{self, BackendConfig, LoadConfig, LoadReport};
+use canaryd::record::StatusFile;
+use tempfile::TempDir;
+use tokio::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the git CLI as a user would, in `dir`.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "advice.detachedHead=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "Dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A repository, two backends and (when started) the daemon.
+pub struct World {
+    pub dir: TempDir,
+    pub remote: PathBuf,
+    pub work: PathBuf,
+    pub rt: Runtime,
+    pub router: SocketAddr,
+    pub admin: SocketAddr,
+    pub backends: BTreeMap<String, SocketAddr>,
+    stop: CancellationToken,
+    daemon: Option<Child>,
+    starts: usize,
+}
+
+impl World {
+    /// Backends `blue` and `green`, failing the given fractions of requests.
+    pub fn new(blue_fails: f64, green_fails: f64) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = dir.path().join("remote.git");
+        let work = dir.path().join("work");
+        git(
+            dir.path(),
+            &["init", "--bare", "-q", remote.to_str().unwrap()],
+        );
+        git(
+            dir.path(),
+            &[
+                "clone",
+                "-q",
+                remote.to_str().unwrap(),
+                work.to_str().unwrap(),
+            ],
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let stop = CancellationToken::new();
+        let mut backends = BTreeMap::new();
+        for (name, fails) in [("blue", blue_fails), ("green", green_fails)] {
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+            backends.insert(name.to_string(), listener.local_addr().unwrap());
+            let config = BackendConfig {
+                name: name.to_string(),
+                version: "1".to_string(),
+                fail_fraction: fails,
+                latency: Duration::ZERO,
+            };
+            rt.block_on(backend::spawn(listener, config, stop.clone()));
+        }
+        World {
+            router: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dir,
+            remote,
+            work,
+            rt,
+            backends,
+            stop,
+            daemon: None,
+            starts: 0,
+        }
+    }
+
+    /// The router document every spec here starts with.
+    pub fn router_doc(&self) -> String {
+        format!(
+            "apiVersion: canaryd.dev/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\n\
+             spec:\n  kind: embedded\n  listen: \"{}\"\n  backends: {{blue: \"http://{}\", green: \"http://{}\"}}\n---\n",
+            self.router, self.backends["blue"], self.backends["green"]
+        )
+    }
+
+    /// A rollout spec of `checkout` on blue (stable) and, if given, green (canary).
+    pub fn spec(&self, canary: bool, steps: &str) -> String {
+        let canary = if canary {
+            "  canary: {name: green, version: \"1.1\"}\n"
+        } else {
+            ""
+        };
+        format!(
+            "{}apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: checkout}}\n\
+             spec:\n  router: edge\n  service: checkout\n  stable: {{name: blue, version: \"1.0\"}}\n{canary}\
+             {steps}",
+            self.router_doc()
+        )
+    }
+
+    /// Writes `rollouts/<file>`, commits it and pushes, as a merged pull request would.
+    pub fn merge(&self, file: &str, text: &str, message: &str) -> String {
+        let path = self.work.join("rollouts").join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "-m", message]);
+        git(&self.work, &["push", "-q", "origin", "HEAD:main"]);
+        git(&self.work, &["rev-parse", "HEAD"]).trim().to_string()
+    }
+
+    /// Starts `canaryd run` against the bare remote.
+    pub fn start(&mut self) {
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("daemon-{}.log", self.starts)))
+                .unwrap();
+        self.starts += 1;
+        let child = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+            .args(["run", "--repo"])
+            .arg(&self.remote)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--poll-interval", "1s", "--admin", &self.admin.to_string()])
+            .env_remove("CANARYD_CONFIG")
+            .env("RUST_LOG", "canaryd=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.daemon.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        None
+    }
+
+    /// Everything the daemon logged.
+    pub fn logs(&self) -> String {
+        (0..self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("daemon-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The status files on the remote's status branch.
+    pub fn statuses(&self) -> BTreeMap<String, StatusFile> {
+        let scratch = self.dir.path().join("scratch");
+        let files = canaryd::git::read_status_branch(
+            self.remote.to_str().unwrap(),
+            "canaryd/status",
+            &scratch,
+        )
+        .unwrap_or_default();
+        files
+            .into_iter()
+            .map(|(k, v)| (k, StatusFile::from_yaml(&v).unwrap()))
+            .collect()
+    }
+
+    pub fn status(&self, rollout: &str) -> Option<StatusFile> {
+        self.statuses().remove(rollout)
+    }
+
+    /// Waits until `rollout`'s status satisfies `pred`; panics with the logs after `secs`.
+    pub fn wait_for(
+        &self,
+        rollout: &str,
+        secs: u64,
+        what: &str,
+        pred: impl Fn(&StatusFile) -> bool,
+    ) -> StatusFile {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(s) = self.status(rollout)
+                && pred(&s)
+            {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {rollout}: {what}\nstatus: {:#?}\nlogs:\n{}",
+                    self.status(rollout),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `n` requests through the router.
+    pub fn traffic(&self, n: usize) -> LoadReport {
+        self.rt
+            .block_on(backend::load(
+                self.router,
+                LoadConfig {
+                    concurrency: 4,
+                    total: n,
+                    max_duration: Duration::from_secs(20),
+                    host: None,
+                },
+            ))
+            .unwrap()
+    }
+
+    /// A steady bounded load through the router in the background, for analysis to measure.
+    pub fn background_load(&self, secs: u64) {
+        let router = self.router;
+        self.rt.spawn(async move {
+            let _ = backend::load(
+                router,
+                LoadConfig {
+                    concurrency: 2,
+                    total: 200_000,
+                    max_duration: Duration::from_secs(secs),
+                    host: None,
+                },
+            )
+            .await;
+        });
+    }
+
+    /// The status branch's log for one rollout, as `git log --oneline` shows it.
+    pub fn status_log(&self, rollout: &str) -> String {
+        git(&self.work, &["fetch", "-q", "origin", "canaryd/status"]);
+        git(
+            &self.work,
+            &[
+                "log",
+                "--format=%s",
+                "FETCH_HEAD",
+                "--",
+                &format!("status/{rollout}.yaml"),
+            ],
+        )
+    }
+
+    /// Branches on the remote under `prefix`.
+    pub fn remote_branches(&self, prefix: &str) -> Vec<String> {
+        git(
+            &self.remote,
+            &[
+                "for-each-ref",
+                "--format=%(refname:short)",
+                &format!("refs/heads/{prefix}"),
+            ],
+        )
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.kill();
+        self.stop.cancel();
+    }
+}
+
+fn phase(s: &StatusFile) -> &'static str {
+    s.status.progress.phase()
+}
+
+fn canary_weight(s: &StatusFile) -> u8 {
+    s.desired.get("green").map_or(0, |w| w.get())
+}
+
+fn verified(s: &StatusFile) -> bool {
+    s.status.progress.run().is_some_and(|r| r.verified)
+}
+
+const STEPS: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}\n    - setWeight: 50\n    - pause: {duration: 1s}\n";
+
+#[test]
+fn a_merge_starts_a_canary_that_steps_to_promotion() {
+    let mut w = World::new(0.0, 0.0);
+    w.merge("checkout.yaml", &w.spec(false, STEPS), "checkout on blue");
+    w.start();
+    w.wait_for("checkout", 30, "stable", |s| {
+        phase(s) == "stable" && s.live.is_some()
+    });
+    let before = w.traffic(50);
+    assert_eq!(before.by_backend.get("blue"), Some(&50), "{before:?}");
+
+    w.merge("checkout.yaml", &w.spec(true, STEPS), "canary: green 1.1");
+    let at20 = w.wait_for("checkout", 20, "step 1 at 20% verified", |s| {
+        canary_weight(s) == 20 && verified(s)
+    });
+    assert_eq!(at20.live.as_ref().unwrap().backends["green"].get(), 20);
+    let split = w.traffic(400);
+    let green = split.by_backend.get("green").copied().unwrap_or(0);
+    assert!((40..=130).contains(&green), "about 20% to green: {split:?}");
+    assert_eq!(split.ok, 400);
+
+    w.wait_for("checkout", 30, "promoted", |s| phase(s) == "promoted");
+    let after = w.traffic(50);
+    assert_eq!(after.by_backend.get("green"), Some(&50), "{after:?}");
+
+    let log = w.status_log("checkout");
+    for expected in [
+        "checkout: step 1/4 weight 20%",
+        "checkout: step 3/4 weight 50%",
+        "checkout: promoted",
+    ] {
+        assert!(log.contains(expected), "missing `{expected}` in:\n{log}");
+    }
+    // Newest first: promotion after the steps.
+    let promoted = log.find("promoted").unwrap();
+    let step1 = log.find("step 1/4 weight 20%").unwrap();
+    assert!(promoted < step1, "{log}");
+    assert_eq!(
+        w.terminate(),
+        Some(0),
+        "clean exit on SIGTERM:\n{}",
+        w.logs()
+    );
+}
+
+const ANALYSED: &str = "  steps:\n    - setWeight: 50\n    - analysis:\n        interval: 1s\n        count: 4\n        metrics:\n          - {name: errors, template: error-rate}\n    - setWeight: 80\n    - pause: {duration: 1s}\n";
+
+#[test]
+fn a_failing_canary_is_aborted_and_its_revert_branch_restores_the_spec() {
+    let mut w = World::new(0.0, 0.3);
+    let stable_spec = w.spec(false, ANALYSED);
+    w.merge("checkout.yaml", &stable_spec, "checkout on blue");
+    w.start();
+    w.wait_for("checkout", 30, "stable", |s| {
+        phase(s) == "stable" && s.live.is_some()
+    });
+    w.background_load(40);
+    let merge = w.merge(
+        "checkout.yaml",
+        &w.spec(true, ANALYSED),
+        "canary: green 1.1",
+    );
+    let aborted = w.wait_for("checkout", 40, "aborted", |s| {
+        phase(s) == "aborted" && s.revert.is_some()
+    });
+
+    // Traffic is back on stable, and the status says why, with the numbers.
+    assert_eq!(canary_weight(&aborted), 0);
+    let after = w.traffic(100);
+    assert_eq!(after.by_backend.get("blue"), Some(&100), "{after:?}");
+    let errors = aborted
+        .analysis
+        .iter()
+        .find(|m| m.metric == "errors")
+        .unwrap();
+    assert!(errors.value.unwrap() > 0.01, "{errors:?}");
+    let log = w.status_log("checkout");
+    assert!(log.contains("checkout: aborted: errors"), "{log}");
+
+    // One revert branch, named from the rollout and the merge, restoring the spec before it.
+    let branch = aborted.revert.clone().unwrap();
+    assert_eq!(branch, format!("canaryd/revert/checkout-{}", &merge[..12]));
+    assert_eq!(w.remote_branches("canaryd/revert"), vec![branch.clone()]);
+    let restored = git(
+        &w.remote,
+        &["show", &format!("{branch}:rollouts/checkout.yaml")],
+    );
+    assert_eq!(restored, stable_spec);
+    let message = git(&w.remote, &["log", "-1", "--format=%B", &branch]);
+    assert!(
+        message.contains("errors") && message.contains("Reverts: "),
+        "{message}"
+    );
+    // The watched branch is untouched by the daemon.
+    assert_eq!(git(&w.remote, &["rev-parse", "main"]).trim(), merge);
+
+    // A restart finds the branch again rather than making another.
+    w.kill();
+    w.start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(w.remote_branches("canaryd/revert"), vec![branch.clone()]);
+    assert_eq!(phase(&w.status("checkout").unwrap()), "aborted");
+
+    // Merging the revert makes Git agree: traffic stays on stable, the status says so.
+    git(&w.work, &["pull", "-q", "--no-rebase", "origin", &branch]);
+    git(&w.work, &["push", "-q", "origin", "HEAD:main"]);
+    w.wait_for("checkout", 20, "rolled back", |s| {
+        matches!(phase(s), "rolledBack" | "stable")
+    });
+    assert_eq!(w.traffic(50).by_backend.get("blue"), Some(&50));
+}
+
+const HELD: &str = "  steps:\n    - setWeight: 30\n    - pause: {}\n    - setWeight: 60\n";
+
+#[test]
+fn git_revert_of_the_merge_sends_traffic_back_at_once() {
+    let mut w = World::new(0.0, 0.0);
+    w.merge("checkout.yaml", &w.spec(false, HELD), "checkout on blue");
+    w.start();
+    w.wait_for("checkout", 30, "stable", |s| {
+        phase(s) == "stable" && s.live.is_some()
+    });
+    w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
+    w.wait_for("checkout", 20, "paused at 30%", |s| {
+        phase(s) == "paused" && canary_weight(s) == 30
+    });
+    git(&w.work, &["revert", "--no-edit", "HEAD"]);
+    git(&w.work, &["push", "-q", "origin", "HEAD:main"]);
+    let s = w.wait_for("checkout", 20, "rolled back", |s| phase(s) == "rolledBack");
+    assert_eq!(canary_weight(&s), 0);
+    assert_eq!(w.traffic(50).by_backend.get("blue"), Some(&50));
+    assert!(
+        w.status_log("checkout")
+            .contains("checkout: rolled back from revision")
+    );
+}
+
+#[test]
+fn promote_and_abort_commits_made_by_the_cli_are_honoured() {
+    let mut w = World::new(0.0, 0.0);
+    w.merge("checkout.yaml", &w.spec(false, HELD), "checkout on blue");
+    w.start();
+    w.wait_for("checkout", 30, "stable", |s| {
+        phase(s) == "stable" && s.live.is_some()
+    });
+    w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
+    w.wait_for("checkout", 20, "paused", |s| phase(s) == "paused");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["promote", "checkout", "--push", "--repo"])
+        .arg(&w.work)
+        .env_remove("CANARYD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = w.wait_for("checkout", 20, "promoted", |s| phase(s) == "promoted");
+    let gate = git(&w.work, &["rev-parse", "HEAD"]).trim().to_string();
+    assert_eq!(s.status.last_gate.as_deref(), Some(gate.as_str()));
+    assert!(git(&w.work, &["log", "-1", "--format=%B"]).contains("Canaryd-Gate: promote"));
+
+    // A new canary, then an abort by commit.
+    let text = w
+        .spec(true, HELD)
+        .replace("version: \"1.1\"", "version: \"1.2\"");
+    w.merge("checkout.yaml", &text, "canary: green 1.2");
+    w.wait_for("checkout", 20, "paused again", |s| phase(s) == "paused");
+    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["abort", "checkout", "--push", "--repo"])
+        .arg(&w.work)
+        .env_remove("CANARYD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = w.wait_for("checkout", 20, "aborted", |s| phase(s) == "aborted");
+    assert_eq!(canary_weight(&s), 0);
+}
+
+#[test]
+fn a_concurrent_push_to_the_status_branch_is_survived() {
+    let mut w = World::new(0.0, 0.0);
+    w.merge("checkout.yaml", &w.spec(false, STEPS), "checkout on blue");
+    w.start();
+    w.wait_for("checkout", 30, "stable", |s| {
+        phase(s) == "stable" && s.live.is_some()
+    });
+    // Someone else writes to the status branch.
+    let other = w.dir.path().join("other");
+    git(
+        w.dir.path(),
+        &[
+            "clone",
+            "-q",
+            "-b",
+            "canaryd/status",
+            w.remote.to_str().unwrap(),
+            other.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(other.join("NOTES.md"), "hands off\n").unwrap();
+    git(&other, &["add", "-A"]);
+    git(&other, &["commit", "-q", "-m", "a note"]);
+    git(&other, &["push", "-q", "origin", "HEAD:canaryd/status"]);
+    w.merge("checkout.yaml", &w.spec(true, STEPS), "canary: green 1.1");
+    w.wait_for("checkout", 30, "promoted", |s| phase(s) == "promoted");
+    // Their commit is still there, below the daemon's.
+    let log = git(&w.remote, &["log", "--format=%s", "canaryd/status"]);
+    assert!(
+        log.contains("a note") && log.starts_with("checkout: "),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_broken_spec_holds_its_rollout_and_leaves_the_others_running() {
+    let mut w = World::new(0.0, 0.0);
+    w.merge("checkout.yaml", &w.spec(false, HELD), "checkout on blue");
+    let cart = w
+        .spec(false, STEPS)
+        .replace("name: checkout", "name: cart")
+        .replace("service: checkout", "service: cart");
+    // The router document lives in checkout.yaml; cart's file names only the rollout.
+    let cart = cart[cart.find("---\n").unwrap() + 4..].to_string();
+    w.merge("cart.yaml", &cart, "cart on blue");
+    w.start();
+    w.wait_for("checkout", 30, "stable", |s| {
+        phase(s) == "stable" && s.live.is_some()
+    });
+    w.wait_for("cart", 30, "stable", |s| {
+        phase(s) == "stable" && s.live.is_some()
+    });
+    w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
+    w.wait_for("checkout", 20, "paused at 30%", |s| {
+        phase(s) == "paused" && canary_weight(s) == 30
+    });
+
+    // cart's file breaks (bad YAML); checkout goes on.
+    w.merge(
+        "cart.yaml",
+        "apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {name: cart\n",
+        "oops",
+    );
+    let held = w.wait_for("cart", 20, "invalid", |s| phase(s) == "invalid");
+    assert!(matches!(
+        held.status.progress,
+        canaryd::progress::Progress::Invalid { .. }
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["promote", "checkout", "--push", "--repo"])
+        .arg(&w.work)
+        .env_remove("CANARYD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.wait_for("checkout", 20, "promoted", |s| phase(s) == "promoted");
+    assert_eq!(phase(&w.status("cart").unwrap()), "invalid");
+}
+
+/// Every version of a rollout's status file on the status branch, oldest first.
+fn history(w: &World, rollout: &str) -> Vec<StatusFile> {
+    let path = format!("status/{rollout}.yaml");
+    git(
+        &w.remote,
+        &[
+            "log",
+            "--reverse",
+            "--format=%H",
+            "canaryd/status",
+            "--",
+            &path,
+        ],
+    )
+    .lines()
+    .map(|c| StatusFile::from_yaml(&git(&w.remote, &["show", &format!("{c}:{path}")])).unwrap())
+    .collect()
+}
+
+const KILLED: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}\n    - setWeight: 40\n    - pause: {duration: 2s}\n    - setWeight: 60\n    - pause: {duration: 1s}\n";
+
+#[test]
+fn killed_at_any_point_no_step_is_skipped_no_pause_shortened_no_weight_invented() {
+    let mut w = World::new(0.0, 0.0);
+    w.merge("checkout.yaml", &w.spec(false, KILLED), "checkout on blue");
+    w.start();
+    w.wait_for("checkout", 30, "stable", |s| {
+        phase(s) == "stable" && s.live.is_some()
+    });
+    w.merge("checkout.yaml", &w.spec(true, KILLED), "canary: green 1.1");
+    // SIGKILL at several points: right after a status commit, and at odd delays between.
+    let mut kills = 0;
+    for delay_ms in [0u64, 150, 700, 40, 1300, 300, 900, 0] {
+        let seen = history(&w, "checkout").len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while history(&w, "checkout").len() == seen && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if w.status("checkout")
+            .is_some_and(|s| phase(&s) == "promoted")
+        {
+            break;
+        }
+        w.kill();
+        kills += 1;
+        w.start();
+    }
+    assert!(kills >= 4, "killed only {kills} times");
+    w.wait_for("checkout", 40, "promoted", |s| phase(s) == "promoted");
+
+    let versions = history(&w, "checkout");
+    // No weight outside the steps, in Git or on the router.
+    let allowed = [0u8, 20, 40, 60, 100];
+    for v in &versions {
+        assert!(allowed.contains(&canary_weight(v)), "{v:#?}");
+    }
+    let logs = w.logs();
+    for line in logs.lines().filter(|l| l.contains("weights set")) {
+        let green = line.split("\"green\": ").nth(1).map(|t| {
+            t.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse::<u8>()
+                .unwrap()
+        });
+        if let Some(g) = green {
+            assert!(allowed.contains(&g), "router got {g}: {line}");
+        }
+    }
+    // Steps advance one at a time, never back, never skipped.
+    let steps: Vec<usize> = versions
+        .iter()
+        .filter_map(|v| v.status.progress.run().map(|r| r.step))
+        .collect();
+    for pair in steps.windows(2) {
+        assert!(
+            pair[1] == pair[0] || pair[1] == pair[0] + 1,
+            "steps {steps:?}"
+        );
+    }
+    assert_eq!(steps.first(), Some(&0));
+    assert_eq!(steps.last(), Some(&5), "{steps:?}");
+    // A pause is never shortened: the next step starts no sooner than the pause's length after
+    // the pause began, whatever the kills in between.
+    let first_at = |k: usize| {
+        versions
+            .iter()
+            .find(|v| v.status.progress.run().is_some_and(|r| r.step == k))
+            .map(|v| v.status.progress.run().unwrap().step_started_at)
+            .unwrap()
+    };
+    for (pause, secs) in [(1usize, 2i64), (3, 2), (5, 1)] {
+        let next = if pause == 5 {
+            versions
+                .iter()
+                .find(|v| phase(v) == "promoted")
+                .map(|v| v.updated_at)
+                .unwrap()
+        } else {
+            first_at(pause + 1)
+        };
+        let took = next - first_at(pause);
+        assert!(
+            took >= chrono::Duration::seconds(secs),
+            "pause {pause} lasted {took}"
+        );
+    }
+
+    // A finished rollout does not run again after a restart.
+    let before = versions.len();
+    w.kill();
+    w.start();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = history(&w, "checkout");
+    assert!(
+        after[before..].iter().all(|v| phase(v) == "promoted"),
+        "{:#?}",
+        &after[before..]
+    );
+    assert_eq!(w.traffic(30).by_backend.get("green"), Some(&30));
+}
