@@ -1,277 +1,436 @@
-//! `canaryd demo`: a promotion, an abort and a revert, driven by the real planner against a simulated router and metrics on a simulated clock.
+//! `canaryd demo`: the whole story on this machine with nothing installed, on the real `run`
+//! code path: a Git repository in a temp dir, two demo backends, the embedded router, a
+//! bounded load on 127.0.0.1 and the daemon itself.
 //!
-//! Nothing is installed and nothing leaves the process: the router is a map of weights, the
-//! metrics are the error rates the two demo backends are set to produce, and time is a
-//! parameter. What runs is the product's decision logic: the same `validate` and `plan` that
-//! `canaryd lint` and `canaryd plan` use, executed the way the daemon executes plans (record
-//! the status, apply the traffic, read it back, measure what the plan asks for).
+//! The demo plays the team: it commits rollout specs to the repository's `main` branch (as a
+//! merged pull request would) and merges the revert branch the daemon pushes. It narrates what
+//! the daemon records on the status branch, which is also how a person would follow it.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::{self, Write};
-use std::thread;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, TimeZone as _, Utc};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-use crate::analysis::{self, Evidence};
-use crate::model::{Observed, Rollout, Step, Weight};
-use crate::plan::{self, Action, AnalysisRef, Inputs, Plan, Sample};
-use crate::progress::{Progress, Status};
-use crate::validate;
+use crate::admin::Admin;
+use crate::backend::{self, BackendConfig, LoadConfig, LoadReport};
+use crate::daemon::{self, Settings};
+use crate::git::{self, Author, Remote};
+use crate::model::Weight;
+use crate::progress::Progress;
+use crate::record::StatusFile;
+use crate::status_view::bar;
+use crate::telemetry::Telemetry;
 
 /// What the demo showed, for its test.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Summary {
-    /// Canary weights applied to the simulated router, in order, per act.
+    /// The desired canary weight of each act as it changed, in order.
     pub weights: Vec<Vec<u8>>,
     /// The final phase of each act.
     pub phases: Vec<String>,
-    /// The evidence of the abort.
-    pub abort: Option<Evidence>,
+    /// The revert branch the daemon pushed after the abort.
+    pub revert: Option<String>,
+    /// The spec file's text on the revert branch.
+    pub reverted_spec: Option<String>,
+    /// The spec of act 1, which the revert must restore.
+    pub act1_spec: String,
+    /// The status branch's log, newest first.
+    pub log: Vec<String>,
+    /// Requests sent through the router during the demo, and how they went.
+    pub load: LoadReport,
+    /// How long the demo took.
+    pub took: Duration,
 }
 
-const ROUTER: &str = "apiVersion: canaryd.dev/v1alpha1
-kind: Router
-metadata: {name: edge}
-spec: {kind: embedded, listen: \"127.0.0.1:8080\", backends: {blue: \"http://127.0.0.1:9001\", green: \"http://127.0.0.1:9002\"}}
----
-";
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo i/o")]
+    Io(#[from] io::Error),
+    #[error("demo repository")]
+    Git(#[from] git::GitError),
+    #[error("the rollout did not reach `{phase}` within {secs} s (it is `{now}`)")]
+    Stuck {
+        phase: &'static str,
+        secs: u64,
+        now: String,
+    },
+    #[error("demo load")]
+    Load(#[from] backend::LoadError),
+}
 
-fn spec(stable: (&str, &str), canary: (&str, &str)) -> String {
+const SPEC_FILE: &str = "rollouts/checkout.yaml";
+const STATUS_FILE: &str = "status/checkout.yaml";
+/// The longest any act may take before the demo gives up (it takes seconds).
+const ACT_LIMIT: u64 = 60;
+
+/// The rollout every act merges: stable and canary slots, a step analysis on error rate, and a
+/// background check on success rate.
+fn spec(
+    router: SocketAddr,
+    backends: &BTreeMap<&str, SocketAddr>,
+    stable: (&str, &str),
+    canary: Option<(&str, &str)>,
+) -> String {
+    let canary = canary.map_or(String::new(), |(name, version)| {
+        format!("  canary: {{name: {name}, version: \"{version}\"}}\n")
+    });
     format!(
-        "{ROUTER}apiVersion: canaryd.dev/v1alpha1
+        "apiVersion: canaryd.dev/v1alpha1
+kind: Router
+metadata: {{name: edge}}
+spec:
+  kind: embedded
+  listen: \"{router}\"
+  backends: {{blue: \"http://{}\", green: \"http://{}\"}}
+---
+apiVersion: canaryd.dev/v1alpha1
 kind: Rollout
 metadata: {{name: checkout}}
 spec:
   router: edge
   service: checkout
   stable: {{name: {}, version: \"{}\"}}
-  canary: {{name: {}, version: \"{}\"}}
-  steps:
-    - setWeight: 10
+{canary}  steps:
+    - setWeight: 20
     - analysis:
-        interval: 30s
+        interval: 2s
         count: 3
         metrics:
           - {{name: errors, template: error-rate}}
     - setWeight: 50
-    - pause: {{duration: 2m}}
+    - pause: {{duration: 3s}}
   analysis:
-    interval: 1m
+    interval: 2s
     metrics:
       - {{name: success, template: request-success-rate}}
 ",
-        stable.0, stable.1, canary.0, canary.1
+        backends["blue"], backends["green"], stable.0, stable.1
     )
 }
 
-/// The simulated world: router weights, each backend's error rate, the clock.
-struct World {
-    now: DateTime<Utc>,
-    router: Observed,
-    error_rate: BTreeMap<String, f64>,
-    status: Status,
-    tick: u64,
+/// Runs the demo in a fresh temp dir under `scratch`, narrating to `out`.
+pub fn run(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(story(out, scratch))
 }
 
-impl World {
-    /// What the embedded provider would report for `query` on the canary: a small,
-    /// deterministic wobble around the backend's error rate.
-    fn measure(&mut self, rollout: &Rollout, query: &str) -> Option<f64> {
-        let canary = rollout.target().canary.as_ref()?;
-        self.tick += 1;
-        let wobble = ((self.tick * 7919) % 11) as f64 / 10_000.0;
-        let errors = self.error_rate.get(&canary.name).copied().unwrap_or(0.0) + wobble;
-        match query {
-            "error_rate" => Some(errors),
-            "success_rate" => Some(1.0 - errors),
-            "latency_p99_ms" => Some(120.0),
-            _ => None,
-        }
-    }
-}
-
-/// Runs the demo, writing the narration to `out` and pausing `pace` between events.
-pub fn run(out: &mut dyn Write, pace: Duration) -> io::Result<Summary> {
-    let mut world = World {
-        now: Utc
-            .with_ymd_and_hms(2026, 1, 12, 10, 0, 0)
-            .single()
-            .unwrap_or_default(),
-        router: Observed {
-            backends: [("blue".to_string(), 100), ("green".to_string(), 0)].into(),
-        },
-        error_rate: [("blue".to_string(), 0.002), ("green".to_string(), 0.002)].into(),
-        status: Status::new("checkout"),
-        tick: 0,
-    };
-    let mut summary = Summary::default();
-
-    writeln!(
-        out,
-        "canaryd demo: one service, two backends (blue, green), the real planner."
-    )?;
-    writeln!(
-        out,
-        "The router and the metrics are simulated in memory; time runs on a simulated clock.\n"
-    )?;
-
-    // Each act: what happened in Git, how the blue backend now behaves, and the spec merged.
-    let acts = [
-        (
-            "Act 1. A pull request sets the canary: green runs checkout 1.1 (0.2% errors).",
-            0.002,
-            spec(("blue", "1.0"), ("green", "1.1")),
-        ),
-        (
-            "Act 2. The next pull request swaps the slots: blue gets checkout 1.2, which fails 8% of requests.",
-            0.08,
-            spec(("green", "1.1"), ("blue", "1.2")),
-        ),
-        (
-            "Act 3. The revert pull request is merged: the spec is back at the promoted revision.",
-            0.08,
-            spec(("blue", "1.0"), ("green", "1.1")),
-        ),
-    ];
-    for (i, (story, blue_errors, text)) in acts.iter().enumerate() {
-        writeln!(out, "{}{story}", if i == 0 { "" } else { "\n" })?;
-        world.error_rate.insert("blue".into(), *blue_errors);
-        act(out, pace, &mut world, text, &mut summary)?;
-    }
-
-    writeln!(
-        out,
-        "\nThe daemon (`canaryd run`) executes these same plans against a real router, commits each\n\
-         status to Git and pushes the revert branch; `canaryd plan` prints them without acting."
-    )?;
-    Ok(summary)
-}
-
-fn act(
-    out: &mut dyn Write,
-    pace: Duration,
-    world: &mut World,
-    text: &str,
-    summary: &mut Summary,
-) -> io::Result<()> {
-    let (catalog, diags) = validate::validate_texts(&[("rollouts/checkout.yaml", text)]);
-    let Some(rollout) = catalog.rollouts.first() else {
-        return Err(io::Error::other(format!("demo spec is invalid: {diags:?}")));
-    };
-    writeln!(
-        out,
-        "  revision {} ({} steps, then promote)",
-        rollout.revision,
-        rollout.steps.len()
-    )?;
-    let mut weights = Vec::new();
-    let mut samples: Vec<Sample> = Vec::new();
-    for _ in 0..200 {
-        let p = plan::plan(Inputs {
-            spec: rollout,
-            recorded: &world.status,
-            live: Some(&world.router),
-            samples: &samples,
-            gates: &[],
-            now: world.now,
-        });
-        samples.clear();
-        // Execute the plan as the daemon does: record, apply, read back, measure.
-        world.status = p.status.clone();
-        if let Some(traffic) = &p.traffic {
-            world.router.backends = traffic
-                .backends
-                .iter()
-                .map(|(name, w)| (name.clone(), u32::from(w.get())))
-                .collect();
-            if let Some(w) = rollout.target().live_canary(&world.router) {
-                weights.push(w.get());
+/// One demo backend: `name` running `version`, failing `fails` of its requests.
+async fn start_backend(
+    addr: SocketAddr,
+    name: &str,
+    version: &str,
+    fails: f64,
+    stop: CancellationToken,
+) -> Result<(), DemoError> {
+    // The slot's port may still be closing from the version it replaces.
+    let mut tries = 0;
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                tracing::debug!("port {addr} busy: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            Err(e) => return Err(e.into()),
         }
-        narrate(out, world, rollout, &p)?;
-        for due in &p.measure {
-            let Some(metric) = metric(rollout, due.analysis, &due.metric) else {
-                continue;
-            };
-            let value = world.measure(rollout, &metric.query);
-            let measurement = analysis::evaluate(metric, Ok(value), world.now);
-            samples.push(Sample {
-                revision: rollout.revision.clone(),
-                analysis: due.analysis,
-                metric: due.metric.clone(),
-                measurement,
-            });
-        }
-        if let (Some(revert), Action::Abort { .. }) = (&p.revert, &p.action) {
-            writeln!(
-                out,
-                "             revert branch canaryd/revert/checkout-{}: restore the spec before this change",
-                revert.revision
-            )?;
-            summary.abort = Some(revert.evidence.clone());
-        }
-        let settled = matches!(
-            world.status.progress,
-            Progress::Promoted { .. } | Progress::Aborted { .. } | Progress::RolledBack { .. }
-        ) && p.traffic.is_none();
-        if settled {
-            break;
-        }
-        if samples.is_empty() && p.traffic.is_none() {
-            world.now = p.wake.unwrap_or(world.now + chrono::Duration::seconds(10));
-        }
-        if p.traffic.is_some() || !matches!(p.action, Action::Wait { .. }) {
-            thread::sleep(pace);
-        }
-    }
-    summary.weights.push(weights);
-    summary
-        .phases
-        .push(world.status.progress.phase().to_string());
+    };
+    let config = BackendConfig {
+        name: name.to_string(),
+        version: version.to_string(),
+        fail_fraction: fails,
+        latency: Duration::from_millis(2),
+    };
+    backend::spawn(listener, config, stop).await;
     Ok(())
 }
 
-fn metric<'a>(
-    rollout: &'a Rollout,
-    which: AnalysisRef,
-    name: &str,
-) -> Option<&'a crate::model::Metric> {
-    let analysis = match which {
-        AnalysisRef::Background => rollout.background.as_ref()?,
-        AnalysisRef::Step(k) => match rollout.steps.get(k)? {
-            Step::Analysis(a) => a,
-            _ => return None,
-        },
+/// Waits until the embedded router accepts connections.
+async fn wait_for_router(router: SocketAddr) -> Result<(), DemoError> {
+    let deadline = Instant::now() + Duration::from_secs(ACT_LIMIT);
+    while tokio::net::TcpStream::connect(router).await.is_err() {
+        if Instant::now() > deadline {
+            return Err(DemoError::Stuck {
+                phase: "router up",
+                secs: ACT_LIMIT,
+                now: "router not listening".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn free_addr() -> Result<SocketAddr, DemoError> {
+    Ok(TcpListener::bind("127.0.0.1:0").await?.local_addr()?)
+}
+
+struct Stage<'a> {
+    out: &'a mut dyn Write,
+    remote: PathBuf,
+    scratch: PathBuf,
+    started: Instant,
+    last: Option<StatusFile>,
+}
+
+impl Stage<'_> {
+    fn say(&mut self, text: &str) -> io::Result<()> {
+        writeln!(self.out, "{text}")?;
+        self.out.flush()
+    }
+
+    /// The status the daemon committed, as the status branch has it now.
+    fn status(&self) -> Option<StatusFile> {
+        let files = git::read_status_branch(
+            self.remote.to_str().unwrap_or_default(),
+            "canaryd/status",
+            &self.scratch,
+        )
+        .ok()?;
+        StatusFile::from_yaml(files.get("checkout")?).ok()
+    }
+
+    /// Narrates each new status until the rollout reaches `phase`; returns the weights seen.
+    async fn follow(&mut self, phase: &'static str) -> Result<(Vec<u8>, StatusFile), DemoError> {
+        self.follow_until(phase, |_| true).await
+    }
+
+    /// As [`Stage::follow`], until the status at `phase` also satisfies `done`.
+    async fn follow_until(
+        &mut self,
+        phase: &'static str,
+        done: impl Fn(&StatusFile) -> bool,
+    ) -> Result<(Vec<u8>, StatusFile), DemoError> {
+        let deadline = Instant::now() + Duration::from_secs(ACT_LIMIT);
+        let mut weights = Vec::new();
+        loop {
+            if let Some(s) = self.status()
+                && self.last.as_ref().map(StatusFile::substance) != Some(s.substance())
+            {
+                let canary = canary_weight(&s);
+                if weights.last() != Some(&canary.get()) {
+                    weights.push(canary.get());
+                }
+                let subject = git::log(&self.remote, "canaryd/status", Some(STATUS_FILE), 1)?
+                    .into_iter()
+                    .next()
+                    .map(|line| {
+                        line.split_once(' ')
+                            .map_or(line.clone(), |(_, s)| s.to_string())
+                    })
+                    .unwrap_or_default();
+                let t = self.started.elapsed().as_secs_f64();
+                self.say(&format!(
+                    "  [{t:5.1}s] {} {:>4}  {subject}",
+                    bar(canary),
+                    canary.to_string()
+                ))?;
+                let finished = s.status.progress.phase() == phase && done(&s);
+                self.last = Some(s.clone());
+                if finished {
+                    return Ok((weights, s));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(DemoError::Stuck {
+                    phase,
+                    secs: ACT_LIMIT,
+                    now: self
+                        .last
+                        .as_ref()
+                        .map_or("nothing".into(), |s| s.status.progress.phase().to_string()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The canary's weight as the status records it.
+fn canary_weight(s: &StatusFile) -> Weight {
+    match &s.status.progress {
+        Progress::Promoted { .. } => Weight::FULL,
+        Progress::RolledBack { weight, .. } | Progress::RollingBack { weight, .. } => *weight,
+        other => other.run().map_or(Weight::ZERO, |r| r.weight),
+    }
+}
+
+/// Sends a steady load through the router until `stop`, in bounded rounds.
+async fn users(router: SocketAddr, stop: CancellationToken) -> Result<LoadReport, DemoError> {
+    let mut total = LoadReport::default();
+    let deadline = Instant::now() + Duration::from_secs(3 * ACT_LIMIT);
+    while !stop.is_cancelled() && Instant::now() < deadline {
+        let round = backend::load(
+            router,
+            LoadConfig {
+                concurrency: 2,
+                total: 10_000,
+                max_duration: Duration::from_millis(500),
+                host: None,
+            },
+        )
+        .await?;
+        total.merge(round);
+    }
+    Ok(total)
+}
+
+async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError> {
+    let started = Instant::now();
+    let dir = scratch.join(format!("canaryd-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let remote = dir.join("rollouts.git");
+    git::init_bare(&remote, "main")?;
+    let stop = CancellationToken::new();
+    let _stop_all = stop.clone().drop_guard();
+
+    let router = free_addr().await?;
+    let backends: BTreeMap<&str, SocketAddr> =
+        [("blue", free_addr().await?), ("green", free_addr().await?)].into();
+    let blue_stop = stop.child_token();
+    start_backend(backends["blue"], "blue", "1.0", 0.0, blue_stop.clone()).await?;
+    start_backend(backends["green"], "green", "1.1", 0.0, stop.child_token()).await?;
+
+    let mut stage = Stage {
+        out,
+        remote: remote.clone(),
+        scratch: dir.join("scratch"),
+        started,
+        last: None,
     };
-    analysis.metrics.iter().find(|m| m.name == name)
-}
+    stage.say("canaryd demo: a Git repository, two backends, the embedded router and the daemon, all on 127.0.0.1.")?;
+    stage.say(&format!(
+        "  repository {}  (status branch canaryd/status)",
+        remote.display()
+    ))?;
+    stage.say(&format!(
+        "  router http://{router}  blue http://{}  green http://{}\n",
+        backends["blue"], backends["green"]
+    ))?;
 
-fn narrate(out: &mut dyn Write, world: &World, rollout: &Rollout, p: &Plan) -> io::Result<()> {
-    if matches!(p.action, Action::Wait { .. }) && p.measure.is_empty() {
-        return Ok(());
-    }
-    let canary = rollout
-        .target()
-        .live_canary(&world.router)
-        .unwrap_or(Weight::ZERO);
-    let mut line = format!(
-        "  [{}] {} {:>4}  ",
-        world.now.format("%H:%M:%S"),
-        bar(canary),
-        canary.to_string()
-    );
-    let _ = write!(line, "{}", p.action);
-    if !p.measure.is_empty() {
-        let names: Vec<&str> = p.measure.iter().map(|d| d.metric.as_str()).collect();
-        let _ = write!(line, "; measure {}", names.join(", "));
-    }
-    writeln!(out, "{line}")
-}
+    let user = Author {
+        name: "A. Developer".into(),
+        email: "dev@example.com".into(),
+    };
+    let before = spec(router, &backends, ("blue", "1.0"), None);
+    git::commit_files(
+        &remote,
+        "main",
+        &BTreeMap::from([(SPEC_FILE.to_string(), Some(before))]),
+        "checkout: blue 1.0",
+        &user,
+    )?;
 
-/// A 20-cell progress bar of the canary's share.
-pub fn bar(w: Weight) -> String {
-    let filled = usize::from(w.get()) / 5;
-    format!("{}{}", "█".repeat(filled), "░".repeat(20 - filled))
+    // The daemon, exactly as `canaryd run` starts it.
+    let settings = Settings {
+        remote: Remote {
+            url: remote.to_string_lossy().into_owned(),
+            branch: "main".into(),
+            status_branch: "canaryd/status".into(),
+            rollouts_dir: "rollouts".into(),
+        },
+        author: Author::default(),
+        data_dir: dir.join("data"),
+        poll: Duration::from_secs(1),
+        watch: Some(remote.clone()),
+        routers: BTreeMap::new(),
+        router_timeout: Duration::from_secs(5),
+    };
+    let admin = Admin::new(Arc::new(Telemetry::default()));
+    let daemon = tokio::spawn(daemon::run(settings, admin, stop.child_token()));
+    // Users: a steady, bounded load through the router for the analysis to judge.
+    let load_stop = stop.child_token();
+
+    let mut summary = Summary::default();
+    stage.say("checkout 1.0 runs on blue; users arrive (a bounded load through the router).")?;
+    stage.follow("stable").await?;
+    wait_for_router(router).await?;
+    let load = tokio::spawn(users(router, load_stop.clone()));
+
+    stage.say(
+        "\nAct 1. A pull request merged: green runs checkout 1.1 as the canary beside blue 1.0.",
+    )?;
+    let act1 = spec(router, &backends, ("blue", "1.0"), Some(("green", "1.1")));
+    git::commit_files(
+        &remote,
+        "main",
+        &BTreeMap::from([(SPEC_FILE.to_string(), Some(act1.clone()))]),
+        "checkout: canary green 1.1",
+        &user,
+    )?;
+    summary.act1_spec = act1;
+    let (weights, s) = stage.follow("promoted").await?;
+    summary.weights.push(weights);
+    summary.phases.push(s.status.progress.phase().to_string());
+
+    stage.say("\nAct 2. The next pull request deploys checkout 1.2 into the blue slot; it fails 20% of requests.")?;
+    blue_stop.cancel();
+    start_backend(backends["blue"], "blue", "1.2", 0.2, stop.child_token()).await?;
+    let act2 = spec(router, &backends, ("green", "1.1"), Some(("blue", "1.2")));
+    git::commit_files(
+        &remote,
+        "main",
+        &BTreeMap::from([(SPEC_FILE.to_string(), Some(act2))]),
+        "checkout: canary blue 1.2",
+        &user,
+    )?;
+    let (weights, s) = stage
+        .follow_until("aborted", |s| s.revert.is_some())
+        .await?;
+    summary.weights.push(weights);
+    summary.phases.push(s.status.progress.phase().to_string());
+    let branch = s.revert.clone().unwrap_or_default();
+    if let Progress::Aborted { evidence, .. } = &s.status.progress {
+        stage.say(&format!("  evidence: {}", evidence.summary))?;
+    }
+    stage.say(&format!(
+        "  traffic is back on green 1.1; revert branch pushed: {branch}"
+    ))?;
+    let tip = git::branch_tip(&remote, &branch)?;
+    summary.reverted_spec = git::file_at_commit(&remote, &tip, SPEC_FILE)?;
+    for line in git::log(&remote, &branch, None, 1)? {
+        stage.say(&format!("    {line}"))?;
+    }
+    summary.revert = Some(branch.clone());
+
+    stage.say(
+        "\nAct 3. The team merges the revert branch: Git asks for blue 1.0 / green 1.1 again.",
+    )?;
+    git::set_branch(&remote, "main", &tip)?;
+    let (weights, s) = stage.follow("rolledBack").await?;
+    summary.weights.push(weights);
+    summary.phases.push(s.status.progress.phase().to_string());
+
+    load_stop.cancel();
+    summary.load = match load.await {
+        Ok(report) => report?,
+        Err(_) => LoadReport::default(),
+    };
+    stop.cancel();
+    let _ = daemon.await;
+    summary.log = git::log(&remote, "canaryd/status", Some(STATUS_FILE), 100)?;
+    stage.say("\n$ git log --oneline canaryd/status")?;
+    for line in &summary.log {
+        stage.say(&format!("  {line}"))?;
+    }
+    summary.took = started.elapsed();
+    stage.say(&format!(
+        "\n{} requests through the router ({} answered 5xx by the failing canary, {} not answered); {:.1} s in all.",
+        summary.load.sent,
+        summary.load.server_errors,
+        summary.load.failed,
+        summary.took.as_secs_f64()
+    ))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(summary)
 }

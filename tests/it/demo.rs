@@ -1,12 +1,13 @@
-//! `canaryd demo` tells the whole story: a promotion, an abort with its revert, and a revert.
-
-use std::time::Duration;
+//! `canaryd demo` tells the whole story on the real `run` path: a promotion, an abort with its
+//! revert branch, and the revert merged.
 
 #[test]
-fn the_demo_promotes_aborts_and_rolls_back() {
+fn the_demo_promotes_aborts_and_rolls_back_through_git() {
+    let scratch = tempfile::tempdir().unwrap();
     let mut out = Vec::new();
-    let summary = canaryd::demo::run(&mut out, Duration::ZERO).unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let summary = canaryd::demo::run(&mut out, scratch.path());
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let summary = summary.unwrap_or_else(|e| panic!("{e:#?}\n{text}"));
     assert_eq!(
         summary.phases,
         ["promoted", "aborted", "rolledBack"],
@@ -14,33 +15,51 @@ fn the_demo_promotes_aborts_and_rolls_back() {
     );
     assert_eq!(
         summary.weights[0],
-        [10, 50, 100],
+        [20, 50, 100],
         "act 1 walks the steps: {text}"
     );
-    assert_eq!(summary.weights[1], [10, 0], "act 2 aborts at once: {text}");
     assert_eq!(
-        summary.weights[2],
-        [100],
+        summary.weights[1].last(),
+        Some(&0),
+        "act 2 ends at 0: {text}"
+    );
+    assert!(
+        summary.weights[1].iter().all(|w| [0, 20].contains(w)),
+        "act 2 aborts at its first step: {text}"
+    );
+    assert_eq!(
+        summary.weights[2].last(),
+        Some(&100),
         "act 3 restores the promoted canary: {text}"
     );
-    let evidence = summary.abort.unwrap();
-    assert_eq!(evidence.metric.as_deref(), Some("success"));
+    // The revert branch restores act 1's spec exactly.
     assert!(
-        evidence.values.iter().all(|v| v.is_some_and(|v| v < 0.99)),
-        "{evidence:?}"
+        summary
+            .revert
+            .as_deref()
+            .unwrap()
+            .starts_with("canaryd/revert/checkout-")
     );
+    assert_eq!(
+        summary.reverted_spec.as_deref(),
+        Some(summary.act1_spec.as_str())
+    );
+    // Git tells the story, newest first.
+    let log = summary.log.join("\n");
+    for expected in [
+        "promoted",
+        "aborted: ",
+        "revert branch",
+        "rolled back from revision",
+    ] {
+        assert!(log.contains(expected), "missing `{expected}`:\n{log}");
+    }
+    // The router dropped nothing while weights moved; only the failing canary answered 5xx.
+    assert_eq!(summary.load.failed, 0, "{:?}", summary.load);
+    assert!(summary.load.sent > 100, "{:?}", summary.load);
+    assert!(summary.took.as_secs() < 60, "took {:?}", summary.took);
     assert!(
-        text.contains("revert branch canaryd/revert/checkout-"),
+        text.contains("$ git log --oneline canaryd/status"),
         "{text}"
     );
-}
-
-#[test]
-fn the_demo_command_runs_with_nothing_installed() {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_canaryd"))
-        .args(["demo", "--fast"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("promote: canary to 100%"));
 }
