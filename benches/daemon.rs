@@ -1,0 +1,357 @@
+//! The daemon's figures, measured against the real binary, a real Git repository in a temp
+//! dir and real HTTP on 127.0.0.1: commit → first weight (polling and local watch), failing
+//! measurement → canary at 0, and resident memory with 1 and 1,000 rollouts.
+//!
+//! `cargo bench --bench daemon` prints them; nothing here asserts a time.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use canaryd::backend::{self, BackendConfig};
+use canaryd::git::{self, Author};
+use canaryd::record::StatusFile;
+use tokio_util::sync::CancellationToken;
+
+const RUNS: usize = 5;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stop = CancellationToken::new();
+    let blue = rt.block_on(spawn_backend("blue", 0.0, stop.clone()));
+    let green = rt.block_on(spawn_backend("green", 0.0, stop.clone()));
+    let red = rt.block_on(spawn_backend("green", 1.0, stop.clone()));
+
+    println!(
+        "canaryd daemon benchmarks ({RUNS} runs each, median; loopback, debug or release as built)"
+    );
+    for (mode, watch) in [
+        ("polling (1 s interval)", false),
+        ("local watch (poll 30 s)", true),
+    ] {
+        let mut times = Vec::new();
+        let lab = Lab::new(blue, green);
+        let mut daemon = lab.start(watch, if watch { "30s" } else { "1s" });
+        lab.commit(&lab.rollouts(1, None), "stable");
+        lab.wait(|s| s.len() == 1 && s.values().all(|f| f.live.is_some()));
+        for run in 0..RUNS {
+            let t0 = Instant::now();
+            lab.commit(&lab.rollouts(1, Some(&format!("1.{run}"))), "canary");
+            wait_router(lab.router, |b| b == "green");
+            times.push(t0.elapsed());
+            lab.commit(&lab.rollouts(1, None), "revert");
+            lab.wait(|s| {
+                s.values().all(|f| {
+                    matches!(f.status.progress.phase(), "rolledBack" | "stable")
+                        && f.live
+                            .as_ref()
+                            .is_some_and(|l| l.backends.get("green").is_none_or(|w| w.get() == 0))
+                })
+            });
+        }
+        kill(&mut daemon);
+        println!(
+            "  commit pushed -> first canary request, {mode}: median {:?} (min {:?}, max {:?})",
+            median(&mut times),
+            times[0],
+            times[times.len() - 1]
+        );
+    }
+
+    // A canary failing every request: from the failing measurement to weight 0.
+    {
+        let mut times = Vec::new();
+        let lab = Lab::new(blue, red);
+        let mut daemon = lab.start(true, "30s");
+        lab.commit(&lab.rollouts(1, None), "stable");
+        lab.wait(|s| s.len() == 1 && s.values().all(|f| f.live.is_some()));
+        for run in 0..RUNS {
+            lab.commit(&lab.analysed(&format!("2.{run}")), "failing canary");
+            let (gone, _) = wait_router(lab.router, |b| b == "green");
+            let zero = wait_zero(lab.router, gone);
+            let s = lab.wait(|s| {
+                s.values()
+                    .all(|f| f.status.progress.phase() == "aborted" && !f.analysis.is_empty())
+            });
+            let failed_at = s
+                .values()
+                .flat_map(|f| f.analysis.iter())
+                .map(|m| m.at)
+                .min()
+                .expect("a measurement");
+            let zero_at =
+                chrono::Utc::now() - chrono::Duration::from_std(zero.elapsed()).unwrap_or_default();
+            times.push((zero_at - failed_at).to_std().unwrap_or_default());
+            lab.commit(&lab.rollouts(1, None), "revert");
+            lab.wait(|s| {
+                s.values()
+                    .all(|f| matches!(f.status.progress.phase(), "rolledBack" | "stable"))
+            });
+        }
+        kill(&mut daemon);
+        println!(
+            "  failing measurement -> canary weight 0 on the router: median {:?} (min {:?}, max {:?})",
+            median(&mut times),
+            times[0],
+            times[times.len() - 1]
+        );
+    }
+
+    for n in [1usize, 1000] {
+        let lab = Lab::new(blue, green);
+        lab.commit(&lab.rollouts(n, None), "many rollouts");
+        let started = Instant::now();
+        let mut daemon = lab.start(false, "5s");
+        lab.wait_long(
+            |s| s.len() == n && s.values().all(|f| f.live.is_some()),
+            Duration::from_secs(600),
+        );
+        let settled = started.elapsed();
+        std::thread::sleep(Duration::from_secs(6)); // one more full look
+        let (rss, hwm) = memory(daemon.id());
+        kill(&mut daemon);
+        println!(
+            "  {n:>5} rollouts: RSS {rss} KiB (peak {hwm} KiB); first status of every rollout committed after {settled:.1?}"
+        );
+    }
+    stop.cancel();
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+async fn spawn_backend(name: &str, fails: f64, stop: CancellationToken) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = BackendConfig {
+        name: name.to_string(),
+        version: "1".into(),
+        fail_fraction: fails,
+        latency: Duration::ZERO,
+    };
+    backend::spawn(listener, config, stop).await;
+    addr
+}
+
+/// Sends requests one at a time until one is answered by a backend matching `pred`.
+fn wait_router(router: SocketAddr, pred: impl Fn(&str) -> bool) -> (Instant, usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    while Instant::now() < deadline {
+        n += 1;
+        if let Some(b) = get(router)
+            && pred(&b)
+        {
+            return (Instant::now(), n);
+        }
+    }
+    panic!("router never answered from the expected backend");
+}
+
+/// The first instant after which 50 requests in a row avoid green.
+fn wait_zero(router: SocketAddr, since: Instant) -> Instant {
+    let deadline = since + Duration::from_secs(60);
+    let mut first_clean = None;
+    let mut clean = 0;
+    while Instant::now() < deadline {
+        let at = Instant::now();
+        match get(router).as_deref() {
+            Some("green") => {
+                clean = 0;
+                first_clean = None;
+            }
+            _ => {
+                first_clean.get_or_insert(at);
+                clean += 1;
+                if clean >= 50 {
+                    return first_clean.unwrap_or(at);
+                }
+            }
+        }
+    }
+    panic!("canary never reached 0");
+}
+
+/// One plain HTTP/1.1 request; the backend that answered.
+fn get(router: SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&router, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: checkout-0\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix("x-canaryd-backend: ")
+            .map(|b| b.trim().to_string())
+    })
+}
+
+fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+struct Lab {
+    dir: tempfile::TempDir,
+    remote: PathBuf,
+    router: SocketAddr,
+    admin: SocketAddr,
+    blue: SocketAddr,
+    green: SocketAddr,
+}
+
+fn free() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+}
+
+impl Lab {
+    fn new(blue: SocketAddr, green: SocketAddr) -> Lab {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let remote = dir.path().join("remote.git");
+        git::init_bare(&remote, "main").expect("init");
+        Lab {
+            dir,
+            remote,
+            router: free(),
+            admin: free(),
+            blue,
+            green,
+        }
+    }
+
+    fn start(&self, watch: bool, poll: &str) -> Child {
+        let repo = if watch {
+            self.remote.display().to_string()
+        } else {
+            format!("file://{}", self.remote.display())
+        };
+        Command::new(env!("CARGO_BIN_EXE_canaryd"))
+            .args([
+                "run",
+                "--repo",
+                &repo,
+                "--poll-interval",
+                poll,
+                "--admin",
+                &self.admin.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("canaryd")
+    }
+
+    fn router_doc(&self) -> String {
+        format!(
+            "apiVersion: canaryd.dev/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\nspec:\n  kind: embedded\n  listen: \"{}\"\n  backends: {{blue: \"http://{}\", green: \"http://{}\"}}\n",
+            self.router, self.blue, self.green
+        )
+    }
+
+    /// `n` rollouts, `checkout-0` … on services of the same names; with a canary version, the
+    /// first one gets a canary at 20 % and then waits for a person.
+    fn rollouts(&self, n: usize, canary: Option<&str>) -> BTreeMap<String, Option<String>> {
+        let mut files =
+            BTreeMap::from([("rollouts/router.yaml".to_string(), Some(self.router_doc()))]);
+        for i in 0..n {
+            let canary_line = match canary {
+                Some(v) if i == 0 => format!("  canary: {{name: green, version: \"{v}\"}}\n"),
+                _ => String::new(),
+            };
+            files.insert(
+                format!("rollouts/checkout-{i}.yaml"),
+                Some(format!(
+                    "apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: checkout-{i}}}\nspec:\n  router: edge\n  service: checkout-{i}\n  stable: {{name: blue, version: \"1.0\"}}\n{canary_line}  steps:\n    - setWeight: 20\n    - pause: {{}}\n"
+                )),
+            );
+        }
+        files
+    }
+
+    /// One rollout whose canary is judged by a 1 s error-rate analysis.
+    fn analysed(&self, version: &str) -> BTreeMap<String, Option<String>> {
+        let mut files = self.rollouts(1, None);
+        files.insert(
+            "rollouts/checkout-0.yaml".to_string(),
+            Some(format!(
+                "apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: checkout-0}}\nspec:\n  router: edge\n  service: checkout-0\n  stable: {{name: blue, version: \"1.0\"}}\n  canary: {{name: green, version: \"{version}\"}}\n  steps:\n    - setWeight: 20\n    - analysis:\n        interval: 1s\n        count: 3\n        metrics:\n          - {{name: errors, template: error-rate}}\n    - setWeight: 50\n"
+            )),
+        );
+        files
+    }
+
+    fn commit(&self, files: &BTreeMap<String, Option<String>>, message: &str) {
+        let author = Author {
+            name: "bench".into(),
+            email: "bench@localhost".into(),
+        };
+        git::commit_files(&self.remote, "main", files, message, &author).expect("commit");
+    }
+
+    fn statuses(&self) -> BTreeMap<String, StatusFile> {
+        git::read_status_branch(
+            &self.remote.display().to_string(),
+            "canaryd/status",
+            &self.dir.path().join("scratch"),
+        )
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, StatusFile::from_yaml(&v).ok()?)))
+        .collect()
+    }
+
+    fn wait(
+        &self,
+        pred: impl Fn(&BTreeMap<String, StatusFile>) -> bool,
+    ) -> BTreeMap<String, StatusFile> {
+        self.wait_long(pred, Duration::from_secs(60))
+    }
+
+    fn wait_long(
+        &self,
+        pred: impl Fn(&BTreeMap<String, StatusFile>) -> bool,
+        limit: Duration,
+    ) -> BTreeMap<String, StatusFile> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.statuses();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out; statuses: {:?}",
+                s.keys().collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
