@@ -117,7 +117,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 
 /// Serves the admin endpoints on `listener` until `shutdown` is cancelled; then the admin is
 /// marked not ready (`/readyz` answers 503 to requests still in flight), no new connection is
-/// accepted, and in-flight requests get [`GRACE`] to finish.
+/// accepted, and in-flight requests get `GRACE` to finish.
 ///
 /// The server stops listening as soon as `shutdown` is cancelled, so a load balancer only sees
 /// `/readyz` turn 503 if the daemon calls [`Admin::set_ready`]`(false)` when it starts shutting

@@ -199,13 +199,9 @@ impl Stage<'_> {
         StatusFile::from_yaml(files.get("checkout")?).ok()
     }
 
-    /// Narrates each new status until the rollout reaches `phase`; returns the weights seen.
-    async fn follow(&mut self, phase: &'static str) -> Result<(Vec<u8>, StatusFile), DemoError> {
-        self.follow_until(phase, |_| true).await
-    }
-
-    /// As [`Stage::follow`], until the status at `phase` also satisfies `done`.
-    async fn follow_until(
+    /// Narrates each new status until the rollout is at `phase` and `done` holds; returns the
+    /// canary weights seen on the way.
+    async fn follow(
         &mut self,
         phase: &'static str,
         done: impl Fn(&StatusFile) -> bool,
@@ -253,6 +249,11 @@ impl Stage<'_> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Whether the router was read back carrying what the status asks for.
+fn settled(s: &StatusFile) -> bool {
+    s.live.as_ref().is_some_and(|l| l.backends == s.desired)
 }
 
 /// The canary's weight as the status records it.
@@ -353,7 +354,7 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
 
     let mut summary = Summary::default();
     stage.say("checkout 1.0 runs on blue; users arrive (a bounded load through the router).")?;
-    stage.follow("stable").await?;
+    stage.follow("stable", settled).await?;
     wait_for_router(router).await?;
     let load = tokio::spawn(users(router, load_stop.clone()));
 
@@ -369,7 +370,7 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
         &user,
     )?;
     summary.act1_spec = act1;
-    let (weights, s) = stage.follow("promoted").await?;
+    let (weights, s) = stage.follow("promoted", settled).await?;
     summary.weights.push(weights);
     summary.phases.push(s.status.progress.phase().to_string());
 
@@ -384,9 +385,7 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
         "checkout: canary blue 1.2",
         &user,
     )?;
-    let (weights, s) = stage
-        .follow_until("aborted", |s| s.revert.is_some())
-        .await?;
+    let (weights, s) = stage.follow("aborted", |s| s.revert.is_some()).await?;
     summary.weights.push(weights);
     summary.phases.push(s.status.progress.phase().to_string());
     let branch = s.revert.clone().unwrap_or_default();
@@ -407,7 +406,7 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
         "\nAct 3. The team merges the revert branch: Git asks for blue 1.0 / green 1.1 again.",
     )?;
     git::set_branch(&remote, "main", &tip)?;
-    let (weights, s) = stage.follow("rolledBack").await?;
+    let (weights, s) = stage.follow("rolledBack", settled).await?;
     summary.weights.push(weights);
     summary.phases.push(s.status.progress.phase().to_string());
 

@@ -20,9 +20,22 @@
 //!   now) → Plan`. The daemon executes plans; `canaryd plan` prints them.
 //! - [`repo`]: finds and reads spec files on disk (the only module here touching the file
 //!   system), and [`live`] reads a live-weights file for `canaryd plan`.
-//! - [`report`]: what `lint` and `plan` print, human or JSON.
+//! - [`report`]: what `lint` and `plan` print, human or JSON; [`status_view`] what `status` prints.
 //! - [`schema`]: JSON Schema generation for `schemas/`.
-//! - [`demo`]: `canaryd demo`, the planner driven against a simulated router and metrics.
+//! - [`record`]: the status file, one per rollout on the status branch: the planner's state plus
+//!   what the daemon observed.
+//!
+//! The edges, where I/O lives:
+//!
+//! - [`daemon`]: `canaryd run`, one loop that fetches, plans and executes (status commit, traffic,
+//!   measurements, revert branch), and [`daemon::message`] the status commit messages.
+//! - [`git`]: every Git operation (git2, blocking; the daemon runs it on the blocking pool).
+//! - [`router`]: the router boundary (`observe`, `apply`, `health`), one file per driver;
+//!   [`router::embedded`] is the reverse proxy inside the daemon.
+//! - [`provider`]: metric providers (the embedded router's counters today).
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`; [`telemetry`] the events that both log and count.
+//! - [`backend`]: demo backends and a bounded loopback load generator, for the demo and tests.
+//! - [`demo`]: `canaryd demo`, the whole story on the real `run` path in a temp dir.
 //!
 //! # Invariants
 //!
@@ -30,6 +43,11 @@
 //!   read the clock: time comes in as `now`. They cannot fail except by returning values.
 //! - The planner never emits a canary weight that the current spec's steps do not name, other
 //!   than 0 and 100 (a property test checks this).
+//! - Only [`git`] uses git2 (and only blocking; never on an async worker). Only [`router`],
+//!   [`provider`], [`admin`], [`backend`] and [`daemon`] touch the network, and only [`daemon`]
+//!   decides when.
+//! - The daemon records a step toward the canary before applying it, and applies a step back
+//!   (abort, rollback) before recording it.
 //! - Nothing below `main` reads the environment; configuration is parsed once and passed down.
 //! - Secrets never appear in specs: router and forge credentials are named by environment
 //!   variable or file.

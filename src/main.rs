@@ -328,11 +328,14 @@ fn plan(
 }
 
 fn run(args: RunArgs) -> Result<u8> {
+    use std::io::IsTerminal as _;
     let log = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // notify reports harmless inotify bookkeeping at INFO.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=warn")),
         );
     match args.log_format {
         LogFormat::Human => log.init(),

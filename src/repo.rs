@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::diag::{Diagnostic, Position};
 use crate::model::Catalog;
 use crate::progress::Status;
+use crate::record::StatusFile;
 use crate::spec::RouterSpec;
 use crate::validate::{self, Known, Source};
 use crate::yaml::MAX_FILE_BYTES;
@@ -238,14 +239,15 @@ impl Config {
     }
 }
 
-/// Reads the recorded status of `rollout` from `dir/<rollout>.yaml`; a new status when absent.
+/// Reads the recorded status of `rollout` from `dir/<rollout>.yaml` (a status file as the
+/// status branch holds it, e.g. a checkout of that branch's `status/` folder); a new status
+/// when absent.
 pub fn read_status(dir: &Path, rollout: &str) -> Result<Status, RepoError> {
     let path = dir.join(format!("{rollout}.yaml"));
     match fs::read_to_string(&path) {
-        Ok(text) => serde_saphyr::from_str(&text).map_err(|e| RepoError::Status {
-            path,
-            message: e.to_string(),
-        }),
+        Ok(text) => StatusFile::from_yaml(&text)
+            .map(|f| f.status)
+            .map_err(|message| RepoError::Status { path, message }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Status::new(rollout)),
         Err(e) => Err(RepoError::Read { path, source: e }),
     }

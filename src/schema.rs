@@ -5,7 +5,7 @@
 
 use schemars::{JsonSchema, Schema};
 
-use crate::progress::Status;
+use crate::record::StatusFile;
 use crate::spec::{AnyDoc, MetricTemplateDoc, RolloutDoc, RouterDoc};
 
 /// Every schema as (file name under `schemas/`, pretty JSON with a trailing newline).
@@ -15,7 +15,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("router.json", render::<RouterDoc>()),
         ("metric-template.json", render::<MetricTemplateDoc>()),
         ("canaryd.json", render::<AnyDoc>()),
-        ("status.json", render::<Status>()),
+        ("status.json", render::<StatusFile>()),
     ]
 }
 

@@ -242,6 +242,9 @@ fn block(out: &mut String, file: &StatusFile, now: DateTime<Utc>) {
     if let Some(d) = &file.status.drift {
         let _ = writeln!(out, "  {}", drift_line(d, now));
     }
+    if let Some(branch) = &file.revert {
+        let _ = writeln!(out, "  revert branch {branch}: merge it to make Git agree");
+    }
     let spec = file
         .spec_commit
         .as_deref()
@@ -305,6 +308,8 @@ pub struct RolloutView<'a> {
     pub updated_at: DateTime<Utc>,
     /// The commit of the watched branch whose spec was planned.
     pub spec_commit: Option<&'a str>,
+    /// The revert branch pushed after an abort.
+    pub revert: Option<&'a str>,
 }
 
 impl<'a> RolloutView<'a> {
@@ -338,6 +343,7 @@ impl<'a> RolloutView<'a> {
             drift: file.status.drift.as_ref(),
             updated_at: file.updated_at,
             spec_commit: file.spec_commit.as_deref(),
+            revert: file.revert.as_deref(),
         }
     }
 }
@@ -471,10 +477,15 @@ mod tests {
             at: t(10, 42, 0),
         });
         f.updated_at = t(8, 45, 0);
+        f.revert = Some("canaryd/revert/checkout-0123456789ab".into());
         let text = human(&[f], now());
         has(
             &text,
             "rollout checkout: aborted: errors: 2 failures > failureLimit 0 (0.05, 0.07)",
+        );
+        has(
+            &text,
+            "  revert branch canaryd/revert/checkout-0123456789ab: merge it to make Git agree",
         );
         has(&text, "  revision 3f2a9c1b0d4e, step 3/6");
         has(&text, &format!("  canary {} 0%", bar(Weight::ZERO)));

@@ -1,7 +1,7 @@
 //! `canaryd run`: the loop that fetches specs from Git, reads live weights, executes plans
 //! (status commit, traffic, measurements, revert branch) and sleeps until the next look.
 //!
-//! One task owns all state and handles one closed [`Event`] at a time, so a rollout is never
+//! One task owns all state and handles one closed `Event` at a time, so a rollout is never
 //! reconciled twice at once. Git work runs on the blocking pool. The order of effects is the
 //! product's safety rule: a plan that moves traffic *toward* the canary is recorded in Git
 //! first (write-ahead) and not applied at all when Git cannot be written; a plan that moves
@@ -98,6 +98,7 @@ pub async fn run(
         .and_then(|path| watch(path, changed_tx.clone(), &admin.telemetry));
     let mut daemon = Daemon {
         telemetry: admin.telemetry.clone(),
+        admin: admin.clone(),
         settings,
         mirror: Arc::new(Mutex::new(mirror)),
         drivers: BTreeMap::new(),
@@ -189,6 +190,7 @@ struct Running {
 struct Daemon {
     settings: Settings,
     telemetry: Arc<Telemetry>,
+    admin: Arc<Admin>,
     mirror: Arc<Mutex<Mirror>>,
     drivers: BTreeMap<String, Running>,
     /// The catalog of the last spec commit read.
@@ -465,6 +467,7 @@ impl Daemon {
                     }
                 }
             }
+            self.step_finished(name, &recorded, &file, now);
             recorded = file;
             if !toward_safety && plan.traffic.is_some() {
                 self.apply(&plan, rollout).await;
@@ -579,6 +582,13 @@ impl Daemon {
             Ok(driver) => {
                 tracing::info!(router = name, "router started");
                 let driver = Arc::new(driver);
+                // Its counters join /metrics for as long as it runs.
+                let shown = Arc::downgrade(&driver);
+                self.admin.add_renderer(move |out| {
+                    if let Some(Driver::Embedded(r)) = shown.upgrade().as_deref() {
+                        r.render_metrics(out);
+                    }
+                });
                 self.drivers.insert(
                     name.to_string(),
                     Running {
@@ -659,6 +669,33 @@ impl Daemon {
                 Some(&r.name),
                 format!("router `{}` did not answer in time", target.router),
             ),
+        }
+    }
+
+    /// Times a step that just ended (the run moved on, or left flight).
+    fn step_finished(
+        &self,
+        name: &str,
+        before: &StatusFile,
+        after: &StatusFile,
+        now: DateTime<Utc>,
+    ) {
+        let Some(run) = before.status.progress.run() else {
+            return;
+        };
+        let moved_on = after
+            .status
+            .progress
+            .run()
+            .is_none_or(|r| r.step != run.step || r.revision != run.revision);
+        if moved_on {
+            self.telemetry.record(Tele::StepFinished {
+                rollout: name.to_string(),
+                seconds: (now - run.step_started_at)
+                    .to_std()
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            });
         }
     }
 

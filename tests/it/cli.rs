@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use canaryd::model::Revision;
 use canaryd::progress::{Progress, Status};
+use canaryd::record::StatusFile;
 
 fn canaryd(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_canaryd"))
@@ -198,10 +199,13 @@ fn plan_exits_0_when_live_traffic_matches_the_recorded_state() {
         at: NOW.parse().unwrap(),
     };
     status.promoted = vec![Revision::from(revision)];
+    // A status file as the status branch holds it.
+    let mut file = StatusFile::new("checkout", NOW.parse().unwrap());
+    file.status = status;
     fs::create_dir(dir.path().join("status")).unwrap();
     fs::write(
         dir.path().join("status/checkout.yaml"),
-        serde_saphyr::to_string(&status).unwrap(),
+        file.to_yaml().unwrap(),
     )
     .unwrap();
     fs::write(

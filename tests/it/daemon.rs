@@ -39,6 +39,21 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A plain HTTP/1.1 GET; the whole response.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
@@ -59,6 +74,8 @@ pub struct World {
     stop: CancellationToken,
     daemon: Option<Child>,
     starts: usize,
+    /// The URL the daemon is given; the bare remote's path unless set.
+    pub url: Option<String>,
 }
 
 impl World {
@@ -111,6 +128,7 @@ impl World {
             stop,
             daemon: None,
             starts: 0,
+            url: None,
         }
     }
 
@@ -155,9 +173,12 @@ impl World {
             std::fs::File::create(self.dir.path().join(format!("daemon-{}.log", self.starts)))
                 .unwrap();
         self.starts += 1;
+        let repo = self
+            .url
+            .clone()
+            .unwrap_or_else(|| self.remote.display().to_string());
         let child = Command::new(env!("CARGO_BIN_EXE_canaryd"))
-            .args(["run", "--repo"])
-            .arg(&self.remote)
+            .args(["run", "--repo", &repo])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args(["--poll-interval", "1s", "--admin", &self.admin.to_string()])
@@ -372,12 +393,46 @@ fn a_merge_starts_a_canary_that_steps_to_promotion() {
     let promoted = log.find("promoted").unwrap();
     let step1 = log.find("step 1/4 weight 20%").unwrap();
     assert!(promoted < step1, "{log}");
+
+    // The admin endpoints: alive, ready, and counting what happened.
+    assert!(http_get(w.admin, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(http_get(w.admin, "/readyz").starts_with("HTTP/1.1 200"));
+    let metrics = http_get(w.admin, "/metrics");
+    for family in [
+        "canaryd_reconcile_total{outcome=\"changed\"}",
+        "canaryd_weight_changes_total{router=\"edge\"}",
+        "canaryd_promotions_total 1",
+        "canaryd_step_duration_seconds_count",
+        "canaryd_embedded_requests_total{router=\"edge\",service=\"checkout\",backend=\"green\",code_class=\"2xx\"}",
+    ] {
+        assert!(metrics.contains(family), "missing {family} in:\n{metrics}");
+    }
+
+    // `canaryd status` reads the same story from Git.
+    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["status", "--repo"])
+        .arg(&w.remote)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("rollout checkout: promoted"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["status", "checkout", "--output", "json", "--repo"])
+        .arg(&w.remote)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["phase"], "promoted", "{json}");
+    assert_eq!(json[0]["desired"]["green"], 100, "{json}");
+
     assert_eq!(
         w.terminate(),
         Some(0),
         "clean exit on SIGTERM:\n{}",
         w.logs()
     );
+    assert!(w.logs().contains("canaryd stopped"));
 }
 
 const ANALYSED: &str = "  steps:\n    - setWeight: 50\n    - analysis:\n        interval: 1s\n        count: 4\n        metrics:\n          - {name: errors, template: error-rate}\n    - setWeight: 80\n    - pause: {duration: 1s}\n";
@@ -524,34 +579,55 @@ fn promote_and_abort_commits_made_by_the_cli_are_honoured() {
 fn a_concurrent_push_to_the_status_branch_is_survived() {
     let mut w = World::new(0.0, 0.0);
     w.merge("checkout.yaml", &w.spec(false, STEPS), "checkout on blue");
+    // Another writer pushes to the status branch right after the daemon's first status push,
+    // so the daemon's next push (planned from the tip it knew) loses the race, every time.
+    let hook = w.remote.join("hooks/post-receive");
+    std::fs::write(
+        &hook,
+        r#"#!/bin/sh
+while read old new ref; do
+  if [ "$ref" = "refs/heads/canaryd/status" ] && [ ! -e "$GIT_DIR/raced" ]; then
+    touch "$GIT_DIR/raced"
+    note=$(echo 'hands off' | git hash-object -w --stdin)
+    tree=$( (git ls-tree "$new"; printf '100644 blob %s\tNOTES.md\n' "$note") | git mktree)
+    c=$(git -c user.name=Other -c user.email=other@example.com commit-tree "$tree" -p "$new" -m "a note")
+    git update-ref refs/heads/canaryd/status "$c" "$new"
+  fi
+done
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // Hooks run on a real `git receive-pack`: the daemon talks to the remote over git://.
+    let server = crate::git::Daemon::start(w.dir.path());
+    w.url = Some(format!("git://127.0.0.1:{}/remote.git", server.port));
     w.start();
     w.wait_for("checkout", 30, "stable", |s| {
         phase(s) == "stable" && s.live.is_some()
     });
-    // Someone else writes to the status branch.
-    let other = w.dir.path().join("other");
-    git(
-        w.dir.path(),
-        &[
-            "clone",
-            "-q",
-            "-b",
-            "canaryd/status",
-            w.remote.to_str().unwrap(),
-            other.to_str().unwrap(),
-        ],
-    );
-    std::fs::write(other.join("NOTES.md"), "hands off\n").unwrap();
-    git(&other, &["add", "-A"]);
-    git(&other, &["commit", "-q", "-m", "a note"]);
-    git(&other, &["push", "-q", "origin", "HEAD:canaryd/status"]);
     w.merge("checkout.yaml", &w.spec(true, STEPS), "canary: green 1.1");
     w.wait_for("checkout", 30, "promoted", |s| phase(s) == "promoted");
-    // Their commit is still there, below the daemon's.
+    // The daemon's push lost the race, and it planned again from their version.
+    assert!(
+        w.remote.join("raced").exists(),
+        "the other writer never pushed"
+    );
+    // Their commit and file are still there, below the daemon's.
     let log = git(&w.remote, &["log", "--format=%s", "canaryd/status"]);
     assert!(
         log.contains("a note") && log.starts_with("checkout: "),
         "{log}"
+    );
+    assert!(
+        w.logs().contains("push of the status branch rejected"),
+        "{}",
+        w.logs()
+    );
+    assert_eq!(
+        git(&w.remote, &["show", "canaryd/status:NOTES.md"]),
+        "hands off\n"
     );
 }
 
@@ -714,8 +790,15 @@ fn killed_at_any_point_no_step_is_skipped_no_pause_shortened_no_weight_invented(
     // A finished rollout does not run again after a restart.
     let before = versions.len();
     w.kill();
+    let restarted = chrono::Utc::now();
     w.start();
-    std::thread::sleep(Duration::from_secs(3));
+    // The restarted router forgot its weights; the daemon sets them again, promoted.
+    w.wait_for("checkout", 30, "promoted, read back", |s| {
+        phase(s) == "promoted"
+            && s.live.as_ref().is_some_and(|l| {
+                l.at > restarted && l.backends.get("green").is_some_and(|g| g.get() == 100)
+            })
+    });
     let after = history(&w, "checkout");
     assert!(
         after[before..].iter().all(|v| phase(v) == "promoted"),

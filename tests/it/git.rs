@@ -742,13 +742,13 @@ fn redact_strips_credentials() {
 }
 
 /// A `git daemon` serving the world's directory over git:// on loopback; killed on drop.
-struct Daemon {
+pub struct Daemon {
     child: std::process::Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl Daemon {
-    fn start(base: &Path) -> Daemon {
+    pub fn start(base: &Path) -> Daemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
