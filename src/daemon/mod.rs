@@ -370,6 +370,7 @@ impl Daemon {
             .unwrap_or_else(|| StatusFile::new(name, now));
         let mut samples: Vec<Sample> = Vec::new();
         let mut measured: Vec<MetricValue> = Vec::new();
+        let mut revert_branch: Option<String> = None;
         let mut attempts = 0;
         let mut round = 0;
         while round < ROUNDS {
@@ -402,7 +403,21 @@ impl Daemon {
                 }
             };
             samples.clear();
-            let file = self.file_for(
+            let toward_safety = matches!(
+                plan.action,
+                Action::Abort { .. } | Action::RollBack { .. } | Action::StepBack | Action::Stable
+            );
+            let mut live = live;
+            if toward_safety && plan.traffic.is_some() {
+                // Back toward stable: apply first, and record what the router then reports.
+                self.apply(&plan, rollout).await;
+                if let Some(r) = rollout
+                    && let Some(d) = self.running(&r.target().router)
+                {
+                    live = self.observe(&d, r).await;
+                }
+            }
+            let mut file = self.file_for(
                 &recorded,
                 &plan,
                 rollout,
@@ -411,12 +426,10 @@ impl Daemon {
                 &measured,
                 now,
             );
-            let toward_safety = matches!(
-                plan.action,
-                Action::Abort { .. } | Action::RollBack { .. } | Action::StepBack | Action::Stable
-            );
-            if toward_safety {
-                self.apply(&plan, rollout).await;
+            if matches!(file.status.progress, Progress::Aborted { .. })
+                && let Some(branch) = &revert_branch
+            {
+                file.revert = Some(branch.clone());
             }
             // Values are told once, in the commit of the round that measured them.
             let told = std::mem::take(&mut measured);
@@ -477,8 +490,8 @@ impl Daemon {
                 && let Some(branch) = self.revert(r, head, revert).await
                 && recorded.revert.as_deref() != Some(branch.as_str())
             {
-                // Recorded with the next change (or the next look).
-                recorded.revert = Some(branch);
+                // Plan again, to record where the revert branch is.
+                revert_branch = Some(branch);
                 round -= 1;
                 continue;
             }
@@ -606,6 +619,11 @@ impl Daemon {
         }
     }
 
+    /// The driver of a router already running.
+    fn running(&self, name: &str) -> Option<Arc<Driver>> {
+        self.drivers.get(name).map(|d| d.driver.clone())
+    }
+
     /// The live weights of a rollout's service; `None` (hold) when the router cannot tell.
     async fn observe(&self, driver: &Driver, r: &Rollout) -> Option<Observed> {
         let target = r.target();
@@ -637,7 +655,7 @@ impl Daemon {
             return;
         };
         let target = r.target();
-        let Some(driver) = self.drivers.get(&target.router).map(|d| d.driver.clone()) else {
+        let Some(driver) = self.running(&target.router) else {
             return;
         };
         let started = std::time::Instant::now();

@@ -579,14 +579,18 @@ fn promote_and_abort_commits_made_by_the_cli_are_honoured() {
 fn a_concurrent_push_to_the_status_branch_is_survived() {
     let mut w = World::new(0.0, 0.0);
     w.merge("checkout.yaml", &w.spec(false, STEPS), "checkout on blue");
-    // Another writer pushes to the status branch right after the daemon's first status push,
-    // so the daemon's next push (planned from the tip it knew) loses the race, every time.
+    // Another writer pushes to the status branch right after the daemon's second status push,
+    // so the daemon's next push in the same look (planned from the tip it knew) loses the race,
+    // every time.
     let hook = w.remote.join("hooks/post-receive");
     std::fs::write(
         &hook,
         r#"#!/bin/sh
 while read old new ref; do
-  if [ "$ref" = "refs/heads/canaryd/status" ] && [ ! -e "$GIT_DIR/raced" ]; then
+  [ "$ref" = "refs/heads/canaryd/status" ] || continue
+  echo push >> "$GIT_DIR/pushes"
+  # The second status push is the canary's first step; the daemon goes on in the same look.
+  if [ "$(wc -l < "$GIT_DIR/pushes")" -eq 2 ]; then
     touch "$GIT_DIR/raced"
     note=$(echo 'hands off' | git hash-object -w --stdin)
     tree=$( (git ls-tree "$new"; printf '100644 blob %s\tNOTES.md\n' "$note") | git mktree)
