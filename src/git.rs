@@ -569,6 +569,36 @@ impl Mirror {
         Ok(out)
     }
 
+    /// Every gate commit on the first-parent history from `head` (at most `limit` commits
+    /// walked), by rollout, oldest first: one walk for all rollouts.
+    pub fn all_gates(
+        &self,
+        head: &str,
+        limit: usize,
+    ) -> Result<BTreeMap<String, Vec<GateCommit>>, GitError> {
+        let mut out: BTreeMap<String, Vec<GateCommit>> = BTreeMap::new();
+        let mut current = Some(self.commit(head)?);
+        let mut walked = 0;
+        while let Some(c) = current {
+            if walked >= limit {
+                break;
+            }
+            walked += 1;
+            if let Some((rollout, gate)) = any_gate(&c) {
+                out.entry(rollout).or_default().push(gate);
+            }
+            current = if c.parent_count() > 0 {
+                Some(c.parent(0).map_err(self.repo_err("read commit"))?)
+            } else {
+                None
+            };
+        }
+        for gates in out.values_mut() {
+            gates.reverse();
+        }
+        Ok(out)
+    }
+
     /// Ensures the branch `name` exists on the remote. If the remote already has it (asked of
     /// the remote itself, so this holds across restarts) its tip is returned untouched.
     /// Otherwise makes one commit on top of `base` (a commit of the watched branch) that sets
@@ -946,6 +976,11 @@ fn status_map(
 
 /// The gate a commit records for `rollout`, if it is one.
 fn gate_of(commit: &Commit<'_>, rollout: &str) -> Option<GateCommit> {
+    any_gate(commit).and_then(|(name, gate)| (name == rollout).then_some(gate))
+}
+
+/// The gate a commit carries, with the rollout it names.
+fn any_gate(commit: &Commit<'_>) -> Option<(String, GateCommit)> {
     let message = String::from_utf8_lossy(commit.message_bytes());
     let found = trailers(&message);
     let get = |key: &str| {
@@ -956,15 +991,19 @@ fn gate_of(commit: &Commit<'_>, rollout: &str) -> Option<GateCommit> {
             .map(|(_, v)| v.as_str())
     };
     let action = get("Canaryd-Gate")?.to_ascii_lowercase();
-    if !matches!(action.as_str(), "promote" | "abort") || get("Rollout")? != rollout {
+    if !matches!(action.as_str(), "promote" | "abort") {
         return None;
     }
+    let rollout = get("Rollout")?;
     let revision = get("Revision").filter(|r| !r.is_empty())?;
-    Some(GateCommit {
-        id: commit.id().to_string(),
-        action,
-        revision: revision.to_string(),
-    })
+    Some((
+        rollout.to_string(),
+        GateCommit {
+            id: commit.id().to_string(),
+            action,
+            revision: revision.to_string(),
+        },
+    ))
 }
 
 /// Git trailers of a commit message: the `Key: value` lines of its last paragraph, when that
@@ -1619,6 +1658,18 @@ pub fn branch_tip(path: &Path, branch: &str) -> Result<String, GitError> {
             what: "branch",
             name: branch.to_string(),
             place: path.display().to_string(),
+        })?;
+    Ok(commit.id().to_string())
+}
+
+/// The commit `HEAD` points at in the repository at `path`.
+pub fn head_commit(path: &Path) -> Result<String, GitError> {
+    let repo = open_at(path)?;
+    let commit = repo
+        .head()
+        .and_then(|h| h.peel_to_commit())
+        .map_err(|_| GitError::NoBranch {
+            path: path.to_path_buf(),
         })?;
     Ok(commit.id().to_string())
 }

@@ -493,6 +493,17 @@ fn gate(args: GateArgs, action: &str) -> Result<u8> {
             args.repo.join(&args.rollouts).display()
         );
     };
+    // The gate names the revision Git has, not one only this working tree has.
+    let head = canaryd::git::head_commit(&args.repo)?;
+    let committed = canaryd::git::file_at_commit(&args.repo, &head, &rollout.file)?;
+    let on_disk = fs::read_to_string(args.repo.join(&rollout.file)).ok();
+    if committed != on_disk {
+        bail!(
+            "{} has changes that are not committed; commit or stash them first, so that the \
+             {action} names the revision the daemon sees",
+            rollout.file
+        );
+    }
     let message = format!(
         "canaryd: {action} {name}\n\nRequested with `canaryd {action} {name}` for revision {rev}.\n\n\
          Canaryd-Gate: {action}\nRollout: {name}\nRevision: {rev}\n",

@@ -954,7 +954,16 @@ impl Planner<'_> {
             && g.action == GateAction::Promote
             && !matches!(progress, Progress::Progressing { .. })
         {
-            self.status.last_gate = Some(g.id.clone());
+            // Promotes pushed twice for one pause are one decision: a second must not pass the
+            // next pause unseen. An abort after them still counts.
+            let spent = self
+                .i
+                .gates
+                .iter()
+                .take_while(|g| g.action == GateAction::Promote)
+                .last()
+                .unwrap_or(g);
+            self.status.last_gate = Some(spent.id.clone());
             if let Some(bg) = run.background.as_mut()
                 && matches!(
                     progress,

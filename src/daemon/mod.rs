@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Admin;
 use crate::analysis;
 use crate::git::{self, Author, GateCommit, Mirror, Push, Remote};
-use crate::model::{Catalog, Observed, Revision, Rollout};
+use crate::model::{Catalog, ERROR_RETRY, Observed, Revision, Rollout};
 use crate::plan::{self, Action, Gate, GateAction, Inputs, Plan, Sample};
 use crate::progress::Progress;
 use crate::provider;
@@ -92,10 +92,14 @@ pub async fn run(
         .map_err(|_| DaemonError::Worker)?
         .map_err(DaemonError::Mirror)?;
     let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
-    let _watcher = settings
-        .watch
-        .as_ref()
-        .and_then(|path| watch(path, changed_tx.clone(), &admin.telemetry));
+    let _watcher = settings.watch.as_ref().and_then(|path| {
+        watch(
+            path,
+            &settings.remote.branch,
+            changed_tx.clone(),
+            &admin.telemetry,
+        )
+    });
     let mut daemon = Daemon {
         telemetry: admin.telemetry.clone(),
         admin: admin.clone(),
@@ -103,7 +107,7 @@ pub async fn run(
         mirror: Arc::new(Mutex::new(mirror)),
         drivers: BTreeMap::new(),
         catalog: None,
-        gates: BTreeMap::new(),
+        gates: None,
         unrecorded: BTreeMap::new(),
         reverts: BTreeMap::new(),
         shutdown: shutdown.clone(),
@@ -142,9 +146,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Watches `path` (a repository) and sends on `tx` when something in it changes.
+/// Watches `path` (a repository) and sends on `tx` when `branch` moves there. The daemon's own
+/// pushes (status and revert branches) do not wake it.
 fn watch(
     path: &std::path::Path,
+    branch: &str,
     tx: mpsc::Sender<()>,
     telemetry: &Telemetry,
 ) -> Option<notify::RecommendedWatcher> {
@@ -154,8 +160,16 @@ fn watch(
     } else {
         path.to_path_buf()
     };
+    let watched = PathBuf::from("refs/heads").join(branch);
+    let watched_lock = PathBuf::from(format!("refs/heads/{branch}.lock"));
+    let moves_branch = move |p: &std::path::Path| {
+        p.ends_with(&watched) || p.ends_with(&watched_lock) || p.ends_with("packed-refs")
+    };
     let handler = move |res: notify::Result<notify::Event>| {
-        if res.is_ok_and(|e| !e.kind.is_access()) {
+        if let Ok(e) = res
+            && !e.kind.is_access()
+            && e.paths.iter().any(|p| moves_branch(p))
+        {
             let _ = tx.try_send(());
         }
     };
@@ -179,6 +193,9 @@ fn watch(
     }
 }
 
+/// Gate commits by rollout, oldest first.
+type Gates = BTreeMap<String, Vec<GateCommit>>;
+
 /// A router the daemon drives, with the spec it was started from.
 #[derive(Debug)]
 struct Running {
@@ -195,8 +212,8 @@ struct Daemon {
     drivers: BTreeMap<String, Running>,
     /// The catalog of the last spec commit read.
     catalog: Option<(String, Arc<Catalog>)>,
-    /// Gate commits per rollout as of a spec commit, oldest first.
-    gates: BTreeMap<String, (String, Vec<GateCommit>)>,
+    /// Gate commits of every rollout as of a spec commit, oldest first.
+    gates: Option<(String, Arc<Gates>)>,
     /// Status files of plans applied (traffic back to safety) but not yet recorded in Git,
     /// because Git refused; they are the truth until recorded.
     unrecorded: BTreeMap<String, StatusFile>,
@@ -362,19 +379,25 @@ impl Daemon {
         recorded_file: Option<StatusFile>,
     ) -> Option<DateTime<Utc>> {
         let now = Utc::now();
+        // What Git holds, and what plans start from: the same, unless a step back was applied
+        // that Git has not taken yet (then that is the truth until it does).
+        let mut in_git = recorded_file.unwrap_or_else(|| StatusFile::new(name, now));
         let mut recorded = self
             .unrecorded
             .get(name)
             .cloned()
-            .or(recorded_file)
-            .unwrap_or_else(|| StatusFile::new(name, now));
+            .unwrap_or_else(|| in_git.clone());
         let mut samples: Vec<Sample> = Vec::new();
         let mut measured: Vec<MetricValue> = Vec::new();
         let mut revert_branch: Option<String> = None;
         let mut attempts = 0;
-        let mut round = 0;
-        while round < ROUNDS {
-            round += 1;
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            if rounds > ROUNDS {
+                // Still moving (a weight that does not read back, say): look again soon, not now.
+                return Some(Utc::now() + chrono::Duration::seconds(1));
+            }
             let now = Utc::now();
             let (plan, live, rollout) = match spec {
                 Spec::Invalid(ref errors) => (
@@ -402,15 +425,15 @@ impl Daemon {
                     (plan, live, Some(r))
                 }
             };
-            samples.clear();
             let toward_safety = matches!(
                 plan.action,
                 Action::Abort { .. } | Action::RollBack { .. } | Action::StepBack | Action::Stable
             );
             let mut live = live;
+            let mut applied = true;
             if toward_safety && plan.traffic.is_some() {
                 // Back toward stable: apply first, and record what the router then reports.
-                self.apply(&plan, rollout).await;
+                applied = self.apply(&plan, rollout).await;
                 if let Some(r) = rollout
                     && let Some(d) = self.running(&r.target().router)
                 {
@@ -431,20 +454,20 @@ impl Daemon {
             {
                 file.revert = Some(branch.clone());
             }
-            // Values are told once, in the commit of the round that measured them.
-            let told = std::mem::take(&mut measured);
-            if file.substance() != recorded.substance() {
-                let message = message::status_commit(&file, &plan.action, &told);
+            if file.substance() != in_git.substance() {
+                let message = message::status_commit(&file, &plan.action, &measured);
                 match self.record(name, &file, &message).await {
                     Ok(true) => {
                         self.unrecorded.remove(name);
+                        in_git = file.clone();
                         self.telemetry.record(Tele::StatusCommitted {
                             rollout: name.to_string(),
                             summary: message.lines().next().unwrap_or_default().to_string(),
                         });
                     }
                     Ok(false) => {
-                        // Someone else moved the status branch: plan again from theirs.
+                        // Someone else moved the status branch: plan again from theirs, with
+                        // the same measurements (an abort they prove is derived again).
                         attempts += 1;
                         self.telemetry.record(Tele::PushRejected);
                         if attempts >= PUSH_ATTEMPTS {
@@ -453,13 +476,15 @@ impl Daemon {
                                 Some(name),
                                 "status push rejected too often; will retry".into(),
                             );
-                            return None;
+                            return Some(now + chrono::Duration::seconds(1));
                         }
-                        match self.refetch_status(name).await {
-                            Some(f) => recorded = f,
-                            None => return None,
-                        }
-                        round -= 1;
+                        in_git = self.refetch_status(name).await?;
+                        recorded = self
+                            .unrecorded
+                            .get(name)
+                            .cloned()
+                            .unwrap_or_else(|| in_git.clone());
+                        rounds -= 1;
                         continue;
                     }
                     Err(e) => {
@@ -480,19 +505,27 @@ impl Daemon {
                     }
                 }
             }
+            // Recorded (or nothing new to record): the measurements are spent.
+            samples.clear();
+            measured.clear();
             self.step_finished(name, &recorded, &file, now);
             recorded = file;
             if !toward_safety && plan.traffic.is_some() {
-                self.apply(&plan, rollout).await;
+                applied = self.apply(&plan, rollout).await;
             }
             self.outcome(name, &plan);
+            if !applied {
+                // The status says the weight is unverified; the planner retries and, past the
+                // progress deadline, applies the spec's policy.
+                return Some(now + chrono::Duration::from_std(ERROR_RETRY).unwrap_or_default());
+            }
             if let (Some(revert), Some(r)) = (&plan.revert, rollout)
                 && let Some(branch) = self.revert(r, head, revert).await
                 && recorded.revert.as_deref() != Some(branch.as_str())
             {
                 // Plan again, to record where the revert branch is.
                 revert_branch = Some(branch);
-                round -= 1;
+                rounds -= 1;
                 continue;
             }
             let Some(r) = rollout else {
@@ -504,9 +537,12 @@ impl Daemon {
                 }
                 return plan.wake;
             }
+            if rounds == ROUNDS {
+                // No round left to fold the values in: measure at the next look.
+                return Some(Utc::now());
+            }
             (samples, measured) = self.measure(r, &plan, catalog).await;
         }
-        Some(Utc::now())
     }
 }
 
@@ -649,14 +685,15 @@ impl Daemon {
         }
     }
 
-    /// Sets the plan's traffic on the rollout's router.
-    async fn apply(&self, plan: &Plan, rollout: Option<&Rollout>) {
+    /// Sets the plan's traffic on the rollout's router; whether the router took it (nothing to
+    /// set counts as taken).
+    async fn apply(&self, plan: &Plan, rollout: Option<&Rollout>) -> bool {
         let (Some(traffic), Some(r)) = (&plan.traffic, rollout) else {
-            return;
+            return true;
         };
         let target = r.target();
         let Some(driver) = self.running(&target.router) else {
-            return;
+            return false;
         };
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(
@@ -680,13 +717,20 @@ impl Daemon {
                     router: target.router.clone(),
                     canary_weight: canary,
                 });
+                true
             }
-            Ok(Err(e)) => self.error(ErrorClass::Router, Some(&r.name), e.to_string()),
-            Err(_) => self.error(
-                ErrorClass::Router,
-                Some(&r.name),
-                format!("router `{}` did not answer in time", target.router),
-            ),
+            Ok(Err(e)) => {
+                self.error(ErrorClass::Router, Some(&r.name), e.to_string());
+                false
+            }
+            Err(_) => {
+                self.error(
+                    ErrorClass::Router,
+                    Some(&r.name),
+                    format!("router `{}` did not answer in time", target.router),
+                );
+                false
+            }
         }
     }
 
@@ -742,20 +786,16 @@ impl Daemon {
 
     /// Promote/abort commits meant for the rollout's current revision, not yet honoured.
     async fn gates(&mut self, head: &str, r: &Rollout, last: Option<&str>) -> Vec<Gate> {
-        let cached = self
-            .gates
-            .get(&r.name)
-            .filter(|(c, _)| c == head)
-            .map(|(_, g)| g.clone());
-        let list = match cached {
-            Some(list) => list,
-            None => {
-                let (h, n) = (head.to_string(), r.name.clone());
-                match self.git(move |m| m.gates(&h, &n, None, HISTORY)).await {
-                    Ok(list) => {
-                        self.gates
-                            .insert(r.name.clone(), (head.to_string(), list.clone()));
-                        list
+        // One walk of the watched branch per new head serves every rollout.
+        let all = match &self.gates {
+            Some((h, all)) if h == head => all.clone(),
+            _ => {
+                let h = head.to_string();
+                match self.git(move |m| m.all_gates(&h, HISTORY)).await {
+                    Ok(all) => {
+                        let all = Arc::new(all);
+                        self.gates = Some((head.to_string(), all.clone()));
+                        all
                     }
                     Err(e) => {
                         self.error(
@@ -763,10 +803,13 @@ impl Daemon {
                             Some(&r.name),
                             format!("cannot read gate commits: {e}"),
                         );
-                        Vec::new()
+                        return Vec::new();
                     }
                 }
             }
+        };
+        let Some(list) = all.get(&r.name) else {
+            return Vec::new();
         };
         let start = last
             .and_then(|g| list.iter().position(|c| c.id == g))

@@ -83,16 +83,21 @@ impl Daemon {
             }
         };
         // Newest first: the change that brought the aborted revision is the newest commit whose
-        // parent did not have it.
+        // parent had another valid revision, or no such file. A parent where the file was
+        // broken is passed over: restoring a broken spec would not roll anything back.
         let mut found = None;
         for (change, parent) in history {
             let before = match &parent {
-                Some(p) => self.revision_at(p.as_str(), &r.name).await,
-                None => None,
+                Some(p) => self.revision_at(p.as_str(), &r.name, &r.file).await,
+                None => Before::Absent,
             };
-            if before.as_ref() != Some(&revert.revision) {
-                found = Some((change, parent));
-                break;
+            match before {
+                Before::Valid(rev) if rev == revert.revision => {}
+                Before::Invalid => {}
+                Before::Valid(_) | Before::Absent => {
+                    found = Some((change, parent));
+                    break;
+                }
             }
         }
         let Some((change, parent)) = found else {
@@ -147,10 +152,15 @@ impl Daemon {
         Some(name)
     }
 
-    /// The revision of rollout `name` at `commit`, if it was valid there.
-    async fn revision_at(&self, commit: &str, name: &str) -> Option<Revision> {
+    /// What rollout `name` (in `file`) was at `commit`.
+    async fn revision_at(&self, commit: &str, name: &str, file: &str) -> Before {
         let c = commit.to_string();
-        let files = self.git(move |m| m.spec_files(&c)).await.ok()?;
+        let Ok(files) = self.git(move |m| m.spec_files(&c)).await else {
+            return Before::Invalid;
+        };
+        if !files.files.iter().any(|(path, _)| path == file) {
+            return Before::Absent;
+        }
         let sources: Vec<Source> = files
             .files
             .into_iter()
@@ -160,10 +170,21 @@ impl Daemon {
             routers: self.settings.routers.keys().cloned().collect(),
         };
         let (catalog, _) = validate::validate(&sources, &known);
-        catalog
-            .rollouts
-            .into_iter()
-            .find(|r| r.name == name)
-            .map(|r| r.revision)
+        if catalog.invalid.contains_key(name) || catalog.broken_files.iter().any(|f| f == file) {
+            return Before::Invalid;
+        }
+        match catalog.rollouts.into_iter().find(|r| r.name == name) {
+            Some(r) => Before::Valid(r.revision),
+            None => Before::Absent,
+        }
     }
+}
+
+/// A rollout's spec as it was at some commit.
+enum Before {
+    /// It did not exist (its file did not, or held no such rollout).
+    Absent,
+    /// Its file could not be read, or the rollout did not validate.
+    Invalid,
+    Valid(Revision),
 }

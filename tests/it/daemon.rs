@@ -76,6 +76,8 @@ pub struct World {
     starts: usize,
     /// The URL the daemon is given; the bare remote's path unless set.
     pub url: Option<String>,
+    /// `--poll-interval`.
+    pub poll: &'static str,
 }
 
 impl World {
@@ -129,6 +131,7 @@ impl World {
             daemon: None,
             starts: 0,
             url: None,
+            poll: "1s",
         }
     }
 
@@ -181,7 +184,12 @@ impl World {
             .args(["run", "--repo", &repo])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
-            .args(["--poll-interval", "1s", "--admin", &self.admin.to_string()])
+            .args([
+                "--poll-interval",
+                self.poll,
+                "--admin",
+                &self.admin.to_string(),
+            ])
             .env_remove("CANARYD_CONFIG")
             .env("RUST_LOG", "canaryd=debug,info")
             .stdout(Stdio::null())
@@ -810,4 +818,85 @@ fn killed_at_any_point_no_step_is_skipped_no_pause_shortened_no_weight_invented(
         &after[before..]
     );
     assert_eq!(w.traffic(30).by_backend.get("green"), Some(&30));
+}
+
+#[test]
+fn a_commit_to_a_local_repository_wakes_the_daemon_long_before_the_poll() {
+    let mut w = World::new(0.0, 0.0);
+    w.poll = "5m";
+    w.merge("checkout.yaml", &w.spec(false, HELD), "checkout on blue");
+    w.start();
+    w.wait_for("checkout", 30, "stable", |s| {
+        phase(s) == "stable" && s.live.is_some()
+    });
+    let merged = Instant::now();
+    w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
+    // Seconds, where polling would take five minutes (the benchmark measures it: ~0.15 s).
+    w.wait_for("checkout", 30, "at 30%", |s| canary_weight(s) == 30);
+    assert!(merged.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn the_revert_branch_passes_over_a_broken_edit_to_the_change_that_started_the_canary() {
+    let mut w = World::new(0.0, 0.0);
+    let stable = w.spec(false, HELD);
+    w.merge("checkout.yaml", &stable, "checkout on blue");
+    w.start();
+    w.wait_for("checkout", 30, "stable", |s| {
+        phase(s) == "stable" && s.live.is_some()
+    });
+    let canary = w.spec(true, HELD);
+    let started = w.merge("checkout.yaml", &canary, "canary: green 1.1");
+    w.wait_for("checkout", 20, "paused", |s| phase(s) == "paused");
+    // Someone breaks the file, then mends it: same revision, so the rollout goes on.
+    w.merge("checkout.yaml", "kind: Rollout\nspec: [\n", "oops");
+    w.wait_for("checkout", 20, "invalid", |s| phase(s) == "invalid");
+    w.merge("checkout.yaml", &canary, "mend");
+    w.wait_for("checkout", 20, "paused again", |s| phase(s) == "paused");
+    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["abort", "checkout", "--push", "--repo"])
+        .arg(&w.work)
+        .env_remove("CANARYD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = w.wait_for("checkout", 20, "aborted, revert pushed", |s| {
+        phase(s) == "aborted" && s.revert.is_some()
+    });
+    let branch = s.revert.unwrap();
+    assert_eq!(
+        branch,
+        format!("canaryd/revert/checkout-{}", &started[..12])
+    );
+    let restored = git(
+        &w.remote,
+        &["show", &format!("{branch}:rollouts/checkout.yaml")],
+    );
+    assert_eq!(restored, stable);
+}
+
+#[test]
+fn a_gate_is_refused_while_the_spec_has_uncommitted_edits() {
+    let w = World::new(0.0, 0.0);
+    w.merge("checkout.yaml", &w.spec(true, HELD), "canary");
+    std::fs::write(
+        w.work.join("rollouts/checkout.yaml"),
+        w.spec(true, HELD).replace("1.1", "1.9"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["promote", "checkout", "--repo"])
+        .arg(&w.work)
+        .env_remove("CANARYD_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not committed"), "{err}");
+    // Nothing was committed.
+    assert!(git(&w.work, &["log", "-1", "--format=%s"]).starts_with("canary"));
 }

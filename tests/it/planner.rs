@@ -2594,3 +2594,22 @@ fn a_router_that_forgot_every_weight_is_drift_and_set_again() {
         Some(true)
     );
 }
+
+#[test]
+fn two_promotes_for_one_pause_pass_only_that_pause() {
+    let mut w = World::new(canary(
+        "steps: [{setWeight: 20}, {pause: {}}, {setWeight: 40}, {pause: {}}, {setWeight: 60}]",
+    ))
+    .at_step(1);
+    w.commit("promote-1", GateAction::Promote);
+    w.commit("promote-2", GateAction::Promote);
+    w.step();
+    w.settle();
+    assert_eq!(
+        (w.phase(), w.run().step),
+        ("paused", 3),
+        "held at the second pause"
+    );
+    assert_eq!(w.status.last_gate.as_deref(), Some("promote-2"));
+    assert_eq!(w.router(), "blue=60 green=40");
+}
