@@ -49,6 +49,8 @@ fn main() {
         lab.commit(&lab.rollouts(1, None), "stable");
         lab.wait(|s| s.len() == 1 && s.values().all(|f| f.live.is_some()));
         for run in 0..RUNS {
+            // Commits land at spread-out moments of the poll interval, as real pushes do.
+            std::thread::sleep(Duration::from_millis(200 * run as u64));
             let t0 = Instant::now();
             lab.commit(&lab.rollouts(1, Some(&format!("1.{run}"))), "canary");
             wait_router(lab.router, |b| b == "green");

@@ -339,13 +339,12 @@ impl Daemon {
         wake
     }
 
-    /// The validated catalog at `commit` (cached per commit).
-    async fn catalog(&mut self, commit: &str) -> Result<Arc<Catalog>, git::GitError> {
-        if let Some((c, catalog)) = &self.catalog
-            && c == commit
-        {
-            return Ok(catalog.clone());
-        }
+    /// The specs at `commit`, validated: the catalog, its diagnostics, and the files skipped
+    /// unread (too large, not UTF-8).
+    async fn validate_at(
+        &self,
+        commit: &str,
+    ) -> Result<(Catalog, Vec<crate::diag::Diagnostic>, Vec<(String, String)>), git::GitError> {
         let c = commit.to_string();
         let files = self.git(move |m| m.spec_files(&c)).await?;
         let sources: Vec<Source> = files
@@ -356,8 +355,19 @@ impl Daemon {
         let known = Known {
             routers: self.settings.routers.keys().cloned().collect(),
         };
-        let (mut catalog, diags) = validate::validate(&sources, &known);
-        for (path, why) in files.skipped {
+        let (catalog, diags) = validate::validate(&sources, &known);
+        Ok((catalog, diags, files.skipped))
+    }
+
+    /// The validated catalog at `commit` (cached per commit).
+    async fn catalog(&mut self, commit: &str) -> Result<Arc<Catalog>, git::GitError> {
+        if let Some((c, catalog)) = &self.catalog
+            && c == commit
+        {
+            return Ok(catalog.clone());
+        }
+        let (mut catalog, diags, skipped) = self.validate_at(commit).await?;
+        for (path, why) in skipped {
             catalog.broken_files.push(path.clone());
             self.error(ErrorClass::Spec, None, format!("{path} skipped: {why}"));
         }

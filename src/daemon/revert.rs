@@ -8,7 +8,6 @@ use std::fmt::Write as _;
 use crate::git::RevertBranch;
 use crate::model::{Revision, Rollout};
 use crate::plan::Revert;
-use crate::validate::{self, Known, Source};
 
 use super::{Daemon, HISTORY, short};
 use crate::telemetry::ErrorClass;
@@ -154,27 +153,18 @@ impl Daemon {
 
     /// What rollout `name` (in `file`) was at `commit`.
     async fn revision_at(&self, commit: &str, name: &str, file: &str) -> Before {
-        let c = commit.to_string();
-        let Ok(files) = self.git(move |m| m.spec_files(&c)).await else {
+        let Ok((catalog, _, skipped)) = self.validate_at(commit).await else {
             return Before::Invalid;
         };
-        if !files.files.iter().any(|(path, _)| path == file) {
-            return Before::Absent;
+        if skipped.iter().any(|(path, _)| path == file) {
+            return Before::Invalid;
         }
-        let sources: Vec<Source> = files
-            .files
-            .into_iter()
-            .map(|(file, text)| Source { file, text })
-            .collect();
-        let known = Known {
-            routers: self.settings.routers.keys().cloned().collect(),
-        };
-        let (catalog, _) = validate::validate(&sources, &known);
         if catalog.invalid.contains_key(name) || catalog.broken_files.iter().any(|f| f == file) {
             return Before::Invalid;
         }
         match catalog.rollouts.into_iter().find(|r| r.name == name) {
             Some(r) => Before::Valid(r.revision),
+            // A file that parses but holds no such rollout, or no file at all.
             None => Before::Absent,
         }
     }

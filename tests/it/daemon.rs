@@ -170,6 +170,21 @@ impl World {
         git(&self.work, &["rev-parse", "HEAD"]).trim().to_string()
     }
 
+    /// `canaryd promote|abort checkout --push` in the working clone, as a person runs it.
+    pub fn gate(&self, action: &str) {
+        let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+            .args([action, "checkout", "--push", "--repo"])
+            .arg(&self.work)
+            .env_remove("CANARYD_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts `canaryd run` against the bare remote.
     pub fn start(&mut self) {
         let log =
@@ -546,17 +561,7 @@ fn promote_and_abort_commits_made_by_the_cli_are_honoured() {
     w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
     w.wait_for("checkout", 20, "paused", |s| phase(s) == "paused");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
-        .args(["promote", "checkout", "--push", "--repo"])
-        .arg(&w.work)
-        .env_remove("CANARYD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    w.gate("promote");
     let s = w.wait_for("checkout", 20, "promoted", |s| phase(s) == "promoted");
     let gate = git(&w.work, &["rev-parse", "HEAD"]).trim().to_string();
     assert_eq!(s.status.last_gate.as_deref(), Some(gate.as_str()));
@@ -568,17 +573,7 @@ fn promote_and_abort_commits_made_by_the_cli_are_honoured() {
         .replace("version: \"1.1\"", "version: \"1.2\"");
     w.merge("checkout.yaml", &text, "canary: green 1.2");
     w.wait_for("checkout", 20, "paused again", |s| phase(s) == "paused");
-    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
-        .args(["abort", "checkout", "--push", "--repo"])
-        .arg(&w.work)
-        .env_remove("CANARYD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    w.gate("abort");
     let s = w.wait_for("checkout", 20, "aborted", |s| phase(s) == "aborted");
     assert_eq!(canary_weight(&s), 0);
 }
@@ -677,17 +672,7 @@ fn a_broken_spec_holds_its_rollout_and_leaves_the_others_running() {
         held.status.progress,
         canaryd::progress::Progress::Invalid { .. }
     ));
-    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
-        .args(["promote", "checkout", "--push", "--repo"])
-        .arg(&w.work)
-        .env_remove("CANARYD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    w.gate("promote");
     w.wait_for("checkout", 20, "promoted", |s| phase(s) == "promoted");
     assert_eq!(phase(&w.status("cart").unwrap()), "invalid");
 }
@@ -853,17 +838,7 @@ fn the_revert_branch_passes_over_a_broken_edit_to_the_change_that_started_the_ca
     w.wait_for("checkout", 20, "invalid", |s| phase(s) == "invalid");
     w.merge("checkout.yaml", &canary, "mend");
     w.wait_for("checkout", 20, "paused again", |s| phase(s) == "paused");
-    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
-        .args(["abort", "checkout", "--push", "--repo"])
-        .arg(&w.work)
-        .env_remove("CANARYD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    w.gate("abort");
     let s = w.wait_for("checkout", 20, "aborted, revert pushed", |s| {
         phase(s) == "aborted" && s.revert.is_some()
     });
