@@ -100,9 +100,20 @@ pub async fn run(
             &admin.telemetry,
         )
     });
+    // The routers' own counters (the embedded router's) on /metrics.
+    let shown: Arc<Mutex<BTreeMap<String, Arc<Driver>>>> = Arc::default();
+    let drivers = shown.clone();
+    admin.add_renderer(move |out| {
+        let drivers = drivers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for d in drivers.values() {
+            d.render_metrics(out);
+        }
+    });
     let mut daemon = Daemon {
         telemetry: admin.telemetry.clone(),
-        admin: admin.clone(),
+        shown,
         settings,
         mirror: Arc::new(Mutex::new(mirror)),
         drivers: BTreeMap::new(),
@@ -118,8 +129,11 @@ pub async fn run(
             Event::Shutdown => break,
             Event::Tick | Event::Changed => {}
         }
-        let wake = daemon.look().await;
-        admin.set_ready(true);
+        let (wake, complete) = daemon.look().await;
+        if complete {
+            // Ready once every rollout has been looked at (Git read, specs validated).
+            admin.set_ready(true);
+        }
         let now = Utc::now();
         let next = wake
             .map(|w| (w - now).to_std().unwrap_or_default())
@@ -207,7 +221,8 @@ struct Running {
 struct Daemon {
     settings: Settings,
     telemetry: Arc<Telemetry>,
-    admin: Arc<Admin>,
+    /// The running drivers whose counters `/metrics` shows.
+    shown: Arc<Mutex<BTreeMap<String, Arc<Driver>>>>,
     mirror: Arc<Mutex<Mirror>>,
     drivers: BTreeMap<String, Running>,
     /// The catalog of the last spec commit read.
@@ -246,18 +261,18 @@ impl Daemon {
     }
 
     /// One look at everything: fetch, plan and execute every rollout. Returns the earliest
-    /// time a rollout asked to be looked at again.
-    async fn look(&mut self) -> Option<DateTime<Utc>> {
+    /// time a rollout asked to be looked at again, and whether every rollout was looked at.
+    async fn look(&mut self) -> (Option<DateTime<Utc>>, bool) {
         let heads = match self.git(|m| m.fetch()).await {
             Ok(h) => h,
             Err(e) => {
                 self.error(ErrorClass::Git, None, format!("fetch failed: {e}"));
-                return None;
+                return (None, false);
             }
         };
         let Some(head) = heads.spec else {
             tracing::warn!(branch = %self.settings.remote.branch, "the watched branch does not exist yet");
-            return None;
+            return (None, false);
         };
         let catalog = match self.catalog(&head).await {
             Ok(c) => c,
@@ -267,7 +282,7 @@ impl Daemon {
                     None,
                     format!("cannot read specs at {head}: {e}"),
                 );
-                return None;
+                return (None, false);
             }
         };
         let recorded = match self.git(|m| m.status_files()).await {
@@ -278,7 +293,7 @@ impl Daemon {
                     None,
                     format!("cannot read the status branch: {e}"),
                 );
-                return None;
+                return (None, false);
             }
         };
         let mut statuses = BTreeMap::new();
@@ -336,7 +351,7 @@ impl Daemon {
                 wake = Some(wake.map_or(w, |x| x.min(w)));
             }
         }
-        wake
+        (wake, !self.shutdown.is_cancelled())
     }
 
     /// The specs at `commit`, validated: the catalog, its diagnostics, and the files skipped
@@ -641,13 +656,11 @@ impl Daemon {
             Ok(driver) => {
                 tracing::info!(router = name, "router started");
                 let driver = Arc::new(driver);
-                // Its counters join /metrics for as long as it runs.
-                let shown = Arc::downgrade(&driver);
-                self.admin.add_renderer(move |out| {
-                    if let Some(Driver::Embedded(r)) = shown.upgrade().as_deref() {
-                        r.render_metrics(out);
-                    }
-                });
+                // Its counters join /metrics, in place of those of the driver it replaces.
+                self.shown
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(name.to_string(), driver.clone());
                 self.drivers.insert(
                     name.to_string(),
                     Running {

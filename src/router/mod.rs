@@ -54,6 +54,13 @@ impl Driver {
         }
     }
 
+    /// Appends the router's own counters, if it keeps any, in Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        match self {
+            Driver::Embedded(r) => r.render_metrics(out),
+        }
+    }
+
     /// Whether the router answers.
     pub async fn health(&self) -> Result<(), RouterError> {
         match self {

@@ -875,3 +875,43 @@ fn a_gate_is_refused_while_the_spec_has_uncommitted_edits() {
     // Nothing was committed.
     assert!(git(&w.work, &["log", "-1", "--format=%s"]).starts_with("canary"));
 }
+
+#[test]
+fn not_ready_while_git_cannot_be_read_and_alive_all_the_same() {
+    let mut w = World::new(0.0, 0.0);
+    w.url = Some(format!(
+        "http://robot:s3cret@127.0.0.1:{}/nowhere.git",
+        free_port()
+    ));
+    w.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut healthz = String::new();
+    while Instant::now() < deadline {
+        if let Ok(s) = std::net::TcpStream::connect(w.admin) {
+            drop(s);
+            healthz = http_get(w.admin, "/healthz");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    std::thread::sleep(Duration::from_secs(2)); // two failed looks
+    assert!(http_get(w.admin, "/readyz").starts_with("HTTP/1.1 503"));
+    let metrics = http_get(w.admin, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("canaryd_errors_total{class=\"git\"}") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // The URL is named in the log, its password never.
+    let logs = w.logs();
+    assert!(
+        logs.contains("127.0.0.1") && logs.contains("nowhere.git"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("s3cret") && !metrics.contains("s3cret"),
+        "{logs}"
+    );
+}
