@@ -185,6 +185,20 @@ impl World {
         );
     }
 
+    /// Merges `checkout` on blue alone (no canary yet) with these steps, starts the daemon and
+    /// waits until it holds all traffic on blue.
+    pub fn start_on_stable(&mut self, steps: &str) {
+        self.merge(
+            "checkout.yaml",
+            &self.spec(false, steps),
+            "checkout on blue",
+        );
+        self.start();
+        self.wait_for("checkout", 30, "stable", |s| {
+            phase(s) == "stable" && s.live.is_some()
+        });
+    }
+
     /// Starts `canaryd run` against the bare remote.
     pub fn start(&mut self) {
         let log =
@@ -382,11 +396,7 @@ const STEPS: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}\
 #[test]
 fn a_merge_starts_a_canary_that_steps_to_promotion() {
     let mut w = World::new(0.0, 0.0);
-    w.merge("checkout.yaml", &w.spec(false, STEPS), "checkout on blue");
-    w.start();
-    w.wait_for("checkout", 30, "stable", |s| {
-        phase(s) == "stable" && s.live.is_some()
-    });
+    w.start_on_stable(STEPS);
     let before = w.traffic(50);
     assert_eq!(before.by_backend.get("blue"), Some(&50), "{before:?}");
 
@@ -530,11 +540,7 @@ const HELD: &str = "  steps:\n    - setWeight: 30\n    - pause: {}\n    - setWei
 #[test]
 fn git_revert_of_the_merge_sends_traffic_back_at_once() {
     let mut w = World::new(0.0, 0.0);
-    w.merge("checkout.yaml", &w.spec(false, HELD), "checkout on blue");
-    w.start();
-    w.wait_for("checkout", 30, "stable", |s| {
-        phase(s) == "stable" && s.live.is_some()
-    });
+    w.start_on_stable(HELD);
     w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
     w.wait_for("checkout", 20, "paused at 30%", |s| {
         phase(s) == "paused" && canary_weight(s) == 30
@@ -553,11 +559,7 @@ fn git_revert_of_the_merge_sends_traffic_back_at_once() {
 #[test]
 fn promote_and_abort_commits_made_by_the_cli_are_honoured() {
     let mut w = World::new(0.0, 0.0);
-    w.merge("checkout.yaml", &w.spec(false, HELD), "checkout on blue");
-    w.start();
-    w.wait_for("checkout", 30, "stable", |s| {
-        phase(s) == "stable" && s.live.is_some()
-    });
+    w.start_on_stable(HELD);
     w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
     w.wait_for("checkout", 20, "paused", |s| phase(s) == "paused");
 
@@ -701,11 +703,7 @@ const KILLED: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}
 #[test]
 fn killed_at_any_point_no_step_is_skipped_no_pause_shortened_no_weight_invented() {
     let mut w = World::new(0.0, 0.0);
-    w.merge("checkout.yaml", &w.spec(false, KILLED), "checkout on blue");
-    w.start();
-    w.wait_for("checkout", 30, "stable", |s| {
-        phase(s) == "stable" && s.live.is_some()
-    });
+    w.start_on_stable(KILLED);
     w.merge("checkout.yaml", &w.spec(true, KILLED), "canary: green 1.1");
     // SIGKILL at several points: right after a status commit, and at odd delays between.
     let mut kills = 0;
@@ -809,11 +807,7 @@ fn killed_at_any_point_no_step_is_skipped_no_pause_shortened_no_weight_invented(
 fn a_commit_to_a_local_repository_wakes_the_daemon_long_before_the_poll() {
     let mut w = World::new(0.0, 0.0);
     w.poll = "5m";
-    w.merge("checkout.yaml", &w.spec(false, HELD), "checkout on blue");
-    w.start();
-    w.wait_for("checkout", 30, "stable", |s| {
-        phase(s) == "stable" && s.live.is_some()
-    });
+    w.start_on_stable(HELD);
     let merged = Instant::now();
     w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
     // Seconds, where polling would take five minutes (the benchmark measures it: ~0.15 s).
