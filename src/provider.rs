@@ -23,6 +23,10 @@ pub fn measure(
             Some(Driver::Embedded(r)) => r
                 .query(&target.service, &canary.name, &metric.query, window)
                 .map_err(|e| e.to_string()),
+            Some(_) => Err(format!(
+                "metric `{}` uses the embedded provider, but router `{}` is not the embedded router",
+                metric.name, target.router
+            )),
             None => Err(format!("router `{}` is not running", target.router)),
         },
         ProviderKind::Prometheus => Err(format!(

@@ -28,7 +28,11 @@ use crate::plan::{self, Action, Gate, GateAction, Inputs, Plan, Sample};
 use crate::progress::Progress;
 use crate::provider;
 use crate::record::{LiveRecord, MetricValue, StatusFile};
+use crate::router::caddy::CaddyRouter;
 use crate::router::embedded::EmbeddedRouter;
+use crate::router::haproxy::HaproxyRouter;
+use crate::router::nginx::NginxRouter;
+use crate::router::traefik::TraefikRouter;
 use crate::router::{Driver, RouterError};
 use crate::spec::RouterSpec;
 use crate::telemetry::{ErrorClass, Event as Tele, ReconcileOutcome, Telemetry};
@@ -647,6 +651,22 @@ impl Daemon {
                     .await
                     .map(Driver::Embedded)
             }
+            RouterSpec::Haproxy { runtime_api } => {
+                HaproxyRouter::new(name, runtime_api).map(Driver::Haproxy)
+            }
+            RouterSpec::Traefik {
+                api,
+                dynamic_file,
+                backends,
+            } => TraefikRouter::new(name, api, dynamic_file, backends).map(Driver::Traefik),
+            RouterSpec::Caddy { admin, backends } => {
+                CaddyRouter::new(name, admin, backends).map(Driver::Caddy)
+            }
+            RouterSpec::Nginx {
+                upstream_file,
+                config,
+                backends,
+            } => NginxRouter::new(name, upstream_file, config, backends).map(Driver::Nginx),
             other => Err(RouterError::Setup {
                 router: name.to_string(),
                 message: format!("kind `{}` is not supported by this build", kind_of(other)),

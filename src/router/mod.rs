@@ -5,7 +5,11 @@
 //! live weights from the router itself, never from a cache, and `apply` sets weights, never
 //! adds to them, so applying the same traffic twice is harmless.
 
+pub mod caddy;
 pub mod embedded;
+pub mod haproxy;
+pub mod nginx;
+pub mod traefik;
 
 use crate::model::{Observed, Traffic};
 
@@ -37,6 +41,10 @@ impl RouterError {
 #[derive(Debug)]
 pub enum Driver {
     Embedded(embedded::EmbeddedRouter),
+    Haproxy(haproxy::HaproxyRouter),
+    Traefik(traefik::TraefikRouter),
+    Caddy(caddy::CaddyRouter),
+    Nginx(nginx::NginxRouter),
 }
 
 impl Driver {
@@ -44,6 +52,10 @@ impl Driver {
     pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
         match self {
             Driver::Embedded(r) => Ok(r.observe(service)),
+            Driver::Haproxy(r) => r.observe(service).await,
+            Driver::Traefik(r) => r.observe(service).await,
+            Driver::Caddy(r) => r.observe(service).await,
+            Driver::Nginx(r) => r.observe(service).await,
         }
     }
 
@@ -51,6 +63,10 @@ impl Driver {
     pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
         match self {
             Driver::Embedded(r) => r.apply(service, traffic),
+            Driver::Haproxy(r) => r.apply(service, traffic).await,
+            Driver::Traefik(r) => r.apply(service, traffic).await,
+            Driver::Caddy(r) => r.apply(service, traffic).await,
+            Driver::Nginx(r) => r.apply(service, traffic).await,
         }
     }
 
@@ -58,6 +74,7 @@ impl Driver {
     pub fn render_metrics(&self, out: &mut String) {
         match self {
             Driver::Embedded(r) => r.render_metrics(out),
+            Driver::Haproxy(_) | Driver::Traefik(_) | Driver::Caddy(_) | Driver::Nginx(_) => {}
         }
     }
 
@@ -65,6 +82,10 @@ impl Driver {
     pub async fn health(&self) -> Result<(), RouterError> {
         match self {
             Driver::Embedded(_) => Ok(()),
+            Driver::Haproxy(r) => r.health().await,
+            Driver::Traefik(r) => r.health().await,
+            Driver::Caddy(r) => r.health().await,
+            Driver::Nginx(r) => r.health().await,
         }
     }
 }

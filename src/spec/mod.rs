@@ -351,29 +351,39 @@ pub enum RouterSpec {
         /// this router name their stable and canary from these.
         backends: BTreeMap<String, String>,
     },
-    /// HAProxy through its runtime API.
+    /// HAProxy through its runtime API. A rollout's `service` is an HAProxy `backend`, and its
+    /// stable and canary are `server`s in it.
     Haproxy {
         /// `unix:/run/haproxy/admin.sock` or `127.0.0.1:9999`.
         runtime_api: String,
     },
-    /// Traefik's weighted services.
+    /// Traefik's weighted services, written to a file-provider file. A rollout's `service` is
+    /// the weighted service canaryd writes (`<service>@file`); route to it from your routers.
     Traefik {
-        /// Traefik's API, e.g. `http://127.0.0.1:8080`.
+        /// Traefik's API, e.g. `http://127.0.0.1:8080`, to read the weights back.
         api: String,
-        /// The file-provider file canaryd writes the weighted service into.
+        /// The file-provider file canaryd owns and rewrites (atomically).
         dynamic_file: String,
+        /// Backend name → upstream URL, e.g. `blue: http://127.0.0.1:9001`.
+        backends: BTreeMap<String, String>,
     },
-    /// Caddy's admin API and `weighted_round_robin`.
+    /// Caddy's admin API and `weighted_round_robin`. A rollout's `service` is the `@id` of a
+    /// `reverse_proxy` handler whose upstreams are the backends below.
     Caddy {
         /// Admin endpoint, e.g. `http://127.0.0.1:2019`.
         admin: String,
+        /// Backend name → upstream dial address, e.g. `blue: 127.0.0.1:9001`.
+        backends: BTreeMap<String, String>,
     },
-    /// NGINX by rendering an upstream include and reloading.
+    /// NGINX by rendering an upstream block per service and reloading. A rollout's `service`
+    /// names the `upstream` block, which your configuration `include`s.
     Nginx {
         /// The include file canaryd renders the upstream blocks into.
         upstream_file: String,
-        /// NGINX's main configuration, for `nginx -t`.
+        /// NGINX's main configuration, for `nginx -t` and the reload.
         config: String,
+        /// Backend name → server address, e.g. `blue: 127.0.0.1:9001`.
+        backends: BTreeMap<String, String>,
     },
     /// Kubernetes Gateway API `HTTPRoute` weights.
     GatewayApi {

@@ -10,4 +10,8 @@ mod embedded;
 mod examples;
 mod git;
 mod planner;
+mod router_caddy;
+mod router_haproxy;
+mod router_nginx;
+mod router_traefik;
 mod validation;

@@ -1,0 +1,31 @@
+//! The haproxy driver (placeholder; being built).
+
+#[allow(unused_imports)]
+use std::collections::BTreeMap;
+
+use super::RouterError;
+use crate::model::{Observed, Traffic};
+
+#[derive(Debug)]
+pub struct HaproxyRouter;
+
+impl HaproxyRouter {
+    pub fn new(_name: &str, _runtime_api: &str) -> Result<HaproxyRouter, RouterError> {
+        Err(RouterError::Setup {
+            router: "haproxy".into(),
+            message: "not built yet".into(),
+        })
+    }
+
+    pub async fn observe(&self, _service: &str) -> Result<Observed, RouterError> {
+        Ok(Observed::default())
+    }
+
+    pub async fn apply(&self, _service: &str, _traffic: &Traffic) -> Result<(), RouterError> {
+        Ok(())
+    }
+
+    pub async fn health(&self) -> Result<(), RouterError> {
+        Ok(())
+    }
+}
