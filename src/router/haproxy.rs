@@ -1,31 +1,423 @@
-//! The haproxy driver (placeholder; being built).
+//! The HAProxy driver: reads and sets server weights of an HAProxy `backend` through the runtime API (stats socket).
+//!
+//! A rollout's `service` is an HAProxy `backend`; its stable and canary are `server`s in it.
+//! Weights are read with `show servers state <backend>` (the `srv_uweight` column, the weight
+//! the runtime API sets) and set with `set weight <backend>/<server> <N>`, the percentage
+//! itself being the absolute weight (0..=100 of HAProxy's 0..=256; 0 drains a server).
+//!
+//! Each command goes over its own connection (the socket's non-interactive mode: write one
+//! line, read the answer to EOF), bounded by [`REQUEST_TIMEOUT`]. `apply` reads the backend's
+//! servers first, so that it refuses unknown servers before changing anything, sets servers it
+//! is not given to 0, and raises weights before it lowers them, so the backend never passes
+//! through "all weights 0" (which HAProxy answers with 503) between two commands.
+//!
+//! Weights set through the runtime API live in the running process only: a reload or restart
+//! goes back to the configuration's weights unless a `server-state-file` is loaded. The
+//! daemon's read back then sees the difference as drift.
 
-#[allow(unused_imports)]
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpStream, UnixStream};
 
 use super::RouterError;
 use crate::model::{Observed, Traffic};
 
-#[derive(Debug)]
-pub struct HaproxyRouter;
+/// How long one runtime API command may take, connecting included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest answer read; a `show servers state` of one backend is far smaller.
+const MAX_ANSWER: u64 = 4 * 1024 * 1024;
+
+/// Where HAProxy's runtime API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Endpoint {
+    /// A `stats socket /path` (written `unix:/path`).
+    Unix(PathBuf),
+    /// A `stats socket ipv4@host:port`, as `host:port` (resolved when connecting).
+    Tcp(String),
+}
+
+impl Endpoint {
+    /// Parses `unix:/path` or `host:port`; the error says why not.
+    fn parse(runtime_api: &str) -> Result<Endpoint, String> {
+        let s = runtime_api.trim();
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!(
+                    "runtime api `{runtime_api}` names no socket path (write `unix:/run/haproxy/admin.sock`)"
+                ));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(format!(
+                "runtime api `{runtime_api}` is neither `unix:/path` nor `host:port`"
+            ));
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!(
+                "runtime api `{runtime_api}` is neither `unix:/path` nor `host:port`"
+            ));
+        }
+        Ok(Endpoint::Tcp(s.to_string()))
+    }
+}
+
+/// HAProxy driven through its runtime API.
+#[derive(Clone, Debug)]
+pub struct HaproxyRouter {
+    name: String,
+    endpoint: Endpoint,
+}
 
 impl HaproxyRouter {
-    pub fn new(_name: &str, _runtime_api: &str) -> Result<HaproxyRouter, RouterError> {
-        Err(RouterError::Setup {
-            router: "haproxy".into(),
-            message: "not built yet".into(),
+    /// Checks `runtime_api` (`unix:/run/haproxy/admin.sock` or `127.0.0.1:9999`); connects to
+    /// nothing yet.
+    pub fn new(name: &str, runtime_api: &str) -> Result<HaproxyRouter, RouterError> {
+        let endpoint = Endpoint::parse(runtime_api).map_err(|message| RouterError::Setup {
+            router: name.to_string(),
+            message,
+        })?;
+        Ok(HaproxyRouter {
+            name: name.to_string(),
+            endpoint,
         })
     }
 
-    pub async fn observe(&self, _service: &str) -> Result<Observed, RouterError> {
-        Ok(Observed::default())
+    /// The live weights of every server of backend `service`, as HAProxy reports them
+    /// (`srv_uweight`, 0..=256).
+    pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
+        self.check_name("backend", service)?;
+        let answer = self
+            .command(&format!("show servers state {service}"))
+            .await?;
+        let backends = parse_servers_state(&answer).map_err(|message| {
+            self.answer_error(&format!("backend `{service}`"), &answer, message)
+        })?;
+        Ok(Observed { backends })
     }
 
-    pub async fn apply(&self, _service: &str, _traffic: &Traffic) -> Result<(), RouterError> {
+    /// Sets the weights of backend `service`'s servers to `traffic`'s percentages; servers it
+    /// does not name get 0. Refuses (changing nothing) when a named server does not exist.
+    pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
+        let live = self.observe(service).await?;
+        for server in traffic.backends.keys() {
+            self.check_name("server", server)?;
+            if !live.backends.contains_key(server) {
+                return Err(self.unknown(format!("server `{server}` in backend `{service}`")));
+            }
+        }
+        for (server, weight) in plan_changes(&live.backends, traffic) {
+            let answer = self
+                .command(&format!("set weight {service}/{server} {weight}"))
+                .await?;
+            let text = answer.trim();
+            if !text.is_empty() {
+                return Err(self.answer_error(
+                    &format!("server `{server}` in backend `{service}`"),
+                    text,
+                    format!("setting weight {weight} of `{service}/{server}`: {text}"),
+                ));
+            }
+        }
         Ok(())
     }
 
+    /// Whether the runtime API answers (`show version`).
     pub async fn health(&self) -> Result<(), RouterError> {
+        let answer = self.command("show version").await?;
+        if answer.trim().is_empty() {
+            return Err(RouterError::Rejected {
+                router: self.name.clone(),
+                message: "runtime api gave an empty answer to `show version`".to_string(),
+            });
+        }
         Ok(())
+    }
+
+    /// Sends one command over a fresh connection and reads the answer to EOF, within
+    /// [`REQUEST_TIMEOUT`].
+    async fn command(&self, command: &str) -> Result<String, RouterError> {
+        let exchange = async {
+            match &self.endpoint {
+                Endpoint::Unix(path) => exchange(UnixStream::connect(path).await?, command).await,
+                Endpoint::Tcp(addr) => exchange(TcpStream::connect(addr).await?, command).await,
+            }
+        };
+        let verb = command.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(self.unreachable(format!("runtime api {}: {e}", self.where_()))),
+            Err(_) => Err(self.unreachable(format!(
+                "runtime api {} did not answer `{verb}` within {:?}",
+                self.where_(),
+                REQUEST_TIMEOUT
+            ))),
+        }
+    }
+
+    fn where_(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Unix(path) => format!("unix:{}", path.display()),
+            Endpoint::Tcp(addr) => addr.clone(),
+        }
+    }
+
+    /// Names HAProxy accepts ([A-Za-z0-9_.:-]); anything else cannot exist there and must not
+    /// reach the command line (a `;` or newline would start another command).
+    fn check_name(&self, what: &str, name: &str) -> Result<(), RouterError> {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
+        if valid {
+            Ok(())
+        } else {
+            Err(self.unknown(format!("{what} `{}`", name.escape_debug())))
+        }
+    }
+
+    /// Turns an answer that is not what was asked for into `Unknown` when HAProxy says the
+    /// backend or server does not exist, else into `Rejected`.
+    fn answer_error(&self, subject: &str, answer: &str, message: String) -> RouterError {
+        if says_unknown(answer) {
+            self.unknown(subject.to_string())
+        } else {
+            RouterError::Rejected {
+                router: self.name.clone(),
+                message,
+            }
+        }
+    }
+
+    fn unknown(&self, what: String) -> RouterError {
+        RouterError::Unknown {
+            router: self.name.clone(),
+            what,
+        }
+    }
+
+    fn unreachable(&self, message: String) -> RouterError {
+        RouterError::Unreachable {
+            router: self.name.clone(),
+            message,
+        }
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    command: &str,
+) -> std::io::Result<String> {
+    stream.write_all(format!("{command}\n").as_bytes()).await?;
+    stream.flush().await?;
+    let mut answer = Vec::new();
+    (&mut stream)
+        .take(MAX_ANSWER)
+        .read_to_end(&mut answer)
+        .await?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// Whether an answer is HAProxy saying the backend or server does not exist
+/// ("Can't find backend.", "No such backend.", "No such server.").
+fn says_unknown(answer: &str) -> bool {
+    let a = answer.trim_start();
+    a.starts_with("Can't find backend") || a.starts_with("No such ")
+}
+
+/// Server name → `srv_uweight` from the answer to `show servers state <backend>`: a version
+/// line (`1`), a `# `-prefixed header naming the columns, one line per server.
+fn parse_servers_state(answer: &str) -> Result<BTreeMap<String, u32>, String> {
+    let mut lines = answer.lines().map(str::trim).filter(|l| !l.is_empty());
+    let version = lines.next().unwrap_or_default();
+    if version != "1" {
+        let first = answer.trim().lines().next().unwrap_or_default();
+        return Err(format!(
+            "unexpected answer to `show servers state`: `{first}`"
+        ));
+    }
+    let header: Vec<&str> = match lines.next().and_then(|l| l.strip_prefix('#')) {
+        Some(h) => h.split_whitespace().collect(),
+        None => return Err("`show servers state` answered without a header".to_string()),
+    };
+    let column = |field: &str| {
+        header
+            .iter()
+            .position(|h| *h == field)
+            .ok_or_else(|| format!("`show servers state` has no `{field}` column"))
+    };
+    let (name_at, weight_at) = (column("srv_name")?, column("srv_uweight")?);
+    let mut servers = BTreeMap::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(name), Some(weight)) = (fields.get(name_at), fields.get(weight_at)) else {
+            return Err(format!("`show servers state` line too short: `{line}`"));
+        };
+        let weight = weight
+            .parse::<u32>()
+            .map_err(|_| format!("server `{name}` has weight `{weight}`, not a number"))?;
+        servers.insert((*name).to_string(), weight);
+    }
+    Ok(servers)
+}
+
+/// The `set weight` commands that turn `live` into `traffic`: every live server, to its
+/// percentage or to 0 when `traffic` does not name it; raises first, then the rest, so the
+/// backend never has all weights 0 on the way unless the target itself has.
+fn plan_changes(live: &BTreeMap<String, u32>, traffic: &Traffic) -> Vec<(String, u32)> {
+    let mut changes: Vec<(String, u32, bool)> = live
+        .iter()
+        .map(|(server, &now)| {
+            let target = traffic
+                .backends
+                .get(server)
+                .map_or(0, |w| u32::from(w.get()));
+            (server.clone(), target, target > now)
+        })
+        .collect();
+    // Stable sort: raises (true) first, in name order within each group.
+    changes.sort_by_key(|c| !c.2);
+    changes.into_iter().map(|(s, w, _)| (s, w)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::model::Weight;
+
+    const STATE: &str = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 checkout 1 blue 127.0.0.1 2 0 100 100 2 1 0 2 0 0 0 0 - 18556 - 0 0 - - 0\n3 checkout 2 green 127.0.0.1 2 0 37 0 2 1 0 2 0 0 0 0 - 18557 - 0 0 - - 0\n\n";
+
+    fn traffic(pairs: &[(&str, i64)]) -> Traffic {
+        Traffic {
+            backends: pairs
+                .iter()
+                .map(|(n, w)| (n.to_string(), Weight::new(*w).unwrap()))
+                .collect(),
+        }
+    }
+
+    fn weights(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        pairs.iter().map(|(n, w)| (n.to_string(), *w)).collect()
+    }
+
+    #[test]
+    fn servers_state_is_read_by_its_header() {
+        assert_eq!(
+            parse_servers_state(STATE).unwrap(),
+            weights(&[("blue", 100), ("green", 37)])
+        );
+        // Columns are found by name, not position.
+        let moved = "1\n# srv_uweight x srv_name\n7 - a\n0 - b\n";
+        assert_eq!(
+            parse_servers_state(moved).unwrap(),
+            weights(&[("a", 7), ("b", 0)])
+        );
+        // A backend without servers.
+        assert_eq!(
+            parse_servers_state("1\n# srv_name srv_uweight\n\n").unwrap(),
+            BTreeMap::new()
+        );
+    }
+
+    #[test]
+    fn odd_servers_state_answers_are_errors() {
+        for answer in [
+            "Can't find backend.\n\n",
+            "",
+            "1\n",
+            "1\nno header\n",
+            "1\n# srv_name\na\n",
+            "1\n# srv_name srv_uweight\na\n",
+            "1\n# srv_name srv_uweight\na heavy\n",
+        ] {
+            assert!(parse_servers_state(answer).is_err(), "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_answers_are_recognised() {
+        assert!(says_unknown("Can't find backend.\n\n"));
+        assert!(says_unknown("No such backend.\n"));
+        assert!(says_unknown("No such server.\n"));
+        assert!(!says_unknown(
+            "Backend is using a static LB algorithm and only accepts weights '0%' and '100%'.\n"
+        ));
+        assert!(!says_unknown("Permission denied\n"));
+    }
+
+    #[test]
+    fn changes_raise_before_they_lower_and_zero_the_unnamed() {
+        let check = |live: &[(&str, u32)], t: &[(&str, i64)], expected: &[(&str, u32)]| {
+            let got = plan_changes(&weights(live), &traffic(t));
+            let expected: Vec<(String, u32)> =
+                expected.iter().map(|(n, w)| (n.to_string(), *w)).collect();
+            assert_eq!(got, expected, "{live:?} -> {t:?}");
+        };
+        check(
+            &[("blue", 100), ("green", 0)],
+            &[("blue", 0), ("green", 100)],
+            &[("green", 100), ("blue", 0)],
+        );
+        check(
+            &[("blue", 0), ("green", 100)],
+            &[("blue", 100), ("green", 0)],
+            &[("blue", 100), ("green", 0)],
+        );
+        check(
+            &[("blue", 90), ("green", 10)],
+            &[("blue", 90), ("green", 10)],
+            &[("blue", 90), ("green", 10)],
+        );
+        check(
+            &[("blue", 50), ("green", 50), ("old", 20)],
+            &[("blue", 100)],
+            &[("blue", 100), ("green", 0), ("old", 0)],
+        );
+    }
+
+    #[test]
+    fn runtime_api_addresses() {
+        let ok = |s: &str| HaproxyRouter::new("edge", s).unwrap().endpoint;
+        assert_eq!(
+            ok("unix:/run/haproxy/admin.sock"),
+            Endpoint::Unix("/run/haproxy/admin.sock".into())
+        );
+        assert_eq!(ok("127.0.0.1:9999"), Endpoint::Tcp("127.0.0.1:9999".into()));
+        assert_eq!(ok("haproxy:9999"), Endpoint::Tcp("haproxy:9999".into()));
+        assert_eq!(ok("[::1]:9999"), Endpoint::Tcp("[::1]:9999".into()));
+        for bad in [
+            "",
+            "unix:",
+            "127.0.0.1",
+            ":9999",
+            "host:0",
+            "host:http",
+            "host:70000",
+        ] {
+            let err = HaproxyRouter::new("edge", bad).unwrap_err();
+            assert!(matches!(err, RouterError::Setup { .. }), "{bad:?}: {err:?}");
+            assert!(err.to_string().contains("router `edge`"), "{err}");
+        }
+    }
+
+    #[test]
+    fn names_that_could_smuggle_commands_are_unknown() {
+        let r = HaproxyRouter::new("edge", "unix:/nonexistent").unwrap();
+        assert!(r.check_name("backend", "checkout-v2.eu:1_a").is_ok());
+        for bad in ["", "a b", "a;shutdown sessions", "a\nb", "a/b"] {
+            assert!(
+                matches!(
+                    r.check_name("backend", bad),
+                    Err(RouterError::Unknown { .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

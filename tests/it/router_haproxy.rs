@@ -1,1 +1,446 @@
-//! (placeholder; being built)
+//! The HAProxy driver against a real `haproxy` on 127.0.0.1 with two real backends: weights read back, traffic split, no failed request while weights change, drift, router down, unknown names.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use canaryd::backend::{BackendConfig, LoadConfig, load, spawn};
+use canaryd::model::{Traffic, Weight};
+use canaryd::router::RouterError;
+use canaryd::router::haproxy::HaproxyRouter;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+/// A port nothing listens on right now (bound, read, released).
+async fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn haproxy_binary() -> PathBuf {
+    for candidate in ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"] {
+        if Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("haproxy");
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    panic!("haproxy binary not found (CI installs it with `apt-get install -y haproxy`)");
+}
+
+/// A running `haproxy -db` in a temp dir, with blue and green backends; killed on drop.
+struct Haproxy {
+    dir: TempDir,
+    child: Option<Child>,
+    /// The frontend.
+    addr: SocketAddr,
+    admin_port: u16,
+    stop: CancellationToken,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        self.kill();
+        self.stop.cancel();
+    }
+}
+
+impl Haproxy {
+    /// Starts blue (weight 100) and green (weight 0) in backend `checkout`, and HAProxy.
+    async fn start() -> Haproxy {
+        let stop = CancellationToken::new();
+        let mut servers = Vec::new();
+        for name in ["blue", "green"] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            servers.push(listener.local_addr().unwrap());
+            let config = BackendConfig {
+                name: name.to_string(),
+                version: "v1".to_string(),
+                fail_fraction: 0.0,
+                latency: Duration::ZERO,
+            };
+            spawn(listener, config, stop.clone()).await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port().await).parse().unwrap();
+        let admin_port = free_port().await;
+        let config = format!(
+            "global\n\
+             \x20   stats socket {dir}/admin.sock level admin\n\
+             \x20   stats socket ipv4@127.0.0.1:{admin_port} level admin\n\
+             defaults\n\
+             \x20   mode http\n\
+             \x20   timeout connect 1s\n\
+             \x20   timeout client 10s\n\
+             \x20   timeout server 10s\n\
+             frontend web\n\
+             \x20   bind {addr}\n\
+             \x20   default_backend checkout\n\
+             backend checkout\n\
+             \x20   balance roundrobin\n\
+             \x20   server blue {blue} weight 100\n\
+             \x20   server green {green} weight 0\n",
+            dir = dir.path().display(),
+            blue = servers[0],
+            green = servers[1],
+        );
+        std::fs::write(dir.path().join("haproxy.cfg"), config).unwrap();
+        let mut haproxy = Haproxy {
+            dir,
+            child: None,
+            addr,
+            admin_port,
+            stop,
+        };
+        haproxy.run().await;
+        haproxy
+    }
+
+    /// Starts the process (again) and waits until the unix socket answers.
+    async fn run(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("haproxy.log")).unwrap();
+        let child = Command::new(haproxy_binary())
+            .args(["-f", "haproxy.cfg", "-db"])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("haproxy exited with {status}: {}", self.log());
+            }
+            if self.unix().health().await.is_ok() && self.tcp().health().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("haproxy did not answer within 10 s: {}", self.log());
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// The driver over the unix socket.
+    fn unix(&self) -> HaproxyRouter {
+        HaproxyRouter::new("edge", &format!("unix:{}", self.socket().display())).unwrap()
+    }
+
+    /// The driver over the TCP socket.
+    fn tcp(&self) -> HaproxyRouter {
+        HaproxyRouter::new("edge", &format!("127.0.0.1:{}", self.admin_port)).unwrap()
+    }
+
+    /// What an operator would type into `socat stdio unix:admin.sock`.
+    async fn operator(&self, command: &str) -> String {
+        let mut stream = UnixStream::connect(self.socket()).await.unwrap();
+        stream
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+}
+
+fn split(blue: i64, green: i64) -> Traffic {
+    Traffic {
+        backends: [("blue", blue), ("green", green)]
+            .into_iter()
+            .map(|(n, w)| (n.to_string(), Weight::new(w).unwrap()))
+            .collect(),
+    }
+}
+
+async fn percentages(router: &HaproxyRouter) -> (u8, u8) {
+    let observed = router.observe("checkout").await.unwrap();
+    let pct = observed.percentages().unwrap();
+    (pct["blue"].get(), pct["green"].get())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_weights_are_read_back() {
+    let haproxy = Haproxy::start().await;
+    let (unix, tcp) = (haproxy.unix(), haproxy.tcp());
+    // The configuration's weights, raw.
+    let observed = unix.observe("checkout").await.unwrap();
+    assert_eq!(observed.backends["blue"], 100);
+    assert_eq!(observed.backends["green"], 0);
+    for (blue, green) in [(90, 10), (50, 50), (0, 100), (100, 0), (75, 25)] {
+        unix.apply("checkout", &split(blue, green)).await.unwrap();
+        assert_eq!(percentages(&unix).await, (blue as u8, green as u8));
+        // The same state over the TCP socket, and the raw weights are the percentages.
+        let raw = tcp.observe("checkout").await.unwrap();
+        assert_eq!(raw.backends["blue"], blue as u32);
+        assert_eq!(raw.backends["green"], green as u32);
+    }
+    // Twice is harmless, over either socket.
+    tcp.apply("checkout", &split(90, 10)).await.unwrap();
+    tcp.apply("checkout", &split(90, 10)).await.unwrap();
+    unix.apply("checkout", &split(90, 10)).await.unwrap();
+    assert_eq!(percentages(&unix).await, (90, 10));
+    // A backend not named is set to 0.
+    let only_blue = Traffic {
+        backends: [("blue".to_string(), Weight::FULL)].into_iter().collect(),
+    };
+    unix.apply("checkout", &only_blue).await.unwrap();
+    assert_eq!(percentages(&unix).await, (100, 0));
+    unix.health().await.unwrap();
+    tcp.health().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_follows_the_weights() {
+    let haproxy = Haproxy::start().await;
+    let router = haproxy.unix();
+    let config = LoadConfig {
+        concurrency: 4,
+        total: 500,
+        max_duration: Duration::from_secs(30),
+        host: None,
+    };
+
+    router.apply("checkout", &split(80, 20)).await.unwrap();
+    let report = load(haproxy.addr, config.clone()).await.unwrap();
+    println!("haproxy 80/20: {report:?}");
+    assert_eq!(report.ok, 500, "{report:?}");
+    let green = report.by_backend.get("green").copied().unwrap_or(0);
+    // 100 expected; roundrobin is near exact, a binomial would stay within ±5 sd (±45).
+    assert!((55..=145).contains(&green), "green got {green} of 500");
+    assert_eq!(report.by_backend["blue"] + green, 500);
+
+    router.apply("checkout", &split(100, 0)).await.unwrap();
+    let report = load(haproxy.addr, config.clone()).await.unwrap();
+    println!("haproxy 100/0: {report:?}");
+    assert_eq!(report.ok, 500, "{report:?}");
+    assert_eq!(report.by_backend.get("blue"), Some(&500), "{report:?}");
+
+    router.apply("checkout", &split(0, 100)).await.unwrap();
+    let report = load(haproxy.addr, config).await.unwrap();
+    assert_eq!(report.by_backend.get("green"), Some(&500), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_while_weights_change() {
+    let haproxy = Haproxy::start().await;
+    let router = haproxy.unix();
+    let done = Arc::new(AtomicBool::new(false));
+    let applied = Arc::new(AtomicUsize::new(0));
+    let changer = {
+        let (done, applied) = (done.clone(), applied.clone());
+        tokio::spawn(async move {
+            // Includes full swaps (0 <-> 100), where setting the lower weight first would
+            // leave the backend without any weight for a moment.
+            let cycle = [0, 10, 25, 50, 100, 0, 100, 50, 25, 10];
+            let mut i = 0;
+            while !done.load(Ordering::SeqCst) {
+                let green = cycle[i % cycle.len()];
+                router
+                    .apply("checkout", &split(100 - green, green))
+                    .await
+                    .unwrap();
+                applied.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+                // As fast as the load lets us see each state a few times; 100 ms would leave
+                // only a handful of changes within the ~1 s the 1500 requests take.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let report = load(
+        haproxy.addr,
+        LoadConfig {
+            concurrency: 4,
+            total: 1500,
+            max_duration: Duration::from_secs(20),
+            host: None,
+        },
+    )
+    .await
+    .unwrap();
+    done.store(true, Ordering::SeqCst);
+    changer.await.unwrap();
+    let failed = report.failed + report.server_errors;
+    println!(
+        "haproxy under weight changes: {} requests sent, {} failed ({} transport, {} 5xx), \
+         {} abandoned, {} weight changes, by backend {:?}",
+        report.sent,
+        failed,
+        report.failed,
+        report.server_errors,
+        report.abandoned,
+        applied.load(Ordering::SeqCst),
+        report.by_backend
+    );
+    assert_eq!(report.sent, 1500, "{report:?}");
+    assert_eq!(failed, 0, "{report:?}");
+    assert_eq!(report.ok, 1500, "{report:?}");
+    assert!(
+        applied.load(Ordering::SeqCst) >= 20,
+        "too few weight changes"
+    );
+    assert_eq!(report.by_backend.len(), 2, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_change_is_seen() {
+    let haproxy = Haproxy::start().await;
+    let router = haproxy.unix();
+    router.apply("checkout", &split(90, 10)).await.unwrap();
+    let answer = haproxy.operator("set weight checkout/green 37").await;
+    assert_eq!(answer.trim(), "", "operator's command refused: {answer}");
+    let observed = router.observe("checkout").await.unwrap();
+    assert_eq!(observed.backends["blue"], 90);
+    assert_eq!(observed.backends["green"], 37);
+    // 90:37 is 71/29 once normalised.
+    assert_eq!(percentages(&router).await, (71, 29));
+    // Draining a server by hand.
+    haproxy.operator("set weight checkout/blue 0").await;
+    assert_eq!(percentages(&haproxy.tcp()).await, (0, 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_that_is_down_is_unreachable_until_it_is_back() {
+    let mut haproxy = Haproxy::start().await;
+    let (unix, tcp) = (haproxy.unix(), haproxy.tcp());
+    unix.apply("checkout", &split(60, 40)).await.unwrap();
+    haproxy.kill();
+    for router in [&unix, &tcp] {
+        let started = Instant::now();
+        let errors = [
+            router.observe("checkout").await.unwrap_err(),
+            router.apply("checkout", &split(50, 50)).await.unwrap_err(),
+            router.health().await.unwrap_err(),
+        ];
+        let took = started.elapsed();
+        for e in &errors {
+            assert!(matches!(e, RouterError::Unreachable { .. }), "{e:?}");
+            assert!(e.is_transient());
+            assert!(
+                e.to_string().starts_with("router `edge` unreachable"),
+                "{e}"
+            );
+        }
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+    }
+    // Back on the same sockets: readable again, with the configuration's weights (runtime
+    // weights do not survive a restart without a server-state file; the daemon sees drift).
+    haproxy.run().await;
+    let observed = unix.observe("checkout").await.unwrap();
+    assert_eq!(observed.backends["blue"], 100);
+    assert_eq!(observed.backends["green"], 0);
+    tcp.apply("checkout", &split(60, 40)).await.unwrap();
+    assert_eq!(percentages(&unix).await, (60, 40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_that_does_not_answer_times_out() {
+    // Accepts connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let router = HaproxyRouter::new("edge", &addr.to_string()).unwrap();
+    let started = Instant::now();
+    let e = router.observe("checkout").await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(e, RouterError::Unreachable { .. }), "{e:?}");
+    assert!(e.to_string().contains("did not answer"), "{e}");
+    assert!(
+        (Duration::from_millis(1900)..Duration::from_secs(3)).contains(&took),
+        "took {took:?}"
+    );
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_services_and_backends_are_unknown() {
+    let haproxy = Haproxy::start().await;
+    let router = haproxy.unix();
+    router.apply("checkout", &split(70, 30)).await.unwrap();
+    let unknown = |e: RouterError, what: &str| match e {
+        RouterError::Unknown { what: w, .. } => assert!(w.contains(what), "{w}"),
+        other => panic!("expected unknown {what}, got {other:?}"),
+    };
+    unknown(router.observe("cart").await.unwrap_err(), "backend `cart`");
+    unknown(
+        router.apply("cart", &split(50, 50)).await.unwrap_err(),
+        "backend `cart`",
+    );
+    let red = Traffic {
+        backends: [("blue", 50), ("red", 50)]
+            .into_iter()
+            .map(|(n, w)| (n.to_string(), Weight::new(w).unwrap()))
+            .collect(),
+    };
+    unknown(
+        router.apply("checkout", &red).await.unwrap_err(),
+        "server `red`",
+    );
+    // A name that would smuggle a second command never reaches HAProxy.
+    unknown(
+        router
+            .observe("checkout\nset weight checkout/blue 0")
+            .await
+            .unwrap_err(),
+        "backend",
+    );
+    // Nothing changed on the way.
+    assert_eq!(percentages(&router).await, (70, 30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_and_observe_round_trip_time() {
+    let haproxy = Haproxy::start().await;
+    for (label, router) in [("unix", haproxy.unix()), ("tcp", haproxy.tcp())] {
+        let mut times = Vec::new();
+        for i in 0..50 {
+            let green = [10, 50][i % 2];
+            let started = Instant::now();
+            router
+                .apply("checkout", &split(100 - green, green))
+                .await
+                .unwrap();
+            let observed = router.observe("checkout").await.unwrap();
+            times.push(started.elapsed());
+            assert_eq!(observed.backends["green"], green as u32);
+        }
+        times.sort();
+        println!(
+            "haproxy apply+observe over {label}: median {:?}, max {:?} (50 tries)",
+            times[25], times[49]
+        );
+        assert!(times[25] < Duration::from_secs(1));
+    }
+}
