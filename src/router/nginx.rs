@@ -60,7 +60,8 @@ const DEFAULT_PID_FILE: &str = "/run/nginx.pid";
 /// Where `nginx` is looked for after `PATH`.
 const NGINX_DIRS: [&str; 3] = ["/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin"];
 
-/// The NGINX router; clones share nothing, so drive one file through one value.
+/// The NGINX router. Applies through one value never interleave; drive each upstream file
+/// through one value only.
 #[derive(Debug)]
 pub struct NginxRouter {
     inner: Arc<Inner>,
