@@ -1,4 +1,4 @@
-//! Live weights from a JSON file, for `canaryd plan` without routers: `{"edge/checkout": {"blue": 90, "green": 10}}`.
+//! Live weights per service, for `canaryd plan`: read from the routers, or from a JSON file (`{"edge/checkout": {"blue": 90, "green": 10}}`).
 //!
 //! Keys are `router/service`; values are the router's raw weights per backend. A service that
 //! is absent is "unknown", exactly as an unreachable router would be, so the plan holds.
@@ -34,6 +34,12 @@ impl LiveWeights {
                 .map(|(k, backends)| (k, Observed { backends }))
                 .collect(),
         ))
+    }
+
+    /// Records what `target`'s router reported for its service.
+    pub fn insert(&mut self, target: &Target, observed: Observed) {
+        self.0
+            .insert(format!("{}/{}", target.router, target.service), observed);
     }
 
     /// The weights of `target`'s service, if known.

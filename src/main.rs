@@ -59,9 +59,10 @@ enum Command {
         /// Folder of rollout specs inside the repository.
         #[arg(long, default_value = "rollouts")]
         rollouts: PathBuf,
-        /// Live weights as JSON: {"router/service": {"backend": weight}}.
+        /// Live weights as JSON: {"router/service": {"backend": weight}}. Without it they are
+        /// read from the routers themselves (those in the repository and in --config).
         #[arg(long)]
-        live: PathBuf,
+        live: Option<PathBuf>,
         /// Folder of recorded status files (<rollout>.yaml); none means every rollout is new.
         #[arg(long)]
         status: Option<PathBuf>,
@@ -193,7 +194,7 @@ fn main() -> ExitCode {
         } => plan(
             &repo,
             &rollouts,
-            &live,
+            live.as_deref(),
             status.as_deref(),
             config.as_deref(),
             now.unwrap_or_else(Utc::now),
@@ -253,21 +254,29 @@ fn lint(
 fn plan(
     repo_dir: &Path,
     rollouts: &Path,
-    live: &Path,
+    live: Option<&Path>,
     status_dir: Option<&Path>,
     config: Option<&Path>,
     now: DateTime<Utc>,
     output: Output,
 ) -> Result<u8> {
-    let known = known(config)?;
+    let config = match config {
+        Some(path) => Config::read(path)?,
+        None => Config::default(),
+    };
     let dir = repo_dir.join(rollouts);
     if !dir.is_dir() {
         bail!("{} is not a folder of rollout specs", dir.display());
     }
-    let (catalog, diags, _) = repo::catalog(&[dir], Some(repo_dir), &known)?;
-    let text =
-        fs::read_to_string(live).with_context(|| format!("cannot read {}", live.display()))?;
-    let live = LiveWeights::parse(&text)?;
+    let (catalog, diags, _) = repo::catalog(&[dir], Some(repo_dir), &config.known())?;
+    let live = match live {
+        Some(path) => {
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            LiveWeights::parse(&text)?
+        }
+        None => live_from_routers(&catalog, &config)?,
+    };
     let mut plans = Vec::new();
     let mut human = String::new();
     let mut pending = false;
@@ -521,6 +530,43 @@ fn gate(args: GateArgs, action: &str) -> Result<u8> {
         rollout.name, rollout.revision
     ))?;
     Ok(0)
+}
+
+/// The live weights of every rollout's service, read from its router (5 s at most each). A
+/// router that cannot be read leaves its services unknown, and says why on stderr.
+fn live_from_routers(catalog: &canaryd::model::Catalog, config: &Config) -> Result<LiveWeights> {
+    use canaryd::router::Driver;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut live = LiveWeights::default();
+    for rollout in &catalog.rollouts {
+        let target = rollout.target();
+        let Some(spec) = config
+            .routers
+            .get(&target.router)
+            .or_else(|| catalog.routers.get(&target.router))
+        else {
+            continue;
+        };
+        let read = Driver::connect(&target.router, spec).map(|driver| {
+            rt.block_on(tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                async move { driver.observe(&target.service).await },
+            ))
+        });
+        match read {
+            Ok(Ok(Ok(observed))) => live.insert(target, observed),
+            Ok(Ok(Err(e))) | Err(e) => {
+                eprintln!("warning: {e}: weights of `{}` unknown", rollout.name);
+            }
+            Ok(Err(_)) => eprintln!(
+                "warning: router `{}` did not answer in 5 s: weights of `{}` unknown",
+                target.router, rollout.name
+            ),
+        }
+    }
+    Ok(live)
 }
 
 fn demo() -> Result<u8> {

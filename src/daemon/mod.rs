@@ -28,12 +28,8 @@ use crate::plan::{self, Action, Gate, GateAction, Inputs, Plan, Sample};
 use crate::progress::Progress;
 use crate::provider;
 use crate::record::{LiveRecord, MetricValue, StatusFile};
-use crate::router::caddy::CaddyRouter;
+use crate::router::Driver;
 use crate::router::embedded::EmbeddedRouter;
-use crate::router::haproxy::HaproxyRouter;
-use crate::router::nginx::NginxRouter;
-use crate::router::traefik::TraefikRouter;
-use crate::router::{Driver, RouterError};
 use crate::spec::RouterSpec;
 use crate::telemetry::{ErrorClass, Event as Tele, ReconcileOutcome, Telemetry};
 use crate::validate::{self, Known, Source};
@@ -651,26 +647,7 @@ impl Daemon {
                     .await
                     .map(Driver::Embedded)
             }
-            RouterSpec::Haproxy { runtime_api } => {
-                HaproxyRouter::new(name, runtime_api).map(Driver::Haproxy)
-            }
-            RouterSpec::Traefik {
-                api,
-                dynamic_file,
-                backends,
-            } => TraefikRouter::new(name, api, dynamic_file, backends).map(Driver::Traefik),
-            RouterSpec::Caddy { admin, backends } => {
-                CaddyRouter::new(name, admin, backends).map(Driver::Caddy)
-            }
-            RouterSpec::Nginx {
-                upstream_file,
-                config,
-                backends,
-            } => NginxRouter::new(name, upstream_file, config, backends).map(Driver::Nginx),
-            other => Err(RouterError::Setup {
-                router: name.to_string(),
-                message: format!("kind `{}` is not supported by this build", kind_of(other)),
-            }),
+            other => Driver::connect(name, other),
         };
         match started {
             Ok(driver) => {
@@ -965,14 +942,6 @@ impl Daemon {
         }
         (samples, values)
     }
-}
-
-/// The `kind` of a router spec, as written in YAML.
-fn kind_of(spec: &RouterSpec) -> String {
-    serde_json::to_value(spec)
-        .ok()
-        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
-        .unwrap_or_default()
 }
 
 fn short(commit: &str) -> &str {

@@ -12,6 +12,7 @@ pub mod nginx;
 pub mod traefik;
 
 use crate::model::{Observed, Traffic};
+use crate::spec::RouterSpec;
 
 /// Why a router could not be read or set.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,39 @@ pub enum Driver {
 }
 
 impl Driver {
+    /// A driver for a router that runs on its own (every kind but `embedded`, which runs inside
+    /// the daemon and is started there).
+    pub fn connect(name: &str, spec: &RouterSpec) -> Result<Driver, RouterError> {
+        match spec {
+            RouterSpec::Haproxy { runtime_api } => {
+                haproxy::HaproxyRouter::new(name, runtime_api).map(Driver::Haproxy)
+            }
+            RouterSpec::Traefik {
+                api,
+                dynamic_file,
+                backends,
+            } => {
+                traefik::TraefikRouter::new(name, api, dynamic_file, backends).map(Driver::Traefik)
+            }
+            RouterSpec::Caddy { admin, backends } => {
+                caddy::CaddyRouter::new(name, admin, backends).map(Driver::Caddy)
+            }
+            RouterSpec::Nginx {
+                upstream_file,
+                config,
+                backends,
+            } => nginx::NginxRouter::new(name, upstream_file, config, backends).map(Driver::Nginx),
+            RouterSpec::Embedded { .. } => Err(RouterError::Setup {
+                router: name.to_string(),
+                message: "the embedded router runs inside `canaryd run`".to_string(),
+            }),
+            RouterSpec::GatewayApi { .. } => Err(RouterError::Setup {
+                router: name.to_string(),
+                message: "kind `gatewayApi` is not supported by this build".to_string(),
+            }),
+        }
+    }
+
     /// The live weights of `service`, read from the router.
     pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
         match self {

@@ -180,10 +180,15 @@ impl Inner {
             .get(&["api", "http", "services", qualified.as_str()])
             .await?;
         match status {
-            StatusCode::NOT_FOUND => Err(RouterError::Unknown {
-                router: self.name.clone(),
-                what: format!("service `{qualified}`"),
-            }),
+            // Not written yet: nothing carries traffic for it, which is what canaryd sets
+            // first. Written but not loaded yet (the provider's throttle): ask again soon.
+            StatusCode::NOT_FOUND => match self.written(service).await {
+                false => Ok(Observed::default()),
+                true => Err(RouterError::Unreachable {
+                    router: self.name.clone(),
+                    message: format!("service `{qualified}` is written but not loaded yet"),
+                }),
+            },
             s if s.is_success() => parse_service(service, &body).map_err(|e| match e {
                 ParseError::NotWeighted(kind) => RouterError::Unknown {
                     router: self.name.clone(),
@@ -259,6 +264,22 @@ impl Inner {
         } else {
             Err(self.bad_status(status))
         }
+    }
+
+    /// Whether the dynamic file canaryd owns defines `service` (an unreadable file counts as
+    /// defining it, so that nothing is assumed unset).
+    async fn written(&self, service: &str) -> bool {
+        let file = self.dynamic_file.clone();
+        let service = service.to_string();
+        tokio::task::spawn_blocking(move || match std::fs::read_to_string(&file) {
+            Ok(text) => match serde_saphyr::from_str::<Value>(&text) {
+                Ok(doc) => doc.pointer(&format!("/http/services/{service}")).is_some(),
+                Err(_) => true,
+            },
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        })
+        .await
+        .unwrap_or(true)
     }
 
     fn check_service(&self, service: &str) -> Result<(), RouterError> {

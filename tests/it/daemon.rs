@@ -78,6 +78,9 @@ pub struct World {
     pub url: Option<String>,
     /// `--poll-interval`.
     pub poll: &'static str,
+    /// The `spec:` of the router `edge` (indented two spaces), when it is not the embedded
+    /// router on `router`.
+    pub router_spec: Option<String>,
 }
 
 impl World {
@@ -132,11 +135,17 @@ impl World {
             starts: 0,
             url: None,
             poll: "1s",
+            router_spec: None,
         }
     }
 
     /// The router document every spec here starts with.
     pub fn router_doc(&self) -> String {
+        if let Some(spec) = &self.router_spec {
+            return format!(
+                "apiVersion: canaryd.dev/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\nspec:\n{spec}---\n"
+            );
+        }
         format!(
             "apiVersion: canaryd.dev/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\n\
              spec:\n  kind: embedded\n  listen: \"{}\"\n  backends: {{blue: \"http://{}\", green: \"http://{}\"}}\n---\n",
@@ -907,5 +916,69 @@ fn not_ready_while_git_cannot_be_read_and_alive_all_the_same() {
     assert!(
         !logs.contains("s3cret") && !metrics.contains("s3cret"),
         "{logs}"
+    );
+}
+
+pub const GATED: &str = "  steps:\n    - setWeight: 20\n    - pause: {}\n    - setWeight: 60\n";
+
+/// A rollout through a real router the caller runs in front of `w`'s backends (its Router
+/// `spec:` in `w.router_spec`), checked with the router's own read-back (`read`: canary
+/// percentage): each step takes effect, a hand-made change (`hand_set`: canary percentage) is
+/// drift and is undone, a promote commit promotes, and an abort commit sends traffic to stable.
+pub fn rollout_through(w: &mut World, read: impl Fn() -> u8, hand_set: impl Fn(u8)) {
+    w.start_on_stable(GATED);
+    assert_eq!(read(), 0, "stable carries everything");
+    w.merge("checkout.yaml", &w.spec(true, GATED), "canary: green 1.1");
+    w.wait_for("checkout", 30, "paused at 20%, verified", |s| {
+        phase(s) == "paused" && canary_weight(s) == 20 && verified(s)
+    });
+    assert_eq!(read(), 20, "the router's read-back after step 1");
+
+    // Someone changes the weights by hand: the daemon notices, records it, and sets them back.
+    hand_set(50);
+    w.wait_for("checkout", 30, "drift recorded and undone", |s| {
+        s.status.drift.is_some()
+            && s.live
+                .as_ref()
+                .is_some_and(|l| l.backends.get("green").is_some_and(|g| g.get() == 20))
+    });
+    assert_eq!(read(), 20, "re-applied after the hand change");
+
+    // The daemon's own read-back first: a router may take a moment to load a change.
+    let green_live = |s: &StatusFile, pct: u8| {
+        s.live
+            .as_ref()
+            .is_some_and(|l| l.backends.get("green").is_some_and(|g| g.get() == pct))
+    };
+    w.gate("promote");
+    w.wait_for("checkout", 30, "promoted, read back", |s| {
+        phase(s) == "promoted" && green_live(s, 100)
+    });
+    assert_eq!(read(), 100, "promoted: the canary carries everything");
+
+    // The next release into the blue slot, aborted by hand: traffic back to stable (green).
+    let next = w
+        .spec(true, GATED)
+        .replace(
+            "stable: {name: blue, version: \"1.0\"}",
+            "stable: {name: green, version: \"1.1\"}",
+        )
+        .replace(
+            "canary: {name: green, version: \"1.1\"}",
+            "canary: {name: blue, version: \"1.2\"}",
+        );
+    w.merge("checkout.yaml", &next, "canary: blue 1.2");
+    w.wait_for("checkout", 30, "paused at 20% on blue", |s| {
+        phase(s) == "paused" && s.desired.get("blue").is_some_and(|b| b.get() == 20) && verified(s)
+    });
+    assert_eq!(read(), 80, "green (now stable) keeps 80%");
+    w.gate("abort");
+    w.wait_for("checkout", 30, "aborted, read back", |s| {
+        phase(s) == "aborted" && green_live(s, 100)
+    });
+    assert_eq!(
+        read(),
+        100,
+        "aborted: all traffic back on green, the stable"
     );
 }

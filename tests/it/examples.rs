@@ -33,11 +33,21 @@ fn every_valid_example_lints_clean() {
         repo::catalog(&[examples], Some(&root()), &Known::default()).unwrap();
     assert!(diags.is_empty(), "{diags:#?}");
     assert!(catalog.invalid.is_empty() && catalog.broken_files.is_empty());
-    // The list: basic, manual gate, Flagger shorthand, analysis-heavy, windowed.
+    // Basic, manual gate, Flagger shorthand, analysis-heavy, windowed; one per router.
     let names: Vec<&str> = catalog.rollouts.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
-        ["billing", "checkout", "inventory", "payments", "search"]
+        [
+            "billing",
+            "checkout",
+            "inventory",
+            "payments",
+            "search",
+            "shop-caddy",
+            "shop-haproxy",
+            "shop-nginx",
+            "shop-traefik"
+        ]
     );
     assert!(
         sources.iter().all(|s| !s.file.contains("invalid")),

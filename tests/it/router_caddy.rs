@@ -139,6 +139,8 @@ impl Drop for Caddy {
 struct Rig {
     caddy: Caddy,
     router: CaddyRouter,
+    /// Backend name → dial address.
+    backends: BTreeMap<String, String>,
     _stop: DropGuard,
 }
 
@@ -169,6 +171,7 @@ async fn rig() -> Rig {
     Rig {
         caddy,
         router,
+        backends,
         _stop: stop.drop_guard(),
     }
 }
@@ -449,4 +452,43 @@ async fn router_caddy_apply_observe_round_trip() {
         times[times.len() * 9 / 10],
         times[times.len() - 1]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the daemon: `canaryd run` drives this Caddy.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_rollout_through_the_daemon_is_read_back_from_caddy() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rig = rt.block_on(rig());
+    let mut w = crate::daemon::World::new(0.0, 0.0);
+    w.router_spec = Some(format!(
+        "  kind: caddy\n  admin: \"http://{}\"\n  backends: {{blue: \"{}\", green: \"{}\"}}\n",
+        rig.caddy.admin, rig.backends["blue"], rig.backends["green"]
+    ));
+    let read = || rt.block_on(percentages(&rig.router)).1;
+    // An operator PATCHes the weights by config path, as `curl -X PATCH` would.
+    let hand_set = |green: u8| {
+        let url = format!(
+            "http://{}/config/apps/http/servers/srv0/routes/0/handle/0/load_balancing/selection_policy/weights",
+            rig.caddy.admin
+        );
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let r = rt
+            .block_on(
+                client
+                    .patch(&url)
+                    .header("content-type", "application/json")
+                    .body(format!("[{},{green}]", 100 - green))
+                    .send(),
+            )
+            .unwrap();
+        assert!(r.status().is_success());
+    };
+    crate::daemon::rollout_through(&mut w, read, hand_set);
 }

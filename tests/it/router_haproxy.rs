@@ -444,3 +444,79 @@ async fn apply_and_observe_round_trip_time() {
         assert!(times[25] < Duration::from_secs(1));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Through the daemon: `canaryd run` drives this HAProxy.
+// ---------------------------------------------------------------------------------------------
+
+/// A runtime for the HAProxy guard and its backends, outside the daemon world's own.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The Router `spec:` for this HAProxy.
+fn router_spec(haproxy: &Haproxy) -> String {
+    format!(
+        "  kind: haproxy\n  runtimeApi: \"unix:{}\"\n",
+        haproxy.socket().display()
+    )
+}
+
+#[test]
+fn a_rollout_through_the_daemon_is_read_back_from_haproxy() {
+    let rt = runtime();
+    let haproxy = rt.block_on(Haproxy::start());
+    let mut w = crate::daemon::World::new(0.0, 0.0);
+    w.router_spec = Some(router_spec(&haproxy));
+    let router = haproxy.unix();
+    let read = || rt.block_on(percentages(&router)).1;
+    let hand_set = |green: u8| {
+        let green = i64::from(green);
+        rt.block_on(haproxy.operator(&format!("set weight checkout/green {green}")));
+        rt.block_on(haproxy.operator(&format!("set weight checkout/blue {}", 100 - green)));
+    };
+    crate::daemon::rollout_through(&mut w, read, hand_set);
+}
+
+#[test]
+fn a_killed_haproxy_holds_the_rollout_which_resumes_with_the_right_weights() {
+    let rt = runtime();
+    let mut haproxy = rt.block_on(Haproxy::start());
+    let mut w = crate::daemon::World::new(0.0, 0.0);
+    w.router_spec = Some(router_spec(&haproxy));
+    w.start_on_stable(crate::daemon::GATED);
+    w.merge(
+        "checkout.yaml",
+        &w.spec(true, crate::daemon::GATED),
+        "canary: green 1.1",
+    );
+    w.wait_for("checkout", 30, "paused at 20%", |s| {
+        s.status.progress.phase() == "paused"
+            && s.status
+                .progress
+                .run()
+                .is_some_and(|r| r.verified && r.weight.get() == 20)
+    });
+    haproxy.kill();
+    // The daemon cannot read the router: it holds, and says why.
+    let held = w.wait_for("checkout", 30, "stalled", |s| {
+        s.status.progress.run().is_some_and(|r| r.stall.is_some())
+    });
+    assert_eq!(held.status.progress.phase(), "paused");
+    // Back, with the configuration's weights (100/0): that is drift, and 80/20 comes back.
+    rt.block_on(haproxy.run());
+    w.wait_for("checkout", 30, "resumed at 20%", |s| {
+        s.status
+            .progress
+            .run()
+            .is_some_and(|r| r.verified && r.stall.is_none())
+            && s.live
+                .as_ref()
+                .is_some_and(|l| l.backends.get("green").is_some_and(|g| g.get() == 20))
+    });
+    assert_eq!(rt.block_on(percentages(&haproxy.unix())), (80, 20));
+}

@@ -586,3 +586,56 @@ async fn apply_and_observe_round_trip_time() {
         took[took.len() - 1]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Through the daemon: `canaryd run` drives this NGINX.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_rollout_through_the_daemon_is_counted_in_nginx_responses() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fx = rt.block_on(Fixture::start());
+    let mut w = crate::daemon::World::new(0.0, 0.0);
+    w.router_spec = Some(format!(
+        "  kind: nginx\n  upstreamFile: \"{}\"\n  config: \"{}\"\n  backends: {{blue: \"{}\", green: \"{}\"}}\n",
+        fx.upstreams().display(),
+        fx.config().display(),
+        fx.backends["blue"],
+        fx.backends["green"]
+    ));
+    // NGINX cannot report its weights: count who answers 100 requests (its weighted round
+    // robin is exact), once a reload has settled (two counts in a row agree).
+    let read = || {
+        let mut last = None;
+        for _ in 0..25 {
+            let report = rt.block_on(load_of(&fx, 100));
+            let green = u8::try_from(report.by_backend.get("green").copied().unwrap_or(0)).unwrap();
+            if last == Some(green) {
+                return green;
+            }
+            last = Some(green);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("responses never settled");
+    };
+    // An operator edits the file and reloads.
+    let hand_set = |green: u8| {
+        let text = std::fs::read_to_string(fx.upstreams()).unwrap();
+        let edited = text
+            .replace("weight=80;", &format!("weight={};", 100 - green))
+            .replace("weight=20;", &format!("weight={green};"));
+        assert_ne!(edited, text, "{text}");
+        std::fs::write(fx.upstreams(), edited).unwrap();
+        let out = Command::new(nginx_binary())
+            .args(["-s", "reload", "-c"])
+            .arg(fx.config())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    crate::daemon::rollout_through(&mut w, read, hand_set);
+}

@@ -125,6 +125,7 @@ struct Fixture {
     traefik: Traefik,
     router: TraefikRouter,
     dynamic_file: PathBuf,
+    backends: BTreeMap<String, String>,
     _stop: StopOnDrop,
     dir: tempfile::TempDir,
 }
@@ -178,6 +179,7 @@ async fn fixture(latency: Duration) -> Fixture {
         traefik,
         router,
         dynamic_file,
+        backends,
         _stop: StopOnDrop(stop),
         dir,
     }
@@ -436,10 +438,8 @@ async fn an_api_that_never_answers_is_unreachable_within_the_timeout() {
 async fn unknown_service_or_backend_is_unknown() {
     let f = fixture(Duration::ZERO).await;
     apply_and_settle(&f, 90, 10).await;
-    match f.router.observe("nope").await {
-        Err(RouterError::Unknown { what, .. }) => assert!(what.contains("nope"), "{what}"),
-        other => panic!("expected unknown service, got {other:?}"),
-    }
+    // A service canaryd never wrote carries nothing yet: that is what it sets first.
+    assert_eq!(f.router.observe("nope").await.unwrap(), Observed::default());
     // A service that exists but is not weighted (one of canaryd's own children).
     match f.router.observe("checkout-blue").await {
         Err(RouterError::Unknown { what, .. }) => assert!(what.contains("loadbalancer"), "{what}"),
@@ -481,4 +481,43 @@ async fn apply_then_observe_round_trip_time() {
         times[25], times[45], times[0], times[49]
     );
     assert!(times[25] < Duration::from_secs(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the daemon: `canaryd run` drives this Traefik.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_rollout_through_the_daemon_is_read_back_from_traefik() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let f = rt.block_on(fixture(Duration::ZERO));
+    let mut w = crate::daemon::World::new(0.0, 0.0);
+    w.router_spec = Some(format!(
+        "  kind: traefik\n  api: \"http://127.0.0.1:{}\"\n  dynamicFile: \"{}\"\n  backends: {{blue: \"{}\", green: \"{}\"}}\n",
+        f.traefik.api,
+        f.dynamic_file.display(),
+        f.backends["blue"],
+        f.backends["green"],
+    ));
+    let read = || {
+        let o = rt.block_on(f.router.observe(SERVICE)).unwrap();
+        o.percentages()
+            .map_or(0, |p| p.get("green").map_or(0, |g| g.get()))
+    };
+    // An operator edits the file canaryd owns; Traefik loads it after its throttle.
+    let hand_set = |green: u8| {
+        let want = traffic(100 - green, green);
+        let text = std::fs::read_to_string(&f.dynamic_file).unwrap();
+        let edited = text
+            .replace("weight: 80", &format!("weight: {}", 100 - green))
+            .replace("weight: 20", &format!("weight: {green}"));
+        assert_ne!(text, edited, "{text}");
+        std::fs::write(&f.dynamic_file, edited).unwrap();
+        rt.block_on(settle(&f.router, &want)).unwrap();
+    };
+    crate::daemon::rollout_through(&mut w, read, hand_set);
 }
