@@ -925,9 +925,19 @@ pub const GATED: &str = "  steps:\n    - setWeight: 20\n    - pause: {}\n    - s
 /// `spec:` in `w.router_spec`), checked with the router's own read-back (`read`: canary
 /// percentage): each step takes effect, a hand-made change (`hand_set`: canary percentage) is
 /// drift and is undone, a promote commit promotes, and an abort commit sends traffic to stable.
-pub fn rollout_through(w: &mut World, read: impl Fn() -> u8, hand_set: impl Fn(u8)) {
+///
+/// Users send a bounded load to the router's `front` address the whole time; what they saw is
+/// returned, for the caller to assert what its router guarantees.
+pub fn rollout_through(
+    w: &mut World,
+    front: SocketAddr,
+    read: impl Fn() -> u8,
+    hand_set: impl Fn(u8),
+) -> LoadReport {
     w.start_on_stable(GATED);
     assert_eq!(read(), 0, "stable carries everything");
+    let stop = CancellationToken::new();
+    let users = w.rt.spawn(users(front, stop.clone()));
     w.merge("checkout.yaml", &w.spec(true, GATED), "canary: green 1.1");
     w.wait_for("checkout", 30, "paused at 20%, verified", |s| {
         phase(s) == "paused" && canary_weight(s) == 20 && verified(s)
@@ -981,4 +991,30 @@ pub fn rollout_through(w: &mut World, read: impl Fn() -> u8, hand_set: impl Fn(u
         100,
         "aborted: all traffic back on green, the stable"
     );
+    stop.cancel();
+    let report = w.rt.block_on(users).unwrap();
+    println!("users during the rollout: {report:?}");
+    assert!(report.sent > 100, "{report:?}");
+    report
+}
+
+/// Requests in rounds of half a second until `stop` (a minute at most): 2 at a time.
+async fn users(front: SocketAddr, stop: CancellationToken) -> LoadReport {
+    let mut total = LoadReport::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.is_cancelled() && Instant::now() < deadline {
+        let round = backend::load(
+            front,
+            LoadConfig {
+                concurrency: 2,
+                total: 10_000,
+                max_duration: Duration::from_millis(500),
+                host: None,
+            },
+        )
+        .await
+        .unwrap();
+        total.merge(round);
+    }
+    total
 }

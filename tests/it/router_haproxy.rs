@@ -441,7 +441,6 @@ async fn apply_and_observe_round_trip_time() {
             "haproxy apply+observe over {label}: median {:?}, max {:?} (50 tries)",
             times[25], times[49]
         );
-        assert!(times[25] < Duration::from_secs(1));
     }
 }
 
@@ -479,7 +478,8 @@ fn a_rollout_through_the_daemon_is_read_back_from_haproxy() {
         rt.block_on(haproxy.operator(&format!("set weight checkout/green {green}")));
         rt.block_on(haproxy.operator(&format!("set weight checkout/blue {}", 100 - green)));
     };
-    crate::daemon::rollout_through(&mut w, read, hand_set);
+    let report = crate::daemon::rollout_through(&mut w, haproxy.addr, read, hand_set);
+    assert_eq!((report.failed, report.server_errors), (0, 0), "{report:?}");
 }
 
 #[test]

@@ -480,7 +480,6 @@ async fn apply_then_observe_round_trip_time() {
         "traefik apply+observe round trip over 50 tries: median {:?}, p90 {:?}, min {:?}, max {:?}",
         times[25], times[45], times[0], times[49]
     );
-    assert!(times[25] < Duration::from_secs(2));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -519,5 +518,6 @@ fn a_rollout_through_the_daemon_is_read_back_from_traefik() {
         std::fs::write(&f.dynamic_file, edited).unwrap();
         rt.block_on(settle(&f.router, &want)).unwrap();
     };
-    crate::daemon::rollout_through(&mut w, read, hand_set);
+    let report = crate::daemon::rollout_through(&mut w, f.traefik.web_addr(), read, hand_set);
+    assert_eq!((report.failed, report.server_errors), (0, 0), "{report:?}");
 }

@@ -1,0 +1,2 @@
+//! Apply + read-back round trip per router (being built).
+fn main() {}
