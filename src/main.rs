@@ -550,10 +550,13 @@ fn live_from_routers(catalog: &canaryd::model::Catalog, config: &Config) -> Resu
             continue;
         };
         let read = Driver::connect(&target.router, spec).map(|driver| {
-            rt.block_on(tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                async move { driver.observe(&target.service).await },
-            ))
+            rt.block_on(async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    driver.observe(&target.service),
+                )
+                .await
+            })
         });
         match read {
             Ok(Ok(Ok(observed))) => live.insert(target, observed),

@@ -520,3 +520,47 @@ fn a_killed_haproxy_holds_the_rollout_which_resumes_with_the_right_weights() {
     });
     assert_eq!(rt.block_on(percentages(&haproxy.unix())), (80, 20));
 }
+
+#[test]
+fn plan_reads_the_live_weights_from_haproxy() {
+    let rt = runtime();
+    let haproxy = rt.block_on(Haproxy::start());
+    rt.block_on(haproxy.operator("set weight checkout/green 10"));
+    rt.block_on(haproxy.operator("set weight checkout/blue 90"));
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::create_dir(repo.path().join("rollouts")).unwrap();
+    std::fs::write(
+        repo.path().join("rollouts/checkout.yaml"),
+        format!(
+            "apiVersion: canaryd.dev/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\nspec:\n{}---\n\
+             apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: checkout}}\n\
+             spec:\n  router: edge\n  service: checkout\n  stable: {{name: blue, version: \"1\"}}\n\
+             \x20 canary: {{name: green, version: \"2\"}}\n  steps: [{{setWeight: 25}}]\n",
+            router_spec(&haproxy)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["plan", "--output", "json"])
+        .current_dir(repo.path())
+        .env_remove("CANARYD_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "changes pending: {text}");
+    let plans: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // The first step, planned against what HAProxy reports (90/10), not "unknown".
+    assert_eq!(plans[0]["action"]["action"], "setWeight", "{text}");
+    assert_eq!(plans[0]["traffic"]["backends"]["green"], 25, "{text}");
+    let human = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .arg("plan")
+        .current_dir(repo.path())
+        .env_remove("CANARYD_CONFIG")
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("-   green 10%") || human.contains("green 10%"),
+        "{human}"
+    );
+}
