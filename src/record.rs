@@ -48,6 +48,9 @@ pub struct StatusFile {
     /// The weights the router reported at the last look.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveRecord>,
+    /// Why the router could not be read at the last look (the rollout holds meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_error: Option<String>,
     /// The newest value of each metric measured for the current revision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub analysis: Vec<MetricValue>,
@@ -87,6 +90,7 @@ impl StatusFile {
             steps: 0,
             desired: BTreeMap::new(),
             live: None,
+            router_error: None,
             analysis: Vec::new(),
             updated_at: now,
         }

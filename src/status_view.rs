@@ -242,6 +242,9 @@ fn block(out: &mut String, file: &StatusFile, now: DateTime<Utc>) {
     if let Some(d) = &file.status.drift {
         let _ = writeln!(out, "  {}", drift_line(d, now));
     }
+    if let Some(why) = &file.router_error {
+        let _ = writeln!(out, "  router: {why}");
+    }
     if let Some(branch) = &file.revert {
         let _ = writeln!(out, "  revert branch {branch}: merge it to make Git agree");
     }
@@ -310,6 +313,8 @@ pub struct RolloutView<'a> {
     pub spec_commit: Option<&'a str>,
     /// The revert branch pushed after an abort.
     pub revert: Option<&'a str>,
+    /// Why the router could not be read at the last look.
+    pub router_error: Option<&'a str>,
 }
 
 impl<'a> RolloutView<'a> {
@@ -344,6 +349,7 @@ impl<'a> RolloutView<'a> {
             updated_at: file.updated_at,
             spec_commit: file.spec_commit.as_deref(),
             revert: file.revert.as_deref(),
+            router_error: file.router_error.as_deref(),
         }
     }
 }
@@ -402,6 +408,7 @@ mod tests {
         StatusFile {
             file: None,
             revert: None,
+            router_error: None,
             status,
             spec_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
             steps: 6,

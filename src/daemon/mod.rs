@@ -415,6 +415,8 @@ impl Daemon {
         let mut samples: Vec<Sample> = Vec::new();
         let mut measured: Vec<MetricValue> = Vec::new();
         let mut revert_branch: Option<String> = None;
+        // Why the router could not be read at the last look, for the status.
+        let mut router_error: Option<String> = None;
         let mut attempts = 0;
         let mut rounds = 0;
         loop {
@@ -434,8 +436,10 @@ impl Daemon {
                     let driver = self.driver(&r.target().router, catalog).await;
                     let live = match &driver {
                         Some(d) => self.observe(d, r).await,
-                        None => None,
+                        None => Err(format!("router `{}` is not running", r.target().router)),
                     };
+                    router_error = live.as_ref().err().cloned();
+                    let live = live.ok();
                     let gates = self
                         .gates(head, r, recorded.status.last_gate.as_deref())
                         .await;
@@ -462,7 +466,9 @@ impl Daemon {
                 if let Some(r) = rollout
                     && let Some(d) = self.running(&r.target().router)
                 {
-                    live = self.observe(&d, r).await;
+                    let read = self.observe(&d, r).await;
+                    router_error = read.as_ref().err().cloned();
+                    live = read.ok();
                 }
             }
             let mut file = self.file_for(
@@ -478,6 +484,9 @@ impl Daemon {
                 && let Some(branch) = &revert_branch
             {
                 file.revert = Some(branch.clone());
+            }
+            if rollout.is_some() {
+                file.router_error = router_error.clone();
             }
             if file.substance() != in_git.substance() {
                 let message = message::status_commit(&file, &plan.action, &measured);
@@ -681,28 +690,20 @@ impl Daemon {
     }
 
     /// The live weights of a rollout's service; `None` (hold) when the router cannot tell.
-    async fn observe(&self, driver: &Driver, r: &Rollout) -> Option<Observed> {
+    async fn observe(&self, driver: &Driver, r: &Rollout) -> Result<Observed, String> {
         let target = r.target();
-        match tokio::time::timeout(
+        let why = match tokio::time::timeout(
             self.settings.router_timeout,
             driver.observe(&target.service),
         )
         .await
         {
-            Ok(Ok(o)) => Some(o),
-            Ok(Err(e)) => {
-                self.error(ErrorClass::Router, Some(&r.name), e.to_string());
-                None
-            }
-            Err(_) => {
-                self.error(
-                    ErrorClass::Router,
-                    Some(&r.name),
-                    format!("router `{}` did not answer in time", target.router),
-                );
-                None
-            }
-        }
+            Ok(Ok(o)) => return Ok(o),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("router `{}` did not answer in time", target.router),
+        };
+        self.error(ErrorClass::Router, Some(&r.name), why.clone());
+        Err(why)
     }
 
     /// Sets the plan's traffic on the rollout's router; whether the router took it (nothing to

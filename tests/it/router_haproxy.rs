@@ -503,10 +503,12 @@ fn a_killed_haproxy_holds_the_rollout_which_resumes_with_the_right_weights() {
     });
     haproxy.kill();
     // The daemon cannot read the router: it holds, and says why.
-    let held = w.wait_for("checkout", 30, "stalled", |s| {
-        s.status.progress.run().is_some_and(|r| r.stall.is_some())
+    let held = w.wait_for("checkout", 30, "stalled, and why", |s| {
+        s.status.progress.run().is_some_and(|r| r.stall.is_some()) && s.router_error.is_some()
     });
     assert_eq!(held.status.progress.phase(), "paused");
+    let why = held.router_error.clone().unwrap_or_default();
+    assert!(why.contains("unreachable"), "the status says why: {why:?}");
     // Back, with the configuration's weights (100/0): that is drift, and 80/20 comes back.
     rt.block_on(haproxy.run());
     w.wait_for("checkout", 30, "resumed at 20%", |s| {
