@@ -7,6 +7,7 @@
 
 pub mod caddy;
 pub mod embedded;
+pub mod gateway;
 pub mod haproxy;
 pub mod nginx;
 pub mod traefik;
@@ -46,6 +47,7 @@ pub enum Driver {
     Traefik(traefik::TraefikRouter),
     Caddy(caddy::CaddyRouter),
     Nginx(nginx::NginxRouter),
+    Gateway(gateway::GatewayRouter),
 }
 
 impl Driver {
@@ -75,10 +77,12 @@ impl Driver {
                 router: name.to_string(),
                 message: "the embedded router runs inside `canaryd run`".to_string(),
             }),
-            RouterSpec::GatewayApi { .. } => Err(RouterError::Setup {
-                router: name.to_string(),
-                message: "kind `gatewayApi` is not supported by this build".to_string(),
-            }),
+            RouterSpec::GatewayApi {
+                server,
+                namespace,
+                token_file,
+            } => gateway::GatewayRouter::new(name, server, namespace, token_file.as_deref())
+                .map(Driver::Gateway),
         }
     }
 
@@ -90,6 +94,7 @@ impl Driver {
             Driver::Traefik(r) => r.observe(service).await,
             Driver::Caddy(r) => r.observe(service).await,
             Driver::Nginx(r) => r.observe(service).await,
+            Driver::Gateway(r) => r.observe(service).await,
         }
     }
 
@@ -101,6 +106,7 @@ impl Driver {
             Driver::Traefik(r) => r.apply(service, traffic).await,
             Driver::Caddy(r) => r.apply(service, traffic).await,
             Driver::Nginx(r) => r.apply(service, traffic).await,
+            Driver::Gateway(r) => r.apply(service, traffic).await,
         }
     }
 
@@ -108,7 +114,11 @@ impl Driver {
     pub fn render_metrics(&self, out: &mut String) {
         match self {
             Driver::Embedded(r) => r.render_metrics(out),
-            Driver::Haproxy(_) | Driver::Traefik(_) | Driver::Caddy(_) | Driver::Nginx(_) => {}
+            Driver::Haproxy(_)
+            | Driver::Traefik(_)
+            | Driver::Caddy(_)
+            | Driver::Nginx(_)
+            | Driver::Gateway(_) => {}
         }
     }
 
@@ -120,6 +130,7 @@ impl Driver {
             Driver::Traefik(r) => r.health().await,
             Driver::Caddy(r) => r.health().await,
             Driver::Nginx(r) => r.health().await,
+            Driver::Gateway(r) => r.health().await,
         }
     }
 }

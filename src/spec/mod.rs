@@ -386,6 +386,13 @@ pub enum RouterSpec {
         backends: BTreeMap<String, String>,
     },
     /// Kubernetes Gateway API `HTTPRoute` weights.
+    //
+    // (Plain comments, not doc comments: doc text goes into the committed `schemas/`.)
+    // A rollout's `service` is the name of an `HTTPRoute` in `namespace`; its stable and
+    // canary are `name`s of `backendRefs` in one rule of that route (the first rule with two
+    // or more backendRefs), both listed before the rollout starts: canaryd sets their
+    // `weight`s, it never adds backendRefs. `server` is plain `http://` only for now (this
+    // build has no TLS: use `kubectl proxy`); see `router::gateway`.
     GatewayApi {
         /// API server URL.
         server: String,

@@ -11,6 +11,7 @@ mod examples;
 mod git;
 mod planner;
 mod router_caddy;
+mod router_gateway;
 mod router_haproxy;
 mod router_nginx;
 mod router_traefik;
