@@ -30,8 +30,9 @@
 //! - [`daemon`]: `canaryd run`, one loop that fetches, plans and executes (status commit, traffic,
 //!   measurements, revert branch), and [`daemon::message`] the status commit messages.
 //! - [`git`]: every Git operation (git2, blocking; the daemon runs it on the blocking pool).
-//! - [`router`]: the router boundary (`observe`, `apply`, `health`), one file per driver;
-//!   [`router::embedded`] is the reverse proxy inside the daemon.
+//! - [`router`]: the router boundary (`observe`, `apply`, `health`), one file per driver:
+//!   [`router::embedded`] (the reverse proxy inside the daemon), [`router::haproxy`],
+//!   [`router::traefik`], [`router::caddy`], [`router::nginx`], [`router::gateway`].
 //! - [`provider`]: metric providers (the embedded router's counters today).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`; [`telemetry`] the events that both log and count.
 //! - [`backend`]: demo backends and a bounded loopback load generator, for the demo and tests.
