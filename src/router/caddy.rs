@@ -431,10 +431,7 @@ impl CaddyRouter {
     }
 
     fn rejected(&self, message: String) -> RouterError {
-        RouterError::Rejected {
-            router: self.name.clone(),
-            message,
-        }
+        RouterError::rejected(&self.name, message)
     }
 
     /// An answer other than success: 404 means no handler with that `@id`.

@@ -410,10 +410,7 @@ impl GatewayRouter {
     }
 
     fn rejected(&self, message: String) -> RouterError {
-        RouterError::Rejected {
-            router: self.name.clone(),
-            message,
-        }
+        RouterError::rejected(&self.name, message)
     }
 }
 

@@ -194,17 +194,11 @@ impl HaproxyRouter {
     }
 
     fn unknown(&self, what: String) -> RouterError {
-        RouterError::Unknown {
-            router: self.name.clone(),
-            what,
-        }
+        RouterError::unknown(&self.name, what)
     }
 
     fn unreachable(&self, message: String) -> RouterError {
-        RouterError::Unreachable {
-            router: self.name.clone(),
-            message,
-        }
+        RouterError::unreachable(&self.name, message)
     }
 }
 

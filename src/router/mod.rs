@@ -27,12 +27,41 @@ pub enum RouterError {
     /// The router does not know the service or one of its backends.
     #[error("router `{router}` has no {what}")]
     Unknown { router: String, what: String },
-    /// The router could not be started or configured (embedded router: address in use).
-    #[error("router `{router}` could not start: {message}")]
+    /// The router's configuration is wrong, or it could not be started (embedded router:
+    /// address in use). Trying again does not help; an operator must act.
+    #[error("router `{router}` cannot be used: {message}")]
     Setup { router: String, message: String },
 }
 
 impl RouterError {
+    pub fn unreachable(router: &str, message: impl Into<String>) -> RouterError {
+        RouterError::Unreachable {
+            router: router.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn rejected(router: &str, message: impl Into<String>) -> RouterError {
+        RouterError::Rejected {
+            router: router.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn unknown(router: &str, what: impl Into<String>) -> RouterError {
+        RouterError::Unknown {
+            router: router.to_string(),
+            what: what.into(),
+        }
+    }
+
+    pub fn setup(router: &str, message: impl Into<String>) -> RouterError {
+        RouterError::Setup {
+            router: router.to_string(),
+            message: message.into(),
+        }
+    }
+
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, RouterError::Unreachable { .. })

@@ -340,31 +340,19 @@ impl Inner {
     }
 
     fn setup(&self, message: String) -> RouterError {
-        RouterError::Setup {
-            router: self.name.clone(),
-            message,
-        }
+        RouterError::setup(&self.name, message)
     }
 
     fn unreachable(&self, message: String) -> RouterError {
-        RouterError::Unreachable {
-            router: self.name.clone(),
-            message,
-        }
+        RouterError::unreachable(&self.name, message)
     }
 
     fn rejected(&self, message: String) -> RouterError {
-        RouterError::Rejected {
-            router: self.name.clone(),
-            message,
-        }
+        RouterError::rejected(&self.name, message)
     }
 
     fn unknown(&self, what: String) -> RouterError {
-        RouterError::Unknown {
-            router: self.name.clone(),
-            what,
-        }
+        RouterError::unknown(&self.name, what)
     }
 }
 
