@@ -60,6 +60,7 @@ pub mod daemon;
 pub mod demo;
 pub mod diag;
 pub mod git;
+pub mod judge;
 pub mod live;
 pub mod model;
 pub mod plan;

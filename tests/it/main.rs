@@ -9,6 +9,7 @@ mod demo;
 mod embedded;
 mod examples;
 mod git;
+mod judge;
 mod planner;
 mod router_caddy;
 mod router_gateway;
