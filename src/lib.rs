@@ -16,6 +16,8 @@
 //!   types ([`model::Traffic`] desired, [`model::Observed`] live).
 //! - [`progress`]: the state machine of a rollout; serialised, it is the status file in Git.
 //! - [`analysis`]: metric semantics: value → outcome → run → verdict.
+//! - [`judge`]: the statistical canary-versus-baseline judge (Mann–Whitney U, Hodges–Lehmann
+//!   shift and its interval, Kayenta's classes and score); not wired into specs yet.
 //! - [`plan`]: the planner, `plan(spec, recorded status, live weights, measurements, gates,
 //!   now) → Plan`. The daemon executes plans; `canaryd plan` prints them.
 //! - [`repo`]: finds and reads spec files on disk (the only module here touching the file
@@ -40,7 +42,7 @@
 //!
 //! # Invariants
 //!
-//! - `spec`, `yaml`, `validate`, `model`, `progress`, `analysis` and `plan` do no I/O and never
+//! - `spec`, `yaml`, `validate`, `model`, `progress`, `analysis`, `judge` and `plan` do no I/O and never
 //!   read the clock: time comes in as `now`. They cannot fail except by returning values.
 //! - The planner never emits a canary weight that the current spec's steps do not name, other
 //!   than 0 and 100 (a property test checks this).
