@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use canaryd::backend::{BackendConfig, spawn};
-use canaryd::model::{Traffic, Weight};
+use canaryd::model::Traffic;
 use canaryd::router::Driver;
 use canaryd::router::caddy::CaddyRouter;
 use canaryd::router::haproxy::HaproxyRouter;
@@ -204,13 +204,7 @@ fn free_port() -> u16 {
 }
 
 fn traffic(blue: i64, green: i64) -> Traffic {
-    let weight = |w| Weight::new(w).expect("a weight in 0..=100");
-    Traffic {
-        backends: BTreeMap::from([
-            ("blue".to_string(), weight(blue)),
-            ("green".to_string(), weight(green)),
-        ]),
-    }
+    Traffic::of(&[("blue", blue), ("green", green)]).expect("weights in 0..=100")
 }
 
 /// One warm-up round trip, then [`RUNS`] timed ones; each with how many reads verifying took.

@@ -162,6 +162,17 @@ pub struct Traffic {
     pub backends: BTreeMap<String, Weight>,
 }
 
+impl Traffic {
+    /// Traffic from (backend, percent) pairs; `None` when a weight is outside 0..=100.
+    pub fn of<W: Into<i64> + Copy>(pairs: &[(&str, W)]) -> Option<Traffic> {
+        let backends = pairs
+            .iter()
+            .map(|&(name, w)| Some((name.to_string(), Weight::new(w.into())?)))
+            .collect::<Option<_>>()?;
+        Some(Traffic { backends })
+    }
+}
+
 /// What a router reports for one service: raw weights per backend, in the router's own
 /// scale (HAProxy 0..=256, percentages elsewhere).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -372,4 +383,17 @@ pub struct Catalog {
     pub broken_files: Vec<String>,
     /// Routers defined by `kind: Router` documents in the repository, by name.
     pub routers: BTreeMap<String, RouterSpec>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_of_pairs_refuses_weights_outside_a_percentage() {
+        let t = Traffic::of(&[("blue", 80u8), ("green", 20)]).unwrap();
+        assert_eq!(t.backends["green"], Weight(20));
+        assert_eq!(Traffic::of(&[("blue", 101i64)]), None);
+        assert_eq!(Traffic::of(&[("blue", -1i64)]), None);
+    }
 }

@@ -582,15 +582,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::model::Weight;
 
     fn traffic(pairs: &[(&str, i64)]) -> Traffic {
-        Traffic {
-            backends: pairs
-                .iter()
-                .map(|(n, w)| (n.to_string(), Weight::new(*w).unwrap()))
-                .collect(),
-        }
+        Traffic::of(pairs).unwrap()
     }
 
     fn route(rules: Value) -> Value {

@@ -283,17 +283,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::model::Weight;
 
     const STATE: &str = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 checkout 1 blue 127.0.0.1 2 0 100 100 2 1 0 2 0 0 0 0 - 18556 - 0 0 - - 0\n3 checkout 2 green 127.0.0.1 2 0 37 0 2 1 0 2 0 0 0 0 - 18557 - 0 0 - - 0\n\n";
 
     fn traffic(pairs: &[(&str, i64)]) -> Traffic {
-        Traffic {
-            backends: pairs
-                .iter()
-                .map(|(n, w)| (n.to_string(), Weight::new(*w).unwrap()))
-                .collect(),
-        }
+        Traffic::of(pairs).unwrap()
     }
 
     fn weights(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {

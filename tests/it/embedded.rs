@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use canaryd::model::{Traffic, Weight};
+use canaryd::model::Traffic;
 use canaryd::router::RouterError;
 use canaryd::router::embedded::{EmbeddedRouter, QueryError};
 use tokio::net::TcpListener;
@@ -80,12 +80,7 @@ async fn router(backends: &[(&str, String)], stop: &CancellationToken) -> Embedd
 }
 
 fn traffic(weights: &[(&str, u8)]) -> Traffic {
-    Traffic {
-        backends: weights
-            .iter()
-            .map(|(n, w)| (n.to_string(), Weight::new(i64::from(*w)).unwrap()))
-            .collect(),
-    }
+    Traffic::of(weights).unwrap()
 }
 
 fn client() -> reqwest::Client {

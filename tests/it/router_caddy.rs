@@ -177,12 +177,7 @@ async fn rig() -> Rig {
 }
 
 fn traffic(blue: i64, green: i64) -> Traffic {
-    Traffic {
-        backends: BTreeMap::from([
-            ("blue".to_string(), Weight::new(blue).unwrap()),
-            ("green".to_string(), Weight::new(green).unwrap()),
-        ]),
-    }
+    Traffic::of(&[("blue", blue), ("green", green)]).unwrap()
 }
 
 async fn percentages(router: &CaddyRouter) -> (u8, u8) {

@@ -339,12 +339,7 @@ impl ApiServer {
 }
 
 fn traffic(pairs: &[(&str, i64)]) -> Traffic {
-    Traffic {
-        backends: pairs
-            .iter()
-            .map(|(n, w)| (n.to_string(), Weight::new(*w).unwrap()))
-            .collect(),
-    }
+    Traffic::of(pairs).unwrap()
 }
 
 fn weights(pairs: &[(&str, u32)]) -> std::collections::BTreeMap<String, u32> {

@@ -171,12 +171,7 @@ impl Haproxy {
 }
 
 fn split(blue: i64, green: i64) -> Traffic {
-    Traffic {
-        backends: [("blue", blue), ("green", green)]
-            .into_iter()
-            .map(|(n, w)| (n.to_string(), Weight::new(w).unwrap()))
-            .collect(),
-    }
+    Traffic::of(&[("blue", blue), ("green", green)]).unwrap()
 }
 
 async fn percentages(router: &HaproxyRouter) -> (u8, u8) {

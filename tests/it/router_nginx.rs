@@ -234,12 +234,7 @@ impl Drop for Fixture {
 }
 
 fn traffic(weights: &[(&str, u8)]) -> Traffic {
-    Traffic {
-        backends: weights
-            .iter()
-            .map(|(n, w)| (n.to_string(), Weight::new(i64::from(*w)).unwrap()))
-            .collect(),
-    }
+    Traffic::of(weights).unwrap()
 }
 
 fn percent(router_weights: &BTreeMap<String, Weight>) -> Vec<(String, u8)> {

@@ -186,12 +186,7 @@ async fn fixture(latency: Duration) -> Fixture {
 }
 
 fn traffic(blue: u8, green: u8) -> Traffic {
-    Traffic {
-        backends: BTreeMap::from([
-            ("blue".to_string(), Weight::new(blue.into()).unwrap()),
-            ("green".to_string(), Weight::new(green.into()).unwrap()),
-        ]),
-    }
+    Traffic::of(&[("blue", blue), ("green", green)]).unwrap()
 }
 
 /// Polls `observe` until it reports `want`'s percentages; the last observation on timeout.
