@@ -237,6 +237,12 @@ fn traffic(weights: &[(&str, u8)]) -> Traffic {
     Traffic::of(weights).unwrap()
 }
 
+/// The percentages `observe` reports for `checkout`.
+async fn shares(router: &NginxRouter) -> Vec<(String, u8)> {
+    let observed = router.observe("checkout").await.unwrap();
+    percent(&observed.percentages().unwrap())
+}
+
 fn percent(router_weights: &BTreeMap<String, Weight>) -> Vec<(String, u8)> {
     router_weights
         .iter()
@@ -419,21 +425,13 @@ async fn a_hand_edit_of_the_file_is_seen_as_drift() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let observed = router.observe("checkout").await.unwrap();
-    assert_eq!(
-        percent(&observed.percentages().unwrap()),
-        pairs(&[("blue", 30), ("green", 70)])
-    );
+    assert_eq!(shares(&router).await, pairs(&[("blue", 30), ("green", 70)]));
     // The next apply sets the weights again.
     router
         .apply("checkout", &traffic(&[("blue", 90), ("green", 10)]))
         .await
         .unwrap();
-    let observed = router.observe("checkout").await.unwrap();
-    assert_eq!(
-        percent(&observed.percentages().unwrap()),
-        pairs(&[("blue", 90), ("green", 10)])
-    );
+    assert_eq!(shares(&router).await, pairs(&[("blue", 90), ("green", 10)]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,11 +461,7 @@ async fn a_change_nginx_refuses_is_rejected_and_undone() {
     assert!(e.to_string().contains("invalid port"), "{e}");
     assert!(!e.is_transient());
     assert_eq!(std::fs::read_to_string(fx.upstreams()).unwrap(), before);
-    let observed = router.observe("checkout").await.unwrap();
-    assert_eq!(
-        percent(&observed.percentages().unwrap()),
-        pairs(&[("blue", 60), ("green", 40)])
-    );
+    assert_eq!(shares(&router).await, pairs(&[("blue", 60), ("green", 40)]));
     router.health().await.unwrap();
 }
 
@@ -508,20 +502,12 @@ async fn nginx_down_is_unreachable_and_recovers() {
     }
     // The refused apply left the file alone.
     fx.start_nginx(&nginx_binary()).await;
-    let observed = router.observe("checkout").await.unwrap();
-    assert_eq!(
-        percent(&observed.percentages().unwrap()),
-        pairs(&[("blue", 70), ("green", 30)])
-    );
+    assert_eq!(shares(&router).await, pairs(&[("blue", 70), ("green", 30)]));
     router
         .apply("checkout", &traffic(&[("blue", 10), ("green", 90)]))
         .await
         .unwrap();
-    let observed = router.observe("checkout").await.unwrap();
-    assert_eq!(
-        percent(&observed.percentages().unwrap()),
-        pairs(&[("blue", 10), ("green", 90)])
-    );
+    assert_eq!(shares(&router).await, pairs(&[("blue", 10), ("green", 90)]));
     router.health().await.unwrap();
 }
 
