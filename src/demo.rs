@@ -170,6 +170,27 @@ async fn wait_for_router(router: SocketAddr) -> Result<(), DemoError> {
     Ok(())
 }
 
+/// Commits `spec` to `main` as a merged pull request would.
+async fn merge(remote: &Path, spec: String, message: &str, user: &Author) -> Result<(), DemoError> {
+    let (repo, message, user) = (remote.to_path_buf(), message.to_string(), user.clone());
+    blocking(move || {
+        let files = BTreeMap::from([(SPEC_FILE.to_string(), Some(spec))]);
+        git::commit_files(&repo, "main", &files, &message, &user)
+    })
+    .await?;
+    Ok(())
+}
+
+/// Runs a git2 call on the blocking pool, off the workers the daemon and the router use.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, git::GitError> + Send + 'static,
+) -> Result<T, DemoError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(DemoError::Io(io::Error::other(e))),
+    }
+}
+
 async fn free_addr() -> Result<SocketAddr, DemoError> {
     Ok(TcpListener::bind("127.0.0.1:0").await?.local_addr()?)
 }
@@ -189,12 +210,16 @@ impl Stage<'_> {
     }
 
     /// The status the daemon committed, as the status branch has it now.
-    fn status(&self) -> Option<StatusFile> {
-        let files = git::read_status_branch(
-            self.remote.to_str().unwrap_or_default(),
-            "canaryd/status",
-            &self.scratch,
-        )
+    async fn status(&self) -> Option<StatusFile> {
+        let (remote, scratch) = (self.remote.clone(), self.scratch.clone());
+        let files = blocking(move || {
+            git::read_status_branch(
+                remote.to_str().unwrap_or_default(),
+                "canaryd/status",
+                &scratch,
+            )
+        })
+        .await
         .ok()?;
         StatusFile::from_yaml(files.get("checkout")?).ok()
     }
@@ -209,21 +234,24 @@ impl Stage<'_> {
         let deadline = Instant::now() + Duration::from_secs(ACT_LIMIT);
         let mut weights = Vec::new();
         loop {
-            if let Some(s) = self.status()
+            if let Some(s) = self.status().await
                 && self.last.as_ref().map(StatusFile::substance) != Some(s.substance())
             {
                 let canary = canary_weight(&s);
                 if weights.last() != Some(&canary.get()) {
                     weights.push(canary.get());
                 }
-                let subject = git::log(&self.remote, "canaryd/status", Some(STATUS_FILE), 1)?
-                    .into_iter()
-                    .next()
-                    .map(|line| {
-                        line.split_once(' ')
-                            .map_or(line.clone(), |(_, s)| s.to_string())
-                    })
-                    .unwrap_or_default();
+                let remote = self.remote.clone();
+                let subject =
+                    blocking(move || git::log(&remote, "canaryd/status", Some(STATUS_FILE), 1))
+                        .await?
+                        .into_iter()
+                        .next()
+                        .map(|line| {
+                            line.split_once(' ')
+                                .map_or(line.clone(), |(_, s)| s.to_string())
+                        })
+                        .unwrap_or_default();
                 let t = self.started.elapsed().as_secs_f64();
                 self.say(&format!(
                     "  [{t:5.1}s] {} {:>4}  {subject}",
@@ -291,7 +319,8 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let remote = dir.join("rollouts.git");
-    git::init_bare(&remote, "main")?;
+    let bare = remote.clone();
+    blocking(move || git::init_bare(&bare, "main")).await?;
     let stop = CancellationToken::new();
     let _stop_all = stop.clone().drop_guard();
 
@@ -324,13 +353,7 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
         email: "dev@example.com".into(),
     };
     let before = spec(router, &backends, ("blue", "1.0"), None);
-    git::commit_files(
-        &remote,
-        "main",
-        &BTreeMap::from([(SPEC_FILE.to_string(), Some(before))]),
-        "checkout: blue 1.0",
-        &user,
-    )?;
+    merge(&remote, before, "checkout: blue 1.0", &user).await?;
 
     // The daemon, exactly as `canaryd run` starts it.
     let settings = Settings {
@@ -362,13 +385,7 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
         "\nAct 1. A pull request merged: green runs checkout 1.1 as the canary beside blue 1.0.",
     )?;
     let act1 = spec(router, &backends, ("blue", "1.0"), Some(("green", "1.1")));
-    git::commit_files(
-        &remote,
-        "main",
-        &BTreeMap::from([(SPEC_FILE.to_string(), Some(act1.clone()))]),
-        "checkout: canary green 1.1",
-        &user,
-    )?;
+    merge(&remote, act1.clone(), "checkout: canary green 1.1", &user).await?;
     summary.act1_spec = act1;
     let (weights, s) = stage.follow("promoted", settled).await?;
     summary.weights.push(weights);
@@ -378,13 +395,7 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
     blue_stop.cancel();
     start_backend(backends["blue"], "blue", "1.2", 0.2, stop.child_token()).await?;
     let act2 = spec(router, &backends, ("green", "1.1"), Some(("blue", "1.2")));
-    git::commit_files(
-        &remote,
-        "main",
-        &BTreeMap::from([(SPEC_FILE.to_string(), Some(act2))]),
-        "checkout: canary blue 1.2",
-        &user,
-    )?;
+    merge(&remote, act2, "checkout: canary blue 1.2", &user).await?;
     let (weights, s) = stage.follow("aborted", |s| s.revert.is_some()).await?;
     summary.weights.push(weights);
     summary.phases.push(s.status.progress.phase().to_string());
@@ -395,9 +406,16 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
     stage.say(&format!(
         "  traffic is back on green 1.1; revert branch pushed: {branch}"
     ))?;
-    let tip = git::branch_tip(&remote, &branch)?;
-    summary.reverted_spec = git::file_at_commit(&remote, &tip, SPEC_FILE)?;
-    for line in git::log(&remote, &branch, None, 1)? {
+    let (repo, name) = (remote.clone(), branch.clone());
+    let (tip, restored, revert_log) = blocking(move || {
+        let tip = git::branch_tip(&repo, &name)?;
+        let restored = git::file_at_commit(&repo, &tip, SPEC_FILE)?;
+        let log = git::log(&repo, &name, None, 1)?;
+        Ok((tip, restored, log))
+    })
+    .await?;
+    summary.reverted_spec = restored;
+    for line in revert_log {
         stage.say(&format!("    {line}"))?;
     }
     summary.revert = Some(branch.clone());
@@ -405,7 +423,8 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
     stage.say(
         "\nAct 3. The team merges the revert branch: Git asks for blue 1.0 / green 1.1 again.",
     )?;
-    git::set_branch(&remote, "main", &tip)?;
+    let (repo, merged) = (remote.clone(), tip.clone());
+    blocking(move || git::set_branch(&repo, "main", &merged)).await?;
     let (weights, s) = stage.follow("rolledBack", settled).await?;
     summary.weights.push(weights);
     summary.phases.push(s.status.progress.phase().to_string());
@@ -417,7 +436,9 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
     };
     stop.cancel();
     let _ = daemon.await;
-    summary.log = git::log(&remote, "canaryd/status", Some(STATUS_FILE), 100)?;
+    let repo = remote.clone();
+    summary.log =
+        blocking(move || git::log(&repo, "canaryd/status", Some(STATUS_FILE), 100)).await?;
     stage.say("\n$ git log --oneline canaryd/status")?;
     for line in &summary.log {
         stage.say(&format!("  {line}"))?;
