@@ -200,7 +200,8 @@ impl Inner {
         let blocks =
             parse_upstreams(previous.as_deref().unwrap_or("")).map_err(|e| self.file_error(e))?;
         let rendered = render(&self.name, &blocks, service, servers);
-        write_atomically(&self.upstream_file, &rendered)
+        write_off_thread(&self.upstream_file, rendered)
+            .await
             .map_err(|e| self.setup(format!("writing {}: {e}", self.file_subject())))?;
         let tested = match self.nginx(["-t", "-c"], &self.config).await {
             Ok(out) if out.status.success() => Ok(()),
@@ -209,7 +210,7 @@ impl Inner {
         };
         if let Err(e) = tested {
             let restored = match &previous {
-                Some(text) => write_atomically(&self.upstream_file, text),
+                Some(text) => write_off_thread(&self.upstream_file, text.clone()).await,
                 None => std::fs::remove_file(&self.upstream_file),
             };
             return match restored {
@@ -389,6 +390,14 @@ fn complaint(line: &str) -> Option<String> {
         _ => rest,
     };
     Some(format!("{level} {}", text.trim()))
+}
+
+/// [`write_atomically`] on the blocking pool: its fsync must not stall an async worker.
+async fn write_off_thread(path: &Path, text: String) -> io::Result<()> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || write_atomically(&path, &text))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 /// Writes `text` to a temporary file beside `path` and renames it over `path`.
