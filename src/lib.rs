@@ -73,6 +73,7 @@ pub mod repo;
 pub mod report;
 pub mod router;
 pub mod schema;
+pub mod secret;
 pub mod spec;
 pub mod status_view;
 pub mod telemetry;
