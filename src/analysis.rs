@@ -39,24 +39,44 @@ pub struct Measurement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
     pub outcome: Outcome,
+    /// How many samples (requests) the value stands on, where the provider counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
     /// Why, for inconclusive and error outcomes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
-/// Judges a value the provider returned (`Ok(None)`: no data) against the metric's conditions.
-pub fn evaluate(
-    metric: &Metric,
-    taken: Result<Option<f64>, String>,
-    at: DateTime<Utc>,
-) -> Measurement {
+/// What a provider returned for one metric.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Reading {
+    /// `None`: no data (an empty result).
+    pub value: Option<f64>,
+    /// The samples (requests) behind the value, where the provider counts them.
+    pub samples: Option<u64>,
+}
+
+impl Reading {
+    pub fn value(value: Option<f64>) -> Reading {
+        Reading {
+            value,
+            samples: None,
+        }
+    }
+}
+
+/// Judges what the provider returned against the metric's conditions. No data, NaN and fewer
+/// samples than the metric's minimum are inconclusive, never a pass.
+pub fn evaluate(metric: &Metric, taken: Result<Reading, String>, at: DateTime<Utc>) -> Measurement {
+    let samples = taken.as_ref().ok().and_then(|r| r.samples);
     let measurement = |value, outcome, message: Option<String>| Measurement {
         at,
         value,
         outcome,
+        samples,
         message,
     };
-    let value = match taken {
+    let value = match taken.map(|r| r.value) {
         Err(e) => return measurement(None, Outcome::Error, Some(e)),
         Ok(None) => {
             return measurement(None, Outcome::Inconclusive, Some("no data".into()));
@@ -66,6 +86,12 @@ pub fn evaluate(
         }
         Ok(Some(v)) => v,
     };
+    if let (Some(min), Some(n)) = (metric.min_samples, samples)
+        && n < min
+    {
+        let message = format!("{n} samples, fewer than the {min} a verdict needs");
+        return measurement(Some(value), Outcome::Inconclusive, Some(message));
+    }
     let failed = metric.failure.as_ref().map(|c| c.eval(value));
     let succeeded = metric.success.as_ref().map(|c| c.eval(value));
     let outcome = match (succeeded, failed) {
@@ -170,6 +196,15 @@ pub struct Evidence {
     /// The metric's recent values (no data as null).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<Option<f64>>,
+    /// The metric's query (as written, variables not filled in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The samples (requests) behind the deciding measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
+    /// More about the deciding measurement: the judge's per-metric statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl Evidence {
@@ -179,6 +214,9 @@ impl Evidence {
             metric: None,
             condition: None,
             values: Vec::new(),
+            query: None,
+            samples: None,
+            detail: None,
         }
     }
 }
@@ -316,14 +354,24 @@ fn evidence(metric: &Metric, m: &MetricState, broke: Broke, n: u32, limit: u32) 
         .and_then(|x| x.message.clone())
         .unwrap_or_else(|| "no message".to_string());
     let name = &metric.name;
+    let deciding = match broke {
+        Broke::Failures => m
+            .recent
+            .iter()
+            .rev()
+            .find(|x| x.outcome == Outcome::Failure),
+        Broke::Inconclusives => m
+            .recent
+            .iter()
+            .rev()
+            .find(|x| x.outcome == Outcome::Inconclusive),
+        Broke::Errors => m.recent.last(),
+    };
+    let samples = deciding.and_then(|x| x.samples);
+    let counted = samples.map_or_else(String::new, |n| format!("{n} samples; "));
     let summary = match broke {
         Broke::Failures => {
-            let last = m
-                .recent
-                .iter()
-                .rev()
-                .find(|x| x.outcome == Outcome::Failure);
-            let value = last.and_then(|x| x.value);
+            let value = deciding.and_then(|x| x.value);
             let why = match (value, &metric.failure, &metric.success) {
                 (Some(v), Some(f), _) if f.eval(v) => format!("matched `{f}`"),
                 (_, _, Some(s)) => format!("missed `{s}`"),
@@ -333,7 +381,7 @@ fn evidence(metric: &Metric, m: &MetricState, broke: Broke, n: u32, limit: u32) 
                 .map(|v| format!(" = {}", short(v)))
                 .unwrap_or_default();
             format!(
-                "{name}{value} {why} ({n} {}, limit {limit})",
+                "{name}{value} {why} ({counted}{n} {}, limit {limit})",
                 plural("failure")
             )
         }
@@ -352,6 +400,11 @@ fn evidence(metric: &Metric, m: &MetricState, broke: Broke, n: u32, limit: u32) 
         metric: Some(name.clone()),
         condition: (!condition.is_empty()).then_some(condition),
         values,
+        query: (!metric.query.is_empty()).then(|| metric.query.clone()),
+        samples,
+        detail: deciding
+            .filter(|x| x.outcome == Outcome::Failure)
+            .and_then(|x| x.message.clone()),
     }
 }
 
@@ -386,6 +439,9 @@ mod tests {
             query: "error_rate".into(),
             success: success.map(|s| Condition::parse(s).unwrap()),
             failure: failure.map(|s| Condition::parse(s).unwrap()),
+            min_samples: None,
+            samples_query: None,
+            judge: None,
         }
     }
 
@@ -408,7 +464,8 @@ mod tests {
         v: Result<Option<f64>, &str>,
         want: Outcome,
     ) {
-        let m = evaluate(&metric(success, failure), v.map_err(str::to_string), t(0));
+        let v = v.map(Reading::value).map_err(str::to_string);
+        let m = evaluate(&metric(success, failure), v.clone(), t(0));
         assert_eq!(m.outcome, want, "{success:?} {failure:?} {v:?}");
     }
 
@@ -459,6 +516,7 @@ mod tests {
                     at: t(at),
                     value,
                     outcome: o,
+                    samples: None,
                     message: None,
                 },
             );
@@ -588,6 +646,7 @@ mod tests {
             at: t(30),
             value: Some(0.0),
             outcome: Outcome::Success,
+            samples: None,
             message: None,
         };
         assert!(s.record("errors", m.clone()));
@@ -596,6 +655,7 @@ mod tests {
             at: t(-5),
             value: Some(0.0),
             outcome: Outcome::Success,
+            samples: None,
             message: None,
         };
         assert!(!s.record("errors", old));
@@ -614,6 +674,262 @@ mod tests {
         );
         assert_eq!(e.condition.as_deref(), Some("success `result < 0.01`"));
         assert_eq!(e.values, vec![Some(0.5)]);
+    }
+
+    /// What the provider answered at a second: (value, samples), or an error.
+    type Fed = (i64, Result<(Option<f64>, Option<u64>), &'static str>);
+
+    /// One row of the rule table: a spec, measurements fed at given seconds (value and
+    /// samples, or a provider error), and the verdict expected at a given second.
+    struct Row {
+        rule: &'static str,
+        count: Option<u32>,
+        failure_limit: u32,
+        inconclusive_limit: u32,
+        consecutive_error_limit: u32,
+        initial_delay: u64,
+        min_samples: Option<u64>,
+        feed: &'static [Fed],
+        at: i64,
+        want: &'static str,
+    }
+
+    const ROW: Row = Row {
+        rule: "",
+        count: Some(3),
+        failure_limit: 0,
+        inconclusive_limit: 0,
+        consecutive_error_limit: 4,
+        initial_delay: 0,
+        min_samples: None,
+        feed: &[],
+        at: 0,
+        want: "",
+    };
+
+    fn verdict_word(v: &Verdict) -> String {
+        match v {
+            Verdict::Running { next } => format!("running next {}", (*next - t(0)).num_seconds()),
+            Verdict::Passed => "passed".into(),
+            Verdict::Failed(_) => "failed".into(),
+            Verdict::Inconclusive(_) => "inconclusive".into(),
+            Verdict::Stalled { next, .. } => {
+                format!("stalled next {}", (*next - t(0)).num_seconds())
+            }
+        }
+    }
+
+    /// Every analysis rule on a paused clock: the clock is an argument, nothing sleeps.
+    #[test]
+    fn rule_table() {
+        let rows = [
+            Row {
+                rule: "initial delay + one interval before the first measurement",
+                initial_delay: 30,
+                at: 0,
+                want: "running next 90",
+                ..ROW
+            },
+            Row {
+                rule: "no initial delay: one interval",
+                at: 0,
+                want: "running next 60",
+                ..ROW
+            },
+            Row {
+                rule: "count reached, all good: passed",
+                feed: &[
+                    (60, Ok((Some(0.0), None))),
+                    (120, Ok((Some(0.0), None))),
+                    (180, Ok((Some(0.0), None))),
+                ],
+                at: 180,
+                want: "passed",
+                ..ROW
+            },
+            Row {
+                rule: "failureLimit 0: first failure fails",
+                feed: &[(60, Ok((Some(0.5), None)))],
+                at: 60,
+                want: "failed",
+                ..ROW
+            },
+            Row {
+                rule: "failureLimit 1: one failure tolerated",
+                failure_limit: 1,
+                feed: &[(60, Ok((Some(0.5), None)))],
+                at: 60,
+                want: "running next 120",
+                ..ROW
+            },
+            Row {
+                rule: "failureLimit 1: two failures fail",
+                failure_limit: 1,
+                feed: &[(60, Ok((Some(0.5), None))), (120, Ok((Some(0.5), None)))],
+                at: 120,
+                want: "failed",
+                ..ROW
+            },
+            Row {
+                rule: "no data is inconclusive, not a pass",
+                feed: &[(60, Ok((None, None)))],
+                at: 60,
+                want: "inconclusive",
+                ..ROW
+            },
+            Row {
+                rule: "NaN is inconclusive",
+                feed: &[(60, Ok((Some(f64::NAN), None)))],
+                at: 60,
+                want: "inconclusive",
+                ..ROW
+            },
+            Row {
+                rule: "inconclusiveLimit 1 tolerates one",
+                inconclusive_limit: 1,
+                feed: &[(60, Ok((None, None)))],
+                at: 60,
+                want: "running next 120",
+                ..ROW
+            },
+            Row {
+                rule: "minimum samples: 3 requests give no verdict",
+                min_samples: Some(20),
+                feed: &[(60, Ok((Some(0.34), Some(3))))],
+                at: 60,
+                want: "inconclusive",
+                ..ROW
+            },
+            Row {
+                rule: "minimum samples met: the value decides",
+                min_samples: Some(20),
+                feed: &[(60, Ok((Some(0.34), Some(300))))],
+                at: 60,
+                want: "failed",
+                ..ROW
+            },
+            Row {
+                rule: "minimum samples met, good value",
+                min_samples: Some(20),
+                count: Some(1),
+                feed: &[(60, Ok((Some(0.0), Some(20))))],
+                at: 60,
+                want: "passed",
+                ..ROW
+            },
+            Row {
+                rule: "a provider error retries after 10 s",
+                feed: &[(60, Err("refused"))],
+                at: 61,
+                want: "running next 70",
+                ..ROW
+            },
+            Row {
+                rule: "errors up to the limit are tolerated",
+                feed: &[
+                    (60, Err("x")),
+                    (70, Err("x")),
+                    (80, Err("x")),
+                    (90, Err("x")),
+                ],
+                at: 90,
+                want: "running next 100",
+                ..ROW
+            },
+            Row {
+                rule: "past the consecutive-error limit: stall, not fail",
+                feed: &[
+                    (60, Err("x")),
+                    (70, Err("x")),
+                    (80, Err("x")),
+                    (90, Err("x")),
+                    (100, Err("x")),
+                ],
+                at: 100,
+                want: "stalled next 110",
+                ..ROW
+            },
+            Row {
+                rule: "consecutiveErrorLimit 0: the first error stalls",
+                consecutive_error_limit: 0,
+                feed: &[(60, Err("x"))],
+                at: 60,
+                want: "stalled next 70",
+                ..ROW
+            },
+            Row {
+                rule: "a good measurement resets the error streak",
+                consecutive_error_limit: 1,
+                feed: &[(60, Err("x")), (70, Ok((Some(0.0), None))), (130, Err("x"))],
+                at: 130,
+                want: "running next 140",
+                ..ROW
+            },
+            Row {
+                rule: "errors do not count toward count",
+                count: Some(1),
+                feed: &[(60, Err("x"))],
+                at: 60,
+                want: "running next 70",
+                ..ROW
+            },
+            Row {
+                rule: "background analysis (no count) never passes",
+                count: None,
+                feed: &[(60, Ok((Some(0.0), None))), (120, Ok((Some(0.0), None)))],
+                at: 120,
+                want: "running next 180",
+                ..ROW
+            },
+            Row {
+                rule: "background analysis fails on a failure",
+                count: None,
+                feed: &[(60, Ok((Some(0.0), None))), (120, Ok((Some(0.9), None)))],
+                at: 120,
+                want: "failed",
+                ..ROW
+            },
+        ];
+        for row in rows {
+            let mut metric = metric(Some("result <= 0.01"), None);
+            metric.min_samples = row.min_samples;
+            let spec = Analysis {
+                metrics: vec![metric.clone()],
+                interval: Some(Duration::from_secs(60)),
+                count: row.count,
+                initial_delay: Duration::from_secs(row.initial_delay),
+                failure_limit: row.failure_limit,
+                inconclusive_limit: row.inconclusive_limit,
+                consecutive_error_limit: row.consecutive_error_limit,
+                on_inconclusive: Default::default(),
+            };
+            let mut state = AnalysisState::new(t(0));
+            for (at, taken) in row.feed {
+                let taken = taken
+                    .map(|(value, samples)| Reading { value, samples })
+                    .map_err(str::to_string);
+                state.record("errors", evaluate(&metric, taken, t(*at)));
+            }
+            let got = verdict_word(&assess(&spec, &state, t(row.at)));
+            assert_eq!(got, row.want, "rule: {}", row.rule);
+        }
+    }
+
+    #[test]
+    fn few_samples_say_why_and_keep_the_value() {
+        let mut m = metric(Some("result <= 0.01"), None);
+        m.min_samples = Some(20);
+        let taken = Ok(Reading {
+            value: Some(1.0 / 3.0),
+            samples: Some(3),
+        });
+        let got = evaluate(&m, taken, t(0));
+        assert_eq!(got.outcome, Outcome::Inconclusive);
+        assert_eq!(got.samples, Some(3));
+        assert_eq!(
+            got.message.as_deref(),
+            Some("3 samples, fewer than the 20 a verdict needs")
+        );
     }
 
     #[test]

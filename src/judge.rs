@@ -595,6 +595,56 @@ pub fn score(metrics: Vec<MetricResult>, thresholds: Thresholds) -> Verdict {
     }
 }
 
+impl Verdict {
+    /// One line per the judge's metrics, for commit messages and revert PRs:
+    /// `latency high (p 1.2e-4, shift +118 in [96, 141], ratio 2.1, 12/12 samples); errors pass (p 0.41, …)`.
+    pub fn brief(&self) -> String {
+        let short = crate::analysis::short;
+        let signed = |v: f64| {
+            if v > 0.0 {
+                format!("+{}", short(v))
+            } else {
+                short(v)
+            }
+        };
+        let parts: Vec<String> = self
+            .metrics
+            .iter()
+            .map(|m| {
+                let class = match m.class {
+                    MetricClass::Pass => "pass",
+                    MetricClass::High => "high",
+                    MetricClass::Low => "low",
+                    MetricClass::NoData => "no data",
+                };
+                let mut stats = Vec::new();
+                if let Some(p) = m.p_value {
+                    stats.push(format!("p {}", short(p)));
+                }
+                if let (Some(hl), Some(ci)) = (m.hl, m.ci) {
+                    stats.push(format!(
+                        "shift {} in [{}, {}]",
+                        signed(hl),
+                        short(ci.lower),
+                        short(ci.upper)
+                    ));
+                }
+                if let Some(r) = m.mean_ratio {
+                    stats.push(format!("ratio {}", short(r)));
+                }
+                stats.push(format!("{}/{} samples", m.canary_count, m.baseline_count));
+                let flags = match (m.critical, m.muted) {
+                    (true, _) => " critical",
+                    (_, true) => " muted",
+                    _ => "",
+                };
+                format!("{}{flags} {class} ({})", m.name, stats.join(", "))
+            })
+            .collect();
+        parts.join("; ")
+    }
+}
+
 /// One metric's samples over the analysis window.
 #[derive(Clone, Copy, Debug)]
 pub struct Samples<'a> {

@@ -313,9 +313,38 @@ pub const ERROR_RETRY: Duration = Duration::from_secs(10);
 pub struct Metric {
     pub name: String,
     pub provider: ProviderKind,
+    /// Templated (`{{ canary }}`…); empty for the judge.
     pub query: String,
     pub success: Option<Condition>,
     pub failure: Option<Condition>,
+    /// No verdict on fewer samples than this in the window.
+    pub min_samples: Option<u64>,
+    /// Prometheus: the query counting the samples (the embedded provider counts requests).
+    pub samples_query: Option<String>,
+    /// Set for the analysis's judge, whose value is its score.
+    pub judge: Option<Box<Judge>>,
+}
+
+/// The name the judge's score goes by among an analysis's metrics.
+pub const JUDGE_METRIC: &str = "judge";
+
+/// A validated canary-versus-baseline judge.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Judge {
+    pub thresholds: crate::judge::Thresholds,
+    pub confidence: f64,
+    /// Spacing of the samples; `None`: a tenth of the window, at least 1 s.
+    pub step: Option<Duration>,
+    pub min_samples: u64,
+    pub metrics: Vec<JudgedMetric>,
+}
+
+/// One metric the judge compares.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JudgedMetric {
+    pub provider: ProviderKind,
+    pub query: String,
+    pub spec: crate::judge::MetricSpec,
 }
 
 /// How a revert goes back.

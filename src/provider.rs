@@ -1,37 +1,203 @@
-//! Metric providers: where analysis values come from. Each takes a metric's query for one
-//! target's canary over a window and returns a value, `None` for "no data", or an error (a
-//! provider error is not a metric failure: the analysis counts it separately).
+//! Metric providers: where analysis values come from. A metric's query is taken for one
+//! target's canary over a window and gives a [`Reading`] (a value, or no data, and the samples
+//! behind it), or an error: a provider error is not a metric failure, the analysis counts it
+//! separately. The judge's metrics are taken for both sides, as series, and scored here.
 
 use std::time::Duration;
 
-use crate::model::{Metric, Target};
+use chrono::{DateTime, Utc};
+
+use crate::analysis::Reading;
+use crate::judge::{self, MetricClass, Samples};
+use crate::model::{Judge, Metric, Target};
 use crate::router::Driver;
 use crate::spec::ProviderKind;
 
-/// Measures `metric` for the canary of `target`, whose router is `router`, over `window`.
-pub fn measure(
+/// The providers configured for the controller. The embedded one needs nothing: it is the
+/// embedded router itself.
+#[derive(Debug, Default)]
+pub struct Providers {}
+
+/// What one measurement took, for the analysis and for the evidence in Git.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Taken {
+    pub reading: Reading,
+    /// The query as sent (variables filled in), for the status file.
+    pub query: Option<String>,
+    /// The judge's verdict, when the metric is the judge.
+    pub verdict: Option<judge::Verdict>,
+    /// Why there is no value, when there is none for a reason worth telling.
+    pub no_data: Option<String>,
+}
+
+/// The side of a rollout a query is taken for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Canary,
+    Stable,
+}
+
+/// Measures `metric` for the canary of `target`, whose router is `router`, over the `window`
+/// ending `now`.
+pub async fn measure(
     metric: &Metric,
     target: &Target,
     router: Option<&Driver>,
     window: Duration,
-) -> Result<Option<f64>, String> {
-    let Some(canary) = &target.canary else {
-        return Ok(None);
-    };
-    match metric.provider {
-        ProviderKind::Embedded => match router {
-            Some(Driver::Embedded(r)) => r
-                .query(&target.service, &canary.name, &metric.query, window)
-                .map_err(|e| e.to_string()),
-            Some(_) => Err(format!(
-                "metric `{}` uses the embedded provider, but router `{}` is not the embedded router",
-                metric.name, target.router
-            )),
-            None => Err(format!("router `{}` is not running", target.router)),
-        },
-        ProviderKind::Prometheus => Err(format!(
-            "metric `{}` uses the prometheus provider, which this build cannot query yet",
-            metric.name
-        )),
+    providers: &Providers,
+    now: DateTime<Utc>,
+) -> Result<Taken, String> {
+    if target.canary.is_none() {
+        return Ok(Taken::default());
     }
+    if let Some(j) = &metric.judge {
+        return judge_once(j, target, router, window, providers, now).await;
+    }
+    let _ = providers;
+    match metric.provider {
+        ProviderKind::Embedded => {
+            let r = embedded(metric, target, router)?;
+            let (value, samples) = r
+                .reading(
+                    &target.service,
+                    backend(target, Side::Canary),
+                    &metric.query,
+                    window,
+                )
+                .map_err(|e| e.to_string())?;
+            Ok(Taken {
+                reading: Reading {
+                    value,
+                    samples: Some(samples),
+                },
+                query: Some(metric.query.clone()),
+                ..Taken::default()
+            })
+        }
+        ProviderKind::Prometheus => Err(no_prometheus(&metric.name)),
+    }
+}
+
+fn no_prometheus(metric: &str) -> String {
+    format!(
+        "metric `{metric}` uses the prometheus provider, but no `prometheus:` is configured for the controller"
+    )
+}
+
+fn backend(target: &Target, side: Side) -> &str {
+    match (side, &target.canary) {
+        (Side::Canary, Some(c)) => &c.name,
+        _ => &target.stable.name,
+    }
+}
+
+fn embedded<'a>(
+    metric: &Metric,
+    target: &Target,
+    router: Option<&'a Driver>,
+) -> Result<&'a crate::router::embedded::EmbeddedRouter, String> {
+    match router {
+        Some(Driver::Embedded(r)) => Ok(r),
+        Some(_) => Err(format!(
+            "metric `{}` uses the embedded provider, but router `{}` is not the embedded router",
+            metric.name, target.router
+        )),
+        None => Err(format!("router `{}` is not running", target.router)),
+    }
+}
+
+/// The spacing of the judge's samples: its `step`, or a tenth of the window, at least 1 s.
+pub fn judge_step(j: &Judge, window: Duration) -> Duration {
+    j.step
+        .unwrap_or_else(|| (window / 10).max(Duration::from_secs(1)))
+}
+
+/// Samples every judged metric for both sides over the same window and scores them. Half or
+/// more of the counted metrics without data (or a critical one) is no data, not a score: no
+/// data is never evidence either way.
+async fn judge_once(
+    j: &Judge,
+    target: &Target,
+    router: Option<&Driver>,
+    window: Duration,
+    providers: &Providers,
+    now: DateTime<Utc>,
+) -> Result<Taken, String> {
+    let step = judge_step(j, window);
+    let mut series = Vec::with_capacity(j.metrics.len());
+    for m in &j.metrics {
+        let mut sides = [Vec::new(), Vec::new()];
+        for (i, side) in [Side::Canary, Side::Stable].into_iter().enumerate() {
+            let mut values = match m.provider {
+                ProviderKind::Embedded => {
+                    let probe = Metric {
+                        name: m.spec.name.clone(),
+                        provider: m.provider,
+                        query: m.query.clone(),
+                        success: None,
+                        failure: None,
+                        min_samples: None,
+                        samples_query: None,
+                        judge: None,
+                    };
+                    embedded(&probe, target, router)?
+                        .series(
+                            &target.service,
+                            backend(target, side),
+                            &m.query,
+                            window,
+                            step,
+                        )
+                        .map_err(|e| e.to_string())?
+                }
+                ProviderKind::Prometheus => {
+                    let _ = (providers, now);
+                    return Err(no_prometheus(&m.spec.name));
+                }
+            };
+            values.retain(|v| !v.is_nan());
+            if (values.len() as u64) < j.min_samples {
+                values.clear();
+            }
+            sides[i] = values;
+        }
+        series.push(sides);
+    }
+    let samples: Vec<Samples<'_>> = j
+        .metrics
+        .iter()
+        .zip(&series)
+        .map(|(m, [canary, stable])| Samples {
+            spec: &m.spec,
+            canary,
+            baseline: stable,
+        })
+        .collect();
+    let verdict = judge::judge(&samples, j.confidence, j.thresholds);
+    let counted: Vec<&judge::MetricResult> = verdict.metrics.iter().filter(|m| !m.muted).collect();
+    let missing: Vec<&str> = counted
+        .iter()
+        .filter(|m| m.class == MetricClass::NoData)
+        .map(|m| m.name.as_str())
+        .collect();
+    let critical_missing = counted
+        .iter()
+        .any(|m| m.critical && m.class == MetricClass::NoData);
+    let no_data = (counted.is_empty() || 2 * missing.len() >= counted.len() || critical_missing)
+        .then(|| {
+            format!(
+                "no data for {} (fewer than {} samples a side)",
+                missing.join(", "),
+                j.min_samples
+            )
+        });
+    Ok(Taken {
+        reading: Reading {
+            value: no_data.is_none().then_some(verdict.score),
+            samples: None,
+        },
+        query: None,
+        verdict: Some(verdict),
+        no_data,
+    })
 }

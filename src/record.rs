@@ -77,6 +77,18 @@ pub struct MetricValue {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
     pub at: DateTime<Utc>,
+    /// The samples (requests) the value stands on, where the provider counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
+    /// The query as sent, variables filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Why the outcome is inconclusive or an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The judge's score and per-metric statistics (U, p-value, shift and its interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<crate::judge::Verdict>,
 }
 
 impl StatusFile {

@@ -234,7 +234,11 @@ impl Config {
 
     pub fn known(&self) -> Known {
         Known {
-            routers: self.routers.keys().cloned().collect(),
+            routers: self
+                .routers
+                .iter()
+                .map(|(n, r)| (n.clone(), r.kind()))
+                .collect(),
         }
     }
 }

@@ -130,14 +130,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "abc123\n").unwrap();
-        assert_eq!(
-            SecretRef::file(&path).read("x").unwrap().expose(),
-            "abc123"
-        );
+        assert_eq!(SecretRef::file(&path).read("x").unwrap().expose(), "abc123");
         let missing = SecretRef::file(dir.path().join("nope"))
             .read("forge.github.token")
             .unwrap_err();
-        assert!(missing.to_string().starts_with("forge.github.token: cannot read"));
+        assert!(
+            missing
+                .to_string()
+                .starts_with("forge.github.token: cannot read")
+        );
         std::fs::write(&path, " \n").unwrap();
         assert!(matches!(
             SecretRef::file(&path).read("x"),

@@ -426,6 +426,10 @@ mod tests {
                 outcome: Outcome::Success,
                 condition: Some("result < 0.01".into()),
                 at: t(10, 41, 30),
+                samples: Some(240),
+                query: Some("error_rate".into()),
+                message: None,
+                judge: None,
             }],
             updated_at: t(10, 42, 0),
         }

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use crate::diag::{Diagnostic, Position};
 use crate::model::{
-    Analysis, Backend, Catalog, Metric, Revision, RollbackPolicy, Rollout, Step, Target, Weight,
-    Window,
+    Analysis, Backend, Catalog, JUDGE_METRIC, Judge, JudgedMetric, Metric, Revision,
+    RollbackPolicy, Rollout, Step, Target, Weight, Window,
 };
 use crate::spec::condition::Condition;
 use crate::spec::duration::{self, DURATION_HELP};
-use crate::spec::{self, DocKind, RolloutSpec};
+use crate::spec::{self, DocKind, ProviderKind, RolloutSpec, RouterKind};
 use crate::templates;
 use crate::yaml::{self, Document, PathMap};
 
@@ -29,7 +29,8 @@ pub struct Source {
 /// What the controller's own configuration defines, which specs may reference.
 #[derive(Clone, Debug, Default)]
 pub struct Known {
-    pub routers: BTreeSet<String>,
+    /// Router name → kind (built-in metric templates depend on the kind).
+    pub routers: BTreeMap<String, RouterKind>,
 }
 
 /// Default hold of a shorthand weight, as Flagger's `analysis.interval`.
@@ -75,6 +76,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
     // Pass 1: routers and metric templates, which rollouts reference.
     // Where each router and template is defined, for duplicate names.
     let mut routers: BTreeMap<String, Site> = BTreeMap::new();
+    let mut router_kinds: BTreeMap<String, RouterKind> = BTreeMap::new();
     let mut template_sites: BTreeMap<String, Site> = BTreeMap::new();
     let mut templates: BTreeMap<String, spec::MetricTemplateSpec> = BTreeMap::new();
     let mut rollout_docs = Vec::new();
@@ -97,6 +99,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
                         r.metadata.name.clone(),
                         (file.to_string(), doc.paths.value("metadata.name")),
                     );
+                    router_kinds.insert(r.metadata.name.clone(), r.spec.kind());
                     catalog
                         .routers
                         .insert(r.metadata.name.clone(), r.spec.clone());
@@ -137,10 +140,11 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
 
     // Pass 2: rollouts.
     let refs = Refs {
-        routers: routers
-            .keys()
-            .cloned()
-            .chain(known.routers.iter().cloned())
+        routers: known
+            .routers
+            .iter()
+            .map(|(name, kind)| (name.clone(), *kind))
+            .chain(router_kinds)
             .collect(),
         templates,
     };
@@ -221,7 +225,7 @@ fn read<T: serde::de::DeserializeOwned>(
 
 /// References a rollout may make.
 struct Refs {
-    routers: BTreeSet<String>,
+    routers: BTreeMap<String, RouterKind>,
     templates: BTreeMap<String, spec::MetricTemplateSpec>,
 }
 
@@ -232,6 +236,8 @@ struct Cx<'a> {
     paths: &'a PathMap,
     diags: &'a mut Vec<Diagnostic>,
     errors: usize,
+    /// The kind of the router of the rollout being checked, once known.
+    router: Option<RouterKind>,
 }
 
 impl<'a> Cx<'a> {
@@ -242,6 +248,7 @@ impl<'a> Cx<'a> {
             paths: &doc.paths,
             diags,
             errors: 0,
+            router: None,
         }
     }
 
@@ -427,6 +434,7 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
     check_name(cx, &raw.metadata.name);
     let s = &raw.spec;
 
+    cx.router = refs.routers.get(&s.router).copied();
     let target = target(cx, s, refs);
     let steps = steps(cx, s, refs);
     let background = s
@@ -486,7 +494,7 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
 
 fn target(cx: &mut Cx<'_>, s: &RolloutSpec, refs: &Refs) -> Option<Target> {
     let mut ok = true;
-    if !refs.routers.contains(&s.router) {
+    if !refs.routers.contains_key(&s.router) {
         let known = if refs.routers.is_empty() {
             "none is defined: add a `kind: Router` document or define it in the controller's \
              configuration"
@@ -494,7 +502,7 @@ fn target(cx: &mut Cx<'_>, s: &RolloutSpec, refs: &Refs) -> Option<Target> {
         } else {
             format!(
                 "known routers: {}",
-                refs.routers.iter().cloned().collect::<Vec<_>>().join(", ")
+                refs.routers.keys().cloned().collect::<Vec<_>>().join(", ")
             )
         };
         cx.error(
@@ -802,7 +810,7 @@ fn analysis(
     background: bool,
 ) -> Option<Analysis> {
     let start = cx.errors;
-    if a.metrics.is_empty() {
+    if a.metrics.is_empty() && a.judge.is_none() {
         cx.error(
             &format!("{base}.metrics"),
             "the analysis has no metrics",
@@ -863,6 +871,18 @@ fn analysis(
         (None, None, false) => Some(1),
         (c, ..) => c,
     };
+    if let Some(j) = &a.judge {
+        if names.contains(JUDGE_METRIC) {
+            cx.error(
+                &format!("{base}.judge"),
+                format!("a metric check is already named `{JUDGE_METRIC}`"),
+                "the judge's score goes by that name in status and commits; rename the check",
+            );
+        }
+        if let Some(m) = judge(cx, &format!("{base}.judge"), j, refs, interval) {
+            metrics.push(m);
+        }
+    }
     let initial_delay = match &a.initial_delay {
         Some(t) => dur(cx, &format!("{base}.initialDelay"), t),
         None => Some(Duration::ZERO),
@@ -884,41 +904,71 @@ fn analysis(
     })
 }
 
-fn metric(cx: &mut Cx<'_>, field: &str, m: &spec::MetricCheck, refs: &Refs) -> Option<Metric> {
-    let start = cx.errors;
-    let template: Option<spec::MetricTemplateSpec> = match &m.template {
+/// Where a check's or judged metric's values come from: its template (a document, or a built-in
+/// for the rollout's router kind) with the check's own `provider` and `query` over it.
+struct MetricSource {
+    template: Option<spec::MetricTemplateSpec>,
+    provider: Option<ProviderKind>,
+    query: Option<String>,
+}
+
+fn source(
+    cx: &mut Cx<'_>,
+    field: &str,
+    name: &str,
+    (template, provider, query): (&Option<String>, Option<ProviderKind>, &Option<String>),
+    refs: &Refs,
+) -> MetricSource {
+    let template_name = template;
+    let template: Option<spec::MetricTemplateSpec> = match template {
         None => None,
-        Some(name) => match refs
-            .templates
-            .get(name)
-            .cloned()
-            .or_else(|| templates::builtin(name))
-        {
-            Some(t) => Some(t),
-            None => {
-                let mut known: Vec<String> = refs.templates.keys().cloned().collect();
-                known.extend(templates::BUILTIN.iter().map(|s| s.to_string()));
-                cx.error(
-                    &format!("{field}.template"),
-                    format!("unknown metric template `{name}`"),
-                    format!(
-                        "use a built-in or a `kind: MetricTemplate` document; known: {}",
-                        known.join(", ")
-                    ),
-                );
-                None
+        Some(t) => {
+            let builtin = cx.router.and_then(|kind| templates::builtin(t, kind));
+            match refs.templates.get(t).cloned().or(builtin) {
+                Some(found) => Some(found),
+                None if templates::BUILTIN.contains(&t.as_str()) => {
+                    // Only say why when the router is known (an unknown one is reported already).
+                    if let Some(kind) = cx.router {
+                        let kinds: Vec<&str> =
+                            templates::kinds_for(t).iter().map(|k| k.as_str()).collect();
+                        cx.error(
+                            &format!("{field}.template"),
+                            format!(
+                                "the built-in template `{t}` has no query for a `{}` router",
+                                kind.as_str()
+                            ),
+                            format!(
+                                "it is built in for {} routers; for this one give a `provider:` \
+                                 and a `query:`, or a `kind: MetricTemplate` document",
+                                kinds.join(", ")
+                            ),
+                        );
+                    }
+                    None
+                }
+                None => {
+                    let mut known: Vec<String> = refs.templates.keys().cloned().collect();
+                    known.extend(templates::BUILTIN.iter().map(|s| s.to_string()));
+                    cx.error(
+                        &format!("{field}.template"),
+                        format!("unknown metric template `{t}`"),
+                        format!(
+                            "use a built-in or a `kind: MetricTemplate` document; known: {}",
+                            known.join(", ")
+                        ),
+                    );
+                    None
+                }
             }
-        },
+        }
     };
-    let provider = m.provider.or(template.as_ref().map(|t| t.provider));
-    let query = m
-        .query
-        .clone()
-        .or(template.as_ref().map(|t| t.query.clone()));
-    if m.template.is_none() && (provider.is_none() || query.is_none()) {
+    let named = template_name.is_some();
+    let provider = provider.or(template.as_ref().map(|t| t.provider));
+    let query = query.clone().or(template.as_ref().map(|t| t.query.clone()));
+    if !named && (provider.is_none() || query.is_none()) {
         cx.error(
             field,
-            format!("metric `{}` has no source", m.name),
+            format!("metric `{name}` has no source"),
             "give it a `template:`, or a `provider:` and a `query:`",
         );
     }
@@ -931,6 +981,26 @@ fn metric(cx: &mut Cx<'_>, field: &str, m: &spec::MetricCheck, refs: &Refs) -> O
             "write the query to run",
         );
     }
+    MetricSource {
+        template,
+        provider,
+        query,
+    }
+}
+
+fn metric(cx: &mut Cx<'_>, field: &str, m: &spec::MetricCheck, refs: &Refs) -> Option<Metric> {
+    let start = cx.errors;
+    let MetricSource {
+        template,
+        provider,
+        query,
+    } = source(
+        cx,
+        field,
+        &m.name,
+        (&m.template, m.provider, &m.query),
+        refs,
+    );
     let mut parse = |own: &Option<String>, from_template: Option<&String>, key: &str| match (
         own,
         from_template,
@@ -961,6 +1031,34 @@ fn metric(cx: &mut Cx<'_>, field: &str, m: &spec::MetricCheck, refs: &Refs) -> O
              every measurement would be inconclusive",
         );
     }
+    let min_samples = m
+        .min_samples
+        .or(template.as_ref().and_then(|t| t.min_samples));
+    let samples_query = m
+        .samples_query
+        .clone()
+        .or(template.as_ref().and_then(|t| t.samples_query.clone()));
+    if m.min_samples.is_some_and(|n| n == 0) {
+        cx.error(
+            &format!("{field}.minSamples"),
+            "minSamples 0 asks for nothing",
+            "remove it, or ask for the requests a verdict needs, e.g. `minSamples: 50`",
+        );
+    }
+    if min_samples.is_some_and(|n| n > 0)
+        && provider == Some(ProviderKind::Prometheus)
+        && samples_query.is_none()
+    {
+        cx.error(
+            &format!("{field}.minSamples"),
+            format!(
+                "metric `{}` asks for a minimum sample count but has no `samplesQuery`",
+                m.name
+            ),
+            "add `samplesQuery:` counting the requests over `{{ interval }}`, e.g. \
+             `sum(increase(http_requests_total{server=\"{{ canary }}\"}[{{ interval }}]))`",
+        );
+    }
     if cx.errors > start {
         return None;
     }
@@ -970,6 +1068,154 @@ fn metric(cx: &mut Cx<'_>, field: &str, m: &spec::MetricCheck, refs: &Refs) -> O
         query: query?,
         success,
         failure,
+        min_samples: min_samples.filter(|n| *n > 0),
+        samples_query,
+        judge: None,
+    })
+}
+
+/// The judge of an analysis, as one more metric named [`JUDGE_METRIC`].
+fn judge(
+    cx: &mut Cx<'_>,
+    base: &str,
+    j: &spec::Judge,
+    refs: &Refs,
+    interval: Option<Duration>,
+) -> Option<Metric> {
+    let start = cx.errors;
+    for (key, v) in [("pass", j.pass), ("marginal", j.marginal)] {
+        if !(0.0..=100.0).contains(&v) {
+            cx.error(
+                &format!("{base}.{key}"),
+                format!("score threshold {v} is outside 0..100"),
+                "the score is the share of passing metrics, 0 to 100",
+            );
+        }
+    }
+    if j.marginal > j.pass {
+        cx.error(
+            &format!("{base}.marginal"),
+            format!("marginal {} is above pass {}", j.marginal, j.pass),
+            "a score between marginal and pass is inconclusive; marginal must not exceed pass",
+        );
+    }
+    let confidence = j.confidence.unwrap_or(crate::judge::CONF_LEVEL);
+    if !(confidence > 0.5 && confidence < 1.0) {
+        cx.error(
+            &format!("{base}.confidence"),
+            format!("confidence {confidence} is not between 0.5 and 1"),
+            "Kayenta uses 0.98; 0.95 is the textbook choice",
+        );
+    }
+    if interval.is_none() {
+        cx.error(
+            base,
+            "the judge needs the analysis to have an `interval`",
+            "the interval is the window both sides are sampled over, e.g. `interval: 1m`",
+        );
+    }
+    let step = j.step.as_ref().and_then(|t| {
+        nonzero_dur(
+            cx,
+            &format!("{base}.step"),
+            t,
+            "judge step is zero",
+            "sample every few seconds, e.g. `step: 5s`",
+        )
+    });
+    if let (Some(step), Some(interval)) = (step, interval)
+        && step * 2 > interval
+    {
+        cx.error(
+            &format!("{base}.step"),
+            "the step leaves fewer than two samples per window",
+            "make the step a small part of the analysis interval, e.g. a tenth",
+        );
+    }
+    let min_samples = j.min_samples.unwrap_or(5);
+    if min_samples < 2 {
+        cx.error(
+            &format!("{base}.minSamples"),
+            "the test needs at least two samples a side",
+            "use 5 or more",
+        );
+    }
+    if j.metrics.is_empty() {
+        cx.error(
+            &format!("{base}.metrics"),
+            "the judge has no metrics",
+            "add at least one, e.g. `- name: latency\n  template: request-duration\n  direction: increase`",
+        );
+    }
+    let mut names = BTreeSet::new();
+    let mut metrics = Vec::new();
+    for (i, m) in j.metrics.iter().enumerate() {
+        let field = format!("{base}.metrics[{i}]");
+        if !names.insert(m.name.as_str()) {
+            cx.error(
+                &format!("{field}.name"),
+                format!("metric `{}` appears twice in the judge", m.name),
+                "give each judged metric its own name",
+            );
+        }
+        let before = cx.errors;
+        let src = source(
+            cx,
+            &field,
+            &m.name,
+            (&m.template, m.provider, &m.query),
+            refs,
+        );
+        if let Some(t) = m.tolerance
+            && !(t >= 0.0 && t.is_finite())
+        {
+            cx.error(
+                &format!("{field}.tolerance"),
+                format!("tolerance {t} is negative"),
+                "a fraction of the shift, e.g. 0.25",
+            );
+        }
+        if cx.errors > before {
+            continue;
+        }
+        let (Some(provider), Some(query)) = (src.provider, src.query) else {
+            continue;
+        };
+        let mut spec = crate::judge::MetricSpec::new(m.name.clone());
+        spec.direction = m.direction.unwrap_or_default();
+        spec.tolerance = m.tolerance.unwrap_or(crate::judge::TOLERANCE);
+        spec.allowed_increase = m.allowed_increase.unwrap_or(crate::judge::ALLOWED_CHANGE);
+        spec.allowed_decrease = m.allowed_decrease.unwrap_or(crate::judge::ALLOWED_CHANGE);
+        spec.critical = m.critical.unwrap_or(false);
+        spec.muted = m.muted.unwrap_or(false);
+        metrics.push(JudgedMetric {
+            provider,
+            query,
+            spec,
+        });
+    }
+    if cx.errors > start {
+        return None;
+    }
+    let thresholds = crate::judge::Thresholds {
+        pass: j.pass,
+        marginal: j.marginal,
+    };
+    Some(Metric {
+        name: JUDGE_METRIC.to_string(),
+        provider: metrics.first()?.provider,
+        query: String::new(),
+        success: Condition::parse(&format!("result >= {}", j.pass)).ok(),
+        failure: Condition::parse(&format!("result < {}", j.marginal)).ok(),
+        min_samples: None,
+        samples_query: None,
+        judge: Some(Box::new(Judge {
+            thresholds,
+            confidence,
+            step,
+            min_samples,
+            metrics,
+        })),
     })
 }
 

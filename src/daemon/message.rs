@@ -36,6 +36,12 @@ pub fn status_commit(file: &StatusFile, action: &Action, measured: &[MetricValue
             .collect();
         let _ = writeln!(body, "live: {}", weights.join(", "));
     }
+    if !measured.is_empty() {
+        let _ = writeln!(body, "analysis:");
+        for m in measured {
+            let _ = writeln!(body, "  {}", evidence_line(m));
+        }
+    }
     let _ = writeln!(body);
     let _ = writeln!(body, "Rollout: {}", status.rollout);
     if let Some(rev) = status.progress.revision() {
@@ -107,7 +113,39 @@ fn where_it_stands(file: &StatusFile, n: usize) -> String {
     }
 }
 
-/// `errors 0.002 <= 0.01, p99 120 <= 500`: the values measured this round against their conditions.
+/// One measurement with everything behind it: value, samples, condition, query, why.
+fn evidence_line(m: &MetricValue) -> String {
+    let mut line = format!(
+        "{} = {} {}",
+        m.metric,
+        m.value.map_or_else(|| "no data".to_string(), short),
+        outcome_word(m.outcome)
+    );
+    if let Some(c) = &m.condition {
+        let _ = write!(line, " `{c}`");
+    }
+    if let Some(n) = m.samples {
+        let _ = write!(line, ", {n} samples");
+    }
+    if let Some(msg) = &m.message {
+        let _ = write!(line, "\n    {msg}");
+    }
+    if let Some(q) = &m.query {
+        let _ = write!(line, "\n    query: {q}");
+    }
+    line
+}
+
+fn outcome_word(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "ok",
+        Outcome::Failure => "failed",
+        Outcome::Inconclusive => "inconclusive",
+        Outcome::Error => "error",
+    }
+}
+
+/// `errors 0.002 n=240 ok \`result <= 0.01\``: the values measured this round against their conditions.
 fn values(measured: &[MetricValue]) -> Option<String> {
     if measured.is_empty() {
         return None;
@@ -115,7 +153,10 @@ fn values(measured: &[MetricValue]) -> Option<String> {
     let parts: Vec<String> = measured
         .iter()
         .map(|m| {
-            let value = m.value.map_or_else(|| "no data".to_string(), short);
+            let mut value = m.value.map_or_else(|| "no data".to_string(), short);
+            if let Some(n) = m.samples {
+                let _ = write!(value, " n={n}");
+            }
             match (&m.condition, m.outcome) {
                 (Some(c), Outcome::Success) => format!("{} {value} ok `{c}`", m.metric),
                 (Some(c), Outcome::Failure) => format!("{} {value} missed `{c}`", m.metric),

@@ -121,6 +121,7 @@ pub async fn run(
         gates: None,
         unrecorded: BTreeMap::new(),
         reverts: BTreeMap::new(),
+        providers: provider::Providers::default(),
         shutdown: shutdown.clone(),
     };
     let mut event = Event::Tick;
@@ -234,6 +235,7 @@ struct Daemon {
     unrecorded: BTreeMap<String, StatusFile>,
     /// Revert branches known to exist, by (rollout, aborted revision).
     reverts: BTreeMap<(String, Revision), String>,
+    providers: provider::Providers,
     shutdown: CancellationToken,
 }
 
@@ -368,7 +370,12 @@ impl Daemon {
             .map(|(file, text)| Source { file, text })
             .collect();
         let known = Known {
-            routers: self.settings.routers.keys().cloned().collect(),
+            routers: self
+                .settings
+                .routers
+                .iter()
+                .map(|(n, r)| (n.clone(), r.kind()))
+                .collect(),
         };
         let (catalog, diags) = validate::validate(&sources, &known);
         Ok((catalog, diags, files.skipped))
@@ -914,7 +921,15 @@ impl Daemon {
                 continue;
             };
             let window = a.interval.unwrap_or(DEFAULT_WINDOW);
-            let taken = provider::measure(metric, target, driver.as_deref(), window);
+            let taken = provider::measure(
+                metric,
+                target,
+                driver.as_deref(),
+                window,
+                &self.providers,
+                now,
+            )
+            .await;
             if let Err(e) = &taken {
                 self.error(
                     ErrorClass::Metrics,
@@ -922,17 +937,46 @@ impl Daemon {
                     format!("metric `{}`: {e}", metric.name),
                 );
             }
-            let m = analysis::evaluate(metric, taken, now);
+            let (reading, query, verdict, no_data) = match taken {
+                Ok(t) => (Ok(t.reading), t.query, t.verdict, t.no_data),
+                Err(e) => (Err(e), None, None, None),
+            };
+            let mut m = analysis::evaluate(metric, reading, now);
+            if let Some(v) = &verdict
+                && m.message.is_none()
+            {
+                m.message = Some(v.brief());
+            }
+            if let Some(why) = no_data
+                && m.value.is_none()
+                && m.outcome == analysis::Outcome::Inconclusive
+            {
+                m.message = Some(why);
+            }
             values.push(MetricValue {
                 metric: metric.name.clone(),
                 value: m.value,
                 outcome: m.outcome,
-                condition: metric
-                    .success
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .or_else(|| metric.failure.as_ref().map(|c| format!("not {c}"))),
+                condition: metric.judge.as_ref().map_or_else(
+                    || {
+                        metric
+                            .success
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .or_else(|| metric.failure.as_ref().map(|c| format!("not {c}")))
+                    },
+                    |j| {
+                        Some(format!(
+                            "score >= {} (marginal {})",
+                            j.thresholds.pass, j.thresholds.marginal
+                        ))
+                    },
+                ),
                 at: now,
+                samples: m.samples,
+                query,
+                message: m.message.clone(),
+                judge: verdict,
             });
             samples.push(Sample {
                 revision: r.revision.clone(),

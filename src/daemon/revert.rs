@@ -42,6 +42,16 @@ pub fn message(r: &Rollout, revert: &Revert, change: &str, parent: Option<&str>)
             revert.evidence.condition.as_deref().unwrap_or("-"),
             values.join(", ")
         );
+        let e = &revert.evidence;
+        if let Some(n) = e.samples {
+            let _ = writeln!(m, "samples behind the deciding measurement: {n}");
+        }
+        if let Some(detail) = &e.detail {
+            let _ = writeln!(m, "{detail}");
+        }
+        if let Some(q) = &e.query {
+            let _ = writeln!(m, "query: {q}");
+        }
     }
     let _ = writeln!(
         m,

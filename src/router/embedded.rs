@@ -556,23 +556,66 @@ impl EmbeddedRouter {
         query: &str,
         window: Duration,
     ) -> Result<Option<f64>, QueryError> {
+        Ok(self.reading(service, backend, query, window)?.0)
+    }
+
+    /// [`EmbeddedRouter::query`] with the number of requests the value stands on.
+    pub fn reading(
+        &self,
+        service: &str,
+        backend: &str,
+        query: &str,
+        window: Duration,
+    ) -> Result<(Option<f64>, u64), QueryError> {
         let query: Query = query.parse()?;
-        let stats = {
-            let all = self
-                .shared
-                .stats
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            all.get(service).and_then(|b| b.get(backend)).cloned()
-        };
-        let Some(stats) = stats else {
-            return Ok(None);
+        let Some(stats) = self.stats_of(service, backend) else {
+            return Ok((None, 0));
         };
         let width = window_slots(window);
         let now = self.shared.now_sec();
         Ok(stats
             .with(|c| c.ring.sum(now, width))
-            .and_then(|w| evaluate(query, &w, width)))
+            .map_or((None, 0), |w| {
+                (evaluate(query, &w, width), u64::from(w.requests))
+            }))
+    }
+
+    /// `query` of `backend` of `service` in consecutive slices of `step` covering the last
+    /// `window`, oldest first; NaN for a slice without requests. The judge's samples.
+    pub fn series(
+        &self,
+        service: &str,
+        backend: &str,
+        query: &str,
+        window: Duration,
+        step: Duration,
+    ) -> Result<Vec<f64>, QueryError> {
+        let query: Query = query.parse()?;
+        let width = window_slots(step);
+        let n = (window_slots(window) / width).max(1);
+        let Some(stats) = self.stats_of(service, backend) else {
+            return Ok(vec![f64::NAN; n as usize]);
+        };
+        let now = self.shared.now_sec();
+        Ok((0..n)
+            .rev()
+            .map(|i| {
+                let end = now.saturating_sub(i * width);
+                stats
+                    .with(|c| c.ring.sum(end, width))
+                    .and_then(|w| evaluate(query, &w, width))
+                    .unwrap_or(f64::NAN)
+            })
+            .collect())
+    }
+
+    fn stats_of(&self, service: &str, backend: &str) -> Option<Arc<Stats>> {
+        let all = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        all.get(service).and_then(|b| b.get(backend)).cloned()
     }
 
     /// Appends the Prometheus text exposition of the request counters and latency histograms.

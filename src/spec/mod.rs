@@ -212,6 +212,79 @@ pub struct Analysis {
     /// or `abort`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_inconclusive: Option<InconclusivePolicy>,
+    /// A statistical canary-versus-baseline judge (as Kayenta's): at each interval every judged
+    /// metric is sampled for the canary and the stable over the same window, compared with the
+    /// Mann–Whitney U test, and the classes are combined into a score. It counts as one more
+    /// metric of this analysis, named `judge`: a score at or above `pass` succeeds, below
+    /// `marginal` fails, in between is inconclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<Judge>,
+}
+
+/// The canary-versus-baseline judge of an analysis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Judge {
+    /// Score (0–100) at or above which an interval passes. Required, as in Kayenta (whose
+    /// examples use 75; Argo Rollouts' use 90).
+    #[schemars(range(min = 0, max = 100))]
+    pub pass: f64,
+    /// Score at or above which (and below `pass`) an interval is inconclusive; below it fails.
+    #[schemars(range(min = 0, max = 100))]
+    pub marginal: f64,
+    /// Confidence level of the shift's interval (default 0.98, Kayenta's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// Spacing of the samples within each window: one value per step, per side (default: a
+    /// tenth of the analysis interval, at least `1s`). `{{ interval }}` in a judged query is
+    /// this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub step: Option<String>,
+    /// Fewer samples than this on either side is no data for that metric (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2))]
+    pub min_samples: Option<u64>,
+    /// The metrics compared.
+    pub metrics: Vec<JudgedMetric>,
+}
+
+/// One metric the judge compares. The query is run once for each side, with `{{ target }}`
+/// the canary, then the stable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct JudgedMetric {
+    /// Name of the metric, unique within the judge.
+    pub name: String,
+    /// A `kind: MetricTemplate` document or a built-in template; its provider and query are
+    /// used (its conditions are not: the judge compares, it does not threshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Which way is bad: `increase` (errors, latency), `decrease` (success rate, throughput),
+    /// or `either` (default, as Kayenta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<crate::judge::Direction>,
+    /// The band around zero a shift must leave, as a fraction of the shift (default 0.25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
+    /// A higher canary also needs `mean(canary) / mean(stable)` at least this (default 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_increase: Option<f64>,
+    /// A lower canary also needs the mean ratio at most this (default 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_decrease: Option<f64>,
+    /// Not passing fails the whole interval (score 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical: Option<bool>,
+    /// Reported, left out of the score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted: Option<bool>,
 }
 
 /// One metric check: where its value comes from and what a good value is.
@@ -239,6 +312,14 @@ pub struct MetricCheck {
     /// is inconclusive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_condition: Option<String>,
+    /// No verdict on fewer samples (requests) than this in the window: the measurement is
+    /// inconclusive. Overrides the template's (the built-in request templates ask for 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u64>,
+    /// Prometheus: a query counting the samples (requests) behind the value over
+    /// `{{ interval }}`, for `minSamples`. Overrides the template's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_query: Option<String>,
 }
 
 /// Metric providers.
@@ -331,6 +412,43 @@ pub struct RouterDoc {
     pub kind: RouterDocKind,
     pub metadata: Metadata,
     pub spec: RouterSpec,
+}
+
+/// The kind of a router, without its settings: what built-in metric templates depend on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouterKind {
+    Embedded,
+    Haproxy,
+    Traefik,
+    Caddy,
+    Nginx,
+    GatewayApi,
+}
+
+impl RouterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouterKind::Embedded => "embedded",
+            RouterKind::Haproxy => "haproxy",
+            RouterKind::Traefik => "traefik",
+            RouterKind::Caddy => "caddy",
+            RouterKind::Nginx => "nginx",
+            RouterKind::GatewayApi => "gatewayApi",
+        }
+    }
+}
+
+impl RouterSpec {
+    pub fn kind(&self) -> RouterKind {
+        match self {
+            RouterSpec::Embedded { .. } => RouterKind::Embedded,
+            RouterSpec::Haproxy { .. } => RouterKind::Haproxy,
+            RouterSpec::Traefik { .. } => RouterKind::Traefik,
+            RouterSpec::Caddy { .. } => RouterKind::Caddy,
+            RouterSpec::Nginx { .. } => RouterKind::Nginx,
+            RouterSpec::GatewayApi { .. } => RouterKind::GatewayApi,
+        }
+    }
 }
 
 /// Which router, and how to reach it. Credentials never go here: name an environment
@@ -438,6 +556,12 @@ pub struct MetricTemplateSpec {
     pub success_condition: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_condition: Option<String>,
+    /// No verdict on fewer samples than this (see the check's `minSamples`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u64>,
+    /// Prometheus: a query counting the samples behind the value over `{{ interval }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_query: Option<String>,
 }
 
 /// Any document canaryd reads, for files that mix kinds (and their schema, `canaryd.json`).

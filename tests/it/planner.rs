@@ -335,7 +335,11 @@ impl World {
                 revision: self.spec.revision.clone(),
                 analysis: d.analysis,
                 metric: d.metric.clone(),
-                measurement: analysis::evaluate(metric(&self.spec, d), answer(&d.metric), self.now),
+                measurement: analysis::evaluate(
+                    metric(&self.spec, d),
+                    answer(&d.metric).map(analysis::Reading::value),
+                    self.now,
+                ),
             })
             .collect();
         self.taken = self.samples.clone();

@@ -329,7 +329,7 @@ fn routers_may_come_from_the_controller_configuration() {
             && diags[0].help.as_ref().unwrap().contains("none is defined")
     );
     let known = Known {
-        routers: ["lb".to_string()].into(),
+        routers: [("lb".to_string(), canaryd::spec::RouterKind::Haproxy)].into(),
     };
     let (catalog, diags) = validate::validate(&sources, &known);
     assert!(diags.is_empty() && catalog.rollouts.len() == 1);
