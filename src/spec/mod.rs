@@ -183,7 +183,8 @@ pub struct Pause {
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
 pub struct Analysis {
-    /// The checks; every metric is measured at each interval.
+    /// The checks; every metric is measured at each interval. May be empty with a `judge`.
+    #[serde(default)]
     pub metrics: Vec<MetricCheck>,
     /// Time between measurements. In a step: absent means one measurement. In the background:
     /// default `1m`.

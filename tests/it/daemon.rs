@@ -1018,3 +1018,59 @@ async fn users(front: SocketAddr, stop: CancellationToken) -> LoadReport {
     }
     total
 }
+
+const JUDGED: &str = "  steps:\n    - setWeight: 50\n    - analysis:\n        interval: 5s\n        count: 1\n        judge:\n          pass: 90\n          marginal: 75\n          step: 1s\n          metrics:\n            - {name: errors, template: error-rate, direction: increase}\n            - {name: latency, template: request-duration, direction: increase}\n    - setWeight: 100\n";
+
+/// The canary-versus-baseline judge through the real daemon and the embedded router: a canary
+/// failing 30 % of requests against a sound stable scores 0 and is aborted with the judge's
+/// statistics in the status file, the commit and the revert branch.
+#[test]
+fn the_judge_aborts_a_canary_worse_than_its_baseline() {
+    let mut w = World::new(0.0, 0.3);
+    w.start_on_stable(JUDGED);
+    w.background_load(40);
+    w.merge("checkout.yaml", &w.spec(true, JUDGED), "canary: green 1.1");
+    let aborted = w.wait_for("checkout", 40, "aborted", |s| {
+        phase(s) == "aborted" && s.revert.is_some()
+    });
+    assert_eq!(canary_weight(&aborted), 0);
+    let judged = aborted
+        .analysis
+        .iter()
+        .find(|m| m.metric == "judge")
+        .unwrap();
+    assert_eq!(judged.value, Some(50.0), "{judged:?}");
+    let verdict = judged.judge.as_ref().unwrap();
+    let errors = verdict.metrics.iter().find(|m| m.name == "errors").unwrap();
+    assert_eq!(
+        errors.class,
+        canaryd::judge::MetricClass::High,
+        "{errors:?}"
+    );
+    assert!(errors.p_value.unwrap() < 0.05, "{errors:?}");
+    assert!(errors.canary_count >= 5 && errors.baseline_count >= 5);
+    let log = w.status_log("checkout");
+    assert!(
+        log.contains("checkout: aborted: judge = 50 matched `result < 75`"),
+        "{log}"
+    );
+    let branch = aborted.revert.unwrap();
+    let message = git(&w.remote, &["log", "-1", "--format=%B", &branch]);
+    assert!(message.contains("errors high (p "), "{message}");
+}
+
+#[test]
+fn the_judge_promotes_a_canary_as_good_as_its_baseline() {
+    let mut w = World::new(0.0, 0.0);
+    w.start_on_stable(JUDGED);
+    w.background_load(40);
+    w.merge("checkout.yaml", &w.spec(true, JUDGED), "canary: green 1.1");
+    let promoted = w.wait_for("checkout", 40, "promoted", |s| phase(s) == "promoted");
+    let judged = promoted
+        .analysis
+        .iter()
+        .find(|m| m.metric == "judge")
+        .unwrap();
+    assert_eq!(judged.value, Some(100.0), "{judged:?}");
+    assert_eq!(judged.outcome, canaryd::analysis::Outcome::Success);
+}

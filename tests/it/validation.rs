@@ -609,3 +609,84 @@ fn a_bad_condition_is_pointed_at_where_it_goes_wrong() {
         "after the quote, at the end of `result >`"
     );
 }
+
+#[test]
+fn judge_and_minimum_samples_are_checked() {
+    let judge = |body: &str| {
+        format!(
+            "steps:\n  - setWeight: 20\n  - analysis:\n      interval: 1m\n      count: 2\n      judge:\n{}",
+            body.lines()
+                .map(|l| format!("        {l}\n"))
+                .collect::<String>()
+        )
+    };
+    let metrics = "metrics:\n  - {name: errors, template: error-rate, direction: increase}\n";
+    // A judge alone is a whole analysis; its score is one more metric named `judge`.
+    let r = valid(&judge(&format!("pass: 90\nmarginal: 75\n{metrics}")));
+    let Step::Analysis(a) = &r.steps[1] else {
+        panic!("{:?}", r.steps)
+    };
+    assert_eq!(a.metrics.len(), 1);
+    let j = a.metrics[0].judge.as_ref().unwrap();
+    assert_eq!(a.metrics[0].name, "judge");
+    assert_eq!(j.metrics[0].query, "error_rate");
+    assert_eq!(j.min_samples, 5);
+    assert_eq!(j.confidence, 0.98);
+
+    check(
+        &judge(&format!("pass: 70\nmarginal: 80\n{metrics}")),
+        &[("spec.steps[1].analysis.judge.marginal", "above pass")],
+    );
+    check(
+        &judge(&format!("pass: 90\nmarginal: 75\nstep: 40s\n{metrics}")),
+        &[(
+            "spec.steps[1].analysis.judge.step",
+            "fewer than two samples",
+        )],
+    );
+    check(
+        &judge(&format!(
+            "pass: 90\nmarginal: 75\nconfidence: 1.5\n{metrics}"
+        )),
+        &[("spec.steps[1].analysis.judge.confidence", "not between")],
+    );
+    check(
+        &judge("pass: 90\nmarginal: 75\nmetrics:\n  - {name: e, template: nope}\n"),
+        &[(
+            "spec.steps[1].analysis.judge.metrics[0].template",
+            "unknown metric template",
+        )],
+    );
+    // A single measurement has no window to sample.
+    check(
+        "steps:\n  - setWeight: 20\n  - analysis:\n      judge: {pass: 90, marginal: 75, metrics: [{name: e, template: error-rate}]}\n",
+        &[(
+            "spec.steps[1].analysis.judge",
+            "needs the analysis to have an `interval`",
+        )],
+    );
+
+    // The built-in request templates ask for 20 requests; a check may ask for more, not 0.
+    let r = valid(
+        "steps:\n  - setWeight: 20\n  - analysis:\n      metrics:\n        - {name: e, template: error-rate}\n        - {name: s, template: request-success-rate, minSamples: 500}\n",
+    );
+    let Step::Analysis(a) = &r.steps[1] else {
+        panic!()
+    };
+    assert_eq!(a.metrics[0].min_samples, Some(20));
+    assert_eq!(a.metrics[1].min_samples, Some(500));
+    check(
+        "steps:\n  - setWeight: 20\n  - analysis:\n      metrics:\n        - {name: e, template: error-rate, minSamples: 0}\n",
+        &[(
+            "spec.steps[1].analysis.metrics[0].minSamples",
+            "asks for nothing",
+        )],
+    );
+    check(
+        "steps:\n  - setWeight: 20\n  - analysis:\n      metrics:\n        - {name: e, provider: prometheus, query: 'sum(x)', successCondition: 'result < 1', minSamples: 10}\n",
+        &[(
+            "spec.steps[1].analysis.metrics[0].minSamples",
+            "has no `samplesQuery`",
+        )],
+    );
+}
