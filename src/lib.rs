@@ -57,6 +57,7 @@
 
 pub mod admin;
 pub mod analysis;
+pub mod analyze;
 pub mod backend;
 pub mod daemon;
 pub mod demo;

@@ -75,6 +75,23 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
     },
+    /// Measure every analysis of one rollout once against live metrics and print what each
+    /// would say; changes nothing. Exit 0 all pass, 1 a failure or inconclusive, 2 error.
+    Analyze {
+        /// The rollout.
+        name: String,
+        /// The repository (a local checkout).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Folder of rollout specs inside the repository.
+        #[arg(long, default_value = "rollouts")]
+        rollouts: PathBuf,
+        /// Controller configuration: routers and the Prometheus to query.
+        #[arg(long, env = "CANARYD_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
+    },
     /// Run the daemon: fetch specs from Git, move traffic step by step, commit status back.
     Run(RunArgs),
     /// Show each rollout's status as recorded on the status branch.
@@ -202,6 +219,13 @@ fn main() -> ExitCode {
         ),
         Command::Schema { write } => schema(write.as_deref()),
         Command::Demo => demo(),
+        Command::Analyze {
+            name,
+            repo,
+            rollouts,
+            config,
+            output,
+        } => analyze(&name, &repo, &rollouts, config.as_deref(), output),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -570,6 +594,56 @@ fn live_from_routers(catalog: &canaryd::model::Catalog, config: &Config) -> Resu
         }
     }
     Ok(live)
+}
+
+fn analyze(
+    name: &str,
+    repo_dir: &Path,
+    rollouts: &Path,
+    config: Option<&Path>,
+    output: Output,
+) -> Result<u8> {
+    use canaryd::router::Driver;
+    let config = match config {
+        Some(path) => Config::read(path)?,
+        None => Config::default(),
+    };
+    let dir = repo_dir.join(rollouts);
+    if !dir.is_dir() {
+        bail!("{} is not a folder of rollout specs", dir.display());
+    }
+    let (catalog, _, _) = repo::catalog(&[dir], Some(repo_dir), &config.known())?;
+    let Some(rollout) = catalog.rollouts.iter().find(|r| r.name == name) else {
+        if let Some(problems) = catalog.invalid.get(name) {
+            bail!("rollout `{name}` is invalid:\n  {}", problems.join("\n  "));
+        }
+        bail!("no rollout named `{name}` in {}", rollouts.display());
+    };
+    let target = rollout.target();
+    // The embedded router lives in the daemon; connecting here would start a second one.
+    let driver = config
+        .routers
+        .get(&target.router)
+        .or_else(|| catalog.routers.get(&target.router))
+        .filter(|spec| spec.kind() != canaryd::spec::RouterKind::Embedded)
+        .map(|spec| Driver::connect(&target.router, spec))
+        .transpose()?;
+    let providers =
+        canaryd::provider::Providers::from_config(&config).map_err(anyhow::Error::msg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let measured = rt.block_on(canaryd::analyze::analyze(
+        rollout,
+        driver.as_ref(),
+        &providers,
+        Utc::now(),
+    ));
+    match output {
+        Output::Human => emit(&canaryd::analyze::human(rollout, &measured))?,
+        Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&measured)?))?,
+    }
+    Ok(canaryd::analyze::exit_code(&measured))
 }
 
 fn demo() -> Result<u8> {

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::analysis::Reading;
+use crate::analysis::{self, Measurement, Outcome, Reading};
 use crate::judge::{self, MetricClass, Samples};
 use crate::model::{Judge, Metric, Target};
+use crate::record::MetricValue;
 use crate::router::Driver;
 use crate::spec::ProviderKind;
 
@@ -17,6 +18,14 @@ use crate::spec::ProviderKind;
 /// embedded router itself.
 #[derive(Debug, Default)]
 pub struct Providers {}
+
+impl Providers {
+    /// The providers the controller configuration sets up.
+    pub fn from_config(config: &crate::repo::Config) -> Result<Providers, String> {
+        let _ = config;
+        Ok(Providers {})
+    }
+}
 
 /// What one measurement took, for the analysis and for the evidence in Git.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -35,6 +44,58 @@ pub struct Taken {
 pub enum Side {
     Canary,
     Stable,
+}
+
+/// Measures `metric` and judges the value: the measurement for the analysis, and the value
+/// with its evidence (samples, query, why, the judge's statistics) for the status file.
+pub async fn take(
+    metric: &Metric,
+    target: &Target,
+    router: Option<&Driver>,
+    window: Duration,
+    providers: &Providers,
+    now: DateTime<Utc>,
+) -> (Measurement, MetricValue) {
+    let taken = measure(metric, target, router, window, providers, now).await;
+    let (reading, query, verdict, no_data) = match taken {
+        Ok(t) => (Ok(t.reading), t.query, t.verdict, t.no_data),
+        Err(e) => (Err(e), None, None, None),
+    };
+    let mut m = analysis::evaluate(metric, reading, now);
+    if let Some(v) = &verdict
+        && m.message.is_none()
+    {
+        m.message = Some(v.brief());
+    }
+    if let Some(why) = no_data
+        && m.value.is_none()
+        && m.outcome == Outcome::Inconclusive
+    {
+        m.message = Some(why);
+    }
+    let condition = match &metric.judge {
+        Some(j) => Some(format!(
+            "score >= {} (marginal {})",
+            j.thresholds.pass, j.thresholds.marginal
+        )),
+        None => metric
+            .success
+            .as_ref()
+            .map(ToString::to_string)
+            .or_else(|| metric.failure.as_ref().map(|c| format!("not {c}"))),
+    };
+    let value = MetricValue {
+        metric: metric.name.clone(),
+        value: m.value,
+        outcome: m.outcome,
+        condition,
+        at: now,
+        samples: m.samples,
+        query,
+        message: m.message.clone(),
+        judge: verdict,
+    };
+    (m, value)
 }
 
 /// Measures `metric` for the canary of `target`, whose router is `router`, over the `window`
@@ -102,7 +163,10 @@ fn embedded<'a>(
             "metric `{}` uses the embedded provider, but router `{}` is not the embedded router",
             metric.name, target.router
         )),
-        None => Err(format!("router `{}` is not running", target.router)),
+        None => Err(format!(
+            "router `{}` is not running here: the embedded provider's counters live in the daemon that runs it",
+            target.router
+        )),
     }
 }
 

@@ -921,7 +921,7 @@ impl Daemon {
                 continue;
             };
             let window = a.interval.unwrap_or(DEFAULT_WINDOW);
-            let taken = provider::measure(
+            let (m, value) = provider::take(
                 metric,
                 target,
                 driver.as_deref(),
@@ -930,54 +930,15 @@ impl Daemon {
                 now,
             )
             .await;
-            if let Err(e) = &taken {
+            if m.outcome == analysis::Outcome::Error {
+                let why = m.message.as_deref().unwrap_or("no message");
                 self.error(
                     ErrorClass::Metrics,
                     Some(&r.name),
-                    format!("metric `{}`: {e}", metric.name),
+                    format!("metric `{}`: {why}", metric.name),
                 );
             }
-            let (reading, query, verdict, no_data) = match taken {
-                Ok(t) => (Ok(t.reading), t.query, t.verdict, t.no_data),
-                Err(e) => (Err(e), None, None, None),
-            };
-            let mut m = analysis::evaluate(metric, reading, now);
-            if let Some(v) = &verdict
-                && m.message.is_none()
-            {
-                m.message = Some(v.brief());
-            }
-            if let Some(why) = no_data
-                && m.value.is_none()
-                && m.outcome == analysis::Outcome::Inconclusive
-            {
-                m.message = Some(why);
-            }
-            values.push(MetricValue {
-                metric: metric.name.clone(),
-                value: m.value,
-                outcome: m.outcome,
-                condition: metric.judge.as_ref().map_or_else(
-                    || {
-                        metric
-                            .success
-                            .as_ref()
-                            .map(ToString::to_string)
-                            .or_else(|| metric.failure.as_ref().map(|c| format!("not {c}")))
-                    },
-                    |j| {
-                        Some(format!(
-                            "score >= {} (marginal {})",
-                            j.thresholds.pass, j.thresholds.marginal
-                        ))
-                    },
-                ),
-                at: now,
-                samples: m.samples,
-                query,
-                message: m.message.clone(),
-                judge: verdict,
-            });
+            values.push(value);
             samples.push(Sample {
                 revision: r.revision.clone(),
                 analysis: due.analysis,
