@@ -121,6 +121,7 @@ pub async fn run(
         gates: None,
         unrecorded: BTreeMap::new(),
         reverts: BTreeMap::new(),
+        starts: BTreeMap::new(),
         providers: provider::Providers::default(),
         shutdown: shutdown.clone(),
     };
@@ -235,6 +236,8 @@ struct Daemon {
     unrecorded: BTreeMap<String, StatusFile>,
     /// Revert branches known to exist, by (rollout, aborted revision).
     reverts: BTreeMap<(String, Revision), String>,
+    /// The change that brought each (rollout, revision), and its parent; `None`: not found.
+    starts: BTreeMap<(String, Revision), Option<(String, Option<String>)>>,
     providers: provider::Providers,
     shutdown: CancellationToken,
 }

@@ -79,48 +79,7 @@ impl Daemon {
         if let Some(branch) = self.reverts.get(&key) {
             return Some(branch.clone());
         }
-        let (h, file) = (head.to_string(), r.file.clone());
-        let history = match self.git(move |m| m.file_history(&h, &file, HISTORY)).await {
-            Ok(h) => h,
-            Err(e) => {
-                self.error(
-                    ErrorClass::Git,
-                    Some(&r.name),
-                    format!("cannot read history of {}: {e}", r.file),
-                );
-                return None;
-            }
-        };
-        // Newest first: the change that brought the aborted revision is the newest commit whose
-        // parent had another valid revision, or no such file. A parent where the file was
-        // broken is passed over: restoring a broken spec would not roll anything back.
-        let mut found = None;
-        for (change, parent) in history {
-            let before = match &parent {
-                Some(p) => self.revision_at(p.as_str(), &r.name, &r.file).await,
-                None => Before::Absent,
-            };
-            match before {
-                Before::Valid(rev) if rev == revert.revision => {}
-                Before::Invalid => {}
-                Before::Valid(_) | Before::Absent => {
-                    found = Some((change, parent));
-                    break;
-                }
-            }
-        }
-        let Some((change, parent)) = found else {
-            self.error(
-                ErrorClass::Git,
-                Some(&r.name),
-                format!(
-                    "no commit within {HISTORY} of {} brought revision {}",
-                    short(head),
-                    revert.revision
-                ),
-            );
-            return None;
-        };
+        let (change, parent) = self.start_of(r, head, &revert.revision).await?;
         let restored = match &parent {
             Some(p) => {
                 let (p, file) = (p.clone(), r.file.clone());
@@ -159,6 +118,63 @@ impl Daemon {
         }
         self.reverts.insert(key, name.clone());
         Some(name)
+    }
+
+    /// The commit that brought `revision` of rollout `r` (the change that started its canary)
+    /// and that commit's parent, searched back from `head` and cached: a failed search is not
+    /// repeated on every look.
+    pub(super) async fn start_of(
+        &mut self,
+        r: &Rollout,
+        head: &str,
+        revision: &Revision,
+    ) -> Option<(String, Option<String>)> {
+        let key = (r.name.clone(), revision.clone());
+        if let Some(found) = self.starts.get(&key) {
+            return found.clone();
+        }
+        let (h, file) = (head.to_string(), r.file.clone());
+        let history = match self.git(move |m| m.file_history(&h, &file, HISTORY)).await {
+            Ok(h) => h,
+            Err(e) => {
+                self.error(
+                    ErrorClass::Git,
+                    Some(&r.name),
+                    format!("cannot read history of {}: {e}", r.file),
+                );
+                return None;
+            }
+        };
+        // Newest first: the change that brought the revision is the newest commit whose
+        // parent had another valid revision, or no such file. A parent where the file was
+        // broken is passed over: restoring a broken spec would not roll anything back.
+        let mut found = None;
+        for (change, parent) in history {
+            let before = match &parent {
+                Some(p) => self.revision_at(p.as_str(), &r.name, &r.file).await,
+                None => Before::Absent,
+            };
+            match before {
+                Before::Valid(rev) if rev == *revision => {}
+                Before::Invalid => {}
+                Before::Valid(_) | Before::Absent => {
+                    found = Some((change, parent));
+                    break;
+                }
+            }
+        }
+        if found.is_none() {
+            self.error(
+                ErrorClass::Git,
+                Some(&r.name),
+                format!(
+                    "no commit within {HISTORY} of {} brought revision {revision}",
+                    short(head),
+                ),
+            );
+        }
+        self.starts.insert(key, found.clone());
+        found
     }
 
     /// What rollout `name` (in `file`) was at `commit`.
