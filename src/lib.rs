@@ -68,6 +68,8 @@ pub mod live;
 pub mod model;
 pub mod plan;
 pub mod progress;
+pub mod prometheus;
+pub mod promql;
 pub mod provider;
 pub mod record;
 pub mod repo;

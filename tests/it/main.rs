@@ -11,6 +11,7 @@ mod examples;
 mod git;
 mod judge;
 mod planner;
+mod prometheus;
 mod router_caddy;
 mod router_gateway;
 mod router_haproxy;
