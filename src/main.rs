@@ -419,6 +419,10 @@ fn run(args: RunArgs) -> Result<u8> {
         watch,
         routers: config.routers,
         router_timeout: std::time::Duration::from_secs(5),
+        providers: std::sync::Arc::new(
+            canaryd::provider::Providers::new(config.prometheus.as_ref())
+                .map_err(anyhow::Error::msg)?,
+        ),
     };
     let admin_addr = args
         .admin

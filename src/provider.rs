@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use crate::analysis::{self, Measurement, Outcome, Reading};
 use crate::judge::{self, MetricClass, Samples};
 use crate::model::{Judge, Metric, Target};
+use crate::prometheus::{Prometheus, PrometheusConfig};
+use crate::promql::{self, Vars};
 use crate::record::MetricValue;
 use crate::router::Driver;
 use crate::spec::ProviderKind;
@@ -17,14 +19,44 @@ use crate::spec::ProviderKind;
 /// The providers configured for the controller. The embedded one needs nothing: it is the
 /// embedded router itself.
 #[derive(Debug, Default)]
-pub struct Providers {}
+pub struct Providers {
+    pub prometheus: Option<Prometheus>,
+}
 
 impl Providers {
     /// The providers the controller configuration sets up.
     pub fn from_config(config: &crate::repo::Config) -> Result<Providers, String> {
-        let _ = config;
-        Ok(Providers {})
+        Self::new(config.prometheus.as_ref())
     }
+
+    pub fn new(prometheus: Option<&PrometheusConfig>) -> Result<Providers, String> {
+        let prometheus = prometheus
+            .map(Prometheus::new)
+            .transpose()
+            .map_err(|e| format!("prometheus: {e}"))?;
+        Ok(Providers { prometheus })
+    }
+
+    fn prometheus(&self, metric: &str) -> Result<&Prometheus, String> {
+        self.prometheus
+            .as_ref()
+            .ok_or_else(|| no_prometheus(metric))
+    }
+}
+
+/// The variables of `target`'s queries, measuring `side` over `interval`.
+fn vars(target: &Target, side: Side, interval: Duration) -> Vars<'_> {
+    Vars {
+        canary: backend(target, Side::Canary),
+        stable: &target.stable.name,
+        service: &target.service,
+        target: backend(target, side),
+        interval,
+    }
+}
+
+fn render(query: &str, vars: &Vars<'_>) -> Result<String, String> {
+    promql::render(query, vars).map_err(|e| format!("query template: {e}"))
 }
 
 /// What one measurement took, for the analysis and for the evidence in Git.
@@ -114,7 +146,6 @@ pub async fn measure(
     if let Some(j) = &metric.judge {
         return judge_once(j, target, router, window, providers, now).await;
     }
-    let _ = providers;
     match metric.provider {
         ProviderKind::Embedded => {
             let r = embedded(metric, target, router)?;
@@ -135,7 +166,32 @@ pub async fn measure(
                 ..Taken::default()
             })
         }
-        ProviderKind::Prometheus => Err(no_prometheus(&metric.name)),
+        ProviderKind::Prometheus => {
+            let prometheus = providers.prometheus(&metric.name)?;
+            let vars = vars(target, Side::Canary, window);
+            let query = render(&metric.query, &vars)?;
+            let value = prometheus
+                .instant(&query, now)
+                .await
+                .map_err(|e| e.to_string())?;
+            let samples = match &metric.samples_query {
+                Some(q) => {
+                    let q = render(q, &vars)?;
+                    let n = prometheus
+                        .instant(&q, now)
+                        .await
+                        .map_err(|e| format!("samples query: {e}"))?;
+                    // increase() extrapolates: 39.6 requests were 40.
+                    Some(n.map_or(0, |n| n.max(0.0).round() as u64))
+                }
+                None => None,
+            };
+            Ok(Taken {
+                reading: Reading { value, samples },
+                query: Some(query),
+                ..Taken::default()
+            })
+        }
     }
 }
 
@@ -215,8 +271,13 @@ async fn judge_once(
                         .map_err(|e| e.to_string())?
                 }
                 ProviderKind::Prometheus => {
-                    let _ = (providers, now);
-                    return Err(no_prometheus(&m.spec.name));
+                    let query = render(&m.query, &vars(target, side, step))?;
+                    let start = now - chrono::Duration::from_std(window).unwrap_or_default();
+                    providers
+                        .prometheus(&m.spec.name)?
+                        .range(&query, start, now, step)
+                        .await
+                        .map_err(|e| format!("{}: {e}", m.spec.name))?
                 }
             };
             values.retain(|v| !v.is_nan());

@@ -218,6 +218,9 @@ pub struct Config {
     pub poll_interval: Option<String>,
     /// Address of the admin endpoints (`/healthz`, `/readyz`, `/metrics`).
     pub admin: Option<String>,
+    /// The Prometheus that `provider: prometheus` metrics (and the HAProxy and Traefik
+    /// built-in templates) query.
+    pub prometheus: Option<crate::prometheus::PrometheusConfig>,
 }
 
 impl Config {

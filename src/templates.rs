@@ -5,6 +5,7 @@
 //! Rates are ratios (0.99, not 99 %); durations are milliseconds. The request templates ask
 //! for [`MIN_REQUESTS`] requests in the window before they give a verdict.
 
+use crate::promql::builtin as promql;
 use crate::spec::{MetricTemplateSpec, ProviderKind, RouterKind};
 
 /// Names of the built-in templates.
@@ -43,6 +44,25 @@ pub fn builtin(name: &str, kind: RouterKind) -> Option<MetricTemplateSpec> {
             };
             (ProviderKind::Embedded, query.to_string(), None)
         }
+        RouterKind::Haproxy | RouterKind::Traefik => {
+            let router = if kind == RouterKind::Haproxy {
+                promql::Router::Haproxy
+            } else {
+                promql::Router::Traefik
+            };
+            let query = match name {
+                "request-success-rate" => promql::success_rate(router),
+                "request-duration" => promql::latency(router),
+                "error-rate" => promql::error_rate(router),
+                _ => promql::request_count(router),
+            };
+            let samples = promql::request_count(router);
+            (
+                ProviderKind::Prometheus,
+                query.to_string(),
+                Some(samples.to_string()),
+            )
+        }
         _ => return None,
     };
     let counts_requests = name != "request-count";
@@ -78,12 +98,20 @@ mod tests {
 
     #[test]
     fn every_builtin_parses() {
-        for name in BUILTIN {
-            let t = builtin(name, RouterKind::Embedded).unwrap();
-            if let Some(c) = t.success_condition.as_deref() {
-                Condition::parse(c).unwrap();
+        for kind in [
+            RouterKind::Embedded,
+            RouterKind::Haproxy,
+            RouterKind::Traefik,
+        ] {
+            for name in BUILTIN {
+                let t = builtin(name, kind).unwrap();
+                if let Some(c) = t.success_condition.as_deref() {
+                    Condition::parse(c).unwrap();
+                }
+                crate::promql::check(&t.query).unwrap();
             }
         }
+        assert!(builtin("error-rate", RouterKind::Caddy).is_none());
         assert!(builtin("nope", RouterKind::Embedded).is_none());
     }
 }

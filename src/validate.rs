@@ -119,6 +119,12 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
                         condition(&mut cx, field, text);
                     }
                 }
+                if t.spec.provider == ProviderKind::Prometheus {
+                    query_template(&mut cx, "spec.query", &t.spec.query);
+                    if let Some(q) = &t.spec.samples_query {
+                        query_template(&mut cx, "spec.samplesQuery", q);
+                    }
+                }
                 if ok
                     && duplicate(
                         &mut cx,
@@ -920,6 +926,7 @@ fn source(
     refs: &Refs,
 ) -> MetricSource {
     let template_name = template;
+    let own_query = query.as_deref();
     let template: Option<spec::MetricTemplateSpec> = match template {
         None => None,
         Some(t) => {
@@ -981,6 +988,11 @@ fn source(
             "write the query to run",
         );
     }
+    if provider == Some(ProviderKind::Prometheus)
+        && let Some(own) = own_query
+    {
+        query_template(cx, &format!("{field}.query"), own);
+    }
     MetricSource {
         template,
         provider,
@@ -1038,6 +1050,9 @@ fn metric(cx: &mut Cx<'_>, field: &str, m: &spec::MetricCheck, refs: &Refs) -> O
         .samples_query
         .clone()
         .or(template.as_ref().and_then(|t| t.samples_query.clone()));
+    if let Some(q) = &m.samples_query {
+        query_template(cx, &format!("{field}.samplesQuery"), q);
+    }
     if m.min_samples.is_some_and(|n| n == 0) {
         cx.error(
             &format!("{field}.minSamples"),
@@ -1072,6 +1087,20 @@ fn metric(cx: &mut Cx<'_>, field: &str, m: &spec::MetricCheck, refs: &Refs) -> O
         samples_query,
         judge: None,
     })
+}
+
+/// Checks the `{{ variables }}` of a PromQL query, pointing at the one that is wrong.
+fn query_template(cx: &mut Cx<'_>, field: &str, query: &str) {
+    if let Err(e) = crate::promql::check(query) {
+        cx.error_in_value(
+            field,
+            query,
+            e.offset(),
+            e.to_string(),
+            "variables are {{ canary }}, {{ stable }}, {{ service }}, {{ target }} and \
+             {{ interval }}; names may take `| regex` inside a regex matcher",
+        );
+    }
 }
 
 /// The judge of an analysis, as one more metric named [`JUDGE_METRIC`].

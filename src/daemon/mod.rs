@@ -58,6 +58,8 @@ pub struct Settings {
     pub routers: BTreeMap<String, RouterSpec>,
     /// Bound on every call to a router.
     pub router_timeout: Duration,
+    /// Metric providers (the Prometheus to query), built once at start.
+    pub providers: Arc<provider::Providers>,
 }
 
 /// Why the daemon could not start.
@@ -111,6 +113,7 @@ pub async fn run(
             d.render_metrics(out);
         }
     });
+    let providers = Arc::clone(&settings.providers);
     let mut daemon = Daemon {
         telemetry: admin.telemetry.clone(),
         shown,
@@ -122,7 +125,7 @@ pub async fn run(
         unrecorded: BTreeMap::new(),
         reverts: BTreeMap::new(),
         starts: BTreeMap::new(),
-        providers: provider::Providers::default(),
+        providers,
         shutdown: shutdown.clone(),
     };
     let mut event = Event::Tick;
@@ -238,7 +241,7 @@ struct Daemon {
     reverts: BTreeMap<(String, Revision), String>,
     /// The change that brought each (rollout, revision), and its parent; `None`: not found.
     starts: BTreeMap<(String, Revision), Option<(String, Option<String>)>>,
-    providers: provider::Providers,
+    providers: Arc<provider::Providers>,
     shutdown: CancellationToken,
 }
 

@@ -690,3 +690,22 @@ fn judge_and_minimum_samples_are_checked() {
         )],
     );
 }
+
+#[test]
+fn promql_variables_are_checked_where_they_are_written() {
+    let text = "steps:\n  - setWeight: 20\n  - analysis:\n      metrics:\n        - name: e\n          provider: prometheus\n          query: 'sum(rate(x{server=\"{{ canry }}\"}[{{ interval }}]))'\n          successCondition: result < 0.01\n";
+    let (_, diags) = run(text);
+    let e = diags.iter().find(|d| d.is_error()).unwrap();
+    assert_eq!(e.field, "spec.steps[1].analysis.metrics[0].query");
+    assert!(e.message.contains("unknown variable `canry`"), "{e:?}");
+    // Pointed at the misspelt name itself.
+    let line = rollout(&format!("{TARGET}{text}"))
+        .lines()
+        .nth(e.position.line - 1)
+        .unwrap()
+        .to_string();
+    assert!(
+        line[e.position.column - 1..].starts_with("canry }}"),
+        "{line} {e:?}"
+    );
+}
