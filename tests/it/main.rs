@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod analysis_e2e;
 mod cli;
 mod daemon;
 mod demo;

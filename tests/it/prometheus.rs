@@ -323,6 +323,8 @@ pub struct HaproxyExporter {
     pub metrics: SocketAddr,
     /// canaryd's driver over the runtime API's unix socket.
     pub router: HaproxyRouter,
+    /// That socket, as a Router spec's `runtimeApi` names it.
+    pub runtime_api: String,
 }
 
 impl Drop for HaproxyExporter {
@@ -380,11 +382,8 @@ impl HaproxyExporter {
             .stderr(log)
             .spawn()
             .unwrap();
-        let router = HaproxyRouter::new(
-            "edge",
-            &format!("unix:{}", dir.path().join("admin.sock").display()),
-        )
-        .unwrap();
+        let runtime_api = format!("unix:{}", dir.path().join("admin.sock").display());
+        let router = HaproxyRouter::new("edge", &runtime_api).unwrap();
         let mut h = HaproxyExporter {
             child: Some(child),
             dir,
@@ -393,6 +392,7 @@ impl HaproxyExporter {
             frontend,
             metrics,
             router,
+            runtime_api,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

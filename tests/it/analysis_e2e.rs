@@ -1,0 +1,185 @@
+//! Metric analysis end to end: the real daemon, a real HAProxy (and Traefik) in front of a
+//! sound stable and a canary failing a set fraction of requests, and a real Prometheus
+//! scraping the router's exporter every second. The built-in `error-rate` template decides.
+
+use std::time::{Duration, Instant};
+
+use canaryd::analysis::Outcome;
+use canaryd::record::StatusFile;
+
+use crate::daemon::World;
+use crate::prometheus::{HaproxyExporter, PromOptions, PromServer, Server, TraefikMetrics};
+
+/// Two measurements 5 s apart over 5 s windows, at 50 %.
+const ANALYSED: &str = "  steps:\n    - setWeight: 50\n    - analysis:\n        interval: 5s\n        count: 2\n        metrics:\n          - {name: errors, template: error-rate}\n    - setWeight: 100\n";
+
+fn phase(s: &StatusFile) -> &'static str {
+    s.status.progress.phase()
+}
+
+fn canary_weight(s: &StatusFile) -> u8 {
+    s.desired.get("green").map_or(0, |w| w.get())
+}
+
+/// A world whose router `edge` is HAProxy with its exporter, scraped by Prometheus every second;
+/// blue is sound, green fails `fails` of its requests.
+struct OnHaproxy {
+    w: World,
+    _prometheus: PromServer,
+    _haproxy: HaproxyExporter,
+}
+
+fn on_haproxy(fails: f64) -> OnHaproxy {
+    let mut w = World::new(0.0, 0.0);
+    let haproxy = w.rt.block_on(HaproxyExporter::start(
+        "checkout",
+        &[
+            Server::new("blue", 100),
+            Server::new("green", 0).failing(fails),
+        ],
+    ));
+    let prometheus = PromServer::start(&[haproxy.metrics]);
+    w.router = haproxy.frontend;
+    w.router_spec = Some(format!(
+        "  kind: haproxy\n  runtimeApi: \"{}\"\n",
+        haproxy.runtime_api
+    ));
+    w.config = Some(format!("prometheus:\n  url: {}\n", prometheus.url()));
+    OnHaproxy {
+        w,
+        _prometheus: prometheus,
+        _haproxy: haproxy,
+    }
+}
+
+/// Merges the canary and returns when it was merged.
+fn start_canary(w: &mut World) -> Instant {
+    w.start_on_stable(ANALYSED);
+    w.merge(
+        "checkout.yaml",
+        &w.spec(true, ANALYSED),
+        "canary: green 1.1",
+    );
+    Instant::now()
+}
+
+#[test]
+fn haproxy_canary_failing_20_percent_is_aborted_on_prometheus_evidence() {
+    let mut h = on_haproxy(0.2);
+    h.w.background_load(60);
+    let merged = start_canary(&mut h.w);
+    let at_50 = h.w.wait_for("checkout", 30, "canary at 50%", |s| {
+        canary_weight(s) == 50
+            && s.live
+                .as_ref()
+                .is_some_and(|l| l.backends["green"].get() == 50)
+    });
+    let failing_since = at_50.live.as_ref().unwrap().at;
+    let aborted =
+        h.w.wait_for("checkout", 40, "aborted", |s| phase(s) == "aborted");
+    assert_eq!(canary_weight(&aborted), 0);
+    // Read back from HAProxy itself: green carries nothing.
+    assert_eq!(aborted.live.as_ref().unwrap().backends["green"].get(), 0);
+    let errors = aborted
+        .analysis
+        .iter()
+        .find(|m| m.metric == "errors")
+        .unwrap();
+    assert_eq!(errors.outcome, Outcome::Failure, "{errors:?}");
+    let value = errors.value.unwrap();
+    assert!((0.1..0.3).contains(&value), "error rate {value}");
+    assert!(errors.samples.unwrap() >= 20, "{errors:?}");
+    let query = errors.query.as_deref().unwrap();
+    assert!(
+        query.contains(r#"haproxy_server_http_responses_total{proxy="checkout",server="green""#)
+            && query.contains("[5s]"),
+        "{query}"
+    );
+    let log = h.w.status_log("checkout");
+    assert!(log.contains("checkout: aborted: errors = 0."), "{log}");
+    // The figure for the closing note: canary failing (weight verified) → weight 0.
+    let to_zero = (aborted.updated_at - failing_since).to_std().unwrap();
+    eprintln!(
+        "haproxy: canary failing from {failing_since} → weight 0 after {:.2} s ({:.2} s after the merge)",
+        to_zero.as_secs_f64(),
+        merged.elapsed().as_secs_f64()
+    );
+    assert!(to_zero < Duration::from_secs(15), "{to_zero:?}");
+}
+
+#[test]
+fn haproxy_canary_as_sound_as_stable_is_promoted() {
+    let mut h = on_haproxy(0.0);
+    h.w.background_load(60);
+    start_canary(&mut h.w);
+    let promoted =
+        h.w.wait_for("checkout", 50, "promoted", |s| phase(s) == "promoted");
+    let errors = promoted
+        .analysis
+        .iter()
+        .find(|m| m.metric == "errors")
+        .unwrap();
+    assert_eq!(errors.outcome, Outcome::Success, "{errors:?}");
+    assert_eq!(errors.value, Some(0.0));
+    assert_eq!(canary_weight(&promoted), 100);
+}
+
+#[test]
+fn haproxy_canary_without_traffic_is_inconclusive_and_waits_for_a_human() {
+    let mut h = on_haproxy(0.0);
+    // No load at all: Prometheus has series, but no rate.
+    start_canary(&mut h.w);
+    let paused = h.w.wait_for("checkout", 40, "paused, inconclusive", |s| {
+        phase(s) == "paused"
+    });
+    let errors = paused
+        .analysis
+        .iter()
+        .find(|m| m.metric == "errors")
+        .unwrap();
+    assert_eq!(errors.outcome, Outcome::Inconclusive, "{errors:?}");
+    assert_eq!(errors.value, None);
+    // Held at its weight, never promoted or aborted on no evidence.
+    assert_eq!(canary_weight(&paused), 50);
+    std::thread::sleep(Duration::from_secs(6));
+    let later = h.w.status("checkout").unwrap();
+    assert_eq!(phase(&later), "paused");
+    let log = h.w.status_log("checkout");
+    assert!(log.contains("inconclusive"), "{log}");
+}
+
+#[test]
+fn traefik_canary_failing_20_percent_is_aborted_and_a_sound_one_promoted() {
+    for (fails, outcome) in [(0.2, "aborted"), (0.0, "promoted")] {
+        let mut w = World::new(0.0, 0.0);
+        let traefik = w.rt.block_on(TraefikMetrics::start(
+            "checkout",
+            &[
+                Server::new("blue", 100),
+                Server::new("green", 0).failing(fails),
+            ],
+        ));
+        let prometheus = PromServer::start_with(PromOptions::new(&[traefik.metrics]));
+        w.router = traefik.frontend;
+        w.router_spec = Some(format!(
+            "  kind: traefik\n  api: \"http://127.0.0.1:{}\"\n  dynamicFile: \"{}\"\n  backends: {{blue: \"{}\", green: \"{}\"}}\n",
+            traefik.api,
+            traefik.dynamic_file.display(),
+            traefik.backends["blue"],
+            traefik.backends["green"],
+        ));
+        w.config = Some(format!("prometheus:\n  url: {}\n", prometheus.url()));
+        w.background_load(60);
+        start_canary(&mut w);
+        let done = w.wait_for("checkout", 50, outcome, |s| {
+            matches!(phase(s), "aborted" | "promoted")
+        });
+        assert_eq!(phase(&done), outcome, "{:#?}", done.analysis);
+        let errors = done.analysis.iter().find(|m| m.metric == "errors").unwrap();
+        let query = errors.query.as_deref().unwrap();
+        assert!(
+            query.contains(r#"service="checkout-green@file""#),
+            "{query}"
+        );
+    }
+}
