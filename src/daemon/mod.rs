@@ -240,7 +240,7 @@ struct Daemon {
     /// Revert branches known to exist, by (rollout, aborted revision).
     reverts: BTreeMap<(String, Revision), String>,
     /// The change that brought each (rollout, revision), and its parent; `None`: not found.
-    starts: BTreeMap<(String, Revision), Option<(String, Option<String>)>>,
+    starts: BTreeMap<(String, Revision), Option<revert::Change>>,
     providers: Arc<provider::Providers>,
     shutdown: CancellationToken,
 }

@@ -12,6 +12,9 @@ use crate::plan::Revert;
 use super::{Daemon, HISTORY, short};
 use crate::telemetry::ErrorClass;
 
+/// A commit that changed a rollout's spec, and its parent (`None`: the file was new).
+pub(super) type Change = (String, Option<String>);
+
 /// The branch name for a revert of `rollout`'s change `commit`.
 pub fn branch_name(rollout: &str, commit: &str) -> String {
     format!("canaryd/revert/{rollout}-{}", short(commit))
@@ -128,7 +131,7 @@ impl Daemon {
         r: &Rollout,
         head: &str,
         revision: &Revision,
-    ) -> Option<(String, Option<String>)> {
+    ) -> Option<Change> {
         let key = (r.name.clone(), revision.clone());
         if let Some(found) = self.starts.get(&key) {
             return found.clone();
