@@ -54,6 +54,7 @@
 //! and description before they are sent, and in every message quoted from GitHub. The App key
 //! is read once, at [`GitHub::connect`]. `Debug` shows where secrets come from, never them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
@@ -189,12 +190,14 @@ impl fmt::Debug for GitHub {
 }
 
 /// One call's client and the token to keep out of everything sent.
-struct Call {
-    crab: Octocrab,
+struct Call<'a> {
+    /// The shared client itself in App mode: a clone of octocrab would copy its installation
+    /// token cache instead of sharing it, and ask for a new token at every call.
+    crab: Cow<'a, Octocrab>,
     token: Option<Secret>,
 }
 
-impl Call {
+impl Call<'_> {
     /// `text` with the token replaced by `***`.
     fn scrub(&self, text: &str) -> String {
         scrub(text, self.token.as_ref())
@@ -341,7 +344,7 @@ impl GitHub {
     }
 
     /// This call's client: the shared one, with the token read now in token mode.
-    async fn call(&self) -> Result<Call, ForgeError> {
+    async fn call(&self) -> Result<Call<'_>, ForgeError> {
         let crab = self
             .client
             .get_or_init(|| async { self.build_client() })
@@ -353,12 +356,12 @@ impl GitHub {
                     .user_access_token(token.expose().to_string())
                     .map_err(|e| ForgeError::permanent(format!("forge.github.token: {e}")))?;
                 Ok(Call {
-                    crab,
+                    crab: Cow::Owned(crab),
                     token: Some(token),
                 })
             }
             Auth::App { .. } => Ok(Call {
-                crab: crab.clone(),
+                crab: Cow::Borrowed(crab),
                 token: None,
             }),
         }
@@ -373,7 +376,7 @@ impl GitHub {
     /// be had).
     async fn send(
         &self,
-        call: &Call,
+        call: &Call<'_>,
         method: Method,
         path: &str,
         body: Option<&Value>,
@@ -448,7 +451,7 @@ impl GitHub {
     }
 
     /// The error for an answer that is not the success expected.
-    fn refused(&self, call: &Call, what: &str, answer: &Answer) -> ForgeError {
+    fn refused(&self, call: &Call<'_>, what: &str, answer: &Answer) -> ForgeError {
         let body = ErrorBody::parse(&answer.headers, &answer.body);
         let error = classify(
             &format!("github: {what}"),
@@ -463,7 +466,7 @@ impl GitHub {
     /// The open pull request from `head` into `base`, if any.
     async fn find_pr(
         &self,
-        call: &Call,
+        call: &Call<'_>,
         head: &str,
         base: &str,
     ) -> Result<Option<OpenPull>, ForgeError> {
@@ -492,7 +495,7 @@ impl GitHub {
     /// Sets the title and body of `pull` when they differ.
     async fn update_pr(
         &self,
-        call: &Call,
+        call: &Call<'_>,
         pull: OpenPull,
         title: &str,
         body: &str,
@@ -529,7 +532,7 @@ impl GitHub {
     /// One attempt of `revert_pr`: look up, then update or create.
     async fn revert_pr_once(
         &self,
-        call: &Call,
+        call: &Call<'_>,
         req: &RevertRequest,
         title: &str,
         body: &str,
@@ -574,7 +577,7 @@ impl GitHub {
     }
 
     /// One attempt of `report` as a commit status.
-    async fn status_once(&self, call: &Call, report: &CommitReport) -> Result<(), ForgeError> {
+    async fn status_once(&self, call: &Call<'_>, report: &CommitReport) -> Result<(), ForgeError> {
         let mut payload = json!({
             "state": match report.state {
                 ReportState::Pending => "pending",
@@ -601,7 +604,7 @@ impl GitHub {
     /// The check run named `context` of this App on `sha`, if GitHub has one.
     async fn find_run(
         &self,
-        call: &Call,
+        call: &Call<'_>,
         sha: &str,
         context: &str,
     ) -> Result<Option<u64>, ForgeError> {
@@ -636,7 +639,11 @@ impl GitHub {
     }
 
     /// One attempt of `report` as a check run: update the known run, else find it, else create it.
-    async fn check_run_once(&self, call: &Call, report: &CommitReport) -> Result<(), ForgeError> {
+    async fn check_run_once(
+        &self,
+        call: &Call<'_>,
+        report: &CommitReport,
+    ) -> Result<(), ForgeError> {
         let key = (report.sha.clone(), report.context.clone());
         let known = self.remembered(&key);
         let id = match known {
@@ -993,7 +1000,7 @@ pub(crate) fn classify(
 
 /// The error for a request that got no answer from octocrab's client. A failed installation
 /// token request comes back here as octocrab's `GitHub` error, with status and headers.
-fn client_error(what: &str, error: octocrab::Error, call: &Call) -> ForgeError {
+fn client_error(what: &str, error: octocrab::Error, call: &Call<'_>) -> ForgeError {
     let error = match error {
         octocrab::Error::GitHub { source, .. } => {
             let body = ErrorBody {

@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod embedded;
 mod examples;
+mod forge;
 mod git;
 mod judge;
 mod planner;
