@@ -62,7 +62,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::BodyExt;
 use hyper::http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
-use hyper::{Method, StatusCode, Uri};
+use hyper::{StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use octocrab::auth::AppAuth;
@@ -201,6 +201,24 @@ impl Call<'_> {
     /// `text` with the token replaced by `***`.
     fn scrub(&self, text: &str) -> String {
         scrub(text, self.token.as_ref())
+    }
+}
+
+/// The methods the driver sends.
+#[derive(Clone, Copy, Debug)]
+enum Verb {
+    Get,
+    Post,
+    Patch,
+}
+
+impl Verb {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+            Verb::Patch => "PATCH",
+        }
     }
 }
 
@@ -377,18 +395,20 @@ impl GitHub {
     async fn send(
         &self,
         call: &Call<'_>,
-        method: Method,
+        verb: Verb,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Answer, ForgeError> {
-        let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        let what = format!(
+            "{} {}",
+            verb.as_str(),
+            path.split('?').next().unwrap_or(path)
+        );
         let request = async {
-            let uri = path;
-            let response = match method {
-                Method::GET => call.crab._get(uri).await,
-                Method::POST => call.crab._post(uri, body).await,
-                Method::PATCH => call.crab._patch(uri, body).await,
-                _ => unreachable!("the driver sends GET, POST and PATCH only"),
+            let response = match verb {
+                Verb::Get => call.crab._get(path).await,
+                Verb::Post => call.crab._post(path, body).await,
+                Verb::Patch => call.crab._patch(path, body).await,
             }?;
             let (parts, body) = response.into_parts();
             let body = body.collect().await?.to_bytes().to_vec();
@@ -409,7 +429,7 @@ impl GitHub {
             Ok(Ok(answer)) => answer,
         };
         tracing::debug!(
-            method = %method,
+            method = verb.as_str(),
             path = %path,
             status = answer.status.as_u16(),
             "github answered"
@@ -476,9 +496,7 @@ impl GitHub {
             query_value(base)
         );
         let what = format!("listing open pull requests from `{head}`");
-        let answer = self
-            .send(call, Method::GET, &self.path(&query), None)
-            .await?;
+        let answer = self.send(call, Verb::Get, &self.path(&query), None).await?;
         if answer.status != StatusCode::OK {
             return Err(self.refused(call, &what, &answer));
         }
@@ -513,7 +531,7 @@ impl GitHub {
         let answer = self
             .send(
                 call,
-                Method::PATCH,
+                Verb::Patch,
                 &path,
                 Some(&json!({"title": title, "body": body})),
             )
@@ -543,7 +561,7 @@ impl GitHub {
         let what = format!("opening a pull request from `{}`", req.head);
         let payload = json!({"title": title, "head": req.head, "base": req.base, "body": body});
         let answer = self
-            .send(call, Method::POST, &self.path("pulls"), Some(&payload))
+            .send(call, Verb::Post, &self.path("pulls"), Some(&payload))
             .await?;
         if answer.status == StatusCode::CREATED {
             let pull: PullRef = answer.json(&what)?;
@@ -593,7 +611,7 @@ impl GitHub {
         }
         let what = format!("setting status `{}` on {}", report.context, report.sha);
         let path = self.path(&format!("statuses/{}", report.sha));
-        let answer = self.send(call, Method::POST, &path, Some(&payload)).await?;
+        let answer = self.send(call, Verb::Post, &path, Some(&payload)).await?;
         if answer.status == StatusCode::CREATED {
             Ok(())
         } else {
@@ -620,9 +638,7 @@ impl GitHub {
             query.push_str(&format!("&app_id={app}"));
         }
         let what = format!("looking up check run `{context}` on {sha}");
-        let answer = self
-            .send(call, Method::GET, &self.path(&query), None)
-            .await?;
+        let answer = self.send(call, Verb::Get, &self.path(&query), None).await?;
         if answer.status != StatusCode::OK {
             return Err(self.refused(call, &what, &answer));
         }
@@ -674,9 +690,7 @@ impl GitHub {
         if let Some(id) = id {
             let what = format!("updating check run {id} (`{}`)", report.context);
             let path = self.path(&format!("check-runs/{id}"));
-            let answer = self
-                .send(call, Method::PATCH, &path, Some(&payload))
-                .await?;
+            let answer = self.send(call, Verb::Patch, &path, Some(&payload)).await?;
             if answer.status == StatusCode::OK {
                 self.remember(key, id);
                 return Ok(());
@@ -694,7 +708,7 @@ impl GitHub {
         payload["head_sha"] = json!(report.sha);
         let what = format!("creating check run `{}` on {}", report.context, report.sha);
         let answer = self
-            .send(call, Method::POST, &self.path("check-runs"), Some(&payload))
+            .send(call, Verb::Post, &self.path("check-runs"), Some(&payload))
             .await?;
         if answer.status != StatusCode::CREATED {
             return Err(self.refused(call, &what, &answer));
