@@ -62,6 +62,7 @@ pub mod backend;
 pub mod daemon;
 pub mod demo;
 pub mod diag;
+pub mod forge;
 pub mod git;
 pub mod judge;
 pub mod live;

@@ -9,6 +9,7 @@ mod daemon;
 mod demo;
 mod embedded;
 mod examples;
+mod forge;
 mod git;
 mod judge;
 mod planner;
