@@ -423,6 +423,7 @@ fn run(args: RunArgs) -> Result<u8> {
             canaryd::provider::Providers::new(config.prometheus.as_ref())
                 .map_err(anyhow::Error::msg)?,
         ),
+        forge: config.forge.clone(),
     };
     let admin_addr = args
         .admin

@@ -221,6 +221,8 @@ pub struct Config {
     /// The Prometheus that `provider: prometheus` metrics (and the HAProxy and Traefik
     /// built-in templates) query.
     pub prometheus: Option<crate::prometheus::PrometheusConfig>,
+    /// The forge for revert pull requests and commit statuses (`github: {...}`).
+    pub forge: Option<crate::forge::ForgeConfig>,
 }
 
 impl Config {

@@ -49,15 +49,18 @@ pub enum ErrorClass {
     Metrics,
     Spec,
     Status,
+    /// The forge (pull requests, commit statuses); never holds traffic.
+    Forge,
 }
 
 impl ErrorClass {
-    const ALL: [ErrorClass; 5] = [
+    const ALL: [ErrorClass; 6] = [
         ErrorClass::Git,
         ErrorClass::Router,
         ErrorClass::Metrics,
         ErrorClass::Spec,
         ErrorClass::Status,
+        ErrorClass::Forge,
     ];
 
     /// The label value.
@@ -68,6 +71,7 @@ impl ErrorClass {
             ErrorClass::Metrics => "metrics",
             ErrorClass::Spec => "spec",
             ErrorClass::Status => "status",
+            ErrorClass::Forge => "forge",
         }
     }
 
@@ -360,6 +364,7 @@ fn class_index(c: ErrorClass) -> usize {
         ErrorClass::Metrics => 2,
         ErrorClass::Spec => 3,
         ErrorClass::Status => 4,
+        ErrorClass::Forge => 5,
     }
 }
 

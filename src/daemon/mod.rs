@@ -8,6 +8,7 @@
 //! traffic *back* (abort, rollback) is applied first and recorded after, retried until Git
 //! takes it.
 
+mod forge;
 pub mod message;
 mod revert;
 
@@ -60,6 +61,8 @@ pub struct Settings {
     pub router_timeout: Duration,
     /// Metric providers (the Prometheus to query), built once at start.
     pub providers: Arc<provider::Providers>,
+    /// The forge for revert pull requests and commit statuses.
+    pub forge: Option<crate::forge::ForgeConfig>,
 }
 
 /// Why the daemon could not start.
@@ -69,6 +72,8 @@ pub enum DaemonError {
     Mirror(#[source] git::GitError),
     #[error("the git worker stopped")]
     Worker,
+    #[error("forge: {0}")]
+    Forge(crate::forge::ForgeError),
 }
 
 /// What wakes the loop.
@@ -114,6 +119,18 @@ pub async fn run(
         }
     });
     let providers = Arc::clone(&settings.providers);
+    let outbox = match &settings.forge {
+        Some(config) => {
+            let forge = crate::forge::AnyForge::connect(config).map_err(DaemonError::Forge)?;
+            Some(forge::Outbox::start(
+                forge,
+                config.clone(),
+                admin.telemetry.clone(),
+                shutdown.clone(),
+            ))
+        }
+        None => None,
+    };
     let mut daemon = Daemon {
         telemetry: admin.telemetry.clone(),
         shown,
@@ -126,6 +143,8 @@ pub async fn run(
         reverts: BTreeMap::new(),
         starts: BTreeMap::new(),
         providers,
+        outbox,
+        latest: BTreeMap::new(),
         shutdown: shutdown.clone(),
     };
     let mut event = Event::Tick;
@@ -242,6 +261,10 @@ struct Daemon {
     /// The change that brought each (rollout, revision), and its parent; `None`: not found.
     starts: BTreeMap<(String, Revision), Option<revert::Change>>,
     providers: Arc<provider::Providers>,
+    /// The forge worker's inbox, when a forge is configured.
+    outbox: Option<forge::Outbox>,
+    /// Each rollout's status as Git last held it, for the forge.
+    latest: BTreeMap<String, StatusFile>,
     shutdown: CancellationToken,
 }
 
@@ -334,6 +357,9 @@ impl Daemon {
                 break;
             }
             let recorded_file = statuses.get(&name).cloned();
+            if let Some(f) = &recorded_file {
+                self.latest.insert(name.clone(), f.clone());
+            }
             if recorded_file.is_none() && recorded.contains_key(&name) {
                 continue; // unreadable status: held (reported above)
             }
@@ -352,11 +378,21 @@ impl Daemon {
             };
             let span = tracing::info_span!("rollout", rollout = %name, commit = %short(&head));
             let _enter = span.enter();
+            let valid = match spec {
+                Spec::Valid(r) => Some(r),
+                Spec::Invalid(_) => None,
+            };
             if let Some(w) = self
                 .reconcile(&name, &head, &catalog, spec, recorded_file)
                 .await
             {
                 wake = Some(wake.map_or(w, |x| x.min(w)));
+            }
+            // Traffic first, the forge after (and never waited for).
+            if let Some(r) = valid
+                && let Some(f) = self.latest.get(&name).cloned()
+            {
+                self.to_forge(r, &head, &f).await;
             }
         }
         (wake, !self.shutdown.is_cancelled())
@@ -507,6 +543,7 @@ impl Daemon {
                     Ok(true) => {
                         self.unrecorded.remove(name);
                         in_git = file.clone();
+                        self.latest.insert(name.to_string(), file.clone());
                         self.telemetry.record(Tele::StatusCommitted {
                             rollout: name.to_string(),
                             summary: message.lines().next().unwrap_or_default().to_string(),

@@ -1083,3 +1083,126 @@ fn the_judge_promotes_a_canary_as_good_as_its_baseline() {
     assert_eq!(judged.value, Some(100.0), "{judged:?}");
     assert_eq!(judged.outcome, canaryd::analysis::Outcome::Success);
 }
+
+/// The forge end to end: the daemon against the GitHub stand-in (every request checked
+/// against GitHub's published description), with a token from a file.
+mod on_github {
+    use super::*;
+    use crate::forge::{Expect, FakeGitHub, OWNER, REPO, TOKEN};
+
+    fn with_github(w: &mut World) -> FakeGitHub {
+        let gh =
+            w.rt.block_on(FakeGitHub::start(Expect::Token(TOKEN.into())));
+        w.config = Some(format!(
+            "forge:\n  github:\n    apiUrl: {}\n    owner: {OWNER}\n    repo: {REPO}\n    token: {{file: {}}}\n",
+            gh.url,
+            gh.dir.path().join("token").display()
+        ));
+        gh
+    }
+
+    /// The states of the commit statuses set on `sha`, in order.
+    fn states(gh: &FakeGitHub, sha: &str) -> Vec<String> {
+        let fake = gh.fake.lock().unwrap();
+        fake.statuses
+            .iter()
+            .filter(|s| s["sha"] == sha && s["context"] == "canaryd/checkout")
+            .map(|s| s["state"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn wait(what: &str, secs: u64, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn an_abort_opens_one_revert_pull_request_with_the_evidence_and_fails_the_commit_status() {
+        let mut w = World::new(0.0, 0.3);
+        let gh = with_github(&mut w);
+        w.start_on_stable(ANALYSED);
+        w.background_load(40);
+        let merge = w.merge(
+            "checkout.yaml",
+            &w.spec(true, ANALYSED),
+            "canary: green 1.1",
+        );
+        let aborted = w.wait_for("checkout", 40, "aborted", |s| {
+            phase(s) == "aborted" && s.revert.is_some()
+        });
+        let branch = aborted.revert.clone().unwrap();
+        wait("the pull request", 20, || gh.pulls().len() == 1);
+        wait("the failure status", 20, || {
+            states(&gh, &merge).last().map(String::as_str) == Some("failure")
+        });
+        let pull = &gh.pulls()[0];
+        assert_eq!(pull["head"]["ref"], branch.as_str(), "{pull}");
+        assert_eq!(pull["base"]["ref"], "main");
+        let title = pull["title"].as_str().unwrap();
+        assert!(
+            title.contains("Revert checkout") && title.contains(&merge[..12]),
+            "{title}"
+        );
+        let body = pull["body"].as_str().unwrap();
+        for evidence in [
+            "**Why:** errors = 0.",
+            "| errors |",
+            "`result <= 0.01`",
+            "rollouts/checkout.yaml",
+            "/octo-org/shop/blob/canaryd/status/status/checkout.yaml",
+        ] {
+            assert!(body.contains(evidence), "missing `{evidence}` in:\n{body}");
+        }
+        let seen = states(&gh, &merge);
+        assert_eq!(
+            seen.first().map(String::as_str),
+            Some("pending"),
+            "{seen:?}"
+        );
+        assert_eq!(seen.last().map(String::as_str), Some("failure"), "{seen:?}");
+        assert!(
+            seen.iter().all(|s| s == "pending" || s == "failure"),
+            "{seen:?}"
+        );
+
+        // A restart looks the pull request up and opens no second one.
+        w.kill();
+        gh.clear_log();
+        w.start();
+        wait("the lookup after the restart", 30, || {
+            gh.calls().iter().any(|c| c.starts_with("pulls/list"))
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(gh.pulls().len(), 1);
+        assert!(
+            !gh.calls().iter().any(|c| c.starts_with("pulls/create")),
+            "{:?}",
+            gh.calls()
+        );
+        gh.assert_clean();
+        // The token went nowhere else either: not to the logs, not to the status branch.
+        let logs = w.logs();
+        assert!(!logs.contains(TOKEN), "token in the daemon's logs");
+        let status_branch = git(&w.remote, &["log", "-p", "canaryd/status"]);
+        assert!(!status_branch.contains(TOKEN), "token on the status branch");
+    }
+
+    #[test]
+    fn a_promotion_turns_the_commit_status_from_pending_to_success() {
+        let mut w = World::new(0.0, 0.0);
+        let gh = with_github(&mut w);
+        w.start_on_stable(STEPS);
+        let merge = w.merge("checkout.yaml", &w.spec(true, STEPS), "canary: green 1.1");
+        w.wait_for("checkout", 40, "promoted", |s| phase(s) == "promoted");
+        wait("the success status", 20, || {
+            states(&gh, &merge).last().map(String::as_str) == Some("success")
+        });
+        let seen = states(&gh, &merge);
+        assert!(seen.len() >= 2 && seen[0] == "pending", "{seen:?}");
+        assert!(gh.pulls().is_empty());
+        gh.assert_clean();
+    }
+}

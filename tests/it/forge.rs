@@ -42,9 +42,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-const OWNER: &str = "octo-org";
-const REPO: &str = "shop";
-const TOKEN: &str = "ghp_canarydTestToken0123456789abcdefABCD";
+pub const OWNER: &str = "octo-org";
+pub const REPO: &str = "shop";
+pub const TOKEN: &str = "ghp_canarydTestToken0123456789abcdefABCD";
 const APP_ID: u64 = 424242;
 const INSTALLATION_ID: u64 = 5151;
 const INSTALLATION_TOKEN: &str = "ghs_canarydInstallationToken0123456789ab";
@@ -444,13 +444,13 @@ fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
 
 /// One request as it reached the fake.
 #[derive(Clone, Debug)]
-struct Recorded {
-    op: String,
-    path: String,
-    query: Vec<(String, String)>,
-    authorization: Option<String>,
-    body: String,
-    status: u16,
+pub struct Recorded {
+    pub op: String,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub authorization: Option<String>,
+    pub body: String,
+    pub status: u16,
 }
 
 impl Recorded {
@@ -479,25 +479,25 @@ enum Mishap {
 }
 
 #[derive(Clone, Debug)]
-enum Expect {
+pub enum Expect {
     Token(String),
     App,
 }
 
-struct Fake {
-    expect: Expect,
-    public_key: Option<PathBuf>,
-    pulls: Vec<Value>,
-    statuses: Vec<Value>,
-    runs: Vec<Value>,
-    next_id: u64,
+pub struct Fake {
+    pub expect: Expect,
+    pub public_key: Option<PathBuf>,
+    pub pulls: Vec<Value>,
+    pub statuses: Vec<Value>,
+    pub runs: Vec<Value>,
+    pub next_id: u64,
     mishaps: VecDeque<(String, Mishap)>,
-    log: Vec<Recorded>,
-    violations: Vec<String>,
-    jwts: Vec<String>,
+    pub log: Vec<Recorded>,
+    pub violations: Vec<String>,
+    pub jwts: Vec<String>,
 }
 
-type Shared = Arc<Mutex<Fake>>;
+pub type Shared = Arc<Mutex<Fake>>;
 
 fn answer(status: u16, body: &Value) -> Response {
     (
@@ -1022,15 +1022,15 @@ fn carry_out(
 
 /// The fake GitHub on 127.0.0.1, with the token file and App key the driver reads; stopped
 /// on drop.
-struct FakeGitHub {
-    url: String,
-    fake: Shared,
-    dir: tempfile::TempDir,
-    _stop: DropGuard,
+pub struct FakeGitHub {
+    pub url: String,
+    pub fake: Shared,
+    pub dir: tempfile::TempDir,
+    pub _stop: DropGuard,
 }
 
 impl FakeGitHub {
-    async fn start(expect: Expect) -> FakeGitHub {
+    pub async fn start(expect: Expect) -> FakeGitHub {
         spec();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
@@ -1094,29 +1094,29 @@ impl FakeGitHub {
             .push_back((op.to_string(), mishap));
     }
 
-    fn log(&self) -> Vec<Recorded> {
+    pub fn log(&self) -> Vec<Recorded> {
         self.fake.lock().unwrap().log.clone()
     }
 
     /// The operations called, in order, with their answers: `pulls/list 200`.
-    fn calls(&self) -> Vec<String> {
+    pub fn calls(&self) -> Vec<String> {
         self.log()
             .iter()
             .map(|r| format!("{} {}", r.op, r.status))
             .collect()
     }
 
-    fn pulls(&self) -> Vec<Value> {
+    pub fn pulls(&self) -> Vec<Value> {
         self.fake.lock().unwrap().pulls.clone()
     }
 
-    fn clear_log(&self) {
+    pub fn clear_log(&self) {
         self.fake.lock().unwrap().log.clear();
     }
 
     /// No request broke the description, and no secret went anywhere but the
     /// `Authorization` header.
-    fn assert_clean(&self) {
+    pub fn assert_clean(&self) {
         let fake = self.fake.lock().unwrap();
         assert!(
             fake.violations.is_empty(),
