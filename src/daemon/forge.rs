@@ -256,7 +256,7 @@ pub fn pr_body(r: &Rollout, file: &StatusFile, change: &str, status_url: &str) -
 
 impl Daemon {
     /// Hands the forge what changed for `r` since it was last handed anything.
-    pub(super) async fn to_forge(&mut self, r: &Rollout, head: &str, file: &StatusFile) {
+    pub(super) async fn tell_forge(&mut self, r: &Rollout, head: &str, file: &StatusFile) {
         let Some((state, description)) = report_of(file) else {
             return;
         };

@@ -392,7 +392,7 @@ impl Daemon {
             if let Some(r) = valid
                 && let Some(f) = self.latest.get(&name).cloned()
             {
-                self.to_forge(r, &head, &f).await;
+                self.tell_forge(r, &head, &f).await;
             }
         }
         (wake, !self.shutdown.is_cancelled())
