@@ -17,7 +17,9 @@
 //! - [`progress`]: the state machine of a rollout; serialised, it is the status file in Git.
 //! - [`analysis`]: metric semantics: value → outcome → run → verdict.
 //! - [`judge`]: the statistical canary-versus-baseline judge (Mann–Whitney U, Hodges–Lehmann
-//!   shift and its interval, Kayenta's classes and score); not wired into specs yet.
+//!   shift and its interval, Kayenta's classes and score); an analysis's `judge:` scores with it.
+//! - [`promql`]: query templating (`{{ canary }}`…, escaped) and the built-in PromQL for the
+//!   HAProxy and Traefik exporters; [`templates`] the built-in metric templates by router kind.
 //! - [`plan`]: the planner, `plan(spec, recorded status, live weights, measurements, gates,
 //!   now) → Plan`. The daemon executes plans; `canaryd plan` prints them.
 //! - [`repo`]: finds and reads spec files on disk (the only module here touching the file
@@ -35,7 +37,11 @@
 //! - [`router`]: the router boundary (`observe`, `apply`, `health`), one file per driver:
 //!   [`router::embedded`] (the reverse proxy inside the daemon), [`router::haproxy`],
 //!   [`router::traefik`], [`router::caddy`], [`router::nginx`], [`router::gateway`].
-//! - [`provider`]: metric providers (the embedded router's counters today).
+//! - [`provider`]: metric providers: the embedded router's counters and [`prometheus`] (the
+//!   HTTP API client); the judge's series for both sides. [`analyze`] is `canaryd analyze`.
+//! - [`forge`]: the forge behind a trait, GitHub through octocrab (the only module using it):
+//!   revert pull requests and commit statuses; the daemon sends to it from a worker.
+//! - [`secret`]: secrets read from files or the environment, never printed.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`; [`telemetry`] the events that both log and count.
 //! - [`backend`]: demo backends and a bounded loopback load generator, for the demo and tests.
 //! - [`demo`]: `canaryd demo`, the whole story on the real `run` path in a temp dir.
@@ -47,11 +53,12 @@
 //! - The planner never emits a canary weight that the current spec's steps do not name, other
 //!   than 0 and 100 (a property test checks this).
 //! - Only [`git`] uses git2 (and only blocking; never on an async worker). Only [`router`],
-//!   [`provider`], [`admin`], [`backend`] and [`daemon`] touch the network, and only [`daemon`]
-//!   decides when.
+//!   [`provider`] and [`prometheus`], [`forge`], [`admin`], [`backend`] and [`daemon`] touch the
+//!   network, and only [`daemon`] (and the one-shot commands) decide when.
 //! - The daemon records a step toward the canary before applying it, and applies a step back
 //!   (abort, rollback) before recording it.
-//! - Nothing below `main` reads the environment; configuration is parsed once and passed down.
+//! - Nothing below `main` reads the environment, except [`secret`] reading the variable a
+//!   configuration names; configuration is parsed once and passed down.
 //! - Secrets never appear in specs: router and forge credentials are named by environment
 //!   variable or file.
 
