@@ -367,6 +367,10 @@ fn run(args: RunArgs) -> Result<u8> {
         })
         .transpose()?
         .unwrap_or(std::time::Duration::from_secs(30));
+    // Checked now, so that a typo fails the start rather than every fetch.
+    if let Some(hook) = &config.webhook {
+        hook.secret.read("webhook.secret")?;
+    }
     let watch = (!repo_url.contains("://"))
         .then(|| PathBuf::from(&repo_url))
         .filter(|p| p.is_dir());
@@ -395,6 +399,7 @@ fn run(args: RunArgs) -> Result<u8> {
         watch,
         routers: config.routers,
         router_timeout: std::time::Duration::from_secs(5),
+        webhook: config.webhook,
     };
     let admin_addr = args
         .admin

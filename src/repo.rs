@@ -196,8 +196,8 @@ fn walk(dir: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) -> Result<(), Repo
     Ok(())
 }
 
-/// The controller's configuration file (`canaryd run --config`). Every field but `routers` has
-/// a flag and an environment variable of the same name, which win over the file.
+/// The controller's configuration file (`canaryd run --config`). Every field but `routers` and
+/// `webhook` has a flag and an environment variable of the same name, which win over the file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
@@ -218,6 +218,9 @@ pub struct Config {
     pub poll_interval: Option<String>,
     /// Address of the admin endpoints (`/healthz`, `/readyz`, `/metrics`).
     pub admin: Option<String>,
+    /// Push webhooks on the admin address (`/hooks/github`, `/hooks/generic`), signed with
+    /// `secret: {file: …}` or `{env: …}`.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 impl Config {

@@ -33,6 +33,7 @@ use crate::router::embedded::EmbeddedRouter;
 use crate::spec::RouterSpec;
 use crate::telemetry::{ErrorClass, Event as Tele, ReconcileOutcome, Telemetry};
 use crate::validate::{self, Known, Source};
+use crate::webhook::{self, WebhookConfig};
 
 /// How many times a rejected status push is re-planned and retried in one look.
 const PUSH_ATTEMPTS: usize = 5;
@@ -58,6 +59,8 @@ pub struct Settings {
     pub routers: BTreeMap<String, RouterSpec>,
     /// Bound on every call to a router.
     pub router_timeout: Duration,
+    /// Push webhooks, served on the admin listener.
+    pub webhook: Option<WebhookConfig>,
 }
 
 /// Why the daemon could not start.
@@ -74,7 +77,7 @@ pub enum DaemonError {
 enum Event {
     /// The poll interval or a rollout's wake time came.
     Tick,
-    /// The watched repository changed on disk.
+    /// The watched repository changed on disk, or a webhook said the watched branch moved.
     Changed,
     Shutdown,
 }
@@ -92,6 +95,17 @@ pub async fn run(
         .map_err(|_| DaemonError::Worker)?
         .map_err(DaemonError::Mirror)?;
     let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
+    if let Some(hooks) = &settings.webhook {
+        // A push reported by webhook wakes the loop as a local commit does.
+        let tx = changed_tx.clone();
+        let routes = webhook::routes(hooks, &settings.remote.branch, tx, admin.telemetry.clone());
+        admin.mount(routes);
+        tracing::info!(
+            github = webhook::GITHUB_PATH,
+            generic = webhook::GENERIC_PATH,
+            "webhooks served on the admin address"
+        );
+    }
     let _watcher = settings.watch.as_ref().and_then(|path| {
         watch(
             path,

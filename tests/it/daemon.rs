@@ -81,6 +81,8 @@ pub struct World {
     /// The `spec:` of the router `edge` (indented two spaces), when it is not the embedded
     /// router on `router`.
     pub router_spec: Option<String>,
+    /// `--config`: a controller configuration file (webhooks, Git credentials).
+    pub config: Option<PathBuf>,
 }
 
 impl World {
@@ -136,6 +138,7 @@ impl World {
             url: None,
             poll: "1s",
             router_spec: None,
+            config: None,
         }
     }
 
@@ -218,8 +221,12 @@ impl World {
             .url
             .clone()
             .unwrap_or_else(|| self.remote.display().to_string());
-        let child = Command::new(env!("CARGO_BIN_EXE_canaryd"))
-            .args(["run", "--repo", &repo])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_canaryd"));
+        command.args(["run", "--repo", &repo]);
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args([

@@ -17,3 +17,4 @@ mod router_haproxy;
 mod router_nginx;
 mod router_traefik;
 mod validation;
+mod webhook;
