@@ -370,6 +370,7 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
         routers: BTreeMap::new(),
         router_timeout: Duration::from_secs(5),
         webhook: None,
+        git_auth: Default::default(),
     };
     let admin = Admin::new(Arc::new(Telemetry::default()));
     let daemon = tokio::spawn(daemon::run(settings, admin, stop.child_token()));

@@ -368,6 +368,8 @@ fn run(args: RunArgs) -> Result<u8> {
         .transpose()?
         .unwrap_or(std::time::Duration::from_secs(30));
     // Checked now, so that a typo fails the start rather than every fetch.
+    let git_auth = config.git_auth.unwrap_or_default();
+    git_auth.check()?;
     if let Some(hook) = &config.webhook {
         hook.secret.read("webhook.secret")?;
     }
@@ -400,6 +402,7 @@ fn run(args: RunArgs) -> Result<u8> {
         routers: config.routers,
         router_timeout: std::time::Duration::from_secs(5),
         webhook: config.webhook,
+        git_auth,
     };
     let admin_addr = args
         .admin

@@ -196,8 +196,9 @@ fn walk(dir: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) -> Result<(), Repo
     Ok(())
 }
 
-/// The controller's configuration file (`canaryd run --config`). Every field but `routers` and
-/// `webhook` has a flag and an environment variable of the same name, which win over the file.
+/// The controller's configuration file (`canaryd run --config`). Every field but `routers`,
+/// `webhook` and `gitAuth` has a flag and an environment variable of the same name, which win
+/// over the file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
@@ -221,6 +222,9 @@ pub struct Config {
     /// Push webhooks on the admin address (`/hooks/github`, `/hooks/generic`), signed with
     /// `secret: {file: …}` or `{env: …}`.
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    /// Credentials for the repository and the SSH host keys trusted: `username`, `token`,
+    /// `password`, `sshKey`, `sshKeyPassphrase`, `knownHosts`.
+    pub git_auth: Option<crate::git::GitAuth>,
 }
 
 impl Config {

@@ -61,6 +61,8 @@ pub struct Settings {
     pub router_timeout: Duration,
     /// Push webhooks, served on the admin listener.
     pub webhook: Option<WebhookConfig>,
+    /// Credentials for the remote, and the SSH host keys trusted.
+    pub git_auth: git::GitAuth,
 }
 
 /// Why the daemon could not start.
@@ -90,10 +92,13 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let mirror_dir = settings.data_dir.join("mirror.git");
     let (remote, author) = (settings.remote.clone(), settings.author.clone());
-    let mirror = tokio::task::spawn_blocking(move || Mirror::open(&mirror_dir, remote, author))
-        .await
-        .map_err(|_| DaemonError::Worker)?
-        .map_err(DaemonError::Mirror)?;
+    let auth = settings.git_auth.clone();
+    let mirror = tokio::task::spawn_blocking(move || {
+        Mirror::open(&mirror_dir, remote, author).map(|m| m.with_auth(auth))
+    })
+    .await
+    .map_err(|_| DaemonError::Worker)?
+    .map_err(DaemonError::Mirror)?;
     let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
     if let Some(hooks) = &settings.webhook {
         // A push reported by webhook wakes the loop as a local commit does.

@@ -9,6 +9,7 @@ mod demo;
 mod embedded;
 mod examples;
 mod git;
+mod git_auth;
 mod judge;
 mod planner;
 mod router_caddy;
