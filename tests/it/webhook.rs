@@ -140,7 +140,7 @@ struct Hooks {
     addr: SocketAddr,
     woken: mpsc::Receiver<()>,
     stop: CancellationToken,
-    _secret: tempfile::NamedTempFile,
+    secret: tempfile::NamedTempFile,
 }
 
 impl Hooks {
@@ -166,7 +166,7 @@ impl Hooks {
             addr,
             woken,
             stop,
-            _secret: secret,
+            secret,
         }
     }
 
@@ -363,6 +363,27 @@ async fn a_redelivery_is_answered_once_and_oversized_bodies_are_refused() {
     let metrics = hooks.metrics().await;
     assert_eq!(count(&metrics, "duplicate"), 1);
     assert_eq!(count(&metrics, "invalid"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_secret_answers_503_and_wakes_nothing() {
+    let mut hooks = Hooks::start("master").await;
+    let payload = of("push")
+        .into_iter()
+        .find(|p| p["ref"] == "refs/heads/master")
+        .unwrap();
+    std::fs::remove_file(hooks.secret.path()).unwrap();
+    let (status, text) = Delivery::github("push", &payload).post(hooks.addr).await;
+    assert_eq!((status, text.trim()), (503, "try again later"));
+    assert!(!hooks.woke());
+    // Put back (rotated): read again at the next delivery.
+    std::fs::write(hooks.secret.path(), SECRET).unwrap();
+    assert_eq!(
+        Delivery::github("push", &payload).post(hooks.addr).await.0,
+        202
+    );
+    assert!(hooks.woke());
+    assert_eq!(count(&hooks.metrics().await, "unavailable"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
