@@ -1,6 +1,7 @@
 //! The daemon's figures, measured against the real binary, a real Git repository in a temp
-//! dir and real HTTP on 127.0.0.1: commit → first weight (polling and local watch), failing
-//! measurement → canary at 0, and resident memory with 1 and 1,000 rollouts.
+//! dir and real HTTP on 127.0.0.1: commit → first weight (polling, local watch, and a signed
+//! webhook delivery), failing measurement → canary at 0, and resident memory with 1 and 1,000
+//! rollouts.
 //!
 //! `cargo bench --bench daemon` prints them; nothing here asserts a time.
 
@@ -28,7 +29,7 @@ fn main() {
     let green = rt.block_on(spawn_backend("green", 0.0, stop.clone()));
     let red = rt.block_on(spawn_backend("green", 1.0, stop.clone()));
 
-    // `cargo bench --bench daemon -- abort` runs one part: latency, abort or memory.
+    // `cargo bench --bench daemon -- abort` runs one part: latency, webhook, abort or memory.
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -68,6 +69,51 @@ fn main() {
         kill(&mut daemon);
         println!(
             "  commit pushed -> first canary request, {mode}: median {:?} (min {:?}, max {:?})",
+            median(&mut times),
+            times[0],
+            times[times.len() - 1]
+        );
+    }
+
+    // A file:// remote is not watched, and the poll is 5 min: only the webhook wakes the daemon.
+    if part("webhook") {
+        let mut times = Vec::new();
+        let lab = Lab::new(blue, green);
+        let secret = "bench webhook secret";
+        let secret_file = lab.dir.path().join("webhook-secret");
+        std::fs::write(&secret_file, secret).expect("secret");
+        let config = lab.dir.path().join("canaryd.yaml");
+        let yaml = format!("webhook:\n  secret: {{file: {}}}\n", secret_file.display());
+        std::fs::write(&config, yaml).expect("config");
+        lab.commit(&lab.rollouts(1, None), "stable");
+        let mut daemon = lab.start_with(
+            &format!("file://{}", lab.remote.display()),
+            "5m",
+            Some(&config),
+        );
+        lab.wait(|s| s.len() == 1 && s.values().all(|f| f.live.is_some()));
+        for run in 0..RUNS {
+            std::thread::sleep(Duration::from_millis(200 * run as u64));
+            lab.commit(&lab.rollouts(1, Some(&format!("3.{run}"))), "canary");
+            let t0 = Instant::now();
+            let status = post_push(lab.admin, secret, "main");
+            assert_eq!(status, 202, "webhook refused");
+            wait_router(lab.router, |b| b == "green");
+            times.push(t0.elapsed());
+            lab.commit(&lab.rollouts(1, None), "revert");
+            post_push(lab.admin, secret, "main");
+            lab.wait(|s| {
+                s.values().all(|f| {
+                    matches!(f.status.progress.phase(), "rolledBack" | "stable")
+                        && f.live
+                            .as_ref()
+                            .is_some_and(|l| l.backends.get("green").is_none_or(|w| w.get() == 0))
+                })
+            });
+        }
+        kill(&mut daemon);
+        println!(
+            "  signed GitHub push delivery -> first canary request (poll 5 min, file:// remote): median {:?} (min {:?}, max {:?})",
             median(&mut times),
             times[0],
             times[times.len() - 1]
@@ -214,6 +260,31 @@ fn get(router: SocketAddr) -> Option<String> {
     })
 }
 
+/// Posts a signed GitHub push event for `branch` to the daemon's admin address; the HTTP status.
+fn post_push(admin: SocketAddr, secret: &str, branch: &str) -> u16 {
+    use std::io::{Read, Write};
+    let body = format!("{{\"ref\":\"refs/heads/{branch}\"}}");
+    let signature = canaryd::webhook::signature(secret.as_bytes(), body.as_bytes());
+    let mut s =
+        std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("admin");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST /hooks/github HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nX-GitHub-Event: push\r\n\
+         X-Hub-Signature-256: {signature}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("post");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 fn memory(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
@@ -267,16 +338,18 @@ impl Lab {
         } else {
             format!("file://{}", self.remote.display())
         };
-        Command::new(env!("CARGO_BIN_EXE_canaryd"))
-            .args([
-                "run",
-                "--repo",
-                &repo,
-                "--poll-interval",
-                poll,
-                "--admin",
-                &self.admin.to_string(),
-            ])
+        self.start_with(&repo, poll, None)
+    }
+
+    /// `canaryd run` on `repo`, with a configuration file if given.
+    fn start_with(&self, repo: &str, poll: &str, config: Option<&std::path::Path>) -> Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_canaryd"));
+        command.args(["run", "--repo", repo]);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        command
+            .args(["--poll-interval", poll, "--admin", &self.admin.to_string()])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .env("RUST_LOG", "warn")

@@ -1,4 +1,4 @@
-//! The admin HTTP server: `/healthz` (liveness), `/readyz` (readiness) and `/metrics` (Prometheus text).
+//! The admin HTTP server: `/healthz` (liveness), `/readyz` (readiness), `/metrics` (Prometheus text), and the routes the daemon mounts next to them (its webhooks).
 
 use std::fmt;
 use std::future::IntoFuture as _;
@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
 use crate::telemetry::Telemetry;
 
@@ -25,11 +26,13 @@ const GRACE: Duration = Duration::from_secs(1);
 type Renderer = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 /// What the admin endpoints report: the telemetry, readiness, and extra metric renderers
-/// (for example the embedded router's per-backend request counters).
+/// (for example the embedded router's per-backend request counters); and the routes mounted
+/// next to them.
 pub struct Admin {
     pub telemetry: Arc<Telemetry>,
     ready: AtomicBool,
     extra: Mutex<Vec<Renderer>>,
+    mounted: Mutex<Option<Router>>,
 }
 
 impl fmt::Debug for Admin {
@@ -38,6 +41,7 @@ impl fmt::Debug for Admin {
             .field("telemetry", &self.telemetry)
             .field("ready", &self.ready.load(Ordering::Relaxed))
             .field("extra", &self.renderers().len())
+            .field("mounted", &self.routes().is_some())
             .finish()
     }
 }
@@ -49,6 +53,7 @@ impl Admin {
             telemetry,
             ready: AtomicBool::new(false),
             extra: Mutex::new(Vec::new()),
+            mounted: Mutex::new(None),
         })
     }
 
@@ -72,6 +77,24 @@ impl Admin {
 
     fn renderers(&self) -> Vec<Renderer> {
         self.extra
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serves `routes` on the admin listener from now on, next to (never instead of) the admin
+    /// endpoints; the server may already be running. Mounting again adds to what is mounted
+    /// (axum refuses a path mounted twice).
+    pub fn mount(&self, routes: Router) {
+        let mut mounted = self.mounted.lock().unwrap_or_else(PoisonError::into_inner);
+        *mounted = Some(match mounted.take() {
+            Some(before) => before.merge(routes),
+            None => routes,
+        });
+    }
+
+    fn routes(&self) -> Option<Router> {
+        self.mounted
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -108,6 +131,17 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
+/// Anything but the admin endpoints goes to the mounted routes, if any (404 otherwise).
+async fn mounted(State(s): State<AppState>, request: Request) -> Response {
+    match s.admin.routes() {
+        Some(routes) => match routes.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
@@ -134,6 +168,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(mounted)
         .with_state(AppState {
             admin: admin.clone(),
             shutdown: shutdown.clone(),

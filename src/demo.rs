@@ -371,6 +371,8 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
         router_timeout: Duration::from_secs(5),
         providers: Default::default(),
         forge: None,
+        webhook: None,
+        git_auth: Default::default(),
     };
     let admin = Admin::new(Arc::new(Telemetry::default()));
     let daemon = tokio::spawn(daemon::run(settings, admin, stop.child_token()));

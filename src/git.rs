@@ -8,18 +8,25 @@
 // local transport refuses to push into a non-bare repository at all, so for a local working
 // copy the objects are copied and the ref is updated with a compare-and-swap instead (see
 // `push_into_working_copy`). The branch checked out in such a working copy is never pushed.
+//
+// Each network operation runs with one `Session`: the credentials of `GitAuth`, each kind
+// given once (libgit2 asks again after a refusal, and would go on asking forever), the SSH host
+// keys of a known_hosts file, and the secrets it handed out, scrubbed from what libgit2 says.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use git2::{
-    AutotagOption, Commit, ErrorClass, ErrorCode, FetchOptions, ObjectType, Oid, PushOptions,
-    RemoteCallbacks, Repository, Signature, Tree,
+    AutotagOption, CertificateCheckStatus, Commit, Cred, CredentialType, ErrorClass, ErrorCode,
+    FetchOptions, ObjectType, Oid, PushOptions, RemoteCallbacks, Repository, Signature, Tree,
 };
+use serde::Deserialize;
 
 use crate::repo::IGNORE_FILE;
+use crate::secret::{Secret, SecretRef};
 use crate::yaml::MAX_FILE_BYTES;
 
 /// Folder of the status branch that holds one `<rollout>.yaml` per rollout.
@@ -86,6 +93,8 @@ pub enum GitError {
     },
     #[error("working copy {path} has no branch checked out (detached or unborn HEAD)")]
     NoBranch { path: PathBuf },
+    #[error("git authentication settings: {problem}")]
+    Auth { problem: String },
 }
 
 impl GitError {
@@ -100,7 +109,8 @@ impl GitError {
             | GitError::NotFound { .. }
             | GitError::Unreadable { .. }
             | GitError::Invalid { .. }
-            | GitError::NoBranch { .. } => false,
+            | GitError::NoBranch { .. }
+            | GitError::Auth { .. } => false,
         }
     }
 }
@@ -132,6 +142,16 @@ impl Cause {
             code: e.code(),
             class: e.class(),
         }
+    }
+
+    /// Replaces every secret of `sent` in the message by `***`.
+    fn scrub(mut self, sent: &[Secret]) -> Cause {
+        for secret in sent {
+            if !secret.expose().is_empty() {
+                self.message = self.message.replace(secret.expose(), "***");
+            }
+        }
+        self
     }
 
     fn is_lock(&self) -> bool {
@@ -264,6 +284,7 @@ pub struct Mirror {
     remote: Remote,
     rollouts_dir: String,
     author: Author,
+    auth: GitAuth,
 }
 
 impl fmt::Debug for Mirror {
@@ -311,6 +332,7 @@ impl Mirror {
             remote,
             rollouts_dir,
             author,
+            auth: GitAuth::default(),
         };
         let url = mirror.remote.url.as_str();
         match mirror.repo.find_remote(ORIGIN) {
@@ -334,6 +356,13 @@ impl Mirror {
             }
         }
         Ok(mirror)
+    }
+
+    /// Authenticates to the remote with `auth` from now on (by default: git's credential
+    /// helpers, ssh-agent, and libgit2's check of `~/.ssh/known_hosts`).
+    pub fn with_auth(mut self, auth: GitAuth) -> Mirror {
+        self.auth = auth;
+        self
     }
 
     /// Fetches the watched branch and the status branch into `refs/remotes/origin/*` and
@@ -653,14 +682,6 @@ impl Mirror {
         }
     }
 
-    fn remote_err(&self, op: &'static str) -> impl Fn(git2::Error) -> GitError + '_ {
-        move |e| GitError::Remote {
-            op,
-            url: redact(&self.remote.url),
-            source: Cause::new(&e, Some(&self.remote.url)),
-        }
-    }
-
     fn origin(&self) -> Result<git2::Remote<'_>, GitError> {
         self.repo
             .find_remote(ORIGIN)
@@ -785,7 +806,7 @@ impl Mirror {
         self.repo
             .reference(&src, commit, true, "canaryd: push")
             .map_err(self.repo_err("update ref"))?;
-        let result = push_ref(&self.repo, ORIGIN, &self.remote.url, &src, dst);
+        let result = push_ref(&self.repo, ORIGIN, &self.remote.url, &src, dst, &self.auth);
         self.delete_ref(&src)?;
         result
     }
@@ -823,13 +844,18 @@ impl Mirror {
             .map(|(n, s)| format!("+{n}:{s}"))
             .collect();
         let mut remote = self.origin()?;
+        let session = Session::new(&self.auth, &self.remote.url, self.repo.config().ok());
         let mut opts = FetchOptions::new();
-        opts.remote_callbacks(callbacks())
+        opts.remote_callbacks(session.callbacks())
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);
         remote
             .fetch(&specs, Some(&mut opts), Some("canaryd: fetch"))
-            .map_err(self.remote_err("fetch from"))?;
+            .map_err(|e| GitError::Remote {
+                op: "fetch from",
+                url: redact(&self.remote.url),
+                source: session.cause(&e),
+            })?;
         let mut tips = Vec::new();
         for s in &staging {
             tips.push(self.ref_tip(s)?);
@@ -1109,7 +1135,8 @@ pub fn gate_commit(
             .url()
             .unwrap_or_default()
             .to_string();
-        if let Pushed::Rejected = push_ref(&r, &remote_name, &url, &refname, &dst)? {
+        let auth = GitAuth::default();
+        if let Pushed::Rejected = push_ref(&r, &remote_name, &url, &refname, &dst, &auth)? {
             return Err(GitError::Rejected {
                 url: redact(&url),
                 reference: dst,
@@ -1167,8 +1194,10 @@ pub fn read_status_branch(
     let mut remote = repo
         .remote_anonymous(source)
         .map_err(git("remote configuration"))?;
+    let auth = GitAuth::default();
+    let session = Session::new(&auth, source, git2::Config::open_default().ok());
     let mut opts = FetchOptions::new();
-    opts.remote_callbacks(callbacks())
+    opts.remote_callbacks(session.callbacks())
         .download_tags(AutotagOption::None);
     let spec = format!("+refs/heads/{status_branch}:{}", tracking(status_branch));
     remote
@@ -1176,7 +1205,7 @@ pub fn read_status_branch(
         .map_err(|e| GitError::Remote {
             op: "fetch from",
             url: redact(source),
-            source: Cause::new(&e, Some(source)),
+            source: session.cause(&e),
         })?;
     let tip = repo
         .refname_to_id(&tracking(status_branch))
@@ -1217,6 +1246,7 @@ fn push_ref(
     url: &str,
     src: &str,
     dst: &str,
+    auth: &GitAuth,
 ) -> Result<Pushed, GitError> {
     if let Some(path) = local_path(url)
         && let Ok(target) = Repository::open(&path)
@@ -1235,8 +1265,9 @@ fn push_ref(
         .find_remote(remote_name)
         .map_err(remote_err("configure"))?;
     let mut refused: Option<String> = None;
+    let session = Session::new(auth, url, repo.config().ok());
     let result = {
-        let mut cbs = callbacks();
+        let mut cbs = session.callbacks();
         cbs.push_update_reference(|_, status| {
             if let Some(status) = status {
                 refused = Some(status.to_string());
@@ -1249,7 +1280,13 @@ fn push_ref(
     };
     match result {
         Err(e) if e.code() == ErrorCode::NotFastForward => return Ok(Pushed::Rejected),
-        Err(e) => return Err(remote_err("push to")(e)),
+        Err(e) => {
+            return Err(GitError::Remote {
+                op: "push to",
+                url: redact(url),
+                source: session.cause(&e),
+            });
+        }
         Ok(()) => {}
     }
     match refused {
@@ -1373,12 +1410,554 @@ fn copy_objects(from: &Repository, to: &Repository, tip: Oid) -> Result<(), git2
     Ok(())
 }
 
-// ---- small pure helpers ----
+// ---- authentication ----
 
-/// Callbacks for every remote operation: the place where credentials will be plugged in.
-fn callbacks<'a>() -> RemoteCallbacks<'a> {
-    RemoteCallbacks::new()
+/// The user name sent with a token when `gitAuth.username` is not set: GitHub's for app and
+/// fine-grained tokens (GitLab and Gitea accept any name with a token).
+pub const TOKEN_USER: &str = "x-access-token";
+/// The SSH user when neither the URL nor `gitAuth.username` names one.
+const SSH_USER: &str = "git";
+
+/// Credentials for the remote and the SSH host keys canaryd trusts: `gitAuth:` in the
+/// controller configuration. Secrets are named (file or environment variable), read when the
+/// remote asks for them, and never shown.
+///
+/// With nothing set, HTTPS asks git's credential helpers (the mirror's git configuration, which
+/// includes the user's and the system's), SSH asks ssh-agent, and SSH host keys are checked by
+/// libgit2 against `~/.ssh/known_hosts`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GitAuth {
+    /// The user name: for HTTPS with `password` (required there) or `token` (default
+    /// `x-access-token`); for SSH when the URL names none (default `git`).
+    pub username: Option<String>,
+    /// An HTTPS access token, sent as the password of basic authentication.
+    pub token: Option<SecretRef>,
+    /// An HTTPS password (basic authentication), with `username`.
+    pub password: Option<SecretRef>,
+    /// The private key file SSH authenticates with.
+    pub ssh_key: Option<PathBuf>,
+    /// The passphrase of `sshKey`, if it has one.
+    pub ssh_key_passphrase: Option<SecretRef>,
+    /// An OpenSSH known_hosts file: SSH then connects only to a host whose key it lists
+    /// (`host`, `[host]:port`, hashed `|1|…` entries, `*`/`?` patterns, `!` negations,
+    /// `@revoked`; `@cert-authority` lines are not used). List every key type the host has,
+    /// as `ssh-keyscan` prints them: libgit2 does not say which type to prefer.
+    pub known_hosts: Option<PathBuf>,
 }
+
+impl GitAuth {
+    /// Checks what can be checked without connecting: one HTTPS secret at most, a user name
+    /// for a password, the secrets and files readable, the known_hosts file well formed.
+    /// `canaryd run` calls it at startup.
+    pub fn check(&self) -> Result<(), GitError> {
+        let bad = |problem: &str| {
+            Err(GitError::Auth {
+                problem: problem.to_string(),
+            })
+        };
+        if self.token.is_some() && self.password.is_some() {
+            return bad("give `token` or `password`, not both");
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return bad("`password` needs `username`");
+        }
+        if self.ssh_key_passphrase.is_some() && self.ssh_key.is_none() {
+            return bad("`sshKeyPassphrase` without `sshKey`");
+        }
+        for (what, secret) in [
+            ("gitAuth.token", &self.token),
+            ("gitAuth.password", &self.password),
+            ("gitAuth.sshKeyPassphrase", &self.ssh_key_passphrase),
+        ] {
+            if let Some(secret) = secret {
+                secret.read(what).map_err(|e| GitError::Auth {
+                    problem: e.to_string(),
+                })?;
+            }
+        }
+        if let Some(key) = &self.ssh_key {
+            std::fs::File::open(key).map_err(|e| GitError::Auth {
+                problem: format!(
+                    "gitAuth.sshKey: cannot read {}: {}",
+                    key.display(),
+                    e.kind()
+                ),
+            })?;
+        }
+        if let Some(path) = &self.known_hosts {
+            KnownHosts::read(path).map_err(|problem| GitError::Auth { problem })?;
+        }
+        Ok(())
+    }
+}
+
+/// One remote operation's credentials and host-key policy, and what it refused and handed out.
+struct Session<'a> {
+    auth: &'a GitAuth,
+    url: &'a str,
+    /// The git configuration credential helpers are read from.
+    config: Option<git2::Config>,
+    /// Kinds of credentials already given: asked for again, the remote refused them.
+    given: Cell<CredentialType>,
+    /// Why canaryd refused (a host key, credentials it gives up on), with the error code: the
+    /// error's message, since libgit2 replaces a callback's message with its own.
+    refusal: RefCell<Option<(ErrorCode, String)>>,
+    /// Secrets handed to libgit2, scrubbed from any message it returns.
+    sent: RefCell<Vec<Secret>>,
+}
+
+impl<'a> Session<'a> {
+    fn new(auth: &'a GitAuth, url: &'a str, config: Option<git2::Config>) -> Session<'a> {
+        Session {
+            auth,
+            url,
+            config,
+            given: Cell::new(CredentialType::empty()),
+            refusal: RefCell::new(None),
+            sent: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn callbacks(&self) -> RemoteCallbacks<'_> {
+        let mut cbs = RemoteCallbacks::new();
+        cbs.credentials(|url, from_url, allowed| {
+            self.credentials(url, from_url, allowed)
+                .inspect_err(|e| self.refuse(e))
+        });
+        cbs.certificate_check(|cert, host| {
+            let Some(hostkey) = cert.as_hostkey() else {
+                // TLS: OpenSSL's verification against the system's certificate authorities.
+                return Ok(CertificateCheckStatus::CertificatePassthrough);
+            };
+            let Some(path) = &self.auth.known_hosts else {
+                // libgit2's own check against ~/.ssh/known_hosts.
+                return Ok(CertificateCheckStatus::CertificatePassthrough);
+            };
+            let key = hostkey.hostkey().zip(hostkey.hostkey_type());
+            let checked = match key {
+                Some((key, kind)) => {
+                    check_host_key(path, host, ssh_port(self.url), kind.name(), key)
+                }
+                None => Err(format!(
+                    "the SSH server {host} sent no host key canaryd can check"
+                )),
+            };
+            checked
+                .map(|()| CertificateCheckStatus::CertificateOk)
+                .map_err(|why| {
+                    let e = git2::Error::new(ErrorCode::Certificate, ErrorClass::Ssh, why);
+                    self.refuse(&e);
+                    e
+                })
+        });
+        cbs
+    }
+
+    fn refuse(&self, e: &git2::Error) {
+        self.refusal
+            .borrow_mut()
+            .get_or_insert_with(|| (e.code(), e.message().to_string()));
+    }
+
+    /// What libgit2's error becomes: canaryd's own reason if it refused, without secrets.
+    fn cause(&self, e: &git2::Error) -> Cause {
+        let mut cause = Cause::new(e, Some(self.url));
+        if let Some((code, why)) = self.refusal.borrow_mut().take() {
+            cause.code = code;
+            cause.message = why;
+        }
+        cause.scrub(&self.sent.borrow())
+    }
+
+    /// Marks `kind` given; an error if it was given before (the remote refused it).
+    fn once(
+        &self,
+        kind: CredentialType,
+        class: ErrorClass,
+        refused: impl FnOnce() -> String,
+    ) -> Result<(), git2::Error> {
+        if self.given.get().intersects(kind) {
+            return Err(auth_error(class, refused()));
+        }
+        self.given.set(self.given.get() | kind);
+        Ok(())
+    }
+
+    fn secret(&self, secret: &SecretRef, what: &str) -> Result<Secret, git2::Error> {
+        let value = secret
+            .read(what)
+            .map_err(|e| auth_error(ErrorClass::Callback, e.to_string()))?;
+        self.sent.borrow_mut().push(value.clone());
+        Ok(value)
+    }
+
+    fn ssh_user(&self, from_url: Option<&str>) -> String {
+        from_url
+            .or(self.auth.username.as_deref())
+            .unwrap_or(SSH_USER)
+            .to_string()
+    }
+
+    fn credentials(
+        &self,
+        url: &str,
+        from_url: Option<&str>,
+        allowed: CredentialType,
+    ) -> Result<Cred, git2::Error> {
+        let auth = self.auth;
+        let (ssh, http) = (ErrorClass::Ssh, ErrorClass::Http);
+        if allowed.contains(CredentialType::USERNAME) {
+            let user = self.ssh_user(from_url);
+            self.once(CredentialType::USERNAME, ssh, || {
+                format!("authentication failed: the SSH server refused the user `{user}`")
+            })?;
+            return Cred::username(&user);
+        }
+        if allowed.contains(CredentialType::SSH_KEY) {
+            let user = self.ssh_user(from_url);
+            let Some(key) = &auth.ssh_key else {
+                self.once(CredentialType::SSH_KEY, ssh, || {
+                    format!(
+                        "authentication failed: ssh-agent has no key the SSH server takes for \
+                         `{user}`; set gitAuth.sshKey"
+                    )
+                })?;
+                return Cred::ssh_key_from_agent(&user);
+            };
+            let locked = if auth.ssh_key_passphrase.is_some() {
+                "or gitAuth.sshKeyPassphrase does not open it"
+            } else {
+                "or it is locked: set gitAuth.sshKeyPassphrase"
+            };
+            self.once(CredentialType::SSH_KEY, ssh, || {
+                format!(
+                    "authentication failed: the SSH server refused the key {} for `{user}` ({locked})",
+                    key.display()
+                )
+            })?;
+            let passphrase = match &auth.ssh_key_passphrase {
+                Some(p) => Some(self.secret(p, "gitAuth.sshKeyPassphrase")?),
+                None => None,
+            };
+            return Cred::ssh_key(&user, None, key, passphrase.as_ref().map(Secret::expose));
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            let kind = CredentialType::USER_PASS_PLAINTEXT;
+            if let Some(token) = &auth.token {
+                let user = auth.username.as_deref().or(from_url).unwrap_or(TOKEN_USER);
+                self.once(kind, http, || {
+                    format!("authentication failed: the remote refused the token of gitAuth.token for `{user}`")
+                })?;
+                let token = self.secret(token, "gitAuth.token")?;
+                return Cred::userpass_plaintext(user, token.expose());
+            }
+            if let Some(password) = &auth.password {
+                let user = auth.username.as_deref().or(from_url).unwrap_or_default();
+                self.once(kind, http, || {
+                    format!("authentication failed: the remote refused the password of gitAuth.password for `{user}`")
+                })?;
+                let password = self.secret(password, "gitAuth.password")?;
+                return Cred::userpass_plaintext(user, password.expose());
+            }
+            self.once(kind, http, || {
+                "authentication failed: the remote refused what git's credential helper gave; \
+                 set gitAuth.token or gitAuth.password"
+                    .to_string()
+            })?;
+            let helper = self
+                .config
+                .as_ref()
+                .and_then(|config| Cred::credential_helper(config, url, from_url).ok());
+            return helper.ok_or_else(|| {
+                auth_error(
+                    http,
+                    "the remote asks for a user name and password: set gitAuth.token or \
+                     gitAuth.password, or configure a git credential helper"
+                        .to_string(),
+                )
+            });
+        }
+        if allowed.contains(CredentialType::DEFAULT) {
+            self.once(CredentialType::DEFAULT, http, || {
+                "authentication failed: the remote refused the default (Negotiate/NTLM) credentials"
+                    .to_string()
+            })?;
+            return Cred::default();
+        }
+        Err(auth_error(
+            ErrorClass::Callback,
+            format!("the remote asks for credentials canaryd cannot give ({allowed:?})"),
+        ))
+    }
+}
+
+fn auth_error(class: ErrorClass, message: String) -> git2::Error {
+    git2::Error::new(ErrorCode::Auth, class, message)
+}
+
+/// The port of an `ssh://` URL; 22 for an scp-like `user@host:path` or when none is given.
+fn ssh_port(url: &str) -> u16 {
+    let Some(i) = url.find("://") else {
+        return 22;
+    };
+    let rest = &url[i + 3..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once("]:").map(|(_, p)| p),
+        None => host_port.rsplit_once(':').map(|(_, p)| p),
+    };
+    port.and_then(|p| p.parse().ok()).unwrap_or(22)
+}
+
+/// Checks the key `key` (SSH wire format, of type `kind`) that `host`:`port` presented against
+/// the known_hosts file at `path`; why not, naming the host, the key and the file.
+fn check_host_key(
+    path: &Path,
+    host: &str,
+    port: u16,
+    kind: &str,
+    key: &[u8],
+) -> Result<(), String> {
+    let known = KnownHosts::read(path)?;
+    let shown = if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    let fingerprint = fingerprint(key);
+    match known.check(host, port, kind, key) {
+        HostKey::Known => Ok(()),
+        HostKey::Revoked => Err(format!(
+            "host key verification failed: the key of {shown} ({kind} {fingerprint}) is marked @revoked in {}",
+            path.display()
+        )),
+        HostKey::Changed => Err(format!(
+            "host key verification failed: {shown} presented {kind} {fingerprint}, which is not the {kind} key {} lists for it; the host's key changed or someone is in between, so the connection was refused",
+            path.display()
+        )),
+        HostKey::Unknown { listed } if !listed.is_empty() => Err(format!(
+            "host key verification failed: {shown} presented {kind} {fingerprint}, and {} lists only {} keys for it; add its {kind} key (`ssh-keyscan -p {port} {host}` prints every key type)",
+            path.display(),
+            listed.join(", ")
+        )),
+        HostKey::Unknown { .. } => Err(format!(
+            "host key verification failed: {shown} is not in {} (it presented {kind} {fingerprint}); add it after checking that fingerprint, e.g. with `ssh-keyscan -p {port} {host}`",
+            path.display()
+        )),
+    }
+}
+
+/// `SHA256:<base64>`, as OpenSSH shows a key.
+fn fingerprint(key: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(key);
+    format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash)
+    )
+}
+
+/// What a known_hosts file says of a host's key.
+#[derive(Debug, PartialEq, Eq)]
+enum HostKey {
+    Known,
+    /// The key matches an `@revoked` line.
+    Revoked,
+    /// The host is listed with another key of the same type.
+    Changed,
+    /// The host is not listed with a key of this type; `listed` names the types it is listed with.
+    Unknown {
+        listed: Vec<String>,
+    },
+}
+
+/// An OpenSSH known_hosts file (sshd(8), "SSH_KNOWN_HOSTS FILE FORMAT").
+#[derive(Debug, Default)]
+struct KnownHosts {
+    entries: Vec<KnownHost>,
+}
+
+#[derive(Debug)]
+struct KnownHost {
+    marker: Marker,
+    hosts: Hosts,
+    kind: String,
+    key: Vec<u8>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Marker {
+    None,
+    Revoked,
+    CertAuthority,
+}
+
+#[derive(Debug)]
+enum Hosts {
+    /// `|1|salt|hash`: HMAC-SHA1 of the host name (as `host` or `[host]:port`) keyed by salt.
+    Hashed { salt: Vec<u8>, hash: Vec<u8> },
+    /// Comma-separated patterns, each maybe negated with `!`.
+    Patterns(Vec<(bool, String)>),
+}
+
+impl KnownHosts {
+    fn read(path: &Path) -> Result<KnownHosts, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "gitAuth.knownHosts: cannot read {}: {}",
+                path.display(),
+                e.kind()
+            )
+        })?;
+        KnownHosts::parse(&text).map_err(|(line, why)| {
+            format!("gitAuth.knownHosts: {} line {line}: {why}", path.display())
+        })
+    }
+
+    /// Parses the file; the first malformed line, 1-based, and why.
+    fn parse(text: &str) -> Result<KnownHosts, (usize, String)> {
+        use base64::Engine as _;
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |why: &str| (i + 1, why.to_string());
+            let mut fields = line.split_whitespace();
+            let mut first = fields.next().unwrap_or_default();
+            let marker = match first {
+                "@revoked" => Marker::Revoked,
+                "@cert-authority" => Marker::CertAuthority,
+                m if m.starts_with('@') => return Err(bad("unknown marker")),
+                _ => Marker::None,
+            };
+            if marker != Marker::None {
+                first = fields.next().ok_or_else(|| bad("a marker without hosts"))?;
+            }
+            let (Some(kind), Some(key)) = (fields.next(), fields.next()) else {
+                return Err(bad("expected `hosts key-type base64-key`"));
+            };
+            let key = b64.decode(key).map_err(|_| bad("the key is not base64"))?;
+            let hosts = match first.strip_prefix("|1|") {
+                Some(hashed) => {
+                    let (salt, hash) = hashed
+                        .split_once('|')
+                        .ok_or_else(|| bad("a hashed host without its hash"))?;
+                    let salt = b64
+                        .decode(salt)
+                        .map_err(|_| bad("a hashed host's salt is not base64"))?;
+                    let hash = b64
+                        .decode(hash)
+                        .map_err(|_| bad("a hashed host's hash is not base64"))?;
+                    Hosts::Hashed { salt, hash }
+                }
+                None => Hosts::Patterns(
+                    first
+                        .split(',')
+                        .filter(|p| !p.is_empty())
+                        .map(|p| match p.strip_prefix('!') {
+                            Some(p) => (true, p.to_ascii_lowercase()),
+                            None => (false, p.to_ascii_lowercase()),
+                        })
+                        .collect(),
+                ),
+            };
+            entries.push(KnownHost {
+                marker,
+                hosts,
+                kind: kind.to_string(),
+                key,
+            });
+        }
+        Ok(KnownHosts { entries })
+    }
+
+    fn check(&self, host: &str, port: u16, kind: &str, key: &[u8]) -> HostKey {
+        // As OpenSSH writes the name: `host` on port 22, `[host]:port` elsewhere.
+        let name = if port == 22 {
+            host.to_ascii_lowercase()
+        } else {
+            format!("[{}]:{port}", host.to_ascii_lowercase())
+        };
+        let matching = || self.entries.iter().filter(|e| e.hosts.matches(&name));
+        if matching().any(|e| e.marker == Marker::Revoked && e.key == key) {
+            return HostKey::Revoked;
+        }
+        let plain = || matching().filter(|e| e.marker == Marker::None);
+        if plain().any(|e| e.key == key) {
+            return HostKey::Known;
+        }
+        if plain().any(|e| e.kind == kind) {
+            return HostKey::Changed;
+        }
+        let mut listed: Vec<String> = plain().map(|e| e.kind.clone()).collect();
+        listed.sort();
+        listed.dedup();
+        HostKey::Unknown { listed }
+    }
+}
+
+impl Hosts {
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Hosts::Hashed { salt, hash } => {
+                use hmac::{KeyInit as _, Mac as _};
+                let Ok(mut mac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(salt) else {
+                    return false;
+                };
+                mac.update(name.as_bytes());
+                mac.verify_slice(hash).is_ok()
+            }
+            Hosts::Patterns(patterns) => {
+                // A negated pattern that matches rules the line out, whatever else matches.
+                let mut hit = false;
+                for (negated, pattern) in patterns {
+                    if glob(pattern.as_bytes(), name.as_bytes()) {
+                        if *negated {
+                            return false;
+                        }
+                        hit = true;
+                    }
+                }
+                hit
+            }
+        }
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` is any run of characters and `?` any one.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
+}
+
+// ---- small pure helpers ----
 
 fn signature(author: &Author) -> Result<Signature<'static>, git2::Error> {
     Signature::now(&author.name, &author.email)
@@ -1750,6 +2329,225 @@ pub fn log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two ed25519 public keys made by ssh-keygen, and OpenSSH's own hashing (`ssh-keygen -H`)
+    /// of `[127.0.0.1]:2222` and `git.example.com` with the first.
+    const KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAICG2mYuuHwF3XDehJdTmK+7BQDJ5wwXz/a3ltl2AVHWN";
+    const OTHER: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIONT6lBMBGeg3qFdMxhXgptatwRr+pgT+yzyxe3bXNUX";
+    const HASHED: &str = "\
+|1|RW8X67gEJWNiphvQa2QApZyA528=|N9uOaeQgE5dB3Mda7ZTbFMx71dY= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICG2mYuuHwF3XDehJdTmK+7BQDJ5wwXz/a3ltl2AVHWN
+|1|DTU9G+WmGrfChB6mqdj3Tkn+Gq0=|vzibyscAMLLRR30aFM5fGvizt98= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICG2mYuuHwF3XDehJdTmK+7BQDJ5wwXz/a3ltl2AVHWN
+";
+
+    fn key(b64: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    }
+
+    #[test]
+    fn known_hosts_entries_match_by_name_port_and_key() {
+        let file = format!(
+            "# a comment\n\n[127.0.0.1]:2222 ssh-ed25519 {KEY}\n\
+             git.example.com,10.0.0.7 ssh-ed25519 {KEY} a comment\n\
+             *.corp.example,!evil.corp.example ssh-ed25519 {KEY}\n\
+             rsa-only.example ssh-rsa {OTHER}\n\
+             @revoked * ssh-ed25519 {OTHER}\n\
+             @cert-authority *.example ssh-ed25519 {OTHER}\n"
+        );
+        let known = KnownHosts::parse(&file).unwrap();
+        let hashed = KnownHosts::parse(HASHED).unwrap();
+        let (ed, k, o) = ("ssh-ed25519", key(KEY), key(OTHER));
+        let check = |known: &KnownHosts, host: &str, port: u16, key: &[u8], want: HostKey| {
+            assert_eq!(known.check(host, port, ed, key), want, "{host}:{port}");
+        };
+        let unknown = || HostKey::Unknown { listed: vec![] };
+        for known in [&known, &hashed] {
+            check(known, "127.0.0.1", 2222, &k, HostKey::Known);
+            check(known, "git.example.com", 22, &k, HostKey::Known);
+            check(known, "GIT.example.com", 22, &k, HostKey::Known);
+            // The port is part of the name: `[host]:port` entries are not for port 22 and back.
+            check(known, "127.0.0.1", 22, &k, unknown());
+            check(known, "git.example.com", 2222, &k, unknown());
+            check(known, "127.0.0.2", 2222, &k, unknown());
+        }
+        check(&known, "10.0.0.7", 22, &k, HostKey::Known);
+        check(&known, "build.corp.example", 22, &k, HostKey::Known);
+        check(&known, "evil.corp.example", 22, &k, unknown());
+        // Another key where one of this type is listed: changed; revoked wherever it shows.
+        let fresh = key("AAAAC3NzaC1lZDI1NTE5AAAAIFoBAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        check(&known, "git.example.com", 22, &fresh, HostKey::Changed);
+        check(&hashed, "git.example.com", 22, &fresh, HostKey::Changed);
+        check(&known, "git.example.com", 22, &o, HostKey::Revoked);
+        check(
+            &known,
+            "rsa-only.example",
+            22,
+            &k,
+            HostKey::Unknown {
+                listed: vec!["ssh-rsa".into()],
+            },
+        );
+    }
+
+    #[test]
+    fn malformed_known_hosts_lines_are_named() {
+        let check = |text: &str, line: usize| {
+            let (at, why) = KnownHosts::parse(text).unwrap_err();
+            assert_eq!(at, line, "{text:?}: {why}");
+        };
+        check(&format!("h ssh-ed25519 {KEY}\nhost-only\n"), 2);
+        check("h ssh-ed25519 not*base64\n", 1);
+        check(&format!("@weird h ssh-ed25519 {KEY}\n"), 1);
+        check(&format!("|1|abc ssh-ed25519 {KEY}\n"), 1);
+        assert!(KnownHosts::parse("# only comments\n\n").is_ok());
+    }
+
+    #[test]
+    fn globs() {
+        for (p, t, want) in [
+            ("*", "anything", true),
+            ("*.example", "a.b.example", true),
+            ("*.example", "example", false),
+            ("h?st", "host", true),
+            ("h?st", "hoost", false),
+            ("[10.0.0.*]:22?", "[10.0.0.9]:222", true),
+            ("[10.0.0.*]:22?", "[10.0.0.9]:2222", false),
+            ("a*b*c", "aXbYbZc", true),
+            ("a*b*c", "aXbYbZ", false),
+        ] {
+            assert_eq!(glob(p.as_bytes(), t.as_bytes()), want, "{p} {t}");
+        }
+    }
+
+    #[test]
+    fn ssh_ports() {
+        for (url, port) in [
+            ("ssh://git@host:2222/r.git", 2222),
+            ("ssh://host/r.git", 22),
+            ("ssh://git@[::1]:2200/r.git", 2200),
+            ("ssh://[::1]/r.git", 22),
+            ("git@github.com:org/r.git", 22),
+            ("ssh://u:p@h:7/r", 7),
+        ] {
+            assert_eq!(ssh_port(url), port, "{url}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_are_openssh_style() {
+        // `ssh-keygen -lf` of the first key.
+        assert_eq!(
+            fingerprint(&key(KEY)),
+            "SHA256:y2zU5YjE5PT3uAoa55hjIEL/gERjzxcdhLLsf3WbYj8"
+        );
+    }
+
+    #[test]
+    fn auth_settings_are_checked_before_connecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let check = |auth: GitAuth, want: Option<&str>| match (auth.check(), want) {
+            (Ok(()), None) => {}
+            (Err(e), Some(part)) => {
+                let text = e.to_string();
+                assert!(text.contains(part), "{text}");
+                assert!(!text.contains("s3cret"), "{text}");
+            }
+            (got, _) => panic!("{got:?}, wanted {want:?}"),
+        };
+        check(GitAuth::default(), None);
+        check(
+            GitAuth {
+                token: Some(SecretRef::file(&secret)),
+                ..GitAuth::default()
+            },
+            None,
+        );
+        check(
+            GitAuth {
+                token: Some(SecretRef::file(&secret)),
+                password: Some(SecretRef::file(&secret)),
+                username: Some("robot".into()),
+                ..GitAuth::default()
+            },
+            Some("not both"),
+        );
+        check(
+            GitAuth {
+                password: Some(SecretRef::file(&secret)),
+                ..GitAuth::default()
+            },
+            Some("`password` needs `username`"),
+        );
+        check(
+            GitAuth {
+                token: Some(SecretRef::file(dir.path().join("gone"))),
+                ..GitAuth::default()
+            },
+            Some("gitAuth.token: cannot read"),
+        );
+        check(
+            GitAuth {
+                ssh_key: Some(dir.path().join("id_missing")),
+                ..GitAuth::default()
+            },
+            Some("gitAuth.sshKey"),
+        );
+        let hosts = dir.path().join("known_hosts");
+        std::fs::write(&hosts, "broken\n").unwrap();
+        check(
+            GitAuth {
+                known_hosts: Some(hosts),
+                ..GitAuth::default()
+            },
+            Some("line 1"),
+        );
+    }
+
+    #[test]
+    fn sessions_scrub_what_they_sent_and_keep_their_reason() {
+        let auth = GitAuth::default();
+        let session = Session::new(&auth, "https://h/r.git", None);
+        session.sent.borrow_mut().push(Secret::new("tok3n"));
+        let e = git2::Error::new(ErrorCode::GenericError, ErrorClass::Http, "got tok3n back");
+        assert_eq!(session.cause(&e).to_string(), "got *** back");
+        session.refuse(&auth_error(
+            ErrorClass::Http,
+            "authentication failed: x".into(),
+        ));
+        let cause = session.cause(&e);
+        assert_eq!(cause.to_string(), "authentication failed: x");
+        assert!(
+            !cause.is_network(),
+            "an auth failure is not retried as network trouble"
+        );
+    }
+
+    #[test]
+    fn each_kind_of_credential_is_given_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "tok3n").unwrap();
+        let auth = GitAuth {
+            token: Some(SecretRef::file(&secret)),
+            ..GitAuth::default()
+        };
+        let session = Session::new(&auth, "https://h/r.git", None);
+        let ask =
+            || session.credentials("https://h/r.git", None, CredentialType::USER_PASS_PLAINTEXT);
+        assert!(ask().is_ok());
+        let second = ask().err().unwrap();
+        assert_eq!(second.code(), ErrorCode::Auth);
+        assert!(
+            second
+                .message()
+                .contains("refused the token of gitAuth.token for `x-access-token`")
+        );
+        assert!(!second.message().contains("tok3n"));
+    }
 
     #[test]
     fn redact_strips_userinfo() {

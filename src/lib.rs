@@ -90,4 +90,5 @@ pub mod status_view;
 pub mod telemetry;
 pub mod templates;
 pub mod validate;
+pub mod webhook;
 pub mod yaml;

@@ -391,6 +391,12 @@ fn run(args: RunArgs) -> Result<u8> {
         })
         .transpose()?
         .unwrap_or(std::time::Duration::from_secs(30));
+    // Checked now, so that a typo fails the start rather than every fetch.
+    let git_auth = config.git_auth.unwrap_or_default();
+    git_auth.check()?;
+    if let Some(hook) = &config.webhook {
+        hook.secret.read("webhook.secret")?;
+    }
     let watch = (!repo_url.contains("://"))
         .then(|| PathBuf::from(&repo_url))
         .filter(|p| p.is_dir());
@@ -424,6 +430,8 @@ fn run(args: RunArgs) -> Result<u8> {
                 .map_err(anyhow::Error::msg)?,
         ),
         forge: config.forge.clone(),
+        webhook: config.webhook,
+        git_auth,
     };
     let admin_addr = args
         .admin

@@ -196,8 +196,9 @@ fn walk(dir: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) -> Result<(), Repo
     Ok(())
 }
 
-/// The controller's configuration file (`canaryd run --config`). Every field but `routers` has
-/// a flag and an environment variable of the same name, which win over the file.
+/// The controller's configuration file (`canaryd run --config`). Every field but `routers`,
+/// `webhook` and `gitAuth` has a flag and an environment variable of the same name, which win
+/// over the file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
@@ -223,6 +224,12 @@ pub struct Config {
     pub prometheus: Option<crate::prometheus::PrometheusConfig>,
     /// The forge for revert pull requests and commit statuses (`github: {...}`).
     pub forge: Option<crate::forge::ForgeConfig>,
+    /// Push webhooks on the admin address (`/hooks/github`, `/hooks/generic`), signed with
+    /// `secret: {file: …}` or `{env: …}`.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
+    /// Credentials for the repository and the SSH host keys trusted: `username`, `token`,
+    /// `password`, `sshKey`, `sshKeyPassphrase`, `knownHosts`.
+    pub git_auth: Option<crate::git::GitAuth>,
 }
 
 impl Config {

@@ -83,6 +83,50 @@ impl ErrorClass {
     }
 }
 
+/// How one webhook delivery was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// The watched branch moved: the loop was woken to fetch (202).
+    Woke,
+    /// A push to another ref (the status branch, a revert branch, a tag), or GitHub's ping.
+    Ignored,
+    /// A delivery id already answered.
+    Duplicate,
+    /// An event canaryd does not act on (204).
+    Unknown,
+    /// A missing or wrong signature (401); nothing else was done.
+    Unauthorized,
+    /// Signed, but not the JSON its event promises (400), or over the size limit (413).
+    Invalid,
+    /// The secret cannot be read, or the loop has stopped (503).
+    Unavailable,
+}
+
+impl WebhookOutcome {
+    const ALL: [WebhookOutcome; 7] = [
+        WebhookOutcome::Woke,
+        WebhookOutcome::Ignored,
+        WebhookOutcome::Duplicate,
+        WebhookOutcome::Unknown,
+        WebhookOutcome::Unauthorized,
+        WebhookOutcome::Invalid,
+        WebhookOutcome::Unavailable,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookOutcome::Woke => "woke",
+            WebhookOutcome::Ignored => "ignored",
+            WebhookOutcome::Duplicate => "duplicate",
+            WebhookOutcome::Unknown => "unknown",
+            WebhookOutcome::Unauthorized => "unauthorized",
+            WebhookOutcome::Invalid => "invalid",
+            WebhookOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Everything the daemon reports about itself. Each value is logged once and counted once by
 /// [`Telemetry::record`].
 #[derive(Clone, Debug, PartialEq)]
@@ -116,6 +160,11 @@ pub enum Event {
     StatusCommitted { rollout: String, summary: String },
     /// A push of the status branch was rejected (another writer); it is re-fetched and retried.
     PushRejected,
+    /// A webhook delivery was answered; `detail` says what it was (event, ref, delivery id).
+    Webhook {
+        outcome: WebhookOutcome,
+        detail: String,
+    },
 }
 
 /// Bucket bounds of `canaryd_step_duration_seconds`: steps last from seconds (a `setWeight`
@@ -198,6 +247,7 @@ pub struct Telemetry {
     promotions: AtomicU64,
     status_commits: AtomicU64,
     push_rejected: AtomicU64,
+    webhooks: [AtomicU64; 7],
     weight_changes: Mutex<BTreeMap<String, u64>>,
     step_duration: Mutex<Histogram>,
     router_apply: Mutex<BTreeMap<String, Histogram>>,
@@ -223,6 +273,7 @@ impl Telemetry {
             promotions: AtomicU64::new(0),
             status_commits: AtomicU64::new(0),
             push_rejected: AtomicU64::new(0),
+            webhooks: Default::default(),
             weight_changes: Mutex::new(BTreeMap::new()),
             step_duration: Mutex::new(Histogram::new(STEP_BUCKETS)),
             router_apply: Mutex::new(BTreeMap::new()),
@@ -256,6 +307,7 @@ impl Telemetry {
                 .observe(seconds),
             Event::StatusCommitted { .. } => bump(&self.status_commits),
             Event::PushRejected => bump(&self.push_rejected),
+            Event::Webhook { outcome, .. } => bump(&self.webhooks[webhook_index(outcome)]),
         }
     }
 
@@ -345,6 +397,33 @@ impl Telemetry {
             let labels = format!("router=\"{}\"", escape_label(router));
             h.render("canaryd_router_apply_seconds", &labels, out);
         }
+
+        header(
+            out,
+            "canaryd_webhook_deliveries_total",
+            "Webhook deliveries, by how they were answered.",
+            "counter",
+        );
+        for o in WebhookOutcome::ALL {
+            let n = get(&self.webhooks[webhook_index(o)]);
+            let _ = writeln!(
+                out,
+                "canaryd_webhook_deliveries_total{{outcome=\"{}\"}} {n}",
+                o.as_str()
+            );
+        }
+    }
+}
+
+fn webhook_index(o: WebhookOutcome) -> usize {
+    match o {
+        WebhookOutcome::Woke => 0,
+        WebhookOutcome::Ignored => 1,
+        WebhookOutcome::Duplicate => 2,
+        WebhookOutcome::Unknown => 3,
+        WebhookOutcome::Unauthorized => 4,
+        WebhookOutcome::Invalid => 5,
+        WebhookOutcome::Unavailable => 6,
     }
 }
 
@@ -409,6 +488,20 @@ fn log(e: &Event) {
         }
         Event::PushRejected => {
             tracing::warn!("push of the status branch rejected; re-fetching and retrying");
+        }
+        Event::Webhook { outcome, detail } => {
+            let label = outcome.as_str();
+            match outcome {
+                // The secret cannot be read (or the daemon is going away): someone must act.
+                WebhookOutcome::Unavailable => {
+                    tracing::error!(outcome = label, "webhook delivery: {detail}");
+                }
+                // A sender with the wrong secret, or noise; polling goes on regardless.
+                WebhookOutcome::Unauthorized | WebhookOutcome::Invalid => {
+                    tracing::warn!(outcome = label, "webhook delivery refused: {detail}");
+                }
+                _ => tracing::debug!(outcome = label, "webhook delivery: {detail}"),
+            }
         }
     }
 }
@@ -508,6 +601,15 @@ canaryd_step_duration_seconds_sum 0
 canaryd_step_duration_seconds_count 0
 # HELP canaryd_router_apply_seconds How long setting weights on a router took.
 # TYPE canaryd_router_apply_seconds histogram
+# HELP canaryd_webhook_deliveries_total Webhook deliveries, by how they were answered.
+# TYPE canaryd_webhook_deliveries_total counter
+canaryd_webhook_deliveries_total{outcome=\"woke\"} 0
+canaryd_webhook_deliveries_total{outcome=\"ignored\"} 0
+canaryd_webhook_deliveries_total{outcome=\"duplicate\"} 0
+canaryd_webhook_deliveries_total{outcome=\"unknown\"} 0
+canaryd_webhook_deliveries_total{outcome=\"unauthorized\"} 0
+canaryd_webhook_deliveries_total{outcome=\"invalid\"} 0
+canaryd_webhook_deliveries_total{outcome=\"unavailable\"} 0
 ";
         assert_eq!(out, expected);
     }
@@ -555,6 +657,16 @@ canaryd_step_duration_seconds_count 0
         });
         t.record(Event::PushRejected);
         t.record(Event::PushRejected);
+        for outcome in [
+            WebhookOutcome::Woke,
+            WebhookOutcome::Unauthorized,
+            WebhookOutcome::Woke,
+        ] {
+            t.record(Event::Webhook {
+                outcome,
+                detail: "github push delivery 1".into(),
+            });
+        }
         let out = rendered(&t);
         assert_eq!(
             lines(&out, "canaryd_reconcile_total{"),
@@ -597,6 +709,17 @@ canaryd_step_duration_seconds_count 0
         assert_eq!(
             lines(&out, "canaryd_push_rejected_total "),
             ["canaryd_push_rejected_total 2"]
+        );
+        assert_eq!(
+            lines(&out, "canaryd_webhook_deliveries_total{outcome=\"woke\"} "),
+            ["canaryd_webhook_deliveries_total{outcome=\"woke\"} 2"]
+        );
+        assert_eq!(
+            lines(
+                &out,
+                "canaryd_webhook_deliveries_total{outcome=\"unauthorized\"} "
+            ),
+            ["canaryd_webhook_deliveries_total{outcome=\"unauthorized\"} 1"]
         );
         assert!(!out.contains("checkout"), "no rollout names in labels");
     }
@@ -650,8 +773,9 @@ canaryd_router_apply_seconds_bucket{router=\"edge\",le=\"10\"} 2
 canaryd_router_apply_seconds_bucket{router=\"edge\",le=\"+Inf\"} 2
 canaryd_router_apply_seconds_sum{router=\"edge\"} 0.304
 canaryd_router_apply_seconds_count{router=\"edge\"} 2
+# HELP canaryd_webhook_deliveries_total Webhook deliveries, by how they were answered.
 ";
-        assert!(out.ends_with(expected), "{out}");
+        assert!(out.contains(expected), "{out}");
     }
 
     #[test]

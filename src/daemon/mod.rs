@@ -34,6 +34,7 @@ use crate::router::embedded::EmbeddedRouter;
 use crate::spec::RouterSpec;
 use crate::telemetry::{ErrorClass, Event as Tele, ReconcileOutcome, Telemetry};
 use crate::validate::{self, Known, Source};
+use crate::webhook::{self, WebhookConfig};
 
 /// How many times a rejected status push is re-planned and retried in one look.
 const PUSH_ATTEMPTS: usize = 5;
@@ -63,6 +64,10 @@ pub struct Settings {
     pub providers: Arc<provider::Providers>,
     /// The forge for revert pull requests and commit statuses.
     pub forge: Option<crate::forge::ForgeConfig>,
+    /// Push webhooks, served on the admin listener.
+    pub webhook: Option<WebhookConfig>,
+    /// Credentials for the remote, and the SSH host keys trusted.
+    pub git_auth: git::GitAuth,
 }
 
 /// Why the daemon could not start.
@@ -81,7 +86,7 @@ pub enum DaemonError {
 enum Event {
     /// The poll interval or a rollout's wake time came.
     Tick,
-    /// The watched repository changed on disk.
+    /// The watched repository changed on disk, or a webhook said the watched branch moved.
     Changed,
     Shutdown,
 }
@@ -94,11 +99,25 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let mirror_dir = settings.data_dir.join("mirror.git");
     let (remote, author) = (settings.remote.clone(), settings.author.clone());
-    let mirror = tokio::task::spawn_blocking(move || Mirror::open(&mirror_dir, remote, author))
-        .await
-        .map_err(|_| DaemonError::Worker)?
-        .map_err(DaemonError::Mirror)?;
+    let auth = settings.git_auth.clone();
+    let mirror = tokio::task::spawn_blocking(move || {
+        Mirror::open(&mirror_dir, remote, author).map(|m| m.with_auth(auth))
+    })
+    .await
+    .map_err(|_| DaemonError::Worker)?
+    .map_err(DaemonError::Mirror)?;
     let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
+    if let Some(hooks) = &settings.webhook {
+        // A push reported by webhook wakes the loop as a local commit does.
+        let tx = changed_tx.clone();
+        let routes = webhook::routes(hooks, &settings.remote.branch, tx, admin.telemetry.clone());
+        admin.mount(routes);
+        tracing::info!(
+            github = webhook::GITHUB_PATH,
+            generic = webhook::GENERIC_PATH,
+            "webhooks served on the admin address"
+        );
+    }
     let _watcher = settings.watch.as_ref().and_then(|path| {
         watch(
             path,
