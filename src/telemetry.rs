@@ -242,7 +242,7 @@ impl Histogram {
 #[derive(Debug)]
 pub struct Telemetry {
     reconciles: [AtomicU64; 4],
-    errors: [AtomicU64; 5],
+    errors: [AtomicU64; ErrorClass::ALL.len()],
     aborts: AtomicU64,
     promotions: AtomicU64,
     status_commits: AtomicU64,
@@ -568,6 +568,7 @@ canaryd_errors_total{class=\"router\"} 0
 canaryd_errors_total{class=\"metrics\"} 0
 canaryd_errors_total{class=\"spec\"} 0
 canaryd_errors_total{class=\"status\"} 0
+canaryd_errors_total{class=\"forge\"} 0
 # HELP canaryd_weight_changes_total Canary weights set on a router.
 # TYPE canaryd_weight_changes_total counter
 # HELP canaryd_aborts_total Rollouts aborted.
@@ -685,6 +686,7 @@ canaryd_webhook_deliveries_total{outcome=\"unavailable\"} 0
                 "canaryd_errors_total{class=\"metrics\"} 0",
                 "canaryd_errors_total{class=\"spec\"} 1",
                 "canaryd_errors_total{class=\"status\"} 0",
+                "canaryd_errors_total{class=\"forge\"} 0",
             ]
         );
         assert_eq!(

@@ -316,7 +316,11 @@ impl Daemon {
         let heads = match self.git(|m| m.fetch()).await {
             Ok(h) => h,
             Err(e) => {
-                self.error(ErrorClass::Git, None, format!("fetch failed: {e}"));
+                self.error(
+                    ErrorClass::Git,
+                    None,
+                    format!("fetch failed: {}", chain(&e)),
+                );
                 return (None, false);
             }
         };
@@ -955,7 +959,11 @@ impl Daemon {
                 }
             },
             Err(e) => {
-                self.error(ErrorClass::Git, Some(name), format!("fetch failed: {e}"));
+                self.error(
+                    ErrorClass::Git,
+                    Some(name),
+                    format!("fetch failed: {}", chain(&e)),
+                );
                 None
             }
         }
@@ -1010,6 +1018,22 @@ impl Daemon {
         }
         (samples, values)
     }
+}
+
+/// An error with its causes, `outer: inner: innermost`: why a fetch failed is in the causes
+/// (authentication refused, unknown host key), already scrubbed of secrets.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn short(commit: &str) -> &str {
