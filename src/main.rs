@@ -275,15 +275,16 @@ fn lint(
     Ok(u8::from(findings))
 }
 
-fn plan(
+/// The controller configuration (or none) and the specs under `repo_dir/rollouts`, validated.
+fn specs(
     repo_dir: &Path,
     rollouts: &Path,
-    live: Option<&Path>,
-    status_dir: Option<&Path>,
     config: Option<&Path>,
-    now: DateTime<Utc>,
-    output: Output,
-) -> Result<u8> {
+) -> Result<(
+    Config,
+    canaryd::model::Catalog,
+    Vec<canaryd::diag::Diagnostic>,
+)> {
     let config = match config {
         Some(path) => Config::read(path)?,
         None => Config::default(),
@@ -293,6 +294,19 @@ fn plan(
         bail!("{} is not a folder of rollout specs", dir.display());
     }
     let (catalog, diags, _) = repo::catalog(&[dir], Some(repo_dir), &config.known())?;
+    Ok((config, catalog, diags))
+}
+
+fn plan(
+    repo_dir: &Path,
+    rollouts: &Path,
+    live: Option<&Path>,
+    status_dir: Option<&Path>,
+    config: Option<&Path>,
+    now: DateTime<Utc>,
+    output: Output,
+) -> Result<u8> {
+    let (config, catalog, diags) = specs(repo_dir, rollouts, config)?;
     let live = match live {
         Some(path) => {
             let text = fs::read_to_string(path)
@@ -617,15 +631,7 @@ fn analyze(
     output: Output,
 ) -> Result<u8> {
     use canaryd::router::Driver;
-    let config = match config {
-        Some(path) => Config::read(path)?,
-        None => Config::default(),
-    };
-    let dir = repo_dir.join(rollouts);
-    if !dir.is_dir() {
-        bail!("{} is not a folder of rollout specs", dir.display());
-    }
-    let (catalog, _, _) = repo::catalog(&[dir], Some(repo_dir), &config.known())?;
+    let (config, catalog, _) = specs(repo_dir, rollouts, config)?;
     let Some(rollout) = catalog.rollouts.iter().find(|r| r.name == name) else {
         if let Some(problems) = catalog.invalid.get(name) {
             bail!("rollout `{name}` is invalid:\n  {}", problems.join("\n  "));

@@ -2,6 +2,7 @@
 //! sound stable and a canary failing a set fraction of requests, and a real Prometheus
 //! scraping the router's exporter every second. The built-in `error-rate` template decides.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use canaryd::analysis::Outcome;
@@ -50,6 +51,30 @@ fn on_haproxy(fails: f64) -> OnHaproxy {
         _prometheus: prometheus,
         _haproxy: haproxy,
     }
+}
+
+/// `canaryd analyze checkout` in the working clone with the daemon's configuration: exit code
+/// and stdout.
+fn analyze(w: &World, json: bool) -> (i32, String) {
+    let config = w.dir.path().join("canaryd.yaml");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_canaryd"));
+    command
+        .args(["analyze", "checkout", "--repo"])
+        .arg(&w.work)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("CANARYD_CONFIG");
+    if json {
+        command.args(["--output", "json"]);
+    }
+    let out = command.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap(), text)
 }
 
 /// Merges the canary and returns when it was merged.
@@ -105,6 +130,15 @@ fn haproxy_canary_failing_20_percent_is_aborted_on_prometheus_evidence() {
         merged.elapsed().as_secs_f64()
     );
     assert!(to_zero < Duration::from_secs(15), "{to_zero:?}");
+
+    // The dry run, with the canary back at 0: its last seconds still show its errors.
+    let (code, text) = analyze(&h.w, true);
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(json[0]["analysis"], "step 2", "{json}");
+    assert_eq!(json[0]["verdict"], "fail", "{json}");
+    let value = json[0]["metrics"][0]["value"].as_f64().unwrap();
+    assert!((0.1..0.3).contains(&value), "{json}");
 }
 
 #[test]
@@ -146,6 +180,18 @@ fn haproxy_canary_without_traffic_is_inconclusive_and_waits_for_a_human() {
     assert_eq!(phase(&later), "paused");
     let log = h.w.status_log("checkout");
     assert!(log.contains("inconclusive"), "{log}");
+    // The dry run says the same, and why, without touching anything.
+    let (code, text) = analyze(&h.w, false);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("step 2 analysis over the last 5s: inconclusive"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no data") && text.contains("query: "),
+        "{text}"
+    );
+    assert_eq!(phase(&h.w.status("checkout").unwrap()), "paused");
 }
 
 #[test]
