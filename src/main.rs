@@ -630,7 +630,6 @@ fn analyze(
     config: Option<&Path>,
     output: Output,
 ) -> Result<u8> {
-    use canaryd::router::Driver;
     let (config, catalog, _) = specs(repo_dir, rollouts, config)?;
     let Some(rollout) = catalog.rollouts.iter().find(|r| r.name == name) else {
         if let Some(problems) = catalog.invalid.get(name) {
@@ -638,23 +637,16 @@ fn analyze(
         }
         bail!("no rollout named `{name}` in {}", rollouts.display());
     };
-    let target = rollout.target();
-    // The embedded router lives in the daemon; connecting here would start a second one.
-    let driver = config
-        .routers
-        .get(&target.router)
-        .or_else(|| catalog.routers.get(&target.router))
-        .filter(|spec| spec.kind() != canaryd::spec::RouterKind::Embedded)
-        .map(|spec| Driver::connect(&target.router, spec))
-        .transpose()?;
     let providers =
         canaryd::provider::Providers::from_config(&config).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // No router: the only provider that needs one is the embedded router's counters, which live
+    // in the daemon (connecting here would start a second router).
     let measured = rt.block_on(canaryd::analyze::analyze(
         rollout,
-        driver.as_ref(),
+        None,
         &providers,
         Utc::now(),
     ));

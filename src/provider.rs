@@ -248,7 +248,7 @@ async fn judge_once(
     for m in &j.metrics {
         let mut sides = [Vec::new(), Vec::new()];
         for (i, side) in [Side::Canary, Side::Stable].into_iter().enumerate() {
-            let mut values = match m.provider {
+            let values = match m.provider {
                 ProviderKind::Embedded => {
                     let probe = Metric {
                         name: m.spec.name.clone(),
@@ -272,7 +272,10 @@ async fn judge_once(
                 }
                 ProviderKind::Prometheus => {
                     let query = render(&m.query, &vars(target, side, step))?;
-                    let start = now - chrono::Duration::from_std(window).unwrap_or_default();
+                    // Points at start + step … now: each covers the step before it, so the
+                    // first covers the window's first step, not the one before the window.
+                    let start = now - chrono::Duration::from_std(window).unwrap_or_default()
+                        + chrono::Duration::from_std(step).unwrap_or_default();
                     providers
                         .prometheus(&m.spec.name)?
                         .range(&query, start, now, step)
@@ -280,11 +283,7 @@ async fn judge_once(
                         .map_err(|e| format!("{}: {e}", m.spec.name))?
                 }
             };
-            values.retain(|v| !v.is_nan());
-            if (values.len() as u64) < j.min_samples {
-                values.clear();
-            }
-            sides[i] = values;
+            sides[i] = judged(values, j.min_samples);
         }
         series.push(sides);
     }
@@ -325,4 +324,42 @@ async fn judge_once(
         verdict: Some(verdict),
         no_data,
     })
+}
+
+/// A side's samples as the judge takes them: NaN (no requests in a step) removed, ±Inf (a
+/// histogram quantile past its top bucket: a canary that hangs) kept as a huge finite value, since
+/// an infinite shift makes its tolerance band infinite and would class the metric a pass; too few
+/// left is none.
+fn judged(mut values: Vec<f64>, min_samples: u64) -> Vec<f64> {
+    values.retain(|v| !v.is_nan());
+    for v in &mut values {
+        *v = v.clamp(-1e300, 1e300);
+    }
+    if (values.len() as u64) < min_samples {
+        values.clear();
+    }
+    values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::{CONF_LEVEL, MetricSpec, classify};
+
+    #[test]
+    fn a_hanging_canary_is_high_not_a_pass() {
+        let canary = judged(vec![f64::INFINITY; 6], 5);
+        let stable = judged(vec![20.0, 21.0, 19.5, 20.5, 22.0, f64::NAN], 5);
+        assert_eq!(stable.len(), 5);
+        let mut spec = MetricSpec::new("latency");
+        spec.direction = crate::judge::Direction::Increase;
+        let r = classify(&spec, &canary, &stable, CONF_LEVEL);
+        assert_eq!(r.class, MetricClass::High, "{r:?}");
+    }
+
+    #[test]
+    fn too_few_samples_are_none() {
+        assert!(judged(vec![1.0, f64::NAN, 2.0], 3).is_empty());
+        assert_eq!(judged(vec![1.0, 2.0, 3.0], 3).len(), 3);
+    }
 }

@@ -146,11 +146,16 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
 
     // Pass 2: rollouts.
     let refs = Refs {
-        routers: known
-            .routers
-            .iter()
-            .map(|(name, kind)| (name.clone(), *kind))
-            .chain(router_kinds)
+        // The daemon drives a router named in its configuration over a same-named document, so
+        // the configuration's kind is the one templates resolve by.
+        routers: router_kinds
+            .into_iter()
+            .chain(
+                known
+                    .routers
+                    .iter()
+                    .map(|(name, kind)| (name.clone(), *kind)),
+            )
             .collect(),
         templates,
     };
@@ -1167,6 +1172,27 @@ fn judge(
             &format!("{base}.minSamples"),
             "the test needs at least two samples a side",
             "use 5 or more",
+        );
+    }
+    if let Some(interval) = interval {
+        let step = step.unwrap_or_else(|| (interval / 10).max(Duration::from_secs(1)));
+        let per_window = (interval.as_secs_f64() / step.as_secs_f64()).floor() as u64;
+        if per_window < min_samples && min_samples >= 2 && step * 2 <= interval {
+            cx.error(
+                &format!("{base}.step"),
+                format!(
+                    "a window gives {per_window} samples a side, fewer than the {min_samples} the judge needs"
+                ),
+                "a smaller step, a longer interval, or a lower minSamples; otherwise every \
+                 round is no data",
+            );
+        }
+    }
+    if !j.metrics.is_empty() && j.metrics.iter().all(|m| m.muted == Some(true)) {
+        cx.error(
+            &format!("{base}.metrics"),
+            "every judged metric is muted",
+            "muted metrics are left out of the score; leave at least one counted",
         );
     }
     if j.metrics.is_empty() {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::analysis::short as value;
 use crate::forge::{AnyForge, CommitReport, Forge as _, ForgeConfig, ReportState, RevertRequest};
-use crate::model::Rollout;
+use crate::model::{Revision, Rollout};
 use crate::progress::Progress;
 use crate::record::{self, StatusFile};
 use crate::telemetry::{ErrorClass, Event as Tele, Telemetry};
@@ -41,10 +41,19 @@ impl Work {
     /// Later work under the same key replaces earlier work not yet sent.
     fn key(&self) -> String {
         match self {
-            Work::Report(r) => format!("status {}", r.context),
+            Work::Report(r) => format!("status {} {}", r.context, r.sha),
             Work::RevertPr { pr, .. } => format!("pr {}", pr.head),
         }
     }
+}
+
+/// The last report handed over for a rollout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Reported {
+    revision: Revision,
+    sha: String,
+    state: ReportState,
+    description: String,
 }
 
 /// The daemon's handle on the forge worker.
@@ -52,8 +61,8 @@ impl Work {
 pub struct Outbox {
     tx: mpsc::UnboundedSender<Work>,
     config: ForgeConfig,
-    /// What was last handed over, per rollout: (commit, state, description).
-    reported: BTreeMap<String, (String, ReportState, String)>,
+    /// What was last handed over, per rollout.
+    reported: BTreeMap<String, Reported>,
     /// Revert branches whose pull request was handed over.
     prs: BTreeSet<String>,
 }
@@ -152,6 +161,15 @@ async fn worker(
     }
 }
 
+/// The revision a rollout's commit status speaks of: the one being rolled back when going back
+/// (its commit gets "rolled back"), else the current one.
+pub fn reported_revision(file: &StatusFile) -> Option<&Revision> {
+    match &file.status.progress {
+        Progress::RollingBack { from, .. } | Progress::RolledBack { from, .. } => Some(from),
+        p => p.revision(),
+    }
+}
+
 /// What the commit that started a rollout should say about it: `None` while there is no
 /// canary run to speak of.
 pub fn report_of(file: &StatusFile) -> Option<(ReportState, String)> {
@@ -219,26 +237,29 @@ pub fn pr_body(r: &Rollout, file: &StatusFile, change: &str, status_url: &str) -
             b,
             "| metric | value | outcome | condition | samples |\n|---|---|---|---|---|"
         );
+        // GitHub splits table cells on `|`, even inside backticks.
+        let cell = |t: &str| t.replace('|', "\\|");
         for m in &file.analysis {
             let _ = writeln!(
                 b,
                 "| {} | {} | {:?} | {} | {} |",
-                m.metric,
+                cell(&m.metric),
                 m.value.map_or_else(|| "no data".to_string(), value),
                 m.outcome,
                 m.condition
                     .as_deref()
-                    .map_or_else(String::new, |c| format!("`{c}`")),
+                    .map_or_else(String::new, |c| format!("`{}`", cell(c))),
                 m.samples.map_or_else(String::new, |n| n.to_string()),
             );
         }
         let _ = writeln!(b);
+        for m in file.analysis.iter().filter(|m| m.query.is_some()) {
+            let q = m.query.as_deref().unwrap_or_default();
+            let _ = writeln!(b, "Query of `{}` as sent:\n```\n{q}\n```\n", m.metric);
+        }
     }
     if let Some(detail) = &evidence.detail {
         let _ = writeln!(b, "{detail}\n");
-    }
-    if let Some(q) = &evidence.query {
-        let _ = writeln!(b, "Query:\n```\n{q}\n```\n");
     }
     let _ = writeln!(
         b,
@@ -263,18 +284,26 @@ impl Daemon {
         let Some(outbox) = &self.outbox else {
             return;
         };
+        let Some(revision) = reported_revision(file).cloned() else {
+            return;
+        };
         let branch_done = file.revert.as_ref().is_none_or(|b| outbox.prs.contains(b));
         let last = outbox.reported.get(&r.name).cloned();
-        if last
-            .as_ref()
-            .is_some_and(|(_, s, d)| *s == state && *d == description)
-            && branch_done
+        if last.as_ref().is_some_and(|l| {
+            l.revision == revision && l.state == state && l.description == description
+        }) && branch_done
         {
             return;
         }
-        let Some(revision) = file.status.progress.revision().cloned() else {
+        // "Rolled back" only ends a run this process saw in progress: it must not overwrite an
+        // abort's failure, or a promotion's success, with less.
+        if state == ReportState::Error
+            && !last
+                .as_ref()
+                .is_some_and(|l| l.revision == revision && l.state == ReportState::Pending)
+        {
             return;
-        };
+        }
         let Some((change, _)) = self.start_of(r, head, &revision).await else {
             return;
         };
@@ -286,18 +315,36 @@ impl Daemon {
             &self.settings.remote.status_branch,
             &record::path_of(&r.name),
         );
-        if last.is_none_or(|(c, s, d)| c != change || s != state || d != description) {
+        let context = format!("canaryd/{}", r.name);
+        // A commit left pending by a revision that gave way to another gets a last word.
+        if let Some(old) = &last
+            && old.sha != change
+            && old.state == ReportState::Pending
+        {
+            let _ = outbox.tx.send(Work::Report(CommitReport {
+                sha: old.sha.clone(),
+                context: context.clone(),
+                state: ReportState::Error,
+                description: format!("superseded by {}", short(&change)),
+                target_url: Some(status_url.clone()),
+            }));
+        }
+        let now = Reported {
+            revision,
+            sha: change.clone(),
+            state,
+            description: description.clone(),
+        };
+        if last.as_ref() != Some(&now) {
             let report = CommitReport {
                 sha: change.clone(),
-                context: format!("canaryd/{}", r.name),
+                context,
                 state,
-                description: description.clone(),
+                description,
                 target_url: Some(status_url.clone()),
             };
             if outbox.tx.send(Work::Report(report)).is_ok() {
-                outbox
-                    .reported
-                    .insert(r.name.clone(), (change.clone(), state, description));
+                outbox.reported.insert(r.name.clone(), now);
             }
         }
         if let Some(branch) = &file.revert

@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::admin::Admin;
 use crate::analysis;
@@ -400,22 +401,27 @@ impl Daemon {
                 },
             };
             let span = tracing::info_span!("rollout", rollout = %name, commit = %short(&head));
-            let _enter = span.enter();
             let valid = match spec {
                 Spec::Valid(r) => Some(r),
                 Spec::Invalid(_) => None,
             };
-            if let Some(w) = self
-                .reconcile(&name, &head, &catalog, spec, recorded_file)
-                .await
-            {
-                wake = Some(wake.map_or(w, |x| x.min(w)));
+            // The span follows the future (a guard held across awaits would not).
+            let woke = async {
+                let woke = self
+                    .reconcile(&name, &head, &catalog, spec, recorded_file)
+                    .await;
+                // Traffic first, the forge after (and never waited for).
+                if let Some(r) = valid
+                    && let Some(f) = self.latest.get(&name).cloned()
+                {
+                    self.tell_forge(r, &head, &f).await;
+                }
+                woke
             }
-            // Traffic first, the forge after (and never waited for).
-            if let Some(r) = valid
-                && let Some(f) = self.latest.get(&name).cloned()
-            {
-                self.tell_forge(r, &head, &f).await;
+            .instrument(span)
+            .await;
+            if let Some(w) = woke {
+                wake = Some(wake.map_or(w, |x| x.min(w)));
             }
         }
         (wake, !self.shutdown.is_cancelled())

@@ -154,7 +154,18 @@ impl Daemon {
         let mut found = None;
         for (change, parent) in history {
             let before = match &parent {
-                Some(p) => self.revision_at(p.as_str(), &r.name, &r.file).await,
+                Some(p) => match self.revision_at(p.as_str(), &r.name, &r.file).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Not an answer: the next look searches again (nothing cached).
+                        self.error(
+                            ErrorClass::Git,
+                            Some(&r.name),
+                            format!("cannot read the specs at {}: {e}", short(p)),
+                        );
+                        return None;
+                    }
+                },
                 None => Before::Absent,
             };
             match before {
@@ -180,22 +191,27 @@ impl Daemon {
         found
     }
 
-    /// What rollout `name` (in `file`) was at `commit`.
-    async fn revision_at(&self, commit: &str, name: &str, file: &str) -> Before {
-        let Ok((catalog, _, skipped)) = self.validate_at(commit).await else {
-            return Before::Invalid;
-        };
+    /// What rollout `name` (in `file`) was at `commit`; an error when Git could not be read.
+    async fn revision_at(
+        &self,
+        commit: &str,
+        name: &str,
+        file: &str,
+    ) -> Result<Before, crate::git::GitError> {
+        let (catalog, _, skipped) = self.validate_at(commit).await?;
         if skipped.iter().any(|(path, _)| path == file) {
-            return Before::Invalid;
+            return Ok(Before::Invalid);
         }
         if catalog.invalid.contains_key(name) || catalog.broken_files.iter().any(|f| f == file) {
-            return Before::Invalid;
+            return Ok(Before::Invalid);
         }
-        match catalog.rollouts.into_iter().find(|r| r.name == name) {
-            Some(r) => Before::Valid(r.revision),
-            // A file that parses but holds no such rollout, or no file at all.
-            None => Before::Absent,
-        }
+        Ok(
+            match catalog.rollouts.into_iter().find(|r| r.name == name) {
+                Some(r) => Before::Valid(r.revision),
+                // A file that parses but holds no such rollout, or no file at all.
+                None => Before::Absent,
+            },
+        )
     }
 }
 

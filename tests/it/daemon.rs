@@ -1182,12 +1182,54 @@ mod on_github {
             "{:?}",
             gh.calls()
         );
+        // Merging the revert rolls back; the commit keeps its failure and its evidence.
+        git(&w.work, &["pull", "-q", "--no-rebase", "origin", &branch]);
+        git(&w.work, &["push", "-q", "origin", "HEAD:main"]);
+        w.wait_for("checkout", 20, "rolled back", |s| {
+            matches!(phase(s), "rolledBack" | "stable")
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(
+            states(&gh, &merge).last().map(String::as_str),
+            Some("failure")
+        );
         gh.assert_clean();
         // The token went nowhere else either: not to the logs, not to the status branch.
         let logs = w.logs();
         assert!(!logs.contains(TOKEN), "token in the daemon's logs");
         let status_branch = git(&w.remote, &["log", "-p", "canaryd/status"]);
         assert!(!status_branch.contains(TOKEN), "token on the status branch");
+    }
+
+    /// `git revert` of a canary in progress: its commit's pending status ends in an error
+    /// that says so, and the revert commit gets none.
+    #[test]
+    fn a_reverted_canary_in_progress_ends_its_pending_status() {
+        let mut w = World::new(0.0, 0.0);
+        let gh = with_github(&mut w);
+        w.start_on_stable(HELD);
+        let merge = w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
+        w.wait_for("checkout", 30, "paused at 30%", |s| phase(s) == "paused");
+        wait("the pending status", 20, || {
+            states(&gh, &merge).last().map(String::as_str) == Some("pending")
+        });
+        git(&w.work, &["revert", "--no-edit", "HEAD"]);
+        git(&w.work, &["push", "-q", "origin", "HEAD:main"]);
+        let revert = git(&w.work, &["rev-parse", "HEAD"]).trim().to_string();
+        w.wait_for("checkout", 20, "rolled back", |s| phase(s) == "rolledBack");
+        wait("the error status", 20, || {
+            states(&gh, &merge).last().map(String::as_str) == Some("error")
+        });
+        let description = {
+            let fake = gh.fake.lock().unwrap();
+            fake.statuses.last().unwrap()["description"].clone()
+        };
+        assert!(
+            description.as_str().unwrap().contains("rolled back"),
+            "{description}"
+        );
+        assert!(states(&gh, &revert).is_empty());
+        gh.assert_clean();
     }
 
     #[test]

@@ -645,6 +645,22 @@ fn judge_and_minimum_samples_are_checked() {
         )],
     );
     check(
+        &judge(&format!("pass: 90\nmarginal: 75\nstep: 15s\n{metrics}")),
+        &[(
+            "spec.steps[1].analysis.judge.step",
+            "gives 4 samples a side, fewer than the 5",
+        )],
+    );
+    check(
+        &judge(
+            "pass: 90\nmarginal: 75\nmetrics:\n  - {name: e, template: error-rate, muted: true}\n",
+        ),
+        &[(
+            "spec.steps[1].analysis.judge.metrics",
+            "every judged metric is muted",
+        )],
+    );
+    check(
         &judge(&format!(
             "pass: 90\nmarginal: 75\nconfidence: 1.5\n{metrics}"
         )),
