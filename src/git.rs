@@ -1155,6 +1155,16 @@ pub fn read_status_branch(
     status_branch: &str,
     scratch: &Path,
 ) -> Result<BTreeMap<String, String>, GitError> {
+    read_status_branch_as(source, status_branch, scratch, &GitAuth::default())
+}
+
+/// [`read_status_branch`] with credentials for a remote `source`.
+pub fn read_status_branch_as(
+    source: &str,
+    status_branch: &str,
+    scratch: &Path,
+    auth: &GitAuth,
+) -> Result<BTreeMap<String, String>, GitError> {
     check_branch(status_branch)?;
     let not_found = || GitError::NotFound {
         what: "branch",
@@ -1194,8 +1204,7 @@ pub fn read_status_branch(
     let mut remote = repo
         .remote_anonymous(source)
         .map_err(git("remote configuration"))?;
-    let auth = GitAuth::default();
-    let session = Session::new(&auth, source, git2::Config::open_default().ok());
+    let session = Session::new(auth, source, git2::Config::open_default().ok());
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(session.callbacks())
         .download_tags(AutotagOption::None);

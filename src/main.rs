@@ -108,6 +108,9 @@ enum Command {
         watch: bool,
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
+        /// Controller configuration, for the credentials of a remote `--repo` (`gitAuth`).
+        #[arg(long, env = "CANARYD_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Let a paused rollout move on: a promote commit on the current branch of a local clone.
     Promote(GateArgs),
@@ -191,7 +194,15 @@ fn main() -> ExitCode {
             status_branch,
             watch,
             output,
-        } => status(name.as_deref(), &repo, &status_branch, watch, output),
+            config,
+        } => status(
+            name.as_deref(),
+            &repo,
+            &status_branch,
+            watch,
+            output,
+            config.as_deref(),
+        ),
         Command::Promote(args) => gate(args, "promote"),
         Command::Abort(args) => gate(args, "abort"),
         Command::Lint {
@@ -500,10 +511,16 @@ fn status(
     status_branch: &str,
     watch: bool,
     output: Output,
+    config: Option<&Path>,
 ) -> Result<u8> {
+    let auth = match config {
+        Some(path) => Config::read(path)?.git_auth.unwrap_or_default(),
+        None => Default::default(),
+    };
+    auth.check()?;
     let scratch = tempfile_dir()?;
     loop {
-        let files = canaryd::git::read_status_branch(repo, status_branch, &scratch)
+        let files = canaryd::git::read_status_branch_as(repo, status_branch, &scratch, &auth)
             .with_context(|| format!("cannot read branch {status_branch}"))?;
         let mut parsed = Vec::new();
         for (rollout, text) in &files {

@@ -39,6 +39,9 @@ pub struct StatusFile {
     /// The revert branch pushed after an abort.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert: Option<String>,
+    /// The pull request opened from the revert branch, with a forge configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_pr: Option<String>,
     /// The number of steps of the spec, for "step k/n".
     #[serde(default)]
     pub steps: usize,
@@ -99,6 +102,7 @@ impl StatusFile {
             spec_commit: None,
             file: None,
             revert: None,
+            revert_pr: None,
             steps: 0,
             desired: BTreeMap::new(),
             live: None,

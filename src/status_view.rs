@@ -248,6 +248,9 @@ fn block(out: &mut String, file: &StatusFile, now: DateTime<Utc>) {
     if let Some(branch) = &file.revert {
         let _ = writeln!(out, "  revert branch {branch}: merge it to make Git agree");
     }
+    if let Some(pr) = &file.revert_pr {
+        let _ = writeln!(out, "  revert pull request {pr}");
+    }
     let spec = file
         .spec_commit
         .as_deref()
@@ -313,6 +316,8 @@ pub struct RolloutView<'a> {
     pub spec_commit: Option<&'a str>,
     /// The revert branch pushed after an abort.
     pub revert: Option<&'a str>,
+    /// The pull request opened from it.
+    pub revert_pr: Option<&'a str>,
     /// Why the router could not be read at the last look.
     pub router_error: Option<&'a str>,
 }
@@ -349,6 +354,7 @@ impl<'a> RolloutView<'a> {
             updated_at: file.updated_at,
             spec_commit: file.spec_commit.as_deref(),
             revert: file.revert.as_deref(),
+            revert_pr: file.revert_pr.as_deref(),
             router_error: file.router_error.as_deref(),
         }
     }
@@ -408,6 +414,7 @@ mod tests {
         StatusFile {
             file: None,
             revert: None,
+            revert_pr: None,
             router_error: None,
             status,
             spec_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -65,6 +65,8 @@ pub struct Outbox {
     reported: BTreeMap<String, Reported>,
     /// Revert branches whose pull request was handed over.
     prs: BTreeSet<String>,
+    /// The address of each revert branch's pull request, as the worker learned it.
+    opened: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Outbox {
@@ -76,19 +78,31 @@ impl Outbox {
         shutdown: CancellationToken,
     ) -> Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(worker(forge, rx, telemetry, shutdown));
+        let opened: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        tokio::spawn(worker(forge, rx, opened.clone(), telemetry, shutdown));
         Outbox {
             tx,
             config,
             reported: BTreeMap::new(),
             prs: BTreeSet::new(),
+            opened,
         }
+    }
+
+    /// The address of the pull request opened from `branch`, once the forge said.
+    pub fn opened(&self, branch: &str) -> Option<String> {
+        self.opened
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(branch)
+            .cloned()
     }
 }
 
 async fn worker(
     forge: AnyForge,
     mut rx: mpsc::UnboundedReceiver<Work>,
+    opened: Arc<Mutex<BTreeMap<String, String>>>,
     telemetry: Arc<Telemetry>,
     shutdown: CancellationToken,
 ) {
@@ -135,6 +149,12 @@ async fn worker(
         match sent {
             Ok(Some(pr)) => {
                 tracing::info!(rollout = %rollout, number = pr.number, url = %pr.url, created = pr.created, "revert pull request ready");
+                if let Work::RevertPr { pr: req, .. } = &work {
+                    opened
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(req.head.clone(), pr.url.clone());
+                }
             }
             Ok(None) => tracing::debug!(rollout = %rollout, key = %key, "forge updated"),
             Err(e) if e.is_transient() => {

@@ -103,9 +103,10 @@ fn where_it_stands(file: &StatusFile, n: usize) -> String {
             format!("step {}/{n} weight {}", run.step + 1, run.weight)
         }
         Progress::Promoted { .. } => "promoted".to_string(),
-        Progress::Aborted { .. } => match &file.revert {
-            Some(branch) => format!("aborted; revert branch {branch} pushed"),
-            None => "aborted".to_string(),
+        Progress::Aborted { .. } => match (&file.revert, &file.revert_pr) {
+            (Some(_), Some(pr)) => format!("aborted; revert pull request {pr} opened"),
+            (Some(branch), None) => format!("aborted; revert branch {branch} pushed"),
+            _ => "aborted".to_string(),
         },
         Progress::RolledBack { weight, .. } => format!("rolled back, canary {weight}"),
         Progress::Invalid { .. } => "spec invalid: traffic left as it is".to_string(),

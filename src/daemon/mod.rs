@@ -87,8 +87,10 @@ pub enum DaemonError {
 enum Event {
     /// The poll interval or a rollout's wake time came.
     Tick,
-    /// The watched repository changed on disk, or a webhook said the watched branch moved.
+    /// The watched repository changed on disk.
     Changed,
+    /// A webhook said the watched branch moved (the push is complete: no settling needed).
+    Pushed,
     Shutdown,
 }
 
@@ -108,10 +110,15 @@ pub async fn run(
     .map_err(|_| DaemonError::Worker)?
     .map_err(DaemonError::Mirror)?;
     let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
+    let (pushed_tx, mut pushed_rx) = mpsc::channel::<()>(1);
     if let Some(hooks) = &settings.webhook {
-        // A push reported by webhook wakes the loop as a local commit does.
-        let tx = changed_tx.clone();
-        let routes = webhook::routes(hooks, &settings.remote.branch, tx, admin.telemetry.clone());
+        // A push reported by webhook wakes the loop at once: the remote has the whole push.
+        let routes = webhook::routes(
+            hooks,
+            &settings.remote.branch,
+            pushed_tx,
+            admin.telemetry.clone(),
+        );
         admin.mount(routes);
         tracing::info!(
             github = webhook::GITHUB_PATH,
@@ -171,7 +178,7 @@ pub async fn run(
     loop {
         match event {
             Event::Shutdown => break,
-            Event::Tick | Event::Changed => {}
+            Event::Tick | Event::Changed | Event::Pushed => {}
         }
         let (wake, complete) = daemon.look().await;
         if complete {
@@ -194,6 +201,7 @@ pub async fn run(
                 while changed_rx.try_recv().is_ok() {}
                 Event::Changed
             }
+            Some(()) = pushed_rx.recv() => Event::Pushed,
         };
     }
     admin.set_ready(false);
@@ -708,6 +716,11 @@ impl Daemon {
         if !matches!(plan.status.progress, Progress::Aborted { .. }) {
             f.revert = None;
         }
+        f.revert_pr = f
+            .revert
+            .as_ref()
+            .and_then(|branch| self.outbox.as_ref()?.opened(branch))
+            .or_else(|| f.revert_pr.take().filter(|_| f.revert.is_some()));
         f.updated_at = now;
         f
     }

@@ -221,6 +221,9 @@ impl World {
             .url
             .clone()
             .unwrap_or_else(|| self.remote.display().to_string());
+        // Picked now, not when the world was made: another test's server may have taken the
+        // port picked then (it was free, not held).
+        self.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(env!("CARGO_BIN_EXE_canaryd"));
         command.args(["run", "--repo", &repo]);
         if let Some(config) = &self.config {
@@ -1156,6 +1159,21 @@ mod on_github {
         ] {
             assert!(body.contains(evidence), "missing `{evidence}` in:\n{body}");
         }
+        // The status file says where the pull request is, and so does its commit.
+        let url = format!(
+            "https://github.com/{OWNER}/{REPO}/pull/{}",
+            pull["number"].as_u64().unwrap()
+        );
+        w.wait_for("checkout", 20, "the pull request recorded", |s| {
+            s.revert_pr.as_deref() == Some(url.as_str())
+        });
+        let log = w.status_log("checkout");
+        assert!(
+            log.contains(&format!(
+                "checkout: aborted; revert pull request {url} opened"
+            )),
+            "{log}"
+        );
         let seen = states(&gh, &merge);
         assert_eq!(
             seen.first().map(String::as_str),

@@ -648,7 +648,13 @@ fn the_daemon_rolls_out_through_an_https_remote_and_writes_the_password_nowhere(
     w.url = Some(server.url("remote.git"));
     w.start_on_stable(STEPS);
     w.merge("checkout.yaml", &w.spec(true, STEPS), "canary: green 1.1");
-    w.wait_for("checkout", 30, "promoted", |s| phase(s) == "promoted");
+    // Promotion is recorded before it is applied: wait for the router to read back 100.
+    w.wait_for("checkout", 30, "promoted and verified", |s| {
+        phase(s) == "promoted"
+            && s.live
+                .as_ref()
+                .is_some_and(|l| l.backends.get("green").is_some_and(|w| w.get() == 100))
+    });
     assert_eq!(w.traffic(20).by_backend.get("green"), Some(&20));
 
     // Every fetch and push went through the server, as robot.
@@ -667,6 +673,21 @@ fn the_daemon_rolls_out_through_an_https_remote_and_writes_the_password_nowhere(
     let history = git(&w.remote, &["log", "--all", "-p", "--format=%H%n%B"]);
     assert!(history.contains("checkout: promoted"), "{history}");
     assert!(!history.contains(PASSWORD));
+
+    // `canaryd status` reads the same remote with the same credentials.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["status", "--repo", &server.url("remote.git"), "--config"])
+        .arg(&config)
+        .env_remove("CANARYD_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("rollout checkout: promoted"), "{text}");
     assert_eq!(w.terminate(), Some(0), "{}", w.logs());
 }
 
