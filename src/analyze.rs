@@ -15,9 +15,6 @@ use crate::provider::{self, Providers};
 use crate::record::MetricValue;
 use crate::router::Driver;
 
-/// The window of an analysis with no interval (one measurement), as the daemon uses.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
-
 /// One analysis of the rollout, measured once.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -72,7 +69,7 @@ pub async fn analyze(
     let target = rollout.target();
     let mut out = Vec::new();
     for (label, a) in analyses(rollout) {
-        let window = a.interval.unwrap_or(DEFAULT_WINDOW);
+        let window = a.window();
         let mut metrics = Vec::new();
         for metric in &a.metrics {
             let (_, value) = provider::take(metric, target, router, window, providers, now).await;

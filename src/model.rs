@@ -304,6 +304,17 @@ pub struct Analysis {
     pub on_inconclusive: InconclusivePolicy,
 }
 
+impl Analysis {
+    /// The window each measurement covers: the interval, or [`DEFAULT_WINDOW`] for a single
+    /// measurement.
+    pub fn window(&self) -> Duration {
+        self.interval.unwrap_or(DEFAULT_WINDOW)
+    }
+}
+
+/// The window of a single measurement (an analysis without an interval).
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+
 /// Retry interval after a measurement error, as Argo Rollouts: errors are retried sooner
 /// than the interval so that an outage is noticed (and tolerated) quickly.
 pub const ERROR_RETRY: Duration = Duration::from_secs(10);
@@ -312,6 +323,7 @@ pub const ERROR_RETRY: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metric {
     pub name: String,
+    /// For the judge, its first metric's (each judged metric names its own).
     pub provider: ProviderKind,
     /// Templated (`{{ canary }}`…); empty for the judge.
     pub query: String,

@@ -148,7 +148,7 @@ pub async fn measure(
     }
     match metric.provider {
         ProviderKind::Embedded => {
-            let r = embedded(metric, target, router)?;
+            let r = embedded(&metric.name, target, router)?;
             let (value, samples) = r
                 .reading(
                     &target.service,
@@ -208,16 +208,17 @@ fn backend(target: &Target, side: Side) -> &str {
     }
 }
 
+/// The embedded router of `target`, which metric `name` is measured on.
 fn embedded<'a>(
-    metric: &Metric,
+    name: &str,
     target: &Target,
     router: Option<&'a Driver>,
 ) -> Result<&'a crate::router::embedded::EmbeddedRouter, String> {
     match router {
         Some(Driver::Embedded(r)) => Ok(r),
         Some(_) => Err(format!(
-            "metric `{}` uses the embedded provider, but router `{}` is not the embedded router",
-            metric.name, target.router
+            "metric `{name}` uses the embedded provider, but router `{}` is not the embedded router",
+            target.router
         )),
         None => Err(format!(
             "router `{}` is not running here: the embedded provider's counters live in the daemon that runs it",
@@ -249,27 +250,15 @@ async fn judge_once(
         let mut sides = [Vec::new(), Vec::new()];
         for (i, side) in [Side::Canary, Side::Stable].into_iter().enumerate() {
             let values = match m.provider {
-                ProviderKind::Embedded => {
-                    let probe = Metric {
-                        name: m.spec.name.clone(),
-                        provider: m.provider,
-                        query: m.query.clone(),
-                        success: None,
-                        failure: None,
-                        min_samples: None,
-                        samples_query: None,
-                        judge: None,
-                    };
-                    embedded(&probe, target, router)?
-                        .series(
-                            &target.service,
-                            backend(target, side),
-                            &m.query,
-                            window,
-                            step,
-                        )
-                        .map_err(|e| e.to_string())?
-                }
+                ProviderKind::Embedded => embedded(&m.spec.name, target, router)?
+                    .series(
+                        &target.service,
+                        backend(target, side),
+                        &m.query,
+                        window,
+                        step,
+                    )
+                    .map_err(|e| e.to_string())?,
                 ProviderKind::Prometheus => {
                     let query = render(&m.query, &vars(target, side, step))?;
                     // Points at start + step … now: each covers the step before it, so the

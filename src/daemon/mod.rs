@@ -43,8 +43,6 @@ const PUSH_ATTEMPTS: usize = 5;
 const ROUNDS: usize = 4;
 /// How far back gate commits and a rollout's history are searched.
 const HISTORY: usize = 500;
-/// The window a metric is measured over when its analysis has no interval.
-const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
 /// Everything `canaryd run` needs, parsed once in `main`.
 #[derive(Clone, Debug)]
@@ -1009,7 +1007,7 @@ impl Daemon {
             let Some(metric) = a.metrics.iter().find(|m| m.name == due.metric) else {
                 continue;
             };
-            let window = a.interval.unwrap_or(DEFAULT_WINDOW);
+            let window = a.window();
             let (m, value) = provider::take(
                 metric,
                 target,

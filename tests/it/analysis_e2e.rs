@@ -56,7 +56,7 @@ fn on_haproxy(fails: f64) -> OnHaproxy {
 /// `canaryd analyze checkout` in the working clone with the daemon's configuration: exit code
 /// and stdout.
 fn analyze(w: &World, json: bool) -> (i32, String) {
-    let config = w.dir.path().join("canaryd.yaml");
+    let config = w.config_file();
     let mut command = Command::new(env!("CARGO_BIN_EXE_canaryd"));
     command
         .args(["analyze", "checkout", "--repo"])

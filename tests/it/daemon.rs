@@ -227,7 +227,7 @@ impl World {
         let mut command = Command::new(env!("CARGO_BIN_EXE_canaryd"));
         command.args(["run", "--repo", &repo]);
         if let Some(config) = &self.config {
-            let path = self.dir.path().join("canaryd.yaml");
+            let path = self.config_file();
             std::fs::write(&path, config).unwrap();
             command.arg("--config").arg(path);
         }
@@ -247,6 +247,11 @@ impl World {
             .spawn()
             .unwrap();
         self.daemon = Some(child);
+    }
+
+    /// Where [`World::start`] writes `config` for the daemon (and for CLI commands to read).
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("canaryd.yaml")
     }
 
     /// SIGKILL: no chance to clean up.
@@ -1114,6 +1119,13 @@ mod on_github {
             .collect()
     }
 
+    /// Waits until the last status set on `sha` is `state`.
+    fn wait_state(gh: &FakeGitHub, sha: &str, state: &str) {
+        wait(&format!("the {state} status"), 20, || {
+            states(gh, sha).last().map(String::as_str) == Some(state)
+        });
+    }
+
     fn wait(what: &str, secs: u64, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !done() {
@@ -1138,9 +1150,7 @@ mod on_github {
         });
         let branch = aborted.revert.clone().unwrap();
         wait("the pull request", 20, || gh.pulls().len() == 1);
-        wait("the failure status", 20, || {
-            states(&gh, &merge).last().map(String::as_str) == Some("failure")
-        });
+        wait_state(&gh, &merge, "failure");
         let pull = &gh.pulls()[0];
         assert_eq!(pull["head"]["ref"], branch.as_str(), "{pull}");
         assert_eq!(pull["base"]["ref"], "main");
@@ -1228,16 +1238,12 @@ mod on_github {
         w.start_on_stable(HELD);
         let merge = w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
         w.wait_for("checkout", 30, "paused at 30%", |s| phase(s) == "paused");
-        wait("the pending status", 20, || {
-            states(&gh, &merge).last().map(String::as_str) == Some("pending")
-        });
+        wait_state(&gh, &merge, "pending");
         git(&w.work, &["revert", "--no-edit", "HEAD"]);
         git(&w.work, &["push", "-q", "origin", "HEAD:main"]);
         let revert = git(&w.work, &["rev-parse", "HEAD"]).trim().to_string();
         w.wait_for("checkout", 20, "rolled back", |s| phase(s) == "rolledBack");
-        wait("the error status", 20, || {
-            states(&gh, &merge).last().map(String::as_str) == Some("error")
-        });
+        wait_state(&gh, &merge, "error");
         let description = {
             let fake = gh.fake.lock().unwrap();
             fake.statuses.last().unwrap()["description"].clone()
@@ -1257,9 +1263,7 @@ mod on_github {
         w.start_on_stable(STEPS);
         let merge = w.merge("checkout.yaml", &w.spec(true, STEPS), "canary: green 1.1");
         w.wait_for("checkout", 40, "promoted", |s| phase(s) == "promoted");
-        wait("the success status", 20, || {
-            states(&gh, &merge).last().map(String::as_str) == Some("success")
-        });
+        wait_state(&gh, &merge, "success");
         let seen = states(&gh, &merge);
         assert!(seen.len() >= 2 && seen[0] == "pending", "{seen:?}");
         assert!(gh.pulls().is_empty());

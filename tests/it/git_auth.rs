@@ -626,6 +626,17 @@ fn phase(s: &canaryd::record::StatusFile) -> &'static str {
     s.status.progress.phase()
 }
 
+/// Points the world's daemon at `server`'s remote as `robot`, with `password` from a file.
+fn as_robot(w: &mut World, server: &HttpGit, password: &str) {
+    let file = w.dir.path().join("git-password");
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    w.config = Some(format!(
+        "gitAuth:\n  username: robot\n  password: {{file: {}}}\n",
+        file.display()
+    ));
+    w.url = Some(server.url("remote.git"));
+}
+
 const STEPS: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 1s}\n    - setWeight: 50\n    - pause: {duration: 1s}\n";
 
 #[test]
@@ -633,19 +644,7 @@ fn the_daemon_rolls_out_through_an_https_remote_and_writes_the_password_nowhere(
     let mut w = World::new(0.0, 0.0);
     git(&w.remote, &["config", "http.receivepack", "true"]);
     let server = HttpGit::start(w.dir.path(), &[("robot", PASSWORD)]);
-    let password = w.dir.path().join("git-password");
-    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
-    let config = w.dir.path().join("canaryd.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "gitAuth:\n  username: robot\n  password: {{file: {}}}\n",
-            password.display()
-        ),
-    )
-    .unwrap();
-    w.config = Some(std::fs::read_to_string(&config).unwrap());
-    w.url = Some(server.url("remote.git"));
+    as_robot(&mut w, &server, PASSWORD);
     w.start_on_stable(STEPS);
     w.merge("checkout.yaml", &w.spec(true, STEPS), "canary: green 1.1");
     // Promotion is recorded before it is applied: wait for the router to read back 100.
@@ -677,7 +676,7 @@ fn the_daemon_rolls_out_through_an_https_remote_and_writes_the_password_nowhere(
     // `canaryd status` reads the same remote with the same credentials.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_canaryd"))
         .args(["status", "--repo", &server.url("remote.git"), "--config"])
-        .arg(&config)
+        .arg(w.config_file())
         .env_remove("CANARYD_CONFIG")
         .output()
         .unwrap();
@@ -697,19 +696,7 @@ fn a_daemon_with_a_wrong_password_is_not_ready_and_says_why_without_it() {
     let server = HttpGit::start(w.dir.path(), &[("robot", PASSWORD)]);
     w.merge("checkout.yaml", &w.spec(false, STEPS), "checkout on blue");
     let wrong = "wrong-Jd83k-guess";
-    let password = w.dir.path().join("git-password");
-    std::fs::write(&password, wrong).unwrap();
-    let config = w.dir.path().join("canaryd.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "gitAuth:\n  username: robot\n  password: {{file: {}}}\n",
-            password.display()
-        ),
-    )
-    .unwrap();
-    w.config = Some(std::fs::read_to_string(&config).unwrap());
-    w.url = Some(server.url("remote.git"));
+    as_robot(&mut w, &server, wrong);
     w.start();
     std::thread::sleep(Duration::from_secs(3));
     assert!(crate::daemon::http_get(w.admin, "/readyz").starts_with("HTTP/1.1 503"));

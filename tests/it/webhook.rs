@@ -470,13 +470,10 @@ fn a_signed_push_wakes_the_real_daemon_long_before_its_poll() {
     w.url = Some(format!("file://{}", w.remote.display()));
     let secret = w.dir.path().join("webhook-secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
-    let config = w.dir.path().join("canaryd.yaml");
-    std::fs::write(
-        &config,
-        format!("webhook:\n  secret: {{file: {}}}\n", secret.display()),
-    )
-    .unwrap();
-    w.config = Some(std::fs::read_to_string(&config).unwrap());
+    w.config = Some(format!(
+        "webhook:\n  secret: {{file: {}}}\n",
+        secret.display()
+    ));
     w.start_on_stable(HELD);
 
     let merged = w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
