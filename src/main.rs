@@ -659,14 +659,7 @@ fn analyze(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // No router: the only provider that needs one is the embedded router's counters, which live
-    // in the daemon (connecting here would start a second router).
-    let measured = rt.block_on(canaryd::analyze::analyze(
-        rollout,
-        None,
-        &providers,
-        Utc::now(),
-    ));
+    let measured = rt.block_on(canaryd::analyze::analyze(rollout, &providers, Utc::now()));
     match output {
         Output::Human => emit(&canaryd::analyze::human(rollout, &measured))?,
         Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&measured)?))?,
