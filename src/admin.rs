@@ -1,7 +1,6 @@
 //! The admin HTTP server: `/healthz` (liveness), `/readyz` (readiness), `/metrics` (Prometheus text), and the routes the daemon mounts next to them (its webhooks).
 
 use std::fmt;
-use std::future::IntoFuture as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use crate::listener::{self, ListenerLimits, ListenerStats};
 use crate::telemetry::Telemetry;
 
 /// The content type of the Prometheus text exposition format 0.0.4.
@@ -30,6 +30,8 @@ type Renderer = Arc<dyn Fn(&mut String) + Send + Sync>;
 /// next to them.
 pub struct Admin {
     pub telemetry: Arc<Telemetry>,
+    /// What the admin listener refused, timed out or saw aborted.
+    pub listener: Arc<ListenerStats>,
     ready: AtomicBool,
     extra: Mutex<Vec<Renderer>>,
     mounted: Mutex<Option<Router>>,
@@ -51,6 +53,7 @@ impl Admin {
     pub fn new(telemetry: Arc<Telemetry>) -> Arc<Admin> {
         Arc::new(Admin {
             telemetry,
+            listener: Arc::new(ListenerStats::default()),
             ready: AtomicBool::new(false),
             extra: Mutex::new(Vec::new()),
             mounted: Mutex::new(None),
@@ -104,6 +107,8 @@ impl Admin {
     pub fn render(&self) -> String {
         let mut out = String::new();
         self.telemetry.render(&mut out);
+        self.listener
+            .render("canaryd_admin_listener", "admin", "", &mut out);
         for r in self.renderers() {
             r(&mut out);
         }
@@ -149,15 +154,26 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` is cancelled; then the admin is
-/// marked not ready (`/readyz` answers 503 to requests still in flight), no new connection is
-/// accepted, and in-flight requests get `GRACE` to finish.
+/// [`serve_with`] the default limits.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_with(listener, ListenerLimits::default(), admin, shutdown).await
+}
+
+/// Serves the admin endpoints on `listener` (HTTP/1.1 only, within `limits`: see
+/// [`crate::listener`]) until `shutdown` is cancelled; then the admin is marked not ready
+/// (`/readyz` answers 503 to requests still in flight), no new connection is accepted, and
+/// in-flight requests get `GRACE` to finish.
 ///
 /// The server stops listening as soon as `shutdown` is cancelled, so a load balancer only sees
 /// `/readyz` turn 503 if the daemon calls [`Admin::set_ready`]`(false)` when it starts shutting
 /// down and cancels this server's token last (a child token cancelled after its work drained).
-pub async fn serve(
+pub async fn serve_with(
     listener: TcpListener,
+    limits: ListenerLimits,
     admin: Arc<Admin>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -173,21 +189,27 @@ pub async fn serve(
             admin: admin.clone(),
             shutdown: shutdown.clone(),
         });
+    let stats = admin.listener.clone();
     let signal = shutdown.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            signal.cancelled().await;
-            admin.set_ready(false);
-        })
-        .into_future();
-    tokio::select! {
-        result = server => result,
-        () = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(GRACE).await;
-        } => {
-            tracing::warn!("admin server: requests still open after the grace period, leaving them");
-            Ok(())
-        }
-    }
+    let not_ready = admin.clone();
+    tokio::spawn(async move {
+        signal.cancelled().await;
+        not_ready.set_ready(false);
+    });
+    listener::serve(
+        "admin",
+        listener,
+        limits,
+        stats,
+        move |_peer| {
+            let app = app.clone();
+            hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                app.clone().oneshot(req)
+            })
+        },
+        GRACE,
+        shutdown,
+    )
+    .await;
+    Ok(())
 }

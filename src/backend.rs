@@ -40,7 +40,8 @@ pub struct BackendConfig {
 struct Backend {
     config: BackendConfig,
     fail_fraction: f64,
-    served: AtomicU64,
+    /// Requests whose body was read whole and that were answered.
+    served: Arc<AtomicU64>,
 }
 
 /// Whether request `n` (counting from 0) fails at `fraction`: iff ⌊(n+1)·f⌋ > ⌊n·f⌋, so that
@@ -54,7 +55,14 @@ pub fn fails(n: u64, fraction: f64) -> bool {
     ((n + 1) as f64 * f).floor() > (n as f64 * f).floor()
 }
 
-async fn answer(State(b): State<Arc<Backend>>) -> Response {
+async fn answer(State(b): State<Arc<Backend>>, body: axum::body::Body) -> Response {
+    // The whole body first, as a real service reads an upload before it answers.
+    let mut body = body;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        if frame.is_err() {
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+    }
     let n = b.served.fetch_add(1, Ordering::SeqCst);
     if !b.config.latency.is_zero() {
         tokio::time::sleep(b.config.latency).await;
@@ -77,13 +85,23 @@ async fn answer(State(b): State<Arc<Backend>>) -> Response {
     response
 }
 
-/// Serves `config`'s backend on `listener`, answering every request (any path or method),
-/// until `shutdown` is cancelled; the task then ends within about a second.
+/// Serves `config`'s backend on `listener`, answering every request (any path or method) once
+/// its body is read, until `shutdown` is cancelled; the task then ends within about a second.
 pub async fn spawn(
     listener: TcpListener,
     config: BackendConfig,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
+    spawn_counted(listener, config, shutdown).await.0
+}
+
+/// [`spawn`], with the count of requests the backend has answered.
+pub async fn spawn_counted(
+    listener: TcpListener,
+    config: BackendConfig,
+    shutdown: CancellationToken,
+) -> (JoinHandle<()>, Arc<AtomicU64>) {
+    let served = Arc::new(AtomicU64::new(0));
     let fail_fraction = if config.fail_fraction.is_nan() {
         0.0
     } else {
@@ -93,10 +111,10 @@ pub async fn spawn(
     let backend = Arc::new(Backend {
         config,
         fail_fraction,
-        served: AtomicU64::new(0),
+        served: served.clone(),
     });
     let app = Router::new().fallback(answer).with_state(backend);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let signal = shutdown.clone();
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move { signal.cancelled().await })
@@ -112,7 +130,8 @@ pub async fn spawn(
                 tokio::time::sleep(GRACE).await;
             } => {}
         }
-    })
+    });
+    (task, served)
 }
 
 /// How much load to send.

@@ -12,11 +12,21 @@
 // Each network operation runs with one `Session`: the credentials of `GitAuth`, each kind
 // given once (libgit2 asks again after a refusal, and would go on asking forever), the SSH host
 // keys of a known_hosts file, and the secrets it handed out, scrubbed from what libgit2 says.
+//
+// The mirror is the daemon's alone (it holds its data dir's lock), and the daemon runs one Git
+// operation at a time, so a `*.lock` file met in the mirror was left by a process that died
+// between creating it and renaming it over the ref: it is stale. The daemon clears them at
+// start (`clear_stale_locks`), and a ref update that meets one clears them and tries once more.
+// The refs staged under `refs/canaryd/` are written afresh by every use; leftovers are dropped
+// when the mirror is opened. The remote is the truth: nothing in the mirror is trusted that the
+// next fetch does not write again.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use git2::{
@@ -39,6 +49,19 @@ pub const MAX_HISTORY_WALK: usize = 100_000;
 const ORIGIN: &str = "origin";
 /// Trees nested deeper than this under the rollouts folder are not read.
 const MAX_DEPTH: usize = 64;
+/// Where canaryd stages the refs it fetches and pushes, in the mirror.
+const STAGING: &str = "refs/canaryd/";
+
+/// Fault injection for the crash tests (`canaryd run --exit-after-status-push`, hidden): when
+/// set, the process aborts right after a status push succeeds, before the staged ref is deleted
+/// and the local copy of the status branch is moved.
+static ABORT_AFTER_STATUS_PUSH: AtomicBool = AtomicBool::new(false);
+
+/// Makes every later successful status push abort the process at once. For tests only.
+#[doc(hidden)]
+pub fn abort_after_status_push() {
+    ABORT_AFTER_STATUS_PUSH.store(true, Ordering::Relaxed);
+}
 
 /// What went wrong talking to Git. Messages name URLs only through [`redact`].
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +300,8 @@ pub enum RevertBranch {
     Existed(String),
 }
 
-/// The daemon's own bare clone of the remote, in its data directory.
+/// The daemon's own bare clone of the remote, in its data directory. One `Mirror` at a time
+/// uses a directory (the daemon holds its data dir's lock): a lock file met in it is stale.
 pub struct Mirror {
     repo: Repository,
     dir: PathBuf,
@@ -310,7 +334,8 @@ enum Pushed {
 
 impl Mirror {
     /// Opens or creates the bare mirror at `dir` (e.g. `<data_dir>/mirror.git`) for `remote`;
-    /// updates the origin URL if it changed.
+    /// updates the origin URL if it changed, and drops the refs a fetch or push interrupted by
+    /// a crash left staged.
     pub fn open(dir: &Path, remote: Remote, author: Author) -> Result<Mirror, GitError> {
         check_branch(&remote.branch)?;
         check_branch(&remote.status_branch)?;
@@ -335,25 +360,38 @@ impl Mirror {
             auth: GitAuth::default(),
         };
         let url = mirror.remote.url.as_str();
-        match mirror.repo.find_remote(ORIGIN) {
+        let repo = &mirror.repo;
+        match repo.find_remote(ORIGIN) {
             Ok(r) if r.url() == Some(url) => {}
             Ok(_) => mirror
-                .repo
-                .remote_set_url(ORIGIN, url)
+                .unlocked(|| repo.remote_set_url(ORIGIN, url))
                 .map_err(mirror.repo_err("remote configuration"))?,
             Err(_) => {
                 // No configured fetch refspec: fetches name exactly the refs they want, and
                 // libgit2's opportunistic updates of `refs/remotes/origin/*` stay out of it.
                 mirror
-                    .repo
-                    .remote(ORIGIN, url)
+                    .unlocked(|| repo.remote(ORIGIN, url).map(drop))
                     .map_err(mirror.repo_err("remote configuration"))?;
                 mirror
-                    .repo
-                    .config()
-                    .and_then(|mut c| c.remove_multivar(&format!("remote.{ORIGIN}.fetch"), ".*"))
+                    .unlocked(|| {
+                        repo.config()?
+                            .remove_multivar(&format!("remote.{ORIGIN}.fetch"), ".*")
+                    })
                     .map_err(mirror.repo_err("remote configuration"))?;
             }
+        }
+        // Each use writes its staged ref afresh; a leftover only keeps its commit alive.
+        let staged: Vec<String> = repo
+            .references_glob(&format!("{STAGING}*"))
+            .map_err(mirror.repo_err("read refs"))?
+            .filter_map(|r| r.ok()?.name().map(str::to_string))
+            .collect();
+        for name in staged {
+            tracing::warn!(
+                reference = %name,
+                "dropped a ref left staged in the git mirror by an interrupted fetch or push"
+            );
+            mirror.delete_ref(&name)?;
         }
         Ok(mirror)
     }
@@ -374,11 +412,7 @@ impl Mirror {
             self.fetch_refs(&[format!("refs/heads/{spec}"), format!("refs/heads/{status}")])?;
         for (branch, tip) in [spec, status].into_iter().zip(&tips) {
             match tip {
-                Some(oid) => {
-                    self.repo
-                        .reference(&tracking(branch), *oid, true, "canaryd: fetch")
-                        .map_err(self.repo_err("update ref"))?;
-                }
+                Some(oid) => self.set_ref(&tracking(branch), *oid, "canaryd: fetch")?,
                 None => self.delete_ref(&tracking(branch))?,
             }
         }
@@ -551,14 +585,8 @@ impl Mirror {
         match self.push_commit(commit, &dst)? {
             Pushed::Rejected => Ok(Push::Rejected),
             Pushed::Done => {
-                self.repo
-                    .reference(
-                        &tracking(&self.remote.status_branch),
-                        commit,
-                        true,
-                        "canaryd: status pushed",
-                    )
-                    .map_err(self.repo_err("update ref"))?;
+                let local = tracking(&self.remote.status_branch);
+                self.set_ref(&local, commit, "canaryd: status pushed")?;
                 Ok(Push::Pushed(commit.to_string()))
             }
         }
@@ -719,11 +747,51 @@ impl Mirror {
         }
     }
 
+    /// Points the mirror's ref `name` at `oid`, whatever it pointed at.
+    fn set_ref(&self, name: &str, oid: Oid, log: &str) -> Result<(), GitError> {
+        self.unlocked(|| self.repo.reference(name, oid, true, log).map(drop))
+            .map_err(self.repo_err("update ref"))
+    }
+
     fn delete_ref(&self, name: &str) -> Result<(), GitError> {
-        match self.repo.find_reference(name) {
-            Ok(mut r) => r.delete().map_err(self.repo_err("delete ref")),
+        let delete = || match self.repo.find_reference(name) {
+            Ok(mut r) => r.delete(),
             Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
-            Err(e) => Err(self.repo_err("read ref")(e)),
+            Err(e) => Err(e),
+        };
+        self.unlocked(delete).map_err(self.repo_err("delete ref"))
+    }
+
+    /// Runs `op`, a change to the mirror's refs or configuration. If a lock file is in its way,
+    /// that lock is stale (see the top of this file): clears the mirror's locks and runs `op`
+    /// once more.
+    fn unlocked<T>(
+        &self,
+        mut op: impl FnMut() -> Result<T, git2::Error>,
+    ) -> Result<T, git2::Error> {
+        match op() {
+            Err(e) if e.code() == ErrorCode::Locked && self.cleared_locks() => op(),
+            other => other,
+        }
+    }
+
+    /// Removes the mirror's lock files, met at run time (stale: see the top of this file);
+    /// whether there were any.
+    fn cleared_locks(&self) -> bool {
+        match clear_stale_locks(&self.dir) {
+            Ok(removed) => {
+                for lock in &removed {
+                    tracing::warn!(
+                        lock = %lock.display(),
+                        "removed a stale lock file from the git mirror"
+                    );
+                }
+                !removed.is_empty()
+            }
+            Err(e) => {
+                tracing::warn!(mirror = %self.dir.display(), "cannot clear stale lock files: {e}");
+                false
+            }
         }
     }
 
@@ -802,11 +870,15 @@ impl Mirror {
     /// Pushes `commit` to `dst` on the remote, without force.
     fn push_commit(&self, commit: Oid, dst: &str) -> Result<Pushed, GitError> {
         // libgit2 pushes references, not ids: stage the commit under our own namespace.
-        let src = format!("refs/canaryd/outgoing/{}", dst.trim_start_matches("refs/"));
-        self.repo
-            .reference(&src, commit, true, "canaryd: push")
-            .map_err(self.repo_err("update ref"))?;
+        let src = format!("{STAGING}outgoing/{}", dst.trim_start_matches("refs/"));
+        self.set_ref(&src, commit, "canaryd: push")?;
         let result = push_ref(&self.repo, ORIGIN, &self.remote.url, &src, dst, &self.auth);
+        if ABORT_AFTER_STATUS_PUSH.load(Ordering::Relaxed)
+            && matches!(result, Ok(Pushed::Done))
+            && dst == format!("refs/heads/{}", self.remote.status_branch)
+        {
+            std::process::abort();
+        }
         self.delete_ref(&src)?;
         result
     }
@@ -833,7 +905,7 @@ impl Mirror {
         }
         let staging: Vec<String> = names
             .iter()
-            .map(|n| format!("refs/canaryd/fetch/{}", n.trim_start_matches("refs/")))
+            .map(|n| format!("{STAGING}fetch/{}", n.trim_start_matches("refs/")))
             .collect();
         for s in &staging {
             self.delete_ref(s)?;
@@ -843,19 +915,28 @@ impl Mirror {
             .zip(&staging)
             .map(|(n, s)| format!("+{n}:{s}"))
             .collect();
-        let mut remote = self.origin()?;
-        let session = Session::new(&self.auth, &self.remote.url, self.repo.config().ok());
-        let mut opts = FetchOptions::new();
-        opts.remote_callbacks(session.callbacks())
-            .download_tags(AutotagOption::None)
-            .update_fetchhead(false);
-        remote
-            .fetch(&specs, Some(&mut opts), Some("canaryd: fetch"))
-            .map_err(|e| GitError::Remote {
-                op: "fetch from",
-                url: redact(&self.remote.url),
-                source: session.cause(&e),
-            })?;
+        let fetch = || {
+            // A session per attempt: each gives every kind of credential once.
+            let mut remote = self.origin()?;
+            let session = Session::new(&self.auth, &self.remote.url, self.repo.config().ok());
+            let mut opts = FetchOptions::new();
+            opts.remote_callbacks(session.callbacks())
+                .download_tags(AutotagOption::None)
+                .update_fetchhead(false);
+            remote
+                .fetch(&specs, Some(&mut opts), Some("canaryd: fetch"))
+                .map_err(|e| GitError::Remote {
+                    op: "fetch from",
+                    url: redact(&self.remote.url),
+                    source: session.cause(&e),
+                })
+        };
+        // Writing a staged ref can meet a stale lock too (libgit2 then reports an OS error,
+        // not `Locked`): after any failure, a lock in the mirror is taken to be the cause.
+        match fetch() {
+            Err(_) if self.cleared_locks() => fetch()?,
+            other => other?,
+        }
         let mut tips = Vec::new();
         for s in &staging {
             tips.push(self.ref_tip(s)?);
@@ -863,6 +944,39 @@ impl Mirror {
         }
         Ok(tips)
     }
+}
+
+/// Removes the `*.lock` files in the mirror at `dir` (outside `objects/`, where no lock stands
+/// in the mirror's way) and returns their paths. Git and libgit2 change a ref, `packed-refs`,
+/// `HEAD` or `config` by writing `<file>.lock` and renaming it over the file; a process killed
+/// in between leaves the lock, and every later change of that file fails. Call it only while no
+/// other process can be using the mirror: the daemon holds its data dir's lock.
+pub fn clear_stale_locks(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let objects = dir.join("objects");
+    let mut removed = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(folder) = todo.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let (path, kind) = (entry.path(), entry.file_type()?);
+            if kind.is_dir() && path != objects {
+                todo.push(path);
+            } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed.push(path),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
 }
 
 /// Walks a tree of spec files for [`Mirror::spec_files`].
@@ -2640,6 +2754,112 @@ mod tests {
             place: "u".into(),
         };
         assert!(!missing.is_transient());
+    }
+
+    /// A mirror of a local bare remote whose `main` holds one spec file.
+    fn mirror_of_new_remote(dir: &Path) -> Mirror {
+        let remote = dir.join("remote.git");
+        init_bare(&remote, "main").unwrap();
+        let spec = BTreeMap::from([("rollouts/a.yaml".to_string(), Some("a: 1\n".to_string()))]);
+        commit_files(&remote, "main", &spec, "spec", &Author::default()).unwrap();
+        let remote = Remote {
+            url: remote.display().to_string(),
+            branch: "main".into(),
+            status_branch: "canaryd/status".into(),
+            rollouts_dir: "rollouts".into(),
+        };
+        Mirror::open(&dir.join("mirror.git"), remote, Author::default()).unwrap()
+    }
+
+    fn plant(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "").unwrap();
+    }
+
+    #[test]
+    fn a_stale_lock_met_at_run_time_is_cleared_and_the_update_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = mirror_of_new_remote(dir.path());
+        let status = |n: usize| BTreeMap::from([("web".to_string(), Some(format!("n: {n}\n")))]);
+        mirror.fetch().unwrap();
+        assert!(matches!(
+            mirror.commit_status(&status(0), "s").unwrap(),
+            Push::Pushed(_)
+        ));
+        // Every ref a fetch or a status push updates in the mirror.
+        let locks = [
+            "refs/canaryd/fetch/heads/main.lock",
+            "refs/canaryd/fetch/heads/canaryd/status.lock",
+            "refs/remotes/origin/main.lock",
+            "refs/remotes/origin/canaryd/status.lock",
+            "refs/canaryd/outgoing/heads/canaryd/status.lock",
+        ];
+        for (n, lock) in locks.iter().enumerate() {
+            let path = mirror.dir.join(lock);
+            plant(&path);
+            let heads = mirror.fetch().unwrap();
+            assert!(heads.spec.is_some() && heads.status.is_some(), "{lock}");
+            let pushed = mirror.commit_status(&status(n + 1), "s").unwrap();
+            assert!(matches!(pushed, Push::Pushed(_)), "{lock}: {pushed:?}");
+            assert!(!path.exists(), "{lock} is still there");
+        }
+        assert_eq!(mirror.status_files().unwrap()["web"], "n: 5\n");
+    }
+
+    #[test]
+    fn opening_the_mirror_drops_refs_left_staged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = mirror_of_new_remote(dir.path());
+        let tip = mirror.fetch().unwrap().spec.unwrap();
+        let oid = Oid::from_str(&tip).unwrap();
+        for name in [
+            "refs/canaryd/outgoing/heads/canaryd/status",
+            "refs/canaryd/fetch/heads/main",
+        ] {
+            mirror.set_ref(name, oid, "test").unwrap();
+        }
+        let (remote, path) = (mirror.remote.clone(), mirror.dir.clone());
+        drop(mirror);
+        let mirror = Mirror::open(&path, remote, Author::default()).unwrap();
+        let left = mirror
+            .repo
+            .references_glob("refs/canaryd/*")
+            .unwrap()
+            .count();
+        assert_eq!(left, 0);
+        assert_eq!(mirror.fetch().unwrap().spec, Some(tip));
+    }
+
+    #[test]
+    fn stale_locks_are_found_anywhere_but_among_the_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path();
+        for f in [
+            "HEAD.lock",
+            "config.lock",
+            "packed-refs.lock",
+            "refs/heads/a/b.lock",
+            "objects/info/commit-graph.lock",
+            "refs/heads/keep",
+        ] {
+            plant(&m.join(f));
+        }
+        let removed = clear_stale_locks(m).unwrap();
+        let names: Vec<String> = removed
+            .iter()
+            .map(|p| p.strip_prefix(m).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "HEAD.lock",
+                "config.lock",
+                "packed-refs.lock",
+                "refs/heads/a/b.lock"
+            ]
+        );
+        assert!(m.join("refs/heads/keep").exists());
+        assert!(clear_stale_locks(&m.join("nowhere")).unwrap().is_empty());
     }
 
     #[test]

@@ -43,6 +43,8 @@
 //!   revert pull requests and commit statuses; the daemon sends to it from a worker.
 //! - [`secret`]: secrets read from files or the environment, never printed.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`; [`telemetry`] the events that both log and count.
+//! - [`listener`]: the HTTP/1.1 listener under the embedded router and the admin endpoints
+//!   (backlog, connection cap, header-read timeout and size limit, what it refused, counted).
 //! - [`backend`]: demo backends and a bounded loopback load generator, for the demo and tests.
 //! - [`demo`]: `canaryd demo`, the whole story on the real `run` path in a temp dir.
 //!
@@ -72,6 +74,7 @@ pub mod diag;
 pub mod forge;
 pub mod git;
 pub mod judge;
+pub mod listener;
 pub mod live;
 pub mod model;
 pub mod plan;

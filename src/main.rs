@@ -164,6 +164,9 @@ struct RunArgs {
     admin: Option<String>,
     #[arg(long, env = "CANARYD_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Fault injection for the crash tests: abort right after each status push.
+    #[arg(long, hide = true)]
+    exit_after_status_push: bool,
 }
 
 #[derive(clap::Args)]
@@ -419,6 +422,9 @@ fn run(args: RunArgs) -> Result<u8> {
     // Checked now, so that a typo fails the start rather than every fetch.
     let git_auth = config.git_auth.unwrap_or_default();
     git_auth.check()?;
+    if args.exit_after_status_push {
+        canaryd::git::abort_after_status_push();
+    }
     if let Some(hook) = &config.webhook {
         hook.secret.read("webhook.secret")?;
     }
@@ -462,18 +468,25 @@ fn run(args: RunArgs) -> Result<u8> {
         .admin
         .or(config.admin)
         .unwrap_or_else(|| "127.0.0.1:9090".into());
+    let admin_limits = admin_limits(&config.admin_limits)?;
+    // Idle client connections must not starve the listeners, Git or the routers' clients.
+    match canaryd::listener::raise_open_files_limit() {
+        Ok(n) => tracing::info!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
         spawn_signal_handler(shutdown.clone());
         let telemetry = std::sync::Arc::new(canaryd::telemetry::Telemetry::default());
         let admin = canaryd::admin::Admin::new(telemetry);
-        let listener = tokio::net::TcpListener::bind(&admin_addr)
+        let listener = canaryd::listener::bind(&admin_addr, admin_limits.backlog)
             .await
             .with_context(|| format!("cannot listen on {admin_addr} for the admin endpoints"))?;
         tracing::info!(admin = %admin_addr, "admin endpoints up");
-        let server = tokio::spawn(canaryd::admin::serve(
+        let server = tokio::spawn(canaryd::admin::serve_with(
             listener,
+            admin_limits,
             admin.clone(),
             shutdown.clone(),
         ));
@@ -483,6 +496,22 @@ fn run(args: RunArgs) -> Result<u8> {
         result?;
         Ok(0)
     })
+}
+
+/// The admin listener's limits from the configuration's `adminLimits`.
+fn admin_limits(spec: &canaryd::spec::Limits) -> anyhow::Result<canaryd::listener::ListenerLimits> {
+    let only_router = [
+        ("bodyIdleTimeout", spec.body_idle_timeout.is_some()),
+        ("upstreamTimeout", spec.upstream_timeout.is_some()),
+    ];
+    if let Some((field, _)) = only_router.iter().find(|(_, set)| *set) {
+        anyhow::bail!(
+            "adminLimits.{field}: applies to the embedded router only (its Router's spec.limits)"
+        );
+    }
+    let resolved = canaryd::listener::resolve(spec)
+        .map_err(|e| anyhow::anyhow!("adminLimits.{}: {}", e.field, e.message))?;
+    Ok(resolved.listener)
 }
 
 /// Cancels `shutdown` on ctrl-c or SIGTERM.

@@ -219,6 +219,10 @@ pub struct Config {
     pub poll_interval: Option<String>,
     /// Address of the admin endpoints (`/healthz`, `/readyz`, `/metrics`).
     pub admin: Option<String>,
+    /// Limits of the admin listener: `headerReadTimeout`, `maxHeaderBytes`, `maxConnections`,
+    /// `backlog` (the body and upstream limits are the embedded router's only).
+    #[serde(default)]
+    pub admin_limits: crate::spec::Limits,
     /// The Prometheus that `provider: prometheus` metrics (and the HAProxy and Traefik
     /// built-in templates) query.
     pub prometheus: Option<crate::prometheus::PrometheusConfig>,

@@ -92,6 +92,15 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
                     continue;
                 };
                 let mut cx = Cx::new(file, doc, &mut diags);
+                if let spec::RouterSpec::Embedded { limits, .. } = &r.spec
+                    && let Err(e) = crate::listener::resolve(limits)
+                {
+                    cx.error(
+                        &format!("spec.limits.{}", e.field),
+                        e.message,
+                        "see the README's \"Embedded router limits\" for each limit and its default",
+                    );
+                }
                 if check_name(&mut cx, &r.metadata.name)
                     && duplicate(&mut cx, "router", &r.metadata.name, &routers).is_none()
                 {
@@ -161,6 +170,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
     };
     let mut seen: BTreeMap<String, Site> = BTreeMap::new();
     let mut valid: BTreeMap<String, Rollout> = BTreeMap::new();
+    let mut owners: Vec<Owner> = Vec::new();
     for (source, doc) in rollout_docs {
         let file = source.file.as_str();
         let before = diags.len();
@@ -203,17 +213,84 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
         seen.insert(name.clone(), here);
         match rollout {
             Some(r) if errors.is_empty() => {
+                owners.push(Owner {
+                    router: r.target().router.clone(),
+                    service: r.target().service.clone(),
+                    rollout: name.clone(),
+                    file: file.to_string(),
+                    site: doc.paths.value("spec.service"),
+                });
                 valid.insert(name, r);
             }
             _ => catalog.invalid.entry(name).or_default().extend(errors),
         }
     }
+    one_owner_per_service(&mut owners, &mut diags, &mut catalog);
     catalog.rollouts = valid
         .into_values()
         .filter(|r| !catalog.invalid.contains_key(&r.name))
         .collect();
     diags.sort_by(|a, b| (a.file.as_str(), a.position).cmp(&(b.file.as_str(), b.position)));
     (catalog, diags)
+}
+
+/// A valid rollout's claim on one service of one router.
+struct Owner {
+    router: String,
+    service: String,
+    rollout: String,
+    file: String,
+    /// Where its `spec.service` is.
+    site: Position,
+}
+
+/// Two rollouts driving one service of one router would fight over its weights: each is an
+/// error naming the other's file, and both are held (left out of the catalog's rollouts, so
+/// the daemon touches neither's traffic and says why in their status).
+fn one_owner_per_service(owners: &mut [Owner], diags: &mut Vec<Diagnostic>, catalog: &mut Catalog) {
+    owners.sort_by(|a, b| {
+        (&a.router, &a.service, &a.file, a.site).cmp(&(&b.router, &b.service, &b.file, b.site))
+    });
+    for same in owners.chunk_by(|a, b| (&a.router, &a.service) == (&b.router, &b.service)) {
+        if same.len() < 2 {
+            continue;
+        }
+        for o in same {
+            let others: Vec<String> = same
+                .iter()
+                .filter(|other| other.rollout != o.rollout)
+                .map(|other| {
+                    let p = other.site;
+                    format!(
+                        "`{}` at {}:{}:{}",
+                        other.rollout, other.file, p.line, p.column
+                    )
+                })
+                .collect();
+            let d = Diagnostic::error(
+                &o.file,
+                o.site,
+                "spec.service",
+                format!(
+                    "rollout `{}` drives service `{}` of router `{}`, as does {}",
+                    o.rollout,
+                    o.service,
+                    o.router,
+                    others.join(" and ")
+                ),
+            )
+            .with_help(
+                "one rollout owns a service's weights; two would fight over them, so both are \
+                 held until one is removed or pointed at another service",
+            );
+            catalog
+                .invalid
+                .entry(o.rollout.clone())
+                .or_default()
+                .push(d.one_line());
+            diags.push(d);
+        }
+    }
 }
 
 /// Deserialises a document, adding its unknown fields (or the error that stopped it) to `diags`.

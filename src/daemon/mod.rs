@@ -8,6 +8,7 @@
 //! traffic *back* (abort, rollback) is applied first and recorded after, retried until Git
 //! takes it.
 
+mod data_dir;
 mod forge;
 pub mod message;
 mod revert;
@@ -72,6 +73,24 @@ pub struct Settings {
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error(
+        "data dir {} is in use by another canaryd{}",
+        .dir.display(),
+        .pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    InUse { dir: PathBuf, pid: Option<u32> },
+    #[error("cannot lock data dir {}", .dir.display())]
+    DataDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove stale lock files from the git mirror {}", .dir.display())]
+    StaleLocks {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the git mirror")]
     Mirror(#[source] git::GitError),
     #[error("the git worker stopped")]
@@ -98,15 +117,30 @@ pub async fn run(
     admin: Arc<Admin>,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let mirror_dir = settings.data_dir.join("mirror.git");
-    let (remote, author) = (settings.remote.clone(), settings.author.clone());
+    let (data_dir, remote, author) = (
+        settings.data_dir.clone(),
+        settings.remote.clone(),
+        settings.author.clone(),
+    );
     let auth = settings.git_auth.clone();
-    let mirror = tokio::task::spawn_blocking(move || {
-        Mirror::open(&mirror_dir, remote, author).map(|m| m.with_auth(auth))
+    // Held until `run` returns: the mirror is this process's alone meanwhile.
+    let (_claim, mirror) = tokio::task::spawn_blocking(move || {
+        let claim = data_dir::DataDir::claim(&data_dir)?;
+        let mirror_dir = claim.mirror();
+        // Git's lock files that a kill left behind; nobody else can be holding them.
+        let removed =
+            git::clear_stale_locks(&mirror_dir).map_err(|source| DaemonError::StaleLocks {
+                dir: mirror_dir.clone(),
+                source,
+            })?;
+        for lock in removed {
+            tracing::warn!(lock = %lock.display(), "removed a stale lock file from the git mirror");
+        }
+        let mirror = Mirror::open(&mirror_dir, remote, author).map_err(DaemonError::Mirror)?;
+        Ok::<_, DaemonError>((claim, mirror.with_auth(auth)))
     })
     .await
-    .map_err(|_| DaemonError::Worker)?
-    .map_err(DaemonError::Mirror)?;
+    .map_err(|_| DaemonError::Worker)??;
     let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
     let (pushed_tx, mut pushed_rx) = mpsc::channel::<()>(1);
     if let Some(hooks) = &settings.webhook {
@@ -741,11 +775,13 @@ impl Daemon {
         }
         let stop = self.shutdown.child_token();
         let started = match &spec {
-            RouterSpec::Embedded { listen, backends } => {
-                EmbeddedRouter::start(name, listen, backends.clone(), stop.clone())
-                    .await
-                    .map(Driver::Embedded)
-            }
+            RouterSpec::Embedded {
+                listen,
+                backends,
+                limits,
+            } => EmbeddedRouter::start(name, listen, backends.clone(), limits, stop.clone())
+                .await
+                .map(Driver::Embedded),
             other => Driver::connect(name, other),
         };
         match started {

@@ -16,9 +16,29 @@
 //! # Proxying
 //!
 //! Method, path, query, headers (minus hop-by-hop ones) and bodies are forwarded, streaming, over
-//! a pooled client; the original `Host` is kept and `x-forwarded-for` is appended. Responses
-//! carry `x-canaryd-backend: <name>`. An upstream that cannot be reached or does not answer
-//! within 30 s yields a 502, counted as a 5xx of that backend.
+//! a pooled client. The client's `Host` is kept as it came (as NGINX's `proxy_set_header Host
+//! $host` and Traefik's `passHostHeader` do), and the router adds what a reverse proxy is
+//! expected to: the client's address appended to `X-Forwarded-For`, `X-Forwarded-Host` (the
+//! `Host` it was sent), `X-Forwarded-Proto: http`, and an RFC 7239 `Forwarded` element appended.
+//! Responses carry `x-canaryd-backend: <name>`.
+//!
+//! A request in absolute form (`GET http://shop/ HTTP/1.1`) is routed by the host of its
+//! target, as RFC 9112 says, and only when that host is a service of this router: the router is
+//! no forward proxy, so another host is answered 400, and so is `CONNECT`.
+//!
+//! # Whose failure it is
+//!
+//! Analysis reads these counters, so a client must not be able to make a sound backend look
+//! bad. Only the backend's own answers count against it, and failures to reach it or to hear
+//! from it: a refused or broken connection (502), or no response head within the upstream
+//! timeout counted **from the end of the request body** (504). What the client causes is the
+//! client's, answered and counted apart (`canaryd_embedded_client_failures_total`), never as a
+//! backend's 5xx:
+//! - a request body that does not parse (bad chunk framing): 400, `reason="malformed_body"`;
+//! - a client that goes away before its body ends: `reason="aborted"`;
+//! - a body that stalls longer than the body idle timeout: 408, `reason="body_timeout"`.
+//!
+//! The listener itself (header-read timeout, head size, connection cap) is [`crate::listener`].
 //!
 //! # Counters
 //!
@@ -38,24 +58,24 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::RouterError;
+use crate::listener::{self, ListenerEvent, ListenerStats, Resolved};
 use crate::model::{Observed, Traffic};
-
-/// How long an upstream may take to answer with a response head.
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests may run on after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Seconds kept in each ring: the longest window a query can cover.
@@ -124,11 +144,13 @@ struct Shared {
     name: String,
     local_addr: SocketAddr,
     upstreams: Vec<Upstream>,
+    limits: Resolved,
+    listener: Arc<ListenerStats>,
     /// Service → its current split; read briefly and the `Arc` cloned per request.
     splits: RwLock<HashMap<String, Arc<Split>>>,
     /// Service → backend → counters; touched by `apply`, `query` and `render_metrics` only.
     stats: Mutex<HashMap<String, HashMap<String, Arc<Stats>>>>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     epoch: Instant,
 }
 
@@ -175,6 +197,14 @@ impl Stats {
             .record(sec, status, latency);
     }
 
+    fn client_fault(&self, fault: ClientFault) {
+        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        guard
+            .get_or_insert_with(|| Box::new(Counters::new()))
+            .totals
+            .client[fault as usize] += 1;
+    }
+
     fn with<T>(&self, f: impl FnOnce(&Counters) -> T) -> Option<T> {
         let guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         guard.as_deref().map(f)
@@ -210,6 +240,8 @@ struct Totals {
     buckets: [u64; NBUCKETS],
     sum_seconds: f64,
     count: u64,
+    /// Requests the client broke, by [`ClientFault`]; in no other count.
+    client: [u64; ClientFault::ALL.len()],
 }
 
 impl Totals {
@@ -222,6 +254,143 @@ impl Totals {
 }
 
 const CODE_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// How a client broke its own request; counted apart from the backends' answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientFault {
+    /// The body's framing does not parse (a bad chunk size, bare-LF framing, ...).
+    #[error("the request body is malformed")]
+    MalformedBody,
+    /// The client went away before its body ended.
+    #[error("the client went away during its request body")]
+    Aborted,
+    /// The body stalled longer than the body idle timeout.
+    #[error("the request body stalled")]
+    BodyTimeout,
+}
+
+impl ClientFault {
+    const ALL: [ClientFault; 3] = [
+        ClientFault::MalformedBody,
+        ClientFault::Aborted,
+        ClientFault::BodyTimeout,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ClientFault::MalformedBody => "malformed_body",
+            ClientFault::Aborted => "aborted",
+            ClientFault::BodyTimeout => "body_timeout",
+        }
+    }
+
+    /// The answer the client gets (if it is still there to read it).
+    fn status(self) -> StatusCode {
+        match self {
+            ClientFault::MalformedBody | ClientFault::Aborted => StatusCode::BAD_REQUEST,
+            ClientFault::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Where the client's request body is: what the upstream timeout waits for, and how a failed
+/// upstream request is told apart from a failed client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyState {
+    Streaming,
+    Done,
+    Failed(ClientFault),
+}
+
+/// The client's request body as the upstream client reads it: each frame must come within the
+/// body idle timeout, and the body's end (or failure) is published to the handler.
+struct RequestBody {
+    inner: Incoming,
+    idle: Duration,
+    stall: Pin<Box<tokio::time::Sleep>>,
+    state: tokio::sync::watch::Sender<BodyState>,
+}
+
+impl RequestBody {
+    fn new(
+        inner: Incoming,
+        idle: Duration,
+    ) -> (RequestBody, tokio::sync::watch::Receiver<BodyState>) {
+        let start = if inner.is_end_stream() {
+            BodyState::Done
+        } else {
+            BodyState::Streaming
+        };
+        let (state, rx) = tokio::sync::watch::channel(start);
+        let body = RequestBody {
+            inner,
+            idle,
+            stall: Box::pin(tokio::time::sleep(idle)),
+            state,
+        };
+        (body, rx)
+    }
+
+    fn fail(&self, fault: ClientFault) -> Poll<Option<Result<Frame<Bytes>, ClientFault>>> {
+        self.state.send_replace(BodyState::Failed(fault));
+        Poll::Ready(Some(Err(fault)))
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = ClientFault;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientFault>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = Instant::now() + this.idle;
+                this.stall.as_mut().reset(deadline);
+                if this.inner.is_end_stream() {
+                    this.state.send_replace(BodyState::Done);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // hyper says "incomplete" when the connection ended mid-body; anything else
+                // is framing it could not parse.
+                if e.is_incomplete_message() || e.is_closed() {
+                    this.fail(ClientFault::Aborted)
+                } else {
+                    this.fail(ClientFault::MalformedBody)
+                }
+            }
+            Poll::Ready(None) => {
+                this.state.send_replace(BodyState::Done);
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.stall.as_mut().poll(cx) {
+                Poll::Ready(()) => this.fail(ClientFault::BodyTimeout),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why a request got no answer from its backend.
+enum Unanswered {
+    /// The backend's fault (unreachable, broken, too slow): counted as its 5xx.
+    Backend(Response<ProxyBody>),
+    /// The client's: counted apart.
+    Client(ClientFault),
+}
 
 fn code_class(status: StatusCode) -> usize {
     match status.as_u16() {
@@ -416,17 +585,20 @@ fn escape_label(v: &str) -> String {
 impl EmbeddedRouter {
     /// Binds `listen` (e.g. "127.0.0.1:0") and serves until `shutdown` is cancelled; then stops
     /// accepting and lets in-flight requests finish for up to 5 s.
-    /// `backends`: backend name → upstream base URL (`http://127.0.0.1:9001`, plain HTTP).
+    /// `backends`: backend name → upstream base URL (`http://127.0.0.1:9001`, plain HTTP);
+    /// `limits`: the Router's `spec.limits`.
     pub async fn start(
         name: &str,
         listen: &str,
         backends: BTreeMap<String, String>,
+        limits: &crate::spec::Limits,
         shutdown: CancellationToken,
     ) -> Result<EmbeddedRouter, RouterError> {
         let setup = |message: String| RouterError::Setup {
             router: name.to_string(),
             message,
         };
+        let limits = listener::resolve(limits).map_err(|e| setup(e.to_string()))?;
         let mut upstreams = Vec::with_capacity(backends.len());
         for (backend, url) in backends {
             let uri: Uri = url
@@ -449,7 +621,7 @@ impl EmbeddedRouter {
                 name: backend,
             });
         }
-        let listener = TcpListener::bind(listen)
+        let listener = listener::bind(listen, limits.listener.backlog)
             .await
             .map_err(|e| setup(format!("cannot listen on {listen}: {e}")))?;
         let local_addr = listener
@@ -464,12 +636,34 @@ impl EmbeddedRouter {
             name: name.to_string(),
             local_addr,
             upstreams,
+            limits,
+            listener: Arc::new(ListenerStats::default()),
             splits: RwLock::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
             client,
             epoch: Instant::now(),
         });
-        tokio::spawn(serve(listener, shared.clone(), shutdown));
+        let serving = shared.clone();
+        tokio::spawn(async move {
+            let stats = serving.listener.clone();
+            let name = serving.name.clone();
+            listener::serve(
+                &name,
+                listener,
+                serving.limits.listener,
+                stats,
+                move |peer| {
+                    let shared = serving.clone();
+                    hyper::service::service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(shared.handle(req, peer).await) }
+                    })
+                },
+                SHUTDOWN_GRACE,
+                shutdown,
+            )
+            .await;
+        });
         Ok(EmbeddedRouter { shared })
     }
 
@@ -671,6 +865,33 @@ impl EmbeddedRouter {
             let _ = writeln!(out, "{DUR}_sum{{{labels}}} {}", t.sum_seconds);
             let _ = writeln!(out, "{DUR}_count{{{labels}}} {}", t.count);
         }
+        const CLIENT: &str = "canaryd_embedded_client_failures_total";
+        let _ = writeln!(
+            out,
+            "# HELP {CLIENT} Requests the client broke (bad body, gone, stalled), by reason; \
+             never counted as the backend's."
+        );
+        let _ = writeln!(out, "# TYPE {CLIENT} counter");
+        for (labels, t) in &snapshots {
+            for (fault, n) in ClientFault::ALL.iter().zip(t.client) {
+                let _ = writeln!(
+                    out,
+                    "{CLIENT}{{{labels},reason=\"{}\"}} {n}",
+                    fault.as_str()
+                );
+            }
+        }
+        shared.listener.render(
+            "canaryd_embedded_listener",
+            "embedded router's",
+            &format!("router=\"{}\"", escape_label(&shared.name)),
+            out,
+        );
+    }
+
+    /// What the router's listener refused, timed out or saw aborted.
+    pub fn listener_stats(&self) -> &ListenerStats {
+        &self.shared.listener
     }
 }
 
@@ -680,16 +901,35 @@ impl Shared {
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().host());
+        if req.method() == Method::CONNECT {
+            self.listener.count(ListenerEvent::BadRequest);
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "CONNECT is not served: this router is no forward proxy\n".to_string(),
+            );
+        }
+        // Absolute form: the target's host wins over `Host` (RFC 9112 §3.2.2).
+        let absolute = req.uri().host().map(str::to_string);
+        let host = absolute.as_deref().or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         let split = {
             let splits = self.splits.read().unwrap_or_else(PoisonError::into_inner);
-            route(&splits, host)
+            match &absolute {
+                Some(h) => splits.get(host_part(h)).cloned(),
+                None => route(&splits, host),
+            }
         };
         let Some(split) = split else {
+            if let Some(h) = &absolute {
+                self.listener.count(ListenerEvent::BadRequest);
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("`{h}` is not a service of router `{}`\n", self.name),
+                );
+            }
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -716,7 +956,14 @@ impl Shared {
             );
         };
         let started = Instant::now();
-        let resp = self.forward(req, peer, upstream).await;
+        let resp = match self.forward(req, peer, upstream).await {
+            Ok(resp) | Err(Unanswered::Backend(resp)) => resp,
+            Err(Unanswered::Client(fault)) => {
+                choice.stats.client_fault(fault);
+                tracing::debug!(router = %self.name, backend = %upstream.name, %fault, "client fault");
+                return plain(fault.status(), format!("{fault}\n"));
+            }
+        };
         choice
             .stats
             .record(self.now_sec(), resp.status(), started.elapsed());
@@ -729,7 +976,7 @@ impl Shared {
         req: Request<Incoming>,
         peer: SocketAddr,
         upstream: &Upstream,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Response<ProxyBody>, Unanswered> {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
@@ -737,90 +984,101 @@ impl Shared {
             .authority(upstream.authority.clone())
             .path_and_query(format!("{}{path}", upstream.prefix))
             .build();
-        let bad_gateway = |why: String| {
-            let mut r = plain(
-                StatusCode::BAD_GATEWAY,
-                format!("backend `{}`: {why}\n", upstream.name),
-            );
+        let failed = |status: StatusCode, why: String| {
+            let mut r = plain(status, format!("backend `{}`: {why}\n", upstream.name));
             r.headers_mut().insert(
                 "x-canaryd-backend",
                 HeaderValue::from_str(&upstream.name)
                     .unwrap_or_else(|_| HeaderValue::from_static("?")),
             );
-            r
+            Unanswered::Backend(r)
         };
         match uri {
             Ok(uri) => parts.uri = uri,
-            Err(e) => return bad_gateway(format!("bad upstream uri: {e}")),
+            Err(e) => {
+                return Err(failed(
+                    StatusCode::BAD_GATEWAY,
+                    format!("bad upstream uri: {e}"),
+                ));
+            }
         }
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
-        let ip = peer.ip().to_string();
-        let xff = match parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
+        forwarded_headers(&mut parts.headers, peer);
+        let (body, mut state) = RequestBody::new(body, self.limits.body_idle_timeout);
+        let sent = self.client.request(Request::from_parts(parts, body));
+        let timeout = self.limits.upstream_timeout;
+        // The backend's time starts when the client has sent all it will send.
+        let deadline = async {
+            let _ = state.wait_for(|s| *s != BodyState::Streaming).await;
+            tokio::time::sleep(timeout).await;
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            parts.headers.insert("x-forwarded-for", v);
-        }
-        let req = Request::from_parts(parts, body);
-        let resp = match tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(req)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return bad_gateway(format!("unreachable: {e}")),
-            Err(_) => return bad_gateway("no answer within 30s".to_string()),
+        let answered = tokio::select! {
+            r = sent => Some(r),
+            () = deadline => None,
+        };
+        let body_state = *state.borrow();
+        let resp = match (answered, body_state) {
+            (_, BodyState::Failed(fault)) => return Err(Unanswered::Client(fault)),
+            (Some(Ok(resp)), _) => resp,
+            (Some(Err(e)), _) => {
+                return Err(failed(StatusCode::BAD_GATEWAY, format!("unreachable: {e}")));
+            }
+            (None, _) => {
+                return Err(failed(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "no answer within {}s of the request's end",
+                        timeout.as_secs_f64()
+                    ),
+                ));
+            }
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let Ok(v) = HeaderValue::from_str(&upstream.name) {
             parts.headers.insert("x-canaryd-backend", v);
         }
-        Response::from_parts(parts, body.boxed())
+        Ok(Response::from_parts(parts, body.boxed()))
     }
 }
 
-/// Accepts connections until `shutdown`, then lets each finish within [`SHUTDOWN_GRACE`].
-async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let tracker = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(router = %shared.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(shared.handle(req, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
-                }
-            }
-        });
+/// Adds what a reverse proxy tells the backend about the client: `X-Forwarded-For` (appended),
+/// `X-Forwarded-Host`, `X-Forwarded-Proto` and an RFC 7239 `Forwarded` element (appended).
+fn forwarded_headers(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip();
+    let join = |name: &str, value: String| match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {value}"),
+        None => value,
+    };
+    let xff = join("x-forwarded-for", ip.to_string());
+    // RFC 7239 §6: an IPv6 node is bracketed and quoted; a quoted host is quoted.
+    let node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let mut element = format!("for={node};proto=http");
+    if let Some(h) = &host
+        && h.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        element.push_str(&format!(";host=\"{h}\""));
     }
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
+    let forwarded = join("forwarded", element);
+    for (name, value) in [
+        ("x-forwarded-for", Some(xff)),
+        ("x-forwarded-host", host),
+        ("x-forwarded-proto", Some("http".to_string())),
+        ("forwarded", Some(forwarded)),
+    ] {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(name, v);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -400,13 +400,15 @@ async fn write_off_thread(path: &Path, text: String) -> io::Result<()> {
         .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
-/// Writes `text` to a temporary file beside `path` and renames it over `path`.
+/// Writes `text` to a temporary file beside `path` and renames it over `path`. Temporary files
+/// of this name that a killed canaryd left there are removed first.
 fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let file_name = path
         .file_name()
         .map(OsStr::to_string_lossy)
         .unwrap_or_default();
+    remove_stale_temps(dir, &format!(".{file_name}.canaryd-"));
     let temp = dir.join(format!(".{file_name}.canaryd-{}.tmp", std::process::id()));
     let written = (|| {
         let mut file = std::fs::File::create(&temp)?;
@@ -418,6 +420,30 @@ fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
         let _ = std::fs::remove_file(&temp);
     }
     written
+}
+
+/// Removes the files `<prefix><pid>.tmp` in `dir` whose process is gone: temporary files of a
+/// canaryd killed between writing and renaming. Best effort; a live writer's file is kept.
+/// (The Traefik driver's files are named the same way.)
+pub(super) fn remove_stale_temps(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix)?.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let gone = !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && !Path::new("/proc").join(pid).exists();
+        if gone && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::warn!(file = %entry.path().display(), "removed a stale temporary file");
+        }
+    }
 }
 
 /// Whether `word` can stand unquoted in an NGINX directive.
@@ -942,5 +968,30 @@ mod tests {
                 .to_string()
                 .contains("not an absolute path")
         );
+    }
+
+    #[test]
+    fn a_write_removes_the_temporary_files_of_dead_canaryds_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("up.conf");
+        // No pid goes that high on Linux (at most 2^22).
+        let dead = ".up.conf.canaryd-999999999.tmp";
+        let live = format!(".up.conf.canaryd-{}.tmp", std::process::id());
+        let keep = [
+            ".up.conf.canaryd-x.tmp",
+            ".other.conf.canaryd-999999999.tmp",
+        ];
+        for name in [dead, live.as_str()].iter().chain(&keep) {
+            std::fs::write(dir.path().join(name), "half").unwrap();
+        }
+        write_atomically(&file, "upstream {}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "upstream {}\n");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // Our own temporary file became `up.conf`.
+        assert_eq!(left, [keep[1], keep[0], "up.conf"]);
     }
 }

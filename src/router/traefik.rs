@@ -31,6 +31,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::RouterError;
+use super::nginx::remove_stale_temps;
 use crate::model::{Observed, Traffic};
 
 /// How long one request to Traefik's API may take.
@@ -503,7 +504,7 @@ fn services_mut(doc: &mut Value) -> Result<&mut Map<String, Value>, String> {
 }
 
 /// Writes `text` to a hidden `.tmp` file beside `file` (Traefik ignores that extension), syncs
-/// it and renames it over `file`.
+/// it and renames it over `file`. Such files that a killed canaryd left there are removed first.
 fn write_atomically(file: &Path, text: &str) -> Result<(), String> {
     let dir = match file.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -513,6 +514,7 @@ fn write_atomically(file: &Path, text: &str) -> Result<(), String> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    remove_stale_temps(dir, &format!(".{base}."));
     let tmp = dir.join(format!(".{base}.{}.tmp", std::process::id()));
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -687,5 +689,20 @@ mod tests {
         for bad in ["", "a@file", "a/b", "a b", "a\n"] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_write_removes_the_temporary_files_of_dead_canaryds() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("canary.yaml");
+        // No pid goes that high on Linux (at most 2^22).
+        let dead = dir.path().join(".canary.yaml.999999999.tmp");
+        let other = dir.path().join(".canary.yaml.backup.tmp");
+        std::fs::write(&dead, "half").unwrap();
+        std::fs::write(&other, "theirs").unwrap();
+        write_atomically(&file, "http: {}\n").unwrap();
+        assert!(!dead.exists());
+        assert!(other.exists());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "http: {}\n");
     }
 }

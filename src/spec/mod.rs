@@ -469,6 +469,9 @@ pub enum RouterSpec {
         /// Backend name → upstream base URL, e.g. `blue: http://127.0.0.1:9001`. Rollouts on
         /// this router name their stable and canary from these.
         backends: BTreeMap<String, String>,
+        /// What a client may hold open or send; each limit has a default.
+        #[serde(default, skip_serializing_if = "Limits::is_default")]
+        limits: Limits,
     },
     /// HAProxy through its runtime API. A rollout's `service` is an HAProxy `backend`, and its
     /// stable and canary are `server`s in it.
@@ -521,6 +524,48 @@ pub enum RouterSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token_file: Option<String>,
     },
+}
+
+/// Limits of a listener facing clients: the embedded router's (`spec.limits` of its Router) and
+/// the admin endpoints' (`adminLimits` in the configuration). Unset fields take the defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// How long a client may take to send a whole request head; an idle keep-alive connection
+    /// is closed after the same time [default: 10s].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<String>,
+    /// The largest request head (request line and headers), in bytes; a larger one is answered
+    /// 431 [default: 32768].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1048576))]
+    pub max_header_bytes: Option<u32>,
+    /// Open client connections at most; past it a new connection is closed at once
+    /// [default: 4096].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
+    /// The listen backlog asked of the kernel (which caps it at `net.core.somaxconn`)
+    /// [default: 1024].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub backlog: Option<u32>,
+    /// Embedded router only: the longest wait for the next piece of a request body; a slower
+    /// client is answered 408, and it counts against the client, never the backend
+    /// [default: 30s].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_idle_timeout: Option<String>,
+    /// Embedded router only: how long a backend may take to send its response head, counted
+    /// from the end of the request body (a slow upload is not the backend's time); past it,
+    /// 504 against the backend [default: 30s].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_timeout: Option<String>,
+}
+
+impl Limits {
+    pub fn is_default(&self) -> bool {
+        *self == Limits::default()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -83,6 +83,10 @@ pub struct World {
     pub router_spec: Option<String>,
     /// A controller configuration file's text, passed with `--config`.
     pub config: Option<String>,
+    /// More arguments to `canaryd run` (the crash tests' fault injection).
+    pub run_args: Vec<&'static str>,
+    /// The soft limit of open files the daemon starts with (it raises it itself), when set.
+    pub open_files: Option<u64>,
 }
 
 impl World {
@@ -139,6 +143,8 @@ impl World {
             poll: "1s",
             router_spec: None,
             config: None,
+            run_args: Vec::new(),
+            open_files: None,
         }
     }
 
@@ -224,7 +230,16 @@ impl World {
         // Picked now, not when the world was made: another test's server may have taken the
         // port picked then (it was free, not held).
         self.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_canaryd"));
+        let mut command = match self.open_files {
+            // As a service manager would start it: the shell sets the limit and execs.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -Sn {n} && exec \"$0\" \"$@\"")])
+                    .arg(env!("CARGO_BIN_EXE_canaryd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_canaryd")),
+        };
         command.args(["run", "--repo", &repo]);
         if let Some(config) = &self.config {
             let path = self.config_file();
@@ -240,6 +255,7 @@ impl World {
                 "--admin",
                 &self.admin.to_string(),
             ])
+            .args(&self.run_args)
             .env_remove("CANARYD_CONFIG")
             .env("RUST_LOG", "canaryd=debug,info")
             .stdout(Stdio::null())
@@ -252,6 +268,11 @@ impl World {
     /// Where [`World::start`] writes `config` for the daemon (and for CLI commands to read).
     pub fn config_file(&self) -> PathBuf {
         self.dir.path().join("canaryd.yaml")
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
     }
 
     /// SIGKILL: no chance to clean up.
@@ -405,7 +426,7 @@ impl Drop for World {
     }
 }
 
-fn phase(s: &StatusFile) -> &'static str {
+pub fn phase(s: &StatusFile) -> &'static str {
     s.status.progress.phase()
 }
 
@@ -706,7 +727,7 @@ fn a_broken_spec_holds_its_rollout_and_leaves_the_others_running() {
 }
 
 /// Every version of a rollout's status file on the status branch, oldest first.
-fn history(w: &World, rollout: &str) -> Vec<StatusFile> {
+pub fn history(w: &World, rollout: &str) -> Vec<StatusFile> {
     let path = format!("status/{rollout}.yaml");
     git(
         &w.remote,
@@ -724,7 +745,7 @@ fn history(w: &World, rollout: &str) -> Vec<StatusFile> {
     .collect()
 }
 
-const KILLED: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}\n    - setWeight: 40\n    - pause: {duration: 2s}\n    - setWeight: 60\n    - pause: {duration: 1s}\n";
+pub const KILLED: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}\n    - setWeight: 40\n    - pause: {duration: 2s}\n    - setWeight: 60\n    - pause: {duration: 1s}\n";
 
 #[test]
 fn killed_at_any_point_no_step_is_skipped_no_pause_shortened_no_weight_invented() {
@@ -751,8 +772,13 @@ fn killed_at_any_point_no_step_is_skipped_no_pause_shortened_no_weight_invented(
     }
     assert!(kills >= 4, "killed only {kills} times");
     w.wait_for("checkout", 40, "promoted", |s| phase(s) == "promoted");
+    killed_rollout_kept_its_steps(&mut w);
+}
 
-    let versions = history(&w, "checkout");
+/// Checks `checkout`, promoted through [`KILLED`]'s steps while being killed: no weight outside
+/// the steps, no step skipped, no pause shortened; and a restart does not run it again.
+pub fn killed_rollout_kept_its_steps(w: &mut World) {
+    let versions = history(w, "checkout");
     // No weight outside the steps, in Git or on the router.
     let allowed = [0u8, 20, 40, 60, 100];
     for v in &versions {
@@ -820,7 +846,7 @@ fn killed_at_any_point_no_step_is_skipped_no_pause_shortened_no_weight_invented(
                 l.at > restarted && l.backends.get("green").is_some_and(|g| g.get() == 100)
             })
     });
-    let after = history(&w, "checkout");
+    let after = history(w, "checkout");
     assert!(
         after[before..].iter().all(|v| phase(v) == "promoted"),
         "{:#?}",

@@ -74,9 +74,15 @@ async fn router(backends: &[(&str, String)], stop: &CancellationToken) -> Embedd
         .iter()
         .map(|(n, u)| (n.to_string(), u.clone()))
         .collect();
-    EmbeddedRouter::start("edge", "127.0.0.1:0", backends, stop.clone())
-        .await
-        .unwrap()
+    EmbeddedRouter::start(
+        "edge",
+        "127.0.0.1:0",
+        backends,
+        &Default::default(),
+        stop.clone(),
+    )
+    .await
+    .unwrap()
 }
 
 fn traffic(weights: &[(&str, u8)]) -> Traffic {
@@ -382,17 +388,21 @@ async fn render_metrics_exposes_counters_and_histograms() {
 
     let mut text = String::new();
     r.render_metrics(&mut text);
-    for family in [
+    let families = [
         "canaryd_embedded_requests_total counter",
         "canaryd_embedded_request_duration_seconds histogram",
-    ] {
+        "canaryd_embedded_client_failures_total counter",
+        "canaryd_embedded_listener_events_total counter",
+        "canaryd_embedded_listener_open_connections gauge",
+    ];
+    for family in families {
         assert_eq!(
             text.matches(&format!("# TYPE {family}\n")).count(),
             1,
             "{text}"
         );
     }
-    assert_eq!(text.matches("# HELP ").count(), 2, "{text}");
+    assert_eq!(text.matches("# HELP ").count(), families.len(), "{text}");
     let a = "router=\"edge\",service=\"shop\",backend=\"a\"";
     let b = "router=\"edge\",service=\"shop\",backend=\"b\"";
     for line in [

@@ -5,6 +5,7 @@
 mod admin;
 mod analysis_e2e;
 mod cli;
+mod crash;
 mod daemon;
 mod demo;
 mod embedded;
@@ -12,6 +13,7 @@ mod examples;
 mod forge;
 mod git;
 mod git_auth;
+mod hardening;
 mod judge;
 mod planner;
 mod prometheus;
