@@ -304,35 +304,45 @@ enum BodyState {
 
 /// The client's request body as the upstream client reads it: each frame must come within the
 /// body idle timeout, and the body's end (or failure) is published to the handler.
+///
+/// A request without a body (most of them) costs neither: no channel, no timer.
 struct RequestBody {
     inner: Incoming,
     idle: Duration,
-    stall: Pin<Box<tokio::time::Sleep>>,
-    state: tokio::sync::watch::Sender<BodyState>,
+    /// Armed the first time the body makes the upstream wait.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// `None` for a request without a body.
+    state: Option<tokio::sync::watch::Sender<BodyState>>,
 }
 
 impl RequestBody {
     fn new(
         inner: Incoming,
         idle: Duration,
-    ) -> (RequestBody, tokio::sync::watch::Receiver<BodyState>) {
-        let start = if inner.is_end_stream() {
-            BodyState::Done
+    ) -> (RequestBody, Option<tokio::sync::watch::Receiver<BodyState>>) {
+        let (state, rx) = if inner.is_end_stream() {
+            (None, None)
         } else {
-            BodyState::Streaming
+            let (tx, rx) = tokio::sync::watch::channel(BodyState::Streaming);
+            (Some(tx), Some(rx))
         };
-        let (state, rx) = tokio::sync::watch::channel(start);
         let body = RequestBody {
             inner,
             idle,
-            stall: Box::pin(tokio::time::sleep(idle)),
+            stall: None,
             state,
         };
         (body, rx)
     }
 
+    fn publish(&self, state: BodyState) {
+        if let Some(tx) = &self.state {
+            tx.send_replace(state);
+        }
+    }
+
     fn fail(&self, fault: ClientFault) -> Poll<Option<Result<Frame<Bytes>, ClientFault>>> {
-        self.state.send_replace(BodyState::Failed(fault));
+        self.publish(BodyState::Failed(fault));
         Poll::Ready(Some(Err(fault)))
     }
 }
@@ -348,10 +358,11 @@ impl Body for RequestBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = Instant::now() + this.idle;
-                this.stall.as_mut().reset(deadline);
+                if let Some(stall) = &mut this.stall {
+                    stall.as_mut().reset(Instant::now() + this.idle);
+                }
                 if this.inner.is_end_stream() {
-                    this.state.send_replace(BodyState::Done);
+                    this.publish(BodyState::Done);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -365,13 +376,19 @@ impl Body for RequestBody {
                 }
             }
             Poll::Ready(None) => {
-                this.state.send_replace(BodyState::Done);
+                this.publish(BodyState::Done);
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.stall.as_mut().poll(cx) {
-                Poll::Ready(()) => this.fail(ClientFault::BodyTimeout),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let idle = this.idle;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => this.fail(ClientFault::BodyTimeout),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -1010,14 +1027,16 @@ impl Shared {
         let timeout = self.limits.upstream_timeout;
         // The backend's time starts when the client has sent all it will send.
         let deadline = async {
-            let _ = state.wait_for(|s| *s != BodyState::Streaming).await;
+            if let Some(state) = &mut state {
+                let _ = state.wait_for(|s| *s != BodyState::Streaming).await;
+            }
             tokio::time::sleep(timeout).await;
         };
         let answered = tokio::select! {
             r = sent => Some(r),
             () = deadline => None,
         };
-        let body_state = *state.borrow();
+        let body_state = state.as_ref().map_or(BodyState::Done, |s| *s.borrow());
         let resp = match (answered, body_state) {
             (_, BodyState::Failed(fault)) => return Err(Unanswered::Client(fault)),
             (Some(Ok(resp)), _) => resp,
@@ -1047,39 +1066,44 @@ impl Shared {
 /// `X-Forwarded-Host`, `X-Forwarded-Proto` and an RFC 7239 `Forwarded` element (appended).
 fn forwarded_headers(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = peer.ip();
-    let join = |name: &str, value: String| match headers.get(name).and_then(|v| v.to_str().ok()) {
+    let append = |headers: &HeaderMap, name: &HeaderName, value: String| match headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prev) => format!("{prev}, {value}"),
         None => value,
     };
-    let xff = join("x-forwarded-for", ip.to_string());
-    // RFC 7239 §6: an IPv6 node is bracketed and quoted; a quoted host is quoted.
-    let node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    // RFC 7239 §6: an IPv6 node is bracketed and quoted; a host is quoted.
+    let mut element = match ip {
+        std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
+        std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string);
-    let mut element = format!("for={node};proto=http");
-    if let Some(h) = &host
+    let host = headers.get(header::HOST).cloned();
+    if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok())
         && h.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
     {
-        element.push_str(&format!(";host=\"{h}\""));
+        element.push_str(";host=\"");
+        element.push_str(h);
+        element.push('"');
     }
-    let forwarded = join("forwarded", element);
-    for (name, value) in [
-        ("x-forwarded-for", Some(xff)),
-        ("x-forwarded-host", host),
-        ("x-forwarded-proto", Some("http".to_string())),
-        ("forwarded", Some(forwarded)),
-    ] {
-        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            headers.insert(name, v);
-        }
+    let xff = append(headers, &X_FORWARDED_FOR, ip.to_string());
+    let forwarded = append(headers, &header::FORWARDED, element);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST, h);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 #[cfg(test)]
 mod tests {
