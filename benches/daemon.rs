@@ -5,6 +5,11 @@
 //!
 //! `cargo bench --bench daemon` prints them; nothing here asserts a time.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a benchmark times the real daemon with the real clock"
+)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -12,6 +12,11 @@
 //! asserts a time. A router whose binary is missing is skipped. Every process is stopped by a
 //! drop guard, also when the bench panics.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a benchmark times real routers with the real clock"
+)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

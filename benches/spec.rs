@@ -4,6 +4,11 @@
 //! - refusing hostile input: an alias bomb, a 100 MB file, deep nesting;
 //! - the planner's cost per decision.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a benchmark times with the real clock"
+)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -207,7 +207,7 @@ pub async fn load(target: SocketAddr, config: LoadConfig) -> Result<LoadReport, 
         .build()
         .map_err(LoadError::Client)?;
     let url = format!("http://{target}/");
-    let deadline = Instant::now() + config.max_duration;
+    let deadline = crate::clock::instant() + config.max_duration;
     let tickets = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.min(config.total.max(1)) {
@@ -244,7 +244,7 @@ impl Worker {
     async fn run(self) -> LoadReport {
         let mut report = LoadReport::default();
         loop {
-            if Instant::now() >= self.deadline
+            if crate::clock::instant() >= self.deadline
                 || self.tickets.fetch_add(1, Ordering::SeqCst) >= self.total
             {
                 return report;

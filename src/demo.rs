@@ -11,7 +11,9 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -156,9 +158,9 @@ async fn start_backend(
 
 /// Waits until the embedded router accepts connections.
 async fn wait_for_router(router: SocketAddr) -> Result<(), DemoError> {
-    let deadline = Instant::now() + Duration::from_secs(ACT_LIMIT);
+    let deadline = crate::clock::instant() + Duration::from_secs(ACT_LIMIT);
     while tokio::net::TcpStream::connect(router).await.is_err() {
-        if Instant::now() > deadline {
+        if crate::clock::instant() > deadline {
             return Err(DemoError::Stuck {
                 phase: "router up",
                 secs: ACT_LIMIT,
@@ -231,7 +233,7 @@ impl Stage<'_> {
         phase: &'static str,
         done: impl Fn(&StatusFile) -> bool,
     ) -> Result<(Vec<u8>, StatusFile), DemoError> {
-        let deadline = Instant::now() + Duration::from_secs(ACT_LIMIT);
+        let deadline = crate::clock::instant() + Duration::from_secs(ACT_LIMIT);
         let mut weights = Vec::new();
         loop {
             if let Some(s) = self.status().await
@@ -264,7 +266,7 @@ impl Stage<'_> {
                     return Ok((weights, s));
                 }
             }
-            if Instant::now() > deadline {
+            if crate::clock::instant() > deadline {
                 return Err(DemoError::Stuck {
                     phase,
                     secs: ACT_LIMIT,
@@ -296,8 +298,8 @@ fn canary_weight(s: &StatusFile) -> Weight {
 /// Sends a steady load through the router until `stop`, in bounded rounds.
 async fn users(router: SocketAddr, stop: CancellationToken) -> Result<LoadReport, DemoError> {
     let mut total = LoadReport::default();
-    let deadline = Instant::now() + Duration::from_secs(3 * ACT_LIMIT);
-    while !stop.is_cancelled() && Instant::now() < deadline {
+    let deadline = crate::clock::instant() + Duration::from_secs(3 * ACT_LIMIT);
+    while !stop.is_cancelled() && crate::clock::instant() < deadline {
         let round = backend::load(
             router,
             LoadConfig {
@@ -314,7 +316,7 @@ async fn users(router: SocketAddr, stop: CancellationToken) -> Result<LoadReport
 }
 
 async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError> {
-    let started = Instant::now();
+    let started = crate::clock::instant();
     let dir = scratch.join(format!("canaryd-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -373,6 +375,7 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
         forge: None,
         webhook: None,
         git_auth: Default::default(),
+        clock: crate::clock::Clock::System,
     };
     let admin = Admin::new(Arc::new(Telemetry::default()));
     let daemon = tokio::spawn(daemon::run(settings, admin, stop.child_token()));

@@ -68,6 +68,7 @@ pub mod admin;
 pub mod analysis;
 pub mod analyze;
 pub mod backend;
+pub mod clock;
 pub mod daemon;
 pub mod demo;
 pub mod diag;

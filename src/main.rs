@@ -228,7 +228,7 @@ fn main() -> ExitCode {
             live.as_deref(),
             status.as_deref(),
             config.as_deref(),
-            now.unwrap_or_else(Utc::now),
+            now.unwrap_or_else(canaryd::clock::wall),
             output,
         ),
         Command::Schema { write } => schema(write.as_deref()),
@@ -448,6 +448,7 @@ fn run(args: RunArgs) -> Result<u8> {
                 .unwrap_or_else(|| "rollouts".into()),
         },
         author: canaryd::git::Author::default(),
+        clock: canaryd::clock::Clock::System,
         data_dir: args
             .data_dir
             .or(config.data_dir)
@@ -567,7 +568,7 @@ fn status(
             bail!("no status for rollout `{n}` on {status_branch}");
         }
         let text = match output {
-            Output::Human => canaryd::status_view::human(&parsed, Utc::now()),
+            Output::Human => canaryd::status_view::human(&parsed, canaryd::clock::wall()),
             Output::Json => format!("{}\n", canaryd::status_view::json(&parsed)),
         };
         if !watch {
@@ -688,7 +689,11 @@ fn analyze(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let measured = rt.block_on(canaryd::analyze::analyze(rollout, &providers, Utc::now()));
+    let measured = rt.block_on(canaryd::analyze::analyze(
+        rollout,
+        &providers,
+        canaryd::clock::wall(),
+    ));
     match output {
         Output::Human => emit(&canaryd::analyze::human(rollout, &measured))?,
         Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&measured)?))?,

@@ -120,14 +120,14 @@ async fn worker(
             () = shutdown.cancelled() => return,
             work = rx.recv() => match work {
                 Some(w) => {
-                    pending.insert(w.key(), (w, Instant::now(), 0));
+                    pending.insert(w.key(), (w, crate::clock::instant(), 0));
                     continue;
                 }
                 None => return,
             },
             () = sleep => {}
         }
-        let now = Instant::now();
+        let now = crate::clock::instant();
         let Some(key) = pending
             .iter()
             .find(|(_, (_, due, _))| *due <= now)
@@ -170,7 +170,7 @@ async fn worker(
                 // Unless newer work for the same key came meanwhile.
                 pending
                     .entry(key)
-                    .or_insert((work, Instant::now() + wait, attempts + 1));
+                    .or_insert((work, crate::clock::instant() + wait, attempts + 1));
             }
             Err(e) => telemetry.record(Tele::Error {
                 class: ErrorClass::Forge,

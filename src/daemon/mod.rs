@@ -25,6 +25,7 @@ use tracing::Instrument as _;
 
 use crate::admin::Admin;
 use crate::analysis;
+use crate::clock::Clock;
 use crate::git::{self, Author, GateCommit, Mirror, Push, Remote};
 use crate::model::{Catalog, ERROR_RETRY, Observed, Revision, Rollout};
 use crate::plan::{self, Action, Gate, GateAction, Inputs, Plan, Sample};
@@ -68,6 +69,8 @@ pub struct Settings {
     pub webhook: Option<WebhookConfig>,
     /// Credentials for the remote, and the SSH host keys trusted.
     pub git_auth: git::GitAuth,
+    /// What the daemon takes for now ([`Clock::System`] but in tests).
+    pub clock: Clock,
 }
 
 /// Why the daemon could not start.
@@ -217,7 +220,7 @@ pub async fn run(
             // Ready once every rollout has been looked at (Git read, specs validated).
             admin.set_ready(true);
         }
-        let now = Utc::now();
+        let now = daemon.settings.clock.now();
         let next = wake
             .map(|w| (w - now).to_std().unwrap_or_default())
             .unwrap_or(daemon.settings.poll)
@@ -521,7 +524,7 @@ impl Daemon {
         spec: Spec<'_>,
         recorded_file: Option<StatusFile>,
     ) -> Option<DateTime<Utc>> {
-        let now = Utc::now();
+        let now = self.settings.clock.now();
         // What Git holds, and what plans start from: the same, unless a step back was applied
         // that Git has not taken yet (then that is the truth until it does).
         let mut in_git = recorded_file.unwrap_or_else(|| StatusFile::new(name, now));
@@ -541,9 +544,9 @@ impl Daemon {
             rounds += 1;
             if rounds > ROUNDS {
                 // Still moving (a weight that does not read back, say): look again soon, not now.
-                return Some(Utc::now() + chrono::Duration::seconds(1));
+                return Some(self.settings.clock.now() + chrono::Duration::seconds(1));
             }
-            let now = Utc::now();
+            let now = self.settings.clock.now();
             let (plan, live, rollout) = match spec {
                 Spec::Invalid(ref errors) => (
                     plan::plan_invalid(&recorded.status, errors.clone()),
@@ -692,7 +695,7 @@ impl Daemon {
             }
             if rounds == ROUNDS {
                 // No round left to fold the values in: measure at the next look.
-                return Some(Utc::now());
+                return Some(self.settings.clock.now());
             }
             (samples, measured) = self.measure(r, &plan, catalog).await;
         }
@@ -842,7 +845,7 @@ impl Daemon {
         let Some(driver) = self.running(&target.router) else {
             return false;
         };
-        let started = std::time::Instant::now();
+        let started = crate::clock::instant();
         let result = tokio::time::timeout(
             self.settings.router_timeout,
             driver.apply(&target.service, traffic),
@@ -1001,7 +1004,7 @@ impl Daemon {
         match files {
             Ok(files) => match files.get(name).map(|t| StatusFile::from_yaml(t)) {
                 Some(Ok(f)) => Some(f),
-                None => Some(StatusFile::new(name, Utc::now())),
+                None => Some(StatusFile::new(name, self.settings.clock.now())),
                 Some(Err(e)) => {
                     self.error(
                         ErrorClass::Status,
@@ -1033,7 +1036,7 @@ impl Daemon {
     ) -> (Vec<Sample>, Vec<MetricValue>) {
         let target = r.target();
         let driver = self.driver(&target.router, catalog).await;
-        let now = Utc::now();
+        let now = self.settings.clock.now();
         let mut samples = Vec::new();
         let mut values = Vec::new();
         for due in &plan.measure {

@@ -478,7 +478,7 @@ impl GitHub {
             answer.status.as_u16(),
             &answer.headers,
             &body,
-            SystemTime::now(),
+            crate::clock::system_time(),
         );
         scrub_error(error, call.token.as_ref())
     }
@@ -1033,7 +1033,7 @@ fn client_error(what: &str, error: octocrab::Error, call: &Call<'_>) -> ForgeErr
                 source.status_code.as_u16(),
                 &headers,
                 &body,
-                SystemTime::now(),
+                crate::clock::system_time(),
             )
         }
         octocrab::Error::JWT { .. } => ForgeError::permanent(format!(

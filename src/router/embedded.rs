@@ -359,7 +359,7 @@ impl Body for RequestBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(stall) = &mut this.stall {
-                    stall.as_mut().reset(Instant::now() + this.idle);
+                    stall.as_mut().reset(crate::clock::instant() + this.idle);
                 }
                 if this.inner.is_end_stream() {
                     this.publish(BodyState::Done);
@@ -658,7 +658,7 @@ impl EmbeddedRouter {
             splits: RwLock::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
             client,
-            epoch: Instant::now(),
+            epoch: crate::clock::instant(),
         });
         let serving = shared.clone();
         tokio::spawn(async move {
@@ -972,7 +972,7 @@ impl Shared {
                 "backend vanished\n".to_string(),
             );
         };
-        let started = Instant::now();
+        let started = crate::clock::instant();
         let resp = match self.forward(req, peer, upstream).await {
             Ok(resp) | Err(Unanswered::Backend(resp)) => resp,
             Err(Unanswered::Client(fault)) => {

@@ -1,6 +1,10 @@
 //! Integration tests, one binary (each extra `tests/*.rs` would link the whole tree again).
 
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests play the world around the daemon, whose clock is the real one"
+)]
 
 mod admin;
 mod analysis_e2e;
