@@ -34,7 +34,8 @@ fn main() {
     let green = rt.block_on(spawn_backend("green", 0.0, stop.clone()));
     let red = rt.block_on(spawn_backend("green", 1.0, stop.clone()));
 
-    // `cargo bench --bench daemon -- abort` runs one part: latency, webhook, abort or memory.
+    // `cargo bench --bench daemon -- abort` runs one part: latency, webhook, abort, memory or
+    // pushes.
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -168,7 +169,8 @@ fn main() {
         );
     }
 
-    for n in [1usize, 1000] {
+    // Cold start: every rollout's first status on the remote, one pack per look.
+    for n in [1usize, 1_000, 10_000] {
         if !part("memory") {
             break;
         }
@@ -181,11 +183,56 @@ fn main() {
             Duration::from_secs(600),
         );
         let settled = started.elapsed();
+        let packs = packs(&lab.remote);
         std::thread::sleep(Duration::from_secs(6)); // one more full look
         let (rss, hwm) = memory(daemon.id());
+        // Idle looks: nothing changes, so each costs only reading Git and the router.
+        let cpu0 = cpu_ms(daemon.id());
+        std::thread::sleep(Duration::from_secs(10)); // two looks at a 5 s poll
+        let idle = (cpu_ms(daemon.id()) - cpu0) / 2.0;
         kill(&mut daemon);
         println!(
-            "  {n:>5} rollouts: RSS {rss} KiB (peak {hwm} KiB); first status of every rollout committed after {settled:.1?}"
+            "  {n:>5} rollouts: first status of every rollout on the remote after {settled:.2?} ({packs} packs on the remote); RSS {rss} KiB (peak {hwm} KiB); an idle look costs {idle:.0} ms of CPU"
+        );
+    }
+
+    // Pushes that take 200 ms each (a pre-receive hook that sleeps, behind `git daemon`): 200
+    // rollouts given a canary in one commit, until every one is at step 1 with its weight
+    // verified.
+    if part("pushes") {
+        let n = 200;
+        let lab = Lab::new(blue, green);
+        let hook = lab.remote.join("hooks/pre-receive");
+        std::fs::write(&hook, "#!/bin/sh\ncat >/dev/null\nsleep 0.2\n").expect("hook");
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let (mut git_daemon, url) = lab.git_daemon();
+        lab.commit(&lab.rollouts(n, None), "stable");
+        let mut daemon = lab.start_with(&url, "1s", None);
+        lab.wait_long(
+            |s| s.len() == n && s.values().all(|f| f.live.is_some()),
+            Duration::from_secs(300),
+        );
+        let packs_before = packs(&lab.remote);
+        let t0 = Instant::now();
+        lab.commit(&lab.all_canary(n, "2.0"), "canary for every service");
+        lab.wait_long(
+            |s| {
+                s.values().all(|f| {
+                    f.status
+                        .progress
+                        .run()
+                        .is_some_and(|r| r.weight.get() == 20 && r.verified)
+                })
+            },
+            Duration::from_secs(600),
+        );
+        let took = t0.elapsed();
+        let pushes = packs(&lab.remote) - packs_before;
+        kill(&mut daemon);
+        kill(&mut git_daemon);
+        println!(
+            "  {n} rollouts given a canary in one commit, 200 ms per push: all at step 1, verified, after {took:.2?} ({pushes} pushes)"
         );
     }
     stop.cancel();
@@ -302,6 +349,31 @@ fn memory(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// How many packs the remote holds (a push over `git daemon` or `file://` adds one).
+fn packs(remote: &std::path::Path) -> usize {
+    std::fs::read_dir(remote.join("objects/pack"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) a process has used, in ms.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks * 10.0
+}
+
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -389,6 +461,48 @@ impl Lab {
             );
         }
         files
+    }
+
+    /// `n` rollouts, every one with a canary at 20 % that then waits for a person.
+    fn all_canary(&self, n: usize, version: &str) -> BTreeMap<String, Option<String>> {
+        let mut files = self.rollouts(n, None);
+        for i in 0..n {
+            files.insert(
+                format!("rollouts/checkout-{i}.yaml"),
+                Some(format!(
+                    "apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: checkout-{i}}}\nspec:\n  router: edge\n  service: checkout-{i}\n  stable: {{name: blue, version: \"1.0\"}}\n  canary: {{name: green, version: \"{version}\"}}\n  steps:\n    - setWeight: 20\n    - pause: {{}}\n"
+                )),
+            );
+        }
+        files
+    }
+
+    /// `git daemon` serving the remote on 127.0.0.1 with pushes allowed (so that its hooks
+    /// run, as on a real server); killed by the caller.
+    fn git_daemon(&self) -> (Child, String) {
+        let port = free().port();
+        let base = self.remote.parent().expect("parent");
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--enable=receive-pack",
+            ])
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "git daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (child, format!("git://127.0.0.1:{port}/remote.git"))
     }
 
     /// One rollout whose canary is judged by a 1 s error-rate analysis.

@@ -170,7 +170,69 @@ pub struct Plan {
     pub wake: Option<DateTime<Utc>>,
 }
 
+/// One effect of a plan. [`Plan::effects`] lists them in the order the daemon must execute
+/// them; the data each needs is in the plan (`traffic`, `status`, `measure`, `revert`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Effect {
+    /// Set `traffic` on the router.
+    SetTraffic,
+    /// Read the router back; what it reports is what the record says is live.
+    ReadBack,
+    /// Commit the status file (`status`, with what was read and measured) to the status branch.
+    /// The daemon writes the records of one look together, in one push.
+    Record,
+    /// Take the measurements in `measure`, and plan again with them.
+    Measure,
+    /// Push the revert branch for `revert`.
+    PushRevert,
+    /// Report the recorded status to the forge (a commit status, the revert pull request).
+    Report,
+}
+
 impl Plan {
+    /// Whether this plan moves traffic back toward stable (an abort, a rollback, a step back,
+    /// no canary at all): such traffic is applied before it is recorded, because being safe
+    /// matters more than being on record, and a failed record must not leave the canary on.
+    pub fn toward_safety(&self) -> bool {
+        matches!(
+            self.action,
+            Action::Abort { .. } | Action::RollBack { .. } | Action::StepBack | Action::Stable
+        )
+    }
+
+    /// The effects to execute, in order. The rule is the product's safety rule:
+    ///
+    /// - **toward the canary, record first** (write-ahead): the status naming the weight is in
+    ///   Git before the router gets it, so a crash in between re-applies it and never skips
+    ///   it; when Git cannot be written, the traffic is not applied at all;
+    /// - **back toward stable, apply first**, read back, then record what the router reports.
+    ///
+    /// Measurements, the revert branch and the forge come after the record they belong to.
+    pub fn effects(&self) -> Vec<Effect> {
+        let mut effects = Vec::with_capacity(6);
+        let moves = self.traffic.is_some();
+        if moves && self.toward_safety() {
+            effects.extend([Effect::SetTraffic, Effect::ReadBack, Effect::Record]);
+        } else {
+            effects.push(Effect::Record);
+            if moves {
+                // Read back by the next plan, whose status then says `verified`.
+                effects.push(Effect::SetTraffic);
+            }
+        }
+        if !self.measure.is_empty() {
+            effects.push(Effect::Measure);
+        }
+        if self.revert.is_some() {
+            effects.push(Effect::PushRevert);
+        }
+        if !matches!(self.action, Action::Invalid) {
+            effects.push(Effect::Report);
+        }
+        effects
+    }
+
     /// Whether executing this plan changes anything: traffic, status, measurements or a revert.
     pub fn has_changes(&self, recorded: &Status) -> bool {
         self.traffic.is_some()

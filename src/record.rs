@@ -11,8 +11,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::Outcome;
-use crate::model::Weight;
-use crate::progress::Status;
+use crate::model::{Observed, Rollout, Weight};
+use crate::plan::Plan;
+use crate::progress::{Progress, Status};
 
 /// The folder of status files on the status branch.
 pub const STATUS_DIR: &str = "status";
@@ -20,6 +21,24 @@ pub const STATUS_DIR: &str = "status";
 /// Path of a rollout's status file on the status branch.
 pub fn path_of(rollout: &str) -> String {
     format!("{STATUS_DIR}/{rollout}.yaml")
+}
+
+/// What the daemon saw while executing a plan, for [`StatusFile::after`].
+#[derive(Clone, Copy, Debug)]
+pub struct Seen<'a> {
+    /// The watched branch's commit whose spec was planned.
+    pub spec_commit: &'a str,
+    /// The router's answer (read back after the traffic, when the plan applies first).
+    pub live: Option<&'a Observed>,
+    /// Why the router could not be read.
+    pub router_error: Option<&'a str>,
+    /// Values measured since the last record, newest last.
+    pub measured: &'a [MetricValue],
+    /// The revert branch pushed for this abort, once it exists.
+    pub revert_branch: Option<&'a str>,
+    /// The pull request opened from the revert branch, once the forge has answered.
+    pub revert_pr: Option<&'a str>,
+    pub now: DateTime<Utc>,
 }
 
 /// One rollout's status file.
@@ -121,6 +140,55 @@ impl StatusFile {
             live.at = DateTime::<Utc>::MIN_UTC;
         }
         s
+    }
+
+    /// The file to record after `plan`: the plan's status, with what the daemon observed and
+    /// measured, carrying forward what the plan does not decide.
+    pub fn after(&self, plan: &Plan, spec: Option<&Rollout>, seen: Seen<'_>) -> StatusFile {
+        let mut f = self.clone();
+        let new_revision = plan.status.progress.revision() != self.status.progress.revision();
+        f.status = plan.status.clone();
+        if let Some(r) = spec {
+            // The commit that brought the current revision, not every later commit (an unrelated
+            // push must not rewrite a thousand status files).
+            if new_revision || f.spec_commit.is_none() {
+                f.spec_commit = Some(seen.spec_commit.to_string());
+            }
+            f.file = Some(r.file.clone());
+            f.steps = r.steps.len();
+            f.live = seen
+                .live
+                .and_then(Observed::percentages)
+                .map(|backends| LiveRecord {
+                    backends,
+                    at: seen.now,
+                });
+            f.router_error = seen.router_error.map(str::to_string);
+        }
+        if let Some(t) = &plan.traffic {
+            f.desired = t.backends.clone();
+        }
+        if new_revision {
+            f.analysis.clear();
+        }
+        for m in seen.measured {
+            f.analysis.retain(|old| old.metric != m.metric);
+            f.analysis.push(m.clone());
+        }
+        if matches!(plan.status.progress, Progress::Aborted { .. }) {
+            if let Some(branch) = seen.revert_branch {
+                f.revert = Some(branch.to_string());
+            }
+        } else {
+            f.revert = None;
+        }
+        f.revert_pr = match (&f.revert, seen.revert_pr) {
+            (None, _) => None,
+            (Some(_), Some(pr)) => Some(pr.to_string()),
+            (Some(_), None) => f.revert_pr.take(),
+        };
+        f.updated_at = seen.now;
+        f
     }
 
     /// The file as YAML.

@@ -10,6 +10,8 @@
 
 mod data_dir;
 mod forge;
+mod look;
+mod measure;
 pub mod message;
 mod revert;
 
@@ -24,18 +26,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::admin::Admin;
-use crate::analysis;
 use crate::clock::Clock;
-use crate::git::{self, Author, GateCommit, Mirror, Push, Remote};
-use crate::model::{Catalog, ERROR_RETRY, Observed, Revision, Rollout};
-use crate::plan::{self, Action, Gate, GateAction, Inputs, Plan, Sample};
-use crate::progress::Progress;
+use crate::git::{self, Author, GateCommit, Mirror, Remote};
+use crate::model::{Catalog, Revision, Rollout};
+use crate::plan::{Gate, GateAction};
 use crate::provider;
-use crate::record::{LiveRecord, MetricValue, StatusFile};
+use crate::record::StatusFile;
 use crate::router::Driver;
 use crate::router::embedded::EmbeddedRouter;
 use crate::spec::RouterSpec;
-use crate::telemetry::{ErrorClass, Event as Tele, ReconcileOutcome, Telemetry};
+use crate::telemetry::{ErrorClass, Event as Tele, Telemetry};
 use crate::validate::{self, Known, Source};
 use crate::webhook::{self, WebhookConfig};
 
@@ -103,7 +103,7 @@ pub enum DaemonError {
 }
 
 /// What wakes the loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Event {
     /// The poll interval or a rollout's wake time came.
     Tick,
@@ -111,6 +111,8 @@ enum Event {
     Changed,
     /// A webhook said the watched branch moved (the push is complete: no settling needed).
     Pushed,
+    /// A rollout's measurements came back from their task.
+    Measured(Vec<measure::Measured>),
     Shutdown,
 }
 
@@ -146,6 +148,8 @@ pub async fn run(
     .map_err(|_| DaemonError::Worker)??;
     let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
     let (pushed_tx, mut pushed_rx) = mpsc::channel::<()>(1);
+    // At most one measurement task per rollout is in flight, which bounds this channel.
+    let (measured_tx, mut measured_rx) = mpsc::unbounded_channel::<measure::Measured>();
     if let Some(hooks) = &settings.webhook {
         // A push reported by webhook wakes the loop at once: the remote has the whole push.
         let routes = webhook::routes(
@@ -207,15 +211,30 @@ pub async fn run(
         providers,
         outbox,
         latest: BTreeMap::new(),
+        measured_tx,
+        measuring: BTreeSet::new(),
+        taken: BTreeMap::new(),
+        head: None,
         shutdown: shutdown.clone(),
     };
     let mut event = Event::Tick;
     loop {
-        match event {
+        let fetch = match event {
             Event::Shutdown => break,
-            Event::Tick | Event::Changed | Event::Pushed => {}
-        }
-        let (wake, complete) = daemon.look().await;
+            Event::Tick | Event::Changed | Event::Pushed => true,
+            Event::Measured(results) => {
+                for m in results {
+                    for why in &m.errors {
+                        daemon.error(ErrorClass::Metrics, Some(&m.rollout), why.clone());
+                    }
+                    daemon.measuring.remove(&m.rollout);
+                    daemon.taken.insert(m.rollout.clone(), m);
+                }
+                // Git has not moved for this: plan from what the mirror holds.
+                false
+            }
+        };
+        let (wake, complete) = daemon.look(fetch).await;
         if complete {
             // Ready once every rollout has been looked at (Git read, specs validated).
             admin.set_ready(true);
@@ -237,6 +256,13 @@ pub async fn run(
                 Event::Changed
             }
             Some(()) = pushed_rx.recv() => Event::Pushed,
+            Some(first) = measured_rx.recv() => {
+                let mut all = vec![first];
+                while let Ok(more) = measured_rx.try_recv() {
+                    all.push(more);
+                }
+                Event::Measured(all)
+            }
         };
     }
     admin.set_ready(false);
@@ -328,13 +354,15 @@ struct Daemon {
     outbox: Option<forge::Outbox>,
     /// Each rollout's status as Git last held it, for the forge.
     latest: BTreeMap<String, StatusFile>,
+    /// Where measurement tasks send their results.
+    measured_tx: mpsc::UnboundedSender<measure::Measured>,
+    /// Rollouts whose measurements are in flight: not planned again until they are back.
+    measuring: BTreeSet<String>,
+    /// Measurements back from their task, for each rollout's next plan.
+    taken: BTreeMap<String, measure::Measured>,
+    /// The watched branch's commit as last fetched.
+    head: Option<String>,
     shutdown: CancellationToken,
-}
-
-/// Where a rollout's spec stands in the catalog.
-enum Spec<'a> {
-    Valid(&'a Rollout),
-    Invalid(Vec<String>),
 }
 
 impl Daemon {
@@ -356,21 +384,28 @@ impl Daemon {
 
     /// One look at everything: fetch, plan and execute every rollout. Returns the earliest
     /// time a rollout asked to be looked at again, and whether every rollout was looked at.
-    async fn look(&mut self) -> (Option<DateTime<Utc>>, bool) {
-        let heads = match self.git(|m| m.fetch()).await {
-            Ok(h) => h,
-            Err(e) => {
-                self.error(
-                    ErrorClass::Git,
-                    None,
-                    format!("fetch failed: {}", chain(&e)),
-                );
-                return (None, false);
+    async fn look(&mut self, fetch: bool) -> (Option<DateTime<Utc>>, bool) {
+        let head = match self.head.clone().filter(|_| !fetch) {
+            Some(head) => head,
+            None => {
+                let heads = match self.git(|m| m.fetch()).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.error(
+                            ErrorClass::Git,
+                            None,
+                            format!("fetch failed: {}", chain(&e)),
+                        );
+                        return (None, false);
+                    }
+                };
+                let Some(head) = heads.spec else {
+                    tracing::warn!(branch = %self.settings.remote.branch, "the watched branch does not exist yet");
+                    return (None, false);
+                };
+                self.head = Some(head.clone());
+                head
             }
-        };
-        let Some(head) = heads.spec else {
-            tracing::warn!(branch = %self.settings.remote.branch, "the watched branch does not exist yet");
-            return (None, false);
         };
         let catalog = match self.catalog(&head).await {
             Ok(c) => c,
@@ -418,10 +453,12 @@ impl Daemon {
                 names.insert(name.clone());
             }
         }
-        let mut wake: Option<DateTime<Utc>> = None;
+        let mut works = Vec::new();
+        let now = self.settings.clock.now();
         for name in names {
-            if self.shutdown.is_cancelled() {
-                break;
+            if self.measuring.contains(&name) {
+                // Never planned twice at once: its measurements are still out.
+                continue;
             }
             let recorded_file = statuses.get(&name).cloned();
             if let Some(f) = &recorded_file {
@@ -430,41 +467,41 @@ impl Daemon {
             if recorded_file.is_none() && recorded.contains_key(&name) {
                 continue; // unreadable status: held (reported above)
             }
-            let spec = match catalog.rollouts.iter().find(|r| r.name == name) {
-                Some(r) => Spec::Valid(r),
-                None => match catalog.invalid.get(&name) {
-                    Some(errors) => Spec::Invalid(errors.clone()),
-                    None => Spec::Invalid(vec![format!(
+            let spec = match catalog.rollouts.iter().position(|r| r.name == name) {
+                Some(i) => Ok(i),
+                None => Err(match catalog.invalid.get(&name) {
+                    Some(errors) => errors.clone(),
+                    None => vec![format!(
                         "{} cannot be parsed",
                         recorded_file
                             .as_ref()
                             .and_then(|f| f.file.clone())
                             .unwrap_or_default()
-                    )]),
-                },
+                    )],
+                }),
             };
-            let span = tracing::info_span!("rollout", rollout = %name, commit = %short(&head));
-            let valid = match spec {
-                Spec::Valid(r) => Some(r),
-                Spec::Invalid(_) => None,
-            };
-            // The span follows the future (a guard held across awaits would not).
-            let woke = async {
-                let woke = self
-                    .reconcile(&name, &head, &catalog, spec, recorded_file)
-                    .await;
-                // Traffic first, the forge after (and never waited for).
-                if let Some(r) = valid
-                    && let Some(f) = self.latest.get(&name).cloned()
-                {
-                    self.tell_forge(r, &head, &f).await;
-                }
-                woke
+            let in_git = recorded_file.unwrap_or_else(|| StatusFile::new(&name, now));
+            let unrecorded = self.unrecorded.get(&name).cloned();
+            let mut work = look::Work::new(name, spec, in_git, unrecorded);
+            if let Some(m) = self.taken.remove(work.name.as_str()) {
+                work = work.with_measured(m.samples, m.values);
             }
+            works.push(work);
+        }
+        let span = tracing::info_span!("look", commit = %short(&head), rollouts = works.len());
+        self.run_rounds(&head, &catalog, &mut works)
             .instrument(span)
             .await;
-            if let Some(w) = woke {
-                wake = Some(wake.map_or(w, |x| x.min(w)));
+        let mut wake: Option<DateTime<Utc>> = None;
+        for w in &works {
+            // Traffic first, the forge after (and never waited for).
+            if let Ok(i) = w.spec
+                && let Some(f) = self.latest.get(&w.name).cloned()
+            {
+                self.tell_forge(&catalog.rollouts[i], &head, &f).await;
+            }
+            if let Some(at) = w.wake() {
+                wake = Some(wake.map_or(at, |x| x.min(at)));
             }
         }
         (wake, !self.shutdown.is_cancelled())
@@ -514,192 +551,6 @@ impl Daemon {
         self.catalog = Some((commit.to_string(), catalog.clone()));
         Ok(catalog)
     }
-
-    /// Plans and executes one rollout until it has nothing more to do now.
-    async fn reconcile(
-        &mut self,
-        name: &str,
-        head: &str,
-        catalog: &Catalog,
-        spec: Spec<'_>,
-        recorded_file: Option<StatusFile>,
-    ) -> Option<DateTime<Utc>> {
-        let now = self.settings.clock.now();
-        // What Git holds, and what plans start from: the same, unless a step back was applied
-        // that Git has not taken yet (then that is the truth until it does).
-        let mut in_git = recorded_file.unwrap_or_else(|| StatusFile::new(name, now));
-        let mut recorded = self
-            .unrecorded
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| in_git.clone());
-        let mut samples: Vec<Sample> = Vec::new();
-        let mut measured: Vec<MetricValue> = Vec::new();
-        let mut revert_branch: Option<String> = None;
-        // Why the router could not be read at the last look, for the status.
-        let mut router_error: Option<String> = None;
-        let mut attempts = 0;
-        let mut rounds = 0;
-        loop {
-            rounds += 1;
-            if rounds > ROUNDS {
-                // Still moving (a weight that does not read back, say): look again soon, not now.
-                return Some(self.settings.clock.now() + chrono::Duration::seconds(1));
-            }
-            let now = self.settings.clock.now();
-            let (plan, live, rollout) = match spec {
-                Spec::Invalid(ref errors) => (
-                    plan::plan_invalid(&recorded.status, errors.clone()),
-                    None,
-                    None,
-                ),
-                Spec::Valid(r) => {
-                    let driver = self.driver(&r.target().router, catalog).await;
-                    let live = match &driver {
-                        Some(d) => self.observe(d, r).await,
-                        None => Err(format!("router `{}` is not running", r.target().router)),
-                    };
-                    router_error = live.as_ref().err().cloned();
-                    let live = live.ok();
-                    let gates = self
-                        .gates(head, r, recorded.status.last_gate.as_deref())
-                        .await;
-                    let plan = plan::plan(Inputs {
-                        spec: r,
-                        recorded: &recorded.status,
-                        live: live.as_ref(),
-                        samples: &samples,
-                        gates: &gates,
-                        now,
-                    });
-                    (plan, live, Some(r))
-                }
-            };
-            let toward_safety = matches!(
-                plan.action,
-                Action::Abort { .. } | Action::RollBack { .. } | Action::StepBack | Action::Stable
-            );
-            let mut live = live;
-            let mut applied = true;
-            if toward_safety && plan.traffic.is_some() {
-                // Back toward stable: apply first, and record what the router then reports.
-                applied = self.apply(&plan, rollout).await;
-                if let Some(r) = rollout
-                    && let Some(d) = self.running(&r.target().router)
-                {
-                    let read = self.observe(&d, r).await;
-                    router_error = read.as_ref().err().cloned();
-                    live = read.ok();
-                }
-            }
-            let mut file = self.file_for(
-                &recorded,
-                &plan,
-                rollout,
-                head,
-                live.as_ref(),
-                &measured,
-                now,
-            );
-            if matches!(file.status.progress, Progress::Aborted { .. })
-                && let Some(branch) = &revert_branch
-            {
-                file.revert = Some(branch.clone());
-            }
-            if rollout.is_some() {
-                file.router_error = router_error.clone();
-            }
-            if file.substance() != in_git.substance() {
-                let message = message::status_commit(&file, &plan.action, &measured);
-                match self.record(name, &file, &message).await {
-                    Ok(true) => {
-                        self.unrecorded.remove(name);
-                        in_git = file.clone();
-                        self.latest.insert(name.to_string(), file.clone());
-                        self.telemetry.record(Tele::StatusCommitted {
-                            rollout: name.to_string(),
-                            summary: message.lines().next().unwrap_or_default().to_string(),
-                        });
-                    }
-                    Ok(false) => {
-                        // Someone else moved the status branch: plan again from theirs, with
-                        // the same measurements (an abort they prove is derived again).
-                        attempts += 1;
-                        self.telemetry.record(Tele::PushRejected);
-                        if attempts >= PUSH_ATTEMPTS {
-                            self.error(
-                                ErrorClass::Git,
-                                Some(name),
-                                "status push rejected too often; will retry".into(),
-                            );
-                            return Some(now + chrono::Duration::seconds(1));
-                        }
-                        in_git = self.refetch_status(name).await?;
-                        recorded = self
-                            .unrecorded
-                            .get(name)
-                            .cloned()
-                            .unwrap_or_else(|| in_git.clone());
-                        rounds -= 1;
-                        continue;
-                    }
-                    Err(e) => {
-                        self.error(
-                            ErrorClass::Git,
-                            Some(name),
-                            format!("cannot record status: {e}"),
-                        );
-                        if toward_safety {
-                            // Traffic is already safe; keep the truth until Git takes it.
-                            self.unrecorded.insert(name.to_string(), file);
-                        }
-                        // Nothing toward the canary happens without a record.
-                        return Some(
-                            now + chrono::Duration::from_std(self.settings.poll)
-                                .unwrap_or_default(),
-                        );
-                    }
-                }
-            }
-            // Recorded (or nothing new to record): the measurements are spent.
-            samples.clear();
-            measured.clear();
-            self.step_finished(name, &recorded, &file, now);
-            recorded = file;
-            if !toward_safety && plan.traffic.is_some() {
-                applied = self.apply(&plan, rollout).await;
-            }
-            self.outcome(name, &plan);
-            if !applied {
-                // The status says the weight is unverified; the planner retries and, past the
-                // progress deadline, applies the spec's policy.
-                return Some(now + chrono::Duration::from_std(ERROR_RETRY).unwrap_or_default());
-            }
-            if let (Some(revert), Some(r)) = (&plan.revert, rollout)
-                && let Some(branch) = self.revert(r, head, revert).await
-                && recorded.revert.as_deref() != Some(branch.as_str())
-            {
-                // Plan again, to record where the revert branch is.
-                revert_branch = Some(branch);
-                rounds -= 1;
-                continue;
-            }
-            let Some(r) = rollout else {
-                return plan.wake;
-            };
-            if plan.measure.is_empty() {
-                if plan.traffic.is_some() {
-                    continue; // read the weights back and record them verified
-                }
-                return plan.wake;
-            }
-            if rounds == ROUNDS {
-                // No round left to fold the values in: measure at the next look.
-                return Some(self.settings.clock.now());
-            }
-            (samples, measured) = self.measure(r, &plan, catalog).await;
-        }
-    }
 }
 
 impl Daemon {
@@ -709,55 +560,6 @@ impl Daemon {
             rollout: rollout.map(str::to_string),
             message,
         });
-    }
-
-    /// The status file to record for `plan`, carrying forward what the plan does not decide.
-    #[allow(clippy::too_many_arguments)]
-    fn file_for(
-        &self,
-        recorded: &StatusFile,
-        plan: &Plan,
-        rollout: Option<&Rollout>,
-        head: &str,
-        live: Option<&Observed>,
-        measured: &[MetricValue],
-        now: DateTime<Utc>,
-    ) -> StatusFile {
-        let mut f = recorded.clone();
-        let new_revision = plan.status.progress.revision() != recorded.status.progress.revision();
-        f.status = plan.status.clone();
-        if let Some(r) = rollout {
-            // The commit that brought the current revision, not every later commit (an unrelated
-            // push must not rewrite a thousand status files).
-            if new_revision || f.spec_commit.is_none() {
-                f.spec_commit = Some(head.to_string());
-            }
-            f.file = Some(r.file.clone());
-            f.steps = r.steps.len();
-            f.live = live
-                .and_then(Observed::percentages)
-                .map(|backends| LiveRecord { backends, at: now });
-        }
-        if let Some(t) = &plan.traffic {
-            f.desired = t.backends.clone();
-        }
-        if new_revision {
-            f.analysis.clear();
-        }
-        for m in measured {
-            f.analysis.retain(|old| old.metric != m.metric);
-            f.analysis.push(m.clone());
-        }
-        if !matches!(plan.status.progress, Progress::Aborted { .. }) {
-            f.revert = None;
-        }
-        f.revert_pr = f
-            .revert
-            .as_ref()
-            .and_then(|branch| self.outbox.as_ref()?.opened(branch))
-            .or_else(|| f.revert_pr.take().filter(|_| f.revert.is_some()));
-        f.updated_at = now;
-        f
     }
 
     /// The driver of router `name`, started (or restarted, when its spec changed) on demand.
@@ -818,72 +620,6 @@ impl Daemon {
         self.drivers.get(name).map(|d| d.driver.clone())
     }
 
-    /// The live weights of a rollout's service; `None` (hold) when the router cannot tell.
-    async fn observe(&self, driver: &Driver, r: &Rollout) -> Result<Observed, String> {
-        let target = r.target();
-        let why = match tokio::time::timeout(
-            self.settings.router_timeout,
-            driver.observe(&target.service),
-        )
-        .await
-        {
-            Ok(Ok(o)) => return Ok(o),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("router `{}` did not answer in time", target.router),
-        };
-        self.error(ErrorClass::Router, Some(&r.name), why.clone());
-        Err(why)
-    }
-
-    /// Sets the plan's traffic on the rollout's router; whether the router took it (nothing to
-    /// set counts as taken).
-    async fn apply(&self, plan: &Plan, rollout: Option<&Rollout>) -> bool {
-        let (Some(traffic), Some(r)) = (&plan.traffic, rollout) else {
-            return true;
-        };
-        let target = r.target();
-        let Some(driver) = self.running(&target.router) else {
-            return false;
-        };
-        let started = crate::clock::instant();
-        let result = tokio::time::timeout(
-            self.settings.router_timeout,
-            driver.apply(&target.service, traffic),
-        )
-        .await;
-        match result {
-            Ok(Ok(())) => {
-                self.telemetry.record(Tele::RouterApply {
-                    router: target.router.clone(),
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-                let canary = target
-                    .canary
-                    .as_ref()
-                    .and_then(|c| traffic.backends.get(&c.name))
-                    .map_or(0, |w| w.get());
-                self.telemetry.record(Tele::WeightChanged {
-                    rollout: r.name.clone(),
-                    router: target.router.clone(),
-                    canary_weight: canary,
-                });
-                true
-            }
-            Ok(Err(e)) => {
-                self.error(ErrorClass::Router, Some(&r.name), e.to_string());
-                false
-            }
-            Err(_) => {
-                self.error(
-                    ErrorClass::Router,
-                    Some(&r.name),
-                    format!("router `{}` did not answer in time", target.router),
-                );
-                false
-            }
-        }
-    }
-
     /// Times a step that just ended (the run moved on, or left flight).
     fn step_finished(
         &self,
@@ -908,29 +644,6 @@ impl Daemon {
                     .unwrap_or_default()
                     .as_secs_f64(),
             });
-        }
-    }
-
-    /// Counts the plan's outcome and announces lifecycle changes.
-    fn outcome(&self, name: &str, plan: &Plan) {
-        let outcome = match &plan.action {
-            Action::Wait { .. } => ReconcileOutcome::Unchanged,
-            Action::Hold { .. } | Action::Invalid => ReconcileOutcome::Held,
-            _ => ReconcileOutcome::Changed,
-        };
-        self.telemetry.record(Tele::Reconciled {
-            rollout: name.to_string(),
-            outcome,
-        });
-        match &plan.action {
-            Action::Abort { evidence } => self.telemetry.record(Tele::Aborted {
-                rollout: name.to_string(),
-                reason: evidence.summary.clone(),
-            }),
-            Action::Promote => self.telemetry.record(Tele::Promoted {
-                rollout: name.to_string(),
-            }),
-            _ => {}
         }
     }
 
@@ -979,100 +692,6 @@ impl Daemon {
                 })
             })
             .collect()
-    }
-
-    /// Commits one status file. `Ok(false)`: the push was rejected (someone else pushed).
-    async fn record(&self, name: &str, file: &StatusFile, message: &str) -> Result<bool, String> {
-        let yaml = file.to_yaml()?;
-        let changes = BTreeMap::from([(name.to_string(), Some(yaml))]);
-        let message = message.to_string();
-        match self.git(move |m| m.commit_status(&changes, &message)).await {
-            Ok(Push::Pushed(_) | Push::Unchanged) => Ok(true),
-            Ok(Push::Rejected) => Ok(false),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// The status file of `name` as the remote has it now.
-    async fn refetch_status(&self, name: &str) -> Option<StatusFile> {
-        let files = self
-            .git(|m| {
-                m.fetch()?;
-                m.status_files()
-            })
-            .await;
-        match files {
-            Ok(files) => match files.get(name).map(|t| StatusFile::from_yaml(t)) {
-                Some(Ok(f)) => Some(f),
-                None => Some(StatusFile::new(name, self.settings.clock.now())),
-                Some(Err(e)) => {
-                    self.error(
-                        ErrorClass::Status,
-                        Some(name),
-                        format!("status file of `{name}` cannot be read: {e}"),
-                    );
-                    None
-                }
-            },
-            Err(e) => {
-                self.error(
-                    ErrorClass::Git,
-                    Some(name),
-                    format!("fetch failed: {}", chain(&e)),
-                );
-                None
-            }
-        }
-    }
-}
-
-impl Daemon {
-    /// Takes the measurements a plan asks for: samples for the next plan, values for the status.
-    async fn measure(
-        &mut self,
-        r: &Rollout,
-        plan: &Plan,
-        catalog: &Catalog,
-    ) -> (Vec<Sample>, Vec<MetricValue>) {
-        let target = r.target();
-        let driver = self.driver(&target.router, catalog).await;
-        let now = self.settings.clock.now();
-        let mut samples = Vec::new();
-        let mut values = Vec::new();
-        for due in &plan.measure {
-            let Some(a) = due.analysis.of(r) else {
-                continue;
-            };
-            let Some(metric) = a.metrics.iter().find(|m| m.name == due.metric) else {
-                continue;
-            };
-            let window = a.window();
-            let (m, value) = provider::take(
-                metric,
-                target,
-                driver.as_deref(),
-                window,
-                &self.providers,
-                now,
-            )
-            .await;
-            if m.outcome == analysis::Outcome::Error {
-                let why = m.message.as_deref().unwrap_or("no message");
-                self.error(
-                    ErrorClass::Metrics,
-                    Some(&r.name),
-                    format!("metric `{}`: {why}", metric.name),
-                );
-            }
-            values.push(value);
-            samples.push(Sample {
-                revision: r.revision.clone(),
-                analysis: due.analysis,
-                metric: due.metric.clone(),
-                measurement: m,
-            });
-        }
-        (samples, values)
     }
 }
 

@@ -2543,8 +2543,90 @@ mod properties {
         }
     }
 
+    /// Checks the order of one plan's effects against what its traffic does to the canary,
+    /// judged from the data (weights before and after), not from the action's name.
+    fn check_order(r: &Record) -> Result<(), TestCaseError> {
+        use canaryd::plan::Effect;
+        let effects = r.plan.effects();
+        let at = |e: Effect| effects.iter().position(|x| *x == e);
+        for e in &effects {
+            prop_assert_eq!(
+                effects.iter().filter(|x| *x == e).count(),
+                1,
+                "{:?} twice",
+                e
+            );
+        }
+        let record = at(Effect::Record);
+        prop_assert!(record.is_some(), "no record: {:?}", effects);
+        if let Some(m) = at(Effect::Measure) {
+            prop_assert!(record < Some(m), "measured before recording: {:?}", effects);
+        }
+        let Some(traffic) = &r.plan.traffic else {
+            prop_assert!(at(Effect::SetTraffic).is_none(), "{:?}", effects);
+            return Ok(());
+        };
+        let set = at(Effect::SetTraffic);
+        prop_assert!(set.is_some(), "traffic never set: {:?}", effects);
+        // The canary is the backend of a revision on trial: that of the run after the plan or
+        // before it.
+        let before_run = r.recorded.progress.run();
+        let canary = r
+            .plan
+            .status
+            .progress
+            .run()
+            .or(before_run)
+            .map(|run| run.canary.clone());
+        if let Some(canary) = canary {
+            let after = traffic
+                .backends
+                .get(&canary)
+                .copied()
+                .unwrap_or(Weight::ZERO);
+            let before = before_run
+                .filter(|run| run.canary == canary)
+                .map_or(Weight::ZERO, |run| run.weight);
+            // A rollback may raise a backend back to where a promoted revision had it: that
+            // is the way back to a proven version, applied at once.
+            let rollback = matches!(r.plan.action, Action::RollBack { .. } | Action::StepBack);
+            if matches!(r.plan.action, Action::Abort { .. }) {
+                prop_assert!(after <= before, "an abort raised {}: {:#?}", canary, r);
+            }
+            if after > before && !rollback {
+                prop_assert!(
+                    record < set,
+                    "canary {} {} -> {} applied before it was recorded: {:?} {:#?}",
+                    canary,
+                    before,
+                    after,
+                    effects,
+                    r
+                );
+            }
+        }
+        if r.plan.toward_safety() {
+            prop_assert!(
+                set < record
+                    && at(Effect::ReadBack).is_some_and(|b| set < Some(b) && Some(b) < record),
+                "a step back recorded before it was applied and read back: {:?}",
+                effects
+            );
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(config())]
+
+        #[test]
+        fn a_step_toward_the_canary_is_recorded_first_and_a_step_back_applied_first(
+            (shape, target, events) in cases()
+        ) {
+            for r in simulate(shape, target, events) {
+                check_order(&r)?;
+            }
+        }
 
         #[test]
         fn no_input_makes_the_planner_emit_a_weight_the_spec_does_not_name(
