@@ -11,17 +11,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::diag::{Diagnostic, Position};
+use crate::git::IGNORE_FILE;
 use crate::model::Catalog;
 use crate::progress::Status;
 use crate::record::StatusFile;
 use crate::spec::RouterSpec;
 use crate::validate::{self, Known, Source};
 use crate::yaml::MAX_FILE_BYTES;
-
-/// Name of the file that lists paths to skip when walking a directory (one per line,
-/// relative to that directory; `#` starts a comment). `examples/` uses it to keep its
-/// deliberately invalid specs out of `canaryd lint examples/`.
-pub const IGNORE_FILE: &str = ".canarydignore";
 
 /// Errors that stop a command from running at all (exit 2), as opposed to findings.
 #[derive(Debug, thiserror::Error)]
