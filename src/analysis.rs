@@ -14,6 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Analysis, ERROR_RETRY, Metric};
+use crate::number::short;
 
 /// How many measurements per metric are kept in the status (as Argo Rollouts).
 pub const RETAINED: usize = 10;
@@ -405,18 +406,6 @@ fn evidence(metric: &Metric, m: &MetricState, broke: Broke, n: u32, limit: u32) 
         detail: deciding
             .filter(|x| x.outcome == Outcome::Failure)
             .and_then(|x| x.message.clone()),
-    }
-}
-
-/// A value short enough for a commit subject.
-pub fn short(v: f64) -> String {
-    if v == v.trunc() && v.abs() < 1e9 {
-        format!("{v:.0}")
-    } else if v.abs() >= 0.001 {
-        let s = format!("{v:.4}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        format!("{v:.2e}")
     }
 }
 

@@ -9,8 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::analysis::{Outcome, short};
+use crate::analysis::Outcome;
 use crate::model::{Analysis, Rollout, Step};
+use crate::number::short;
 use crate::provider::{self, Providers};
 use crate::record::MetricValue;
 

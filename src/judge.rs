@@ -599,7 +599,7 @@ impl Verdict {
     /// One line per the judge's metrics, for commit messages and revert PRs:
     /// `latency high (p 1.2e-4, shift +118 in [96, 141], ratio 2.1, 12/12 samples); errors pass (p 0.41, …)`.
     pub fn brief(&self) -> String {
-        let short = crate::analysis::short;
+        let short = crate::number::short;
         let signed = |v: f64| {
             if v > 0.0 {
                 format!("+{}", short(v))

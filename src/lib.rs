@@ -27,13 +27,19 @@
 //! - [`report`]: what `lint` and `plan` print, human or JSON; [`status_view`] what `status` prints.
 //! - [`schema`]: JSON Schema generation for `schemas/`.
 //! - [`record`]: the status file, one per rollout on the status branch: the planner's state plus
-//!   what the daemon observed.
+//!   what the daemon observed, assembled by [`record::StatusFile::after`].
+//! - [`number`]: numbers as commit subjects and pull requests show them.
 //!
 //! The edges, where I/O lives:
 //!
-//! - [`daemon`]: `canaryd run`, one loop that fetches, plans and executes (status commit, traffic,
-//!   measurements, revert branch), and [`daemon::message`] the status commit messages.
-//! - [`git`]: every Git operation (git2, blocking; the daemon runs it on the blocking pool).
+//! - [`daemon`]: `canaryd run`, one loop over a closed `Event` that fetches, plans and executes
+//!   each plan's [`plan::Effect`]s in order, batched across rollouts in rounds (one status push
+//!   per round); measurements run on their own tasks and come back as events.
+//!   [`daemon::message`] writes the status commit messages.
+//! - [`git`]: every Git operation (git2, blocking; the daemon runs it on the blocking pool), one
+//!   file per concern: the mirror, pushing, credentials, known_hosts, gate commits, and the
+//!   repository played by hand for the demo and benchmarks.
+//! - [`clock`]: the only place time is read; the daemon takes a [`clock::Clock`].
 //! - [`router`]: the router boundary (`observe`, `apply`, `health`), one file per driver:
 //!   [`router::embedded`] (the reverse proxy inside the daemon), [`router::haproxy`],
 //!   [`router::traefik`], [`router::caddy`], [`router::nginx`], [`router::gateway`].
@@ -58,7 +64,11 @@
 //!   [`provider`] and [`prometheus`], [`forge`], [`admin`], [`backend`] and [`daemon`] touch the
 //!   network, and only [`daemon`] (and the one-shot commands) decide when.
 //! - The daemon records a step toward the canary before applying it, and applies a step back
-//!   (abort, rollback) before recording it.
+//!   (abort, rollback) before recording it: [`plan::Plan::effects`] orders them, a property test
+//!   checks the order, and the daemon only follows it.
+//! - Time is read only in [`clock`] (clippy's `disallowed-methods`); git2 only in [`git`],
+//!   octocrab only in [`forge`]; no two modules import each other, even round a loop
+//!   (`tests/it/tidy.rs` checks all three).
 //! - Nothing below `main` reads the environment, except [`secret`] reading the variable a
 //!   configuration names; configuration is parsed once and passed down.
 //! - Secrets never appear in specs: router and forge credentials are named by environment
@@ -78,6 +88,7 @@ pub mod judge;
 pub mod listener;
 pub mod live;
 pub mod model;
+pub mod number;
 pub mod plan;
 pub mod progress;
 pub mod prometheus;

@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::analysis::short as value;
 use crate::forge::{AnyForge, CommitReport, Forge as _, ForgeConfig, ReportState, RevertRequest};
 use crate::model::{Revision, Rollout};
+use crate::number::short as value;
 use crate::progress::Progress;
 use crate::record::{self, StatusFile};
 use crate::telemetry::{ErrorClass, Event as Tele, Telemetry};

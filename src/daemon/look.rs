@@ -27,6 +27,10 @@ use crate::telemetry::{ErrorClass, Event as Tele, ReconcileOutcome};
 /// How many router or metric calls one look keeps in flight at once.
 const CONCURRENCY: usize = 16;
 
+/// Up to this many status changes in one round get a commit each; more are folded into one
+/// (each commit rewrites the `status/` tree, which holds every rollout).
+const CHAIN: usize = 32;
+
 /// One rollout's work during a look.
 pub(super) struct Work {
     pub name: String,
@@ -585,25 +589,31 @@ enum Recorded {
     Rejected,
 }
 
-/// Commits the status files of one round (rollout, YAML, message) and pushes them at once.
+/// Commits the status files of one round (rollout, YAML, message) and pushes them at once:
+/// one commit per rollout, chained, so that `git log -- status/<name>.yaml` reads as that
+/// rollout's story; past [`CHAIN`] changes in one round (a cold start), one commit whose
+/// message has each rollout's line.
 fn commit_all(
     m: &crate::git::Mirror,
     commits: &[(String, String, String)],
 ) -> Result<Push, crate::git::GitError> {
-    let changes: BTreeMap<String, Option<String>> = commits
-        .iter()
-        .map(|(name, yaml, _)| (name.clone(), Some(yaml.clone())))
-        .collect();
-    let message = match commits {
-        [(_, _, one)] => one.clone(),
-        many => {
-            let mut m = format!("status of {} rollouts\n\n", many.len());
-            for (_, _, message) in many {
-                m.push_str(message.lines().next().unwrap_or_default());
-                m.push('\n');
-            }
-            m
-        }
+    let chain: Vec<(BTreeMap<String, Option<String>>, String)> = if commits.len() <= CHAIN {
+        commits
+            .iter()
+            .map(|(name, yaml, message)| {
+                (
+                    BTreeMap::from([(name.clone(), Some(yaml.clone()))]),
+                    message.clone(),
+                )
+            })
+            .collect()
+    } else {
+        let changes = commits
+            .iter()
+            .map(|(name, yaml, _)| (name.clone(), Some(yaml.clone())))
+            .collect();
+        let messages: Vec<&str> = commits.iter().map(|(_, _, m)| m.as_str()).collect();
+        vec![(changes, message::folded(&messages))]
     };
-    m.commit_status(&changes, &message)
+    m.commit_status_chain(&chain)
 }

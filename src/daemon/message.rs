@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::analysis::{Outcome, short};
+use crate::analysis::Outcome;
+use crate::number::short;
 use crate::plan::Action;
 use crate::progress::Progress;
 use crate::record::{MetricValue, StatusFile};
@@ -52,6 +53,18 @@ pub fn status_commit(file: &StatusFile, action: &Action, measured: &[MetricValue
     }
     let _ = writeln!(body, "Phase: {}", status.progress.phase());
     body
+}
+
+/// The message of one commit recording many rollouts at once (a cold start): the subject
+/// counts them, the body has each rollout's subject line, so `git log -- status/<name>.yaml`
+/// still shows what happened to `<name>`.
+pub fn folded(messages: &[&str]) -> String {
+    let mut m = format!("status of {} rollouts\n\n", messages.len());
+    for message in messages {
+        m.push_str(message.lines().next().unwrap_or_default());
+        m.push('\n');
+    }
+    m
 }
 
 /// What happened, in a few words: `step 3/7 weight 25%`, `aborted: errors 0.08 missed …`.

@@ -37,7 +37,7 @@ pub fn message(r: &Rollout, revert: &Revert, change: &str, parent: Option<&str>)
             .evidence
             .values
             .iter()
-            .map(|v| v.map_or_else(|| "no data".to_string(), crate::analysis::short))
+            .map(|v| v.map_or_else(|| "no data".to_string(), crate::number::short))
             .collect();
         let _ = writeln!(
             m,

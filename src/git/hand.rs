@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use git2::{AutotagOption, Commit, FetchOptions, Oid, Repository};
 
@@ -98,7 +98,7 @@ struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     fn new(parent: &Path) -> ScratchDir {
-        let nanos = SystemTime::now()
+        let nanos = crate::clock::system_time()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();

@@ -336,15 +336,17 @@ impl Mirror {
         changes: &BTreeMap<String, Option<String>>,
         message: &str,
     ) -> Result<Push, GitError> {
-        let mut edits = Vec::new();
-        for (rollout, text) in changes {
-            check_rollout(rollout)?;
-            edits.push((
-                format!("{STATUS_DIR}/{rollout}.yaml"),
-                text.as_deref().map(str::as_bytes),
-            ));
-        }
-        let base = match self.tracking_tip(&self.remote.status_branch)? {
+        self.commit_status_chain(&[(changes.clone(), message.to_string())])
+    }
+
+    /// Like [`Mirror::commit_status`] for several commits: each of `commits` (changes,
+    /// message) on top of the one before, the whole chain pushed at once. A commit that would
+    /// change nothing is left out of the chain; `Unchanged` if all are.
+    pub fn commit_status_chain(
+        &self,
+        commits: &[(BTreeMap<String, Option<String>>, String)],
+    ) -> Result<Push, GitError> {
+        let mut parent = match self.tracking_tip(&self.remote.status_branch)? {
             Some(tip) => Some(
                 self.repo
                     .find_commit(tip)
@@ -352,24 +354,44 @@ impl Mirror {
             ),
             None => None,
         };
-        let base_tree = match &base {
-            Some(c) => Some(c.tree().map_err(self.repo_err("read tree"))?),
-            None => None,
-        };
-        let tree = self.edited_tree(base_tree.as_ref(), &edits)?;
-        let same = match &base_tree {
-            Some(base) => base.id() == tree,
-            // Deleting from a branch that does not exist yet makes no root commit.
-            None => self
-                .repo
-                .find_tree(tree)
-                .map_err(self.repo_err("read tree"))?
-                .is_empty(),
-        };
-        if same {
-            return Ok(Push::Unchanged);
+        let mut tip = None;
+        for (changes, message) in commits {
+            let mut edits = Vec::new();
+            for (rollout, text) in changes {
+                check_rollout(rollout)?;
+                edits.push((
+                    format!("{STATUS_DIR}/{rollout}.yaml"),
+                    text.as_deref().map(str::as_bytes),
+                ));
+            }
+            let base_tree = match &parent {
+                Some(c) => Some(c.tree().map_err(self.repo_err("read tree"))?),
+                None => None,
+            };
+            let tree = self.edited_tree(base_tree.as_ref(), &edits)?;
+            let same = match &base_tree {
+                Some(base) => base.id() == tree,
+                // Deleting from a branch that does not exist yet makes no root commit.
+                None => self
+                    .repo
+                    .find_tree(tree)
+                    .map_err(self.repo_err("read tree"))?
+                    .is_empty(),
+            };
+            if same {
+                continue;
+            }
+            let commit = self.make_commit(tree, parent.as_ref(), message)?;
+            tip = Some(commit);
+            parent = Some(
+                self.repo
+                    .find_commit(commit)
+                    .map_err(self.repo_err("read commit"))?,
+            );
         }
-        let commit = self.make_commit(tree, base.as_ref(), message)?;
+        let Some(commit) = tip else {
+            return Ok(Push::Unchanged);
+        };
         let dst = format!("refs/heads/{}", self.remote.status_branch);
         match self.push_commit(commit, &dst)? {
             Pushed::Rejected => Ok(Push::Rejected),

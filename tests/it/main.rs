@@ -26,5 +26,6 @@ mod router_gateway;
 mod router_haproxy;
 mod router_nginx;
 mod router_traefik;
+mod tidy;
 mod validation;
 mod webhook;
