@@ -178,11 +178,22 @@ fn main() {
         lab.commit(&lab.rollouts(n, None), "many rollouts");
         let started = Instant::now();
         let mut daemon = lab.start(false, "5s");
-        lab.wait_long(
-            |s| s.len() == n && s.values().all(|f| f.live.is_some()),
-            Duration::from_secs(600),
-        );
+        // Counting the status branch's files costs the bench little; parsing 10,000 of them
+        // every 50 ms would take the daemon's CPU.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while lab.status_count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "not every rollout recorded in 600 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let settled = started.elapsed();
+        let statuses = lab.statuses();
+        assert!(
+            statuses.len() == n && statuses.values().all(|f| f.live.is_some()),
+            "a first status without live weights"
+        );
         let packs = packs(&lab.remote);
         std::thread::sleep(Duration::from_secs(6)); // one more full look
         let (rss, hwm) = memory(daemon.id());
@@ -523,6 +534,21 @@ impl Lab {
             email: "bench@localhost".into(),
         };
         git::commit_files(&self.remote, "main", files, message, &author).expect("commit");
+    }
+
+    /// How many status files the remote's status branch holds.
+    fn status_count(&self) -> usize {
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(&self.remote)
+            .args(["ls-tree", "--name-only", "canaryd/status", "status/"])
+            .stderr(Stdio::null())
+            .output()
+            .expect("git");
+        out.stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
     }
 
     fn statuses(&self) -> BTreeMap<String, StatusFile> {

@@ -329,6 +329,10 @@ fn plan(
         }
         None => live_from_routers(&catalog, &config)?,
     };
+    // Promote and abort commits, as the daemon reads them: the checkout's history stands in
+    // for the watched branch. A folder that is not a checkout has none.
+    let all_gates =
+        canaryd::git::gates_at_head(repo_dir, canaryd::daemon::HISTORY).unwrap_or_default();
     let mut plans = Vec::new();
     let mut human = String::new();
     let mut pending = false;
@@ -338,12 +342,21 @@ fn plan(
             None => canaryd::progress::Status::new(&rollout.name),
         };
         let observed = live.get(rollout.target());
+        let gates = plan::pending_gates(
+            all_gates
+                .get(&rollout.name)
+                .into_iter()
+                .flatten()
+                .map(|c| (c.id.as_str(), c.action.as_str(), c.revision.as_str())),
+            rollout,
+            recorded.last_gate.as_deref(),
+        );
         let p = plan::plan(Inputs {
             spec: rollout,
             recorded: &recorded,
             live: observed,
             samples: &[],
-            gates: &[],
+            gates: &gates,
             now,
         });
         pending |= p.has_changes(&recorded);
@@ -372,7 +385,23 @@ fn plan(
     }
     match output {
         Output::Human => emit(&human)?,
-        Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&plans)?))?,
+        Output::Json => {
+            /// A plan with the effects the daemon would execute for it, in order.
+            #[derive(serde::Serialize)]
+            struct Shown<'a> {
+                #[serde(flatten)]
+                plan: &'a plan::Plan,
+                effects: Vec<plan::Effect>,
+            }
+            let shown: Vec<Shown<'_>> = plans
+                .iter()
+                .map(|plan| Shown {
+                    plan,
+                    effects: plan.effects(),
+                })
+                .collect();
+            emit(&format!("{}\n", serde_json::to_string_pretty(&shown)?))?
+        }
     }
     // A file that cannot be parsed may hold rollouts nobody can plan: say so, and fail.
     let broken: Vec<&canaryd::diag::Diagnostic> = diags

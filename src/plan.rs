@@ -78,6 +78,36 @@ pub enum GateAction {
     Abort,
 }
 
+/// The promote/abort commits that count for `spec` now, oldest first: those after `last` (the
+/// gate the recorded status honoured last; from the oldest when it is not among them) and made
+/// against the spec's current revision. `commits` are (id, action, revision), oldest first, as
+/// the first-parent history of the watched branch holds them.
+pub fn pending_gates<'a>(
+    commits: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    spec: &Rollout,
+    last: Option<&str>,
+) -> Vec<Gate> {
+    let commits: Vec<(&str, &str, &str)> = commits.into_iter().collect();
+    let start = last
+        .and_then(|g| commits.iter().position(|(id, _, _)| *id == g))
+        .map_or(0, |p| p + 1);
+    commits[start..]
+        .iter()
+        .filter(|(_, _, revision)| *revision == spec.revision.as_str())
+        .filter_map(|(id, action, _)| {
+            let action = match *action {
+                "promote" => GateAction::Promote,
+                "abort" => GateAction::Abort,
+                _ => return None,
+            };
+            Some(Gate {
+                id: (*id).to_string(),
+                action,
+            })
+        })
+        .collect()
+}
+
 /// Everything the planner looks at.
 #[derive(Clone, Copy, Debug)]
 pub struct Inputs<'a> {
@@ -188,6 +218,19 @@ pub enum Effect {
     PushRevert,
     /// Report the recorded status to the forge (a commit status, the revert pull request).
     Report,
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Effect::SetTraffic => "set traffic",
+            Effect::ReadBack => "read back",
+            Effect::Record => "record status",
+            Effect::Measure => "measure",
+            Effect::PushRevert => "push revert branch",
+            Effect::Report => "report to forge",
+        })
+    }
 }
 
 impl Plan {

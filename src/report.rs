@@ -121,6 +121,8 @@ pub fn plan_human(
         let _ = writeln!(out, "  phase:  {before} -> {after}");
     }
     let _ = writeln!(out, "  action: {}", plan.action);
+    let effects: Vec<String> = plan.effects().iter().map(ToString::to_string).collect();
+    let _ = writeln!(out, "  effects: {}", effects.join(" -> "));
     let desired =
         plan.traffic
             .clone()

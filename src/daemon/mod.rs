@@ -29,7 +29,7 @@ use crate::admin::Admin;
 use crate::clock::Clock;
 use crate::git::{self, Author, GateCommit, Mirror, Remote};
 use crate::model::{Catalog, Revision, Rollout};
-use crate::plan::{Gate, GateAction};
+use crate::plan::{self, Gate};
 use crate::provider;
 use crate::record::StatusFile;
 use crate::router::Driver;
@@ -44,7 +44,7 @@ const PUSH_ATTEMPTS: usize = 5;
 /// How many plans one rollout may execute in one look (apply, verify, measure, record).
 const ROUNDS: usize = 4;
 /// How far back gate commits and a rollout's history are searched.
-const HISTORY: usize = 500;
+pub const HISTORY: usize = 500;
 
 /// Everything `canaryd run` needs, parsed once in `main`.
 #[derive(Clone, Debug)]
@@ -671,27 +671,13 @@ impl Daemon {
                 }
             }
         };
-        let Some(list) = all.get(&r.name) else {
-            return Vec::new();
-        };
-        let start = last
-            .and_then(|g| list.iter().position(|c| c.id == g))
-            .map_or(0, |p| p + 1);
-        list[start..]
-            .iter()
-            .filter(|c| c.revision == r.revision.as_str())
-            .filter_map(|c| {
-                let action = match c.action.as_str() {
-                    "promote" => GateAction::Promote,
-                    "abort" => GateAction::Abort,
-                    _ => return None,
-                };
-                Some(Gate {
-                    id: c.id.clone(),
-                    action,
-                })
-            })
-            .collect()
+        let list = all.get(&r.name).map(Vec::as_slice).unwrap_or_default();
+        plan::pending_gates(
+            list.iter()
+                .map(|c| (c.id.as_str(), c.action.as_str(), c.revision.as_str())),
+            r,
+            last,
+        )
     }
 }
 

@@ -219,6 +219,40 @@ pub fn head_commit(path: &Path) -> Result<String, GitError> {
     Ok(commit.id().to_string())
 }
 
+/// Every gate commit on the first-parent history of `HEAD` in the checkout at `path` (at most
+/// `limit` commits walked), by rollout, oldest first: what `canaryd plan` honours, as the
+/// daemon does from its mirror.
+pub fn gates_at_head(
+    path: &Path,
+    limit: usize,
+) -> Result<BTreeMap<String, Vec<super::GateCommit>>, GitError> {
+    let repo = open_at(path)?;
+    let mut current =
+        Some(
+            repo.head()
+                .and_then(|h| h.peel_to_commit())
+                .map_err(|_| GitError::NoBranch {
+                    path: path.to_path_buf(),
+                })?,
+        );
+    let mut out: BTreeMap<String, Vec<super::GateCommit>> = BTreeMap::new();
+    let mut walked = 0;
+    while let Some(c) = current {
+        if walked >= limit {
+            break;
+        }
+        walked += 1;
+        if let Some((rollout, gate)) = super::gate::any_gate(&c) {
+            out.entry(rollout).or_default().push(gate);
+        }
+        current = c.parent(0).ok();
+    }
+    for gates in out.values_mut() {
+        gates.reverse();
+    }
+    Ok(out)
+}
+
 /// Points `branch` at `commit` (a fast-forward merge when `commit` descends from it).
 pub fn set_branch(path: &Path, branch: &str, commit: &str) -> Result<(), GitError> {
     check_branch(branch)?;

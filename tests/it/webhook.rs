@@ -521,3 +521,117 @@ fn a_signed_push_wakes_the_real_daemon_long_before_its_poll() {
     );
     assert!(!logs.contains(SECRET), "{logs}");
 }
+
+/// `canaryd plan` on a snapshot (the checkout with a pending promote commit, the status file the
+/// daemon recorded, the live weights it saw) prints the action and effects the daemon then
+/// executes when it looks at that same snapshot.
+#[test]
+fn canaryd_plan_shows_what_the_daemon_then_does_with_a_pending_promote() {
+    let mut w = World::new(0.0, 0.0);
+    // Only a webhook makes the daemon look: the snapshot cannot move under the plan.
+    w.poll = "5m";
+    w.url = Some(format!("file://{}", w.remote.display()));
+    let secret = w.dir.path().join("webhook-secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    w.config = Some(format!(
+        "webhook:\n  secret: {{file: {}}}\n",
+        secret.display()
+    ));
+    w.start_on_stable(HELD);
+    let push = |w: &World, after: &str| {
+        let mut payload = of("push")
+            .into_iter()
+            .find(|p| p["ref"] == "refs/heads/master")
+            .unwrap();
+        payload["ref"] = "refs/heads/main".into();
+        payload["after"] = after.into();
+        let (status, text) =
+            w.rt.block_on(Delivery::github("push", &payload).post(w.admin));
+        assert_eq!(status, 202, "{text}");
+    };
+    let merged = w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
+    push(&w, &merged);
+    w.wait_for("checkout", 30, "paused at 30 %", |s| {
+        crate::daemon::phase(s) == "paused" && canary_weight(s) == 30
+    });
+    w.gate("promote");
+    let gate = crate::daemon::git(&w.work, &["rev-parse", "HEAD"]);
+
+    // The snapshot, as the daemon holds it.
+    let file = w.status("checkout").unwrap();
+    let before = crate::daemon::git(&w.remote, &["rev-parse", "canaryd/status"]);
+    let snapshot = w.dir.path().join("snapshot");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::write(snapshot.join("checkout.yaml"), file.to_yaml().unwrap()).unwrap();
+    let live = serde_json::json!({ "edge/checkout": file.live.as_ref().unwrap().backends });
+    let live_file = w.dir.path().join("live.json");
+    std::fs::write(&live_file, live.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["plan", "--repo"])
+        .arg(&w.work)
+        .arg("--status")
+        .arg(&snapshot)
+        .arg("--live")
+        .arg(&live_file)
+        .env_remove("CANARYD_CONFIG")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = |key: &str| {
+        printed
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(key)
+                    .map(str::trim)
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("no {key} in {printed}"))
+    };
+    let (action, effects) = (line("action:"), line("effects:"));
+    assert_eq!(action, "set canary weight 60% (step 3)", "{printed}");
+    assert_eq!(
+        effects, "record status -> set traffic -> report to forge",
+        "{printed}"
+    );
+
+    // The daemon looks at the same snapshot and does exactly that, in that order: the record
+    // (write-ahead, weight unverified) first, then the traffic.
+    push(&w, gate.trim());
+    w.wait_for("checkout", 30, "past 60 %", |s| canary_weight(s) >= 60);
+    let range = format!("{}..canaryd/status", before.trim());
+    let bodies = crate::daemon::git(
+        &w.remote,
+        &[
+            "log",
+            "--reverse",
+            "--format=%B%x00",
+            &range,
+            "--",
+            "status/checkout.yaml",
+        ],
+    );
+    let first = bodies.split('\0').next().unwrap();
+    assert!(
+        first.contains(&format!("action: {action}")),
+        "the daemon's first commit after the promote: {first}"
+    );
+    let recorded = crate::daemon::git(
+        &w.remote,
+        &[
+            "show",
+            &format!("{}:status/checkout.yaml", {
+                let log =
+                    crate::daemon::git(&w.remote, &["log", "--reverse", "--format=%H", &range]);
+                log.lines().next().unwrap().to_string()
+            }),
+        ],
+    );
+    let recorded = canaryd::record::StatusFile::from_yaml(&recorded).unwrap();
+    let run = recorded.status.progress.run().unwrap();
+    assert_eq!(
+        (run.weight.get(), run.verified),
+        (60, false),
+        "written ahead"
+    );
+}
