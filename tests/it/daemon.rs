@@ -1296,3 +1296,83 @@ mod on_github {
         gh.assert_clean();
     }
 }
+
+/// One rollout's analysis asks a Prometheus that accepts and never answers; another rollout's
+/// pause still ends on time, and it steps on: a slow provider holds up only its own rollout.
+#[test]
+fn a_hanging_prometheus_does_not_delay_another_rollouts_step() {
+    let mut w = World::new(0.0, 0.0);
+    let hang =
+        w.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let first_query: std::sync::Arc<std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>> =
+        Default::default();
+    let seen = first_query.clone();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    w.rt.spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                () = stopped.cancelled() => return,
+                accepted = hang.accept() => {
+                    let Ok((socket, _)) = accepted else { return };
+                    seen.lock().unwrap().get_or_insert_with(chrono::Utc::now);
+                    held.push(socket); // never read, never answered
+                }
+            }
+        }
+    });
+    w.config = Some(format!(
+        "prometheus:\n  url: http://{hang_addr}\n  timeout: 30s\n"
+    ));
+    let analysed = "  steps:\n    - setWeight: 10\n    - analysis:\n        interval: 1s\n        count: 3\n        metrics:\n          - name: hangs\n            provider: prometheus\n            query: vector(0)\n            successCondition: result < 1\n    - setWeight: 50\n";
+    let cart = "apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {name: cart}\nspec:\n  router: edge\n  service: cart\n  stable: {name: blue, version: \"1.0\"}\n  canary: {name: green, version: \"1.1\"}\n  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}\n    - setWeight: 40\n    - pause: {}\n";
+    w.merge("cart.yaml", cart, "cart: canary");
+    w.merge("checkout.yaml", &w.spec(true, analysed), "checkout: canary");
+    w.start();
+    w.wait_for("cart", 30, "step 3 at 40 %", |s| {
+        s.desired.get("green").is_some_and(|g| g.get() == 40)
+    });
+    let files = history(&w, "cart");
+    let until = files
+        .iter()
+        .find_map(|f| match &f.status.progress {
+            canaryd::progress::Progress::Paused {
+                until: Some(until), ..
+            } => Some(*until),
+            _ => None,
+        })
+        .expect("a timed pause");
+    let stepped = files
+        .iter()
+        .find_map(|f| {
+            f.status
+                .progress
+                .run()
+                .filter(|r| r.step == 2)
+                .map(|r| r.step_started_at)
+        })
+        .expect("step 3");
+    let late = (stepped - until).to_std().unwrap_or_default();
+    let first = first_query
+        .lock()
+        .unwrap()
+        .expect("checkout queried Prometheus");
+    println!(
+        "cart's pause ended at {until}, step 3 began {late:?} later; the hang began at {first}"
+    );
+    assert!(
+        first < until,
+        "the hang was not under way when the pause ended"
+    );
+    let checkout = w.status("checkout").unwrap();
+    assert_eq!(phase(&checkout), "analysing", "{checkout:?}");
+    assert!(
+        late <= Duration::from_millis(100),
+        "step 3 {late:?} late\n{}",
+        w.logs()
+    );
+    stop.cancel();
+}
