@@ -190,9 +190,16 @@ fn main() {
         }
         let settled = started.elapsed();
         let statuses = lab.statuses();
+        assert_eq!(statuses.len(), n, "status files read back");
+        let without: Vec<&String> = statuses
+            .iter()
+            .filter(|(_, f)| f.live.is_none())
+            .map(|(name, _)| name)
+            .take(3)
+            .collect();
         assert!(
-            statuses.len() == n && statuses.values().all(|f| f.live.is_some()),
-            "a first status without live weights"
+            without.is_empty(),
+            "first statuses without live weights: {without:?}"
         );
         let packs = packs(&lab.remote);
         std::thread::sleep(Duration::from_secs(6)); // one more full look

@@ -215,6 +215,7 @@ pub async fn run(
         measuring: BTreeSet::new(),
         taken: BTreeMap::new(),
         head: None,
+        status_cache: BTreeMap::new(),
         shutdown: shutdown.clone(),
     };
     let mut event = Event::Tick;
@@ -362,6 +363,9 @@ struct Daemon {
     taken: BTreeMap<String, measure::Measured>,
     /// The watched branch's commit as last fetched.
     head: Option<String>,
+    /// Each status file on the status branch as last read: its blob id, and it parsed (or
+    /// why it cannot be).
+    status_cache: BTreeMap<String, (String, Result<StatusFile, String>)>,
     shutdown: CancellationToken,
 }
 
@@ -418,8 +422,14 @@ impl Daemon {
                 return (None, false);
             }
         };
-        let recorded = match self.git(|m| m.status_files()).await {
-            Ok(files) => files,
+        // Only the status files that changed since the last look are read and parsed.
+        let known: BTreeMap<String, String> = self
+            .status_cache
+            .iter()
+            .map(|(name, (id, _))| (name.clone(), id.clone()))
+            .collect();
+        let entries = match self.git(move |m| m.status_files_changed(&known)).await {
+            Ok(entries) => entries,
             Err(e) => {
                 self.error(
                     ErrorClass::Git,
@@ -429,11 +439,19 @@ impl Daemon {
                 return (None, false);
             }
         };
+        self.status_cache
+            .retain(|name, _| entries.contains_key(name));
+        for (name, (id, text)) in entries {
+            if let Some(text) = text {
+                self.status_cache
+                    .insert(name, (id, StatusFile::from_yaml(&text)));
+            }
+        }
         let mut statuses = BTreeMap::new();
-        for (name, text) in &recorded {
-            match StatusFile::from_yaml(text) {
+        for (name, (_, parsed)) in &self.status_cache {
+            match parsed {
                 Ok(f) => {
-                    statuses.insert(name.clone(), f);
+                    statuses.insert(name.clone(), f.clone());
                 }
                 Err(e) => self.error(
                     ErrorClass::Status,
@@ -464,7 +482,7 @@ impl Daemon {
             if let Some(f) = &recorded_file {
                 self.latest.insert(name.clone(), f.clone());
             }
-            if recorded_file.is_none() && recorded.contains_key(&name) {
+            if recorded_file.is_none() && self.status_cache.contains_key(&name) {
                 continue; // unreadable status: held (reported above)
             }
             let spec = match catalog.rollouts.iter().position(|r| r.name == name) {

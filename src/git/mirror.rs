@@ -23,7 +23,9 @@ use super::names::{
     ORIGIN, check_branch, check_rollout, local_path, normalize_dir, split_path, tracking,
 };
 use super::push::{Pushed, push_ref};
-use super::tree::{Edit, STATUS_DIR, TreeEdit, Unread, blob_text, edit_tree, status_map};
+use super::tree::{
+    Edit, STATUS_DIR, TreeEdit, Unread, blob_text, edit_tree, status_entries, status_map,
+};
 use super::walk::{IGNORE_FILE, SpecFiles, SpecWalk, ignore_list, join};
 use super::{Author, signature};
 
@@ -321,6 +323,25 @@ impl Mirror {
                     .find_commit(tip)
                     .map_err(self.repo_err("read commit"))?;
                 status_map(&self.repo, &c, &self.dir)
+            }
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// Like [`Mirror::status_files`], reading only the files whose blob differs from the one
+    /// `known` gives (rollout → blob id): rollout → (blob id, text when read).
+    #[allow(clippy::type_complexity)]
+    pub fn status_files_changed(
+        &self,
+        known: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, (String, Option<String>)>, GitError> {
+        match self.tracking_tip(&self.remote.status_branch)? {
+            Some(tip) => {
+                let c = self
+                    .repo
+                    .find_commit(tip)
+                    .map_err(self.repo_err("read commit"))?;
+                status_entries(&self.repo, &c, &self.dir, known)
             }
             None => Ok(BTreeMap::new()),
         }

@@ -33,12 +33,27 @@ pub(super) fn blob_text(repo: &Repository, id: Oid) -> Result<String, Unread> {
     String::from_utf8(blob.content().to_vec()).map_err(|_| Unread::NotText)
 }
 
-/// The `status/<name>.yaml` files of `commit`, by rollout name.
+/// The status files in `commit`'s tree: rollout → YAML text of `status/<name>.yaml`.
 pub(super) fn status_map(
     repo: &Repository,
     commit: &Commit<'_>,
     place: &Path,
 ) -> Result<BTreeMap<String, String>, GitError> {
+    Ok(status_entries(repo, commit, place, &BTreeMap::new())?
+        .into_iter()
+        .filter_map(|(rollout, (_, text))| Some((rollout, text?)))
+        .collect())
+}
+
+/// The status files in `commit`'s tree: rollout → (blob id, text). The text is read only when
+/// the blob differs from the one `known` gives for that rollout (a look that changed nothing
+/// reads no file).
+pub(super) fn status_entries(
+    repo: &Repository,
+    commit: &Commit<'_>,
+    place: &Path,
+    known: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, (String, Option<String>)>, GitError> {
     let git = |op| {
         move |e: git2::Error| GitError::Repo {
             op,
@@ -63,6 +78,11 @@ pub(super) fn status_map(
         if rollout.is_empty() || rollout.starts_with('.') || e.kind() != Some(ObjectType::Blob) {
             continue;
         }
+        let id = e.id().to_string();
+        if known.get(rollout) == Some(&id) {
+            out.insert(rollout.to_string(), (id, None));
+            continue;
+        }
         let text = blob_text(repo, e.id()).map_err(|why| match why {
             Unread::Git(e) => git("read blob")(e),
             other => GitError::Unreadable {
@@ -71,7 +91,7 @@ pub(super) fn status_map(
                 reason: other.to_string(),
             },
         })?;
-        out.insert(rollout.to_string(), text);
+        out.insert(rollout.to_string(), (id, Some(text)));
     }
     Ok(out)
 }

@@ -14,7 +14,9 @@ use super::tree::{Unread, blob_text};
 /// here: `repo` depends on `git`, never the other way round.
 pub const IGNORE_FILE: &str = ".canarydignore";
 /// At most this many spec files are read at one commit; the rest are reported as skipped.
-pub const MAX_SPEC_FILES: usize = 10_000;
+/// Room for 10,000 rollouts (the scale the daemon is measured at) with their routers and
+/// templates beside them.
+pub const MAX_SPEC_FILES: usize = 50_000;
 /// Trees nested deeper than this under the rollouts folder are not read.
 const MAX_DEPTH: usize = 64;
 

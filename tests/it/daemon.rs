@@ -457,7 +457,13 @@ fn a_merge_starts_a_canary_that_steps_to_promotion() {
     assert!((40..=130).contains(&green), "about 20% to green: {split:?}");
     assert_eq!(split.ok, 400);
 
-    w.wait_for("checkout", 30, "promoted", |s| phase(s) == "promoted");
+    // Promotion is written ahead: wait for the record of the router's answer too.
+    w.wait_for("checkout", 30, "promoted, read back", |s| {
+        phase(s) == "promoted"
+            && s.live
+                .as_ref()
+                .is_some_and(|l| l.backends.get("green").is_some_and(|g| g.get() == 100))
+    });
     let after = w.traffic(50);
     assert_eq!(after.by_backend.get("green"), Some(&50), "{after:?}");
 
