@@ -226,7 +226,8 @@ fn main() {
             .expect("chmod");
         let (mut git_daemon, url) = lab.git_daemon();
         lab.commit(&lab.rollouts(n, None), "stable");
-        let mut daemon = lab.start_with(&url, "1s", None);
+        // A git:// remote is not watched; a short poll stands in for a webhook's wake-up.
+        let mut daemon = lab.start_with(&url, "200ms", None);
         lab.wait_long(
             |s| s.len() == n && s.values().all(|f| f.live.is_some()),
             Duration::from_secs(300),
@@ -250,7 +251,7 @@ fn main() {
         kill(&mut daemon);
         kill(&mut git_daemon);
         println!(
-            "  {n} rollouts given a canary in one commit, 200 ms per push: all at step 1, verified, after {took:.2?} ({pushes} pushes)"
+            "  {n} rollouts given a canary in one commit, 200 ms per push (poll 200 ms): all at step 1, verified, after {took:.2?} ({pushes} pushes)"
         );
     }
     stop.cancel();
