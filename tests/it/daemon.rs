@@ -87,6 +87,8 @@ pub struct World {
     pub run_args: Vec<&'static str>,
     /// The soft limit of open files the daemon starts with (it raises it itself), when set.
     pub open_files: Option<u64>,
+    /// More environment for the daemon (as a service manager or image would set it).
+    pub env: Vec<(&'static str, &'static str)>,
 }
 
 impl World {
@@ -145,6 +147,7 @@ impl World {
             config: None,
             run_args: Vec::new(),
             open_files: None,
+            env: Vec::new(),
         }
     }
 
@@ -256,6 +259,7 @@ impl World {
                 &self.admin.to_string(),
             ])
             .args(&self.run_args)
+            .envs(self.env.iter().copied())
             .env_remove("CANARYD_CONFIG")
             .env("RUST_LOG", "canaryd=debug,info")
             .stdout(Stdio::null())
