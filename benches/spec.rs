@@ -1,6 +1,7 @@
 //! Speed of the spec side, printed as figures: `cargo bench --bench spec`.
 //!
-//! - validating a repository of many rollouts (what `lint` and every daemon poll do);
+//! - validating a repository of many rollouts (what `lint` and every daemon poll do; `benches/lint.rs`
+//!   runs `canaryd lint` itself on 10,000 files);
 //! - refusing hostile input: an alias bomb, a 100 MB file, deep nesting;
 //! - the planner's cost per decision.
 
@@ -17,6 +18,9 @@ use canaryd::plan::{self, Inputs};
 use canaryd::progress::Status;
 use canaryd::validate::{self, Known, Source};
 
+mod common;
+use common::{ROUTER, rollout};
+
 /// Runs `f` `n` times and returns the median duration of one run.
 fn median(n: usize, mut f: impl FnMut()) -> Duration {
     let mut times: Vec<Duration> = (0..n)
@@ -30,45 +34,10 @@ fn median(n: usize, mut f: impl FnMut()) -> Duration {
     times[n / 2]
 }
 
-fn rollout(i: usize) -> String {
-    format!(
-        "apiVersion: canaryd.dev/v1alpha1
-kind: Rollout
-metadata: {{name: svc-{i}}}
-spec:
-  router: edge
-  service: svc-{i}
-  stable: {{name: blue, version: \"1.{i}\"}}
-  canary: {{name: green, version: \"2.{i}\"}}
-  steps:
-    - setWeight: 5
-    - analysis:
-        interval: 1m
-        count: 5
-        metrics:
-          - {{name: errors, template: error-rate}}
-    - setWeight: 25
-    - pause: {{duration: 10m}}
-    - setWeight: 50
-    - pause: {{}}
-  analysis:
-    interval: 1m
-    metrics:
-      - name: success
-        template: request-success-rate
-      - name: latency
-        provider: prometheus
-        query: histogram_quantile(0.99, sum(rate(x_bucket{{server=\"{{{{ canary }}}}\"}}[1m])) by (le))
-        successCondition: result < 250 && !isNaN(result)
-  window: {{cron: \"* 9-16 * * Mon-Fri\", timezone: Europe/Berlin}}
-"
-    )
-}
-
 fn main() {
     let router = Source {
         file: "routers.yaml".into(),
-        text: "apiVersion: canaryd.dev/v1alpha1\nkind: Router\nmetadata: {name: edge}\nspec: {kind: embedded, listen: \"127.0.0.1:8080\"}\n".into(),
+        text: ROUTER.into(),
     };
     println!("canaryd spec benchmarks (median of repeated runs, debug or release as built)\n");
 

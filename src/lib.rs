@@ -8,9 +8,10 @@
 //!   YAML spells them; serde reads them and schemars turns them into `schemas/`.
 //!   [`spec::condition`] is the `result < 0.01` language, [`spec::duration`] the `5m` one.
 //! - [`yaml`]: bounded reading of YAML files into documents, with a map from field path to
-//!   line and column.
+//!   line and column; each file is parsed once.
 //! - [`validate`]: raw documents → [`model`] types, collecting every problem as a
 //!   [`diag::Diagnostic`] (file, line, column, field, help). `canaryd lint` runs only this.
+//!   Files are parsed, and rollouts checked, on every core through [`par`].
 //! - [`model`]: validated rollouts (`Weight` in 0..=100, parsed durations, resolved
 //!   templates), the [`model::Revision`] that identifies what is rolled out, and the traffic
 //!   types ([`model::Traffic`] desired, [`model::Observed`] live).
@@ -89,6 +90,7 @@ pub mod listener;
 pub mod live;
 pub mod model;
 pub mod number;
+pub mod par;
 pub mod plan;
 pub mod progress;
 pub mod prometheus;

@@ -264,7 +264,7 @@ fn lint(
     output: Output,
 ) -> Result<u8> {
     let known = known(config)?;
-    let (_, diags, sources) = repo::catalog(paths, None, &known)?;
+    let (diags, sources) = repo::diagnose(paths, None, &known)?;
     // Files read, and files refused before they could be read (too large, not UTF-8).
     let files = sources
         .iter()

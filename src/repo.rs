@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::diag::{Diagnostic, Position};
 use crate::git::IGNORE_FILE;
 use crate::model::Catalog;
+use crate::par;
 use crate::progress::Status;
 use crate::record::StatusFile;
 use crate::spec::RouterSpec;
@@ -61,13 +62,18 @@ pub fn load(paths: &[PathBuf], base: Option<&Path>) -> Result<Loaded, RepoError>
         }
     }
     let mut loaded = Loaded::default();
-    for path in files {
+    // Thousands of small files: reading them is mostly system calls, which overlap well.
+    let read = par::map(files, |path| {
         let shown = base
             .and_then(|b| path.strip_prefix(b).ok())
             .unwrap_or(&path)
             .display()
             .to_string();
-        match read_bounded(&path) {
+        let text = read_bounded(&path);
+        (shown, text)
+    });
+    for (shown, text) in read {
+        match text {
             Ok(text) => loaded.sources.push(Source { file: shown, text }),
             Err(message) => {
                 loaded.diags.push(
@@ -88,11 +94,28 @@ pub fn catalog(
     known: &Known,
 ) -> Result<(Catalog, Vec<Diagnostic>, Vec<Source>), RepoError> {
     let loaded = load(paths, base)?;
-    let (mut catalog, mut diags) = validate::validate(&loaded.sources, known);
+    let (mut catalog, diags) = validate::validate(&loaded.sources, known);
     catalog.broken_files.extend(loaded.broken);
-    diags.extend(loaded.diags);
+    Ok((catalog, by_place(diags, loaded.diags), loaded.sources))
+}
+
+/// Reads the specs under `paths` and returns every problem [`catalog`] would, with what was
+/// read (for showing the lines they are on), without keeping the rollouts: `lint`.
+pub fn diagnose(
+    paths: &[PathBuf],
+    base: Option<&Path>,
+    known: &Known,
+) -> Result<(Vec<Diagnostic>, Vec<Source>), RepoError> {
+    let loaded = load(paths, base)?;
+    let diags = validate::diagnose(&loaded.sources, known);
+    Ok((by_place(diags, loaded.diags), loaded.sources))
+}
+
+/// Validation's problems and reading's, in file and position order.
+fn by_place(mut diags: Vec<Diagnostic>, read: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    diags.extend(read);
     diags.sort_by(|a, b| (a.file.as_str(), a.position).cmp(&(b.file.as_str(), b.position)));
-    Ok((catalog, diags, loaded.sources))
+    diags
 }
 
 /// Reads a spec file, refusing what is not a regular file or is over [`MAX_FILE_BYTES`]
@@ -107,7 +130,8 @@ fn read_bounded(path: &Path) -> Result<String, (String, String)> {
         (format!("cannot read file: {e}"), help.to_string())
     };
     let file = fs::File::open(path).map_err(io)?;
-    if !file.metadata().map_err(io)?.is_file() {
+    let metadata = file.metadata().map_err(io)?;
+    if !metadata.is_file() {
         return Err((
             "not a regular file".to_string(),
             "spec files are plain files; remove it or list it in .canarydignore".to_string(),
@@ -123,11 +147,13 @@ fn read_bounded(path: &Path) -> Result<String, (String, String)> {
             "split it, or list it in .canarydignore if it is not a spec".to_string(),
         )
     };
-    let size = file.metadata().map_err(io)?.len();
+    let size = metadata.len();
     if size > MAX_FILE_BYTES {
         return Err(too_big(size));
     }
-    let mut bytes = Vec::new();
+    // Sized from the metadata, so the text is read in one go and kept without slack (the file
+    // may still grow or shrink meanwhile: `take` bounds it either way).
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(io)?;
@@ -169,7 +195,8 @@ fn walk(dir: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) -> Result<(), Repo
         .map(|e| e.and_then(|e| Ok((e.path(), e.file_type()?))))
         .collect::<Result<_, _>>()
         .map_err(read)?;
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    // All in `dir`: their names alone order them as their paths would, and compare faster.
+    entries.sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()));
     for (path, kind) in entries {
         let hidden = path
             .file_name()

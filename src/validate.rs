@@ -15,8 +15,8 @@ use crate::model::{
 use crate::spec::condition::Condition;
 use crate::spec::duration::{self, DURATION_HELP};
 use crate::spec::{self, DocKind, ProviderKind, RolloutSpec, RouterKind};
-use crate::templates;
 use crate::yaml::{self, Document, PathMap};
+use crate::{par, templates};
 
 /// One spec file's contents.
 #[derive(Clone, Debug)]
@@ -46,12 +46,25 @@ const WEIGHT_HELP: &str = "weights are the percentage of requests sent to the ca
 
 /// Validates every document of every source. Returns what is usable and every problem found.
 pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>) {
+    check(sources, known, true)
+}
+
+/// Every problem [`validate`] finds, by the same checks, without keeping the rollouts they
+/// build: what `lint` reports, in a fraction of the memory for a large repository.
+pub fn diagnose(sources: &[Source], known: &Known) -> Vec<Diagnostic> {
+    check(sources, known, false).1
+}
+
+/// [`validate`], keeping each valid rollout in the catalog only when `keep_rollouts`.
+fn check(sources: &[Source], known: &Known, keep_rollouts: bool) -> (Catalog, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut catalog = Catalog::default();
     let mut parsed: Vec<(&Source, Document)> = Vec::new();
 
-    for source in sources {
-        let (docs, problems) = yaml::documents(&source.file, &source.text);
+    let split = par::map(sources.iter().collect(), |source: &Source| {
+        yaml::documents(&source.file, &source.text)
+    });
+    for (source, (docs, problems)) in sources.iter().zip(split) {
         if problems.is_empty() {
             parsed.extend(docs.into_iter().map(|d| (source, d)));
             continue;
@@ -80,18 +93,19 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
     let mut template_sites: BTreeMap<String, Site> = BTreeMap::new();
     let mut templates: BTreeMap<String, spec::MetricTemplateSpec> = BTreeMap::new();
     let mut rollout_docs = Vec::new();
-    for (source, doc) in &parsed {
+    for (source, doc) in parsed {
         let file = source.file.as_str();
-        let Some(kind) = document_kind(file, doc, &mut diags) else {
+        let Some(kind) = document_kind(file, &doc, &mut diags) else {
             continue;
         };
         match kind {
-            DocKind::Rollout => rollout_docs.push((*source, doc)),
+            DocKind::Rollout => rollout_docs.push((source, doc)),
             DocKind::Router => {
-                let Some(r) = read::<spec::RouterDoc>(doc, file, &mut diags) else {
+                let paths = doc.paths();
+                let Some(r) = read::<spec::RouterDoc>(&doc, &paths, file, &mut diags) else {
                     continue;
                 };
-                let mut cx = Cx::new(file, doc, &mut diags);
+                let mut cx = Cx::new(file, &doc, &paths, &mut diags);
                 if let spec::RouterSpec::Embedded { limits, .. } = &r.spec
                     && let Err(e) = crate::listener::resolve(limits)
                 {
@@ -106,7 +120,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
                 {
                     routers.insert(
                         r.metadata.name.clone(),
-                        (file.to_string(), doc.paths.value("metadata.name")),
+                        (file, paths.value("metadata.name")),
                     );
                     router_kinds.insert(r.metadata.name.clone(), r.spec.kind());
                     catalog
@@ -115,10 +129,12 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
                 }
             }
             DocKind::MetricTemplate => {
-                let Some(t) = read::<spec::MetricTemplateDoc>(doc, file, &mut diags) else {
+                let paths = doc.paths();
+                let Some(t) = read::<spec::MetricTemplateDoc>(&doc, &paths, file, &mut diags)
+                else {
                     continue;
                 };
-                let mut cx = Cx::new(file, doc, &mut diags);
+                let mut cx = Cx::new(file, &doc, &paths, &mut diags);
                 let ok = check_name(&mut cx, &t.metadata.name);
                 for (field, text) in [
                     ("spec.successCondition", &t.spec.success_condition),
@@ -145,7 +161,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
                 {
                     template_sites.insert(
                         t.metadata.name.clone(),
-                        (file.to_string(), doc.paths.value("metadata.name")),
+                        (file, paths.value("metadata.name")),
                     );
                     templates.insert(t.metadata.name, t.spec);
                 }
@@ -168,33 +184,36 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
             .collect(),
         templates,
     };
+    // Each rollout is checked on its own (in parallel; its path map is dropped once it is),
+    // then against the others, in order.
+    let checked = par::map(rollout_docs, |(source, doc)| {
+        check_rollout(&source.file, doc, &refs, keep_rollouts)
+    });
     let mut seen: BTreeMap<String, Site> = BTreeMap::new();
-    let mut valid: BTreeMap<String, Rollout> = BTreeMap::new();
+    let mut valid: BTreeMap<String, Option<Rollout>> = BTreeMap::new();
     let mut owners: Vec<Owner> = Vec::new();
-    for (source, doc) in rollout_docs {
-        let file = source.file.as_str();
-        let before = diags.len();
-        let rollout = read::<spec::RolloutDoc>(doc, file, &mut diags).and_then(|raw| {
-            let mut cx = Cx::new(file, doc, &mut diags);
-            rollout(&mut cx, &raw, &refs)
-        });
-        let errors: Vec<String> = diags[before..]
+    for checked in checked {
+        let Checked {
+            file,
+            built,
+            name,
+            diags: found,
+            here,
+            site,
+        } = checked;
+        let errors: Vec<String> = found
             .iter()
             .filter(|d| d.is_error())
             .map(Diagnostic::one_line)
             .collect();
-        let Some(name) = rollout
-            .as_ref()
-            .map(|r| r.name.clone())
-            .or(doc.name.clone())
-        else {
+        diags.extend(found);
+        let Some(name) = name else {
             continue;
         };
-        let here = (file.to_string(), doc.paths.value("metadata.name"));
         if let Some((first_file, first_pos)) = seen.get(&name) {
             let d = Diagnostic::error(
                 file,
-                here.1,
+                here,
                 "metadata.name",
                 format!("rollout `{name}` is defined twice"),
             )
@@ -210,17 +229,17 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
             catalog.invalid.entry(name).or_default().push(line);
             continue;
         }
-        seen.insert(name.clone(), here);
-        match rollout {
-            Some(r) if errors.is_empty() => {
+        seen.insert(name.clone(), (file, here));
+        match built {
+            Some(b) if errors.is_empty() => {
                 owners.push(Owner {
-                    router: r.target().router.clone(),
-                    service: r.target().service.clone(),
+                    router: b.router,
+                    service: b.service,
                     rollout: name.clone(),
-                    file: file.to_string(),
-                    site: doc.paths.value("spec.service"),
+                    file,
+                    site,
                 });
-                valid.insert(name, r);
+                valid.insert(name, b.rollout);
             }
             _ => catalog.invalid.entry(name).or_default().extend(errors),
         }
@@ -228,6 +247,7 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
     one_owner_per_service(&mut owners, &mut diags, &mut catalog);
     catalog.rollouts = valid
         .into_values()
+        .flatten()
         .filter(|r| !catalog.invalid.contains_key(&r.name))
         .collect();
     diags.sort_by(|a, b| (a.file.as_str(), a.position).cmp(&(b.file.as_str(), b.position)));
@@ -235,11 +255,11 @@ pub fn validate(sources: &[Source], known: &Known) -> (Catalog, Vec<Diagnostic>)
 }
 
 /// A valid rollout's claim on one service of one router.
-struct Owner {
+struct Owner<'a> {
     router: String,
     service: String,
     rollout: String,
-    file: String,
+    file: &'a str,
     /// Where its `spec.service` is.
     site: Position,
 }
@@ -247,7 +267,11 @@ struct Owner {
 /// Two rollouts driving one service of one router would fight over its weights: each is an
 /// error naming the other's file, and both are held (left out of the catalog's rollouts, so
 /// the daemon touches neither's traffic and says why in their status).
-fn one_owner_per_service(owners: &mut [Owner], diags: &mut Vec<Diagnostic>, catalog: &mut Catalog) {
+fn one_owner_per_service(
+    owners: &mut [Owner<'_>],
+    diags: &mut Vec<Diagnostic>,
+    catalog: &mut Catalog,
+) {
     owners.sort_by(|a, b| {
         (&a.router, &a.service, &a.file, a.site).cmp(&(&b.router, &b.service, &b.file, b.site))
     });
@@ -268,7 +292,7 @@ fn one_owner_per_service(owners: &mut [Owner], diags: &mut Vec<Diagnostic>, cata
                 })
                 .collect();
             let d = Diagnostic::error(
-                &o.file,
+                o.file,
                 o.site,
                 "spec.service",
                 format!(
@@ -293,13 +317,64 @@ fn one_owner_per_service(owners: &mut [Owner], diags: &mut Vec<Diagnostic>, cata
     }
 }
 
+/// One rollout document checked on its own, before it is compared with the others.
+struct Checked<'a> {
+    file: &'a str,
+    /// What came of it, when it validated on its own.
+    built: Option<Built>,
+    /// The rollout's name: its spec's, or the document's when the spec did not deserialise.
+    name: Option<String>,
+    diags: Vec<Diagnostic>,
+    /// Where its `metadata.name` is.
+    here: Position,
+    /// Where its `spec.service` is.
+    site: Position,
+}
+
+/// A rollout that validated on its own: the service it claims, and the rollout itself unless
+/// only its problems are wanted.
+struct Built {
+    router: String,
+    service: String,
+    rollout: Option<Rollout>,
+}
+
+/// Deserialises and validates one rollout document; the document (and, unless
+/// `keep_rollout`, the rollout) is dropped here.
+fn check_rollout<'a>(
+    file: &'a str,
+    doc: Document<'_>,
+    refs: &Refs,
+    keep_rollout: bool,
+) -> Checked<'a> {
+    let mut diags = Vec::new();
+    let paths = doc.paths();
+    let rollout = read::<spec::RolloutDoc>(&doc, &paths, file, &mut diags).and_then(|raw| {
+        let mut cx = Cx::new(file, &doc, &paths, &mut diags);
+        rollout(&mut cx, &raw, refs)
+    });
+    Checked {
+        file,
+        here: paths.value("metadata.name"),
+        site: paths.value("spec.service"),
+        name: rollout.as_ref().map(|r| r.name.clone()).or(doc.name),
+        built: rollout.map(|r| Built {
+            router: r.target().router.clone(),
+            service: r.target().service.clone(),
+            rollout: keep_rollout.then_some(r),
+        }),
+        diags,
+    }
+}
+
 /// Deserialises a document, adding its unknown fields (or the error that stopped it) to `diags`.
-fn read<T: serde::de::DeserializeOwned>(
-    doc: &Document,
+fn read<T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
+    doc: &Document<'_>,
+    paths: &PathMap,
     file: &str,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<T> {
-    match doc.deserialize::<T>(file) {
+    match doc.deserialize::<T>(file, paths) {
         Ok((value, unknown)) => {
             diags.extend(unknown);
             Some(value)
@@ -320,7 +395,7 @@ struct Refs {
 /// The file and path map of the document being checked, and where problems go.
 struct Cx<'a> {
     file: &'a str,
-    doc: &'a Document,
+    doc: &'a Document<'a>,
     paths: &'a PathMap,
     diags: &'a mut Vec<Diagnostic>,
     errors: usize,
@@ -329,11 +404,16 @@ struct Cx<'a> {
 }
 
 impl<'a> Cx<'a> {
-    fn new(file: &'a str, doc: &'a Document, diags: &'a mut Vec<Diagnostic>) -> Self {
+    fn new(
+        file: &'a str,
+        doc: &'a Document<'a>,
+        paths: &'a PathMap,
+        diags: &'a mut Vec<Diagnostic>,
+    ) -> Self {
         Cx {
             file,
             doc,
-            paths: &doc.paths,
+            paths,
             diags,
             errors: 0,
             router: None,
@@ -383,7 +463,7 @@ impl<'a> Cx<'a> {
     }
 }
 
-fn document_kind(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option<DocKind> {
+fn document_kind(file: &str, doc: &Document<'_>, diags: &mut Vec<Diagnostic>) -> Option<DocKind> {
     let kinds = || {
         DocKind::ALL
             .iter()
@@ -398,7 +478,7 @@ fn document_kind(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Opt
                 diags.push(
                     Diagnostic::error(
                         file,
-                        doc.paths.value("kind"),
+                        doc.paths().value("kind"),
                         "kind",
                         format!("unknown kind `{k}`"),
                     )
@@ -442,10 +522,15 @@ fn check_name(cx: &mut Cx<'_>, name: &str) -> bool {
 }
 
 /// Where a named document is defined: file and position of its name.
-type Site = (String, Position);
+type Site<'a> = (&'a str, Position);
 
 /// Reports `name` if it is already in `seen`; returns `Some` when it was a duplicate.
-fn duplicate(cx: &mut Cx<'_>, what: &str, name: &str, seen: &BTreeMap<String, Site>) -> Option<()> {
+fn duplicate(
+    cx: &mut Cx<'_>,
+    what: &str,
+    name: &str,
+    seen: &BTreeMap<String, Site<'_>>,
+) -> Option<()> {
     let (file, pos) = seen.get(name)?;
     cx.error(
         "metadata.name",
@@ -906,7 +991,8 @@ fn analysis(
         );
     }
     let mut names = BTreeSet::new();
-    let mut metrics = Vec::new();
+    // Exactly sized: the catalog keeps every analysis of every rollout.
+    let mut metrics = Vec::with_capacity(a.metrics.len() + usize::from(a.judge.is_some()));
     for (i, m) in a.metrics.iter().enumerate() {
         let field = format!("{base}.metrics[{i}]");
         if !names.insert(m.name.as_str()) {
