@@ -331,8 +331,8 @@ fn plan(
     };
     // Promote and abort commits, as the daemon reads them: the checkout's history stands in
     // for the watched branch. A folder that is not a checkout has none.
-    let all_gates =
-        canaryd::git::gates_at_head(repo_dir, canaryd::daemon::HISTORY).unwrap_or_default();
+    let all_gates = canaryd::git::gates_at_head(repo_dir, canaryd::daemon::HISTORY)
+        .context("cannot read promote and abort commits")?;
     let mut plans = Vec::new();
     let mut human = String::new();
     let mut pending = false;

@@ -10,6 +10,7 @@
 //! A rejected push (someone else moved the status branch) re-fetches, re-plans the round from
 //! what the remote holds, and pushes again. A round that records nothing pushes nothing.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::git::Push;
 use crate::model::{Catalog, ERROR_RETRY, Observed, Rollout};
 use crate::plan::{self, Effect, Inputs, Plan, Sample};
 use crate::record::{MetricValue, Seen, StatusFile};
+use crate::router::Driver;
 use crate::telemetry::{ErrorClass, Event as Tele, ReconcileOutcome};
 
 /// How many router or metric calls one look keeps in flight at once.
@@ -49,6 +51,8 @@ pub(super) struct Work {
     /// The router refused this round's traffic.
     apply_failed: bool,
     plan: Option<Plan>,
+    /// `plan`'s effects, in order.
+    effects: Vec<Effect>,
     file: Option<StatusFile>,
     /// Set when the rollout is done for this look: when to look at it again.
     done: Option<Option<DateTime<Utc>>>,
@@ -74,6 +78,7 @@ impl Work {
             live: None,
             apply_failed: false,
             plan: None,
+            effects: Vec::new(),
             file: None,
             done: None,
         }
@@ -99,21 +104,34 @@ impl Work {
         self.done.is_none()
     }
 
-    fn effects(&self) -> Vec<Effect> {
-        self.plan.as_ref().map(Plan::effects).unwrap_or_default()
+    /// Where `effect` stands against the record in this round's plan, if the plan has both.
+    fn beside_record(&self, effect: Effect) -> Option<Ordering> {
+        let at = |e| self.effects.iter().position(|x| *x == e);
+        Some(at(effect)?.cmp(&at(Effect::Record)?))
     }
 
-    /// Whether `effect` comes before the record in this round's plan.
     fn before_record(&self, effect: Effect) -> bool {
-        let effects = self.effects();
-        let at = |e| effects.iter().position(|x| *x == e);
-        matches!((at(effect), at(Effect::Record)), (Some(e), Some(r)) if e < r)
+        self.beside_record(effect) == Some(Ordering::Less)
     }
 
     fn after_record(&self, effect: Effect) -> bool {
-        let effects = self.effects();
-        let at = |e| effects.iter().position(|x| *x == e);
-        matches!((at(effect), at(Effect::Record)), (Some(e), Some(r)) if e > r)
+        self.beside_record(effect) == Some(Ordering::Greater)
+    }
+}
+
+/// Calls router `router` within `timeout`; why it failed, as a status file says it.
+async fn call_router<T, E: ToString>(
+    driver: Option<Arc<Driver>>,
+    router: &str,
+    timeout: std::time::Duration,
+    call: impl AsyncFnOnce(&Driver) -> Result<T, E>,
+) -> Result<T, String> {
+    let Some(d) = driver else {
+        return Err(format!("router `{router}` is not running"));
+    };
+    match tokio::time::timeout(timeout, call(&d)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("router `{router}` did not answer in time")),
     }
 }
 
@@ -231,6 +249,7 @@ impl Daemon {
                     })
                 }
             };
+            w.effects = plan.effects();
             w.plan = Some(plan);
             w.apply_failed = false;
         }
@@ -256,14 +275,10 @@ impl Daemon {
             let timeout = self.settings.router_timeout;
             picked.push(k);
             jobs.push(async move {
-                let Some(d) = driver else {
-                    return Err(format!("router `{router}` is not running"));
-                };
-                match tokio::time::timeout(timeout, d.observe(&service)).await {
-                    Ok(Ok(o)) => Ok(o),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("router `{router}` did not answer in time")),
-                }
+                call_router(driver, &router, timeout, async |d| {
+                    d.observe(&service).await
+                })
+                .await
             });
         }
         for (k, read) in picked.into_iter().zip(bounded(jobs).await) {
@@ -283,8 +298,8 @@ impl Daemon {
     }
 
     /// Sets the planned traffic of the active rollouts that `which` picks, concurrently. A
-    /// rollout whose router did not take it is done for this look: its status says the weight
-    /// is unverified, and the planner retries (past the progress deadline, the spec's policy).
+    /// rollout whose router did not take it is still recorded (its status says the weight is
+    /// unverified), then waits to retry: past the progress deadline, the spec's policy applies.
     async fn set_traffic(
         &mut self,
         catalog: &Arc<Catalog>,
@@ -310,16 +325,12 @@ impl Daemon {
             let timeout = self.settings.router_timeout;
             picked.push((k, i));
             jobs.push(async move {
-                let Some(d) = driver else {
-                    return (Err(format!("router `{router}` is not running")), traffic);
-                };
                 let started = crate::clock::instant();
-                let result = match tokio::time::timeout(timeout, d.apply(&service, &traffic)).await
-                {
-                    Ok(Ok(())) => Ok(started.elapsed().as_secs_f64()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("router `{router}` did not answer in time")),
-                };
+                let result = call_router(driver, &router, timeout, async |d| {
+                    d.apply(&service, &traffic).await
+                })
+                .await
+                .map(|()| started.elapsed().as_secs_f64());
                 (result, traffic)
             });
         }

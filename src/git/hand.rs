@@ -221,20 +221,37 @@ pub fn head_commit(path: &Path) -> Result<String, GitError> {
 
 /// Every gate commit on the first-parent history of `HEAD` in the checkout at `path` (at most
 /// `limit` commits walked), by rollout, oldest first: what `canaryd plan` honours, as the
-/// daemon does from its mirror.
+/// daemon does from its mirror. None when `path` is no repository or has no commit yet.
 pub fn gates_at_head(
     path: &Path,
     limit: usize,
 ) -> Result<BTreeMap<String, Vec<super::GateCommit>>, GitError> {
-    let repo = open_at(path)?;
-    let mut current =
-        Some(
-            repo.head()
-                .and_then(|h| h.peel_to_commit())
-                .map_err(|_| GitError::NoBranch {
-                    path: path.to_path_buf(),
-                })?,
-        );
+    let repo = match Repository::open(path) {
+        Ok(repo) => repo,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => {
+            return Err(GitError::Open {
+                path: path.to_path_buf(),
+                source: Cause::new(&e, None),
+            });
+        }
+    };
+    let head = match repo.head() {
+        Ok(head) => head,
+        Err(e)
+            if matches!(
+                e.code(),
+                git2::ErrorCode::UnbornBranch | git2::ErrorCode::NotFound
+            ) =>
+        {
+            return Ok(BTreeMap::new());
+        }
+        Err(e) => return Err(local_err(path, "read HEAD")(e)),
+    };
+    let mut current = Some(
+        head.peel_to_commit()
+            .map_err(local_err(path, "read HEAD"))?,
+    );
     let mut out: BTreeMap<String, Vec<super::GateCommit>> = BTreeMap::new();
     let mut walked = 0;
     while let Some(c) = current {

@@ -316,14 +316,8 @@ impl Mirror {
     /// The status files at the status branch tip as last fetched (or pushed): rollout name →
     /// YAML text of `status/<name>.yaml`. Empty if the branch does not exist.
     pub fn status_files(&self) -> Result<BTreeMap<String, String>, GitError> {
-        match self.tracking_tip(&self.remote.status_branch)? {
-            Some(tip) => {
-                let c = self
-                    .repo
-                    .find_commit(tip)
-                    .map_err(self.repo_err("read commit"))?;
-                status_map(&self.repo, &c, &self.dir)
-            }
+        match self.status_tip()? {
+            Some(c) => status_map(&self.repo, &c, &self.dir),
             None => Ok(BTreeMap::new()),
         }
     }
@@ -335,16 +329,18 @@ impl Mirror {
         &self,
         known: &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, (String, Option<String>)>, GitError> {
-        match self.tracking_tip(&self.remote.status_branch)? {
-            Some(tip) => {
-                let c = self
-                    .repo
-                    .find_commit(tip)
-                    .map_err(self.repo_err("read commit"))?;
-                status_entries(&self.repo, &c, &self.dir, known)
-            }
+        match self.status_tip()? {
+            Some(c) => status_entries(&self.repo, &c, &self.dir, known),
             None => Ok(BTreeMap::new()),
         }
+    }
+
+    /// The status branch's tip as last fetched (or pushed), if the branch exists.
+    fn status_tip(&self) -> Result<Option<Commit<'_>>, GitError> {
+        self.tracking_tip(&self.remote.status_branch)?
+            .map(|tip| self.repo.find_commit(tip))
+            .transpose()
+            .map_err(self.repo_err("read commit"))
     }
 
     /// Commits `changes` (rollout → new YAML, or `None` to delete its status file) on top of
@@ -367,14 +363,7 @@ impl Mirror {
         &self,
         commits: &[(BTreeMap<String, Option<String>>, String)],
     ) -> Result<Push, GitError> {
-        let mut parent = match self.tracking_tip(&self.remote.status_branch)? {
-            Some(tip) => Some(
-                self.repo
-                    .find_commit(tip)
-                    .map_err(self.repo_err("read commit"))?,
-            ),
-            None => None,
-        };
+        let mut parent = self.status_tip()?;
         let mut tip = None;
         for (changes, message) in commits {
             let mut edits = Vec::new();

@@ -366,6 +366,51 @@ fn commit_status_creates_updates_and_deletes_files() {
 }
 
 #[test]
+fn a_chain_of_status_commits_is_pushed_once_each_commit_touching_its_own_file() {
+    let w = World::new();
+    w.commit(&[("rollouts/web.yaml", Some("v: 1\n"))], "add web");
+    let mirror = w.mirror();
+    mirror.fetch().unwrap();
+    let chain = [
+        (
+            changes(&[("web", Some("phase: step-1\n"))]),
+            "web: step 1".to_string(),
+        ),
+        (
+            changes(&[("api", Some("phase: idle\n"))]),
+            "api: stable".to_string(),
+        ),
+        // Says what the chain already says: left out.
+        (
+            changes(&[("web", Some("phase: step-1\n"))]),
+            "web: again".to_string(),
+        ),
+    ];
+    let Push::Pushed(tip) = mirror.commit_status_chain(&chain).unwrap() else {
+        panic!("chain not pushed");
+    };
+    assert_eq!(mirror.fetch().unwrap().status, Some(tip.clone()));
+    assert_eq!(
+        mirror.commit_status_chain(&chain).unwrap(),
+        Push::Unchanged,
+        "nothing new: no commit"
+    );
+    let clone = w.fresh_clone("review");
+    let log = git(&clone, &["log", "--format=%s", "origin/canaryd/status"]);
+    assert_eq!(log, "api: stable\nweb: step 1");
+    for (file, subject) in [
+        ("status/web.yaml", "web: step 1"),
+        ("status/api.yaml", "api: stable"),
+    ] {
+        let story = git(
+            &clone,
+            &["log", "--format=%s", "origin/canaryd/status", "--", file],
+        );
+        assert_eq!(story, subject, "{file}");
+    }
+}
+
+#[test]
 fn a_concurrent_status_push_is_rejected_then_retried_without_losing_it() {
     let w = World::new();
     w.commit(&[("rollouts/web.yaml", Some("v: 1\n"))], "add web");

@@ -461,11 +461,10 @@ fn canary_weight(s: &canaryd::record::StatusFile) -> u8 {
 
 const HELD: &str = "  steps:\n    - setWeight: 30\n    - pause: {}\n    - setWeight: 60\n";
 
-#[test]
-fn a_signed_push_wakes_the_real_daemon_long_before_its_poll() {
+/// A world whose daemon looks only when a signed webhook says so: five minutes between polls,
+/// and a file:// URL, which the daemon does not watch on disk.
+fn woken_by_webhooks_only() -> World {
     let mut w = World::new(0.0, 0.0);
-    // Five minutes between polls, and a file:// URL, which the daemon does not watch on disk:
-    // only a webhook can make it look sooner.
     w.poll = "5m";
     w.url = Some(format!("file://{}", w.remote.display()));
     let secret = w.dir.path().join("webhook-secret");
@@ -474,15 +473,27 @@ fn a_signed_push_wakes_the_real_daemon_long_before_its_poll() {
         "webhook:\n  secret: {{file: {}}}\n",
         secret.display()
     ));
-    w.start_on_stable(HELD);
+    w
+}
 
-    let merged = w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
+/// GitHub's example push event, made a push to `main` whose new tip is `after`.
+fn push_to_main(after: &str) -> Value {
     let mut payload = of("push")
         .into_iter()
         .find(|p| p["ref"] == "refs/heads/master")
         .unwrap();
     payload["ref"] = "refs/heads/main".into();
-    payload["after"] = merged.clone().into();
+    payload["after"] = after.into();
+    payload
+}
+
+#[test]
+fn a_signed_push_wakes_the_real_daemon_long_before_its_poll() {
+    let mut w = woken_by_webhooks_only();
+    w.start_on_stable(HELD);
+
+    let merged = w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
+    let payload = push_to_main(&merged);
     let post = |d: &Delivery| w.rt.block_on(d.post(w.admin));
 
     // Unsigned: refused, nothing happens.
@@ -527,24 +538,11 @@ fn a_signed_push_wakes_the_real_daemon_long_before_its_poll() {
 /// executes when it looks at that same snapshot.
 #[test]
 fn canaryd_plan_shows_what_the_daemon_then_does_with_a_pending_promote() {
-    let mut w = World::new(0.0, 0.0);
     // Only a webhook makes the daemon look: the snapshot cannot move under the plan.
-    w.poll = "5m";
-    w.url = Some(format!("file://{}", w.remote.display()));
-    let secret = w.dir.path().join("webhook-secret");
-    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
-    w.config = Some(format!(
-        "webhook:\n  secret: {{file: {}}}\n",
-        secret.display()
-    ));
+    let mut w = woken_by_webhooks_only();
     w.start_on_stable(HELD);
     let push = |w: &World, after: &str| {
-        let mut payload = of("push")
-            .into_iter()
-            .find(|p| p["ref"] == "refs/heads/master")
-            .unwrap();
-        payload["ref"] = "refs/heads/main".into();
-        payload["after"] = after.into();
+        let payload = push_to_main(after);
         let (status, text) =
             w.rt.block_on(Delivery::github("push", &payload).post(w.admin));
         assert_eq!(status, 202, "{text}");
