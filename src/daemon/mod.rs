@@ -471,6 +471,8 @@ impl Daemon {
                 names.insert(name.clone());
             }
         }
+        // Measurements of a rollout whose spec is gone have no plan to go into.
+        self.taken.retain(|name, _| names.contains(name));
         let mut works = Vec::new();
         let now = self.settings.clock.now();
         for name in names {
