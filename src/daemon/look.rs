@@ -18,6 +18,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
 
+use super::snapshot::Snapshot;
 use super::{Daemon, PUSH_ATTEMPTS, ROUNDS, message};
 use crate::git::Push;
 use crate::model::{Catalog, ERROR_RETRY, Observed, Rollout};
@@ -39,10 +40,10 @@ pub(super) struct Work {
     /// The rollout's index in the catalog, or why its spec is invalid.
     pub spec: Result<usize, Vec<String>>,
     /// The status file as Git holds it.
-    pub in_git: StatusFile,
+    pub in_git: Arc<StatusFile>,
     /// What plans start from: `in_git`, unless a step back was applied that Git has not taken
     /// yet (then that is the truth until it does).
-    pub recorded: StatusFile,
+    pub recorded: Arc<StatusFile>,
     samples: Vec<Sample>,
     measured: Vec<MetricValue>,
     revert_branch: Option<String>,
@@ -62,8 +63,8 @@ impl Work {
     pub fn new(
         name: String,
         spec: Result<usize, Vec<String>>,
-        in_git: StatusFile,
-        unrecorded: Option<StatusFile>,
+        in_git: Arc<StatusFile>,
+        unrecorded: Option<Arc<StatusFile>>,
     ) -> Work {
         let recorded = unrecorded.unwrap_or_else(|| in_git.clone());
         Work {
@@ -160,10 +161,10 @@ impl Daemon {
     /// Plans and executes `works` until each has nothing more to do now.
     pub(super) async fn run_rounds(
         &mut self,
-        head: &str,
-        catalog: &Arc<Catalog>,
+        snapshot: &Snapshot,
         works: &mut [Work],
     ) {
+        let (head, catalog) = (snapshot.head.as_str(), &snapshot.catalog);
         let mut attempts = 0;
         let mut round = 0;
         while round < ROUNDS && works.iter().any(Work::active) {
@@ -171,7 +172,7 @@ impl Daemon {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            self.plan_round(head, catalog, works).await;
+            self.plan_round(snapshot, works).await;
             // Back toward stable: applied and read back before the record.
             self.set_traffic(catalog, works, |w| w.before_record(Effect::SetTraffic))
                 .await;
@@ -182,14 +183,14 @@ impl Daemon {
                 let rollout = w.spec.as_ref().ok().map(|&i| &catalog.rollouts[i]);
                 let plan = w.plan.as_ref().expect("planned this round");
                 let branch = w.revert_branch.as_deref().or(w.recorded.revert.as_deref());
-                let pr = branch.and_then(|b| self.outbox.as_ref()?.opened(b));
+                let pr = branch.and_then(|b| self.prs.get(b));
                 let seen = Seen {
                     spec_commit: head,
                     live: w.live.as_ref(),
                     router_error: w.router_error.as_deref(),
                     measured: &w.measured,
                     revert_branch: w.revert_branch.as_deref(),
-                    revert_pr: pr.as_deref(),
+                    revert_pr: pr.map(String::as_str),
                     now,
                 };
                 w.file = Some(w.recorded.after(plan, rollout, seen));
@@ -218,7 +219,7 @@ impl Daemon {
                 }
                 Recorded::Done => {}
             }
-            self.after_record(head, catalog, works).await;
+            self.after_record(snapshot, works).await;
         }
         let soon = self.settings.clock.now() + chrono::Duration::seconds(1);
         for w in works.iter_mut().filter(|w| w.active()) {
@@ -228,7 +229,8 @@ impl Daemon {
     }
 
     /// Reads every active rollout's router and plans it.
-    async fn plan_round(&mut self, head: &str, catalog: &Arc<Catalog>, works: &mut [Work]) {
+    async fn plan_round(&mut self, snapshot: &Snapshot, works: &mut [Work]) {
+        let catalog = &snapshot.catalog;
         self.read_back(catalog, works, |w| w.spec.is_ok()).await;
         let now = self.settings.clock.now();
         for w in works.iter_mut().filter(|w| w.active()) {
@@ -236,9 +238,15 @@ impl Daemon {
                 Err(errors) => plan::plan_invalid(&w.recorded.status, errors.clone()),
                 Ok(i) => {
                     let r = &catalog.rollouts[*i];
-                    let gates = self
-                        .gates(head, r, w.recorded.status.last_gate.as_deref())
-                        .await;
+                    let gates = snapshot.gates.get(&r.name).map(Vec::as_slice);
+                    let gates = plan::pending_gates(
+                        gates
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|c| (c.id.as_str(), c.action.as_str(), c.revision.as_str())),
+                        r,
+                        w.recorded.status.last_gate.as_deref(),
+                    );
                     plan::plan(Inputs {
                         spec: r,
                         recorded: &w.recorded.status,
@@ -399,9 +407,8 @@ impl Daemon {
             Ok(Push::Pushed(_) | Push::Unchanged) => {
                 for (k, _, message) in batch {
                     let w = &mut works[k];
-                    let file = w.file.clone().expect("assembled");
+                    let file = Arc::new(w.file.clone().expect("assembled"));
                     self.unrecorded.remove(&w.name);
-                    self.latest.insert(w.name.clone(), file.clone());
                     w.in_git = file;
                     self.telemetry.record(Tele::StatusCommitted {
                         rollout: w.name.clone(),
@@ -423,7 +430,7 @@ impl Daemon {
                     let plan = w.plan.as_ref().expect("planned");
                     if w.before_record(Effect::SetTraffic) {
                         // Traffic is already safe; keep the truth until Git takes it.
-                        let file = w.file.clone().expect("assembled");
+                        let file = Arc::new(w.file.clone().expect("assembled"));
                         self.unrecorded.insert(w.name.clone(), file);
                     }
                     self.outcome(&w.name, plan, ReconcileOutcome::Error);
@@ -437,28 +444,18 @@ impl Daemon {
 
     /// The status files of the active rollouts as the remote has them now.
     async fn refetch(&mut self, works: &mut [Work]) {
-        let files = self
-            .git(|m| {
-                m.fetch()?;
-                m.status_files()
-            })
-            .await;
-        let now = self.settings.clock.now();
-        let files = match files {
-            Ok(files) => files,
+        let statuses = match self.read(|r, m| r.refetch_statuses(m)).await {
+            Ok(statuses) => statuses,
             Err(e) => {
-                self.error(
-                    ErrorClass::Git,
-                    None,
-                    format!("fetch failed: {}", super::chain(&e)),
-                );
+                self.error(ErrorClass::Git, None, e.to_string());
                 return;
             }
         };
+        let now = self.settings.clock.now();
         for w in works.iter_mut().filter(|w| w.active()) {
-            let in_git = match files.get(&w.name).map(|t| StatusFile::from_yaml(t)) {
-                Some(Ok(f)) => f,
-                None => StatusFile::new(&w.name, now),
+            let in_git = match statuses.get(&w.name) {
+                Some(Ok(f)) => f.clone(),
+                None => Arc::new(StatusFile::new(&w.name, now)),
                 Some(Err(e)) => {
                     self.error(
                         ErrorClass::Status,
@@ -480,7 +477,8 @@ impl Daemon {
 
     /// The effects after the record: traffic toward the canary, the revert branch, and the
     /// measurements; decides which rollouts go on to another round.
-    async fn after_record(&mut self, head: &str, catalog: &Arc<Catalog>, works: &mut [Work]) {
+    async fn after_record(&mut self, snapshot: &Snapshot, works: &mut [Work]) {
+        let (head, catalog) = (snapshot.head.as_str(), &snapshot.catalog);
         let now = self.settings.clock.now();
         for w in works.iter_mut().filter(|w| w.active()) {
             // Recorded (or nothing new to record): the measurements are spent.
@@ -488,7 +486,7 @@ impl Daemon {
             w.measured.clear();
             let file = w.file.take().expect("assembled");
             self.step_finished(&w.name, &w.recorded, &file, now);
-            w.recorded = file;
+            w.recorded = Arc::new(file);
         }
         self.set_traffic(catalog, works, |w| w.after_record(Effect::SetTraffic))
             .await;
