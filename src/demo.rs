@@ -376,6 +376,7 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
         webhook: None,
         git_auth: Default::default(),
         clock: crate::clock::Clock::System,
+        attached: Default::default(),
     };
     let admin = Admin::new(Arc::new(Telemetry::default()));
     let daemon = tokio::spawn(daemon::run(settings, admin, stop.child_token()));

@@ -478,6 +478,7 @@ fn run(args: RunArgs) -> Result<u8> {
         },
         author: canaryd::git::Author::default(),
         clock: canaryd::clock::Clock::System,
+        attached: Default::default(),
         data_dir: args
             .data_dir
             .or(config.data_dir)

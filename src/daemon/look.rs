@@ -24,7 +24,7 @@ use crate::git::Push;
 use crate::model::{Catalog, ERROR_RETRY, Observed, Rollout};
 use crate::plan::{self, Effect, Inputs, Plan, Sample};
 use crate::record::{MetricValue, Seen, StatusFile};
-use crate::router::Driver;
+use crate::router::{Router, RouterError};
 use crate::telemetry::{ErrorClass, Event as Tele, ReconcileOutcome};
 
 /// How many router or metric calls one look keeps in flight at once.
@@ -120,24 +120,27 @@ impl Work {
     }
 }
 
-/// Calls router `router` within `timeout`; why it failed, as a status file says it.
-async fn call_router<T, E: ToString>(
-    driver: Option<Arc<Driver>>,
+/// The driver of router `router`, or why there is none, as a status file says it.
+fn running(driver: Option<Arc<dyn Router>>, router: &str) -> Result<Arc<dyn Router>, String> {
+    driver.ok_or_else(|| format!("router `{router}` is not running"))
+}
+
+/// Awaits `call` to router `router` within `timeout`; why it failed, as a status file says it.
+pub(super) async fn within<T>(
     router: &str,
     timeout: std::time::Duration,
-    call: impl AsyncFnOnce(&Driver) -> Result<T, E>,
+    call: impl Future<Output = Result<T, RouterError>>,
 ) -> Result<T, String> {
-    let Some(d) = driver else {
-        return Err(format!("router `{router}` is not running"));
-    };
-    match tokio::time::timeout(timeout, call(&d)).await {
+    match tokio::time::timeout(timeout, call).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!("router `{router}` did not answer in time")),
     }
 }
 
 /// Runs `jobs` with at most [`CONCURRENCY`] in flight; results in the order given.
-async fn bounded<T: Send + 'static>(jobs: Vec<impl Future<Output = T> + Send + 'static>) -> Vec<T> {
+pub(super) async fn bounded<T: Send + 'static>(
+    jobs: Vec<impl Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
     let total = jobs.len();
     let mut results: Vec<Option<T>> = (0..total).map(|_| None).collect();
     let mut set = JoinSet::new();
@@ -159,11 +162,7 @@ async fn bounded<T: Send + 'static>(jobs: Vec<impl Future<Output = T> + Send + '
 
 impl Daemon {
     /// Plans and executes `works` until each has nothing more to do now.
-    pub(super) async fn run_rounds(
-        &mut self,
-        snapshot: &Snapshot,
-        works: &mut [Work],
-    ) {
+    pub(super) async fn run_rounds(&mut self, snapshot: &Snapshot, works: &mut [Work]) {
         let (head, catalog) = (snapshot.head.as_str(), &snapshot.catalog);
         let mut attempts = 0;
         let mut round = 0;
@@ -263,33 +262,62 @@ impl Daemon {
         }
     }
 
-    /// Reads the live weights of the active rollouts that `which` picks, concurrently.
+    /// Reads the live weights of the active rollouts that `which` picks: each router once,
+    /// for all its services, the routers concurrently.
     async fn read_back(
         &mut self,
         catalog: &Arc<Catalog>,
         works: &mut [Work],
         which: impl Fn(&Work) -> bool,
     ) {
-        let mut picked = Vec::new();
-        let mut jobs = Vec::new();
+        // Router → the works on it, and their services.
+        let mut by_router: BTreeMap<&str, (Vec<usize>, Vec<String>)> = BTreeMap::new();
         for (k, w) in works.iter().enumerate() {
             if !w.active() || !which(w) {
                 continue;
             }
             let Ok(&i) = w.spec.as_ref() else { continue };
             let target = catalog.rollouts[i].target();
-            let driver = self.driver(&target.router, catalog).await;
-            let (router, service) = (target.router.clone(), target.service.clone());
-            let timeout = self.settings.router_timeout;
+            let (picked, services) = by_router.entry(&target.router).or_default();
             picked.push(k);
-            jobs.push(async move {
-                call_router(driver, &router, timeout, async |d| {
-                    d.observe(&service).await
-                })
-                .await
-            });
+            services.push(target.service.clone());
         }
-        for (k, read) in picked.into_iter().zip(bounded(jobs).await) {
+        let mut groups = Vec::new();
+        let mut jobs = Vec::new();
+        let mut names = Vec::new();
+        for (router, (picked, services)) in by_router {
+            let driver = self.driver(router, catalog).await;
+            let router = router.to_string();
+            names.push(router.clone());
+            let timeout = self.settings.router_timeout;
+            jobs.push(async move {
+                let d = running(driver, &router)?;
+                within(&router, timeout, d.observe_all(&services)).await
+            });
+            groups.push(picked);
+        }
+        let mut reads = Vec::new();
+        let answers = bounded(jobs).await;
+        for ((router, picked), all) in names.into_iter().zip(groups).zip(answers) {
+            self.routers_read
+                .insert(router, all.as_ref().err().cloned());
+            for k in picked {
+                let Ok(&i) = works[k].spec.as_ref() else {
+                    continue;
+                };
+                let service = &catalog.rollouts[i].target().service;
+                let read = match &all {
+                    Ok(all) => match all.get(service) {
+                        Some(Ok(o)) => Ok(o.clone()),
+                        Some(Err(e)) => Err(e.to_string()),
+                        None => Err(format!("router did not report service `{service}`")),
+                    },
+                    Err(why) => Err(why.clone()),
+                };
+                reads.push((k, read));
+            }
+        }
+        for (k, read) in reads {
             let w = &mut works[k];
             match read {
                 Ok(o) => {
@@ -334,10 +362,10 @@ impl Daemon {
             picked.push((k, i));
             jobs.push(async move {
                 let started = crate::clock::instant();
-                let result = call_router(driver, &router, timeout, async |d| {
-                    d.apply(&service, &traffic).await
-                })
-                .await
+                let result = match running(driver, &router) {
+                    Ok(d) => within(&router, timeout, d.apply(&service, &traffic)).await,
+                    Err(why) => Err(why),
+                }
                 .map(|()| started.elapsed().as_secs_f64());
                 (result, traffic)
             });

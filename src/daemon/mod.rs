@@ -35,8 +35,8 @@ use crate::git::{self, Author, Mirror, Remote};
 use crate::model::{Catalog, Revision};
 use crate::provider;
 use crate::record::StatusFile;
-use crate::router::Driver;
 use crate::router::embedded::EmbeddedRouter;
+use crate::router::{Driver, Router};
 use crate::spec::RouterSpec;
 use crate::telemetry::{ErrorClass, Event as Tele, Telemetry};
 use crate::validate::Known;
@@ -74,6 +74,9 @@ pub struct Settings {
     pub git_auth: git::GitAuth,
     /// What the daemon takes for now ([`Clock::System`] but in tests).
     pub clock: Clock,
+    /// Routers handed in by the program running the daemon (its tests' in-memory routers),
+    /// driven in place of one started from the spec of the same name.
+    pub attached: BTreeMap<String, Arc<dyn Router>>,
 }
 
 /// Why the daemon could not start.
@@ -202,7 +205,7 @@ pub async fn run(
         )
     });
     // The routers' own counters (the embedded router's) on /metrics.
-    let shown: Arc<Mutex<BTreeMap<String, Arc<Driver>>>> = Arc::default();
+    let shown: Arc<Mutex<BTreeMap<String, Arc<dyn Router>>>> = Arc::default();
     let drivers = shown.clone();
     admin.add_renderer(move |out| {
         let drivers = drivers
@@ -235,6 +238,8 @@ pub async fn run(
     };
     let mut daemon = Daemon {
         telemetry: admin.telemetry.clone(),
+        admin: admin.clone(),
+        routers_read: BTreeMap::new(),
         shown,
         settings,
         known,
@@ -387,17 +392,20 @@ fn watch(
 #[derive(Debug)]
 struct Running {
     spec: RouterSpec,
-    driver: Arc<Driver>,
+    driver: Arc<dyn Router>,
     stop: CancellationToken,
 }
 
 struct Daemon {
     settings: Settings,
+    admin: Arc<Admin>,
+    /// The routers read in this look, and why each failed to answer, if it did.
+    routers_read: BTreeMap<String, Option<String>>,
     /// What validation takes from the controller configuration.
     known: Known,
     telemetry: Arc<Telemetry>,
     /// The running drivers whose counters `/metrics` shows.
-    shown: Arc<Mutex<BTreeMap<String, Arc<Driver>>>>,
+    shown: Arc<Mutex<BTreeMap<String, Arc<dyn Router>>>>,
     mirror: Arc<Mutex<Mirror>>,
     /// Reads each look's snapshot of Git, keeping what it read last.
     reader: Arc<Mutex<snapshot::Reader>>,
@@ -499,6 +507,7 @@ impl Daemon {
         }
         let mut works = Vec::new();
         let now = self.settings.clock.now();
+        self.routers_read.clear();
         for name in names {
             if !scope.has(&name) || self.measuring.contains(&name) {
                 // Never planned twice at once: its measurements are still out.
@@ -516,7 +525,10 @@ impl Daemon {
                 }
                 None => Arc::new(StatusFile::new(&name, now)),
             };
-            let spec = match catalog.rollouts.binary_search_by(|r| r.name.as_str().cmp(&name)) {
+            let spec = match catalog
+                .rollouts
+                .binary_search_by(|r| r.name.as_str().cmp(&name))
+            {
                 Ok(i) => Ok(i),
                 Err(_) => Err(match catalog.invalid.get(&name) {
                     Some(errors) => errors.clone(),
@@ -549,6 +561,9 @@ impl Daemon {
                 None => self.wakes.remove(&w.name),
             };
         }
+        if matches!(scope, Scope::All) {
+            self.check_routers().await;
+        }
         !self.shutdown.is_cancelled()
     }
 }
@@ -563,7 +578,10 @@ impl Daemon {
     }
 
     /// The driver of router `name`, started (or restarted, when its spec changed) on demand.
-    async fn driver(&mut self, name: &str, catalog: &Catalog) -> Option<Arc<Driver>> {
+    async fn driver(&mut self, name: &str, catalog: &Catalog) -> Option<Arc<dyn Router>> {
+        if let Some(r) = self.settings.attached.get(name) {
+            return Some(r.clone());
+        }
         let spec = self
             .settings
             .routers
@@ -592,7 +610,7 @@ impl Daemon {
         match started {
             Ok(driver) => {
                 tracing::info!(router = name, "router started");
-                let driver = Arc::new(driver);
+                let driver: Arc<dyn Router> = Arc::new(driver);
                 // Its counters join /metrics, in place of those of the driver it replaces.
                 self.shown
                     .lock()
@@ -615,9 +633,41 @@ impl Daemon {
         }
     }
 
+    /// Asks each router driven but not read in this look whether it answers, and tells
+    /// `/readyz` which do not.
+    async fn check_routers(&mut self) {
+        let driven: BTreeMap<String, Arc<dyn Router>> = self
+            .drivers
+            .iter()
+            .map(|(name, r)| (name.clone(), r.driver.clone()))
+            .chain(self.settings.attached.clone())
+            .collect();
+        let mut health = std::mem::take(&mut self.routers_read);
+        health.retain(|name, _| driven.contains_key(name));
+        let unread: Vec<(String, Arc<dyn Router>)> = driven
+            .into_iter()
+            .filter(|(name, _)| !health.contains_key(name))
+            .collect();
+        let timeout = self.settings.router_timeout;
+        let jobs = unread
+            .iter()
+            .map(|(name, d)| {
+                let (name, d) = (name.clone(), d.clone());
+                async move { look::within(&name, timeout, d.health()).await }
+            })
+            .collect();
+        for ((name, _), answer) in unread.into_iter().zip(look::bounded(jobs).await) {
+            health.insert(name, answer.err());
+        }
+        self.admin.set_routers(health);
+    }
+
     /// The driver of a router already running.
-    fn running(&self, name: &str) -> Option<Arc<Driver>> {
-        self.drivers.get(name).map(|d| d.driver.clone())
+    fn running(&self, name: &str) -> Option<Arc<dyn Router>> {
+        match self.settings.attached.get(name) {
+            Some(r) => Some(r.clone()),
+            None => self.drivers.get(name).map(|d| d.driver.clone()),
+        }
     }
 
     /// Times a step that just ended (the run moved on, or left flight).

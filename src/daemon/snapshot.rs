@@ -77,7 +77,9 @@ impl Reader {
         known: &Known,
     ) -> Result<Snapshot, SnapshotError> {
         if fetch || self.head.is_none() {
-            let heads = m.fetch().map_err(|e| SnapshotError::Fetch(super::chain(&e)))?;
+            let heads = m
+                .fetch()
+                .map_err(|e| SnapshotError::Fetch(super::chain(&e)))?;
             self.head = heads.spec;
         }
         let Some(head) = self.head.clone() else {
@@ -93,8 +95,17 @@ impl Reader {
             Some((t, catalog)) if *t == tree => catalog.clone(),
             _ => {
                 let (catalog, diags, skipped) = validate_at(m, &head, known).map_err(specs_err)?;
-                news.extend(skipped.iter().map(|(path, why)| format!("{path} skipped: {why}")));
-                news.extend(diags.iter().filter(|d| d.is_error()).map(Diagnostic::one_line));
+                news.extend(
+                    skipped
+                        .iter()
+                        .map(|(path, why)| format!("{path} skipped: {why}")),
+                );
+                news.extend(
+                    diags
+                        .iter()
+                        .filter(|d| d.is_error())
+                        .map(Diagnostic::one_line),
+                );
                 let catalog = Arc::new(catalog);
                 self.specs = Some((tree, catalog.clone()));
                 catalog
@@ -121,7 +132,8 @@ impl Reader {
     /// The status files as the remote holds them now (after a rejected push): fetched, and
     /// read where they moved.
     pub fn refetch_statuses(&mut self, m: &Mirror) -> Result<Arc<Statuses>, SnapshotError> {
-        m.fetch().map_err(|e| SnapshotError::Fetch(super::chain(&e)))?;
+        m.fetch()
+            .map_err(|e| SnapshotError::Fetch(super::chain(&e)))?;
         self.read_statuses(m)?;
         Ok(self.statuses.clone())
     }

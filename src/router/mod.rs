@@ -5,12 +5,15 @@
 //! live weights from the router itself, never from a cache, and `apply` sets weights, never
 //! adds to them, so applying the same traffic twice is harmless.
 
+mod boundary;
 pub mod caddy;
 pub mod embedded;
 pub mod gateway;
 pub mod haproxy;
 pub mod nginx;
 pub mod traefik;
+
+pub use boundary::{Call, ObservedAll, Router};
 
 use crate::model::{Observed, Traffic};
 use crate::spec::RouterSpec;

@@ -11,6 +11,7 @@ mod analysis_e2e;
 mod cli;
 mod crash;
 mod daemon;
+mod daemon_loop;
 mod demo;
 mod embedded;
 mod examples;
