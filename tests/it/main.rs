@@ -27,6 +27,7 @@ mod router_gateway;
 mod router_haproxy;
 mod router_nginx;
 mod router_traefik;
+mod support;
 mod tidy;
 mod validation;
 mod webhook;
