@@ -237,7 +237,10 @@ impl Stage<'_> {
         let mut weights = Vec::new();
         loop {
             if let Some(s) = self.status().await
-                && self.last.as_ref().map(StatusFile::substance) != Some(s.substance())
+                && !self
+                    .last
+                    .as_ref()
+                    .is_some_and(|last| last.same_substance(&s))
             {
                 let canary = canary_weight(&s);
                 if weights.last() != Some(&canary.get()) {

@@ -407,7 +407,7 @@ impl Daemon {
             let (Some(file), Some(plan)) = (&w.file, &w.plan) else {
                 continue;
             };
-            if !w.active() || file.substance() == w.in_git.substance() {
+            if !w.active() || file.same_substance(&w.in_git) {
                 continue;
             }
             match file.to_yaml() {
