@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use canaryd::git::Author;
-use canaryd::record::StatusFile;
+use canaryd::core::record::StatusFile;
+use canaryd::edge::git::Author;
 
 #[path = "../tests/it/support/backends.rs"]
 #[allow(dead_code, reason = "the benchmark uses part of the test harness")]
@@ -335,7 +335,7 @@ fn get(router: SocketAddr) -> Option<String> {
 fn post_push(admin: SocketAddr, secret: &str, branch: &str) -> u16 {
     use std::io::{Read, Write};
     let body = format!("{{\"ref\":\"refs/heads/{branch}\"}}");
-    let signature = canaryd::webhook::signature(secret.as_bytes(), body.as_bytes());
+    let signature = canaryd::edge::webhook::signature(secret.as_bytes(), body.as_bytes());
     let mut s =
         std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("admin");
     s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -411,7 +411,7 @@ impl Lab {
     fn new(blue: SocketAddr, green: SocketAddr) -> Lab {
         let dir = tempfile::tempdir().expect("tempdir");
         let remote = dir.path().join("remote.git");
-        canaryd::git::init_bare(&remote, "main").expect("init");
+        canaryd::edge::git::init_bare(&remote, "main").expect("init");
         Lab {
             dir,
             remote,
@@ -515,7 +515,8 @@ impl Lab {
             name: "bench".into(),
             email: "bench@localhost".into(),
         };
-        canaryd::git::commit_files(&self.remote, "main", files, message, &author).expect("commit");
+        canaryd::edge::git::commit_files(&self.remote, "main", files, message, &author)
+            .expect("commit");
     }
 
     /// How many status files the remote's status branch holds.

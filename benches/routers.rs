@@ -20,8 +20,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use canaryd::model::Traffic;
-use canaryd::router::Driver;
+use canaryd::core::model::Traffic;
+use canaryd::edge::router::Driver;
 
 #[path = "../tests/it/support/backends.rs"]
 #[allow(dead_code, reason = "the benchmark uses part of the test harness")]

@@ -13,10 +13,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use canaryd::model::Observed;
-use canaryd::plan::{self, Inputs};
-use canaryd::progress::Status;
-use canaryd::validate::{self, Known, Source};
+use canaryd::core::model::Observed;
+use canaryd::core::plan::{self, Inputs};
+use canaryd::core::progress::Status;
+use canaryd::core::validate::{self, Known, Source};
 
 mod common;
 use common::{ROUTER, rollout};
@@ -107,7 +107,7 @@ fn main() {
         .and_then(|f| f.set_len(100 * 1024 * 1024))
         .expect("sparse file");
     let t = median(101, || {
-        let loaded = canaryd::repo::load(std::slice::from_ref(&dir), None).expect("load");
+        let loaded = canaryd::edge::repo::load(std::slice::from_ref(&dir), None).expect("load");
         assert_eq!(loaded.broken.len(), 1);
     });
     std::fs::remove_dir_all(&dir).ok();

@@ -33,16 +33,18 @@ pub fn run(args: AnalyzeArgs) -> Result<u8> {
         );
     };
     let providers =
-        canaryd::provider::Providers::from_config(&config).map_err(anyhow::Error::msg)?;
+        canaryd::edge::provider::Providers::from_config(&config).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let measured = rt.block_on(canaryd::analyze::analyze(
+    let measured = rt.block_on(canaryd::edge::analyze::analyze(
         rollout,
         &providers,
-        canaryd::clock::wall(),
+        canaryd::edge::clock::wall(),
     ));
-    args.output
-        .print(|| canaryd::analyze::human(rollout, &measured), || &measured)?;
-    Ok(canaryd::analyze::exit_code(&measured))
+    args.output.print(
+        || canaryd::edge::analyze::human(rollout, &measured),
+        || &measured,
+    )?;
+    Ok(canaryd::edge::analyze::exit_code(&measured))
 }

@@ -4,10 +4,14 @@ use anyhow::Result;
 
 pub fn run() -> Result<u8> {
     let mut out = std::io::stdout().lock();
-    match canaryd::demo::run(&mut out, &std::env::temp_dir()) {
+    match canaryd::edge::demo::run(&mut out, &std::env::temp_dir()) {
         Ok(_) => Ok(0),
         // `canaryd demo | head` is fine.
-        Err(canaryd::demo::DemoError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(canaryd::edge::demo::DemoError::Io(e))
+            if e.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Ok(0)
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -5,7 +5,7 @@ use std::fs;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use canaryd::repo;
+use canaryd::edge::repo;
 
 use super::{ConfigArgs, SpecsArgs, emit};
 
@@ -36,8 +36,8 @@ pub fn run(args: GateArgs, action: &str) -> Result<u8> {
         );
     };
     // The gate names the revision Git has, not one only this working tree has.
-    let head = canaryd::git::head_commit(repo_dir)?;
-    let committed = canaryd::git::file_at_commit(repo_dir, &head, &rollout.file)?;
+    let head = canaryd::edge::git::head_commit(repo_dir)?;
+    let committed = canaryd::edge::git::file_at_commit(repo_dir, &head, &rollout.file)?;
     let on_disk = fs::read_to_string(repo_dir.join(&rollout.file)).ok();
     if committed != on_disk {
         bail!(
@@ -52,10 +52,10 @@ pub fn run(args: GateArgs, action: &str) -> Result<u8> {
         name = rollout.name,
         rev = rollout.revision,
     );
-    let id = canaryd::git::gate_commit(
+    let id = canaryd::edge::git::gate_commit(
         repo_dir,
         &message,
-        &canaryd::git::Author::default(),
+        &canaryd::edge::git::Author::default(),
         args.push,
     )?;
     emit(&format!(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use canaryd::{repo, report};
+use canaryd::{edge::repo, view::report};
 
 use super::{ConfigArgs, OutputArgs};
 

@@ -23,10 +23,10 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use canaryd::diag::Diagnostic;
-use canaryd::model::Catalog;
-use canaryd::repo::{self, Config};
-use canaryd::validate::Known;
+use canaryd::core::diag::Diagnostic;
+use canaryd::core::model::Catalog;
+use canaryd::core::validate::Known;
+use canaryd::edge::repo::{self, Config};
 
 pub use run::LogFormat;
 

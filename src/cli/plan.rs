@@ -7,12 +7,12 @@ use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 use clap::Args;
 
-use canaryd::diag::Diagnostic;
-use canaryd::live::LiveWeights;
-use canaryd::model::Catalog;
-use canaryd::plan::{self, Inputs};
-use canaryd::repo::{self, Config};
-use canaryd::report;
+use canaryd::core::diag::Diagnostic;
+use canaryd::core::model::Catalog;
+use canaryd::core::plan::{self, Inputs};
+use canaryd::edge::live::LiveWeights;
+use canaryd::edge::repo::{self, Config};
+use canaryd::view::report;
 
 use super::{ConfigArgs, OutputArgs, SpecsArgs};
 
@@ -45,7 +45,7 @@ struct Shown<'a> {
 }
 
 pub fn run(args: PlanArgs) -> Result<u8> {
-    let now = args.now.unwrap_or_else(canaryd::clock::wall);
+    let now = args.now.unwrap_or_else(canaryd::edge::clock::wall);
     let repo_dir = &args.specs.repo;
     let status_dir = args.status.as_deref();
     let (config, catalog, diags) = args.specs.load(&args.config)?;
@@ -59,7 +59,7 @@ pub fn run(args: PlanArgs) -> Result<u8> {
     };
     // Promote and abort commits, as the daemon reads them: the checkout's history stands in
     // for the watched branch. A folder that is not a checkout has none.
-    let all_gates = canaryd::git::gates_at_head(repo_dir, canaryd::daemon::HISTORY)
+    let all_gates = canaryd::edge::git::gates_at_head(repo_dir, canaryd::edge::daemon::HISTORY)
         .context("cannot read promote and abort commits")?;
     let mut plans = Vec::new();
     let mut human = String::new();
@@ -67,7 +67,7 @@ pub fn run(args: PlanArgs) -> Result<u8> {
     for rollout in &catalog.rollouts {
         let recorded = match status_dir {
             Some(d) => repo::read_status(d, &rollout.name)?,
-            None => canaryd::progress::Status::new(&rollout.name),
+            None => canaryd::core::progress::Status::new(&rollout.name),
         };
         let observed = live.get(rollout.target());
         let gates = plan::pending_gates(
@@ -100,7 +100,7 @@ pub fn run(args: PlanArgs) -> Result<u8> {
     for (name, errors) in &catalog.invalid {
         let recorded = match status_dir {
             Some(d) => repo::read_status(d, name)?,
-            None => canaryd::progress::Status::new(name),
+            None => canaryd::core::progress::Status::new(name),
         };
         let p = plan::plan_invalid(&recorded, errors.clone());
         pending |= p.has_changes(&recorded);
@@ -140,7 +140,7 @@ pub fn run(args: PlanArgs) -> Result<u8> {
 /// The live weights of every rollout's service, read from its router (5 s at most each). A
 /// router that cannot be read leaves its services unknown, and says why on stderr.
 fn live_from_routers(catalog: &Catalog, config: &Config) -> Result<LiveWeights> {
-    use canaryd::router::Driver;
+    use canaryd::edge::router::Driver;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

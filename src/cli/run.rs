@@ -59,7 +59,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .poll_interval
         .or(config.poll_interval)
         .map(|t| {
-            canaryd::spec::duration::parse(&t)
+            canaryd::core::spec::duration::parse(&t)
                 .map_err(|e| anyhow::anyhow!("poll interval `{t}`: {e}"))
         })
         .transpose()?
@@ -68,7 +68,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let git_auth = config.git_auth.unwrap_or_default();
     git_auth.check()?;
     if args.exit_after_status_push {
-        canaryd::git::abort_after_status_push();
+        canaryd::edge::git::abort_after_status_push();
     }
     if let Some(hook) = &config.webhook {
         hook.secret.read("webhook.secret")?;
@@ -76,8 +76,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let watch = (!repo_url.contains("://"))
         .then(|| PathBuf::from(&repo_url))
         .filter(|p| p.is_dir());
-    let settings = canaryd::daemon::Settings {
-        remote: canaryd::git::Remote {
+    let settings = canaryd::edge::daemon::Settings {
+        remote: canaryd::edge::git::Remote {
             url: repo_url,
             branch: args
                 .branch
@@ -92,8 +92,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 .or(config.rollouts)
                 .unwrap_or_else(|| "rollouts".into()),
         },
-        author: canaryd::git::Author::default(),
-        clock: canaryd::clock::Clock::System,
+        author: canaryd::edge::git::Author::default(),
+        clock: canaryd::edge::clock::Clock::System,
         attached: Default::default(),
         data_dir: args
             .data_dir
@@ -104,7 +104,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         routers: config.routers,
         router_timeout: std::time::Duration::from_secs(5),
         providers: std::sync::Arc::new(
-            canaryd::provider::Providers::new(config.prometheus.as_ref())
+            canaryd::edge::provider::Providers::new(config.prometheus.as_ref())
                 .map_err(anyhow::Error::msg)?,
         ),
         forge: config.forge.clone(),
@@ -117,7 +117,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .unwrap_or_else(|| "127.0.0.1:9090".into());
     let admin_limits = admin_limits(&config.admin_limits)?;
     // Idle client connections must not starve the listeners, Git or the routers' clients.
-    match canaryd::listener::raise_open_files_limit() {
+    match canaryd::edge::listener::raise_open_files_limit() {
         Ok(n) => tracing::info!(limit = n, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
@@ -125,19 +125,19 @@ pub fn run(args: RunArgs) -> Result<u8> {
     runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
         spawn_signal_handler(shutdown.clone());
-        let telemetry = std::sync::Arc::new(canaryd::telemetry::Telemetry::default());
-        let admin = canaryd::admin::Admin::new(telemetry);
-        let listener = canaryd::listener::bind(&admin_addr, admin_limits.backlog)
+        let telemetry = std::sync::Arc::new(canaryd::edge::telemetry::Telemetry::default());
+        let admin = canaryd::edge::admin::Admin::new(telemetry);
+        let listener = canaryd::edge::listener::bind(&admin_addr, admin_limits.backlog)
             .await
             .with_context(|| format!("cannot listen on {admin_addr} for the admin endpoints"))?;
         tracing::info!(admin = %admin_addr, "admin endpoints up");
-        let server = tokio::spawn(canaryd::admin::serve_with(
+        let server = tokio::spawn(canaryd::edge::admin::serve_with(
             listener,
             admin_limits,
             admin.clone(),
             shutdown.clone(),
         ));
-        let result = canaryd::daemon::run(settings, admin, shutdown.clone()).await;
+        let result = canaryd::edge::daemon::run(settings, admin, shutdown.clone()).await;
         shutdown.cancel();
         let _ = server.await;
         result?;
@@ -146,7 +146,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
 }
 
 /// The admin listener's limits from the configuration's `adminLimits`.
-fn admin_limits(spec: &canaryd::spec::Limits) -> Result<canaryd::listener::ListenerLimits> {
+fn admin_limits(
+    spec: &canaryd::core::spec::Limits,
+) -> Result<canaryd::edge::listener::ListenerLimits> {
     let only_router = [
         ("bodyIdleTimeout", spec.body_idle_timeout.is_some()),
         ("upstreamTimeout", spec.upstream_timeout.is_some()),
@@ -156,7 +158,7 @@ fn admin_limits(spec: &canaryd::spec::Limits) -> Result<canaryd::listener::Liste
             "adminLimits.{field}: applies to the embedded router only (its Router's spec.limits)"
         );
     }
-    let resolved = canaryd::listener::resolve(spec)
+    let resolved = canaryd::edge::listener::resolve(spec)
         .map_err(|e| anyhow::anyhow!("adminLimits.{}: {}", e.field, e.message))?;
     Ok(resolved.listener)
 }

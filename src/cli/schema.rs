@@ -16,7 +16,7 @@ pub struct SchemaArgs {
 }
 
 pub fn run(args: SchemaArgs) -> Result<u8> {
-    let all = canaryd::schema::all();
+    let all = canaryd::core::schema::all();
     match &args.write {
         Some(dir) => {
             fs::create_dir_all(dir)?;

@@ -36,14 +36,15 @@ pub fn run(args: StatusArgs) -> Result<u8> {
     auth.check()?;
     let scratch = tempfile_dir()?;
     loop {
-        let files = canaryd::git::read_status_branch_as(&args.repo, status_branch, &scratch, &auth)
-            .with_context(|| format!("cannot read branch {status_branch}"))?;
+        let files =
+            canaryd::edge::git::read_status_branch_as(&args.repo, status_branch, &scratch, &auth)
+                .with_context(|| format!("cannot read branch {status_branch}"))?;
         let mut parsed = Vec::new();
         for (rollout, text) in &files {
             if name.is_some_and(|n| n != rollout) {
                 continue;
             }
-            match canaryd::record::StatusFile::from_yaml(text) {
+            match canaryd::core::record::StatusFile::from_yaml(text) {
                 Ok(f) => parsed.push(f),
                 Err(e) => eprintln!("warning: status of `{rollout}` cannot be read: {e}"),
             }
@@ -54,8 +55,8 @@ pub fn run(args: StatusArgs) -> Result<u8> {
             bail!("no status for rollout `{n}` on {status_branch}");
         }
         let text = match args.output.output {
-            Output::Human => canaryd::status_view::human(&parsed, canaryd::clock::wall()),
-            Output::Json => format!("{}\n", canaryd::status_view::json(&parsed)),
+            Output::Human => canaryd::view::status::human(&parsed, canaryd::edge::clock::wall()),
+            Output::Json => format!("{}\n", canaryd::view::status::json(&parsed)),
         };
         if !args.watch {
             emit(&text)?;

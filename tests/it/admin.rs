@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canaryd::admin::{self, Admin};
-use canaryd::backend::{self, BackendConfig, LoadConfig, LoadReport};
-use canaryd::telemetry::{Event, ReconcileOutcome, Telemetry};
+use canaryd::edge::admin::{self, Admin};
+use canaryd::edge::backend::{self, BackendConfig, LoadConfig, LoadReport};
+use canaryd::edge::telemetry::{Event, ReconcileOutcome, Telemetry};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::net;

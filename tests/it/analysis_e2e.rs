@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use canaryd::analysis::Outcome;
+use canaryd::core::analysis::Outcome;
 
 use crate::support::backends::{Backends, Server};
 use crate::support::rig::haproxy::Haproxy;

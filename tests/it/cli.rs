@@ -4,9 +4,9 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use canaryd::model::Revision;
-use canaryd::progress::{Progress, Status};
-use canaryd::record::StatusFile;
+use canaryd::core::model::Revision;
+use canaryd::core::progress::{Progress, Status};
+use canaryd::core::record::StatusFile;
 
 fn canaryd(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_canaryd"))

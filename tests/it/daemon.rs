@@ -294,7 +294,7 @@ fn a_broken_spec_holds_its_rollout_and_leaves_the_others_running() {
     let held = w.wait_for("cart", 20, "invalid", |s| phase(s) == "invalid");
     assert!(matches!(
         held.status.progress,
-        canaryd::progress::Progress::Invalid { .. }
+        canaryd::core::progress::Progress::Invalid { .. }
     ));
     w.gate("promote");
     w.wait_for("checkout", 20, "promoted", |s| phase(s) == "promoted");
@@ -461,7 +461,7 @@ fn the_judge_aborts_a_canary_worse_than_its_baseline() {
     let errors = verdict.metrics.iter().find(|m| m.name == "errors").unwrap();
     assert_eq!(
         errors.class,
-        canaryd::judge::MetricClass::High,
+        canaryd::core::judge::MetricClass::High,
         "{errors:?}"
     );
     assert!(errors.p_value.unwrap() < 0.05, "{errors:?}");
@@ -489,7 +489,7 @@ fn the_judge_promotes_a_canary_as_good_as_its_baseline() {
         .find(|m| m.metric == "judge")
         .unwrap();
     assert_eq!(judged.value, Some(100.0), "{judged:?}");
-    assert_eq!(judged.outcome, canaryd::analysis::Outcome::Success);
+    assert_eq!(judged.outcome, canaryd::core::analysis::Outcome::Success);
 }
 
 /// The forge end to end: the daemon against the GitHub stand-in (every request checked
@@ -694,7 +694,7 @@ fn a_hanging_prometheus_does_not_delay_another_rollouts_step() {
     let until = files
         .iter()
         .find_map(|f| match &f.status.progress {
-            canaryd::progress::Progress::Paused {
+            canaryd::core::progress::Progress::Paused {
                 until: Some(until), ..
             } => Some(*until),
             _ => None,

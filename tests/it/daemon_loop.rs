@@ -9,16 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use canaryd::admin::Admin;
-use canaryd::clock::Clock;
-use canaryd::daemon::{self, Settings};
-use canaryd::git::{self as hand, Author, Remote};
-use canaryd::model::{Observed, Traffic};
-use canaryd::provider::{MetricsProvider, Providers, Query};
-use canaryd::record::StatusFile;
-use canaryd::router::{Call, ObservedAll, Router, RouterError};
-use canaryd::spec::RouterSpec;
-use canaryd::telemetry::Telemetry;
+use canaryd::core::model::{Observed, Traffic};
+use canaryd::core::record::StatusFile;
+use canaryd::core::spec::RouterSpec;
+use canaryd::edge::admin::Admin;
+use canaryd::edge::clock::Clock;
+use canaryd::edge::daemon::{self, Settings};
+use canaryd::edge::git::{self as hand, Author, Remote};
+use canaryd::edge::provider::{MetricsProvider, Providers, Query};
+use canaryd::edge::router::{Call, ObservedAll, Router, RouterError};
+use canaryd::edge::telemetry::Telemetry;
 use chrono::{DateTime, TimeZone, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -510,7 +510,8 @@ async fn a_router_that_never_takes_the_step_aborts_at_the_progress_deadline() {
     let span = secs(first, l.clock.now());
     assert!(span >= 120.0, "aborted after {span} s");
     assert!(span < 140.0, "aborted after {span} s");
-    let canaryd::progress::Progress::Aborted { evidence, .. } = &aborted.status.progress else {
+    let canaryd::core::progress::Progress::Aborted { evidence, .. } = &aborted.status.progress
+    else {
         unreachable!()
     };
     assert_eq!(

@@ -5,7 +5,7 @@
 fn the_demo_promotes_aborts_and_rolls_back_through_git() {
     let scratch = tempfile::tempdir().unwrap();
     let mut out = Vec::new();
-    let summary = canaryd::demo::run(&mut out, scratch.path());
+    let summary = canaryd::edge::demo::run(&mut out, scratch.path());
     let text = String::from_utf8_lossy(&out).into_owned();
     let summary = summary.unwrap_or_else(|e| panic!("{e:#?}\n{text}"));
     assert_eq!(

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use canaryd::model::Traffic;
-use canaryd::router::RouterError;
-use canaryd::router::embedded::{EmbeddedRouter, QueryError};
+use canaryd::core::model::Traffic;
+use canaryd::edge::router::RouterError;
+use canaryd::edge::router::embedded::{EmbeddedRouter, QueryError};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::backends::{Backends, Server};

@@ -4,8 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use canaryd::repo;
-use canaryd::validate::Known;
+use canaryd::core::validate::Known;
+use canaryd::edge::repo;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -175,7 +175,7 @@ fn examples_satisfy_the_published_schemas() {
 
 #[test]
 fn committed_schemas_match_the_types() {
-    for (name, text) in canaryd::schema::all() {
+    for (name, text) in canaryd::core::schema::all() {
         let path = root().join("schemas").join(name);
         let committed = fs::read_to_string(&path).unwrap_or_default();
         assert!(

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use base64::Engine;
-use canaryd::forge::{
+use canaryd::edge::forge::{
     AnyForge, CommitReport, Forge, ForgeConfig, ForgeError, GitHubApp, GitHubConfig, ReportState,
     RevertRequest, StatusKind,
 };
-use canaryd::secret::SecretRef;
+use canaryd::edge::secret::SecretRef;
 use serde_json::{Value, json};
 
 use crate::support::github::{
@@ -738,7 +738,7 @@ fn the_fake_refuses_what_the_description_does_not_allow() {
 
 // --- No answer -------------------------------------------------------------------------------
 
-fn token_forge(api_url: &str, dir: &Path) -> canaryd::forge::github::GitHub {
+fn token_forge(api_url: &str, dir: &Path) -> canaryd::edge::forge::github::GitHub {
     std::fs::write(dir.join("token"), TOKEN).unwrap();
     let cfg = ForgeConfig::GitHub(GitHubConfig {
         api_url: Some(api_url.into()),
@@ -776,7 +776,7 @@ async fn a_silent_github_is_bounded_by_the_request_timeout() {
     let silent = Silent::start().await;
     let url = format!("http://{}", silent.addr);
     let dir = tempfile::tempdir().unwrap();
-    let forge = token_forge(&url, dir.path()).with_retry(canaryd::forge::github::Retry {
+    let forge = token_forge(&url, dir.path()).with_retry(canaryd::edge::forge::github::Retry {
         attempts: 2,
         first_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(10),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 
-use canaryd::git::{self, Author, GateCommit, GitError, Heads, Mirror, Push, RevertBranch};
+use canaryd::edge::git::{self, Author, GateCommit, GitError, Heads, Mirror, Push, RevertBranch};
 use tempfile::TempDir;
 
 use crate::support::git::{GitDaemon, Repo, chain, git_trim, mirror};

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use canaryd::git::{GitAuth, Mirror, Push};
-use canaryd::secret::SecretRef;
+use canaryd::edge::git::{GitAuth, Mirror, Push};
+use canaryd::edge::secret::SecretRef;
 use tempfile::TempDir;
 
 use crate::support::git::{self, chain, git};

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use canaryd::model::Traffic;
-use canaryd::progress::Progress;
-use canaryd::router::embedded::EmbeddedRouter;
+use canaryd::core::model::Traffic;
+use canaryd::core::progress::Progress;
+use canaryd::edge::router::embedded::EmbeddedRouter;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -166,7 +166,7 @@ struct Rig {
 }
 
 impl Rig {
-    async fn new(limits: canaryd::spec::Limits) -> Rig {
+    async fn new(limits: canaryd::core::spec::Limits) -> Rig {
         let stop = CancellationToken::new();
         let backends = Backends::start(&[
             Server::new("blue").version("1"),
@@ -209,7 +209,7 @@ impl Drop for Rig {
 /// forwarding headers.
 #[tokio::test]
 async fn refused_requests_reach_no_backend() {
-    let rig = Rig::new(canaryd::spec::Limits::default()).await;
+    let rig = Rig::new(canaryd::core::spec::Limits::default()).await;
     let addr = rig.router.local_addr();
     let big = format!(
         "GET / HTTP/1.1\r\nHost: checkout\r\nX-Pad: {}\r\n\r\n",
@@ -281,7 +281,7 @@ async fn forwarding_headers_name_the_client() {
         "edge",
         "127.0.0.1:0",
         backends,
-        &canaryd::spec::Limits::default(),
+        &canaryd::core::spec::Limits::default(),
         stop.clone(),
     )
     .await
@@ -311,7 +311,7 @@ async fn forwarding_headers_name_the_client() {
 /// Past the connection cap a new connection is closed at once, not left to stall, and counted.
 #[tokio::test]
 async fn connections_past_the_cap_are_closed_at_once() {
-    let limits = canaryd::spec::Limits {
+    let limits = canaryd::core::spec::Limits {
         max_connections: Some(2),
         header_read_timeout: Some("30s".into()),
         ..Default::default()
@@ -337,7 +337,7 @@ async fn connections_past_the_cap_are_closed_at_once() {
     assert_eq!(
         rig.router
             .listener_stats()
-            .get(canaryd::listener::ListenerEvent::Refused),
+            .get(canaryd::edge::listener::ListenerEvent::Refused),
         1
     );
 }

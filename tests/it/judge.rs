@@ -1,6 +1,6 @@
 //! The judge against reference vectors computed by scipy and numpy (`tests/fixtures/judge/`), and end to end on a canary.
 
-use canaryd::judge::{
+use canaryd::core::judge::{
     self, CONF_LEVEL, Direction, MetricClass, MetricSpec, Samples, ScoreClass, Thresholds,
 };
 use serde::Deserialize;

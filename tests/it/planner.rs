@@ -1,19 +1,19 @@
 //! The planner's rules as table tests over a simulated router and clock, and properties that no sequence of inputs may break.
 //!
-//! Every test drives [`canaryd::plan::plan`] the way the daemon does: plan, record the status,
+//! Every test drives [`canaryd::core::plan::plan`] the way the daemon does: plan, record the status,
 //! apply the traffic to the router (unless it is down), read the router back on the next plan.
 //! Time only moves when a test moves it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use canaryd::analysis::{self, Evidence, Outcome};
-use canaryd::model::{Metric, Observed, Revision, Rollout, Step, Traffic, Weight};
-use canaryd::plan::{
+use canaryd::core::analysis::{self, Evidence, Outcome};
+use canaryd::core::model::{Metric, Observed, Revision, Rollout, Step, Traffic, Weight};
+use canaryd::core::plan::{
     self, Action, AnalysisRef, Due, Gate, GateAction, Inputs, Plan, Revert, Sample,
 };
-use canaryd::progress::{Drift, DriftAction, PauseReason, Progress, Run, Status};
-use canaryd::validate::validate_texts;
+use canaryd::core::progress::{Drift, DriftAction, PauseReason, Progress, Run, Status};
+use canaryd::core::validate::validate_texts;
 use chrono::{DateTime, TimeZone as _, Utc};
 
 // ---------------------------------------------------------------------------------------------
@@ -2546,7 +2546,7 @@ mod properties {
     /// Checks the order of one plan's effects against what its traffic does to the canary,
     /// judged from the data (weights before and after), not from the action's name.
     fn check_order(r: &Record) -> Result<(), TestCaseError> {
-        use canaryd::plan::Effect;
+        use canaryd::core::plan::Effect;
         let effects = r.plan.effects();
         let at = |e: Effect| effects.iter().position(|x| *x == e);
         for e in &effects {

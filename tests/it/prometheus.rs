@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse as _;
-use canaryd::backend::{LoadConfig, LoadReport, load};
-use canaryd::prometheus::{Prometheus, PrometheusConfig, ProviderError};
-use canaryd::promql::{Vars, builtin, render};
-use canaryd::secret::SecretRef;
+use canaryd::core::promql::{Vars, builtin, render};
+use canaryd::edge::backend::{LoadConfig, LoadReport, load};
+use canaryd::edge::prometheus::{Prometheus, PrometheusConfig, ProviderError};
+use canaryd::edge::secret::SecretRef;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -863,7 +863,7 @@ async fn traefik_builtin_queries_measure_the_target() {
     let p50 = |target: &str| {
         let q = format!(
             r#"histogram_quantile(0.5, sum by (le) (rate(traefik_service_request_duration_seconds_bucket{{service="{SERVICE}-{target}@file"}}[{}]))) * 1000"#,
-            canaryd::promql::duration(window)
+            canaryd::core::promql::duration(window)
         );
         let p = &p;
         async move { p.instant(&q, at).await.unwrap().unwrap() }

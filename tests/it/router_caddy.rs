@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{self, LoadConfig};
-use canaryd::model::{Traffic, Weight};
-use canaryd::router::RouterError;
-use canaryd::router::caddy::CaddyRouter;
+use canaryd::core::model::{Traffic, Weight};
+use canaryd::edge::backend::{self, LoadConfig};
+use canaryd::edge::router::RouterError;
+use canaryd::edge::router::caddy::CaddyRouter;
 
 use crate::support::backends::{Backends, Server};
 use crate::support::rig::caddy::Caddy;

@@ -17,9 +17,9 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use canaryd::model::{Traffic, Weight};
-use canaryd::router::RouterError;
-use canaryd::router::gateway::GatewayRouter;
+use canaryd::core::model::{Traffic, Weight};
+use canaryd::edge::router::RouterError;
+use canaryd::edge::router::gateway::GatewayRouter;
 use serde_json::{Value, json};
 use tokio_util::sync::DropGuard;
 

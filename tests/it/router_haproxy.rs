@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{LoadConfig, LoadReport, load};
-use canaryd::model::{Observed, Traffic, Weight};
-use canaryd::router::RouterError;
-use canaryd::router::haproxy::HaproxyRouter;
+use canaryd::core::model::{Observed, Traffic, Weight};
+use canaryd::edge::backend::{LoadConfig, LoadReport, load};
+use canaryd::edge::router::RouterError;
+use canaryd::edge::router::haproxy::HaproxyRouter;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::backends::{Backends, Server};

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{LoadConfig, load};
-use canaryd::model::{Traffic, Weight};
-use canaryd::router::RouterError;
-use canaryd::router::nginx::NginxRouter;
+use canaryd::core::model::{Traffic, Weight};
+use canaryd::edge::backend::{LoadConfig, load};
+use canaryd::edge::router::RouterError;
+use canaryd::edge::router::nginx::NginxRouter;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::backends::{Backends, Server};
@@ -63,7 +63,7 @@ fn pairs(list: &[(&str, u8)]) -> Vec<(String, u8)> {
     list.iter().map(|(n, w)| (n.to_string(), *w)).collect()
 }
 
-async fn load_of(fx: &Fixture, total: usize) -> canaryd::backend::LoadReport {
+async fn load_of(fx: &Fixture, total: usize) -> canaryd::edge::backend::LoadReport {
     load(
         fx.nginx.addr,
         LoadConfig {

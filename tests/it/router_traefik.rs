@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{LoadConfig, load};
-use canaryd::model::{Observed, Traffic, Weight};
-use canaryd::router::RouterError;
-use canaryd::router::traefik::TraefikRouter;
+use canaryd::core::model::{Observed, Traffic, Weight};
+use canaryd::edge::backend::{LoadConfig, load};
+use canaryd::edge::router::RouterError;
+use canaryd::edge::router::traefik::TraefikRouter;
 
 use crate::support::backends::{Backends, Server};
 use crate::support::net::Silent;

@@ -48,15 +48,40 @@ fn sources() -> Vec<(PathBuf, String)> {
     code_under("src", true)
 }
 
-/// The top-level module a file belongs to: `git/mirror.rs` → `git`, `plan.rs` → `plan`.
+/// The layers of `src/`: a module is named with its layer (`core::plan`).
+const LAYERS: [&str; 3] = ["core", "edge", "view"];
+
+/// The module a file belongs to: `edge/git/mirror.rs` → `edge::git`, `core/plan.rs` →
+/// `core::plan`, `lib.rs` → `lib`.
 fn module(path: &Path) -> String {
-    let first = path
+    let parts: Vec<String> = path
         .components()
-        .next()
-        .unwrap()
-        .as_os_str()
-        .to_string_lossy();
-    first.trim_end_matches(".rs").to_string()
+        .map(|c| {
+            c.as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string()
+        })
+        .collect();
+    match parts.as_slice() {
+        [layer, m, ..] if LAYERS.contains(&layer.as_str()) => format!("{layer}::{m}"),
+        [first, ..] => first.clone(),
+        [] => String::new(),
+    }
+}
+
+/// The module a path after `crate::` names: `edge::git::Mirror` → `edge::git`.
+fn named(rest: &str) -> String {
+    let word = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+            .collect()
+    };
+    let first = word(rest);
+    match rest[first.len()..].strip_prefix("::") {
+        Some(more) if LAYERS.contains(&first.as_str()) => format!("{first}::{}", word(more)),
+        _ => first,
+    }
 }
 
 /// Files outside `allowed` (path prefixes) whose code mentions `needle`.
@@ -73,18 +98,46 @@ fn offenders(needle: &str, allowed: &[&str]) -> Vec<String> {
 
 #[test]
 fn git2_and_octocrab_stay_behind_their_modules() {
-    assert_eq!(offenders("git2::", &["git/"]), Vec::<String>::new());
-    assert_eq!(offenders("octocrab", &["forge/"]), Vec::<String>::new());
+    assert_eq!(offenders("git2::", &["edge/git/"]), Vec::<String>::new());
+    assert_eq!(
+        offenders("octocrab", &["edge/forge/"]),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn the_clock_is_read_in_the_clock_module_only() {
     for now in ["Utc::now", "Local::now", "SystemTime::now", "Instant::now"] {
         assert_eq!(
-            offenders(now, &["clock.rs"]),
+            offenders(now, &["edge/clock.rs"]),
             Vec::<String>::new(),
-            "{now} outside src/clock.rs"
+            "{now} outside src/edge/clock.rs"
         );
+    }
+}
+
+#[test]
+fn the_core_does_no_io_and_names_no_edge() {
+    let io = [
+        "crate::edge",
+        "crate::view",
+        "tokio",
+        "reqwest",
+        "hyper",
+        "git2",
+        "std::fs",
+        "std::net",
+        "std::env",
+        "std::process",
+        "Clock",
+    ];
+    for needle in io {
+        let found: Vec<String> = sources()
+            .into_iter()
+            .filter(|(path, code)| path.starts_with("core") && code.contains(needle))
+            .map(|(path, _)| path.display().to_string())
+            .collect();
+        assert_eq!(found, Vec::<String>::new(), "`{needle}` in src/core/");
     }
 }
 
@@ -98,11 +151,7 @@ fn no_two_modules_import_each_other_even_round_a_loop() {
         }
         let edges = uses.entry(from.clone()).or_default();
         for (i, _) in code.match_indices("crate::") {
-            let rest = &code[i + "crate::".len()..];
-            let to: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
-                .collect();
+            let to = named(&code[i + "crate::".len()..]);
             if !to.is_empty() && to != from {
                 edges.insert(to);
             }

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use canaryd::diag::{Diagnostic, Severity};
-use canaryd::model::{Catalog, Step, Weight};
-use canaryd::validate::{self, Known, Source};
+use canaryd::core::diag::{Diagnostic, Severity};
+use canaryd::core::model::{Catalog, Step, Weight};
+use canaryd::core::validate::{self, Known, Source};
 use chrono::{TimeZone as _, Utc};
 
 const ROUTER: &str = "apiVersion: canaryd.dev/v1alpha1
@@ -48,7 +48,7 @@ fn check(body: &str, expected: &[(&str, &str)]) {
     assert_eq!(catalog.invalid.contains_key("web"), !expected.is_empty());
 }
 
-fn valid(body: &str) -> canaryd::model::Rollout {
+fn valid(body: &str) -> canaryd::core::model::Rollout {
     let (mut catalog, diags) = run(body);
     assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
     catalog.rollouts.remove(0)
@@ -329,7 +329,7 @@ fn routers_may_come_from_the_controller_configuration() {
             && diags[0].help.as_ref().unwrap().contains("none is defined")
     );
     let known = Known {
-        routers: [("lb".to_string(), canaryd::spec::RouterKind::Haproxy)].into(),
+        routers: [("lb".to_string(), canaryd::core::spec::RouterKind::Haproxy)].into(),
     };
     let (catalog, diags) = validate::validate(&sources, &known);
     assert!(diags.is_empty() && catalog.rollouts.len() == 1);
@@ -387,7 +387,7 @@ fn a_huge_file_is_refused_before_it_is_read() {
     let path = dir.path().join("huge.yaml");
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(100 * 1024 * 1024).unwrap(); // sparse: 100 MB that cost nothing to make
-    let loaded = canaryd::repo::load(&[dir.path().to_path_buf()], Some(dir.path())).unwrap();
+    let loaded = canaryd::edge::repo::load(&[dir.path().to_path_buf()], Some(dir.path())).unwrap();
     assert!(loaded.sources.is_empty());
     assert_eq!(loaded.broken, ["huge.yaml"]);
     assert!(
@@ -464,9 +464,9 @@ fn stepped_rollback_and_drift_policy_are_read() {
     let r = valid("steps: [{setWeight: 5}]\nrollback: {mode: stepped}\nonDrift: hold");
     assert_eq!(
         r.rollback,
-        canaryd::model::RollbackPolicy::Stepped(Duration::from_secs(30))
+        canaryd::core::model::RollbackPolicy::Stepped(Duration::from_secs(30))
     );
-    assert_eq!(r.on_drift, canaryd::spec::DriftPolicy::Hold);
+    assert_eq!(r.on_drift, canaryd::core::spec::DriftPolicy::Hold);
     let (_, diags) = run("steps: [{setWeight: 5}]\nrollback: {mode: immediate, interval: 1m}");
     assert!(
         diags
@@ -580,7 +580,7 @@ fn special_files_and_symlink_loops_are_refused_not_followed() {
     std::os::unix::fs::symlink("/dev/zero", root.join("zero.yaml")).unwrap();
     std::os::unix::fs::symlink("..", root.join("up")).unwrap();
     std::fs::write(root.join("ok.yaml"), ROUTER).unwrap();
-    let loaded = canaryd::repo::load(&[root.to_path_buf()], Some(root)).unwrap();
+    let loaded = canaryd::edge::repo::load(&[root.to_path_buf()], Some(root)).unwrap();
     assert_eq!(
         loaded.sources.len(),
         1,

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canaryd::admin::{self, Admin};
-use canaryd::secret::SecretRef;
-use canaryd::telemetry::Telemetry;
-use canaryd::webhook::{self, WebhookConfig};
+use canaryd::edge::admin::{self, Admin};
+use canaryd::edge::secret::SecretRef;
+use canaryd::edge::telemetry::Telemetry;
+use canaryd::edge::webhook::{self, WebhookConfig};
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use serde_json::Value;
 use sha2::Sha256;
@@ -619,7 +619,7 @@ fn canaryd_plan_shows_what_the_daemon_then_does_with_a_pending_promote() {
             }),
         ],
     );
-    let recorded = canaryd::record::StatusFile::from_yaml(&recorded).unwrap();
+    let recorded = canaryd::core::record::StatusFile::from_yaml(&recorded).unwrap();
     let run = recorded.status.progress.run().unwrap();
     assert_eq!(
         (run.weight.get(), run.verified),

@@ -1,4 +1,4 @@
-//! canaryd's own demo backends ([`canaryd::backend`]) on loopback ports, a group at a time,
+//! canaryd's own demo backends ([`canaryd::edge::backend`]) on loopback ports, a group at a time,
 //! for a router (or a test) to stand in front of; they stop when the group is dropped.
 
 use std::collections::BTreeMap;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use canaryd::backend::{self, BackendConfig, Quirks};
+use canaryd::edge::backend::{self, BackendConfig, Quirks};
 use tokio_util::sync::CancellationToken;
 
 use super::net;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use canaryd::git::{Author, Mirror, Remote};
-use canaryd::record::StatusFile;
+use canaryd::core::record::StatusFile;
+use canaryd::edge::git::{Author, Mirror, Remote};
 
 /// Runs the git CLI as a user would, in `dir`; its output, whole. Panics when git fails.
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -154,7 +154,7 @@ impl Repo {
 /// none), read through `scratch` with canaryd's own reader.
 pub fn status_files(remote: &Path, scratch: &Path) -> BTreeMap<String, StatusFile> {
     let remote = remote.to_str().expect("a UTF-8 path");
-    canaryd::git::read_status_branch(remote, "canaryd/status", scratch)
+    canaryd::edge::git::read_status_branch(remote, "canaryd/status", scratch)
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k, StatusFile::from_yaml(&v).expect("a status file")))

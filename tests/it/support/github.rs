@@ -34,8 +34,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use canaryd::forge::{AnyForge, ForgeConfig, GitHubApp, GitHubConfig, StatusKind};
-use canaryd::secret::SecretRef;
+use canaryd::edge::forge::{AnyForge, ForgeConfig, GitHubApp, GitHubConfig, StatusKind};
+use canaryd::edge::secret::SecretRef;
 use serde_json::{Value, json};
 use tokio_util::sync::DropGuard;
 

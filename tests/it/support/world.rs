@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{self, LoadConfig, LoadReport};
-use canaryd::record::StatusFile;
+use canaryd::core::record::StatusFile;
+use canaryd::edge::backend::{self, LoadConfig, LoadReport};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use canaryd::router::caddy::CaddyRouter;
+use canaryd::edge::router::caddy::CaddyRouter;
 use serde_json::json;
 use tempfile::TempDir;
 

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use canaryd::model::Traffic;
-use canaryd::router::haproxy::HaproxyRouter;
+use canaryd::core::model::Traffic;
+use canaryd::edge::router::haproxy::HaproxyRouter;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use canaryd::router::nginx::NginxRouter;
+use canaryd::edge::router::nginx::NginxRouter;
 use tempfile::TempDir;
 
 use super::{Failed, net, require, setup, tail, wait_ready};

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use canaryd::prometheus::{Prometheus, PrometheusConfig};
+use canaryd::edge::prometheus::{Prometheus, PrometheusConfig};
 use chrono::{DateTime, Utc};
 use tempfile::TempDir;
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use canaryd::model::Traffic;
-use canaryd::router::traefik::TraefikRouter;
+use canaryd::core::model::Traffic;
+use canaryd::edge::router::traefik::TraefikRouter;
 use tempfile::TempDir;
 
 use super::{Failed, Process, answers, net, require, setup, utf8, wait_ready};

@@ -1,0 +1,20 @@
+//! The pure core: what users write, validated, and every decision taken on it. Nothing here
+//! does I/O or reads the clock; time comes in as `now`, and nothing fails but by returning
+//! values.
+
+pub mod analysis;
+pub mod diag;
+pub mod judge;
+pub mod limits;
+pub mod model;
+pub mod number;
+pub mod par;
+pub mod plan;
+pub mod progress;
+pub mod promql;
+pub mod record;
+pub mod schema;
+pub mod spec;
+pub mod templates;
+pub mod validate;
+pub mod yaml;

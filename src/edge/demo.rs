@@ -1,0 +1,467 @@
+//! `canaryd demo`: the whole story on this machine with nothing installed, on the real `run`
+//! code path: a Git repository in a temp dir, two demo backends, the embedded router, a
+//! bounded load on 127.0.0.1 and the daemon itself.
+//!
+//! The demo plays the team: it commits rollout specs to the repository's `main` branch (as a
+//! merged pull request would) and merges the revert branch the daemon pushes. It narrates what
+//! the daemon records on the status branch, which is also how a person would follow it.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::model::Weight;
+use crate::core::progress::Progress;
+use crate::core::record::StatusFile;
+use crate::edge::admin::Admin;
+use crate::edge::backend::{self, BackendConfig, LoadConfig, LoadReport};
+use crate::edge::daemon::{self, Settings};
+use crate::edge::git::{self, Author, Remote};
+use crate::edge::telemetry::Telemetry;
+use crate::view::status::bar;
+
+/// What the demo showed, for its test.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// The desired canary weight of each act as it changed, in order.
+    pub weights: Vec<Vec<u8>>,
+    /// The final phase of each act.
+    pub phases: Vec<String>,
+    /// The revert branch the daemon pushed after the abort.
+    pub revert: Option<String>,
+    /// The spec file's text on the revert branch.
+    pub reverted_spec: Option<String>,
+    /// The spec of act 1, which the revert must restore.
+    pub act1_spec: String,
+    /// The status branch's log, newest first.
+    pub log: Vec<String>,
+    /// Requests sent through the router during the demo, and how they went.
+    pub load: LoadReport,
+    /// How long the demo took.
+    pub took: Duration,
+}
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo i/o")]
+    Io(#[from] io::Error),
+    #[error("demo repository")]
+    Git(#[from] git::GitError),
+    #[error("the rollout did not reach `{phase}` within {secs} s (it is `{now}`)")]
+    Stuck {
+        phase: &'static str,
+        secs: u64,
+        now: String,
+    },
+    #[error("demo load")]
+    Load(#[from] backend::LoadError),
+}
+
+const SPEC_FILE: &str = "rollouts/checkout.yaml";
+const STATUS_FILE: &str = "status/checkout.yaml";
+/// The longest any act may take before the demo gives up (it takes seconds).
+const ACT_LIMIT: u64 = 60;
+
+/// The rollout every act merges: stable and canary slots, a step analysis on error rate, and a
+/// background check on success rate.
+fn spec(
+    router: SocketAddr,
+    backends: &BTreeMap<&str, SocketAddr>,
+    stable: (&str, &str),
+    canary: Option<(&str, &str)>,
+) -> String {
+    let canary = canary.map_or(String::new(), |(name, version)| {
+        format!("  canary: {{name: {name}, version: \"{version}\"}}\n")
+    });
+    format!(
+        "apiVersion: canaryd.dev/v1alpha1
+kind: Router
+metadata: {{name: edge}}
+spec:
+  kind: embedded
+  listen: \"{router}\"
+  backends: {{blue: \"http://{}\", green: \"http://{}\"}}
+---
+apiVersion: canaryd.dev/v1alpha1
+kind: Rollout
+metadata: {{name: checkout}}
+spec:
+  router: edge
+  service: checkout
+  stable: {{name: {}, version: \"{}\"}}
+{canary}  steps:
+    - setWeight: 20
+    - analysis:
+        interval: 2s
+        count: 3
+        metrics:
+          - {{name: errors, template: error-rate}}
+    - setWeight: 50
+    - pause: {{duration: 3s}}
+  analysis:
+    interval: 2s
+    metrics:
+      - {{name: success, template: request-success-rate}}
+",
+        backends["blue"], backends["green"], stable.0, stable.1
+    )
+}
+
+/// Runs the demo in a fresh temp dir under `scratch`, narrating to `out`.
+pub fn run(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(story(out, scratch))
+}
+
+/// One demo backend: `name` running `version`, failing `fails` of its requests.
+async fn start_backend(
+    addr: SocketAddr,
+    name: &str,
+    version: &str,
+    fails: f64,
+    stop: CancellationToken,
+) -> Result<(), DemoError> {
+    // The slot's port may still be closing from the version it replaces.
+    let mut tries = 0;
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                tracing::debug!("port {addr} busy: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let config = BackendConfig {
+        name: name.to_string(),
+        version: version.to_string(),
+        fail_fraction: fails,
+        latency: Duration::from_millis(2),
+    };
+    backend::spawn(listener, config, stop).await;
+    Ok(())
+}
+
+/// Waits until the embedded router accepts connections.
+async fn wait_for_router(router: SocketAddr) -> Result<(), DemoError> {
+    let deadline = crate::edge::clock::instant() + Duration::from_secs(ACT_LIMIT);
+    while tokio::net::TcpStream::connect(router).await.is_err() {
+        if crate::edge::clock::instant() > deadline {
+            return Err(DemoError::Stuck {
+                phase: "router up",
+                secs: ACT_LIMIT,
+                now: "router not listening".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Commits `spec` to `main` as a merged pull request would.
+async fn merge(remote: &Path, spec: String, message: &str, user: &Author) -> Result<(), DemoError> {
+    let (repo, message, user) = (remote.to_path_buf(), message.to_string(), user.clone());
+    blocking(move || {
+        let files = BTreeMap::from([(SPEC_FILE.to_string(), Some(spec))]);
+        git::commit_files(&repo, "main", &files, &message, &user)
+    })
+    .await?;
+    Ok(())
+}
+
+/// Runs a git2 call on the blocking pool, off the workers the daemon and the router use.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, git::GitError> + Send + 'static,
+) -> Result<T, DemoError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(DemoError::Io(io::Error::other(e))),
+    }
+}
+
+async fn free_addr() -> Result<SocketAddr, DemoError> {
+    Ok(TcpListener::bind("127.0.0.1:0").await?.local_addr()?)
+}
+
+struct Stage<'a> {
+    out: &'a mut dyn Write,
+    remote: PathBuf,
+    scratch: PathBuf,
+    started: Instant,
+    last: Option<StatusFile>,
+}
+
+impl Stage<'_> {
+    fn say(&mut self, text: &str) -> io::Result<()> {
+        writeln!(self.out, "{text}")?;
+        self.out.flush()
+    }
+
+    /// The status the daemon committed, as the status branch has it now.
+    async fn status(&self) -> Option<StatusFile> {
+        let (remote, scratch) = (self.remote.clone(), self.scratch.clone());
+        let files = blocking(move || {
+            git::read_status_branch(
+                remote.to_str().unwrap_or_default(),
+                "canaryd/status",
+                &scratch,
+            )
+        })
+        .await
+        .ok()?;
+        StatusFile::from_yaml(files.get("checkout")?).ok()
+    }
+
+    /// Narrates each new status until the rollout is at `phase` and `done` holds; returns the
+    /// canary weights seen on the way.
+    async fn follow(
+        &mut self,
+        phase: &'static str,
+        done: impl Fn(&StatusFile) -> bool,
+    ) -> Result<(Vec<u8>, StatusFile), DemoError> {
+        let deadline = crate::edge::clock::instant() + Duration::from_secs(ACT_LIMIT);
+        let mut weights = Vec::new();
+        loop {
+            if let Some(s) = self.status().await
+                && !self
+                    .last
+                    .as_ref()
+                    .is_some_and(|last| last.same_substance(&s))
+            {
+                let canary = canary_weight(&s);
+                if weights.last() != Some(&canary.get()) {
+                    weights.push(canary.get());
+                }
+                let remote = self.remote.clone();
+                let subject =
+                    blocking(move || git::log(&remote, "canaryd/status", Some(STATUS_FILE), 1))
+                        .await?
+                        .into_iter()
+                        .next()
+                        .map(|line| {
+                            line.split_once(' ')
+                                .map_or(line.clone(), |(_, s)| s.to_string())
+                        })
+                        .unwrap_or_default();
+                let t = self.started.elapsed().as_secs_f64();
+                self.say(&format!(
+                    "  [{t:5.1}s] {} {:>4}  {subject}",
+                    bar(canary),
+                    canary.to_string()
+                ))?;
+                let finished = s.status.progress.phase() == phase && done(&s);
+                self.last = Some(s.clone());
+                if finished {
+                    return Ok((weights, s));
+                }
+            }
+            if crate::edge::clock::instant() > deadline {
+                return Err(DemoError::Stuck {
+                    phase,
+                    secs: ACT_LIMIT,
+                    now: self
+                        .last
+                        .as_ref()
+                        .map_or("nothing".into(), |s| s.status.progress.phase().to_string()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Whether the router was read back carrying what the status asks for.
+fn settled(s: &StatusFile) -> bool {
+    s.live.as_ref().is_some_and(|l| l.backends == s.desired)
+}
+
+/// The canary's weight as the status records it.
+fn canary_weight(s: &StatusFile) -> Weight {
+    match &s.status.progress {
+        Progress::Promoted { .. } => Weight::FULL,
+        Progress::RolledBack { weight, .. } | Progress::RollingBack { weight, .. } => *weight,
+        other => other.run().map_or(Weight::ZERO, |r| r.weight),
+    }
+}
+
+/// Sends a steady load through the router until `stop`, in bounded rounds.
+async fn users(router: SocketAddr, stop: CancellationToken) -> Result<LoadReport, DemoError> {
+    let mut total = LoadReport::default();
+    let deadline = crate::edge::clock::instant() + Duration::from_secs(3 * ACT_LIMIT);
+    while !stop.is_cancelled() && crate::edge::clock::instant() < deadline {
+        let round = backend::load(
+            router,
+            LoadConfig {
+                concurrency: 2,
+                total: 10_000,
+                max_duration: Duration::from_millis(500),
+                host: None,
+            },
+        )
+        .await?;
+        total.merge(round);
+    }
+    Ok(total)
+}
+
+async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError> {
+    let started = crate::edge::clock::instant();
+    let dir = scratch.join(format!("canaryd-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let remote = dir.join("rollouts.git");
+    let bare = remote.clone();
+    blocking(move || git::init_bare(&bare, "main")).await?;
+    let stop = CancellationToken::new();
+    let _stop_all = stop.clone().drop_guard();
+
+    let router = free_addr().await?;
+    let backends: BTreeMap<&str, SocketAddr> =
+        [("blue", free_addr().await?), ("green", free_addr().await?)].into();
+    let blue_stop = stop.child_token();
+    start_backend(backends["blue"], "blue", "1.0", 0.0, blue_stop.clone()).await?;
+    start_backend(backends["green"], "green", "1.1", 0.0, stop.child_token()).await?;
+
+    let mut stage = Stage {
+        out,
+        remote: remote.clone(),
+        scratch: dir.join("scratch"),
+        started,
+        last: None,
+    };
+    stage.say("canaryd demo: a Git repository, two backends, the embedded router and the daemon, all on 127.0.0.1.")?;
+    stage.say(&format!(
+        "  repository {}  (status branch canaryd/status)",
+        remote.display()
+    ))?;
+    stage.say(&format!(
+        "  router http://{router}  blue http://{}  green http://{}\n",
+        backends["blue"], backends["green"]
+    ))?;
+
+    let user = Author {
+        name: "A. Developer".into(),
+        email: "dev@example.com".into(),
+    };
+    let before = spec(router, &backends, ("blue", "1.0"), None);
+    merge(&remote, before, "checkout: blue 1.0", &user).await?;
+
+    // The daemon, exactly as `canaryd run` starts it.
+    let settings = Settings {
+        remote: Remote {
+            url: remote.to_string_lossy().into_owned(),
+            branch: "main".into(),
+            status_branch: "canaryd/status".into(),
+            rollouts_dir: "rollouts".into(),
+        },
+        author: Author::default(),
+        data_dir: dir.join("data"),
+        poll: Duration::from_secs(1),
+        watch: Some(remote.clone()),
+        routers: BTreeMap::new(),
+        router_timeout: Duration::from_secs(5),
+        providers: Default::default(),
+        forge: None,
+        webhook: None,
+        git_auth: Default::default(),
+        clock: crate::edge::clock::Clock::System,
+        attached: Default::default(),
+    };
+    let admin = Admin::new(Arc::new(Telemetry::default()));
+    let daemon = tokio::spawn(daemon::run(settings, admin, stop.child_token()));
+    // Users: a steady, bounded load through the router for the analysis to judge.
+    let load_stop = stop.child_token();
+
+    let mut summary = Summary::default();
+    stage.say("checkout 1.0 runs on blue; users arrive (a bounded load through the router).")?;
+    stage.follow("stable", settled).await?;
+    wait_for_router(router).await?;
+    let load = tokio::spawn(users(router, load_stop.clone()));
+
+    stage.say(
+        "\nAct 1. A pull request merged: green runs checkout 1.1 as the canary beside blue 1.0.",
+    )?;
+    let act1 = spec(router, &backends, ("blue", "1.0"), Some(("green", "1.1")));
+    merge(&remote, act1.clone(), "checkout: canary green 1.1", &user).await?;
+    summary.act1_spec = act1;
+    let (weights, s) = stage.follow("promoted", settled).await?;
+    summary.weights.push(weights);
+    summary.phases.push(s.status.progress.phase().to_string());
+
+    stage.say("\nAct 2. The next pull request deploys checkout 1.2 into the blue slot; it fails 20% of requests.")?;
+    blue_stop.cancel();
+    start_backend(backends["blue"], "blue", "1.2", 0.2, stop.child_token()).await?;
+    let act2 = spec(router, &backends, ("green", "1.1"), Some(("blue", "1.2")));
+    merge(&remote, act2, "checkout: canary blue 1.2", &user).await?;
+    let (weights, s) = stage.follow("aborted", |s| s.revert.is_some()).await?;
+    summary.weights.push(weights);
+    summary.phases.push(s.status.progress.phase().to_string());
+    let branch = s.revert.clone().unwrap_or_default();
+    if let Progress::Aborted { evidence, .. } = &s.status.progress {
+        stage.say(&format!("  evidence: {}", evidence.summary))?;
+    }
+    stage.say(&format!(
+        "  traffic is back on green 1.1; revert branch pushed: {branch}"
+    ))?;
+    let (repo, name) = (remote.clone(), branch.clone());
+    let (tip, restored, revert_log) = blocking(move || {
+        let tip = git::branch_tip(&repo, &name)?;
+        let restored = git::file_at_commit(&repo, &tip, SPEC_FILE)?;
+        let log = git::log(&repo, &name, None, 1)?;
+        Ok((tip, restored, log))
+    })
+    .await?;
+    summary.reverted_spec = restored;
+    for line in revert_log {
+        stage.say(&format!("    {line}"))?;
+    }
+    summary.revert = Some(branch.clone());
+
+    stage.say(
+        "\nAct 3. The team merges the revert branch: Git asks for blue 1.0 / green 1.1 again.",
+    )?;
+    let (repo, merged) = (remote.clone(), tip.clone());
+    blocking(move || git::set_branch(&repo, "main", &merged)).await?;
+    let (weights, s) = stage.follow("rolledBack", settled).await?;
+    summary.weights.push(weights);
+    summary.phases.push(s.status.progress.phase().to_string());
+
+    load_stop.cancel();
+    summary.load = match load.await {
+        Ok(report) => report?,
+        Err(_) => LoadReport::default(),
+    };
+    stop.cancel();
+    let _ = daemon.await;
+    let repo = remote.clone();
+    summary.log =
+        blocking(move || git::log(&repo, "canaryd/status", Some(STATUS_FILE), 100)).await?;
+    stage.say("\n$ git log --oneline canaryd/status")?;
+    for line in &summary.log {
+        stage.say(&format!("  {line}"))?;
+    }
+    summary.took = started.elapsed();
+    stage.say(&format!(
+        "\n{} requests through the router ({} answered 5xx by the failing canary, {} not answered); {:.1} s in all.",
+        summary.load.sent,
+        summary.load.server_errors,
+        summary.load.failed,
+        summary.took.as_secs_f64()
+    ))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(summary)
+}

@@ -1,0 +1,606 @@
+//! The Caddy driver: reads and sets the `weighted_round_robin` weights of a `reverse_proxy` handler through Caddy's admin API.
+//!
+//! A rollout's `service` is the `@id` of a `reverse_proxy` handler; the router's `backends` map
+//! backend names to the upstreams' `dial` addresses, compared as exact strings.
+//!
+//! # Reading
+//!
+//! `observe` reads the whole handler with one `GET {admin}/id/<service>`, so the upstreams (whose
+//! order gives the weights their meaning) and the weights come from one consistent config. An
+//! upstream beyond the end of the weights array gets nothing in Caddy, so it is reported as 0;
+//! an upstream whose dial address is not in `backends` is reported under that address, so
+//! traffic going somewhere unexpected shows up as drift rather than being hidden.
+//!
+//! # Writing
+//!
+//! `apply` reads the handler, builds the weights array in upstream order (upstreams not named
+//! get 0; an address reported by `observe` is accepted as a name) and `PATCH`es
+//! `{admin}/id/<service>/load_balancing/selection_policy/weights` with `If-Match` set to the
+//! handler's `Etag`, so a concurrent edit of the upstreams cannot misalign the array: Caddy
+//! answers 412 and the read and write are tried again, a few times. When the live weights are
+//! already the desired ones nothing is written, so no config reload happens. Caddy applies a
+//! change by loading a new config; weight 0 is accepted and sends no traffic, but all weights 0
+//! is refused by Caddy (`Rejected`).
+//!
+//! Every request is bounded by [`REQUEST_TIMEOUT`]; one whose connection fails (not one that
+//! times out) is tried again twice, 50 ms apart, because Caddy replaces its admin server on
+//! every config load and a request just after a change can meet a closing connection. Neither errors nor `Debug` show the admin
+//! URL's user info.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{ETAG, IF_MATCH};
+use reqwest::{Method, StatusCode, Url};
+use serde_json::Value;
+
+use super::RouterError;
+use crate::core::model::{Observed, Traffic};
+
+/// The bound on each request to the admin API, answer included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often `apply` reads and writes again when the handler changed in between (HTTP 412).
+const CONFLICT_ATTEMPTS: usize = 3;
+/// Tries of one request whose connection failed (see `CaddyRouter::send`).
+const TRANSPORT_ATTEMPTS: u32 = 3;
+/// The pause before trying a failed connection again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How much of an error answer from Caddy is quoted.
+const MAX_QUOTE: usize = 300;
+
+/// A Caddy server driven through its admin API.
+pub struct CaddyRouter {
+    name: String,
+    admin: Url,
+    /// Backend name → dial address.
+    backends: BTreeMap<String, String>,
+    /// Dial address → backend name.
+    by_dial: BTreeMap<String, String>,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for CaddyRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaddyRouter")
+            .field("name", &self.name)
+            .field("admin", &shown(&self.admin))
+            .field("backends", &self.backends)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The admin URL without user info, for messages.
+fn shown(url: &Url) -> String {
+    let mut url = url.clone();
+    // Both fail only for URLs without a host, which `new` refuses.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
+/// What canaryd needs of a `reverse_proxy` handler.
+#[derive(Debug, PartialEq, Eq)]
+struct Handler {
+    /// Dial addresses in config order.
+    upstreams: Vec<String>,
+    /// `None` when the selection policy is not `weighted_round_robin`; `Some(None)` when it is
+    /// but has no `weights` array.
+    weights: Option<Option<Vec<u32>>>,
+    /// The selection policy named in the config, for messages ("" when none).
+    policy: String,
+}
+
+/// Reads a handler as `GET /id/<service>` returns it.
+fn parse_handler(body: &[u8]) -> Result<Handler, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("handler is not JSON: {e}"))?;
+    let kind = v.get("handler").and_then(Value::as_str).unwrap_or("");
+    if kind != "reverse_proxy" {
+        return Err(format!("handler is `{kind}`, not `reverse_proxy`"));
+    }
+    let upstreams = match v.get("upstreams") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|u| {
+                u.get("dial")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| "an upstream has no `dial` address".to_string())
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err("`upstreams` is not an array".into()),
+    };
+    let selection = v.pointer("/load_balancing/selection_policy");
+    let policy = selection
+        .and_then(|s| s.get("policy"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let weights = if policy == "weighted_round_robin" {
+        match selection.and_then(|s| s.get("weights")) {
+            None | Some(Value::Null) => Some(None),
+            Some(Value::Array(list)) => Some(Some(
+                list.iter()
+                    .map(|w| {
+                        w.as_u64()
+                            .and_then(|w| u32::try_from(w).ok())
+                            .ok_or_else(|| format!("weight `{w}` is not a whole number"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            )),
+            Some(_) => return Err("`weights` is not an array".into()),
+        }
+    } else {
+        None
+    };
+    Ok(Handler {
+        upstreams,
+        weights,
+        policy,
+    })
+}
+
+/// The live weights per backend name (the dial address for upstreams not in `by_dial`);
+/// upstreams past the end of `weights` get 0, and an address listed twice gets the sum.
+fn observed(upstreams: &[String], weights: &[u32], by_dial: &BTreeMap<String, String>) -> Observed {
+    let mut backends = BTreeMap::new();
+    for (i, dial) in upstreams.iter().enumerate() {
+        let name = by_dial.get(dial).unwrap_or(dial);
+        let w = weights.get(i).copied().unwrap_or(0);
+        let entry: &mut u32 = backends.entry(name.clone()).or_default();
+        *entry = entry.saturating_add(w);
+    }
+    Observed { backends }
+}
+
+/// The weights array, in upstream order, that sets `traffic`: upstreams not named get 0, and an
+/// address listed twice gets its weight once (first occurrence). `Err` names a backend that is
+/// neither in `backends` nor an upstream's address, or whose address is not an upstream.
+fn desired(
+    upstreams: &[String],
+    traffic: &Traffic,
+    backends: &BTreeMap<String, String>,
+) -> Result<Vec<u32>, String> {
+    let mut weights = vec![0u32; upstreams.len()];
+    for (name, weight) in &traffic.backends {
+        let dial = backends.get(name).unwrap_or(name);
+        let Some(i) = upstreams.iter().position(|u| u == dial) else {
+            return Err(if backends.contains_key(name) {
+                format!("upstream `{dial}` for backend `{name}`")
+            } else {
+                format!("backend `{name}`")
+            });
+        };
+        weights[i] = u32::from(weight.get());
+    }
+    Ok(weights)
+}
+
+/// Caddy's `{"error": "..."}` answer, shortened; else the start of the body.
+fn caddy_message(body: &[u8]) -> String {
+    let text = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    match text.char_indices().nth(MAX_QUOTE) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+/// One answer of the admin API.
+struct Answer {
+    status: StatusCode,
+    etag: Option<String>,
+    body: Vec<u8>,
+}
+
+impl CaddyRouter {
+    /// A driver for the Caddy whose admin API is at `admin` (plain `http://`, e.g.
+    /// `http://127.0.0.1:2019`); `backends` maps backend names to upstream dial addresses.
+    /// Checks the configuration only; talks to nobody.
+    pub fn new(
+        name: &str,
+        admin: &str,
+        backends: &BTreeMap<String, String>,
+    ) -> Result<CaddyRouter, RouterError> {
+        let setup = |message: String| RouterError::Setup {
+            router: name.to_string(),
+            message,
+        };
+        let mut url = Url::parse(admin).map_err(|e| setup(format!("admin url: {e}")))?;
+        if url.scheme() != "http" {
+            return Err(setup(format!(
+                "admin url scheme `{}` is not supported (only http)",
+                url.scheme()
+            )));
+        }
+        if url.host().is_none() || url.query().is_some() || url.fragment().is_some() {
+            return Err(setup(format!(
+                "admin url `{}` must be http://host:port with an optional path",
+                shown(&url)
+            )));
+        }
+        // The base path ends without a slash; request paths are appended as segments.
+        let base = shown(&url);
+        url.path_segments_mut()
+            .map_err(|()| setup(format!("admin url `{base}` cannot have a path")))?
+            .pop_if_empty();
+        if backends.is_empty() {
+            return Err(setup("no backends".into()));
+        }
+        let mut by_dial = BTreeMap::new();
+        for (backend, dial) in backends {
+            if dial.trim().is_empty() {
+                return Err(setup(format!("backend `{backend}` has no dial address")));
+            }
+            if let Some(other) = by_dial.insert(dial.clone(), backend.clone()) {
+                return Err(setup(format!(
+                    "backends `{other}` and `{backend}` have the same dial address `{dial}`"
+                )));
+            }
+        }
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(REQUEST_TIMEOUT)
+            // Caddy closes admin connections on every config load; polls are seconds apart.
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| setup(format!("http client: {e}")))?;
+        Ok(CaddyRouter {
+            name: name.to_string(),
+            admin: url,
+            backends: backends.clone(),
+            by_dial,
+            client,
+        })
+    }
+
+    /// The live weights of the handler `@id` = `service`, in Caddy's own scale.
+    pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
+        let (handler, _) = self.read(service).await?;
+        let weights = self.weighted(service, &handler)?;
+        Ok(observed(
+            &handler.upstreams,
+            weights.as_deref().unwrap_or(&[]),
+            &self.by_dial,
+        ))
+    }
+
+    /// Sets the weights of the handler `@id` = `service` to `traffic`'s percentages.
+    pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let (handler, etag) = self.read(service).await?;
+            let live = self.weighted(service, &handler)?;
+            let weights = desired(&handler.upstreams, traffic, &self.backends).map_err(|what| {
+                RouterError::Unknown {
+                    router: self.name.clone(),
+                    what: format!("{what} in service `{service}`"),
+                }
+            })?;
+            if live.as_ref() == Some(&weights) {
+                return Ok(());
+            }
+            // PATCH replaces an existing value; PUT creates a missing one.
+            let method = if live.is_some() {
+                Method::PATCH
+            } else {
+                Method::PUT
+            };
+            let path = [
+                "id",
+                service,
+                "load_balancing",
+                "selection_policy",
+                "weights",
+            ];
+            let body = serde_json::to_vec(&weights).map_err(|e| self.rejected(e.to_string()))?;
+            let answer = self
+                .send(method, &path, etag.as_deref(), Some(body))
+                .await?;
+            match answer.status {
+                s if s.is_success() => return Ok(()),
+                StatusCode::PRECONDITION_FAILED => continue,
+                _ => return Err(self.refused(service, &answer)),
+            }
+        }
+        Err(self.rejected(format!(
+            "service `{service}` changed under every one of {CONFLICT_ATTEMPTS} attempts to set its weights"
+        )))
+    }
+
+    /// Whether the admin API answers.
+    pub async fn health(&self) -> Result<(), RouterError> {
+        let answer = self
+            .send(Method::GET, &["config", "admin"], None, None)
+            .await?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(self.rejected(format!(
+                "health check answered {}: {}",
+                answer.status,
+                caddy_message(&answer.body)
+            )))
+        }
+    }
+
+    /// The handler `@id` = `service` and its `Etag`.
+    async fn read(&self, service: &str) -> Result<(Handler, Option<String>), RouterError> {
+        let answer = self.send(Method::GET, &["id", service], None, None).await?;
+        if !answer.status.is_success() {
+            return Err(self.refused(service, &answer));
+        }
+        let handler = parse_handler(&answer.body).map_err(|e| RouterError::Unknown {
+            router: self.name.clone(),
+            what: format!("reverse_proxy handler with @id `{service}` ({e})"),
+        })?;
+        Ok((handler, answer.etag))
+    }
+
+    /// The live weights array of a `weighted_round_robin` handler (`None` if it has none).
+    fn weighted(&self, service: &str, handler: &Handler) -> Result<Option<Vec<u32>>, RouterError> {
+        handler.weights.clone().ok_or_else(|| RouterError::Unknown {
+            router: self.name.clone(),
+            what: format!(
+                "weighted_round_robin selection policy in service `{service}` (policy is `{}`)",
+                if handler.policy.is_empty() {
+                    "random, the default"
+                } else {
+                    &handler.policy
+                }
+            ),
+        })
+    }
+
+    /// One request, tried again after a short pause when the connection failed (not when it
+    /// timed out): Caddy replaces its admin server on every config load and closes the
+    /// connections it holds, so a request right after a change can meet a closing connection.
+    /// Every request canaryd makes is idempotent (a read, or a write of absolute weights
+    /// guarded by `If-Match`), so trying again is safe.
+    async fn send(
+        &self,
+        method: Method,
+        path: &[&str],
+        if_match: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, RouterError> {
+        let mut url = self.admin.clone();
+        url.path_segments_mut()
+            .map_err(|()| self.rejected("admin url cannot have a path".into()))?
+            .extend(path);
+        let mut attempt = 1;
+        loop {
+            let mut request = self.client.request(method.clone(), url.clone());
+            if let Some(tag) = if_match {
+                request = request.header(IF_MATCH, tag);
+            }
+            if let Some(body) = &body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            match Self::exchange(request).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if !e.is_timeout() && attempt < TRANSPORT_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(self.unreachable(&e)),
+            }
+        }
+    }
+
+    async fn exchange(request: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
+        let response = request.send().await?;
+        let status = response.status();
+        let etag = response
+            .headers()
+            .get(ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = response.bytes().await?;
+        Ok(Answer {
+            status,
+            etag,
+            body: body.to_vec(),
+        })
+    }
+
+    /// A transport error, without the URL (it may carry user info).
+    fn unreachable(&self, e: &reqwest::Error) -> RouterError {
+        let message = if e.is_timeout() {
+            format!(
+                "admin api `{}` did not answer within {}s",
+                shown(&self.admin),
+                REQUEST_TIMEOUT.as_secs()
+            )
+        } else {
+            let mut cause: &dyn std::error::Error = e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            format!("admin api `{}`: {cause}", shown(&self.admin))
+        };
+        RouterError::Unreachable {
+            router: self.name.clone(),
+            message,
+        }
+    }
+
+    fn rejected(&self, message: String) -> RouterError {
+        RouterError::rejected(&self.name, message)
+    }
+
+    /// An answer other than success: 404 means no handler with that `@id`.
+    fn refused(&self, service: &str, answer: &Answer) -> RouterError {
+        if answer.status == StatusCode::NOT_FOUND {
+            RouterError::Unknown {
+                router: self.name.clone(),
+                what: format!("service `{service}` (no config object with that @id)"),
+            }
+        } else {
+            self.rejected(format!(
+                "service `{service}`: {}: {}",
+                answer.status,
+                caddy_message(&answer.body)
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn traffic(pairs: &[(&str, i64)]) -> Traffic {
+        Traffic::of(pairs).unwrap()
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    const HANDLER: &str = r#"{"@id":"checkout","handler":"reverse_proxy",
+        "load_balancing":{"selection_policy":{"policy":"weighted_round_robin","weights":[90,10]}},
+        "upstreams":[{"dial":"127.0.0.1:9001"},{"dial":"127.0.0.1:9002"}]}"#;
+
+    #[test]
+    fn a_weighted_handler_is_parsed() {
+        let h = parse_handler(HANDLER.as_bytes()).unwrap();
+        assert_eq!(h.upstreams, strings(&["127.0.0.1:9001", "127.0.0.1:9002"]));
+        assert_eq!(h.weights, Some(Some(vec![90, 10])));
+    }
+
+    #[test]
+    fn other_policies_and_handlers_are_told_apart() {
+        let random = r#"{"handler":"reverse_proxy","upstreams":[{"dial":"a:1"}]}"#;
+        let h = parse_handler(random.as_bytes()).unwrap();
+        assert_eq!((h.weights, h.policy.as_str()), (None, ""));
+        let first = r#"{"handler":"reverse_proxy","load_balancing":{"selection_policy":{"policy":"first"}}}"#;
+        let h = parse_handler(first.as_bytes()).unwrap();
+        assert_eq!((h.weights, h.policy.as_str()), (None, "first"));
+        let bare = r#"{"handler":"reverse_proxy","load_balancing":{"selection_policy":{"policy":"weighted_round_robin"}}}"#;
+        assert_eq!(parse_handler(bare.as_bytes()).unwrap().weights, Some(None));
+        let files = r#"{"handler":"file_server"}"#;
+        assert!(
+            parse_handler(files.as_bytes())
+                .unwrap_err()
+                .contains("file_server")
+        );
+        let negative = HANDLER.replace("[90,10]", "[-1,10]");
+        assert!(parse_handler(negative.as_bytes()).is_err());
+        assert!(parse_handler(b"null").is_err());
+    }
+
+    #[test]
+    fn observed_weights_are_named_by_dial_address() {
+        let by_dial = map(&[("127.0.0.1:9001", "blue"), ("127.0.0.1:9002", "green")]);
+        let check = |upstreams: &[&str], weights: &[u32], expected: &[(&str, u32)]| {
+            let got = observed(&strings(upstreams), weights, &by_dial);
+            let want: BTreeMap<String, u32> =
+                expected.iter().map(|(n, w)| (n.to_string(), *w)).collect();
+            assert_eq!(got.backends, want, "{upstreams:?} {weights:?}");
+        };
+        check(
+            &["127.0.0.1:9001", "127.0.0.1:9002"],
+            &[90, 10],
+            &[("blue", 90), ("green", 10)],
+        );
+        // Order is Caddy's, not ours.
+        check(
+            &["127.0.0.1:9002", "127.0.0.1:9001"],
+            &[90, 10],
+            &[("blue", 10), ("green", 90)],
+        );
+        // Too few weights: the rest get nothing in Caddy; extra weights mean nothing.
+        check(
+            &["127.0.0.1:9001", "127.0.0.1:9002"],
+            &[50],
+            &[("blue", 50), ("green", 0)],
+        );
+        check(&["127.0.0.1:9001"], &[50, 7], &[("blue", 50)]);
+        // An unknown upstream shows under its address; a repeated one is summed.
+        check(
+            &["127.0.0.1:9001", "10.0.0.9:80", "127.0.0.1:9001"],
+            &[1, 2, 3],
+            &[("blue", 4), ("10.0.0.9:80", 2)],
+        );
+    }
+
+    #[test]
+    fn desired_weights_follow_upstream_order_and_zero_the_rest() {
+        let backends = map(&[("blue", "127.0.0.1:9001"), ("green", "127.0.0.1:9002")]);
+        let ups = strings(&["127.0.0.1:9002", "10.0.0.9:80", "127.0.0.1:9001"]);
+        let check = |t: Traffic, expected: Result<Vec<u32>, String>| {
+            assert_eq!(desired(&ups, &t, &backends), expected, "{t:?}");
+        };
+        check(traffic(&[("blue", 90), ("green", 10)]), Ok(vec![10, 0, 90]));
+        check(traffic(&[("blue", 100)]), Ok(vec![0, 0, 100]));
+        // The name `observe` gave an unknown upstream is accepted.
+        check(
+            traffic(&[("blue", 100), ("10.0.0.9:80", 0)]),
+            Ok(vec![0, 0, 100]),
+        );
+        check(
+            traffic(&[("blue", 50), ("red", 50)]),
+            Err("backend `red`".into()),
+        );
+        let only_blue = strings(&["127.0.0.1:9001"]);
+        assert_eq!(
+            desired(&only_blue, &traffic(&[("green", 100)]), &backends),
+            Err("upstream `127.0.0.1:9002` for backend `green`".into())
+        );
+    }
+
+    #[test]
+    fn caddy_errors_are_quoted_briefly() {
+        assert_eq!(
+            caddy_message(br#"{"error":"unknown object ID 'x'"}"#),
+            "unknown object ID 'x'"
+        );
+        assert_eq!(caddy_message(b" plain text \n"), "plain text");
+        let long = format!(r#"{{"error":"{}"}}"#, "é".repeat(1000));
+        assert_eq!(
+            caddy_message(long.as_bytes()).chars().count(),
+            MAX_QUOTE + 1
+        );
+    }
+
+    #[test]
+    fn configuration_is_checked_and_user_info_hidden() {
+        let backends = map(&[("blue", "127.0.0.1:9001"), ("green", "127.0.0.1:9002")]);
+        let r = CaddyRouter::new("edge", "http://admin:s3cret@127.0.0.1:2019/", &backends).unwrap();
+        let debug = format!("{r:?}");
+        assert!(
+            !debug.contains("s3cret") && debug.contains("127.0.0.1:2019"),
+            "{debug}"
+        );
+        let setup = |admin: &str, backends: &BTreeMap<String, String>| match CaddyRouter::new(
+            "edge", admin, backends,
+        ) {
+            Err(RouterError::Setup { message, .. }) => message,
+            other => panic!("{admin}: {other:?}"),
+        };
+        assert!(setup("https://127.0.0.1:2019", &backends).contains("https"));
+        assert!(setup("localhost:2019", &backends).contains("scheme"));
+        assert!(setup("127.0.0.1:2019", &backends).contains("admin url"));
+        assert!(setup("not a url", &backends).contains("admin url"));
+        assert!(setup("http://127.0.0.1:2019", &BTreeMap::new()).contains("no backends"));
+        let twice = map(&[("blue", "127.0.0.1:9001"), ("green", "127.0.0.1:9001")]);
+        assert!(setup("http://127.0.0.1:2019", &twice).contains("same dial address"));
+        let secret = setup("http://u:s3cret@127.0.0.1:2019?x=1", &backends);
+        assert!(!secret.contains("s3cret"), "{secret}");
+    }
+}

@@ -1,0 +1,563 @@
+//! The HAProxy driver: reads and sets server weights of an HAProxy `backend` through the runtime API (stats socket).
+//!
+//! A rollout's `service` is an HAProxy `backend`; its stable and canary are `server`s in it.
+//! Weights are read with `show servers state <backend>` (the `srv_uweight` column, the weight
+//! the runtime API sets) and set with `set weight <backend>/<server> <N>`, the percentage
+//! itself being the absolute weight (0..=100 of HAProxy's 0..=256; 0 drains a server).
+//!
+//! Each line goes over its own connection (the socket's non-interactive mode: write one line,
+//! read the answer to EOF), bounded by [`REQUEST_TIMEOUT`]. `apply` reads the backend's servers
+//! first, so that it refuses unknown servers before changing anything, then sends all of a
+//! change's `set weight` commands on one line, `;`-separated, in an order that never leaves the
+//! backend without weight (which HAProxy answers with 503) on the way (`plan_lines`).
+//!
+//! A line is as close to atomic as HAProxy 2.6 gets without a configuration change, and it is
+//! not atomic. No runtime API command sets two servers' weights; the management guide says of a
+//! line only that it "is processed as a whole" and "It is possible to send multiple commands in
+//! this mode, they need to be delimited by a semi-colon (';')" (doc/management.txt, "Unix
+//! Socket commands"), while src/cli.c (v2.6.0) runs those commands one at a time and yields to
+//! the scheduler in between ("this forces us to yield between pipelined commands"); each
+//! `set weight` takes only its own server's lock, and other threads route meanwhile. So 80/20 to
+//! 70/30 still passes through 80/30 (27 %), for one scheduler pass (5 to 30 µs on average on a
+//! busy 2-core machine) instead of a client round trip between two connections (about 0.6 ms);
+//! a step from or to 0 % passes through no other split.
+//!
+//! Weights set through the runtime API live in the running process only: a reload or restart
+//! goes back to the configuration's weights unless a `server-state-file` is loaded. The
+//! daemon's read back then sees the difference as drift.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::RouterError;
+use crate::core::model::{Observed, Traffic};
+
+/// How long one runtime API command may take, connecting included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest answer read; a `show servers state` of one backend is far smaller.
+const MAX_ANSWER: u64 = 4 * 1024 * 1024;
+
+/// Where HAProxy's runtime API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Endpoint {
+    /// A `stats socket /path` (written `unix:/path`).
+    Unix(PathBuf),
+    /// A `stats socket ipv4@host:port`, as `host:port` (resolved when connecting).
+    Tcp(String),
+}
+
+impl Endpoint {
+    /// Parses `unix:/path` or `host:port`; the error says why not.
+    fn parse(runtime_api: &str) -> Result<Endpoint, String> {
+        let s = runtime_api.trim();
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!(
+                    "runtime api `{runtime_api}` names no socket path (write `unix:/run/haproxy/admin.sock`)"
+                ));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(format!(
+                "runtime api `{runtime_api}` is neither `unix:/path` nor `host:port`"
+            ));
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!(
+                "runtime api `{runtime_api}` is neither `unix:/path` nor `host:port`"
+            ));
+        }
+        Ok(Endpoint::Tcp(s.to_string()))
+    }
+}
+
+/// HAProxy driven through its runtime API.
+#[derive(Clone, Debug)]
+pub struct HaproxyRouter {
+    name: String,
+    endpoint: Endpoint,
+}
+
+impl HaproxyRouter {
+    /// Checks `runtime_api` (`unix:/run/haproxy/admin.sock` or `127.0.0.1:9999`); connects to
+    /// nothing yet.
+    pub fn new(name: &str, runtime_api: &str) -> Result<HaproxyRouter, RouterError> {
+        let endpoint = Endpoint::parse(runtime_api).map_err(|message| RouterError::Setup {
+            router: name.to_string(),
+            message,
+        })?;
+        Ok(HaproxyRouter {
+            name: name.to_string(),
+            endpoint,
+        })
+    }
+
+    /// The live weights of every server of backend `service`, as HAProxy reports them
+    /// (`srv_uweight`, 0..=256).
+    pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
+        self.check_name("backend", service)?;
+        let answer = self
+            .command(&format!("show servers state {service}"))
+            .await?;
+        let backends = parse_servers_state(&answer).map_err(|message| {
+            self.answer_error(&format!("backend `{service}`"), &answer, message)
+        })?;
+        Ok(Observed { backends })
+    }
+
+    /// Sets the weights of backend `service`'s servers to `traffic`'s percentages; servers it
+    /// does not name get 0. Refuses (changing nothing) when a named server does not exist. When
+    /// HAProxy refuses a command, it has still run the others on the line; the error names the
+    /// refused one, and the read back shows where the backend stands.
+    pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
+        let live = self.observe(service).await?;
+        for server in traffic.backends.keys() {
+            self.check_name("server", server)?;
+            if !live.backends.contains_key(server) {
+                return Err(self.unknown(format!("server `{server}` in backend `{service}`")));
+            }
+        }
+        for line in plan_lines(&live.backends, traffic) {
+            if line.is_empty() {
+                continue;
+            }
+            let commands: Vec<String> = line
+                .iter()
+                .map(|(server, weight)| format!("set weight {service}/{server} {weight}"))
+                .collect();
+            let answer = self.command(&commands.join(";")).await?;
+            let answers = split_answers(&answer);
+            for (i, (server, weight)) in line.iter().enumerate() {
+                let Some(text) = answers.get(i) else {
+                    return Err(self.unreachable(format!(
+                        "runtime api {} answered {} of {} `set weight` commands",
+                        self.where_(),
+                        answers.len(),
+                        line.len()
+                    )));
+                };
+                if !text.is_empty() {
+                    return Err(self.answer_error(
+                        &format!("server `{server}` in backend `{service}`"),
+                        text,
+                        format!("setting weight {weight} of `{service}/{server}`: {text}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the runtime API answers (`show version`).
+    pub async fn health(&self) -> Result<(), RouterError> {
+        let answer = self.command("show version").await?;
+        if answer.trim().is_empty() {
+            return Err(RouterError::Rejected {
+                router: self.name.clone(),
+                message: "runtime api gave an empty answer to `show version`".to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends one line (one command, or several `;`-separated) over a fresh connection and reads
+    /// the answer to EOF, within [`REQUEST_TIMEOUT`].
+    async fn command(&self, command: &str) -> Result<String, RouterError> {
+        let exchange = async {
+            match &self.endpoint {
+                Endpoint::Unix(path) => exchange(UnixStream::connect(path).await?, command).await,
+                Endpoint::Tcp(addr) => exchange(TcpStream::connect(addr).await?, command).await,
+            }
+        };
+        let verb = command.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(self.unreachable(format!("runtime api {}: {e}", self.where_()))),
+            Err(_) => Err(self.unreachable(format!(
+                "runtime api {} did not answer `{verb}` within {:?}",
+                self.where_(),
+                REQUEST_TIMEOUT
+            ))),
+        }
+    }
+
+    fn where_(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Unix(path) => format!("unix:{}", path.display()),
+            Endpoint::Tcp(addr) => addr.clone(),
+        }
+    }
+
+    /// Names HAProxy accepts ([A-Za-z0-9_.:-]); anything else cannot exist there and must not
+    /// reach the command line (a `;` or newline would start another command).
+    fn check_name(&self, what: &str, name: &str) -> Result<(), RouterError> {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
+        if valid {
+            Ok(())
+        } else {
+            Err(self.unknown(format!("{what} `{}`", name.escape_debug())))
+        }
+    }
+
+    /// Turns an answer that is not what was asked for into `Unknown` when HAProxy says the
+    /// backend or server does not exist, else into `Rejected`.
+    fn answer_error(&self, subject: &str, answer: &str, message: String) -> RouterError {
+        if says_unknown(answer) {
+            self.unknown(subject.to_string())
+        } else {
+            RouterError::Rejected {
+                router: self.name.clone(),
+                message,
+            }
+        }
+    }
+
+    fn unknown(&self, what: String) -> RouterError {
+        RouterError::unknown(&self.name, what)
+    }
+
+    fn unreachable(&self, message: String) -> RouterError {
+        RouterError::unreachable(&self.name, message)
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    command: &str,
+) -> std::io::Result<String> {
+    stream.write_all(format!("{command}\n").as_bytes()).await?;
+    stream.flush().await?;
+    let mut answer = Vec::new();
+    (&mut stream)
+        .take(MAX_ANSWER)
+        .read_to_end(&mut answer)
+        .await?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// Whether an answer is HAProxy saying the backend or server does not exist
+/// ("Can't find backend.", "No such backend.", "No such server.").
+fn says_unknown(answer: &str) -> bool {
+    let a = answer.trim_start();
+    a.starts_with("Can't find backend") || a.starts_with("No such ")
+}
+
+/// Server name → `srv_uweight` from the answer to `show servers state <backend>`: a version
+/// line (`1`), a `# `-prefixed header naming the columns, one line per server.
+fn parse_servers_state(answer: &str) -> Result<BTreeMap<String, u32>, String> {
+    let mut lines = answer.lines().map(str::trim).filter(|l| !l.is_empty());
+    let version = lines.next().unwrap_or_default();
+    if version != "1" {
+        let first = answer.trim().lines().next().unwrap_or_default();
+        return Err(format!(
+            "unexpected answer to `show servers state`: `{first}`"
+        ));
+    }
+    let header: Vec<&str> = match lines.next().and_then(|l| l.strip_prefix('#')) {
+        Some(h) => h.split_whitespace().collect(),
+        None => return Err("`show servers state` answered without a header".to_string()),
+    };
+    let column = |field: &str| {
+        header
+            .iter()
+            .position(|h| *h == field)
+            .ok_or_else(|| format!("`show servers state` has no `{field}` column"))
+    };
+    let (name_at, weight_at) = (column("srv_name")?, column("srv_uweight")?);
+    let mut servers = BTreeMap::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(name), Some(weight)) = (fields.get(name_at), fields.get(weight_at)) else {
+            return Err(format!("`show servers state` line too short: `{line}`"));
+        };
+        let weight = weight
+            .parse::<u32>()
+            .map_err(|_| format!("server `{name}` has weight `{weight}`, not a number"))?;
+        servers.insert((*name).to_string(), weight);
+    }
+    Ok(servers)
+}
+
+/// The answers to a line of commands, one per command: HAProxy ends each command's output with
+/// an empty line and no command prints one. A successful `set weight` prints nothing.
+fn split_answers(output: &str) -> Vec<String> {
+    let mut answers = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    for line in output.lines() {
+        if line.is_empty() {
+            answers.push(current.join("\n"));
+            current.clear();
+        } else {
+            current.push(line);
+        }
+    }
+    answers
+}
+
+/// A server's weight to set.
+type Change = (String, u32);
+
+/// The `set weight` commands that turn `live` into `traffic`, grouped in the lines to send them
+/// on: every live server, to its percentage or to 0 when `traffic` does not name it.
+///
+/// HAProxy applies a line's commands one at a time, so the backend passes through one state per
+/// command. Raises go first and lowers next, or the other way round when that makes every state
+/// on the way split traffic as before or as after (a step from or to 0 %); either order keeps
+/// some weight throughout, so HAProxy never answers 503 on the way. Servers that keep their
+/// weight come last.
+///
+/// One line, except for a full switch (no server carries traffic both before and after).
+/// HAProxy runs the rest of a line after refusing a command (a static algorithm refuses any
+/// weight but 0 and the configured one), and a refused raise followed by the lowers would leave
+/// no weight at all; a full switch sends its lowers on a second line, once its raises were
+/// accepted.
+fn plan_lines(live: &BTreeMap<String, u32>, traffic: &Traffic) -> Vec<Vec<Change>> {
+    let (mut raises, mut lowers, mut same) = (Vec::new(), Vec::new(), Vec::new());
+    let mut kept = false;
+    for (server, &now) in live {
+        let target = traffic
+            .backends
+            .get(server)
+            .map_or(0, |w| u32::from(w.get()));
+        kept |= now > 0 && target > 0;
+        let group = match target.cmp(&now) {
+            std::cmp::Ordering::Greater => &mut raises,
+            std::cmp::Ordering::Less => &mut lowers,
+            std::cmp::Ordering::Equal => &mut same,
+        };
+        group.push((server.clone(), target));
+    }
+    if raises.is_empty() || lowers.is_empty() {
+        return vec![[raises, lowers, same].concat()];
+    }
+    if !kept {
+        return vec![raises, [lowers, same].concat()];
+    }
+    let raises_first = [raises.as_slice(), &lowers].concat();
+    let lowers_first = [lowers.as_slice(), &raises].concat();
+    let line = if !no_third_split(live, &raises_first) && no_third_split(live, &lowers_first) {
+        lowers_first
+    } else {
+        raises_first
+    };
+    vec![[line, same].concat()]
+}
+
+/// Whether every state that `order` passes through on the way from `live` splits traffic the way
+/// `live` does or the way the end does, as the driver maps weights to percentages.
+fn no_third_split(live: &BTreeMap<String, u32>, order: &[Change]) -> bool {
+    let shares = |weights: &BTreeMap<String, u32>| {
+        Observed {
+            backends: weights.clone(),
+        }
+        .percentages()
+    };
+    let mut end = live.clone();
+    end.extend(order.iter().cloned());
+    let (before, after) = (shares(live), shares(&end));
+    let mut on_the_way = live.clone();
+    order[..order.len().saturating_sub(1)]
+        .iter()
+        .all(|(server, weight)| {
+            on_the_way.insert(server.clone(), *weight);
+            let split = shares(&on_the_way);
+            split.is_some() && (split == before || split == after)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const STATE: &str = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 checkout 1 blue 127.0.0.1 2 0 100 100 2 1 0 2 0 0 0 0 - 18556 - 0 0 - - 0\n3 checkout 2 green 127.0.0.1 2 0 37 0 2 1 0 2 0 0 0 0 - 18557 - 0 0 - - 0\n\n";
+
+    fn traffic(pairs: &[(&str, i64)]) -> Traffic {
+        Traffic::of(pairs).unwrap()
+    }
+
+    fn weights(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        pairs.iter().map(|(n, w)| (n.to_string(), *w)).collect()
+    }
+
+    #[test]
+    fn servers_state_is_read_by_its_header() {
+        assert_eq!(
+            parse_servers_state(STATE).unwrap(),
+            weights(&[("blue", 100), ("green", 37)])
+        );
+        // Columns are found by name, not position.
+        let moved = "1\n# srv_uweight x srv_name\n7 - a\n0 - b\n";
+        assert_eq!(
+            parse_servers_state(moved).unwrap(),
+            weights(&[("a", 7), ("b", 0)])
+        );
+        // A backend without servers.
+        assert_eq!(
+            parse_servers_state("1\n# srv_name srv_uweight\n\n").unwrap(),
+            BTreeMap::new()
+        );
+    }
+
+    #[test]
+    fn odd_servers_state_answers_are_errors() {
+        for answer in [
+            "Can't find backend.\n\n",
+            "",
+            "1\n",
+            "1\nno header\n",
+            "1\n# srv_name\na\n",
+            "1\n# srv_name srv_uweight\na\n",
+            "1\n# srv_name srv_uweight\na heavy\n",
+        ] {
+            assert!(parse_servers_state(answer).is_err(), "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_answers_are_recognised() {
+        assert!(says_unknown("Can't find backend.\n\n"));
+        assert!(says_unknown("No such backend.\n"));
+        assert!(says_unknown("No such server.\n"));
+        assert!(!says_unknown(
+            "Backend is using a static LB algorithm and only accepts weights '0%' and '100%'.\n"
+        ));
+        assert!(!says_unknown("Permission denied\n"));
+    }
+
+    #[test]
+    fn lines_keep_weight_on_the_way_and_zero_the_unnamed() {
+        let check = |live: &[(&str, u32)], t: &[(&str, i64)], expected: &[&[(&str, u32)]]| {
+            let got = plan_lines(&weights(live), &traffic(t));
+            let expected: Vec<Vec<(String, u32)>> = expected
+                .iter()
+                .map(|line| line.iter().map(|(n, w)| (n.to_string(), *w)).collect())
+                .collect();
+            assert_eq!(got, expected, "{live:?} -> {t:?}");
+        };
+        // Between two splits of neither 0 nor 100 %, both orders pass through a third split:
+        // raise first.
+        check(
+            &[("blue", 80), ("green", 20)],
+            &[("blue", 70), ("green", 30)],
+            &[&[("green", 30), ("blue", 70)]],
+        );
+        check(
+            &[("blue", 70), ("green", 30)],
+            &[("blue", 80), ("green", 20)],
+            &[&[("blue", 80), ("green", 20)]],
+        );
+        // From or to 0 %, lowering first passes only through the split before or after.
+        check(
+            &[("blue", 100), ("green", 0)],
+            &[("blue", 90), ("green", 10)],
+            &[&[("blue", 90), ("green", 10)]],
+        );
+        check(
+            &[("blue", 90), ("green", 10)],
+            &[("blue", 100), ("green", 0)],
+            &[&[("green", 0), ("blue", 100)]],
+        );
+        check(
+            &[("blue", 10), ("green", 90)],
+            &[("blue", 0), ("green", 100)],
+            &[&[("blue", 0), ("green", 100)]],
+        );
+        // A full switch: the lowers only once the raise was accepted.
+        check(
+            &[("blue", 100), ("green", 0)],
+            &[("blue", 0), ("green", 100)],
+            &[&[("green", 100)], &[("blue", 0)]],
+        );
+        check(
+            &[("blue", 0), ("green", 100), ("old", 0)],
+            &[("blue", 100), ("green", 0)],
+            &[&[("blue", 100)], &[("green", 0), ("old", 0)]],
+        );
+        // Nothing to change: the same weights, once more.
+        check(
+            &[("blue", 90), ("green", 10)],
+            &[("blue", 90), ("green", 10)],
+            &[&[("blue", 90), ("green", 10)]],
+        );
+        // A server not named goes to 0; the ones that keep their weight come last.
+        check(
+            &[("blue", 50), ("green", 50), ("old", 20)],
+            &[("blue", 100)],
+            &[&[("blue", 100), ("green", 0), ("old", 0)]],
+        );
+        check(
+            &[("a", 0), ("blue", 80), ("green", 20)],
+            &[("blue", 70), ("green", 30)],
+            &[&[("green", 30), ("blue", 70), ("a", 0)]],
+        );
+        // Nothing had weight: only raises.
+        check(
+            &[("blue", 0), ("green", 0)],
+            &[("blue", 90), ("green", 10)],
+            &[&[("blue", 90), ("green", 10)]],
+        );
+    }
+
+    #[test]
+    fn a_lines_answers_are_split_per_command() {
+        assert_eq!(split_answers("\n\n"), ["", ""]);
+        assert_eq!(
+            split_answers("\nNo such server.\n\nPermission denied\n\n\n"),
+            ["", "No such server.", "Permission denied", ""]
+        );
+        // Cut short: only the answers that ended.
+        assert_eq!(split_answers("\nNo such"), [""]);
+        assert!(split_answers("").is_empty());
+    }
+
+    #[test]
+    fn runtime_api_addresses() {
+        let ok = |s: &str| HaproxyRouter::new("edge", s).unwrap().endpoint;
+        assert_eq!(
+            ok("unix:/run/haproxy/admin.sock"),
+            Endpoint::Unix("/run/haproxy/admin.sock".into())
+        );
+        assert_eq!(ok("127.0.0.1:9999"), Endpoint::Tcp("127.0.0.1:9999".into()));
+        assert_eq!(ok("haproxy:9999"), Endpoint::Tcp("haproxy:9999".into()));
+        assert_eq!(ok("[::1]:9999"), Endpoint::Tcp("[::1]:9999".into()));
+        for bad in [
+            "",
+            "unix:",
+            "127.0.0.1",
+            ":9999",
+            "host:0",
+            "host:http",
+            "host:70000",
+        ] {
+            let err = HaproxyRouter::new("edge", bad).unwrap_err();
+            assert!(matches!(err, RouterError::Setup { .. }), "{bad:?}: {err:?}");
+            assert!(err.to_string().contains("router `edge`"), "{err}");
+        }
+    }
+
+    #[test]
+    fn names_that_could_smuggle_commands_are_unknown() {
+        let r = HaproxyRouter::new("edge", "unix:/nonexistent").unwrap();
+        assert!(r.check_name("backend", "checkout-v2.eu:1_a").is_ok());
+        for bad in ["", "a b", "a;shutdown sessions", "a\nb", "a/b"] {
+            assert!(
+                matches!(
+                    r.check_name("backend", bad),
+                    Err(RouterError::Unknown { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+}

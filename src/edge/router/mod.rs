@@ -1,0 +1,168 @@
+//! The router boundary: read live weights, set weights, report health. One file per driver.
+//!
+//! A driver is picked by the `kind` of a `Router` document through the closed [`Driver`] enum
+//! (enum dispatch: adding a router is a new file and a new variant). Every driver reads the
+//! live weights from the router itself, never from a cache, and `apply` sets weights, never
+//! adds to them, so applying the same traffic twice is harmless.
+
+mod boundary;
+pub mod caddy;
+pub mod embedded;
+pub mod gateway;
+pub mod haproxy;
+pub mod nginx;
+pub mod traefik;
+
+pub use boundary::{Call, ObservedAll, Router};
+
+use crate::core::model::{Observed, Traffic};
+use crate::core::spec::RouterSpec;
+
+/// Why a router could not be read or set.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The router did not answer (connection refused, timeout): try again later.
+    #[error("router `{router}` unreachable: {message}")]
+    Unreachable { router: String, message: String },
+    /// The router answered but refused the request.
+    #[error("router `{router}` refused the change: {message}")]
+    Rejected { router: String, message: String },
+    /// The router does not know the service or one of its backends.
+    #[error("router `{router}` has no {what}")]
+    Unknown { router: String, what: String },
+    /// The router's configuration is wrong, or it could not be started (embedded router:
+    /// address in use). Trying again does not help; an operator must act.
+    #[error("router `{router}` cannot be used: {message}")]
+    Setup { router: String, message: String },
+}
+
+impl RouterError {
+    pub fn unreachable(router: &str, message: impl Into<String>) -> RouterError {
+        RouterError::Unreachable {
+            router: router.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn rejected(router: &str, message: impl Into<String>) -> RouterError {
+        RouterError::Rejected {
+            router: router.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn unknown(router: &str, what: impl Into<String>) -> RouterError {
+        RouterError::Unknown {
+            router: router.to_string(),
+            what: what.into(),
+        }
+    }
+
+    pub fn setup(router: &str, message: impl Into<String>) -> RouterError {
+        RouterError::Setup {
+            router: router.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RouterError::Unreachable { .. })
+    }
+}
+
+/// A configured router, ready to drive.
+#[derive(Debug)]
+pub enum Driver {
+    Embedded(embedded::EmbeddedRouter),
+    Haproxy(haproxy::HaproxyRouter),
+    Traefik(traefik::TraefikRouter),
+    Caddy(caddy::CaddyRouter),
+    Nginx(nginx::NginxRouter),
+    Gateway(gateway::GatewayRouter),
+}
+
+impl Driver {
+    /// A driver for a router that runs on its own (every kind but `embedded`, which runs inside
+    /// the daemon and is started there).
+    pub fn connect(name: &str, spec: &RouterSpec) -> Result<Driver, RouterError> {
+        match spec {
+            RouterSpec::Haproxy { runtime_api } => {
+                haproxy::HaproxyRouter::new(name, runtime_api).map(Driver::Haproxy)
+            }
+            RouterSpec::Traefik {
+                api,
+                dynamic_file,
+                backends,
+            } => {
+                traefik::TraefikRouter::new(name, api, dynamic_file, backends).map(Driver::Traefik)
+            }
+            RouterSpec::Caddy { admin, backends } => {
+                caddy::CaddyRouter::new(name, admin, backends).map(Driver::Caddy)
+            }
+            RouterSpec::Nginx {
+                upstream_file,
+                config,
+                backends,
+            } => nginx::NginxRouter::new(name, upstream_file, config, backends).map(Driver::Nginx),
+            RouterSpec::Embedded { .. } => Err(RouterError::Setup {
+                router: name.to_string(),
+                message: "the embedded router runs inside `canaryd run`".to_string(),
+            }),
+            RouterSpec::GatewayApi {
+                server,
+                namespace,
+                token_file,
+            } => gateway::GatewayRouter::new(name, server, namespace, token_file.as_deref())
+                .map(Driver::Gateway),
+        }
+    }
+
+    /// The live weights of `service`, read from the router.
+    pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
+        match self {
+            Driver::Embedded(r) => Ok(r.observe(service)),
+            Driver::Haproxy(r) => r.observe(service).await,
+            Driver::Traefik(r) => r.observe(service).await,
+            Driver::Caddy(r) => r.observe(service).await,
+            Driver::Nginx(r) => r.observe(service).await,
+            Driver::Gateway(r) => r.observe(service).await,
+        }
+    }
+
+    /// Sets the weights of `service`: a set, never an add (backends not named get 0).
+    pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
+        match self {
+            Driver::Embedded(r) => r.apply(service, traffic),
+            Driver::Haproxy(r) => r.apply(service, traffic).await,
+            Driver::Traefik(r) => r.apply(service, traffic).await,
+            Driver::Caddy(r) => r.apply(service, traffic).await,
+            Driver::Nginx(r) => r.apply(service, traffic).await,
+            Driver::Gateway(r) => r.apply(service, traffic).await,
+        }
+    }
+
+    /// Appends the router's own counters, if it keeps any, in Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        match self {
+            Driver::Embedded(r) => r.render_metrics(out),
+            Driver::Haproxy(_)
+            | Driver::Traefik(_)
+            | Driver::Caddy(_)
+            | Driver::Nginx(_)
+            | Driver::Gateway(_) => {}
+        }
+    }
+
+    /// Whether the router answers.
+    pub async fn health(&self) -> Result<(), RouterError> {
+        match self {
+            Driver::Embedded(_) => Ok(()),
+            Driver::Haproxy(r) => r.health().await,
+            Driver::Traefik(r) => r.health().await,
+            Driver::Caddy(r) => r.health().await,
+            Driver::Nginx(r) => r.health().await,
+            Driver::Gateway(r) => r.health().await,
+        }
+    }
+}

@@ -1,0 +1,708 @@
+//! The Traefik driver: writes weighted services into a file-provider file it owns and reads the live weights back from Traefik's API.
+//!
+//! # Writing
+//!
+//! For a rollout's `service` canaryd writes, into `dynamic_file` (which must lie in a directory
+//! Traefik's file provider watches), one `loadBalancer` service `<service>-<backend>` per
+//! backend named in the traffic, with that backend's URL as its only server, and `<service>` as
+//! a `weighted` service over them. The weighted list is exactly the backends named, so `apply`
+//! sets and never adds. Other services in the file are kept as they are (they are canaryd's own,
+//! for other rollouts). The file is replaced atomically: written to a hidden `.tmp` file in the
+//! same directory (Traefik loads only `.yaml`, `.yml` and `.toml` files), synced, then renamed
+//! over the old one. Traefik picks it up after its provider throttle, so `observe` shows the old
+//! weights for a moment; the daemon reads back and re-applies as needed.
+//!
+//! # Reading
+//!
+//! `GET {api}/api/http/services/<service>@file`, whose answer carries
+//! `weighted.services[].{name, weight}` (a missing weight is Traefik's default, 1). Names
+//! `<service>-<backend>` are reported as `<backend>`; any other name is reported as it is, so a
+//! hand-made extra service shows up as an unexpected backend. Weights are Traefik's own integers;
+//! canaryd writes percentages.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::RouterError;
+use super::nginx::remove_stale_temps;
+use crate::core::model::{Observed, Traffic};
+
+/// How long one request to Traefik's API may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long reading and replacing the dynamic file may take.
+const FILE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A Traefik instance driven through a file-provider file and its API.
+pub struct TraefikRouter {
+    /// Boxed: the driver enum stays small (one pointer for this variant).
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    name: String,
+    /// The API's base URL, without credentials.
+    api: Url,
+    /// `user`, `password` from the API URL, sent as basic auth; never logged.
+    credentials: Option<(String, Option<String>)>,
+    dynamic_file: PathBuf,
+    /// Backend name → upstream URL.
+    backends: BTreeMap<String, String>,
+    client: reqwest::Client,
+    /// One read-modify-write of the dynamic file at a time.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for TraefikRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("TraefikRouter")
+            .field("name", &inner.name)
+            .field("api", &inner.api.as_str())
+            .field(
+                "credentials",
+                &inner.credentials.as_ref().map(|_| "<redacted>"),
+            )
+            .field("dynamic_file", &inner.dynamic_file)
+            .field("backends", &inner.backends.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TraefikRouter {
+    /// Checks the configuration; does no I/O.
+    ///
+    /// `api`: Traefik's API, plain `http://` (credentials in the URL are sent as basic auth).
+    /// `dynamic_file`: a `.yaml`/`.yml` file in a directory Traefik's file provider watches.
+    /// `backends`: backend name → upstream URL (`http://127.0.0.1:9001`).
+    pub fn new(
+        name: &str,
+        api: &str,
+        dynamic_file: &str,
+        backends: &BTreeMap<String, String>,
+    ) -> Result<TraefikRouter, RouterError> {
+        let setup = |message: String| RouterError::Setup {
+            router: name.to_string(),
+            message,
+        };
+        let mut api_url = Url::parse(api)
+            .map_err(|e| setup(format!("api `{}` is not a url: {e}", redact(api))))?;
+        if api_url.scheme() != "http" || api_url.host_str().is_none() {
+            return Err(setup(format!(
+                "api `{}` must be an http:// url with a host",
+                redact(api)
+            )));
+        }
+        let credentials = (!api_url.username().is_empty()).then(|| {
+            (
+                api_url.username().to_string(),
+                api_url.password().map(str::to_string),
+            )
+        });
+        // Neither can fail on an http URL with a host.
+        let _ = api_url.set_username("");
+        let _ = api_url.set_password(None);
+
+        let path = PathBuf::from(dynamic_file);
+        let yaml = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml"));
+        if !yaml || path.file_name().is_none() {
+            return Err(setup(format!(
+                "dynamic file `{dynamic_file}` must be a .yaml or .yml file"
+            )));
+        }
+
+        if backends.is_empty() {
+            return Err(setup("no backends configured".to_string()));
+        }
+        for (backend, url) in backends {
+            check_name(backend).map_err(|why| setup(format!("backend name `{backend}` {why}")))?;
+            let parsed = Url::parse(url)
+                .map_err(|e| setup(format!("backend `{backend}` url `{}`: {e}", redact(url))))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(setup(format!(
+                    "backend `{backend}` url `{}` must be http:// or https:// with a host",
+                    redact(url)
+                )));
+            }
+        }
+
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| setup(format!("http client: {}", innermost(&e))))?;
+        Ok(TraefikRouter {
+            inner: Box::new(Inner {
+                name: name.to_string(),
+                api: api_url,
+                credentials,
+                dynamic_file: path,
+                backends: backends.clone(),
+                client,
+                writing: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The live weights of `service`, read from Traefik's API.
+    pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
+        self.inner.observe(service).await
+    }
+
+    /// Sets the weights of `service` by rewriting the dynamic file; the weighted service lists
+    /// exactly the backends named. Refuses a backend that is not configured
+    /// ([`RouterError::Unknown`]) and, when Traefik's API does not answer, changes nothing
+    /// ([`RouterError::Unreachable`]).
+    pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
+        self.inner.apply(service, traffic).await
+    }
+
+    /// Whether Traefik's API answers (`GET {api}/api/version`).
+    pub async fn health(&self) -> Result<(), RouterError> {
+        self.inner.health().await
+    }
+}
+
+impl Inner {
+    async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
+        self.check_service(service)?;
+        let qualified = format!("{service}@file");
+        let (status, body) = self
+            .get(&["api", "http", "services", qualified.as_str()])
+            .await?;
+        match status {
+            // Not written yet: nothing carries traffic for it, which is what canaryd sets
+            // first. Written but not loaded yet (the provider's throttle): ask again soon.
+            StatusCode::NOT_FOUND => match self.written(service).await {
+                false => Ok(Observed::default()),
+                true => Err(RouterError::Unreachable {
+                    router: self.name.clone(),
+                    message: format!("service `{qualified}` is written but not loaded yet"),
+                }),
+            },
+            s if s.is_success() => parse_service(service, &body).map_err(|e| match e {
+                ParseError::NotWeighted(kind) => RouterError::Unknown {
+                    router: self.name.clone(),
+                    what: format!("weighted service `{qualified}` (it is a {kind} service)"),
+                },
+                ParseError::Json(message) => RouterError::Setup {
+                    router: self.name.clone(),
+                    message: format!(
+                        "api `{}` answered something that is not a traefik service: {message}",
+                        self.api
+                    ),
+                },
+            }),
+            s => Err(self.bad_status(s)),
+        }
+    }
+
+    async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
+        self.check_service(service)?;
+        let mut children = Vec::with_capacity(traffic.backends.len());
+        for (backend, weight) in &traffic.backends {
+            let Some(url) = self.backends.get(backend) else {
+                return Err(RouterError::Unknown {
+                    router: self.name.clone(),
+                    what: format!("backend `{backend}` (service `{service}`)"),
+                });
+            };
+            children.push(Child {
+                backend: backend.clone(),
+                url: url.clone(),
+                weight: u32::from(weight.get()),
+            });
+        }
+        // A write while Traefik is down would succeed and be reported as one; say so instead.
+        self.health().await?;
+
+        let _writing = self.writing.lock().await;
+        let file = self.dynamic_file.clone();
+        let service_owned = service.to_string();
+        let job =
+            tokio::task::spawn_blocking(move || replace_service(&file, &service_owned, &children));
+        match tokio::time::timeout(FILE_TIMEOUT, job).await {
+            Err(_) => Err(RouterError::Unreachable {
+                router: self.name.clone(),
+                message: format!(
+                    "writing dynamic file `{}` took over {}s",
+                    self.dynamic_file.display(),
+                    FILE_TIMEOUT.as_secs()
+                ),
+            }),
+            Ok(Err(join)) => Err(RouterError::Setup {
+                router: self.name.clone(),
+                message: format!(
+                    "writing dynamic file `{}` stopped: {join}",
+                    self.dynamic_file.display()
+                ),
+            }),
+            Ok(Ok(Err(message))) => Err(RouterError::Setup {
+                router: self.name.clone(),
+                message: format!("dynamic file `{}`: {message}", self.dynamic_file.display()),
+            }),
+            Ok(Ok(Ok(()))) => {
+                tracing::debug!(router = %self.name, service, "wrote weighted service");
+                Ok(())
+            }
+        }
+    }
+
+    async fn health(&self) -> Result<(), RouterError> {
+        let (status, _) = self.get(&["api", "version"]).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(self.bad_status(status))
+        }
+    }
+
+    /// Whether the dynamic file canaryd owns defines `service` (an unreadable file counts as
+    /// defining it, so that nothing is assumed unset).
+    async fn written(&self, service: &str) -> bool {
+        let file = self.dynamic_file.clone();
+        let service = service.to_string();
+        tokio::task::spawn_blocking(move || match std::fs::read_to_string(&file) {
+            Ok(text) => match serde_saphyr::from_str::<Value>(&text) {
+                Ok(doc) => doc.pointer(&format!("/http/services/{service}")).is_some(),
+                Err(_) => true,
+            },
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        })
+        .await
+        .unwrap_or(true)
+    }
+
+    fn check_service(&self, service: &str) -> Result<(), RouterError> {
+        check_name(service).map_err(|why| RouterError::Setup {
+            router: self.name.clone(),
+            message: format!("service name `{service}` {why}"),
+        })
+    }
+
+    /// `GET` the API path made of `segments` (each percent-encoded) below the base URL.
+    async fn get(&self, segments: &[&str]) -> Result<(StatusCode, String), RouterError> {
+        let mut url = self.api.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        let mut request = self.client.get(url);
+        if let Some((user, password)) = &self.credentials {
+            request = request.basic_auth(user, password.as_deref());
+        }
+        let unreachable = |e: reqwest::Error| RouterError::Unreachable {
+            router: self.name.clone(),
+            message: if e.is_timeout() {
+                format!(
+                    "api `{}` did not answer within {}s",
+                    self.api,
+                    REQUEST_TIMEOUT.as_secs()
+                )
+            } else {
+                format!("api `{}`: {}", self.api, innermost(&e))
+            },
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let body = response.text().await.map_err(unreachable)?;
+        Ok((status, body))
+    }
+
+    /// The error for an answer that is neither success nor "not found".
+    fn bad_status(&self, status: StatusCode) -> RouterError {
+        let router = self.name.clone();
+        if status.is_server_error() {
+            RouterError::Unreachable {
+                router,
+                message: format!("api `{}` answered {status}", self.api),
+            }
+        } else {
+            RouterError::Setup {
+                router,
+                message: format!(
+                    "api `{}` answered {status} (is it Traefik's API, with the right credentials?)",
+                    self.api
+                ),
+            }
+        }
+    }
+}
+
+/// Why a name cannot be used as (part of) a Traefik service name, if it cannot.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("is empty")
+    } else if name
+        .chars()
+        .any(|c| c == '@' || c == '/' || c.is_whitespace() || c.is_control())
+    {
+        Err("cannot be a traefik service name (no `@`, `/` or spaces)")
+    } else {
+        Ok(())
+    }
+}
+
+/// `url` without the `user:password@` part, for messages.
+fn redact(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The deepest cause of an HTTP error ("Connection refused"), without the URL.
+fn innermost(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Why a service answer could not be read as weights.
+#[derive(Debug, PartialEq)]
+enum ParseError {
+    /// The service exists but is of this other type (`loadbalancer`, `mirroring`, ...).
+    NotWeighted(String),
+    Json(String),
+}
+
+#[derive(Deserialize)]
+struct ServiceInfo {
+    #[serde(default)]
+    weighted: Option<Weighted>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Weighted {
+    #[serde(default)]
+    services: Vec<WeightedRef>,
+}
+
+#[derive(Deserialize)]
+struct WeightedRef {
+    name: String,
+    /// Traefik's default is 1.
+    #[serde(default)]
+    weight: Option<u32>,
+}
+
+/// The weights in Traefik's answer for weighted service `service`, by backend.
+fn parse_service(service: &str, body: &str) -> Result<Observed, ParseError> {
+    let info: ServiceInfo =
+        serde_json::from_str(body).map_err(|e| ParseError::Json(e.to_string()))?;
+    let Some(weighted) = info.weighted else {
+        return Err(ParseError::NotWeighted(
+            info.kind.unwrap_or_else(|| "non-weighted".to_string()),
+        ));
+    };
+    let prefix = format!("{service}-");
+    let mut backends = BTreeMap::new();
+    for child in weighted.services {
+        let local = child
+            .name
+            .split_once('@')
+            .map_or(child.name.as_str(), |(n, _)| n);
+        let backend = local.strip_prefix(&prefix).unwrap_or(local);
+        *backends.entry(backend.to_string()).or_insert(0u32) += child.weight.unwrap_or(1);
+    }
+    Ok(Observed { backends })
+}
+
+/// One backend of a weighted service to write.
+#[derive(Clone, Debug)]
+struct Child {
+    backend: String,
+    url: String,
+    weight: u32,
+}
+
+/// Replaces `service` in the dynamic file `file` (created if missing), atomically.
+fn replace_service(file: &Path, service: &str, children: &[Child]) -> Result<(), String> {
+    let existing = match std::fs::read_to_string(file) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read it: {e}")),
+    };
+    let rendered = render(existing.as_deref(), service, children)?;
+    if existing.as_deref() == Some(rendered.as_str()) {
+        return Ok(());
+    }
+    write_atomically(file, &rendered)
+}
+
+/// The dynamic file `existing` (none: empty) with `service` and its children replaced.
+fn render(existing: Option<&str>, service: &str, children: &[Child]) -> Result<String, String> {
+    let mut doc: Value = match existing {
+        Some(text) if !text.trim().is_empty() => serde_saphyr::from_str(text)
+            .map_err(|e| format!("not yaml canaryd can keep, left as it is: {e}"))?,
+        _ => Value::Object(Map::new()),
+    };
+    let services = services_mut(&mut doc)?;
+    // Drop the children this service had, so a backend no longer named leaves no orphan.
+    let prefix = format!("{service}-");
+    let old: Vec<String> = services
+        .get(service)
+        .and_then(|s| s.pointer("/weighted/services"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    for name in old {
+        services.remove(&name);
+    }
+    let mut refs = Vec::with_capacity(children.len());
+    for child in children {
+        let name = format!("{service}-{}", child.backend);
+        services.insert(
+            name.clone(),
+            serde_json::json!({ "loadBalancer": { "servers": [ { "url": child.url } ] } }),
+        );
+        refs.push(serde_json::json!({ "name": name, "weight": child.weight }));
+    }
+    services.insert(
+        service.to_string(),
+        serde_json::json!({ "weighted": { "services": refs } }),
+    );
+    serde_saphyr::to_string(&doc).map_err(|e| format!("cannot render it: {e}"))
+}
+
+/// `doc.http.services`, created where missing.
+fn services_mut(doc: &mut Value) -> Result<&mut Map<String, Value>, String> {
+    let not_a_map = |key: &str| format!("`{key}` is not a mapping, left as it is");
+    let root = doc
+        .as_object_mut()
+        .ok_or_else(|| not_a_map("(top level)"))?;
+    let http = root
+        .entry("http")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .ok_or_else(|| not_a_map("http"))?;
+    http.entry("services")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .ok_or_else(|| not_a_map("http.services"))
+}
+
+/// Writes `text` to a hidden `.tmp` file beside `file` (Traefik ignores that extension), syncs
+/// it and renames it over `file`. Such files that a killed canaryd left there are removed first.
+fn write_atomically(file: &Path, text: &str) -> Result<(), String> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let base = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    remove_stale_temps(dir, &format!(".{base}."));
+    let tmp = dir.join(format!(".{base}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot replace it: {e}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(backend: &str, weight: u32) -> Child {
+        Child {
+            backend: backend.to_string(),
+            url: format!("http://127.0.0.1:900{}", backend.len()),
+            weight,
+        }
+    }
+
+    fn parsed(yaml: &str) -> Value {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn parses_the_weighted_answer_of_traefik_3() {
+        // As Traefik 3.7 answers `GET /api/http/services/checkout@file`.
+        let body = r#"{"weighted":{"services":[{"name":"checkout-blue","weight":90},{"name":"checkout-green","weight":0}]},"status":"enabled","usedBy":["checkout@file"],"name":"checkout@file","provider":"file","type":"weighted"}"#;
+        let observed = parse_service("checkout", body).unwrap();
+        assert_eq!(
+            observed.backends,
+            BTreeMap::from([("blue".to_string(), 90), ("green".to_string(), 0)])
+        );
+    }
+
+    #[test]
+    fn parse_keeps_foreign_names_and_defaults_weight_to_one() {
+        let body = r#"{"weighted":{"services":[{"name":"checkout-blue@file"},{"name":"legacy@docker","weight":3}]},"type":"weighted"}"#;
+        let observed = parse_service("checkout", body).unwrap();
+        assert_eq!(
+            observed.backends,
+            BTreeMap::from([("blue".to_string(), 1), ("legacy".to_string(), 3)])
+        );
+    }
+
+    #[test]
+    fn parse_refuses_other_service_types_and_garbage() {
+        let lb =
+            r#"{"loadBalancer":{"servers":[{"url":"http://127.0.0.1:1"}]},"type":"loadbalancer"}"#;
+        assert_eq!(
+            parse_service("checkout", lb),
+            Err(ParseError::NotWeighted("loadbalancer".to_string()))
+        );
+        assert!(matches!(
+            parse_service("checkout", "<html>"),
+            Err(ParseError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn renders_a_weighted_service_and_one_load_balancer_per_backend() {
+        let out = render(None, "checkout", &[child("blue", 90), child("green", 10)]).unwrap();
+        let want = parsed(
+            "http:
+  services:
+    checkout:
+      weighted:
+        services:
+          - {name: checkout-blue, weight: 90}
+          - {name: checkout-green, weight: 10}
+    checkout-blue:
+      loadBalancer:
+        servers: [{url: 'http://127.0.0.1:9004'}]
+    checkout-green:
+      loadBalancer:
+        servers: [{url: 'http://127.0.0.1:9005'}]
+",
+        );
+        assert_eq!(parsed(&out), want, "{out}");
+    }
+
+    #[test]
+    fn render_keeps_other_services_and_drops_this_ones_old_children() {
+        let first = render(None, "cart", &[child("a", 100)]).unwrap();
+        let second = render(
+            Some(&first),
+            "checkout",
+            &[child("blue", 50), child("red", 50)],
+        )
+        .unwrap();
+        let third = render(Some(&second), "checkout", &[child("blue", 100)]).unwrap();
+        let doc = parsed(&third);
+        let services = doc.pointer("/http/services").unwrap().as_object().unwrap();
+        let mut names: Vec<&str> = services.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["cart", "cart-a", "checkout", "checkout-blue"]);
+        assert_eq!(
+            doc.pointer("/http/services/checkout/weighted/services")
+                .unwrap(),
+            &serde_json::json!([{ "name": "checkout-blue", "weight": 100 }])
+        );
+    }
+
+    #[test]
+    fn render_is_stable_so_a_repeated_apply_writes_nothing() {
+        let once = render(None, "checkout", &[child("blue", 90), child("green", 10)]).unwrap();
+        let twice = render(
+            Some(&once),
+            "checkout",
+            &[child("blue", 90), child("green", 10)],
+        )
+        .unwrap();
+        assert_eq!(once, twice);
+    }
+
+    #[test]
+    fn render_keeps_hand_written_extras_and_refuses_what_it_cannot_keep() {
+        let hand = "http:\n  routers:\n    r: {rule: 'PathPrefix(`/`)', service: checkout@file}\n";
+        let out = render(Some(hand), "checkout", &[child("blue", 100)]).unwrap();
+        assert_eq!(
+            parsed(&out).pointer("/http/routers/r/service"),
+            Some(&serde_json::json!("checkout@file"))
+        );
+        assert!(render(Some("http: [1, 2]\n"), "checkout", &[]).is_err());
+        assert!(render(Some("http: {services: {"), "checkout", &[]).is_err());
+        assert!(render(Some("   \n"), "checkout", &[]).is_ok());
+    }
+
+    #[test]
+    fn new_checks_the_configuration() {
+        let backends = BTreeMap::from([("blue".to_string(), "http://127.0.0.1:9001".to_string())]);
+        let ok = TraefikRouter::new(
+            "edge",
+            "http://u:secret@127.0.0.1:8080",
+            "/d/c.yaml",
+            &backends,
+        )
+        .unwrap();
+        let debug = format!("{ok:?}");
+        assert!(
+            !debug.contains("secret") && debug.contains("<redacted>"),
+            "{debug}"
+        );
+
+        let setup =
+            |api: &str, file: &str, backends: &BTreeMap<String, String>| match TraefikRouter::new(
+                "edge", api, file, backends,
+            ) {
+                Err(RouterError::Setup { message, .. }) => message,
+                other => panic!("expected a setup error, got {other:?}"),
+            };
+        let m = setup("https://u:secret@h:1", "/d/c.yaml", &backends);
+        assert!(m.contains("http://") && !m.contains("secret"), "{m}");
+        assert!(setup("not a url", "/d/c.yaml", &backends).contains("not a url"));
+        assert!(setup("http://h:1", "/d/c.toml", &backends).contains(".yaml"));
+        assert!(setup("http://h:1", "/d/c.yaml", &BTreeMap::new()).contains("no backends"));
+        let bad = BTreeMap::from([("b@d".to_string(), "http://h:1".to_string())]);
+        assert!(setup("http://h:1", "/d/c.yaml", &bad).contains("`b@d`"));
+        let bad = BTreeMap::from([("blue".to_string(), "ftp://h:1".to_string())]);
+        assert!(setup("http://h:1", "/d/c.yaml", &bad).contains("`blue`"));
+    }
+
+    #[test]
+    fn names_that_traefik_cannot_hold_are_refused() {
+        assert!(check_name("checkout").is_ok());
+        assert!(check_name("check-out_2.v1").is_ok());
+        for bad in ["", "a@file", "a/b", "a b", "a\n"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_write_removes_the_temporary_files_of_dead_canaryds() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("canary.yaml");
+        // No pid goes that high on Linux (at most 2^22).
+        let dead = dir.path().join(".canary.yaml.999999999.tmp");
+        let other = dir.path().join(".canary.yaml.backup.tmp");
+        std::fs::write(&dead, "half").unwrap();
+        std::fs::write(&other, "theirs").unwrap();
+        write_atomically(&file, "http: {}\n").unwrap();
+        assert!(!dead.exists());
+        assert!(other.exists());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "http: {}\n");
+    }
+}
