@@ -17,7 +17,9 @@ mod look;
 mod measure;
 pub mod message;
 mod revert;
+mod routers;
 mod snapshot;
+mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -29,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::core::model::{Catalog, Revision};
+use crate::core::model::Revision;
 use crate::core::record::StatusFile;
 use crate::core::spec::RouterSpec;
 use crate::core::validate::Known;
@@ -37,8 +39,7 @@ use crate::edge::admin::Admin;
 use crate::edge::clock::Clock;
 use crate::edge::git::{self, Author, Mirror, Remote};
 use crate::edge::provider;
-use crate::edge::router::embedded::EmbeddedRouter;
-use crate::edge::router::{Driver, Router};
+use crate::edge::router::Router;
 use crate::edge::telemetry::{ErrorClass, Event as Tele, Telemetry};
 use crate::edge::webhook::{self, WebhookConfig};
 
@@ -197,7 +198,7 @@ pub async fn run(
         );
     }
     let _watcher = settings.watch.as_ref().and_then(|path| {
-        watch(
+        watch::watch(
             path,
             &settings.remote.branch,
             changed_tx.clone(),
@@ -342,61 +343,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Watches `path` (a repository) and sends on `tx` when `branch` moves there. The daemon's own
-/// pushes (status and revert branches) do not wake it.
-fn watch(
-    path: &std::path::Path,
-    branch: &str,
-    tx: mpsc::Sender<()>,
-    telemetry: &Telemetry,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher as _;
-    let git_dir = if path.join(".git").is_dir() {
-        path.join(".git")
-    } else {
-        path.to_path_buf()
-    };
-    let watched = PathBuf::from("refs/heads").join(branch);
-    let watched_lock = PathBuf::from(format!("refs/heads/{branch}.lock"));
-    let moves_branch = move |p: &std::path::Path| {
-        p.ends_with(&watched) || p.ends_with(&watched_lock) || p.ends_with("packed-refs")
-    };
-    let handler = move |res: notify::Result<notify::Event>| {
-        if let Ok(e) = res
-            && !e.kind.is_access()
-            && e.paths.iter().any(|p| moves_branch(p))
-        {
-            let _ = tx.try_send(());
-        }
-    };
-    let started = notify::recommended_watcher(handler).and_then(|mut w| {
-        w.watch(&git_dir, notify::RecursiveMode::Recursive)
-            .map(|()| w)
-    });
-    match started {
-        Ok(w) => {
-            tracing::info!(path = %git_dir.display(), "watching the repository for commits");
-            Some(w)
-        }
-        Err(e) => {
-            telemetry.record(Tele::Error {
-                class: ErrorClass::Git,
-                rollout: None,
-                message: format!("cannot watch {}: {e}; polling only", git_dir.display()),
-            });
-            None
-        }
-    }
-}
-
-/// A router the daemon drives, with the spec it was started from.
-#[derive(Debug)]
-struct Running {
-    spec: RouterSpec,
-    driver: Arc<dyn Router>,
-    stop: CancellationToken,
-}
-
 struct Daemon {
     settings: Settings,
     admin: Arc<Admin>,
@@ -410,7 +356,7 @@ struct Daemon {
     mirror: Arc<Mutex<Mirror>>,
     /// Reads each look's snapshot of Git, keeping what it read last.
     reader: Arc<Mutex<snapshot::Reader>>,
-    drivers: BTreeMap<String, Running>,
+    drivers: BTreeMap<String, routers::Running>,
     /// Status files of plans applied (traffic back to safety) but not yet recorded in Git,
     /// because Git refused; they are the truth until recorded.
     unrecorded: BTreeMap<String, Arc<StatusFile>>,
@@ -576,99 +522,6 @@ impl Daemon {
             rollout: rollout.map(str::to_string),
             message,
         });
-    }
-
-    /// The driver of router `name`, started (or restarted, when its spec changed) on demand.
-    async fn driver(&mut self, name: &str, catalog: &Catalog) -> Option<Arc<dyn Router>> {
-        if let Some(r) = self.settings.attached.get(name) {
-            return Some(r.clone());
-        }
-        let spec = self
-            .settings
-            .routers
-            .get(name)
-            .or_else(|| catalog.routers.get(name))?
-            .clone();
-        if let Some(r) = self.drivers.get(name)
-            && r.spec == spec
-        {
-            return Some(r.driver.clone());
-        }
-        if let Some(old) = self.drivers.remove(name) {
-            old.stop.cancel();
-        }
-        let stop = self.shutdown.child_token();
-        let started = match &spec {
-            RouterSpec::Embedded {
-                listen,
-                backends,
-                limits,
-            } => EmbeddedRouter::start(name, listen, backends.clone(), limits, stop.clone())
-                .await
-                .map(Driver::Embedded),
-            other => Driver::connect(name, other),
-        };
-        match started {
-            Ok(driver) => {
-                tracing::info!(router = name, "router started");
-                let driver: Arc<dyn Router> = Arc::new(driver);
-                // Its counters join /metrics, in place of those of the driver it replaces.
-                self.shown
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(name.to_string(), driver.clone());
-                self.drivers.insert(
-                    name.to_string(),
-                    Running {
-                        spec,
-                        driver: driver.clone(),
-                        stop,
-                    },
-                );
-                Some(driver)
-            }
-            Err(e) => {
-                self.error(ErrorClass::Router, None, e.to_string());
-                None
-            }
-        }
-    }
-
-    /// Asks each router driven but not read in this look whether it answers, and tells
-    /// `/readyz` which do not.
-    async fn check_routers(&mut self) {
-        let driven: BTreeMap<String, Arc<dyn Router>> = self
-            .drivers
-            .iter()
-            .map(|(name, r)| (name.clone(), r.driver.clone()))
-            .chain(self.settings.attached.clone())
-            .collect();
-        let mut health = std::mem::take(&mut self.routers_read);
-        health.retain(|name, _| driven.contains_key(name));
-        let unread: Vec<(String, Arc<dyn Router>)> = driven
-            .into_iter()
-            .filter(|(name, _)| !health.contains_key(name))
-            .collect();
-        let timeout = self.settings.router_timeout;
-        let jobs = unread
-            .iter()
-            .map(|(name, d)| {
-                let (name, d) = (name.clone(), d.clone());
-                async move { look::within(&name, timeout, d.health()).await }
-            })
-            .collect();
-        for ((name, _), answer) in unread.into_iter().zip(look::bounded(jobs).await) {
-            health.insert(name, answer.err());
-        }
-        self.admin.set_routers(health);
-    }
-
-    /// The driver of a router already running.
-    fn running(&self, name: &str) -> Option<Arc<dyn Router>> {
-        match self.settings.attached.get(name) {
-            Some(r) => Some(r.clone()),
-            None => self.drivers.get(name).map(|d| d.driver.clone()),
-        }
     }
 
     /// Times a step that just ended (the run moved on, or left flight).
