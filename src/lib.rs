@@ -41,8 +41,8 @@
 //!   file per concern: the mirror, pushing, credentials, known_hosts, gate commits, and the
 //!   repository played by hand for the demo and benchmarks.
 //! - [`clock`]: the only place time is read; the daemon takes a [`clock::Clock`].
-//! - [`router`]: the router boundary (`observe`, `apply`, `health`), one file per driver:
-//!   [`router::embedded`] (the reverse proxy inside the daemon), [`router::haproxy`],
+//! - [`router`]: the router boundary (`observe`, `observe_all`, `apply`, `health`), one file
+//!   per driver: [`router::embedded`] (the reverse proxy inside the daemon), [`router::haproxy`],
 //!   [`router::traefik`], [`router::caddy`], [`router::nginx`], [`router::gateway`].
 //! - [`provider`]: metric providers: the embedded router's counters and [`prometheus`] (the
 //!   HTTP API client); the judge's series for both sides. [`analyze`] is `canaryd analyze`.

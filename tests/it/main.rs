@@ -19,6 +19,7 @@ mod git;
 mod git_auth;
 mod hardening;
 mod judge;
+mod observe_all;
 mod planner;
 mod prometheus;
 mod router_caddy;

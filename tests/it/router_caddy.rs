@@ -14,6 +14,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::observe_all::{assert_unknown, blue_green, observe_all_checked, services, weights_of};
+
 const SERVICE: &str = "checkout";
 /// Concurrent clients of the load under weight changes.
 const CLIENTS: usize = 4;
@@ -34,25 +36,47 @@ struct Caddy {
 }
 
 impl Caddy {
-    /// Writes the config (weights 100/0 for blue/green) and starts Caddy.
+    /// Writes the config (weights 100/0 for blue/green) and starts Caddy. `srv0` serves
+    /// [`SERVICE`] at `http`; a second server holds more handlers: `search`, `profile` (inside a
+    /// `subroute`) and `banner` (a `static_response`, no proxy).
     fn start(blue: SocketAddr, green: SocketAddr) -> Caddy {
         let dir = tempfile::tempdir().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let proxy = |id: &str| {
+            json!({
+                "@id": id,
+                "handler": "reverse_proxy",
+                "upstreams": [{"dial": blue.to_string()}, {"dial": green.to_string()}],
+                "load_balancing": {"selection_policy": {
+                    "policy": "weighted_round_robin", "weights": [100, 0]
+                }}
+            })
+        };
+        let host = |name: &str| json!([{"host": [format!("{name}.test")]}]);
         let config = json!({
             "admin": {"listen": admin.to_string(), "config": {"persist": false}},
-            "apps": {"http": {"servers": {"srv0": {
-                "listen": [http.to_string()],
-                "automatic_https": {"disable": true},
-                "routes": [{"handle": [{
-                    "@id": SERVICE,
-                    "handler": "reverse_proxy",
-                    "upstreams": [{"dial": blue.to_string()}, {"dial": green.to_string()}],
-                    "load_balancing": {"selection_policy": {
-                        "policy": "weighted_round_robin", "weights": [100, 0]
-                    }}
-                }]}]
-            }}}}
+            "apps": {"http": {"servers": {
+                "srv0": {
+                    "listen": [http.to_string()],
+                    "automatic_https": {"disable": true},
+                    "routes": [{"handle": [proxy(SERVICE)]}]
+                },
+                "more": {
+                    "listen": [format!("127.0.0.1:{}", free_port())],
+                    "automatic_https": {"disable": true},
+                    "routes": [
+                        {"match": host("search"), "handle": [proxy("search")]},
+                        {"match": host("profile"), "handle": [{
+                            "handler": "subroute",
+                            "routes": [{"handle": [proxy("profile")]}]
+                        }]},
+                        {"match": host("banner"), "handle": [{
+                            "@id": "banner", "handler": "static_response", "body": "sale"
+                        }]}
+                    ]
+                }
+            }}}
         });
         let path = dir.path().join("caddy.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
@@ -429,6 +453,25 @@ async fn router_caddy_unknown_names_and_refusals() {
         other => panic!("expected rejected, got {other:?}"),
     }
     assert_eq!(percentages(&rig.router).await, (100, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_caddy_observe_all_reads_every_handler_as_observe_does() {
+    let rig = rig().await;
+    for (service, green) in [(SERVICE, 10), ("search", 65), ("profile", 100)] {
+        rig.router
+            .apply(service, &traffic(100 - green, green))
+            .await
+            .unwrap();
+    }
+    let asked = services(&[SERVICE, "search", "profile", "banner", "nope"]);
+    let all = observe_all_checked!(rig.router, &asked);
+    assert_eq!(weights_of(&all, SERVICE), &blue_green(90, 10));
+    assert_eq!(weights_of(&all, "search"), &blue_green(35, 65));
+    // Found inside a subroute, as `GET /id/profile` finds it.
+    assert_eq!(weights_of(&all, "profile"), &blue_green(0, 100));
+    assert_unknown(&all, "banner", "handler is `static_response`");
+    assert_unknown(&all, "nope", "no config object with that @id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,12 @@
-//! The HAProxy driver against a real `haproxy` on 127.0.0.1 with two real backends: weights read back, traffic split, no failed request while weights change, no split between steps, drift, router down, unknown names.
+//! The HAProxy driver against a real `haproxy` on 127.0.0.1 with two real backends: weights read back, traffic split, no failed request while weights change, no split between steps, drift, router down, unknown names, every backend read with one command.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use canaryd::backend::{BackendConfig, LoadConfig, LoadReport, load, spawn};
@@ -14,9 +14,11 @@ use canaryd::model::{Observed, Traffic, Weight};
 use canaryd::router::RouterError;
 use canaryd::router::haproxy::HaproxyRouter;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, UnixStream};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
+
+use crate::observe_all::{assert_unknown, blue_green, observe_all_checked, services, weights_of};
 
 /// A port nothing listens on right now (bound, read, released).
 async fn free_port() -> u16 {
@@ -41,7 +43,7 @@ fn haproxy_binary() -> PathBuf {
     panic!("haproxy binary not found (CI installs it with `apt-get install -y haproxy`)");
 }
 
-/// A running `haproxy -db` in a temp dir, with blue and green backends; killed on drop.
+/// A running `haproxy -db` in a temp dir, with blue and green servers; killed on drop.
 struct Haproxy {
     dir: TempDir,
     child: Option<Child>,
@@ -59,8 +61,14 @@ impl Drop for Haproxy {
 }
 
 impl Haproxy {
-    /// Starts blue (weight 100) and green (weight 0) in backend `checkout`, and HAProxy.
+    /// Starts blue (weight 100) and green (weight 0) in backends `checkout`, `search` and
+    /// `profile`, a backend `spare` without servers, and HAProxy.
     async fn start() -> Haproxy {
+        Haproxy::start_with(|_, _| String::new()).await
+    }
+
+    /// [`Haproxy::start`] with more configuration, written for blue's and green's addresses.
+    async fn start_with(more: impl FnOnce(SocketAddr, SocketAddr) -> String) -> Haproxy {
         let stop = CancellationToken::new();
         let mut servers = Vec::new();
         for name in ["blue", "green"] {
@@ -92,10 +100,19 @@ impl Haproxy {
              backend checkout\n\
              \x20   balance roundrobin\n\
              \x20   server blue {blue} weight 100\n\
-             \x20   server green {green} weight 0\n",
+             \x20   server green {green} weight 0\n\
+             backend search\n\
+             \x20   server blue {blue} weight 100\n\
+             \x20   server green {green} weight 0\n\
+             backend profile\n\
+             \x20   server blue {blue} weight 100\n\
+             \x20   server green {green} weight 0\n\
+             backend spare\n\
+             {more}",
             dir = dir.path().display(),
             blue = servers[0],
             green = servers[1],
+            more = more(servers[0], servers[1]),
         );
         std::fs::write(dir.path().join("haproxy.cfg"), config).unwrap();
         let mut haproxy = Haproxy {
@@ -742,4 +759,121 @@ fn plan_reads_the_live_weights_from_haproxy() {
         human.contains("-   green 10%") || human.contains("green 10%"),
         "{human}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every backend at once: `observe_all`.
+// ---------------------------------------------------------------------------------------------
+
+/// A TCP relay in front of the runtime API that keeps the line each connection sends, so a test
+/// sees how many connections (and so commands) a call made.
+struct Relay {
+    addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let kept = lines.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let mut client = BufReader::new(client);
+                    let mut line = String::new();
+                    client.read_line(&mut line).await.unwrap();
+                    kept.lock().unwrap().push(line.trim_end().to_string());
+                    let mut server = TcpStream::connect(upstream).await.unwrap();
+                    server.write_all(line.as_bytes()).await.unwrap();
+                    tokio::io::copy(&mut server, client.get_mut())
+                        .await
+                        .unwrap();
+                });
+            }
+        });
+        Relay { addr, lines, task }
+    }
+
+    /// The lines sent so far, one a connection.
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_backend_is_read_with_one_command() {
+    let haproxy = Haproxy::start().await;
+    let router = haproxy.unix();
+    for (backend, green) in [("checkout", 10), ("search", 35), ("profile", 100)] {
+        router
+            .apply(backend, &split(100 - green, green))
+            .await
+            .unwrap();
+    }
+    let asked = services(&["checkout", "search", "profile", "spare", "cart", "a;b"]);
+    // Over TCP through a relay that keeps what each connection sent.
+    let relay = Relay::start(([127, 0, 0, 1], haproxy.admin_port).into()).await;
+    let counted = HaproxyRouter::new("edge", &relay.addr.to_string()).unwrap();
+    let all = observe_all_checked!(counted, &asked);
+    // One command for all, then one per `observe` (a name HAProxy cannot hold is never sent).
+    assert_eq!(
+        relay.lines(),
+        [
+            "show servers state;show backend",
+            "show servers state checkout",
+            "show servers state search",
+            "show servers state profile",
+            "show servers state spare",
+            "show servers state cart",
+        ]
+    );
+    assert_eq!(weights_of(&all, "checkout"), &blue_green(90, 10));
+    assert_eq!(weights_of(&all, "search"), &blue_green(65, 35));
+    assert_eq!(weights_of(&all, "profile"), &blue_green(0, 100));
+    // A backend without servers is known and empty, as `observe` reads it.
+    assert_eq!(weights_of(&all, "spare"), &BTreeMap::new());
+    assert_unknown(&all, "cart", "backend `cart`");
+    assert_unknown(&all, "a;b", "backend `a;b`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_backends_of_two_servers_fit_in_one_answer() {
+    // Names longer than most, so that the answer is larger than most.
+    let names: Vec<String> = (0..10_000)
+        .map(|i| format!("shop-eu-west-{i:05}-checkout"))
+        .collect();
+    let haproxy = Haproxy::start_with(|blue, green| {
+        names
+            .iter()
+            .map(|name| {
+                format!(
+                    "backend {name}\n    server blue {blue} weight 90\n    server green {green} weight 10\n"
+                )
+            })
+            .collect()
+    })
+    .await;
+    let router = haproxy.unix();
+    let answer = haproxy.operator("show servers state;show backend").await;
+    let started = Instant::now();
+    let all = router.observe_all(&names).await.unwrap();
+    let took = started.elapsed();
+    println!(
+        "haproxy observe_all of 10,000 backends of 2 servers: {took:?}, answer {} bytes",
+        answer.len()
+    );
+    assert_eq!(all.len(), names.len());
+    for name in &names {
+        assert_eq!(weights_of(&all, name), &blue_green(90, 10), "{name}");
+    }
 }
