@@ -8,6 +8,10 @@
 //! so every timed one is a real change. What "verify" reads differs per router and is printed
 //! with the table: NGINX cannot report weights, so its read back is canaryd's own file.
 //!
+//! Then one more figure: an HAProxy with [`MANY`] backends of two servers each, read whole
+//! with one `driver.observe_all(all names)` against one `driver.observe(name)` per backend,
+//! [`MANY_RUNS`] times each (the runs alternate), with the median printed.
+//!
 //! `cargo bench --bench routers` prints median, p90, min and max per router; nothing here
 //! asserts a time. A router whose binary is missing is skipped. Every process is stopped by a
 //! drop guard, also when the bench panics.
@@ -47,6 +51,12 @@ const APPLY_LIMIT: Duration = Duration::from_secs(10);
 const READY_LIMIT: Duration = Duration::from_secs(10);
 /// The service every router is configured with.
 const SERVICE: &str = "checkout";
+/// Backends of the HAProxy read whole by the `observe_all` figure.
+const MANY: usize = 1_000;
+/// Timed reads of all [`MANY`] backends, each way.
+const MANY_RUNS: usize = 5;
+/// How long one read of all [`MANY`] backends may take, either way.
+const MANY_LIMIT: Duration = Duration::from_secs(30);
 
 /// The routers, in the order they are measured.
 #[derive(Clone, Copy)]
@@ -151,6 +161,87 @@ fn main() {
     for n in &notes {
         println!("{n}");
     }
+
+    println!();
+    let Some((binary, version)) = installed(Kind::Haproxy) else {
+        println!("observe_all figure skipped: haproxy not installed");
+        return;
+    };
+    let figure = rt.block_on(async {
+        let names: Vec<String> = (0..MANY).map(|i| format!("shop-{i:04}")).collect();
+        let dir = tempfile::tempdir().map_err(setup)?;
+        let mut rig = haproxy_rig(&binary, dir, &backends, &names)?;
+        rig.ready().await?;
+        let times = observe_many(&rig.driver, &names).await;
+        times.map_err(|e| format!("{e}\n{}", rig.log_tail()))
+    });
+    match figure {
+        Ok((all, each)) => println!(
+            "haproxy ({version}), {MANY} backends of 2 servers, unix socket, median of {MANY_RUNS}:\n\
+             \x20 observe_all of all {MANY}: {} (one `show servers state;show backend`)\n\
+             \x20 {MANY} observe calls:      {} (one `show servers state <backend>` each)",
+            spread(&all),
+            spread(&each)
+        ),
+        Err(e) => println!("observe_all figure failed: {e}"),
+    }
+}
+
+/// Reads all of `names` [`MANY_RUNS`] times each way, alternating: one `observe_all`, then one
+/// `observe` a name. The first read each way is checked against the other and not timed.
+async fn observe_many(
+    driver: &Driver,
+    names: &[String],
+) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    let bounded = |what: &str| format!("{what} took over {MANY_LIMIT:?}");
+    let read_all = async || {
+        let all = tokio::time::timeout(MANY_LIMIT, driver.observe_all(names))
+            .await
+            .map_err(|_| bounded("observe_all"))?
+            .map_err(|e| format!("observe_all: {e}"))?;
+        all.into_iter()
+            .map(|(name, observed)| Ok((name, observed.map_err(|e| e.to_string())?)))
+            .collect::<Result<BTreeMap<_, _>, String>>()
+    };
+    let read_each = async || {
+        let each = async {
+            let mut each = BTreeMap::new();
+            for name in names {
+                let observed = driver.observe(name).await;
+                each.insert(name.clone(), observed.map_err(|e| e.to_string())?);
+            }
+            Ok::<_, String>(each)
+        };
+        tokio::time::timeout(MANY_LIMIT, each)
+            .await
+            .map_err(|_| bounded("observe of each"))?
+    };
+    if read_all().await? != read_each().await? {
+        return Err("observe_all and observe read different weights".to_string());
+    }
+    let (mut all, mut each) = (Vec::new(), Vec::new());
+    for _ in 0..MANY_RUNS {
+        let started = Instant::now();
+        read_all().await?;
+        all.push(started.elapsed());
+        let started = Instant::now();
+        read_each().await?;
+        each.push(started.elapsed());
+    }
+    Ok((all, each))
+}
+
+/// `median (min .. max)` of `times`.
+fn spread(times: &[Duration]) -> String {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+    format!(
+        "{} ({} .. {})",
+        ms(sorted[sorted.len() / 2]),
+        ms(sorted[0]),
+        ms(sorted[sorted.len() - 1])
+    )
 }
 
 /// Where the two backends listen.
@@ -363,45 +454,61 @@ fn utf8(path: &Path) -> Result<&str, String> {
         .ok_or_else(|| format!("path {} is not UTF-8", path.display()))
 }
 
+/// As tests/it/router_haproxy.rs: HAProxy in `dir`, runtime API on a unix socket, one backend
+/// per name in `services` (the first the frontend's), each with blue 100 and green 0; started,
+/// not yet ready.
+fn haproxy_rig(
+    binary: &Path,
+    dir: TempDir,
+    backends: &Backends,
+    services: &[String],
+) -> Result<Rig, String> {
+    let d = dir.path();
+    let (blue, green) = (backends.blue, backends.green);
+    let mut config = format!(
+        "global\n\
+         \x20   stats socket {dir}/admin.sock level admin\n\
+         defaults\n\
+         \x20   mode http\n\
+         \x20   timeout connect 1s\n\
+         \x20   timeout client 10s\n\
+         \x20   timeout server 10s\n\
+         frontend web\n\
+         \x20   bind 127.0.0.1:{port}\n\
+         \x20   default_backend {first}\n",
+        dir = d.display(),
+        port = free_port(),
+        first = services.first().map_or(SERVICE, String::as_str),
+    );
+    for service in services {
+        config.push_str(&format!(
+            "backend {service}\n\
+             \x20   balance roundrobin\n\
+             \x20   server blue {blue} weight 100\n\
+             \x20   server green {green} weight 0\n"
+        ));
+    }
+    std::fs::write(d.join("haproxy.cfg"), config).map_err(setup)?;
+    let driver =
+        HaproxyRouter::new("edge", &format!("unix:{}/admin.sock", d.display())).map_err(setup)?;
+    let mut command = Command::new(binary);
+    command.args(["-f", "haproxy.cfg", "-db"]);
+    let child = spawn_logged(command, d, "haproxy.log")?;
+    Ok(Rig {
+        driver: Driver::Haproxy(driver),
+        process: Process::Child(child),
+        dir,
+        log: "haproxy.log",
+    })
+}
+
 /// Starts `kind` in a fresh temp dir in front of `backends` and waits until it answers.
 async fn start(kind: Kind, binary: &Path, backends: &Backends) -> Result<Rig, String> {
     let dir = tempfile::tempdir().map_err(setup)?;
     let d = dir.path();
     let (blue, green) = (backends.blue, backends.green);
     let mut rig = match kind {
-        // As tests/it/router_haproxy.rs: runtime API on a unix socket, blue 100 / green 0.
-        Kind::Haproxy => {
-            let config = format!(
-                "global\n\
-                 \x20   stats socket {dir}/admin.sock level admin\n\
-                 defaults\n\
-                 \x20   mode http\n\
-                 \x20   timeout connect 1s\n\
-                 \x20   timeout client 10s\n\
-                 \x20   timeout server 10s\n\
-                 frontend web\n\
-                 \x20   bind 127.0.0.1:{port}\n\
-                 \x20   default_backend checkout\n\
-                 backend checkout\n\
-                 \x20   balance roundrobin\n\
-                 \x20   server blue {blue} weight 100\n\
-                 \x20   server green {green} weight 0\n",
-                dir = d.display(),
-                port = free_port(),
-            );
-            std::fs::write(d.join("haproxy.cfg"), config).map_err(setup)?;
-            let driver = HaproxyRouter::new("edge", &format!("unix:{}/admin.sock", d.display()))
-                .map_err(setup)?;
-            let mut command = Command::new(binary);
-            command.args(["-f", "haproxy.cfg", "-db"]);
-            let child = spawn_logged(command, d, "haproxy.log")?;
-            Rig {
-                driver: Driver::Haproxy(driver),
-                process: Process::Child(child),
-                dir,
-                log: "haproxy.log",
-            }
-        }
+        Kind::Haproxy => haproxy_rig(binary, dir, backends, &[SERVICE.to_string()])?,
         // As tests/it/router_traefik.rs: the user's routers.yaml, canaryd's dynamic/canaryd.yaml.
         Kind::Traefik => {
             let dynamic = d.join("dynamic");
