@@ -16,10 +16,21 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{self, BackendConfig};
-use canaryd::git::{self, Author};
+use canaryd::git::Author;
 use canaryd::record::StatusFile;
-use tokio_util::sync::CancellationToken;
+
+#[path = "../tests/it/support/backends.rs"]
+#[allow(dead_code, reason = "the benchmark uses part of the test harness")]
+mod backends;
+#[path = "../tests/it/support/git.rs"]
+#[allow(dead_code, reason = "the benchmark uses part of the test harness")]
+mod git;
+#[path = "../tests/it/support/net.rs"]
+#[allow(dead_code, reason = "the benchmark uses part of the test harness")]
+mod net;
+
+use backends::{Backends, Server};
+use git::GitDaemon;
 
 const RUNS: usize = 5;
 
@@ -29,10 +40,15 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let stop = CancellationToken::new();
-    let blue = rt.block_on(spawn_backend("blue", 0.0, stop.clone()));
-    let green = rt.block_on(spawn_backend("green", 0.0, stop.clone()));
-    let red = rt.block_on(spawn_backend("green", 1.0, stop.clone()));
+    // Stopped when main ends (dropped before the runtime). Red answers as green, and fails.
+    let sound = rt.block_on(Backends::start(&[
+        Server::new("blue").version("1"),
+        Server::new("green").version("1"),
+    ]));
+    let failing = rt.block_on(Backends::start(&[Server::new("green")
+        .version("1")
+        .failing(1.0)]));
+    let (blue, green, red) = (sound["blue"], sound["green"], failing["green"]);
 
     // `cargo bench --bench daemon -- abort` runs one part: latency, webhook, abort, memory or
     // pushes.
@@ -224,7 +240,7 @@ fn main() {
         std::fs::write(&hook, "#!/bin/sh\ncat >/dev/null\nsleep 0.2\n").expect("hook");
         std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .expect("chmod");
-        let (mut git_daemon, url) = lab.git_daemon();
+        let (git_daemon, url) = lab.git_daemon();
         lab.commit(&lab.rollouts(n, None), "stable");
         // A git:// remote is not watched; a short poll stands in for a webhook's wake-up.
         let mut daemon = lab.start_with(&url, "200ms", None);
@@ -249,32 +265,16 @@ fn main() {
         let took = t0.elapsed();
         let pushes = packs(&lab.remote) - packs_before;
         kill(&mut daemon);
-        kill(&mut git_daemon);
+        drop(git_daemon);
         println!(
             "  {n} rollouts given a canary in one commit, 200 ms per push (poll 200 ms): all at step 1, verified, after {took:.2?} ({pushes} pushes)"
         );
     }
-    stop.cancel();
 }
 
 fn median(times: &mut [Duration]) -> Duration {
     times.sort();
     times[times.len() / 2]
-}
-
-async fn spawn_backend(name: &str, fails: f64, stop: CancellationToken) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let config = BackendConfig {
-        name: name.to_string(),
-        version: "1".into(),
-        fail_fraction: fails,
-        latency: Duration::ZERO,
-    };
-    backend::spawn(listener, config, stop).await;
-    addr
 }
 
 /// Sends requests one at a time until one is answered by a backend matching `pred`.
@@ -407,22 +407,16 @@ struct Lab {
     green: SocketAddr,
 }
 
-fn free() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-}
-
 impl Lab {
     fn new(blue: SocketAddr, green: SocketAddr) -> Lab {
         let dir = tempfile::tempdir().expect("tempdir");
         let remote = dir.path().join("remote.git");
-        git::init_bare(&remote, "main").expect("init");
+        canaryd::git::init_bare(&remote, "main").expect("init");
         Lab {
             dir,
             remote,
-            router: free(),
-            admin: free(),
+            router: net::free_addr(),
+            admin: net::free_addr(),
             blue,
             green,
         }
@@ -497,31 +491,11 @@ impl Lab {
     }
 
     /// `git daemon` serving the remote on 127.0.0.1 with pushes allowed (so that its hooks
-    /// run, as on a real server); killed by the caller.
-    fn git_daemon(&self) -> (Child, String) {
-        let port = free().port();
-        let base = self.remote.parent().expect("parent");
-        let child = Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--enable=receive-pack",
-            ])
-            .arg("--listen=127.0.0.1")
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("git daemon");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "git daemon did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (child, format!("git://127.0.0.1:{port}/remote.git"))
+    /// run, as on a real server), and the remote's URL there.
+    fn git_daemon(&self) -> (GitDaemon, String) {
+        let daemon = GitDaemon::start(self.remote.parent().expect("parent"));
+        let url = daemon.url("remote.git");
+        (daemon, url)
     }
 
     /// One rollout whose canary is judged by a 1 s error-rate analysis.
@@ -541,7 +515,7 @@ impl Lab {
             name: "bench".into(),
             email: "bench@localhost".into(),
         };
-        git::commit_files(&self.remote, "main", files, message, &author).expect("commit");
+        canaryd::git::commit_files(&self.remote, "main", files, message, &author).expect("commit");
     }
 
     /// How many status files the remote's status branch holds.
@@ -560,15 +534,7 @@ impl Lab {
     }
 
     fn statuses(&self) -> BTreeMap<String, StatusFile> {
-        git::read_status_branch(
-            &self.remote.display().to_string(),
-            "canaryd/status",
-            &self.dir.path().join("scratch"),
-        )
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, StatusFile::from_yaml(&v).ok()?)))
-        .collect()
+        git::status_files(&self.remote, &self.dir.path().join("scratch"))
     }
 
     fn wait(

@@ -22,22 +22,24 @@
 )]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{BackendConfig, spawn};
 use canaryd::model::Traffic;
 use canaryd::router::Driver;
-use canaryd::router::caddy::CaddyRouter;
-use canaryd::router::haproxy::HaproxyRouter;
-use canaryd::router::nginx::NginxRouter;
-use canaryd::router::traefik::TraefikRouter;
-use serde_json::json;
-use tempfile::TempDir;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+
+#[path = "../tests/it/support/backends.rs"]
+#[allow(dead_code, reason = "the benchmark uses part of the test harness")]
+mod backends;
+#[path = "../tests/it/support/net.rs"]
+#[allow(dead_code, reason = "the benchmark uses part of the test harness")]
+mod net;
+#[path = "../tests/it/support/rig/mod.rs"]
+#[allow(dead_code, reason = "the benchmark uses part of the test harness")]
+mod rig;
+
+use backends::{Backends, Server};
+use rig::Failed;
 
 /// Timed round trips per router.
 const RUNS: usize = 50;
@@ -47,8 +49,6 @@ const POLL: Duration = Duration::from_millis(5);
 const VERIFY_LIMIT: Duration = Duration::from_secs(5);
 /// How long one `apply` may take (the drivers bound each request or command themselves).
 const APPLY_LIMIT: Duration = Duration::from_secs(10);
-/// How long a router may take to answer after it is started.
-const READY_LIMIT: Duration = Duration::from_secs(10);
 /// The service every router is configured with.
 const SERVICE: &str = "checkout";
 /// Backends of the HAProxy read whole by the `observe_all` figure.
@@ -112,13 +112,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime with 2 workers");
-    let stop = CancellationToken::new();
-    // Stops the backends when main ends, also on panic (dropped before the runtime).
-    let _stop_backends = stop.clone().drop_guard();
-    let backends = Backends {
-        blue: rt.block_on(backend("blue", &stop)),
-        green: rt.block_on(backend("green", &stop)),
-    };
+    // Stopped when main ends, also on panic (dropped before the runtime).
+    let backends = rt.block_on(Backends::start(&[
+        Server::new("blue"),
+        Server::new("green"),
+    ]));
 
     println!(
         "canaryd routers: apply + verify round trip, {RUNS} runs each (90/10 <-> 10/90), \
@@ -127,14 +125,14 @@ fn main() {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for kind in Kind::ALL {
-        let Some((binary, version)) = installed(kind) else {
+        let Some(version) = installed(kind) else {
             notes.push(format!("skipped: {} not installed", kind.name()));
             continue;
         };
         let result = rt.block_on(async {
-            let rig = start(kind, &binary, &backends).await?;
+            let rig = Rig::start(kind, &backends).await.map_err(|e| e.0)?;
             let times = measure(&rig.driver).await;
-            times.map_err(|e| format!("{e}\n{}", rig.log_tail()))
+            times.map_err(|e| format!("{e}\n{}", rig::tail(&rig.log())))
         });
         match result {
             Ok(times) => {
@@ -163,17 +161,22 @@ fn main() {
     }
 
     println!();
-    let Some((binary, version)) = installed(Kind::Haproxy) else {
+    let Some(version) = installed(Kind::Haproxy) else {
         println!("observe_all figure skipped: haproxy not installed");
         return;
     };
     let figure = rt.block_on(async {
         let names: Vec<String> = (0..MANY).map(|i| format!("shop-{i:04}")).collect();
-        let dir = tempfile::tempdir().map_err(setup)?;
-        let mut rig = haproxy_rig(&binary, dir, &backends, &names)?;
-        rig.ready().await?;
-        let times = observe_many(&rig.driver, &names).await;
-        times.map_err(|e| format!("{e}\n{}", rig.log_tail()))
+        // The first is the frontend's, the others beside it, all at blue 100 and green 0.
+        let more: Vec<(&str, &[u32])> = names[1..]
+            .iter()
+            .map(|name| (name.as_str(), &[100, 0][..]))
+            .collect();
+        let haproxy =
+            rig::haproxy::Haproxy::start_with(&names[0], backends.upstreams(), &more).await;
+        let haproxy = haproxy.map_err(|e| e.0)?;
+        let times = observe_many(&Driver::Haproxy(haproxy.unix()), &names).await;
+        times.map_err(|e| format!("{e}\n{}", rig::tail(&haproxy.log())))
     });
     match figure {
         Ok((all, each)) => println!(
@@ -244,59 +247,22 @@ fn spread(times: &[Duration]) -> String {
     )
 }
 
-/// Where the two backends listen.
-struct Backends {
-    blue: SocketAddr,
-    green: SocketAddr,
-}
-
-async fn backend(name: &str, stop: &CancellationToken) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a backend on 127.0.0.1");
-    let addr = listener.local_addr().expect("a bound backend's address");
-    let config = BackendConfig {
-        name: name.to_string(),
-        version: "v1".to_string(),
-        fail_fraction: 0.0,
-        latency: Duration::ZERO,
-    };
-    spawn(listener, config, stop.clone()).await;
-    addr
-}
-
-/// The router's binary and the first line of its version, if it is installed and runs.
-fn installed(kind: Kind) -> Option<(PathBuf, String)> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(kind.name()))
-        .filter(|candidate| candidate.is_file())
-        .find_map(|candidate| {
-            let out = Command::new(&candidate)
-                .args(kind.version_args())
-                .stdin(Stdio::null())
-                .output()
-                .ok()
-                .filter(|out| out.status.success())?;
-            // nginx prints its version on stderr.
-            let text = [out.stdout, out.stderr].concat();
-            let first = String::from_utf8_lossy(&text)
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .to_string();
-            let version = first.split_whitespace().collect::<Vec<_>>().join(" ");
-            Some((candidate, version))
-        })
-}
-
-/// A free port on 127.0.0.1 (bound, read, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.1")
-        .port()
+/// The first line of the router's version, if it is installed and runs.
+fn installed(kind: Kind) -> Option<String> {
+    let out = Command::new(rig::find(kind.name())?)
+        .args(kind.version_args())
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())?;
+    // nginx prints its version on stderr.
+    let text = [out.stdout, out.stderr].concat();
+    let first = String::from_utf8_lossy(&text)
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_string();
+    Some(first.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 fn traffic(blue: i64, green: i64) -> Traffic {
@@ -370,341 +336,64 @@ fn row(kind: Kind, times: &[(Duration, usize)]) -> String {
     )
 }
 
-/// A started router and its driver. Fields drop in order: the driver, the process (stopped),
-/// then the directory.
+/// A started router (the tests' rig, in front of the two backends) and canaryd's driver for
+/// it. Fields drop in order: the driver, then the router (stopped).
 struct Rig {
     driver: Driver,
-    process: Process,
-    dir: TempDir,
-    log: &'static str,
+    router: Router,
+}
+
+enum Router {
+    Haproxy(rig::haproxy::Haproxy),
+    Traefik(rig::traefik::Traefik),
+    Caddy(rig::caddy::Caddy),
+    Nginx(rig::nginx::Nginx),
 }
 
 impl Rig {
-    /// The last lines of the router's log, for an error message.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join(self.log)).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        format!("--- last lines of {} ---\n{tail}", self.log)
-    }
-
-    /// Waits until the driver's `health()` answers, the process still running.
-    async fn ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_LIMIT;
-        loop {
-            if let Process::Child(child) = &mut self.process
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Err(format!("exited with {status}\n{}", self.log_tail()));
-            }
-            let health = self.driver.health().await;
-            match health {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!(
-                        "not ready within {READY_LIMIT:?}: {e}\n{}",
-                        self.log_tail()
-                    ));
+    /// Starts `kind` in front of `backends` (blue carries everything) and waits until it
+    /// answers.
+    async fn start(kind: Kind, backends: &Backends) -> Result<Rig, Failed> {
+        let upstreams = backends.upstreams();
+        Ok(match kind {
+            Kind::Haproxy => {
+                let router = rig::haproxy::Haproxy::start(SERVICE, upstreams).await?;
+                Rig {
+                    driver: Driver::Haproxy(router.unix()),
+                    router: Router::Haproxy(router),
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
-        }
+            Kind::Traefik => {
+                let router = rig::traefik::Traefik::start(SERVICE, upstreams).await?;
+                Rig {
+                    driver: Driver::Traefik(router.driver()),
+                    router: Router::Traefik(router),
+                }
+            }
+            Kind::Caddy => {
+                let router = rig::caddy::Caddy::start(SERVICE, upstreams).await?;
+                Rig {
+                    driver: Driver::Caddy(router.driver()),
+                    router: Router::Caddy(router),
+                }
+            }
+            Kind::Nginx => {
+                let router = rig::nginx::Nginx::start(SERVICE, upstreams).await?;
+                Rig {
+                    driver: Driver::Nginx(router.router()),
+                    router: Router::Nginx(router),
+                }
+            }
+        })
     }
-}
 
-/// The router's process, stopped on drop (also on panic).
-enum Process {
-    /// A foreground process (haproxy -db, traefik, caddy run): killed.
-    Child(Child),
-    /// A daemonised NGINX: `nginx -s quit`, then KILL of its master and workers if it lingers.
-    Nginx { binary: PathBuf, dir: PathBuf },
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        match self {
-            Process::Child(child) => {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            Process::Nginx { binary, dir } => stop_nginx(binary, dir),
-        }
-    }
-}
-
-/// Spawns `command` with its output in `dir/log`.
-fn spawn_logged(mut command: Command, dir: &Path, log: &str) -> Result<Child, String> {
-    let file = std::fs::File::create(dir.join(log)).map_err(|e| format!("create {log}: {e}"))?;
-    let err = file.try_clone().map_err(|e| format!("clone {log}: {e}"))?;
-    command
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("cannot start {:?}: {e}", command.get_program()))
-}
-
-fn setup<E: std::fmt::Display>(e: E) -> String {
-    format!("setup: {e}")
-}
-
-fn utf8(path: &Path) -> Result<&str, String> {
-    path.to_str()
-        .ok_or_else(|| format!("path {} is not UTF-8", path.display()))
-}
-
-/// As tests/it/router_haproxy.rs: HAProxy in `dir`, runtime API on a unix socket, one backend
-/// per name in `services` (the first the frontend's), each with blue 100 and green 0; started,
-/// not yet ready.
-fn haproxy_rig(
-    binary: &Path,
-    dir: TempDir,
-    backends: &Backends,
-    services: &[String],
-) -> Result<Rig, String> {
-    let d = dir.path();
-    let (blue, green) = (backends.blue, backends.green);
-    let mut config = format!(
-        "global\n\
-         \x20   stats socket {dir}/admin.sock level admin\n\
-         defaults\n\
-         \x20   mode http\n\
-         \x20   timeout connect 1s\n\
-         \x20   timeout client 10s\n\
-         \x20   timeout server 10s\n\
-         frontend web\n\
-         \x20   bind 127.0.0.1:{port}\n\
-         \x20   default_backend {first}\n",
-        dir = d.display(),
-        port = free_port(),
-        first = services.first().map_or(SERVICE, String::as_str),
-    );
-    for service in services {
-        config.push_str(&format!(
-            "backend {service}\n\
-             \x20   balance roundrobin\n\
-             \x20   server blue {blue} weight 100\n\
-             \x20   server green {green} weight 0\n"
-        ));
-    }
-    std::fs::write(d.join("haproxy.cfg"), config).map_err(setup)?;
-    let driver =
-        HaproxyRouter::new("edge", &format!("unix:{}/admin.sock", d.display())).map_err(setup)?;
-    let mut command = Command::new(binary);
-    command.args(["-f", "haproxy.cfg", "-db"]);
-    let child = spawn_logged(command, d, "haproxy.log")?;
-    Ok(Rig {
-        driver: Driver::Haproxy(driver),
-        process: Process::Child(child),
-        dir,
-        log: "haproxy.log",
-    })
-}
-
-/// Starts `kind` in a fresh temp dir in front of `backends` and waits until it answers.
-async fn start(kind: Kind, binary: &Path, backends: &Backends) -> Result<Rig, String> {
-    let dir = tempfile::tempdir().map_err(setup)?;
-    let d = dir.path();
-    let (blue, green) = (backends.blue, backends.green);
-    let mut rig = match kind {
-        Kind::Haproxy => haproxy_rig(binary, dir, backends, &[SERVICE.to_string()])?,
-        // As tests/it/router_traefik.rs: the user's routers.yaml, canaryd's dynamic/canaryd.yaml.
-        Kind::Traefik => {
-            let dynamic = d.join("dynamic");
-            std::fs::create_dir(&dynamic).map_err(setup)?;
-            std::fs::write(
-                dynamic.join("routers.yaml"),
-                "http:\n  routers:\n    checkout:\n      entryPoints: [web]\n      rule: \"PathPrefix(`/`)\"\n      service: checkout@file\n",
-            )
-            .map_err(setup)?;
-            let api = free_port();
-            let urls = BTreeMap::from([
-                ("blue".to_string(), format!("http://{blue}")),
-                ("green".to_string(), format!("http://{green}")),
-            ]);
-            let driver = TraefikRouter::new(
-                "edge",
-                &format!("http://127.0.0.1:{api}"),
-                utf8(&dynamic.join("canaryd.yaml"))?,
-                &urls,
-            )
-            .map_err(setup)?;
-            let mut command = Command::new(binary);
-            command
-                .arg(format!(
-                    "--entryPoints.web.address=127.0.0.1:{}",
-                    free_port()
-                ))
-                .arg(format!("--entryPoints.traefik.address=127.0.0.1:{api}"))
-                .arg("--api.insecure=true")
-                .arg(format!("--providers.file.directory={}", dynamic.display()))
-                .arg("--providers.file.watch=true")
-                .arg("--providers.providersThrottleDuration=100ms")
-                .arg("--global.checkNewVersion=false")
-                .arg("--global.sendAnonymousUsage=false")
-                .arg("--log.level=ERROR");
-            let child = spawn_logged(command, d, "traefik.log")?;
-            Rig {
-                driver: Driver::Traefik(driver),
-                process: Process::Child(child),
-                dir,
-                log: "traefik.log",
-            }
-        }
-        // As tests/it/router_caddy.rs: JSON config, `@id` checkout, weighted_round_robin 100/0.
-        Kind::Caddy => {
-            let admin = format!("127.0.0.1:{}", free_port());
-            let config = json!({
-                "admin": {"listen": admin, "config": {"persist": false}},
-                "apps": {"http": {"servers": {"srv0": {
-                    "listen": [format!("127.0.0.1:{}", free_port())],
-                    "automatic_https": {"disable": true},
-                    "routes": [{"handle": [{
-                        "@id": SERVICE,
-                        "handler": "reverse_proxy",
-                        "upstreams": [{"dial": blue.to_string()}, {"dial": green.to_string()}],
-                        "load_balancing": {"selection_policy": {
-                            "policy": "weighted_round_robin", "weights": [100, 0]
-                        }}
-                    }]}]
-                }}}}
-            });
-            let bytes = serde_json::to_vec_pretty(&config).map_err(setup)?;
-            std::fs::write(d.join("caddy.json"), bytes).map_err(setup)?;
-            let dials = BTreeMap::from([
-                ("blue".to_string(), blue.to_string()),
-                ("green".to_string(), green.to_string()),
-            ]);
-            let driver =
-                CaddyRouter::new("edge", &format!("http://{admin}"), &dials).map_err(setup)?;
-            let mut command = Command::new(binary);
-            command
-                .args(["run", "--config", "caddy.json"])
-                .env("HOME", d)
-                .env("XDG_CONFIG_HOME", d.join("config"))
-                .env("XDG_DATA_HOME", d.join("data"));
-            let child = spawn_logged(command, d, "caddy.log")?;
-            Rig {
-                driver: Driver::Caddy(driver),
-                process: Process::Child(child),
-                dir,
-                log: "caddy.log",
-            }
-        }
-        // As tests/it/router_nginx.rs: pid, error_log and temp paths in the temp dir, and the
-        // upstreams.conf include that the driver owns, first written by an operator at 1/1.
-        Kind::Nginx => {
-            let dd = d.display();
-            let config = format!(
-                "worker_processes 1;\n\
-                 daemon on;\n\
-                 pid {dd}/nginx.pid;\n\
-                 error_log {dd}/error.log notice;\n\
-                 events {{ worker_connections 256; }}\n\
-                 http {{\n\
-                 \x20   access_log off;\n\
-                 \x20   client_body_temp_path {dd}/tmp/body;\n\
-                 \x20   proxy_temp_path {dd}/tmp/proxy;\n\
-                 \x20   fastcgi_temp_path {dd}/tmp/fastcgi;\n\
-                 \x20   uwsgi_temp_path {dd}/tmp/uwsgi;\n\
-                 \x20   scgi_temp_path {dd}/tmp/scgi;\n\
-                 \x20   include {dd}/upstreams.conf;\n\
-                 \x20   server {{\n\
-                 \x20       listen 127.0.0.1:{port};\n\
-                 \x20       location / {{ proxy_pass http://checkout; }}\n\
-                 \x20   }}\n\
-                 }}\n",
-                port = free_port(),
-            );
-            std::fs::create_dir(d.join("tmp")).map_err(setup)?;
-            std::fs::write(d.join("nginx.conf"), config).map_err(setup)?;
-            let initial = format!(
-                "upstream checkout {{\n    server {blue} weight=1;\n    server {green} weight=1;\n}}\n"
-            );
-            std::fs::write(d.join("upstreams.conf"), initial).map_err(setup)?;
-            let addresses = BTreeMap::from([
-                ("blue".to_string(), blue.to_string()),
-                ("green".to_string(), green.to_string()),
-            ]);
-            let driver = NginxRouter::new(
-                "edge",
-                utf8(&d.join("upstreams.conf"))?,
-                utf8(&d.join("nginx.conf"))?,
-                &addresses,
-            )
-            .map_err(setup)?;
-            // The guard exists before the start, so a half-started NGINX is stopped too.
-            let process = Process::Nginx {
-                binary: binary.to_path_buf(),
-                dir: d.to_path_buf(),
-            };
-            let out = nginx_command(binary, d)
-                .output()
-                .map_err(|e| format!("cannot start nginx: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "nginx did not start: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            Rig {
-                driver: Driver::Nginx(driver),
-                process,
-                dir,
-                log: "error.log",
-            }
-        }
-    };
-    rig.ready().await?;
-    Ok(rig)
-}
-
-/// `nginx -p <dir> -c <dir>/nginx.conf -e <dir>/error.log`, to which `-s quit` may be added.
-fn nginx_command(binary: &Path, dir: &Path) -> Command {
-    let mut command = Command::new(binary);
-    command
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .current_dir(dir)
-        .stdin(Stdio::null());
-    command
-}
-
-/// Whether `pid` is a live NGINX master (a zombie has an empty command line).
-fn is_master(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .starts_with(b"nginx: master process")
-}
-
-/// `nginx -s quit`, waits up to 5 s for the master to go, then KILLs it and its workers.
-fn stop_nginx(binary: &Path, dir: &Path) {
-    let pid = std::fs::read_to_string(dir.join("nginx.pid"))
-        .ok()
-        .and_then(|text| text.trim().parse::<u32>().ok())
-        .filter(|&pid| is_master(pid));
-    let Some(pid) = pid else { return };
-    let workers =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let _ = nginx_command(binary, dir)
-        .args(["-s", "quit"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while is_master(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if is_master(pid) {
-        let pids =
-            std::iter::once(pid.to_string()).chain(workers.split_whitespace().map(str::to_string));
-        for p in pids {
-            let _ = Command::new("kill").args(["-KILL", &p]).status();
+    /// The router's log, for an error message.
+    fn log(&self) -> String {
+        match &self.router {
+            Router::Haproxy(r) => r.log(),
+            Router::Traefik(r) => r.log(),
+            Router::Caddy(r) => r.log(),
+            Router::Nginx(r) => r.log(),
         }
     }
 }

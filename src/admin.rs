@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/healthz` (liveness), `/readyz` (readiness), `/metrics` (Prometheus text), and the routes the daemon mounts next to them (its webhooks).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,6 +34,8 @@ pub struct Admin {
     /// What the admin listener refused, timed out or saw aborted.
     pub listener: Arc<ListenerStats>,
     ready: AtomicBool,
+    /// Each router the daemon drives, and why it last failed to answer, if it did.
+    routers: Mutex<BTreeMap<String, Option<String>>>,
     extra: Mutex<Vec<Renderer>>,
     mounted: Mutex<Option<Router>>,
 }
@@ -55,6 +58,7 @@ impl Admin {
             telemetry,
             listener: Arc::new(ListenerStats::default()),
             ready: AtomicBool::new(false),
+            routers: Mutex::new(BTreeMap::new()),
             extra: Mutex::new(Vec::new()),
             mounted: Mutex::new(None),
         })
@@ -67,6 +71,33 @@ impl Admin {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Each router the daemon drives, and why it last failed to answer (`None`: it answered).
+    /// `/readyz` is 503 while any router fails, naming it.
+    pub fn set_routers(&self, routers: BTreeMap<String, Option<String>>) {
+        *self.routers.lock().unwrap_or_else(PoisonError::into_inner) = routers;
+    }
+
+    /// What `/readyz` answers (shutdown aside): ready, or why not (one line per router that
+    /// fails to answer).
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.is_ready() {
+            return Err("not ready".into());
+        }
+        let down: Vec<String> = self
+            .routers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(down.join("\n"))
+        }
     }
 
     /// Adds a renderer whose text is appended to `/metrics` after the telemetry's. It must
@@ -126,13 +157,13 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
     if s.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-    } else if s.admin.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
+    }
+    match s.admin.readiness() {
+        Ok(()) => (StatusCode::OK, "ready".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -36,9 +36,21 @@ pub struct BackendConfig {
     pub latency: Duration,
 }
 
+/// Behaviour a test may need beyond [`BackendConfig`]; the default adds none.
+#[derive(Clone, Debug, Default)]
+pub struct Quirks {
+    /// Wait [`BackendConfig::latency`] on every `n`-th request only (requests 0, n, 2n, ...
+    /// counting from 0); 0 waits on every request.
+    pub latency_every: u64,
+    /// Answer with the request's headers, one `name: value` line each, in place of the name
+    /// and version: what a proxy in front passed on.
+    pub echo_headers: bool,
+}
+
 #[derive(Debug)]
 struct Backend {
     config: BackendConfig,
+    quirks: Quirks,
     fail_fraction: f64,
     /// Requests whose body was read whole and that were answered.
     served: Arc<AtomicU64>,
@@ -55,7 +67,11 @@ pub fn fails(n: u64, fraction: f64) -> bool {
     ((n + 1) as f64 * f).floor() > (n as f64 * f).floor()
 }
 
-async fn answer(State(b): State<Arc<Backend>>, body: axum::body::Body) -> Response {
+async fn answer(
+    State(b): State<Arc<Backend>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
     // The whole body first, as a real service reads an upload before it answers.
     let mut body = body;
     while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
@@ -64,7 +80,8 @@ async fn answer(State(b): State<Arc<Backend>>, body: axum::body::Body) -> Respon
         }
     }
     let n = b.served.fetch_add(1, Ordering::SeqCst);
-    if !b.config.latency.is_zero() {
+    let every = b.quirks.latency_every;
+    if !b.config.latency.is_zero() && (every == 0 || n % every == 0) {
         tokio::time::sleep(b.config.latency).await;
     }
     let (status, body) = if fails(n, b.fail_fraction) {
@@ -72,6 +89,11 @@ async fn answer(State(b): State<Arc<Backend>>, body: axum::body::Body) -> Respon
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{} {} failed (injected)\n", b.config.name, b.config.version),
         )
+    } else if b.quirks.echo_headers {
+        let lines = headers.iter().map(|(name, value)| {
+            format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes()))
+        });
+        (StatusCode::OK, lines.collect())
     } else {
         (
             StatusCode::OK,
@@ -101,6 +123,16 @@ pub async fn spawn_counted(
     config: BackendConfig,
     shutdown: CancellationToken,
 ) -> (JoinHandle<()>, Arc<AtomicU64>) {
+    spawn_with(listener, config, Quirks::default(), shutdown).await
+}
+
+/// [`spawn_counted`], with `quirks`.
+pub async fn spawn_with(
+    listener: TcpListener,
+    config: BackendConfig,
+    quirks: Quirks,
+    shutdown: CancellationToken,
+) -> (JoinHandle<()>, Arc<AtomicU64>) {
     let served = Arc::new(AtomicU64::new(0));
     let fail_fraction = if config.fail_fraction.is_nan() {
         0.0
@@ -110,6 +142,7 @@ pub async fn spawn_counted(
     let name = config.name.clone();
     let backend = Arc::new(Backend {
         config,
+        quirks,
         fail_fraction,
         served: served.clone(),
     });

@@ -237,7 +237,10 @@ impl Stage<'_> {
         let mut weights = Vec::new();
         loop {
             if let Some(s) = self.status().await
-                && self.last.as_ref().map(StatusFile::substance) != Some(s.substance())
+                && !self
+                    .last
+                    .as_ref()
+                    .is_some_and(|last| last.same_substance(&s))
             {
                 let canary = canary_weight(&s);
                 if weights.last() != Some(&canary.get()) {
@@ -376,6 +379,7 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
         webhook: None,
         git_auth: Default::default(),
         clock: crate::clock::Clock::System,
+        attached: Default::default(),
     };
     let admin = Admin::new(Arc::new(Telemetry::default()));
     let daemon = tokio::spawn(daemon::run(settings, admin, stop.child_token()));

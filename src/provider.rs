@@ -3,6 +3,9 @@
 //! behind it), or an error: a provider error is not a metric failure, the analysis counts it
 //! separately. The judge's metrics are taken for both sides, as series, and scored here.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,14 +16,58 @@ use crate::model::{Judge, Metric, Target};
 use crate::prometheus::{Prometheus, PrometheusConfig};
 use crate::promql::{self, Vars};
 use crate::record::MetricValue;
-use crate::router::Driver;
+use crate::router::Router;
 use crate::spec::ProviderKind;
+
+/// A query in flight.
+pub type Query<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// A source of metric values that answers PromQL: [`Prometheus`] itself, or whatever a
+/// program embedding the daemon hands it (its tests: an in-memory one on a paused clock).
+pub trait MetricsProvider: Send + Sync + std::fmt::Debug {
+    /// The value of `query` at `at`; `None` when there is no data.
+    fn instant<'a>(&'a self, query: &'a str, at: DateTime<Utc>) -> Query<'a, Option<f64>>;
+
+    /// The values of `query` over `[start, end]` every `step`, oldest first.
+    fn range<'a>(
+        &'a self,
+        query: &'a str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        step: Duration,
+    ) -> Query<'a, Vec<f64>>;
+}
+
+impl MetricsProvider for Prometheus {
+    fn instant<'a>(&'a self, query: &'a str, at: DateTime<Utc>) -> Query<'a, Option<f64>> {
+        Box::pin(async move {
+            Prometheus::instant(self, query, at)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn range<'a>(
+        &'a self,
+        query: &'a str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        step: Duration,
+    ) -> Query<'a, Vec<f64>> {
+        Box::pin(async move {
+            Prometheus::range(self, query, start, end, step)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
 
 /// The providers configured for the controller. The embedded one needs nothing: it is the
 /// embedded router itself.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Providers {
-    pub prometheus: Option<Prometheus>,
+    /// The `prometheus` provider.
+    pub prometheus: Option<Arc<dyn MetricsProvider>>,
 }
 
 impl Providers {
@@ -34,12 +81,14 @@ impl Providers {
             .map(Prometheus::new)
             .transpose()
             .map_err(|e| format!("prometheus: {e}"))?;
-        Ok(Providers { prometheus })
+        Ok(Providers {
+            prometheus: prometheus.map(|p| Arc::new(p) as Arc<dyn MetricsProvider>),
+        })
     }
 
-    fn prometheus(&self, metric: &str) -> Result<&Prometheus, String> {
+    fn prometheus(&self, metric: &str) -> Result<&dyn MetricsProvider, String> {
         self.prometheus
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| no_prometheus(metric))
     }
 }
@@ -83,7 +132,7 @@ pub enum Side {
 pub async fn take(
     metric: &Metric,
     target: &Target,
-    router: Option<&Driver>,
+    router: Option<&dyn Router>,
     window: Duration,
     providers: &Providers,
     now: DateTime<Utc>,
@@ -135,7 +184,7 @@ pub async fn take(
 pub async fn measure(
     metric: &Metric,
     target: &Target,
-    router: Option<&Driver>,
+    router: Option<&dyn Router>,
     window: Duration,
     providers: &Providers,
     now: DateTime<Utc>,
@@ -170,10 +219,7 @@ pub async fn measure(
             let prometheus = providers.prometheus(&metric.name)?;
             let vars = vars(target, Side::Canary, window);
             let query = render(&metric.query, &vars)?;
-            let value = prometheus
-                .instant(&query, now)
-                .await
-                .map_err(|e| e.to_string())?;
+            let value = prometheus.instant(&query, now).await?;
             let samples = match &metric.samples_query {
                 Some(q) => {
                     let q = render(q, &vars)?;
@@ -212,11 +258,11 @@ fn backend(target: &Target, side: Side) -> &str {
 fn embedded<'a>(
     name: &str,
     target: &Target,
-    router: Option<&'a Driver>,
+    router: Option<&'a dyn Router>,
 ) -> Result<&'a crate::router::embedded::EmbeddedRouter, String> {
-    match router {
-        Some(Driver::Embedded(r)) => Ok(r),
-        Some(_) => Err(format!(
+    match router.map(|r| r.embedded()) {
+        Some(Some(r)) => Ok(r),
+        Some(None) => Err(format!(
             "metric `{name}` uses the embedded provider, but router `{}` is not the embedded router",
             target.router
         )),
@@ -239,7 +285,7 @@ pub fn judge_step(j: &Judge, window: Duration) -> Duration {
 async fn judge_once(
     j: &Judge,
     target: &Target,
-    router: Option<&Driver>,
+    router: Option<&dyn Router>,
     window: Duration,
     providers: &Providers,
     now: DateTime<Utc>,

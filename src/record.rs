@@ -131,15 +131,33 @@ impl StatusFile {
         }
     }
 
-    /// The file with every timestamp that changes on each look blanked out: two files with the
-    /// same substance need no new commit.
-    pub fn substance(&self) -> StatusFile {
-        let mut s = self.clone();
-        s.updated_at = DateTime::<Utc>::MIN_UTC;
-        if let Some(live) = &mut s.live {
-            live.at = DateTime::<Utc>::MIN_UTC;
-        }
-        s
+    /// Whether the two files say the same once the timestamps that change on each look are
+    /// set aside: files of the same substance need no new commit. (Compared field by field,
+    /// without a copy: a look compares every rollout's.)
+    pub fn same_substance(&self, other: &StatusFile) -> bool {
+        let StatusFile {
+            status,
+            spec_commit,
+            file,
+            revert,
+            revert_pr,
+            steps,
+            desired,
+            live,
+            router_error,
+            analysis,
+            updated_at: _,
+        } = self;
+        *status == other.status
+            && *spec_commit == other.spec_commit
+            && *file == other.file
+            && *revert == other.revert
+            && *revert_pr == other.revert_pr
+            && *steps == other.steps
+            && *desired == other.desired
+            && live.as_ref().map(|l| &l.backends) == other.live.as_ref().map(|l| &l.backends)
+            && *router_error == other.router_error
+            && *analysis == other.analysis
     }
 
     /// The file to record after `plan`: the plan's status, with what the daemon observed and
@@ -199,5 +217,32 @@ impl StatusFile {
     /// Reads a status file; the error names the rollout.
     pub fn from_yaml(text: &str) -> Result<StatusFile, String> {
         serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone as _;
+
+    #[test]
+    fn timestamps_of_a_look_are_not_substance_but_weights_are() {
+        let t = |s| Utc.timestamp_opt(s, 0).unwrap();
+        let live = |w: u8, at| LiveRecord {
+            backends: BTreeMap::from([("blue".to_string(), Weight::new(i64::from(w)).unwrap())]),
+            at,
+        };
+        let mut a = StatusFile::new("web", t(1));
+        a.live = Some(live(100, t(1)));
+        let mut b = StatusFile::new("web", t(2));
+        b.live = Some(live(100, t(2)));
+        assert!(a.same_substance(&b));
+        b.live = Some(live(90, t(2)));
+        assert!(!a.same_substance(&b));
+        b.live = None;
+        assert!(!a.same_substance(&b));
+        let mut c = a.clone();
+        c.desired.insert("green".into(), Weight::new(10).unwrap());
+        assert!(!a.same_substance(&c));
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -65,44 +65,42 @@ pub struct Outbox {
     reported: BTreeMap<String, Reported>,
     /// Revert branches whose pull request was handed over.
     prs: BTreeSet<String>,
-    /// The address of each revert branch's pull request, as the worker learned it.
-    opened: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Outbox {
-    /// Starts the worker for `forge`; it stops with `shutdown`.
+    /// Starts the worker for `forge`, which sends each pull request it opens on `answered`;
+    /// it stops with `shutdown`.
     pub fn start(
         forge: AnyForge,
         config: ForgeConfig,
+        answered: mpsc::UnboundedSender<PrOpened>,
         telemetry: Arc<Telemetry>,
         shutdown: CancellationToken,
     ) -> Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
-        let opened: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-        tokio::spawn(worker(forge, rx, opened.clone(), telemetry, shutdown));
+        tokio::spawn(worker(forge, rx, answered, telemetry, shutdown));
         Outbox {
             tx,
             config,
             reported: BTreeMap::new(),
             prs: BTreeSet::new(),
-            opened,
         }
     }
+}
 
-    /// The address of the pull request opened from `branch`, once the forge said.
-    pub fn opened(&self, branch: &str) -> Option<String> {
-        self.opened
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(branch)
-            .cloned()
-    }
+/// A revert pull request the forge opened (or already had), back from the worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrOpened {
+    pub rollout: String,
+    /// The revert branch it is opened from.
+    pub branch: String,
+    pub url: String,
 }
 
 async fn worker(
     forge: AnyForge,
     mut rx: mpsc::UnboundedReceiver<Work>,
-    opened: Arc<Mutex<BTreeMap<String, String>>>,
+    answered: mpsc::UnboundedSender<PrOpened>,
     telemetry: Arc<Telemetry>,
     shutdown: CancellationToken,
 ) {
@@ -150,10 +148,11 @@ async fn worker(
             Ok(Some(pr)) => {
                 tracing::info!(rollout = %rollout, number = pr.number, url = %pr.url, created = pr.created, "revert pull request ready");
                 if let Work::RevertPr { pr: req, .. } = &work {
-                    opened
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(req.head.clone(), pr.url.clone());
+                    let _ = answered.send(PrOpened {
+                        rollout: rollout.clone(),
+                        branch: req.head.clone(),
+                        url: pr.url.clone(),
+                    });
                 }
             }
             Ok(None) => tracing::debug!(rollout = %rollout, key = %key, "forge updated"),

@@ -18,12 +18,13 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
 
+use super::snapshot::Snapshot;
 use super::{Daemon, PUSH_ATTEMPTS, ROUNDS, message};
 use crate::git::Push;
 use crate::model::{Catalog, ERROR_RETRY, Observed, Rollout};
 use crate::plan::{self, Effect, Inputs, Plan, Sample};
 use crate::record::{MetricValue, Seen, StatusFile};
-use crate::router::Driver;
+use crate::router::{Router, RouterError};
 use crate::telemetry::{ErrorClass, Event as Tele, ReconcileOutcome};
 
 /// How many router or metric calls one look keeps in flight at once.
@@ -39,10 +40,10 @@ pub(super) struct Work {
     /// The rollout's index in the catalog, or why its spec is invalid.
     pub spec: Result<usize, Vec<String>>,
     /// The status file as Git holds it.
-    pub in_git: StatusFile,
+    pub in_git: Arc<StatusFile>,
     /// What plans start from: `in_git`, unless a step back was applied that Git has not taken
     /// yet (then that is the truth until it does).
-    pub recorded: StatusFile,
+    pub recorded: Arc<StatusFile>,
     samples: Vec<Sample>,
     measured: Vec<MetricValue>,
     revert_branch: Option<String>,
@@ -62,8 +63,8 @@ impl Work {
     pub fn new(
         name: String,
         spec: Result<usize, Vec<String>>,
-        in_git: StatusFile,
-        unrecorded: Option<StatusFile>,
+        in_git: Arc<StatusFile>,
+        unrecorded: Option<Arc<StatusFile>>,
     ) -> Work {
         let recorded = unrecorded.unwrap_or_else(|| in_git.clone());
         Work {
@@ -119,24 +120,27 @@ impl Work {
     }
 }
 
-/// Calls router `router` within `timeout`; why it failed, as a status file says it.
-async fn call_router<T, E: ToString>(
-    driver: Option<Arc<Driver>>,
+/// The driver of router `router`, or why there is none, as a status file says it.
+fn running(driver: Option<Arc<dyn Router>>, router: &str) -> Result<Arc<dyn Router>, String> {
+    driver.ok_or_else(|| format!("router `{router}` is not running"))
+}
+
+/// Awaits `call` to router `router` within `timeout`; why it failed, as a status file says it.
+pub(super) async fn within<T>(
     router: &str,
     timeout: std::time::Duration,
-    call: impl AsyncFnOnce(&Driver) -> Result<T, E>,
+    call: impl Future<Output = Result<T, RouterError>>,
 ) -> Result<T, String> {
-    let Some(d) = driver else {
-        return Err(format!("router `{router}` is not running"));
-    };
-    match tokio::time::timeout(timeout, call(&d)).await {
+    match tokio::time::timeout(timeout, call).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!("router `{router}` did not answer in time")),
     }
 }
 
 /// Runs `jobs` with at most [`CONCURRENCY`] in flight; results in the order given.
-async fn bounded<T: Send + 'static>(jobs: Vec<impl Future<Output = T> + Send + 'static>) -> Vec<T> {
+pub(super) async fn bounded<T: Send + 'static>(
+    jobs: Vec<impl Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
     let total = jobs.len();
     let mut results: Vec<Option<T>> = (0..total).map(|_| None).collect();
     let mut set = JoinSet::new();
@@ -158,12 +162,8 @@ async fn bounded<T: Send + 'static>(jobs: Vec<impl Future<Output = T> + Send + '
 
 impl Daemon {
     /// Plans and executes `works` until each has nothing more to do now.
-    pub(super) async fn run_rounds(
-        &mut self,
-        head: &str,
-        catalog: &Arc<Catalog>,
-        works: &mut [Work],
-    ) {
+    pub(super) async fn run_rounds(&mut self, snapshot: &Snapshot, works: &mut [Work]) {
+        let (head, catalog) = (snapshot.head.as_str(), &snapshot.catalog);
         let mut attempts = 0;
         let mut round = 0;
         while round < ROUNDS && works.iter().any(Work::active) {
@@ -171,7 +171,7 @@ impl Daemon {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            self.plan_round(head, catalog, works).await;
+            self.plan_round(snapshot, works).await;
             // Back toward stable: applied and read back before the record.
             self.set_traffic(catalog, works, |w| w.before_record(Effect::SetTraffic))
                 .await;
@@ -182,14 +182,14 @@ impl Daemon {
                 let rollout = w.spec.as_ref().ok().map(|&i| &catalog.rollouts[i]);
                 let plan = w.plan.as_ref().expect("planned this round");
                 let branch = w.revert_branch.as_deref().or(w.recorded.revert.as_deref());
-                let pr = branch.and_then(|b| self.outbox.as_ref()?.opened(b));
+                let pr = branch.and_then(|b| self.prs.get(b));
                 let seen = Seen {
                     spec_commit: head,
                     live: w.live.as_ref(),
                     router_error: w.router_error.as_deref(),
                     measured: &w.measured,
                     revert_branch: w.revert_branch.as_deref(),
-                    revert_pr: pr.as_deref(),
+                    revert_pr: pr.map(String::as_str),
                     now,
                 };
                 w.file = Some(w.recorded.after(plan, rollout, seen));
@@ -218,7 +218,7 @@ impl Daemon {
                 }
                 Recorded::Done => {}
             }
-            self.after_record(head, catalog, works).await;
+            self.after_record(snapshot, works).await;
         }
         let soon = self.settings.clock.now() + chrono::Duration::seconds(1);
         for w in works.iter_mut().filter(|w| w.active()) {
@@ -228,7 +228,8 @@ impl Daemon {
     }
 
     /// Reads every active rollout's router and plans it.
-    async fn plan_round(&mut self, head: &str, catalog: &Arc<Catalog>, works: &mut [Work]) {
+    async fn plan_round(&mut self, snapshot: &Snapshot, works: &mut [Work]) {
+        let catalog = &snapshot.catalog;
         self.read_back(catalog, works, |w| w.spec.is_ok()).await;
         let now = self.settings.clock.now();
         for w in works.iter_mut().filter(|w| w.active()) {
@@ -236,9 +237,15 @@ impl Daemon {
                 Err(errors) => plan::plan_invalid(&w.recorded.status, errors.clone()),
                 Ok(i) => {
                     let r = &catalog.rollouts[*i];
-                    let gates = self
-                        .gates(head, r, w.recorded.status.last_gate.as_deref())
-                        .await;
+                    let gates = snapshot.gates.get(&r.name).map(Vec::as_slice);
+                    let gates = plan::pending_gates(
+                        gates
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|c| (c.id.as_str(), c.action.as_str(), c.revision.as_str())),
+                        r,
+                        w.recorded.status.last_gate.as_deref(),
+                    );
                     plan::plan(Inputs {
                         spec: r,
                         recorded: &w.recorded.status,
@@ -255,33 +262,62 @@ impl Daemon {
         }
     }
 
-    /// Reads the live weights of the active rollouts that `which` picks, concurrently.
+    /// Reads the live weights of the active rollouts that `which` picks: each router once,
+    /// for all its services, the routers concurrently.
     async fn read_back(
         &mut self,
         catalog: &Arc<Catalog>,
         works: &mut [Work],
         which: impl Fn(&Work) -> bool,
     ) {
-        let mut picked = Vec::new();
-        let mut jobs = Vec::new();
+        // Router → the works on it, and their services.
+        let mut by_router: BTreeMap<&str, (Vec<usize>, Vec<String>)> = BTreeMap::new();
         for (k, w) in works.iter().enumerate() {
             if !w.active() || !which(w) {
                 continue;
             }
             let Ok(&i) = w.spec.as_ref() else { continue };
             let target = catalog.rollouts[i].target();
-            let driver = self.driver(&target.router, catalog).await;
-            let (router, service) = (target.router.clone(), target.service.clone());
-            let timeout = self.settings.router_timeout;
+            let (picked, services) = by_router.entry(&target.router).or_default();
             picked.push(k);
-            jobs.push(async move {
-                call_router(driver, &router, timeout, async |d| {
-                    d.observe(&service).await
-                })
-                .await
-            });
+            services.push(target.service.clone());
         }
-        for (k, read) in picked.into_iter().zip(bounded(jobs).await) {
+        let mut groups = Vec::new();
+        let mut jobs = Vec::new();
+        let mut names = Vec::new();
+        for (router, (picked, services)) in by_router {
+            let driver = self.driver(router, catalog).await;
+            let router = router.to_string();
+            names.push(router.clone());
+            let timeout = self.settings.router_timeout;
+            jobs.push(async move {
+                let d = running(driver, &router)?;
+                within(&router, timeout, d.observe_all(&services)).await
+            });
+            groups.push(picked);
+        }
+        let mut reads = Vec::new();
+        let answers = bounded(jobs).await;
+        for ((router, picked), all) in names.into_iter().zip(groups).zip(answers) {
+            self.routers_read
+                .insert(router, all.as_ref().err().cloned());
+            for k in picked {
+                let Ok(&i) = works[k].spec.as_ref() else {
+                    continue;
+                };
+                let service = &catalog.rollouts[i].target().service;
+                let read = match &all {
+                    Ok(all) => match all.get(service) {
+                        Some(Ok(o)) => Ok(o.clone()),
+                        Some(Err(e)) => Err(e.to_string()),
+                        None => Err(format!("router did not report service `{service}`")),
+                    },
+                    Err(why) => Err(why.clone()),
+                };
+                reads.push((k, read));
+            }
+        }
+        for (k, read) in reads {
             let w = &mut works[k];
             match read {
                 Ok(o) => {
@@ -326,10 +362,10 @@ impl Daemon {
             picked.push((k, i));
             jobs.push(async move {
                 let started = crate::clock::instant();
-                let result = call_router(driver, &router, timeout, async |d| {
-                    d.apply(&service, &traffic).await
-                })
-                .await
+                let result = match running(driver, &router) {
+                    Ok(d) => within(&router, timeout, d.apply(&service, &traffic)).await,
+                    Err(why) => Err(why),
+                }
                 .map(|()| started.elapsed().as_secs_f64());
                 (result, traffic)
             });
@@ -371,7 +407,7 @@ impl Daemon {
             let (Some(file), Some(plan)) = (&w.file, &w.plan) else {
                 continue;
             };
-            if !w.active() || file.substance() == w.in_git.substance() {
+            if !w.active() || file.same_substance(&w.in_git) {
                 continue;
             }
             match file.to_yaml() {
@@ -399,9 +435,8 @@ impl Daemon {
             Ok(Push::Pushed(_) | Push::Unchanged) => {
                 for (k, _, message) in batch {
                     let w = &mut works[k];
-                    let file = w.file.clone().expect("assembled");
+                    let file = Arc::new(w.file.clone().expect("assembled"));
                     self.unrecorded.remove(&w.name);
-                    self.latest.insert(w.name.clone(), file.clone());
                     w.in_git = file;
                     self.telemetry.record(Tele::StatusCommitted {
                         rollout: w.name.clone(),
@@ -423,7 +458,7 @@ impl Daemon {
                     let plan = w.plan.as_ref().expect("planned");
                     if w.before_record(Effect::SetTraffic) {
                         // Traffic is already safe; keep the truth until Git takes it.
-                        let file = w.file.clone().expect("assembled");
+                        let file = Arc::new(w.file.clone().expect("assembled"));
                         self.unrecorded.insert(w.name.clone(), file);
                     }
                     self.outcome(&w.name, plan, ReconcileOutcome::Error);
@@ -437,28 +472,18 @@ impl Daemon {
 
     /// The status files of the active rollouts as the remote has them now.
     async fn refetch(&mut self, works: &mut [Work]) {
-        let files = self
-            .git(|m| {
-                m.fetch()?;
-                m.status_files()
-            })
-            .await;
-        let now = self.settings.clock.now();
-        let files = match files {
-            Ok(files) => files,
+        let statuses = match self.read(|r, m| r.refetch_statuses(m)).await {
+            Ok(statuses) => statuses,
             Err(e) => {
-                self.error(
-                    ErrorClass::Git,
-                    None,
-                    format!("fetch failed: {}", super::chain(&e)),
-                );
+                self.error(ErrorClass::Git, None, e.to_string());
                 return;
             }
         };
+        let now = self.settings.clock.now();
         for w in works.iter_mut().filter(|w| w.active()) {
-            let in_git = match files.get(&w.name).map(|t| StatusFile::from_yaml(t)) {
-                Some(Ok(f)) => f,
-                None => StatusFile::new(&w.name, now),
+            let in_git = match statuses.get(&w.name) {
+                Some(Ok(f)) => f.clone(),
+                None => Arc::new(StatusFile::new(&w.name, now)),
                 Some(Err(e)) => {
                     self.error(
                         ErrorClass::Status,
@@ -480,7 +505,8 @@ impl Daemon {
 
     /// The effects after the record: traffic toward the canary, the revert branch, and the
     /// measurements; decides which rollouts go on to another round.
-    async fn after_record(&mut self, head: &str, catalog: &Arc<Catalog>, works: &mut [Work]) {
+    async fn after_record(&mut self, snapshot: &Snapshot, works: &mut [Work]) {
+        let (head, catalog) = (snapshot.head.as_str(), &snapshot.catalog);
         let now = self.settings.clock.now();
         for w in works.iter_mut().filter(|w| w.active()) {
             // Recorded (or nothing new to record): the measurements are spent.
@@ -488,7 +514,7 @@ impl Daemon {
             w.measured.clear();
             let file = w.file.take().expect("assembled");
             self.step_finished(&w.name, &w.recorded, &file, now);
-            w.recorded = file;
+            w.recorded = Arc::new(file);
         }
         self.set_traffic(catalog, works, |w| w.after_record(Effect::SetTraffic))
             .await;

@@ -10,7 +10,7 @@ use crate::model::Rollout;
 use crate::plan::{Due, Sample};
 use crate::provider::{self, Providers};
 use crate::record::MetricValue;
-use crate::router::Driver;
+use crate::router::Router;
 
 /// The measurements of one rollout, back from their task.
 #[derive(Debug)]
@@ -27,7 +27,7 @@ pub(super) struct Measured {
 pub(super) async fn take_all(
     r: Rollout,
     due: Vec<Due>,
-    driver: Option<Arc<Driver>>,
+    driver: Option<Arc<dyn Router>>,
     providers: Arc<Providers>,
     now: DateTime<Utc>,
 ) -> (Vec<Sample>, Vec<MetricValue>, Vec<String>) {

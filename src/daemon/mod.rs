@@ -1,12 +1,15 @@
 //! `canaryd run`: the loop that fetches specs from Git, reads live weights, executes plans
 //! (status commit, traffic, measurements, revert branch) and sleeps until the next look.
 //!
-//! One task owns all state and handles one closed `Event` at a time, so a rollout is never
-//! reconciled twice at once. Git work runs on the blocking pool. The order of effects is the
-//! product's safety rule: a plan that moves traffic *toward* the canary is recorded in Git
-//! first (write-ahead) and not applied at all when Git cannot be written; a plan that moves
-//! traffic *back* (abort, rollback) is applied first and recorded after, retried until Git
-//! takes it.
+//! One task owns all state and handles one closed [`Event`] at a time; each event carries its
+//! data and names the rollouts it concerns, so a rollout's wake time or measurements look at
+//! that rollout alone, and a periodic full resync (fetch, every rollout) backs every watch and
+//! webhook. A look plans from one [`snapshot::Snapshot`] of Git, read in one blocking call.
+//! Git work runs on the blocking pool; measurements and router calls on their own tasks. The
+//! order of effects is the planner's ([`crate::plan::Plan::effects`]): a plan that moves
+//! traffic *toward* the canary is recorded in Git first (write-ahead) and not applied at all
+//! when Git cannot be written; a plan that moves traffic *back* (abort, rollback) is applied
+//! first and recorded after, retried until Git takes it.
 
 mod data_dir;
 mod forge;
@@ -14,6 +17,7 @@ mod look;
 mod measure;
 pub mod message;
 mod revert;
+mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -27,16 +31,15 @@ use tracing::Instrument as _;
 
 use crate::admin::Admin;
 use crate::clock::Clock;
-use crate::git::{self, Author, GateCommit, Mirror, Remote};
-use crate::model::{Catalog, Revision, Rollout};
-use crate::plan::{self, Gate};
+use crate::git::{self, Author, Mirror, Remote};
+use crate::model::{Catalog, Revision};
 use crate::provider;
 use crate::record::StatusFile;
-use crate::router::Driver;
 use crate::router::embedded::EmbeddedRouter;
+use crate::router::{Driver, Router};
 use crate::spec::RouterSpec;
 use crate::telemetry::{ErrorClass, Event as Tele, Telemetry};
-use crate::validate::{self, Known, Source};
+use crate::validate::Known;
 use crate::webhook::{self, WebhookConfig};
 
 /// How many times a rejected status push is re-planned and retried in one look.
@@ -71,6 +74,9 @@ pub struct Settings {
     pub git_auth: git::GitAuth,
     /// What the daemon takes for now ([`Clock::System`] but in tests).
     pub clock: Clock,
+    /// Routers handed in by the program running the daemon (its tests' in-memory routers),
+    /// driven in place of one started from the spec of the same name.
+    pub attached: BTreeMap<String, Arc<dyn Router>>,
 }
 
 /// Why the daemon could not start.
@@ -102,18 +108,41 @@ pub enum DaemonError {
     Forge(crate::forge::ForgeError),
 }
 
-/// What wakes the loop.
+/// What wakes the loop, with what it brings. Each rollout is in at most one piece of work at
+/// a time: its own events (its wake time, its measurements, its pull request) are folded into
+/// the next look at it, and a rollout whose measurements are out is not planned until they
+/// are back.
 #[derive(Debug)]
 enum Event {
-    /// The poll interval or a rollout's wake time came.
-    Tick,
-    /// The watched repository changed on disk.
-    Changed,
-    /// A webhook said the watched branch moved (the push is complete: no settling needed).
-    Pushed,
-    /// A rollout's measurements came back from their task.
+    /// The poll interval came: fetch, and look at every rollout (the full resync that backs
+    /// every watch and webhook).
+    Resync,
+    /// The watched repository changed on disk, or a webhook said the watched branch moved:
+    /// fetch and look at every rollout.
+    Fetch,
+    /// These rollouts asked to be looked at by now.
+    Due(BTreeSet<String>),
+    /// Measurements back from their tasks.
     Measured(Vec<measure::Measured>),
+    /// The forge opened a revert pull request.
+    PrOpened(forge::PrOpened),
     Shutdown,
+}
+
+/// Which rollouts a look plans.
+#[derive(Debug)]
+enum Scope {
+    All,
+    Only(BTreeSet<String>),
+}
+
+impl Scope {
+    fn has(&self, name: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Only(names) => names.contains(name),
+        }
+    }
 }
 
 /// Runs the daemon until `shutdown` is cancelled.
@@ -150,6 +179,8 @@ pub async fn run(
     let (pushed_tx, mut pushed_rx) = mpsc::channel::<()>(1);
     // At most one measurement task per rollout is in flight, which bounds this channel.
     let (measured_tx, mut measured_rx) = mpsc::unbounded_channel::<measure::Measured>();
+    // At most one pull request per revert branch.
+    let (pr_tx, mut pr_rx) = mpsc::unbounded_channel::<forge::PrOpened>();
     if let Some(hooks) = &settings.webhook {
         // A push reported by webhook wakes the loop at once: the remote has the whole push.
         let routes = webhook::routes(
@@ -174,7 +205,7 @@ pub async fn run(
         )
     });
     // The routers' own counters (the embedded router's) on /metrics.
-    let shown: Arc<Mutex<BTreeMap<String, Arc<Driver>>>> = Arc::default();
+    let shown: Arc<Mutex<BTreeMap<String, Arc<dyn Router>>>> = Arc::default();
     let drivers = shown.clone();
     admin.add_renderer(move |out| {
         let drivers = drivers
@@ -191,72 +222,107 @@ pub async fn run(
             Some(forge::Outbox::start(
                 forge,
                 config.clone(),
+                pr_tx,
                 admin.telemetry.clone(),
                 shutdown.clone(),
             ))
         }
         None => None,
     };
+    let known = Known {
+        routers: settings
+            .routers
+            .iter()
+            .map(|(n, r)| (n.clone(), r.kind()))
+            .collect(),
+    };
     let mut daemon = Daemon {
         telemetry: admin.telemetry.clone(),
+        admin: admin.clone(),
+        routers_read: BTreeMap::new(),
         shown,
         settings,
+        known,
         mirror: Arc::new(Mutex::new(mirror)),
+        reader: Arc::default(),
         drivers: BTreeMap::new(),
-        catalog: None,
-        gates: None,
         unrecorded: BTreeMap::new(),
         reverts: BTreeMap::new(),
         starts: BTreeMap::new(),
+        prs: BTreeMap::new(),
         providers,
         outbox,
-        latest: BTreeMap::new(),
         measured_tx,
         measuring: BTreeSet::new(),
         taken: BTreeMap::new(),
-        head: None,
-        status_cache: BTreeMap::new(),
+        wakes: BTreeMap::new(),
         shutdown: shutdown.clone(),
     };
-    let mut event = Event::Tick;
+    let poll = chrono::Duration::from_std(daemon.settings.poll).unwrap_or(chrono::Duration::MAX);
+    let mut resync_at = daemon.settings.clock.now();
+    let mut event = Event::Resync;
     loop {
-        let fetch = match event {
+        let (fetch, scope) = match event {
             Event::Shutdown => break,
-            Event::Tick | Event::Changed | Event::Pushed => true,
+            Event::Resync | Event::Fetch => {
+                resync_at = daemon.settings.clock.now() + poll;
+                (true, Scope::All)
+            }
+            Event::Due(names) => (false, Scope::Only(names)),
             Event::Measured(results) => {
+                let mut names = BTreeSet::new();
                 for m in results {
                     for why in &m.errors {
                         daemon.error(ErrorClass::Metrics, Some(&m.rollout), why.clone());
                     }
                     daemon.measuring.remove(&m.rollout);
+                    names.insert(m.rollout.clone());
                     daemon.taken.insert(m.rollout.clone(), m);
                 }
                 // Git has not moved for this: plan from what the mirror holds.
-                false
+                (false, Scope::Only(names))
+            }
+            Event::PrOpened(pr) => {
+                daemon.prs.insert(pr.branch, pr.url);
+                // Its status file gains the pull request's address.
+                (false, Scope::Only(BTreeSet::from([pr.rollout])))
             }
         };
-        let (wake, complete) = daemon.look(fetch).await;
-        if complete {
+        let whole = matches!(scope, Scope::All);
+        if daemon.look(fetch, scope).await && whole {
             // Ready once every rollout has been looked at (Git read, specs validated).
             admin.set_ready(true);
         }
         let now = daemon.settings.clock.now();
-        let next = wake
-            .map(|w| (w - now).to_std().unwrap_or_default())
-            .unwrap_or(daemon.settings.poll)
-            .min(daemon.settings.poll)
+        let next = daemon
+            .wakes
+            .values()
+            .copied()
+            .chain([resync_at])
+            .min()
+            .unwrap_or(resync_at);
+        let sleep = (next - now)
+            .to_std()
+            .unwrap_or_default()
             // A wake in the past (a measurement overdue) still lets other events in.
             .max(Duration::from_millis(50));
         event = tokio::select! {
             () = shutdown.cancelled() => Event::Shutdown,
-            () = tokio::time::sleep(next) => Event::Tick,
+            () = tokio::time::sleep(sleep) => {
+                let now = daemon.settings.clock.now();
+                if now >= resync_at {
+                    Event::Resync
+                } else {
+                    Event::Due(daemon.wakes.iter().filter(|(_, at)| **at <= now).map(|(n, _)| n.clone()).collect())
+                }
+            }
             Some(()) = changed_rx.recv() => {
                 // A commit writes several files; let it finish before looking.
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 while changed_rx.try_recv().is_ok() {}
-                Event::Changed
+                Event::Fetch
             }
-            Some(()) = pushed_rx.recv() => Event::Pushed,
+            Some(()) = pushed_rx.recv() => Event::Fetch,
             Some(first) = measured_rx.recv() => {
                 let mut all = vec![first];
                 while let Ok(more) = measured_rx.try_recv() {
@@ -264,6 +330,7 @@ pub async fn run(
                 }
                 Event::Measured(all)
             }
+            Some(pr) = pr_rx.recv() => Event::PrOpened(pr),
         };
     }
     admin.set_ready(false);
@@ -321,51 +388,48 @@ fn watch(
     }
 }
 
-/// Gate commits by rollout, oldest first.
-type Gates = BTreeMap<String, Vec<GateCommit>>;
-
 /// A router the daemon drives, with the spec it was started from.
 #[derive(Debug)]
 struct Running {
     spec: RouterSpec,
-    driver: Arc<Driver>,
+    driver: Arc<dyn Router>,
     stop: CancellationToken,
 }
 
 struct Daemon {
     settings: Settings,
+    admin: Arc<Admin>,
+    /// The routers read in this look, and why each failed to answer, if it did.
+    routers_read: BTreeMap<String, Option<String>>,
+    /// What validation takes from the controller configuration.
+    known: Known,
     telemetry: Arc<Telemetry>,
     /// The running drivers whose counters `/metrics` shows.
-    shown: Arc<Mutex<BTreeMap<String, Arc<Driver>>>>,
+    shown: Arc<Mutex<BTreeMap<String, Arc<dyn Router>>>>,
     mirror: Arc<Mutex<Mirror>>,
+    /// Reads each look's snapshot of Git, keeping what it read last.
+    reader: Arc<Mutex<snapshot::Reader>>,
     drivers: BTreeMap<String, Running>,
-    /// The catalog of the last spec commit read.
-    catalog: Option<(String, Arc<Catalog>)>,
-    /// Gate commits of every rollout as of a spec commit, oldest first.
-    gates: Option<(String, Arc<Gates>)>,
     /// Status files of plans applied (traffic back to safety) but not yet recorded in Git,
     /// because Git refused; they are the truth until recorded.
-    unrecorded: BTreeMap<String, StatusFile>,
+    unrecorded: BTreeMap<String, Arc<StatusFile>>,
     /// Revert branches known to exist, by (rollout, aborted revision).
     reverts: BTreeMap<(String, Revision), String>,
     /// The change that brought each (rollout, revision), and its parent; `None`: not found.
     starts: BTreeMap<(String, Revision), Option<revert::Change>>,
+    /// The address of each revert branch's pull request, as the forge answered.
+    prs: BTreeMap<String, String>,
     providers: Arc<provider::Providers>,
     /// The forge worker's inbox, when a forge is configured.
     outbox: Option<forge::Outbox>,
-    /// Each rollout's status as Git last held it, for the forge.
-    latest: BTreeMap<String, StatusFile>,
     /// Where measurement tasks send their results.
     measured_tx: mpsc::UnboundedSender<measure::Measured>,
     /// Rollouts whose measurements are in flight: not planned again until they are back.
     measuring: BTreeSet<String>,
     /// Measurements back from their task, for each rollout's next plan.
     taken: BTreeMap<String, measure::Measured>,
-    /// The watched branch's commit as last fetched.
-    head: Option<String>,
-    /// Each status file on the status branch as last read: its blob id, and it parsed (or
-    /// why it cannot be).
-    status_cache: BTreeMap<String, (String, Result<StatusFile, String>)>,
+    /// When each rollout asked to be looked at again (the others wait for the resync).
+    wakes: BTreeMap<String, DateTime<Utc>>,
     shutdown: CancellationToken,
 }
 
@@ -386,121 +450,94 @@ impl Daemon {
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
-    /// One look at everything: fetch, plan and execute every rollout. Returns the earliest
-    /// time a rollout asked to be looked at again, and whether every rollout was looked at.
-    async fn look(&mut self, fetch: bool) -> (Option<DateTime<Utc>>, bool) {
-        let head = match self.head.clone().filter(|_| !fetch) {
-            Some(head) => head,
-            None => {
-                let heads = match self.git(|m| m.fetch()).await {
-                    Ok(h) => h,
-                    Err(e) => {
-                        self.error(
-                            ErrorClass::Git,
-                            None,
-                            format!("fetch failed: {}", chain(&e)),
-                        );
-                        return (None, false);
-                    }
-                };
-                let Some(head) = heads.spec else {
-                    tracing::warn!(branch = %self.settings.remote.branch, "the watched branch does not exist yet");
-                    return (None, false);
-                };
-                self.head = Some(head.clone());
-                head
+    /// Runs `f` with the snapshot reader on the mirror, on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut snapshot::Reader, &Mirror) -> T + Send + 'static,
+    ) -> T {
+        let (mirror, reader) = (self.mirror.clone(), self.reader.clone());
+        tokio::task::spawn_blocking(move || {
+            let m = mirror
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut r = reader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut r, &m)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// One look at the rollouts `scope` names: read Git (fetching it first when `fetch`),
+    /// plan and execute each of them. Returns whether every one of them was looked at.
+    async fn look(&mut self, fetch: bool, scope: Scope) -> bool {
+        let known = self.known.clone();
+        let snapshot = match self.read(move |r, m| r.read(m, fetch, &known)).await {
+            Ok(s) => s,
+            Err(snapshot::SnapshotError::NoBranch) => {
+                tracing::warn!(branch = %self.settings.remote.branch, "the watched branch does not exist yet");
+                return false;
             }
-        };
-        let catalog = match self.catalog(&head).await {
-            Ok(c) => c,
             Err(e) => {
-                self.error(
-                    ErrorClass::Git,
-                    None,
-                    format!("cannot read specs at {head}: {e}"),
-                );
-                return (None, false);
+                self.error(ErrorClass::Git, None, e.to_string());
+                return false;
             }
         };
-        // Only the status files that changed since the last look are read and parsed.
-        let known: BTreeMap<String, String> = self
-            .status_cache
-            .iter()
-            .map(|(name, (id, _))| (name.clone(), id.clone()))
-            .collect();
-        let entries = match self.git(move |m| m.status_files_changed(&known)).await {
-            Ok(entries) => entries,
-            Err(e) => {
-                self.error(
-                    ErrorClass::Git,
-                    None,
-                    format!("cannot read the status branch: {e}"),
-                );
-                return (None, false);
-            }
-        };
-        self.status_cache
-            .retain(|name, _| entries.contains_key(name));
-        for (name, (id, text)) in entries {
-            if let Some(text) = text {
-                self.status_cache
-                    .insert(name, (id, StatusFile::from_yaml(&text)));
-            }
+        for line in &snapshot.news {
+            self.error(ErrorClass::Spec, None, line.clone());
         }
-        let mut statuses = BTreeMap::new();
-        for (name, (_, parsed)) in &self.status_cache {
-            match parsed {
-                Ok(f) => {
-                    statuses.insert(name.clone(), f.clone());
-                }
-                Err(e) => self.error(
-                    ErrorClass::Status,
-                    Some(name),
-                    format!("status file of `{name}` cannot be read, rollout held: {e}"),
-                ),
-            }
-        }
+        let catalog = &snapshot.catalog;
         // Rollouts last seen in a file that no longer parses are held, not forgotten.
         let mut names: BTreeSet<String> = catalog.rollouts.iter().map(|r| r.name.clone()).collect();
         names.extend(catalog.invalid.keys().cloned());
-        for (name, f) in &statuses {
-            if f.file
-                .as_ref()
-                .is_some_and(|file| catalog.broken_files.contains(file))
+        for (name, f) in snapshot.statuses.iter() {
+            if let Ok(f) = f
+                && f.file
+                    .as_ref()
+                    .is_some_and(|file| catalog.broken_files.contains(file))
             {
                 names.insert(name.clone());
             }
         }
-        // Measurements of a rollout whose spec is gone have no plan to go into.
-        self.taken.retain(|name, _| names.contains(name));
+        if matches!(scope, Scope::All) {
+            // Measurements and wakes of a rollout whose spec is gone have no plan to go into.
+            self.taken.retain(|name, _| names.contains(name));
+            self.wakes.retain(|name, _| names.contains(name));
+        }
         let mut works = Vec::new();
         let now = self.settings.clock.now();
+        self.routers_read.clear();
         for name in names {
-            if self.measuring.contains(&name) {
+            if !scope.has(&name) || self.measuring.contains(&name) {
                 // Never planned twice at once: its measurements are still out.
                 continue;
             }
-            let recorded_file = statuses.get(&name).cloned();
-            if let Some(f) = &recorded_file {
-                self.latest.insert(name.clone(), f.clone());
-            }
-            if recorded_file.is_none() && self.status_cache.contains_key(&name) {
-                continue; // unreadable status: held (reported above)
-            }
-            let spec = match catalog.rollouts.iter().position(|r| r.name == name) {
-                Some(i) => Ok(i),
-                None => Err(match catalog.invalid.get(&name) {
+            let in_git = match snapshot.statuses.get(&name) {
+                Some(Ok(f)) => f.clone(),
+                Some(Err(e)) => {
+                    self.error(
+                        ErrorClass::Status,
+                        Some(&name),
+                        format!("status file of `{name}` cannot be read, rollout held: {e}"),
+                    );
+                    continue;
+                }
+                None => Arc::new(StatusFile::new(&name, now)),
+            };
+            let spec = match catalog
+                .rollouts
+                .binary_search_by(|r| r.name.as_str().cmp(&name))
+            {
+                Ok(i) => Ok(i),
+                Err(_) => Err(match catalog.invalid.get(&name) {
                     Some(errors) => errors.clone(),
                     None => vec![format!(
                         "{} cannot be parsed",
-                        recorded_file
-                            .as_ref()
-                            .and_then(|f| f.file.clone())
-                            .unwrap_or_default()
+                        in_git.file.clone().unwrap_or_default()
                     )],
                 }),
             };
-            let in_git = recorded_file.unwrap_or_else(|| StatusFile::new(&name, now));
             let unrecorded = self.unrecorded.get(&name).cloned();
             let mut work = look::Work::new(name, spec, in_git, unrecorded);
             if let Some(m) = self.taken.remove(work.name.as_str()) {
@@ -508,68 +545,26 @@ impl Daemon {
             }
             works.push(work);
         }
-        let span = tracing::info_span!("look", commit = %short(&head), rollouts = works.len());
-        self.run_rounds(&head, &catalog, &mut works)
+        let span =
+            tracing::info_span!("look", commit = %short(&snapshot.head), rollouts = works.len());
+        self.run_rounds(&snapshot, &mut works)
             .instrument(span)
             .await;
-        let mut wake: Option<DateTime<Utc>> = None;
         for w in &works {
             // Traffic first, the forge after (and never waited for).
-            if let Ok(i) = w.spec
-                && let Some(f) = self.latest.get(&w.name).cloned()
-            {
-                self.tell_forge(&catalog.rollouts[i], &head, &f).await;
+            if let Ok(i) = w.spec {
+                self.tell_forge(&catalog.rollouts[i], &snapshot.head, &w.in_git)
+                    .await;
             }
-            if let Some(at) = w.wake() {
-                wake = Some(wake.map_or(at, |x| x.min(at)));
-            }
+            match w.wake() {
+                Some(at) => self.wakes.insert(w.name.clone(), at),
+                None => self.wakes.remove(&w.name),
+            };
         }
-        (wake, !self.shutdown.is_cancelled())
-    }
-
-    /// The specs at `commit`, validated: the catalog, its diagnostics, and the files skipped
-    /// unread (too large, not UTF-8).
-    async fn validate_at(
-        &self,
-        commit: &str,
-    ) -> Result<(Catalog, Vec<crate::diag::Diagnostic>, Vec<(String, String)>), git::GitError> {
-        let c = commit.to_string();
-        let files = self.git(move |m| m.spec_files(&c)).await?;
-        let sources: Vec<Source> = files
-            .files
-            .into_iter()
-            .map(|(file, text)| Source { file, text })
-            .collect();
-        let known = Known {
-            routers: self
-                .settings
-                .routers
-                .iter()
-                .map(|(n, r)| (n.clone(), r.kind()))
-                .collect(),
-        };
-        let (catalog, diags) = validate::validate(&sources, &known);
-        Ok((catalog, diags, files.skipped))
-    }
-
-    /// The validated catalog at `commit` (cached per commit).
-    async fn catalog(&mut self, commit: &str) -> Result<Arc<Catalog>, git::GitError> {
-        if let Some((c, catalog)) = &self.catalog
-            && c == commit
-        {
-            return Ok(catalog.clone());
+        if matches!(scope, Scope::All) {
+            self.check_routers().await;
         }
-        let (mut catalog, diags, skipped) = self.validate_at(commit).await?;
-        for (path, why) in skipped {
-            catalog.broken_files.push(path.clone());
-            self.error(ErrorClass::Spec, None, format!("{path} skipped: {why}"));
-        }
-        for d in diags.iter().filter(|d| d.is_error()) {
-            self.error(ErrorClass::Spec, None, d.one_line());
-        }
-        let catalog = Arc::new(catalog);
-        self.catalog = Some((commit.to_string(), catalog.clone()));
-        Ok(catalog)
+        !self.shutdown.is_cancelled()
     }
 }
 
@@ -583,7 +578,10 @@ impl Daemon {
     }
 
     /// The driver of router `name`, started (or restarted, when its spec changed) on demand.
-    async fn driver(&mut self, name: &str, catalog: &Catalog) -> Option<Arc<Driver>> {
+    async fn driver(&mut self, name: &str, catalog: &Catalog) -> Option<Arc<dyn Router>> {
+        if let Some(r) = self.settings.attached.get(name) {
+            return Some(r.clone());
+        }
         let spec = self
             .settings
             .routers
@@ -612,7 +610,7 @@ impl Daemon {
         match started {
             Ok(driver) => {
                 tracing::info!(router = name, "router started");
-                let driver = Arc::new(driver);
+                let driver: Arc<dyn Router> = Arc::new(driver);
                 // Its counters join /metrics, in place of those of the driver it replaces.
                 self.shown
                     .lock()
@@ -635,9 +633,41 @@ impl Daemon {
         }
     }
 
+    /// Asks each router driven but not read in this look whether it answers, and tells
+    /// `/readyz` which do not.
+    async fn check_routers(&mut self) {
+        let driven: BTreeMap<String, Arc<dyn Router>> = self
+            .drivers
+            .iter()
+            .map(|(name, r)| (name.clone(), r.driver.clone()))
+            .chain(self.settings.attached.clone())
+            .collect();
+        let mut health = std::mem::take(&mut self.routers_read);
+        health.retain(|name, _| driven.contains_key(name));
+        let unread: Vec<(String, Arc<dyn Router>)> = driven
+            .into_iter()
+            .filter(|(name, _)| !health.contains_key(name))
+            .collect();
+        let timeout = self.settings.router_timeout;
+        let jobs = unread
+            .iter()
+            .map(|(name, d)| {
+                let (name, d) = (name.clone(), d.clone());
+                async move { look::within(&name, timeout, d.health()).await }
+            })
+            .collect();
+        for ((name, _), answer) in unread.into_iter().zip(look::bounded(jobs).await) {
+            health.insert(name, answer.err());
+        }
+        self.admin.set_routers(health);
+    }
+
     /// The driver of a router already running.
-    fn running(&self, name: &str) -> Option<Arc<Driver>> {
-        self.drivers.get(name).map(|d| d.driver.clone())
+    fn running(&self, name: &str) -> Option<Arc<dyn Router>> {
+        match self.settings.attached.get(name) {
+            Some(r) => Some(r.clone()),
+            None => self.drivers.get(name).map(|d| d.driver.clone()),
+        }
     }
 
     /// Times a step that just ended (the run moved on, or left flight).
@@ -665,39 +695,6 @@ impl Daemon {
                     .as_secs_f64(),
             });
         }
-    }
-
-    /// Promote/abort commits meant for the rollout's current revision, not yet honoured.
-    async fn gates(&mut self, head: &str, r: &Rollout, last: Option<&str>) -> Vec<Gate> {
-        // One walk of the watched branch per new head serves every rollout.
-        let all = match &self.gates {
-            Some((h, all)) if h == head => all.clone(),
-            _ => {
-                let h = head.to_string();
-                match self.git(move |m| m.all_gates(&h, HISTORY)).await {
-                    Ok(all) => {
-                        let all = Arc::new(all);
-                        self.gates = Some((head.to_string(), all.clone()));
-                        all
-                    }
-                    Err(e) => {
-                        self.error(
-                            ErrorClass::Git,
-                            Some(&r.name),
-                            format!("cannot read gate commits: {e}"),
-                        );
-                        return Vec::new();
-                    }
-                }
-            }
-        };
-        let list = all.get(&r.name).map(Vec::as_slice).unwrap_or_default();
-        plan::pending_gates(
-            list.iter()
-                .map(|c| (c.id.as_str(), c.action.as_str(), c.revision.as_str())),
-            r,
-            last,
-        )
     }
 }
 

@@ -198,10 +198,10 @@ impl Daemon {
         name: &str,
         file: &str,
     ) -> Result<Before, crate::git::GitError> {
-        let (catalog, _, skipped) = self.validate_at(commit).await?;
-        if skipped.iter().any(|(path, _)| path == file) {
-            return Ok(Before::Invalid);
-        }
+        let (c, known) = (commit.to_string(), self.known.clone());
+        let (catalog, _, _) = self
+            .git(move |m| super::snapshot::validate_at(m, &c, &known))
+            .await?;
         if catalog.invalid.contains_key(name) || catalog.broken_files.iter().any(|f| f == file) {
             return Ok(Before::Invalid);
         }

@@ -253,6 +253,34 @@ impl Mirror {
         Ok(out)
     }
 
+    /// The id of the rollouts folder's tree at `commit` (`None`: no such folder): what the
+    /// specs there are cached by, so a commit that touches no spec (a gate commit, a README)
+    /// is not read and validated again.
+    pub fn spec_tree(&self, commit: &str) -> Result<Option<String>, GitError> {
+        let c = self.commit(commit)?;
+        let root = c.tree().map_err(self.repo_err("read tree"))?;
+        if self.rollouts_dir.is_empty() {
+            return Ok(Some(root.id().to_string()));
+        }
+        Ok(match root.get_path(Path::new(&self.rollouts_dir)) {
+            Ok(e) if e.kind() == Some(ObjectType::Tree) => Some(e.id().to_string()),
+            _ => None,
+        })
+    }
+
+    /// The id of the `status/` tree at the status branch tip as last fetched (`None`: no
+    /// branch or no folder): when it has not moved, no status file has.
+    pub fn status_tree(&self) -> Result<Option<String>, GitError> {
+        let Some(tip) = self.status_tip()? else {
+            return Ok(None);
+        };
+        let root = tip.tree().map_err(self.repo_err("read tree"))?;
+        Ok(root
+            .get_name(super::tree::STATUS_DIR)
+            .filter(|e| e.kind() == Some(ObjectType::Tree))
+            .map(|e| e.id().to_string()))
+    }
+
     /// Text of the file at `path` (repository-relative) at `commit`; `None` if there is no
     /// file there. A file over 1 MiB or not UTF-8 is an error.
     pub fn file_at(&self, commit: &str, path: &str) -> Result<Option<String>, GitError> {

@@ -38,7 +38,7 @@ use reqwest::header::{ETAG, IF_MATCH};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
-use super::{Observations, RouterError};
+use super::{ObservedAll, RouterError};
 use crate::model::{Observed, Traffic};
 
 /// The bound on each request to the admin API, answer included.
@@ -300,7 +300,7 @@ impl CaddyRouter {
     /// `GET {admin}/config/`: the whole config, because an `@id` may stand anywhere in it (a
     /// handler in a `subroute`, in any server), as `GET /id/<@id>` finds it. A service with no
     /// object of that `@id` is [`RouterError::Unknown`].
-    pub async fn observe_all(&self, services: &[String]) -> Result<Observations, RouterError> {
+    pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
         let answer = self.send(Method::GET, &["config", ""], None, None).await?;
         if !answer.status.is_success() {
             return Err(self.rejected(format!(

@@ -68,7 +68,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 
-use super::{Observations, RouterError};
+use super::{ObservedAll, RouterError};
 use crate::model::{Observed, Traffic};
 
 /// The bound on each request to the API server, answer included (and on reading the token).
@@ -194,7 +194,7 @@ impl GatewayRouter {
     /// The weights of each of `services`, from one LIST of the namespace's HTTPRoutes (without
     /// `limit`, so the API server answers every route at once); a route not in the list is
     /// [`RouterError::Unknown`].
-    pub async fn observe_all(&self, services: &[String]) -> Result<Observations, RouterError> {
+    pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
         let subject = format!("httproutes in namespace `{}`", self.namespace);
         let mut path = API.to_vec();
         path.extend(["namespaces", &self.namespace, "httproutes"]);

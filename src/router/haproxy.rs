@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::{Observations, RouterError};
+use super::{ObservedAll, RouterError};
 use crate::model::{Observed, Traffic};
 
 /// How long one runtime API command may take, connecting included.
@@ -127,13 +127,13 @@ impl HaproxyRouter {
 
     /// The live weights of every backend in `services`, from one line over one connection
     /// ([`EVERY_BACKEND`]); a backend HAProxy does not have is [`RouterError::Unknown`].
-    pub async fn observe_all(&self, services: &[String]) -> Result<Observations, RouterError> {
+    pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
         let answer = self.command(EVERY_BACKEND, MAX_EVERY_ANSWER).await?;
         self.observations(&answer, services)
     }
 
     /// What the answer to [`EVERY_BACKEND`] says of each of `services`.
-    fn observations(&self, answer: &str, services: &[String]) -> Result<Observations, RouterError> {
+    fn observations(&self, answer: &str, services: &[String]) -> Result<ObservedAll, RouterError> {
         let answers = split_answers(answer);
         let [state, names] = answers.as_slice() else {
             let message = format!(

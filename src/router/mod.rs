@@ -8,6 +8,7 @@
 //! each as `observe` would, so that a look over a thousand rollouts on one router is one round
 //! trip, not a thousand.
 
+mod boundary;
 pub mod caddy;
 pub mod embedded;
 pub mod gateway;
@@ -15,14 +16,10 @@ pub mod haproxy;
 pub mod nginx;
 pub mod traefik;
 
-use std::collections::BTreeMap;
+pub use boundary::{Call, ObservedAll, Router};
 
 use crate::model::{Observed, Traffic};
 use crate::spec::RouterSpec;
-
-/// Service → its live weights, or why that service could not be read: what
-/// [`Driver::observe_all`] returns once the router itself was read.
-pub type Observations = BTreeMap<String, Result<Observed, RouterError>>;
 
 /// Why a router could not be read or set.
 #[derive(Debug, thiserror::Error)]
@@ -146,9 +143,9 @@ impl Driver {
     /// read. The one read is no snapshot where the router itself gives none: HAProxy dumps its
     /// backends one after the other, so a weight set meanwhile may show in one backend and not
     /// yet in another, just as between two `observe` calls.
-    pub async fn observe_all(&self, services: &[String]) -> Result<Observations, RouterError> {
+    pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
         if services.is_empty() {
-            return Ok(Observations::new());
+            return Ok(ObservedAll::new());
         }
         match self {
             Driver::Embedded(r) => Ok(r

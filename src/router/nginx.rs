@@ -51,7 +51,7 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
-use super::{Observations, RouterError};
+use super::{ObservedAll, RouterError};
 use crate::model::{Observed, Traffic};
 
 /// How long one `nginx` command may run.
@@ -141,7 +141,7 @@ impl NginxRouter {
     /// The weights of each of `services` in the upstream file, read once, once the master
     /// process is found alive; a service without an `upstream` block there is
     /// [`RouterError::Unknown`].
-    pub async fn observe_all(&self, services: &[String]) -> Result<Observations, RouterError> {
+    pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
         let inner = &self.inner;
         inner.master()?;
         let blocks = inner.read_upstreams()?;

@@ -36,7 +36,7 @@ use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
 use super::nginx::remove_stale_temps;
-use super::{Observations, RouterError};
+use super::{ObservedAll, RouterError};
 use crate::model::{Observed, Traffic};
 
 /// How long one request to Traefik's API may take.
@@ -167,7 +167,7 @@ impl TraefikRouter {
     /// The live weights of each of `services`, from one read of Traefik's API
     /// (`GET {api}/api/rawdata`, every service at once, not paginated) and, only when one of
     /// them is not loaded, one read of the dynamic file.
-    pub async fn observe_all(&self, services: &[String]) -> Result<Observations, RouterError> {
+    pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
         self.inner.observe_all(services).await
     }
 
@@ -201,7 +201,7 @@ impl Inner {
         }
     }
 
-    async fn observe_all(&self, services: &[String]) -> Result<Observations, RouterError> {
+    async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
         let (status, body) = self.get(&["api", "rawdata"]).await?;
         if !status.is_success() {
             return Err(self.bad_status(status));

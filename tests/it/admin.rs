@@ -7,14 +7,9 @@ use std::time::{Duration, Instant};
 use canaryd::admin::{self, Admin};
 use canaryd::backend::{self, BackendConfig, LoadConfig, LoadReport};
 use canaryd::telemetry::{Event, ReconcileOutcome, Telemetry};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-async fn listener() -> (TcpListener, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    (l, addr)
-}
+use crate::support::net;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -43,7 +38,7 @@ async fn backend(
     fail_fraction: f64,
     latency: Duration,
 ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
-    let (l, addr) = listener().await;
+    let (l, addr) = net::listener().await;
     let token = CancellationToken::new();
     let handle = backend::spawn(
         l,
@@ -81,7 +76,7 @@ async fn admin_endpoints_and_shutdown() {
         out.push_str("# TYPE canaryd_router_requests_total counter\n");
         out.push_str("canaryd_router_requests_total{backend=\"v1\"} 7\n");
     });
-    let (l, addr) = listener().await;
+    let (l, addr) = net::listener().await;
     let token = CancellationToken::new();
     let server = tokio::spawn(admin::serve(l, admin.clone(), token.clone()));
 
@@ -124,7 +119,7 @@ async fn admin_endpoints_and_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_503_when_shutdown_starts() {
     let admin = Admin::new(Arc::new(Telemetry::new()));
-    let (l, addr) = listener().await;
+    let (l, addr) = net::listener().await;
     let token = CancellationToken::new();
     let server = tokio::spawn(admin::serve(l, admin.clone(), token.clone()));
     admin.set_ready(true);
@@ -207,7 +202,7 @@ async fn load_stops_at_max_duration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_counts_transport_failures_against_a_closed_port() {
-    let (l, addr) = listener().await;
+    let (l, addr) = net::listener().await;
     drop(l);
     let report = backend::load(addr, load_config(3, 20, Duration::from_secs(10)))
         .await

@@ -6,50 +6,45 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use canaryd::analysis::Outcome;
-use canaryd::record::StatusFile;
 
-use crate::daemon::World;
-use crate::prometheus::{HaproxyExporter, PromOptions, PromServer, Server, TraefikMetrics};
+use crate::support::backends::{Backends, Server};
+use crate::support::rig::haproxy::Haproxy;
+use crate::support::rig::prometheus::PromServer;
+use crate::support::rig::traefik::Traefik;
+use crate::support::world::{World, canary_weight, phase};
 
 /// Two measurements 5 s apart over 5 s windows, at 50 %.
 const ANALYSED: &str = "  steps:\n    - setWeight: 50\n    - analysis:\n        interval: 5s\n        count: 2\n        metrics:\n          - {name: errors, template: error-rate}\n    - setWeight: 100\n";
-
-fn phase(s: &StatusFile) -> &'static str {
-    s.status.progress.phase()
-}
-
-fn canary_weight(s: &StatusFile) -> u8 {
-    s.desired.get("green").map_or(0, |w| w.get())
-}
 
 /// A world whose router `edge` is HAProxy with its exporter, scraped by Prometheus every second;
 /// blue is sound, green fails `fails` of its requests.
 struct OnHaproxy {
     w: World,
     _prometheus: PromServer,
-    _haproxy: HaproxyExporter,
+    _haproxy: Haproxy,
+    _backends: Backends,
+}
+
+/// Blue, sound, and green, failing `fails` of its requests: the servers behind the router.
+fn servers(fails: f64) -> [Server; 2] {
+    [Server::new("blue"), Server::new("green").failing(fails)]
 }
 
 fn on_haproxy(fails: f64) -> OnHaproxy {
     let mut w = World::new(0.0, 0.0);
-    let haproxy = w.rt.block_on(HaproxyExporter::start(
-        "checkout",
-        &[
-            Server::new("blue", 100),
-            Server::new("green", 0).failing(fails),
-        ],
-    ));
-    let prometheus = PromServer::start(&[haproxy.metrics]);
+    let backends = w.rt.block_on(Backends::start(&servers(fails)));
+    let haproxy =
+        w.rt.block_on(Haproxy::start("checkout", backends.upstreams()))
+            .unwrap();
+    let prometheus = PromServer::start(&[haproxy.metrics]).unwrap();
     w.router = haproxy.frontend;
-    w.router_spec = Some(format!(
-        "  kind: haproxy\n  runtimeApi: \"{}\"\n",
-        haproxy.runtime_api
-    ));
+    w.router_spec = Some(haproxy.spec());
     w.config = Some(format!("prometheus:\n  url: {}\n", prometheus.url()));
     OnHaproxy {
         w,
         _prometheus: prometheus,
         _haproxy: haproxy,
+        _backends: backends,
     }
 }
 
@@ -198,22 +193,17 @@ fn haproxy_canary_without_traffic_is_inconclusive_and_waits_for_a_human() {
 fn traefik_canary_failing_20_percent_is_aborted_and_a_sound_one_promoted() {
     for (fails, outcome) in [(0.2, "aborted"), (0.0, "promoted")] {
         let mut w = World::new(0.0, 0.0);
-        let traefik = w.rt.block_on(TraefikMetrics::start(
-            "checkout",
-            &[
-                Server::new("blue", 100),
-                Server::new("green", 0).failing(fails),
-            ],
-        ));
-        let prometheus = PromServer::start_with(PromOptions::new(&[traefik.metrics]));
+        let backends = w.rt.block_on(Backends::start(&servers(fails)));
+        let traefik = w.rt.block_on(async {
+            let traefik = Traefik::start("checkout", backends.upstreams())
+                .await
+                .unwrap();
+            traefik.set_weights(&[("blue", 100), ("green", 0)]).await;
+            traefik
+        });
+        let prometheus = PromServer::start(&[traefik.metrics]).unwrap();
         w.router = traefik.frontend;
-        w.router_spec = Some(format!(
-            "  kind: traefik\n  api: \"http://127.0.0.1:{}\"\n  dynamicFile: \"{}\"\n  backends: {{blue: \"{}\", green: \"{}\"}}\n",
-            traefik.api,
-            traefik.dynamic_file.display(),
-            traefik.backends["blue"],
-            traefik.backends["green"],
-        ));
+        w.router_spec = Some(traefik.spec());
         w.config = Some(format!("prometheus:\n  url: {}\n", prometheus.url()));
         w.background_load(60);
         start_canary(&mut w);

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::daemon::{
-    KILLED, World, free_port, history, http_get, killed_rollout_kept_its_steps, phase,
-};
+use crate::support::net::free_port;
+use crate::support::world::{KILLED, World, phase};
 
 /// Every file the mirror changes through a lock, relative to `data/mirror.git`: the refs a
 /// fetch stages and the remote-tracking refs it moves, the ref a status push stages, and the
@@ -42,7 +41,7 @@ fn plant(w: &World, lock: &str) {
 fn next_commit(w: &World, seen: usize, secs: u64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
-        if history(w, "checkout").len() > seen {
+        if w.history("checkout").len() > seen {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -73,7 +72,7 @@ fn lock_files_a_kill_left_in_the_mirror_do_not_stop_the_restarted_daemon() {
     // rollout is over, promoted), then all of them at once.
     let rounds = LOCKS.iter().map(|l| vec![*l]).chain([LOCKS.to_vec()]);
     for locks in rounds {
-        let seen = history(&w, "checkout").len();
+        let seen = w.history("checkout").len();
         let promoted = w
             .status("checkout")
             .is_some_and(|s| phase(&s) == "promoted");
@@ -101,7 +100,7 @@ fn lock_files_a_kill_left_in_the_mirror_do_not_stop_the_restarted_daemon() {
             "no warning about {lock}:\n{logs}"
         );
     }
-    killed_rollout_kept_its_steps(&mut w);
+    w.killed_rollout_kept_its_steps();
 }
 
 #[test]
@@ -116,7 +115,7 @@ fn killed_after_each_status_push_before_its_staged_ref_is_dropped_no_step_is_ski
     let staged = mirror(&w).join("refs/canaryd/outgoing/heads/canaryd/status");
     let mut kills = 0;
     while kills < 40 {
-        let seen = history(&w, "checkout").len();
+        let seen = w.history("checkout").len();
         w.start();
         assert!(
             next_commit(&w, seen, 10),
@@ -139,7 +138,7 @@ fn killed_after_each_status_push_before_its_staged_ref_is_dropped_no_step_is_ski
     w.run_args.clear();
     w.start();
     w.wait_for("checkout", 40, "promoted", |s| phase(s) == "promoted");
-    killed_rollout_kept_its_steps(&mut w);
+    w.killed_rollout_kept_its_steps();
     assert!(!staged.exists(), "the staged ref outlived the restart");
     assert!(w.logs().contains("dropped a ref left staged"));
 }
@@ -190,7 +189,7 @@ fn a_second_daemon_on_the_same_data_dir_refuses_to_start() {
     assert_eq!(lock, first);
     w.merge("checkout.yaml", &w.spec(true, KILLED), "canary: green 1.1");
     w.wait_for("checkout", 40, "promoted", |s| phase(s) == "promoted");
-    assert!(http_get(w.admin, "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(w.admin_get("/readyz").starts_with("HTTP/1.1 200"));
     // A killed daemon's hold goes with it: the next one starts.
     w.kill();
     restart_and_resume(&mut w, "started after the holder was killed");

@@ -2,445 +2,12 @@
 //! bare remote and a working clone pushed to with the git CLI), the embedded router and real
 //! HTTP backends on 127.0.0.1.
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{self, BackendConfig, LoadConfig, LoadReport};
-use canaryd::record::StatusFile;
-use tempfile::TempDir;
-use tokio::runtime::Runtime;
-use tokio_util::sync::CancellationToken;
-
-/// Runs the git CLI as a user would, in `dir`.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "advice.detachedHead=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
-        .env("GIT_COMMITTER_NAME", "Dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A plain HTTP/1.1 GET; the whole response.
-pub fn http_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
-}
-
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A repository, two backends and (when started) the daemon.
-pub struct World {
-    pub dir: TempDir,
-    pub remote: PathBuf,
-    pub work: PathBuf,
-    pub rt: Runtime,
-    pub router: SocketAddr,
-    pub admin: SocketAddr,
-    pub backends: BTreeMap<String, SocketAddr>,
-    stop: CancellationToken,
-    daemon: Option<Child>,
-    starts: usize,
-    /// The URL the daemon is given; the bare remote's path unless set.
-    pub url: Option<String>,
-    /// `--poll-interval`.
-    pub poll: &'static str,
-    /// The `spec:` of the router `edge` (indented two spaces), when it is not the embedded
-    /// router on `router`.
-    pub router_spec: Option<String>,
-    /// A controller configuration file's text, passed with `--config`.
-    pub config: Option<String>,
-    /// More arguments to `canaryd run` (the crash tests' fault injection).
-    pub run_args: Vec<&'static str>,
-    /// The soft limit of open files the daemon starts with (it raises it itself), when set.
-    pub open_files: Option<u64>,
-    /// More environment for the daemon (as a service manager or image would set it).
-    pub env: Vec<(&'static str, &'static str)>,
-}
-
-impl World {
-    /// Backends `blue` and `green`, failing the given fractions of requests.
-    pub fn new(blue_fails: f64, green_fails: f64) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let remote = dir.path().join("remote.git");
-        let work = dir.path().join("work");
-        git(
-            dir.path(),
-            &["init", "--bare", "-q", remote.to_str().unwrap()],
-        );
-        git(
-            dir.path(),
-            &[
-                "clone",
-                "-q",
-                remote.to_str().unwrap(),
-                work.to_str().unwrap(),
-            ],
-        );
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let stop = CancellationToken::new();
-        let mut backends = BTreeMap::new();
-        for (name, fails) in [("blue", blue_fails), ("green", green_fails)] {
-            let listener = rt
-                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-                .unwrap();
-            backends.insert(name.to_string(), listener.local_addr().unwrap());
-            let config = BackendConfig {
-                name: name.to_string(),
-                version: "1".to_string(),
-                fail_fraction: fails,
-                latency: Duration::ZERO,
-            };
-            rt.block_on(backend::spawn(listener, config, stop.clone()));
-        }
-        World {
-            router: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            dir,
-            remote,
-            work,
-            rt,
-            backends,
-            stop,
-            daemon: None,
-            starts: 0,
-            url: None,
-            poll: "1s",
-            router_spec: None,
-            config: None,
-            run_args: Vec::new(),
-            open_files: None,
-            env: Vec::new(),
-        }
-    }
-
-    /// The router document every spec here starts with.
-    pub fn router_doc(&self) -> String {
-        if let Some(spec) = &self.router_spec {
-            return format!(
-                "apiVersion: canaryd.dev/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\nspec:\n{spec}---\n"
-            );
-        }
-        format!(
-            "apiVersion: canaryd.dev/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\n\
-             spec:\n  kind: embedded\n  listen: \"{}\"\n  backends: {{blue: \"http://{}\", green: \"http://{}\"}}\n---\n",
-            self.router, self.backends["blue"], self.backends["green"]
-        )
-    }
-
-    /// A rollout spec of `checkout` on blue (stable) and, if given, green (canary).
-    pub fn spec(&self, canary: bool, steps: &str) -> String {
-        let canary = if canary {
-            "  canary: {name: green, version: \"1.1\"}\n"
-        } else {
-            ""
-        };
-        format!(
-            "{}apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: checkout}}\n\
-             spec:\n  router: edge\n  service: checkout\n  stable: {{name: blue, version: \"1.0\"}}\n{canary}\
-             {steps}",
-            self.router_doc()
-        )
-    }
-
-    /// Writes `rollouts/<file>`, commits it and pushes, as a merged pull request would.
-    pub fn merge(&self, file: &str, text: &str, message: &str) -> String {
-        let path = self.work.join("rollouts").join(file);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        git(&self.work, &["add", "-A"]);
-        git(&self.work, &["commit", "-q", "-m", message]);
-        git(&self.work, &["push", "-q", "origin", "HEAD:main"]);
-        git(&self.work, &["rev-parse", "HEAD"]).trim().to_string()
-    }
-
-    /// `canaryd promote|abort checkout --push` in the working clone, as a person runs it.
-    pub fn gate(&self, action: &str) {
-        let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
-            .args([action, "checkout", "--push", "--repo"])
-            .arg(&self.work)
-            .env_remove("CANARYD_CONFIG")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Merges `checkout` on blue alone (no canary yet) with these steps, starts the daemon and
-    /// waits until it holds all traffic on blue.
-    pub fn start_on_stable(&mut self, steps: &str) {
-        self.merge(
-            "checkout.yaml",
-            &self.spec(false, steps),
-            "checkout on blue",
-        );
-        self.start();
-        self.wait_for("checkout", 30, "stable", |s| {
-            phase(s) == "stable" && s.live.is_some()
-        });
-    }
-
-    /// Starts `canaryd run` against the bare remote.
-    pub fn start(&mut self) {
-        let log =
-            std::fs::File::create(self.dir.path().join(format!("daemon-{}.log", self.starts)))
-                .unwrap();
-        self.starts += 1;
-        let repo = self
-            .url
-            .clone()
-            .unwrap_or_else(|| self.remote.display().to_string());
-        // Picked now, not when the world was made: another test's server may have taken the
-        // port picked then (it was free, not held).
-        self.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut command = match self.open_files {
-            // As a service manager would start it: the shell sets the limit and execs.
-            Some(n) => {
-                let mut c = Command::new("sh");
-                c.args(["-c", &format!("ulimit -Sn {n} && exec \"$0\" \"$@\"")])
-                    .arg(env!("CARGO_BIN_EXE_canaryd"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_canaryd")),
-        };
-        command.args(["run", "--repo", &repo]);
-        if let Some(config) = &self.config {
-            let path = self.config_file();
-            std::fs::write(&path, config).unwrap();
-            command.arg("--config").arg(path);
-        }
-        let child = command
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .args([
-                "--poll-interval",
-                self.poll,
-                "--admin",
-                &self.admin.to_string(),
-            ])
-            .args(&self.run_args)
-            .envs(self.env.iter().copied())
-            .env_remove("CANARYD_CONFIG")
-            .env("RUST_LOG", "canaryd=debug,info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-    }
-
-    /// Where [`World::start`] writes `config` for the daemon (and for CLI commands to read).
-    pub fn config_file(&self) -> PathBuf {
-        self.dir.path().join("canaryd.yaml")
-    }
-
-    /// The daemon's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.daemon.as_ref().map(Child::id)
-    }
-
-    /// SIGKILL: no chance to clean up.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, and wait for a clean exit.
-    pub fn terminate(&mut self) -> Option<i32> {
-        let mut c = self.daemon.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = c.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        None
-    }
-
-    /// Everything the daemon logged.
-    pub fn logs(&self) -> String {
-        (0..self.starts)
-            .map(|i| {
-                std::fs::read_to_string(self.dir.path().join(format!("daemon-{i}.log")))
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// The status files on the remote's status branch.
-    pub fn statuses(&self) -> BTreeMap<String, StatusFile> {
-        let scratch = self.dir.path().join("scratch");
-        let files = canaryd::git::read_status_branch(
-            self.remote.to_str().unwrap(),
-            "canaryd/status",
-            &scratch,
-        )
-        .unwrap_or_default();
-        files
-            .into_iter()
-            .map(|(k, v)| (k, StatusFile::from_yaml(&v).unwrap()))
-            .collect()
-    }
-
-    pub fn status(&self, rollout: &str) -> Option<StatusFile> {
-        self.statuses().remove(rollout)
-    }
-
-    /// Waits until `rollout`'s status satisfies `pred`; panics with the logs after `secs`.
-    pub fn wait_for(
-        &self,
-        rollout: &str,
-        secs: u64,
-        what: &str,
-        pred: impl Fn(&StatusFile) -> bool,
-    ) -> StatusFile {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(s) = self.status(rollout)
-                && pred(&s)
-            {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for {rollout}: {what}\nstatus: {:#?}\nlogs:\n{}",
-                    self.status(rollout),
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Sends `n` requests through the router.
-    pub fn traffic(&self, n: usize) -> LoadReport {
-        self.rt
-            .block_on(backend::load(
-                self.router,
-                LoadConfig {
-                    concurrency: 4,
-                    total: n,
-                    max_duration: Duration::from_secs(20),
-                    host: None,
-                },
-            ))
-            .unwrap()
-    }
-
-    /// A steady bounded load through the router in the background, for analysis to measure.
-    pub fn background_load(&self, secs: u64) {
-        let router = self.router;
-        self.rt.spawn(async move {
-            let _ = backend::load(
-                router,
-                LoadConfig {
-                    concurrency: 2,
-                    total: 200_000,
-                    max_duration: Duration::from_secs(secs),
-                    host: None,
-                },
-            )
-            .await;
-        });
-    }
-
-    /// The status branch's log for one rollout, as `git log --oneline` shows it.
-    pub fn status_log(&self, rollout: &str) -> String {
-        git(&self.work, &["fetch", "-q", "origin", "canaryd/status"]);
-        git(
-            &self.work,
-            &[
-                "log",
-                "--format=%s",
-                "FETCH_HEAD",
-                "--",
-                &format!("status/{rollout}.yaml"),
-            ],
-        )
-    }
-
-    /// Branches on the remote under `prefix`.
-    pub fn remote_branches(&self, prefix: &str) -> Vec<String> {
-        git(
-            &self.remote,
-            &[
-                "for-each-ref",
-                "--format=%(refname:short)",
-                &format!("refs/heads/{prefix}"),
-            ],
-        )
-        .lines()
-        .map(str::to_string)
-        .collect()
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.kill();
-        self.stop.cancel();
-    }
-}
-
-pub fn phase(s: &StatusFile) -> &'static str {
-    s.status.progress.phase()
-}
-
-fn canary_weight(s: &StatusFile) -> u8 {
-    s.desired.get("green").map_or(0, |w| w.get())
-}
-
-fn verified(s: &StatusFile) -> bool {
-    s.status.progress.run().is_some_and(|r| r.verified)
-}
+use crate::support::git::{GitDaemon, git};
+use crate::support::net::{Silent, free_port};
+use crate::support::world::{HELD, KILLED, World, canary_weight, phase, verified};
 
 const STEPS: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}\n    - setWeight: 50\n    - pause: {duration: 1s}\n";
 
@@ -485,9 +52,9 @@ fn a_merge_starts_a_canary_that_steps_to_promotion() {
     assert!(promoted < step1, "{log}");
 
     // The admin endpoints: alive, ready, and counting what happened.
-    assert!(http_get(w.admin, "/healthz").starts_with("HTTP/1.1 200"));
-    assert!(http_get(w.admin, "/readyz").starts_with("HTTP/1.1 200"));
-    let metrics = http_get(w.admin, "/metrics");
+    assert!(w.admin_get("/healthz").starts_with("HTTP/1.1 200"));
+    assert!(w.admin_get("/readyz").starts_with("HTTP/1.1 200"));
+    let metrics = w.admin_get("/metrics");
     for family in [
         "canaryd_reconcile_total{outcome=\"changed\"}",
         "canaryd_weight_changes_total{router=\"edge\"}",
@@ -592,8 +159,6 @@ fn a_failing_canary_is_aborted_and_its_revert_branch_restores_the_spec() {
     assert_eq!(w.traffic(50).by_backend.get("blue"), Some(&50));
 }
 
-const HELD: &str = "  steps:\n    - setWeight: 30\n    - pause: {}\n    - setWeight: 60\n";
-
 #[test]
 fn git_revert_of_the_merge_sends_traffic_back_at_once() {
     let mut w = World::new(0.0, 0.0);
@@ -667,8 +232,8 @@ done
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     // Hooks run on a real `git receive-pack`: the daemon talks to the remote over git://.
-    let server = crate::git::Daemon::start(w.dir.path());
-    w.url = Some(format!("git://127.0.0.1:{}/remote.git", server.port));
+    let server = GitDaemon::start(w.dir.path());
+    w.url = Some(server.url("remote.git"));
     w.start();
     w.wait_for("checkout", 30, "stable", |s| {
         phase(s) == "stable" && s.live.is_some()
@@ -736,27 +301,6 @@ fn a_broken_spec_holds_its_rollout_and_leaves_the_others_running() {
     assert_eq!(phase(&w.status("cart").unwrap()), "invalid");
 }
 
-/// Every version of a rollout's status file on the status branch, oldest first.
-pub fn history(w: &World, rollout: &str) -> Vec<StatusFile> {
-    let path = format!("status/{rollout}.yaml");
-    git(
-        &w.remote,
-        &[
-            "log",
-            "--reverse",
-            "--format=%H",
-            "canaryd/status",
-            "--",
-            &path,
-        ],
-    )
-    .lines()
-    .map(|c| StatusFile::from_yaml(&git(&w.remote, &["show", &format!("{c}:{path}")])).unwrap())
-    .collect()
-}
-
-pub const KILLED: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}\n    - setWeight: 40\n    - pause: {duration: 2s}\n    - setWeight: 60\n    - pause: {duration: 1s}\n";
-
 #[test]
 fn killed_at_any_point_no_step_is_skipped_no_pause_shortened_no_weight_invented() {
     let mut w = World::new(0.0, 0.0);
@@ -765,9 +309,9 @@ fn killed_at_any_point_no_step_is_skipped_no_pause_shortened_no_weight_invented(
     // SIGKILL at several points: right after a status commit, and at odd delays between.
     let mut kills = 0;
     for delay_ms in [0u64, 150, 700, 40, 1300, 300, 900, 0] {
-        let seen = history(&w, "checkout").len();
+        let seen = w.history("checkout").len();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while history(&w, "checkout").len() == seen && Instant::now() < deadline {
+        while w.history("checkout").len() == seen && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(delay_ms));
@@ -782,87 +326,7 @@ fn killed_at_any_point_no_step_is_skipped_no_pause_shortened_no_weight_invented(
     }
     assert!(kills >= 4, "killed only {kills} times");
     w.wait_for("checkout", 40, "promoted", |s| phase(s) == "promoted");
-    killed_rollout_kept_its_steps(&mut w);
-}
-
-/// Checks `checkout`, promoted through [`KILLED`]'s steps while being killed: no weight outside
-/// the steps, no step skipped, no pause shortened; and a restart does not run it again.
-pub fn killed_rollout_kept_its_steps(w: &mut World) {
-    let versions = history(w, "checkout");
-    // No weight outside the steps, in Git or on the router.
-    let allowed = [0u8, 20, 40, 60, 100];
-    for v in &versions {
-        assert!(allowed.contains(&canary_weight(v)), "{v:#?}");
-    }
-    let logs = w.logs();
-    for line in logs.lines().filter(|l| l.contains("weights set")) {
-        let green = line.split("\"green\": ").nth(1).map(|t| {
-            t.trim_end_matches(|c: char| !c.is_ascii_digit())
-                .parse::<u8>()
-                .unwrap()
-        });
-        if let Some(g) = green {
-            assert!(allowed.contains(&g), "router got {g}: {line}");
-        }
-    }
-    // Steps advance one at a time, never back, never skipped.
-    let steps: Vec<usize> = versions
-        .iter()
-        .filter_map(|v| v.status.progress.run().map(|r| r.step))
-        .collect();
-    for pair in steps.windows(2) {
-        assert!(
-            pair[1] == pair[0] || pair[1] == pair[0] + 1,
-            "steps {steps:?}"
-        );
-    }
-    assert_eq!(steps.first(), Some(&0));
-    assert_eq!(steps.last(), Some(&5), "{steps:?}");
-    // A pause is never shortened: the next step starts no sooner than the pause's length after
-    // the pause began, whatever the kills in between.
-    let first_at = |k: usize| {
-        versions
-            .iter()
-            .find(|v| v.status.progress.run().is_some_and(|r| r.step == k))
-            .map(|v| v.status.progress.run().unwrap().step_started_at)
-            .unwrap()
-    };
-    for (pause, secs) in [(1usize, 2i64), (3, 2), (5, 1)] {
-        let next = if pause == 5 {
-            versions
-                .iter()
-                .find(|v| phase(v) == "promoted")
-                .map(|v| v.updated_at)
-                .unwrap()
-        } else {
-            first_at(pause + 1)
-        };
-        let took = next - first_at(pause);
-        assert!(
-            took >= chrono::Duration::seconds(secs),
-            "pause {pause} lasted {took}"
-        );
-    }
-
-    // A finished rollout does not run again after a restart.
-    let before = versions.len();
-    w.kill();
-    let restarted = chrono::Utc::now();
-    w.start();
-    // The restarted router forgot its weights; the daemon sets them again, promoted.
-    w.wait_for("checkout", 30, "promoted, read back", |s| {
-        phase(s) == "promoted"
-            && s.live.as_ref().is_some_and(|l| {
-                l.at > restarted && l.backends.get("green").is_some_and(|g| g.get() == 100)
-            })
-    });
-    let after = history(w, "checkout");
-    assert!(
-        after[before..].iter().all(|v| phase(v) == "promoted"),
-        "{:#?}",
-        &after[before..]
-    );
-    assert_eq!(w.traffic(30).by_backend.get("green"), Some(&30));
+    w.killed_rollout_kept_its_steps();
 }
 
 #[test]
@@ -945,15 +409,15 @@ fn not_ready_while_git_cannot_be_read_and_alive_all_the_same() {
     while Instant::now() < deadline {
         if let Ok(s) = std::net::TcpStream::connect(w.admin) {
             drop(s);
-            healthz = http_get(w.admin, "/healthz");
+            healthz = w.admin_get("/healthz");
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
     std::thread::sleep(Duration::from_secs(2)); // two failed looks
-    assert!(http_get(w.admin, "/readyz").starts_with("HTTP/1.1 503"));
-    let metrics = http_get(w.admin, "/metrics");
+    assert!(w.admin_get("/readyz").starts_with("HTTP/1.1 503"));
+    let metrics = w.admin_get("/metrics");
     assert!(
         metrics
             .lines()
@@ -970,106 +434,6 @@ fn not_ready_while_git_cannot_be_read_and_alive_all_the_same() {
         !logs.contains("s3cret") && !metrics.contains("s3cret"),
         "{logs}"
     );
-}
-
-pub const GATED: &str = "  steps:\n    - setWeight: 20\n    - pause: {}\n    - setWeight: 60\n";
-
-/// A rollout through a real router the caller runs in front of `w`'s backends (its Router
-/// `spec:` in `w.router_spec`), checked with the router's own read-back (`read`: canary
-/// percentage): each step takes effect, a hand-made change (`hand_set`: canary percentage) is
-/// drift and is undone, a promote commit promotes, and an abort commit sends traffic to stable.
-///
-/// Users send a bounded load to the router's `front` address the whole time; what they saw is
-/// returned, for the caller to assert what its router guarantees.
-pub fn rollout_through(
-    w: &mut World,
-    front: SocketAddr,
-    read: impl Fn() -> u8,
-    hand_set: impl Fn(u8),
-) -> LoadReport {
-    w.start_on_stable(GATED);
-    assert_eq!(read(), 0, "stable carries everything");
-    let stop = CancellationToken::new();
-    let users = w.rt.spawn(users(front, stop.clone()));
-    w.merge("checkout.yaml", &w.spec(true, GATED), "canary: green 1.1");
-    w.wait_for("checkout", 30, "paused at 20%, verified", |s| {
-        phase(s) == "paused" && canary_weight(s) == 20 && verified(s)
-    });
-    assert_eq!(read(), 20, "the router's read-back after step 1");
-
-    // Someone changes the weights by hand: the daemon notices, records it, and sets them back.
-    hand_set(50);
-    w.wait_for("checkout", 30, "drift recorded and undone", |s| {
-        s.status.drift.is_some()
-            && s.live
-                .as_ref()
-                .is_some_and(|l| l.backends.get("green").is_some_and(|g| g.get() == 20))
-    });
-    assert_eq!(read(), 20, "re-applied after the hand change");
-
-    // The daemon's own read-back first: a router may take a moment to load a change.
-    let green_live = |s: &StatusFile, pct: u8| {
-        s.live
-            .as_ref()
-            .is_some_and(|l| l.backends.get("green").is_some_and(|g| g.get() == pct))
-    };
-    w.gate("promote");
-    w.wait_for("checkout", 30, "promoted, read back", |s| {
-        phase(s) == "promoted" && green_live(s, 100)
-    });
-    assert_eq!(read(), 100, "promoted: the canary carries everything");
-
-    // The next release into the blue slot, aborted by hand: traffic back to stable (green).
-    let next = w
-        .spec(true, GATED)
-        .replace(
-            "stable: {name: blue, version: \"1.0\"}",
-            "stable: {name: green, version: \"1.1\"}",
-        )
-        .replace(
-            "canary: {name: green, version: \"1.1\"}",
-            "canary: {name: blue, version: \"1.2\"}",
-        );
-    w.merge("checkout.yaml", &next, "canary: blue 1.2");
-    w.wait_for("checkout", 30, "paused at 20% on blue", |s| {
-        phase(s) == "paused" && s.desired.get("blue").is_some_and(|b| b.get() == 20) && verified(s)
-    });
-    assert_eq!(read(), 80, "green (now stable) keeps 80%");
-    w.gate("abort");
-    w.wait_for("checkout", 30, "aborted, read back", |s| {
-        phase(s) == "aborted" && green_live(s, 100)
-    });
-    assert_eq!(
-        read(),
-        100,
-        "aborted: all traffic back on green, the stable"
-    );
-    stop.cancel();
-    let report = w.rt.block_on(users).unwrap();
-    println!("users during the rollout: {report:?}");
-    assert!(report.sent > 100, "{report:?}");
-    report
-}
-
-/// Requests in rounds of half a second until `stop` (a minute at most): 2 at a time.
-async fn users(front: SocketAddr, stop: CancellationToken) -> LoadReport {
-    let mut total = LoadReport::default();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !stop.is_cancelled() && Instant::now() < deadline {
-        let round = backend::load(
-            front,
-            LoadConfig {
-                concurrency: 2,
-                total: 10_000,
-                max_duration: Duration::from_millis(500),
-                host: None,
-            },
-        )
-        .await
-        .unwrap();
-        total.merge(round);
-    }
-    total
 }
 
 const JUDGED: &str = "  steps:\n    - setWeight: 50\n    - analysis:\n        interval: 5s\n        count: 1\n        judge:\n          pass: 90\n          marginal: 75\n          step: 1s\n          metrics:\n            - {name: errors, template: error-rate, direction: increase}\n            - {name: latency, template: request-duration, direction: increase}\n    - setWeight: 100\n";
@@ -1132,7 +496,7 @@ fn the_judge_promotes_a_canary_as_good_as_its_baseline() {
 /// against GitHub's published description), with a token from a file.
 mod on_github {
     use super::*;
-    use crate::forge::{Expect, FakeGitHub, OWNER, REPO, TOKEN};
+    use crate::support::github::{Expect, FakeGitHub, OWNER, REPO, TOKEN};
 
     fn with_github(w: &mut World) -> FakeGitHub {
         let gh =
@@ -1312,28 +676,9 @@ mod on_github {
 #[test]
 fn a_hanging_prometheus_does_not_delay_another_rollouts_step() {
     let mut w = World::new(0.0, 0.0);
-    let hang =
-        w.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-    let hang_addr = hang.local_addr().unwrap();
-    let first_query: std::sync::Arc<std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>> =
-        Default::default();
-    let seen = first_query.clone();
-    let stop = CancellationToken::new();
-    let stopped = stop.clone();
-    w.rt.spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            tokio::select! {
-                () = stopped.cancelled() => return,
-                accepted = hang.accept() => {
-                    let Ok((socket, _)) = accepted else { return };
-                    seen.lock().unwrap().get_or_insert_with(chrono::Utc::now);
-                    held.push(socket); // never read, never answered
-                }
-            }
-        }
-    });
+    // Accepts and never answers: every query hangs.
+    let hang = w.rt.block_on(Silent::start());
+    let hang_addr = hang.addr;
     w.config = Some(format!(
         "prometheus:\n  url: http://{hang_addr}\n  timeout: 30s\n"
     ));
@@ -1345,7 +690,7 @@ fn a_hanging_prometheus_does_not_delay_another_rollouts_step() {
     w.wait_for("cart", 30, "step 3 at 40 %", |s| {
         s.desired.get("green").is_some_and(|g| g.get() == 40)
     });
-    let files = history(&w, "cart");
+    let files = w.history("cart");
     let until = files
         .iter()
         .find_map(|f| match &f.status.progress {
@@ -1366,9 +711,8 @@ fn a_hanging_prometheus_does_not_delay_another_rollouts_step() {
         })
         .expect("step 3");
     let late = (stepped - until).to_std().unwrap_or_default();
-    let first = first_query
-        .lock()
-        .unwrap()
+    let first = hang
+        .first_connection()
         .expect("checkout queried Prometheus");
     println!(
         "cart's pause ended at {until}, step 3 began {late:?} later; the hang began at {first}"
@@ -1384,5 +728,5 @@ fn a_hanging_prometheus_does_not_delay_another_rollouts_step() {
         "step 3 {late:?} late\n{}",
         w.logs()
     );
-    stop.cancel();
+    drop(hang);
 }

@@ -3,78 +3,25 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::StatusCode;
 use canaryd::model::Traffic;
 use canaryd::router::embedded::{EmbeddedRouter, QueryError};
 use canaryd::router::{Driver, RouterError};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::observe_all::{blue_green, observe_all_checked, services, weights_of};
+use crate::support::backends::{Backends, Server};
+use crate::support::observe::{blue_green, observe_all_checked, services, weights_of};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// How a test backend behaves.
-struct Behaviour {
-    name: String,
-    /// Share of requests answered 500: request n fails when floor((n+1)f) > floor(nf).
-    fail: f64,
-    /// Every `slow_every`-th request (0: none) sleeps 20 ms first.
-    slow_every: u64,
-    hits: AtomicU64,
-}
-
-async fn answer(State(b): State<Arc<Behaviour>>) -> (StatusCode, String) {
-    let n = b.hits.fetch_add(1, Ordering::SeqCst);
-    if b.slow_every > 0 && n % b.slow_every == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let fails = ((n + 1) as f64 * b.fail).floor() > (n as f64 * b.fail).floor();
-    let status = if fails {
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else {
-        StatusCode::OK
-    };
-    (status, b.name.clone())
-}
-
-/// Starts a backend answering its name (or 500 for a share `fail`); it stops with `stop`.
-async fn backend(name: &str, fail: f64, slow_every: u64, stop: &CancellationToken) -> String {
-    let behaviour = Arc::new(Behaviour {
-        name: name.to_string(),
-        fail,
-        slow_every,
-        hits: AtomicU64::new(0),
-    });
-    let app = axum::Router::new().fallback(answer).with_state(behaviour);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .unwrap();
-    });
-    format!("http://{addr}")
-}
-
-/// A URL where nothing listens.
-async fn closed_port() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
-}
-
-async fn router(backends: &[(&str, String)], stop: &CancellationToken) -> EmbeddedRouter {
+/// A router in front of `backends`, named as they are; it stops with `stop`.
+async fn router(backends: &Backends, stop: &CancellationToken) -> EmbeddedRouter {
     let backends: BTreeMap<String, String> = backends
+        .upstreams()
         .iter()
-        .map(|(n, u)| (n.to_string(), u.clone()))
+        .map(|(name, addr)| (name.clone(), format!("http://{addr}")))
         .collect();
     EmbeddedRouter::start(
         "edge",
@@ -129,15 +76,13 @@ async fn send(router: &EmbeddedRouter, host: &str, n: usize) -> BTreeMap<String,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_split_requests_between_backends() {
     let stop = CancellationToken::new();
-    let r = router(
-        &[
-            ("stable", backend("stable", 0.0, 0, &stop).await),
-            ("canary", backend("canary", 0.0, 0, &stop).await),
-            ("old", backend("old", 0.0, 0, &stop).await),
-        ],
-        &stop,
-    )
+    let backends = Backends::start(&[
+        Server::new("stable"),
+        Server::new("canary"),
+        Server::new("old"),
+    ])
     .await;
+    let r = router(&backends, &stop).await;
     assert!(r.observe("shop").backends.is_empty());
 
     let t = traffic(&[("stable", 80), ("canary", 20), ("old", 0)]);
@@ -176,10 +121,9 @@ async fn weights_split_requests_between_backends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_all_reads_every_service_as_observe_does() {
     let stop = CancellationToken::new();
-    let backends = [
-        ("blue", closed_port().await),
-        ("green", closed_port().await),
-    ];
+    // Weights are read, never sent through: nothing needs to listen.
+    let backends =
+        Backends::start(&[Server::new("blue").down(), Server::new("green").down()]).await;
     let r = router(&backends, &stop).await;
     for (service, green) in [("shop", 10), ("search", 65), ("profile", 100)] {
         r.apply(
@@ -206,14 +150,8 @@ async fn no_request_is_dropped_while_weights_change() {
     const TOTAL: usize = 3000;
     const CLIENTS: usize = 8;
     let stop = CancellationToken::new();
-    let r = router(
-        &[
-            ("stable", backend("stable", 0.0, 0, &stop).await),
-            ("canary", backend("canary", 0.0, 0, &stop).await),
-        ],
-        &stop,
-    )
-    .await;
+    let backends = Backends::start(&[Server::new("stable"), Server::new("canary")]).await;
+    let r = router(&backends, &stop).await;
     r.apply("shop", &traffic(&[("stable", 100), ("canary", 0)]))
         .unwrap();
 
@@ -286,14 +224,15 @@ async fn no_request_is_dropped_while_weights_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_measure_one_backend_over_a_window() {
     let stop = CancellationToken::new();
-    let r = router(
-        &[
-            ("stable", backend("stable", 0.0, 0, &stop).await),
-            ("canary", backend("canary", 0.2, 10, &stop).await),
-        ],
-        &stop,
-    )
+    let backends = Backends::start(&[
+        Server::new("stable"),
+        Server::new("canary")
+            .failing(0.2)
+            .latency(Duration::from_millis(20))
+            .latency_every(10),
+    ])
     .await;
+    let r = router(&backends, &stop).await;
     r.apply("shop", &traffic(&[("stable", 0), ("canary", 100)]))
         .unwrap();
     assert_eq!(
@@ -346,7 +285,8 @@ fn q_none(r: &EmbeddedRouter, service: &str, backend: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_is_a_502_counted_as_5xx() {
     let stop = CancellationToken::new();
-    let r = router(&[("gone", closed_port().await)], &stop).await;
+    let backends = Backends::start(&[Server::new("gone").down()]).await;
+    let r = router(&backends, &stop).await;
     r.apply("shop", &traffic(&[("gone", 100)])).unwrap();
     let (status, backend) = get(&client(), r.local_addr(), "shop").await;
     assert_eq!((status, backend.as_str()), (502, "gone"));
@@ -367,14 +307,8 @@ async fn an_unreachable_upstream_is_a_502_counted_as_5xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_header_picks_the_service() {
     let stop = CancellationToken::new();
-    let r = router(
-        &[
-            ("a", backend("a", 0.0, 0, &stop).await),
-            ("b", backend("b", 0.0, 0, &stop).await),
-        ],
-        &stop,
-    )
-    .await;
+    let backends = Backends::start(&[Server::new("a"), Server::new("b")]).await;
+    let r = router(&backends, &stop).await;
     let (c, addr) = (client(), r.local_addr());
     assert_eq!(get(&c, addr, "shop").await.0, 503, "no weights set");
 
@@ -403,14 +337,8 @@ async fn the_host_header_picks_the_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn render_metrics_exposes_counters_and_histograms() {
     let stop = CancellationToken::new();
-    let r = router(
-        &[
-            ("a", backend("a", 0.0, 0, &stop).await),
-            ("b", backend("b", 1.0, 0, &stop).await),
-        ],
-        &stop,
-    )
-    .await;
+    let backends = Backends::start(&[Server::new("a"), Server::new("b").failing(1.0)]).await;
+    let r = router(&backends, &stop).await;
     r.apply("shop", &traffic(&[("a", 100), ("b", 0)])).unwrap();
     send(&r, "shop", 10).await;
     r.apply("shop", &traffic(&[("a", 0), ("b", 100)])).unwrap();
@@ -461,7 +389,8 @@ async fn render_metrics_exposes_counters_and_histograms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_accepting() {
     let stop = CancellationToken::new();
-    let r = router(&[("a", backend("a", 0.0, 0, &stop).await)], &stop).await;
+    let backends = Backends::start(&[Server::new("a")]).await;
+    let r = router(&backends, &stop).await;
     r.apply("shop", &traffic(&[("a", 100)])).unwrap();
     assert_eq!(get(&client(), r.local_addr(), "shop").await.0, 200);
     stop.cancel();

@@ -2,54 +2,24 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use canaryd::git::{self, Author, GateCommit, GitError, Heads, Mirror, Push, Remote, RevertBranch};
+use canaryd::git::{self, Author, GateCommit, GitError, Heads, Mirror, Push, RevertBranch};
 use tempfile::TempDir;
 
-/// Runs the git CLI as a user would, with a fixed identity and no outside configuration.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Ada")
-        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
-        .env("GIT_COMMITTER_NAME", "Ada")
-        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim_end()
-        .to_string()
-}
+use crate::support::git::{GitDaemon, Repo, chain, git_trim, mirror};
 
 /// A bare remote, a user's working clone of it, and room for mirrors.
 struct World {
     tmp: TempDir,
+    repo: Repo,
 }
 
 impl World {
     fn new() -> World {
         let tmp = TempDir::new().unwrap();
-        git(tmp.path(), &["init", "--bare", "remote.git"]);
-        git(tmp.path(), &["clone", "-q", "remote.git", "work"]);
-        World { tmp }
+        let repo = Repo::init(tmp.path());
+        World { tmp, repo }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -57,40 +27,20 @@ impl World {
     }
 
     fn remote_url(&self) -> String {
-        self.path("remote.git").to_str().unwrap().to_string()
+        self.repo.remote.to_str().unwrap().to_string()
     }
 
     fn work(&self) -> PathBuf {
-        self.path("work")
+        self.repo.work.clone()
     }
 
     /// Writes files (None deletes) in the working clone, commits and pushes; returns the id.
     fn commit(&self, files: &[(&str, Option<&str>)], message: &str) -> String {
-        let work = self.work();
-        for (path, text) in files {
-            let full = work.join(path);
-            match text {
-                Some(text) => {
-                    fs::create_dir_all(full.parent().unwrap()).unwrap();
-                    fs::write(&full, text).unwrap();
-                }
-                None => fs::remove_file(&full).unwrap(),
-            }
-        }
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "-q", "--allow-empty", "-m", message]);
-        git(&work, &["push", "-q", "origin", "main"]);
-        git(&work, &["rev-parse", "HEAD"])
+        self.repo.commit(files, message)
     }
 
     fn mirror_at(&self, dir: &str, url: &str) -> Mirror {
-        let remote = Remote {
-            url: url.to_string(),
-            branch: "main".into(),
-            status_branch: "canaryd/status".into(),
-            rollouts_dir: "rollouts".into(),
-        };
-        Mirror::open(&self.path(dir), remote, Author::default()).unwrap()
+        mirror(&self.path(dir), url)
     }
 
     fn mirror(&self) -> Mirror {
@@ -99,7 +49,7 @@ impl World {
 
     /// A fresh clone of the remote, as a reviewer would look at it.
     fn fresh_clone(&self, name: &str) -> PathBuf {
-        git(self.tmp.path(), &["clone", "-q", "remote.git", name]);
+        git_trim(self.tmp.path(), &["clone", "-q", "remote.git", name]);
         self.path(name)
     }
 }
@@ -116,18 +66,6 @@ fn map(items: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-/// The error and its sources, as the daemon prints them.
-fn chain(e: &GitError) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[test]
@@ -149,7 +87,7 @@ fn open_and_fetch_report_the_heads() {
     let url = format!("file://{}", w.remote_url());
     let reopened = w.mirror_at("data/mirror.git", &url);
     assert_eq!(reopened.fetch().unwrap().spec, Some(c2));
-    let config = git(&w.path("data/mirror.git"), &["config", "remote.origin.url"]);
+    let config = git_trim(&w.path("data/mirror.git"), &["config", "remote.origin.url"]);
     assert_eq!(config, url);
 }
 
@@ -227,9 +165,9 @@ fn file_at_and_file_history_follow_the_first_parent() {
     let c1 = w.commit(&[("rollouts/web.yaml", Some("v: 1\n"))], "add web");
     let _c2 = w.commit(&[("rollouts/api.yaml", Some("v: 1\n"))], "add api");
     let c3 = w.commit(&[("rollouts/web.yaml", Some("v: 2\n"))], "web v2");
-    git(&w.work(), &["revert", "--no-edit", "HEAD"]);
-    git(&w.work(), &["push", "-q", "origin", "main"]);
-    let c4 = git(&w.work(), &["rev-parse", "HEAD"]);
+    git_trim(&w.work(), &["revert", "--no-edit", "HEAD"]);
+    git_trim(&w.work(), &["push", "-q", "origin", "main"]);
+    let c4 = git_trim(&w.work(), &["rev-parse", "HEAD"]);
     let c5 = w.commit(&[("rollouts/web.yaml", None)], "drop web");
 
     let mirror = w.mirror();
@@ -255,7 +193,7 @@ fn file_at_and_file_history_follow_the_first_parent() {
         mirror.file_history(&head, "rollouts/web.yaml", 2).unwrap(),
         expected[..2]
     );
-    let subject = git(&w.work(), &["log", "-1", "--format=%s", &c4]);
+    let subject = git_trim(&w.work(), &["log", "-1", "--format=%s", &c4]);
     assert_eq!(subject, "Revert \"web v2\"");
 }
 
@@ -321,12 +259,12 @@ fn commit_status_creates_updates_and_deletes_files() {
 
     // What a reviewer sees in a fresh clone.
     let clone = w.fresh_clone("review");
-    let log = git(&clone, &["log", "--format=%H %s", "origin/canaryd/status"]);
+    let log = git_trim(&clone, &["log", "--format=%H %s", "origin/canaryd/status"]);
     assert_eq!(
         log,
         format!("{id3} api: removed\n{id2} web: step 2\n{id1} web: step 1")
     );
-    let story = git(
+    let story = git_trim(
         &clone,
         &[
             "log",
@@ -337,7 +275,7 @@ fn commit_status_creates_updates_and_deletes_files() {
         ],
     );
     assert_eq!(story, "web: step 2\nweb: step 1");
-    let author = git(
+    let author = git_trim(
         &clone,
         &[
             "log",
@@ -347,15 +285,15 @@ fn commit_status_creates_updates_and_deletes_files() {
         ],
     );
     assert_eq!(author, "canaryd <canaryd@localhost> / canaryd");
-    let body = git(&clone, &["log", "-1", "--format=%B", &id1]);
+    let body = git_trim(&clone, &["log", "-1", "--format=%B", &id1]);
     assert_eq!(body, "web: step 1\n\nweight 10%\n\nRollout: web");
     // The watched branch is untouched and the status branch is a separate root.
     assert_eq!(
-        git(&clone, &["rev-list", "--count", "origin/canaryd/status"]),
+        git_trim(&clone, &["rev-list", "--count", "origin/canaryd/status"]),
         "3"
     );
     assert_eq!(
-        git(&clone, &["ls-tree", "-r", "--name-only", &id3]),
+        git_trim(&clone, &["ls-tree", "-r", "--name-only", &id3]),
         "status/web.yaml"
     );
 
@@ -396,13 +334,13 @@ fn a_chain_of_status_commits_is_pushed_once_each_commit_touching_its_own_file() 
         "nothing new: no commit"
     );
     let clone = w.fresh_clone("review");
-    let log = git(&clone, &["log", "--format=%s", "origin/canaryd/status"]);
+    let log = git_trim(&clone, &["log", "--format=%s", "origin/canaryd/status"]);
     assert_eq!(log, "api: stable\nweb: step 1");
     for (file, subject) in [
         ("status/web.yaml", "web: step 1"),
         ("status/api.yaml", "api: stable"),
     ] {
-        let story = git(
+        let story = git_trim(
             &clone,
             &["log", "--format=%s", "origin/canaryd/status", "--", file],
         );
@@ -425,11 +363,11 @@ fn a_concurrent_status_push_is_rejected_then_retried_without_losing_it() {
 
     // Another writer pushes to the status branch in between.
     let other = w.fresh_clone("other");
-    git(&other, &["checkout", "-q", "canaryd/status"]);
+    git_trim(&other, &["checkout", "-q", "canaryd/status"]);
     fs::write(other.join("status/api.yaml"), "phase: other\n").unwrap();
-    git(&other, &["add", "-A"]);
-    git(&other, &["commit", "-q", "-m", "api: other writer"]);
-    git(&other, &["push", "-q", "origin", "canaryd/status"]);
+    git_trim(&other, &["add", "-A"]);
+    git_trim(&other, &["commit", "-q", "-m", "api: other writer"]);
+    git_trim(&other, &["push", "-q", "origin", "canaryd/status"]);
 
     let next = changes(&[("web", Some("phase: 2\n"))]);
     assert_eq!(
@@ -449,9 +387,9 @@ fn a_concurrent_status_push_is_rejected_then_retried_without_losing_it() {
     let expected = map(&[("api", "phase: other\n"), ("web", "phase: 2\n")]);
     assert_eq!(mirror.status_files().unwrap(), expected);
     let remote = w.path("remote.git");
-    assert_eq!(git(&remote, &["rev-parse", "canaryd/status"]), id);
+    assert_eq!(git_trim(&remote, &["rev-parse", "canaryd/status"]), id);
     assert_eq!(
-        git(&remote, &["log", "--format=%s", "canaryd/status"]),
+        git_trim(&remote, &["log", "--format=%s", "canaryd/status"]),
         "web: 2\napi: other writer\nweb: 1"
     );
 }
@@ -462,7 +400,7 @@ fn gates_are_read_from_trailers() {
     let gate = |action: &str, rollout: &str, rev: &str| {
         let body = format!("Canaryd-Gate: {action}\nRollout: {rollout}\nRevision: {rev}");
         let work = w.work();
-        git(
+        git_trim(
             &work,
             &[
                 "commit",
@@ -474,8 +412,8 @@ fn gates_are_read_from_trailers() {
                 &body,
             ],
         );
-        git(&work, &["push", "-q", "origin", "main"]);
-        git(&work, &["rev-parse", "HEAD"])
+        git_trim(&work, &["push", "-q", "origin", "main"]);
+        git_trim(&work, &["rev-parse", "HEAD"])
     };
     w.commit(&[("rollouts/web.yaml", Some("v: 1\n"))], "add web");
     let promote = gate("promote", "web", "r1");
@@ -565,27 +503,30 @@ fn ensure_revert_branch_is_created_once() {
 
     let clone = w.fresh_clone("review");
     let branch = "origin/canaryd/revert/web-abc";
-    assert_eq!(git(&clone, &["rev-parse", branch]), id);
-    assert_eq!(git(&clone, &["rev-parse", &format!("{branch}^")]), base);
+    assert_eq!(git_trim(&clone, &["rev-parse", branch]), id);
     assert_eq!(
-        git(&clone, &["show", &format!("{branch}:rollouts/web.yaml")]),
+        git_trim(&clone, &["rev-parse", &format!("{branch}^")]),
+        base
+    );
+    assert_eq!(
+        git_trim(&clone, &["show", &format!("{branch}:rollouts/web.yaml")]),
         "v: 1"
     );
     assert_eq!(
-        git(&clone, &["ls-tree", "-r", "--name-only", branch]),
+        git_trim(&clone, &["ls-tree", "-r", "--name-only", branch]),
         "rollouts/web.yaml"
     );
     assert_eq!(
-        git(&clone, &["log", "-1", "--format=%s", branch]),
+        git_trim(&clone, &["log", "-1", "--format=%s", branch]),
         "Revert web to v1"
     );
     assert_eq!(
-        git(&clone, &["rev-parse", "origin/main"]),
+        git_trim(&clone, &["rev-parse", "origin/main"]),
         base,
         "watched branch untouched"
     );
     assert_eq!(
-        git(&clone, &["rev-list", "--count", branch]),
+        git_trim(&clone, &["rev-list", "--count", branch]),
         "3",
         "one commit"
     );
@@ -610,19 +551,22 @@ fn a_working_copy_can_be_the_remote() {
     else {
         panic!("not pushed");
     };
-    assert_eq!(git(&work, &["rev-parse", "refs/heads/canaryd/status"]), id);
-    git(&work, &["fsck", "--no-progress"]);
+    assert_eq!(
+        git_trim(&work, &["rev-parse", "refs/heads/canaryd/status"]),
+        id
+    );
+    git_trim(&work, &["fsck", "--no-progress"]);
 
     // The user commits on the status branch in the working copy; the mirror's next push
     // is rejected, then goes through after a fetch.
-    git(&work, &["branch", "-q", "side", "canaryd/status"]);
-    git(&work, &["update-ref", "refs/heads/canaryd/status", &base]);
+    git_trim(&work, &["branch", "-q", "side", "canaryd/status"]);
+    git_trim(&work, &["update-ref", "refs/heads/canaryd/status", &base]);
     let next = changes(&[("web", Some("phase: 2\n"))]);
     assert_eq!(
         mirror.commit_status(&next, "web: 2").unwrap(),
         Push::Rejected
     );
-    git(&work, &["update-ref", "refs/heads/canaryd/status", &id]);
+    git_trim(&work, &["update-ref", "refs/heads/canaryd/status", &id]);
 
     let created = mirror
         .ensure_revert_branch(
@@ -634,13 +578,13 @@ fn a_working_copy_can_be_the_remote() {
         .unwrap();
     assert!(matches!(created, RevertBranch::Created(_)), "{created:?}");
     assert_eq!(
-        git(&work, &["rev-parse", "HEAD"]),
+        git_trim(&work, &["rev-parse", "HEAD"]),
         base,
         "checked-out branch untouched"
     );
-    assert_eq!(git(&work, &["status", "--porcelain"]), "");
+    assert_eq!(git_trim(&work, &["status", "--porcelain"]), "");
     assert_eq!(
-        git(&work, &["ls-tree", "-r", "--name-only", "revert-web"]),
+        git_trim(&work, &["ls-tree", "-r", "--name-only", "revert-web"]),
         ""
     );
 }
@@ -659,18 +603,18 @@ fn gate_commit_lands_on_the_remote() {
     let id = git::gate_commit(&work, message, &author, true).unwrap();
 
     let remote = w.path("remote.git");
-    assert_eq!(git(&remote, &["rev-parse", "main"]), id);
+    assert_eq!(git_trim(&remote, &["rev-parse", "main"]), id);
     assert_eq!(
-        git(&remote, &["diff", "--stat", "main~1", "main"]),
+        git_trim(&remote, &["diff", "--stat", "main~1", "main"]),
         "",
         "empty commit"
     );
     assert_eq!(
-        git(&remote, &["log", "-1", "--format=%an <%ae>", "main"]),
+        git_trim(&remote, &["log", "-1", "--format=%an <%ae>", "main"]),
         "Grace <grace@example.com>"
     );
     assert_eq!(
-        git(&work, &["status", "--porcelain"]),
+        git_trim(&work, &["status", "--porcelain"]),
         " M rollouts/web.yaml",
         "work tree kept"
     );
@@ -686,13 +630,13 @@ fn gate_commit_lands_on_the_remote() {
 
     // Without push, only the working copy moves; a push behind a moved remote is rejected.
     let other = w.fresh_clone("other");
-    git(
+    git_trim(
         &other,
         &["commit", "-q", "--allow-empty", "-m", "someone else"],
     );
-    git(&other, &["push", "-q", "origin", "main"]);
+    git_trim(&other, &["push", "-q", "origin", "main"]);
     let local = git::gate_commit(&work, "Abort web", &author, false).unwrap();
-    assert_eq!(git(&work, &["rev-parse", "main"]), local);
+    assert_eq!(git_trim(&work, &["rev-parse", "main"]), local);
     let err = git::gate_commit(&work, "Abort web again", &author, true).unwrap_err();
     assert!(matches!(err, GitError::Rejected { .. }), "{err}");
     assert!(err.is_transient());
@@ -702,7 +646,7 @@ fn gate_commit_lands_on_the_remote() {
 fn gate_commit_needs_a_branch() {
     let w = World::new();
     let c = w.commit(&[], "first");
-    git(&w.work(), &["checkout", "-q", "--detach", &c]);
+    git_trim(&w.work(), &["checkout", "-q", "--detach", &c]);
     let err = git::gate_commit(&w.work(), "x", &Author::default(), false).unwrap_err();
     assert!(matches!(err, GitError::NoBranch { .. }), "{err}");
 }
@@ -729,7 +673,7 @@ fn read_status_branch_from_a_path_or_a_url() {
         expected
     );
     // A working clone that only has the remote-tracking branch.
-    git(&w.work(), &["fetch", "-q"]);
+    git_trim(&w.work(), &["fetch", "-q"]);
     let work = w.work();
     assert_eq!(
         git::read_status_branch(work.to_str().unwrap(), "canaryd/status", &scratch).unwrap(),
@@ -786,55 +730,12 @@ fn redact_strips_credentials() {
     );
 }
 
-/// A `git daemon` serving the world's directory over git:// on loopback; killed on drop.
-pub struct Daemon {
-    child: std::process::Child,
-    pub port: u16,
-}
-
-impl Daemon {
-    pub fn start(base: &Path) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // The daemon binary itself: `git daemon` would leave it running when killed.
-        let exec_path = git(base, &["--exec-path"]);
-        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
-            .args(["--reuseaddr", "--export-all", "--enable=receive-pack"])
-            .arg(format!("--base-path={}", base.display()))
-            .args(["--listen=127.0.0.1", &format!("--port={port}")])
-            .arg(base)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let daemon = Daemon { child, port };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return daemon;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("git daemon did not start");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn pushes_over_the_network_and_a_declining_hook_is_refused() {
     let w = World::new();
     let base = w.commit(&[("rollouts/web.yaml", Some("v: 1\n"))], "web v1");
-    let daemon = Daemon::start(w.tmp.path());
-    let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+    let daemon = GitDaemon::start(w.tmp.path());
+    let url = daemon.url("remote.git");
     let mirror = w.mirror_at("data/mirror.git", &url);
     assert_eq!(mirror.fetch().unwrap().spec, Some(base.clone()));
     let Push::Pushed(id) = mirror
@@ -844,7 +745,7 @@ fn pushes_over_the_network_and_a_declining_hook_is_refused() {
         panic!("not pushed");
     };
     assert_eq!(
-        git(&w.path("remote.git"), &["rev-parse", "canaryd/status"]),
+        git_trim(&w.path("remote.git"), &["rev-parse", "canaryd/status"]),
         id
     );
 

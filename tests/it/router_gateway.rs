@@ -2,11 +2,12 @@
 //!
 //! The fake keeps more routes beside it where a test asks for them, and lists them as a LIST
 //! of the namespace's HTTPRoutes answers. It checks what a real API server would refuse and
-//! what canaryd promises to send: the bearer token, `?fieldManager=canaryd`, the JSON Patch content type; it applies `test`,
-//! `replace` and `add` as RFC 6902 says, validates the patched `spec` against the CRD's `v1`
-//! `openAPIV3Schema` (structural schema only: the CRD's CEL `x-kubernetes-validations` are not
-//! evaluated) and answers an invalid result or a failed `test` with 422, a missing route with
-//! 404, a wrong token with 401, each as a Kubernetes `Status`.
+//! what canaryd promises to send: the bearer token, `?fieldManager=canaryd`, the JSON Patch
+//! content type; it applies `test`, `replace` and `add` as RFC 6902 says, validates the patched
+//! `spec` against the CRD's `v1` `openAPIV3Schema` (structural schema only: the CRD's CEL
+//! `x-kubernetes-validations` are not evaluated) and answers an invalid result or a failed
+//! `test` with 422, a missing route with 404, a wrong token with 401, each as a Kubernetes
+//! `Status`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,10 +23,12 @@ use canaryd::model::{Traffic, Weight};
 use canaryd::router::RouterError;
 use canaryd::router::gateway::GatewayRouter;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::DropGuard;
 
-use crate::observe_all::{assert_unknown, blue_green, observe_all_checked, services, weights_of};
+use crate::support::net::{self, Silent};
+use crate::support::observe::{
+    assert_unknown, blue_green, observe_all_checked, services, weights_of,
+};
 
 const NAMESPACE: &str = "shop";
 const ROUTE: &str = "checkout";
@@ -344,23 +347,15 @@ impl ApiServer {
             .route(ROUTE_PATH, get(get_route).patch(patch_route))
             .route("/readyz", get(readyz))
             .with_state(fake.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await
-                .unwrap();
-        });
+        let (addr, stop) = net::serve(app).await;
+        let url = format!("http://{addr}");
         let token_file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(token_file.path(), format!("{TOKEN}\n")).unwrap();
         ApiServer {
             url,
             fake,
             token_file,
-            _stop: stop.drop_guard(),
+            _stop: stop,
         }
     }
 
@@ -678,10 +673,7 @@ async fn a_wrong_or_missing_token_is_rejected_without_showing_it_and_rotation_is
 
 #[tokio::test]
 async fn an_api_server_down_or_silent_is_unreachable_within_the_timeout() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = net::free_addr();
     let router = GatewayRouter::new("k8s", &format!("http://{closed}"), NAMESPACE, None).unwrap();
     for result in [
         router.observe(ROUTE).await.map(drop),
@@ -694,14 +686,8 @@ async fn an_api_server_down_or_silent_is_unreachable_within_the_timeout() {
         }
     }
     // Accepts connections, never answers.
-    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = silent.local_addr().unwrap();
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            held.push(socket);
-        }
-    });
+    let silent = Silent::start().await;
+    let addr = silent.addr;
     let router = GatewayRouter::new("k8s", &format!("http://{addr}"), NAMESPACE, None).unwrap();
     let started = Instant::now();
     match router.observe(ROUTE).await {
@@ -711,7 +697,7 @@ async fn an_api_server_down_or_silent_is_unreachable_within_the_timeout() {
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(4));
-    hold.abort();
+    drop(silent);
 }
 
 #[tokio::test]

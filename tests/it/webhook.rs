@@ -17,7 +17,9 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::World;
+use crate::support::git::git;
+use crate::support::net;
+use crate::support::world::{HELD, World, canary_weight, phase};
 
 /// The npm package the payloads come from, pinned; `.ci/run` installs it.
 const EXAMPLES: &str = "@octokit/webhooks-examples@7.6.1";
@@ -148,8 +150,7 @@ impl Hooks {
         let secret = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(secret.path(), format!("{SECRET}\n")).unwrap();
         let admin = Admin::new(Arc::new(Telemetry::new()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = net::listener().await;
         let stop = CancellationToken::new();
         tokio::spawn(admin::serve(listener, admin.clone(), stop.clone()));
         let (tx, woken) = mpsc::channel(1);
@@ -455,12 +456,6 @@ async fn the_admin_endpoints_are_unchanged_by_the_mount() {
     assert_eq!(get("/nope").await, 404);
 }
 
-fn canary_weight(s: &canaryd::record::StatusFile) -> u8 {
-    s.desired.get("green").map_or(0, |w| w.get())
-}
-
-const HELD: &str = "  steps:\n    - setWeight: 30\n    - pause: {}\n    - setWeight: 60\n";
-
 /// A world whose daemon looks only when a signed webhook says so: five minutes between polls,
 /// and a file:// URL, which the daemon does not watch on disk.
 fn woken_by_webhooks_only() -> World {
@@ -517,7 +512,7 @@ fn a_signed_push_wakes_the_real_daemon_long_before_its_poll() {
     println!("signed push delivery -> first step recorded: {took:?}");
     assert!(took < Duration::from_secs(5), "took {took:?}\n{}", w.logs());
 
-    let metrics = crate::daemon::http_get(w.admin, "/metrics");
+    let metrics = w.admin_get("/metrics");
     for line in [
         "canaryd_webhook_deliveries_total{outcome=\"woke\"} 1",
         "canaryd_webhook_deliveries_total{outcome=\"ignored\"} 1",
@@ -550,14 +545,14 @@ fn canaryd_plan_shows_what_the_daemon_then_does_with_a_pending_promote() {
     let merged = w.merge("checkout.yaml", &w.spec(true, HELD), "canary: green 1.1");
     push(&w, &merged);
     w.wait_for("checkout", 30, "paused at 30 %", |s| {
-        crate::daemon::phase(s) == "paused" && canary_weight(s) == 30
+        phase(s) == "paused" && canary_weight(s) == 30
     });
     w.gate("promote");
-    let gate = crate::daemon::git(&w.work, &["rev-parse", "HEAD"]);
+    let gate = git(&w.work, &["rev-parse", "HEAD"]);
 
     // The snapshot, as the daemon holds it.
     let file = w.status("checkout").unwrap();
-    let before = crate::daemon::git(&w.remote, &["rev-parse", "canaryd/status"]);
+    let before = git(&w.remote, &["rev-parse", "canaryd/status"]);
     let snapshot = w.dir.path().join("snapshot");
     std::fs::create_dir_all(&snapshot).unwrap();
     std::fs::write(snapshot.join("checkout.yaml"), file.to_yaml().unwrap()).unwrap();
@@ -598,7 +593,7 @@ fn canaryd_plan_shows_what_the_daemon_then_does_with_a_pending_promote() {
     push(&w, gate.trim());
     w.wait_for("checkout", 30, "past 60 %", |s| canary_weight(s) >= 60);
     let range = format!("{}..canaryd/status", before.trim());
-    let bodies = crate::daemon::git(
+    let bodies = git(
         &w.remote,
         &[
             "log",
@@ -614,13 +609,12 @@ fn canaryd_plan_shows_what_the_daemon_then_does_with_a_pending_promote() {
         first.contains(&format!("action: {action}")),
         "the daemon's first commit after the promote: {first}"
     );
-    let recorded = crate::daemon::git(
+    let recorded = git(
         &w.remote,
         &[
             "show",
             &format!("{}:status/checkout.yaml", {
-                let log =
-                    crate::daemon::git(&w.remote, &["log", "--reverse", "--format=%H", &range]);
+                let log = git(&w.remote, &["log", "--reverse", "--format=%H", &range]);
                 log.lines().next().unwrap().to_string()
             }),
         ],

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use canaryd::router::{Observations, RouterError};
+use canaryd::router::{ObservedAll, RouterError};
 
 /// Service names as `observe_all` takes them.
 pub fn services(names: &[&str]) -> Vec<String> {
@@ -12,7 +12,7 @@ pub fn services(names: &[&str]) -> Vec<String> {
 /// `all` (what one `observe_all` returned) holds exactly the services of `each` (what `observe`
 /// returned for each, one call a service), and for each the same weights, or an error of the
 /// same kind.
-pub fn assert_same(all: &Observations, each: &Observations) {
+pub fn assert_same(all: &ObservedAll, each: &ObservedAll) {
     assert_eq!(
         all.keys().collect::<Vec<_>>(),
         each.keys().collect::<Vec<_>>()
@@ -36,7 +36,7 @@ pub fn blue_green(blue: u32, green: u32) -> BTreeMap<String, u32> {
 }
 
 /// The raw weights `observe_all` read for `service`.
-pub fn weights_of<'a>(all: &'a Observations, service: &str) -> &'a BTreeMap<String, u32> {
+pub fn weights_of<'a>(all: &'a ObservedAll, service: &str) -> &'a BTreeMap<String, u32> {
     match &all[service] {
         Ok(observed) => &observed.backends,
         Err(e) => panic!("{service}: {e}"),
@@ -44,7 +44,7 @@ pub fn weights_of<'a>(all: &'a Observations, service: &str) -> &'a BTreeMap<Stri
 }
 
 /// `observe_all` said the router does not know `service`, naming `what`.
-pub fn assert_unknown(all: &Observations, service: &str, what: &str) {
+pub fn assert_unknown(all: &ObservedAll, service: &str, what: &str) {
     match &all[service] {
         Err(RouterError::Unknown { what: w, .. }) => assert!(w.contains(what), "{service}: {w}"),
         other => panic!("{service}: expected unknown {what}, got {other:?}"),
@@ -57,11 +57,11 @@ macro_rules! observe_all_checked {
     ($router:expr, $services:expr) => {{
         let (router, services) = (&$router, $services);
         let all = router.observe_all(services).await.unwrap();
-        let mut each = canaryd::router::Observations::new();
+        let mut each = canaryd::router::ObservedAll::new();
         for service in services {
             each.insert(service.clone(), router.observe(service).await);
         }
-        $crate::observe_all::assert_same(&all, &each);
+        $crate::support::observe::assert_same(&all, &each);
         all
     }};
 }

@@ -1,0 +1,76 @@
+//! `canaryd status`: shows the status recorded on the status branch, once or every two seconds.
+
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use super::{ConfigArgs, DEFAULT_STATUS_BRANCH, Output, OutputArgs, emit};
+
+#[derive(Args)]
+#[command(mut_arg("config", |a| a.help(
+    "Controller configuration, for the credentials of a remote `--repo` (`gitAuth`)"
+)))]
+pub struct StatusArgs {
+    /// Only this rollout.
+    name: Option<String>,
+    /// The repository: a local path or a URL.
+    #[arg(long, env = "CANARYD_REPO", default_value = ".")]
+    repo: String,
+    #[arg(long, env = "CANARYD_STATUS_BRANCH", default_value = DEFAULT_STATUS_BRANCH)]
+    status_branch: String,
+    /// Show it again every two seconds until interrupted.
+    #[arg(long)]
+    watch: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+pub fn run(args: StatusArgs) -> Result<u8> {
+    let name = args.name.as_deref();
+    let status_branch = &args.status_branch;
+    let auth = args.config.read()?.git_auth.unwrap_or_default();
+    auth.check()?;
+    let scratch = tempfile_dir()?;
+    loop {
+        let files = canaryd::git::read_status_branch_as(&args.repo, status_branch, &scratch, &auth)
+            .with_context(|| format!("cannot read branch {status_branch}"))?;
+        let mut parsed = Vec::new();
+        for (rollout, text) in &files {
+            if name.is_some_and(|n| n != rollout) {
+                continue;
+            }
+            match canaryd::record::StatusFile::from_yaml(text) {
+                Ok(f) => parsed.push(f),
+                Err(e) => eprintln!("warning: status of `{rollout}` cannot be read: {e}"),
+            }
+        }
+        if let Some(n) = name
+            && parsed.is_empty()
+        {
+            bail!("no status for rollout `{n}` on {status_branch}");
+        }
+        let text = match args.output.output {
+            Output::Human => canaryd::status_view::human(&parsed, canaryd::clock::wall()),
+            Output::Json => format!("{}\n", canaryd::status_view::json(&parsed)),
+        };
+        if !args.watch {
+            emit(&text)?;
+            let _ = fs::remove_dir_all(&scratch);
+            return Ok(0);
+        }
+        // Clear the screen and draw again.
+        emit(&format!("\x1b[2J\x1b[H{text}"))?;
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
+/// A private scratch folder for fetching a remote status branch.
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("canaryd-status-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
