@@ -8,6 +8,10 @@
 //! so every timed one is a real change. What "verify" reads differs per router and is printed
 //! with the table: NGINX cannot report weights, so its read back is canaryd's own file.
 //!
+//! Then one more figure: an HAProxy with [`MANY`] backends of two servers each, read whole
+//! with one `driver.observe_all(all names)` against one `driver.observe(name)` per backend,
+//! [`MANY_RUNS`] times each (the runs alternate), with the median printed.
+//!
 //! `cargo bench --bench routers` prints median, p90, min and max per router; nothing here
 //! asserts a time. A router whose binary is missing is skipped. Every process is stopped by a
 //! drop guard, also when the bench panics.
@@ -17,6 +21,7 @@
     reason = "a benchmark times real routers with the real clock"
 )]
 
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,6 +51,12 @@ const VERIFY_LIMIT: Duration = Duration::from_secs(5);
 const APPLY_LIMIT: Duration = Duration::from_secs(10);
 /// The service every router is configured with.
 const SERVICE: &str = "checkout";
+/// Backends of the HAProxy read whole by the `observe_all` figure.
+const MANY: usize = 1_000;
+/// Timed reads of all [`MANY`] backends, each way.
+const MANY_RUNS: usize = 5;
+/// How long one read of all [`MANY`] backends may take, either way.
+const MANY_LIMIT: Duration = Duration::from_secs(30);
 
 /// The routers, in the order they are measured.
 #[derive(Clone, Copy)]
@@ -148,6 +159,92 @@ fn main() {
     for n in &notes {
         println!("{n}");
     }
+
+    println!();
+    let Some(version) = installed(Kind::Haproxy) else {
+        println!("observe_all figure skipped: haproxy not installed");
+        return;
+    };
+    let figure = rt.block_on(async {
+        let names: Vec<String> = (0..MANY).map(|i| format!("shop-{i:04}")).collect();
+        // The first is the frontend's, the others beside it, all at blue 100 and green 0.
+        let more: Vec<(&str, &[u32])> = names[1..]
+            .iter()
+            .map(|name| (name.as_str(), &[100, 0][..]))
+            .collect();
+        let haproxy =
+            rig::haproxy::Haproxy::start_with(&names[0], backends.upstreams(), &more).await;
+        let haproxy = haproxy.map_err(|e| e.0)?;
+        let times = observe_many(&Driver::Haproxy(haproxy.unix()), &names).await;
+        times.map_err(|e| format!("{e}\n{}", rig::tail(&haproxy.log())))
+    });
+    match figure {
+        Ok((all, each)) => println!(
+            "haproxy ({version}), {MANY} backends of 2 servers, unix socket, median of {MANY_RUNS}:\n\
+             \x20 observe_all of all {MANY}: {} (one `show servers state;show backend`)\n\
+             \x20 {MANY} observe calls:      {} (one `show servers state <backend>` each)",
+            spread(&all),
+            spread(&each)
+        ),
+        Err(e) => println!("observe_all figure failed: {e}"),
+    }
+}
+
+/// Reads all of `names` [`MANY_RUNS`] times each way, alternating: one `observe_all`, then one
+/// `observe` a name. The first read each way is checked against the other and not timed.
+async fn observe_many(
+    driver: &Driver,
+    names: &[String],
+) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    let bounded = |what: &str| format!("{what} took over {MANY_LIMIT:?}");
+    let read_all = async || {
+        let all = tokio::time::timeout(MANY_LIMIT, driver.observe_all(names))
+            .await
+            .map_err(|_| bounded("observe_all"))?
+            .map_err(|e| format!("observe_all: {e}"))?;
+        all.into_iter()
+            .map(|(name, observed)| Ok((name, observed.map_err(|e| e.to_string())?)))
+            .collect::<Result<BTreeMap<_, _>, String>>()
+    };
+    let read_each = async || {
+        let each = async {
+            let mut each = BTreeMap::new();
+            for name in names {
+                let observed = driver.observe(name).await;
+                each.insert(name.clone(), observed.map_err(|e| e.to_string())?);
+            }
+            Ok::<_, String>(each)
+        };
+        tokio::time::timeout(MANY_LIMIT, each)
+            .await
+            .map_err(|_| bounded("observe of each"))?
+    };
+    if read_all().await? != read_each().await? {
+        return Err("observe_all and observe read different weights".to_string());
+    }
+    let (mut all, mut each) = (Vec::new(), Vec::new());
+    for _ in 0..MANY_RUNS {
+        let started = Instant::now();
+        read_all().await?;
+        all.push(started.elapsed());
+        let started = Instant::now();
+        read_each().await?;
+        each.push(started.elapsed());
+    }
+    Ok((all, each))
+}
+
+/// `median (min .. max)` of `times`.
+fn spread(times: &[Duration]) -> String {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+    format!(
+        "{} ({} .. {})",
+        ms(sorted[sorted.len() / 2]),
+        ms(sorted[0]),
+        ms(sorted[sorted.len() - 1])
+    )
 }
 
 /// The first line of the router's version, if it is installed and runs.

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use canaryd::core::model::Traffic;
-use canaryd::edge::router::RouterError;
 use canaryd::edge::router::embedded::{EmbeddedRouter, QueryError};
+use canaryd::edge::router::{Driver, RouterError};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::backends::{Backends, Server};
+use crate::support::observe::{blue_green, observe_all_checked, services, weights_of};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -114,6 +115,33 @@ async fn weights_split_requests_between_backends() {
     assert!(matches!(err, RouterError::Unknown { .. }), "{err}");
     assert!(err.to_string().contains("nope"), "{err}");
     assert_eq!(r.observe("shop").backends["canary"], 100, "unchanged");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_all_reads_every_service_as_observe_does() {
+    let stop = CancellationToken::new();
+    // Weights are read, never sent through: nothing needs to listen.
+    let backends =
+        Backends::start(&[Server::new("blue").down(), Server::new("green").down()]).await;
+    let r = router(&backends, &stop).await;
+    for (service, green) in [("shop", 10), ("search", 65), ("profile", 100)] {
+        r.apply(
+            service,
+            &traffic(&[("blue", 100 - green), ("green", green)]),
+        )
+        .unwrap();
+    }
+    let driver = Driver::Embedded(r.clone());
+    let asked = services(&["shop", "search", "profile", "nope"]);
+    let all = observe_all_checked!(driver, &asked);
+    assert_eq!(weights_of(&all, "shop"), &blue_green(90, 10));
+    assert_eq!(weights_of(&all, "search"), &blue_green(35, 65));
+    assert_eq!(weights_of(&all, "profile"), &blue_green(0, 100));
+    // The embedded router has every service: one never set only has no weights yet.
+    assert_eq!(weights_of(&all, "nope"), &BTreeMap::new());
+    // Nothing asked, nothing read.
+    assert!(driver.observe_all(&[]).await.unwrap().is_empty());
     stop.cancel();
 }
 

@@ -1,4 +1,4 @@
-//! The Caddy driver against a real `caddy run` on 127.0.0.1 with two real backends: set and read back, traffic split, weight changes under load, drift, router down, unknown names.
+//! The Caddy driver against a real `caddy run` on 127.0.0.1 with two real backends: set and read back, traffic split, weight changes under load, drift, router down, unknown names, every handler read at once.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -7,9 +7,13 @@ use canaryd::core::model::{Traffic, Weight};
 use canaryd::edge::backend::{self, LoadConfig};
 use canaryd::edge::router::RouterError;
 use canaryd::edge::router::caddy::CaddyRouter;
+use serde_json::json;
 
 use crate::support::backends::{Backends, Server};
-use crate::support::rig::caddy::Caddy;
+use crate::support::observe::{
+    assert_unknown, blue_green, observe_all_checked, services, weights_of,
+};
+use crate::support::rig::caddy::{self, Caddy};
 use crate::support::world::{World, rollout_through, runtime};
 
 const SERVICE: &str = "checkout";
@@ -313,6 +317,41 @@ async fn router_caddy_unknown_names_and_refusals() {
         other => panic!("expected rejected, got {other:?}"),
     }
     assert_eq!(percentages(&rig.caddy.router).await, (100, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_caddy_observe_all_reads_every_handler_as_observe_does() {
+    let backends = Backends::start(&[Server::new("blue"), Server::new("green")]).await;
+    let upstreams = backends.upstreams();
+    // Beside `srv0`'s SERVICE, a second server with more handlers: `search`, `profile` (inside a
+    // `subroute`) and `banner` (a `static_response`, no proxy).
+    let host = |name: &str| json!([{"host": [format!("{name}.test")]}]);
+    let more = vec![
+        json!({"match": host("search"), "handle": [caddy::proxy("search", upstreams)]}),
+        json!({"match": host("profile"), "handle": [{
+            "handler": "subroute",
+            "routes": [{"handle": [caddy::proxy("profile", upstreams)]}]
+        }]}),
+        json!({"match": host("banner"), "handle": [{
+            "@id": "banner", "handler": "static_response", "body": "sale"
+        }]}),
+    ];
+    let caddy = Caddy::start_with(SERVICE, upstreams, more).await.unwrap();
+    let router = &caddy.router;
+    for (service, green) in [(SERVICE, 10), ("search", 65), ("profile", 100)] {
+        router
+            .apply(service, &traffic(100 - green, green))
+            .await
+            .unwrap();
+    }
+    let asked = services(&[SERVICE, "search", "profile", "banner", "nope"]);
+    let all = observe_all_checked!(router, &asked);
+    assert_eq!(weights_of(&all, SERVICE), &blue_green(90, 10));
+    assert_eq!(weights_of(&all, "search"), &blue_green(35, 65));
+    // Found inside a subroute, as `GET /id/profile` finds it.
+    assert_eq!(weights_of(&all, "profile"), &blue_green(0, 100));
+    assert_unknown(&all, "banner", "handler is `static_response`");
+    assert_unknown(&all, "nope", "no config object with that @id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

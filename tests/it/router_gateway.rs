@@ -1,11 +1,13 @@
 //! The Gateway API driver against a fake API server on 127.0.0.1 that keeps one HTTPRoute, applies the driver's JSON Patches and validates every result against the published HTTPRoute CRD (no real API server can run here).
 //!
-//! The fake checks what a real API server would refuse and what canaryd promises to send: the
-//! bearer token, `?fieldManager=canaryd`, the JSON Patch content type; it applies `test`,
-//! `replace` and `add` as RFC 6902 says, validates the patched `spec` against the CRD's `v1`
-//! `openAPIV3Schema` (structural schema only: the CRD's CEL `x-kubernetes-validations` are not
-//! evaluated) and answers an invalid result or a failed `test` with 422, a missing route with
-//! 404, a wrong token with 401, each as a Kubernetes `Status`.
+//! The fake keeps more routes beside it where a test asks for them, and lists them as a LIST
+//! of the namespace's HTTPRoutes answers. It checks what a real API server would refuse and
+//! what canaryd promises to send: the bearer token, `?fieldManager=canaryd`, the JSON Patch
+//! content type; it applies `test`, `replace` and `add` as RFC 6902 says, validates the patched
+//! `spec` against the CRD's `v1` `openAPIV3Schema` (structural schema only: the CRD's CEL
+//! `x-kubernetes-validations` are not evaluated) and answers an invalid result or a failed
+//! `test` with 422, a missing route with 404, a wrong token with 401, each as a Kubernetes
+//! `Status`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,11 +26,15 @@ use serde_json::{Value, json};
 use tokio_util::sync::DropGuard;
 
 use crate::support::net::{self, Silent};
+use crate::support::observe::{
+    assert_unknown, blue_green, observe_all_checked, services, weights_of,
+};
 
 const NAMESPACE: &str = "shop";
 const ROUTE: &str = "checkout";
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.canaryd-test-token";
-const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes/{name}";
+const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes";
+const ROUTE_PATH: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes/{name}";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -110,11 +116,15 @@ fn realistic_route() -> Value {
 
 /// The fake API server's state.
 struct Fake {
-    route: Value,
+    /// The first is the route the tests drive; more where a test asks for them.
+    routes: Vec<Value>,
     token: String,
     schema: jsonschema::Validator,
     /// Patches applied (refused ones not counted).
     patches: usize,
+    /// Requests for one route (`GET`, answered or refused), and lists of routes answered.
+    gets: usize,
+    lists: usize,
     /// Swap the route's two backendRefs right after the next GET (a concurrent edit).
     reorder_after_get: bool,
 }
@@ -127,14 +137,8 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// The route named in the path, after checking the token; or the answer to give instead.
-fn authorised<'a>(
-    route: &'a mut Value,
-    token: &str,
-    headers: &HeaderMap,
-    ns: &str,
-    name: &str,
-) -> Result<&'a mut Value, Box<Response>> {
+/// The answer to give instead when the request does not carry the bearer token.
+fn check_token(token: &str, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let expected = format!("Bearer {token}");
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
         let answer = status(
@@ -144,14 +148,50 @@ fn authorised<'a>(
         );
         return Err(Box::new(answer));
     }
-    if ns != route["metadata"]["namespace"] || name != route["metadata"]["name"] {
-        return Err(Box::new(status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("httproutes.gateway.networking.k8s.io \"{name}\" not found"),
-        )));
+    Ok(())
+}
+
+/// The route named in the path, after checking the token; or the answer to give instead.
+fn authorised<'a>(
+    routes: &'a mut [Value],
+    token: &str,
+    headers: &HeaderMap,
+    ns: &str,
+    name: &str,
+) -> Result<&'a mut Value, Box<Response>> {
+    check_token(token, headers)?;
+    routes
+        .iter_mut()
+        .find(|route| ns == route["metadata"]["namespace"] && name == route["metadata"]["name"])
+        .ok_or_else(|| {
+            Box::new(status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("httproutes.gateway.networking.k8s.io \"{name}\" not found"),
+            ))
+        })
+}
+
+/// A LIST of the HTTPRoutes of a namespace, as an API server answers one without `limit`: all
+/// of them.
+async fn list_routes(
+    State(fake): State<Shared>,
+    UrlPath(ns): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut fake = fake.lock().unwrap();
+    if let Err(answer) = check_token(&fake.token, &headers) {
+        return *answer;
     }
-    Ok(route)
+    fake.lists += 1;
+    let items: Vec<&Value> = fake
+        .routes
+        .iter()
+        .filter(|route| ns.as_str() == route["metadata"]["namespace"])
+        .collect();
+    let list = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRouteList",
+                      "metadata": {"resourceVersion": "48300"}, "items": items});
+    Json(list).into_response()
 }
 
 async fn get_route(
@@ -161,7 +201,8 @@ async fn get_route(
 ) -> Response {
     let mut guard = fake.lock().unwrap();
     let fake = &mut *guard;
-    let route = match authorised(&mut fake.route, &fake.token, &headers, &ns, &name) {
+    fake.gets += 1;
+    let route = match authorised(&mut fake.routes, &fake.token, &headers, &ns, &name) {
         Ok(route) => route,
         Err(answer) => return *answer,
     };
@@ -211,7 +252,7 @@ async fn patch_route(
 ) -> Response {
     let mut guard = fake.lock().unwrap();
     let fake = &mut *guard;
-    let route = match authorised(&mut fake.route, &fake.token, &headers, &ns, &name) {
+    let route = match authorised(&mut fake.routes, &fake.token, &headers, &ns, &name) {
         Ok(route) => route,
         Err(answer) => return *answer,
     };
@@ -262,15 +303,10 @@ async fn patch_route(
 }
 
 async fn readyz(State(fake): State<Shared>, headers: HeaderMap) -> Response {
-    let expected = format!("Bearer {}", fake.lock().unwrap().token);
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
-        return status(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Unauthorized".into(),
-        );
+    match check_token(&fake.lock().unwrap().token, &headers) {
+        Ok(()) => "ok".into_response(),
+        Err(answer) => *answer,
     }
-    "ok".into_response()
 }
 
 /// A fake API server on 127.0.0.1 holding `route`; stopped on drop.
@@ -283,21 +319,32 @@ struct ApiServer {
 
 impl ApiServer {
     async fn start(route: Value) -> ApiServer {
+        ApiServer::start_with(vec![route]).await
+    }
+
+    /// A fake holding `routes`, the first being the one [`ApiServer::route`] returns.
+    async fn start_with(routes: Vec<Value>) -> ApiServer {
         let schema = spec_schema();
-        let problems = complaints(&schema, &route["spec"]);
-        assert!(
-            problems.is_empty(),
-            "the fake's route is invalid: {problems:?}"
-        );
+        for route in &routes {
+            let problems = complaints(&schema, &route["spec"]);
+            assert!(
+                problems.is_empty(),
+                "the fake's route {} is invalid: {problems:?}",
+                route["metadata"]["name"]
+            );
+        }
         let fake = Arc::new(Mutex::new(Fake {
-            route,
+            routes,
             token: TOKEN.to_string(),
             schema,
             patches: 0,
+            gets: 0,
+            lists: 0,
             reorder_after_get: false,
         }));
         let app = axum::Router::new()
-            .route(ROUTES, get(get_route).patch(patch_route))
+            .route(ROUTES, get(list_routes))
+            .route(ROUTE_PATH, get(get_route).patch(patch_route))
             .route("/readyz", get(readyz))
             .with_state(fake.clone());
         let (addr, stop) = net::serve(app).await;
@@ -323,11 +370,17 @@ impl ApiServer {
     }
 
     fn route(&self) -> Value {
-        self.fake.lock().unwrap().route.clone()
+        self.fake.lock().unwrap().routes[0].clone()
     }
 
     fn patches(&self) -> usize {
         self.fake.lock().unwrap().patches
+    }
+
+    /// Requests for one route, and lists of routes answered, so far.
+    fn reads(&self) -> (usize, usize) {
+        let fake = self.fake.lock().unwrap();
+        (fake.gets, fake.lists)
     }
 }
 
@@ -412,7 +465,7 @@ async fn a_hand_made_change_is_seen_and_undone() {
         .unwrap();
     {
         // kubectl edit: green loses its weight (so 1), blue gets 3.
-        let route = &mut api.fake.lock().unwrap().route;
+        let route = &mut api.fake.lock().unwrap().routes[0];
         let refs = &mut route["spec"]["rules"][0]["backendRefs"];
         refs[0]["weight"] = json!(3);
         refs[1].as_object_mut().unwrap().remove("weight");
@@ -454,6 +507,44 @@ async fn unknown_routes_and_backends_are_unknown_and_change_nothing() {
         Err(RouterError::Unknown { .. })
     ));
     assert_eq!(api.patches(), 0);
+}
+
+#[tokio::test]
+async fn observe_all_reads_every_route_with_one_list_as_observe_does() {
+    let named = |name: &str| {
+        let mut route = realistic_route();
+        route["metadata"]["name"] = json!(name);
+        route
+    };
+    // A route that redirects only: no rule has backendRefs.
+    let mut redirect = named("redirect");
+    redirect["spec"]["rules"] = json!([{"filters": [{"type": "RequestRedirect",
+        "requestRedirect": {"scheme": "https", "statusCode": 301}}]}]);
+    let api = ApiServer::start_with(vec![
+        named(ROUTE),
+        named("search"),
+        named("profile"),
+        redirect,
+    ])
+    .await;
+    let router = api.router();
+    for (name, green) in [(ROUTE, 10), ("search", 65), ("profile", 100)] {
+        router
+            .apply(name, &traffic(&[("blue", 100 - green), ("green", green)]))
+            .await
+            .unwrap();
+    }
+    let asked = services(&[ROUTE, "search", "profile", "redirect", "cart", "Not/A name"]);
+    let (gets, lists) = api.reads();
+    let all = observe_all_checked!(router, &asked);
+    // One LIST for all; one GET per `observe` (an invalid name is refused before any).
+    assert_eq!(api.reads(), (gets + 5, lists + 1));
+    assert_eq!(weights_of(&all, ROUTE), &blue_green(90, 10));
+    assert_eq!(weights_of(&all, "search"), &blue_green(35, 65));
+    assert_eq!(weights_of(&all, "profile"), &blue_green(0, 100));
+    assert_unknown(&all, "redirect", "rule with backendRefs");
+    assert_unknown(&all, "cart", "httproute `shop/cart`");
+    assert_unknown(&all, "Not/A name", "not a valid object name");
 }
 
 #[tokio::test]
@@ -510,7 +601,7 @@ async fn the_crd_bounds_weights_and_an_invalid_result_is_refused() {
     // A route the API server holds but would not accept again (a hostname it now refuses, set
     // behind its back here): the patched object fails validation, the write is refused.
     let api = ApiServer::start(realistic_route()).await;
-    api.fake.lock().unwrap().route["spec"]["hostnames"] = json!(["Not_A_Host"]);
+    api.fake.lock().unwrap().routes[0]["spec"]["hostnames"] = json!(["Not_A_Host"]);
     match api
         .router()
         .apply(ROUTE, &traffic(&[("blue", 50), ("green", 50)]))

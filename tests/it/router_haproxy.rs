@@ -1,4 +1,4 @@
-//! The HAProxy driver against a real `haproxy` on 127.0.0.1 with two real backends: weights read back, traffic split, no failed request while weights change, no split between steps, drift, router down, unknown names.
+//! The HAProxy driver against a real `haproxy` on 127.0.0.1 with two real backends: weights read back, traffic split, no failed request while weights change, no split between steps, drift, router down, unknown names, every backend read with one command.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
@@ -14,7 +14,10 @@ use canaryd::edge::router::haproxy::HaproxyRouter;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::backends::{Backends, Server};
-use crate::support::net::Silent;
+use crate::support::net::{Relay, Silent};
+use crate::support::observe::{
+    assert_unknown, blue_green, observe_all_checked, services, weights_of,
+};
 use crate::support::rig::haproxy::Haproxy;
 use crate::support::world::{GATED, World, rollout_through, runtime};
 
@@ -570,4 +573,79 @@ fn plan_reads_the_live_weights_from_haproxy() {
         human.contains("-   green 10%") || human.contains("green 10%"),
         "{human}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every backend at once: `observe_all`.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_backend_is_read_with_one_command() {
+    let backends = Backends::start(&[Server::new("blue"), Server::new("green")]).await;
+    // Beside `checkout`: `search` and `profile` as it is, and `spare` without servers.
+    let more: [(&str, &[u32]); 3] = [
+        ("search", &[100, 0]),
+        ("profile", &[100, 0]),
+        ("spare", &[]),
+    ];
+    let haproxy = Haproxy::start_with("checkout", backends.upstreams(), &more)
+        .await
+        .unwrap();
+    let router = haproxy.unix();
+    for (backend, green) in [("checkout", 10), ("search", 35), ("profile", 100)] {
+        router
+            .apply(backend, &split(100 - green, green))
+            .await
+            .unwrap();
+    }
+    let asked = services(&["checkout", "search", "profile", "spare", "cart", "a;b"]);
+    // Over TCP through a relay that keeps what each connection sent.
+    let relay = Relay::start(([127, 0, 0, 1], haproxy.admin_port).into()).await;
+    let counted = HaproxyRouter::new("edge", &relay.addr.to_string()).unwrap();
+    let all = observe_all_checked!(counted, &asked);
+    // One command for all, then one per `observe` (a name HAProxy cannot hold is never sent).
+    assert_eq!(
+        relay.lines(),
+        [
+            "show servers state;show backend",
+            "show servers state checkout",
+            "show servers state search",
+            "show servers state profile",
+            "show servers state spare",
+            "show servers state cart",
+        ]
+    );
+    assert_eq!(weights_of(&all, "checkout"), &blue_green(90, 10));
+    assert_eq!(weights_of(&all, "search"), &blue_green(65, 35));
+    assert_eq!(weights_of(&all, "profile"), &blue_green(0, 100));
+    // A backend without servers is known and empty, as `observe` reads it.
+    assert_eq!(weights_of(&all, "spare"), &BTreeMap::new());
+    assert_unknown(&all, "cart", "backend `cart`");
+    assert_unknown(&all, "a;b", "backend `a;b`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_backends_of_two_servers_fit_in_one_answer() {
+    // Names longer than most, so that the answer is larger than most.
+    let names: Vec<String> = (0..10_000)
+        .map(|i| format!("shop-eu-west-{i:05}-checkout"))
+        .collect();
+    let more: Vec<(&str, &[u32])> = names.iter().map(|n| (n.as_str(), &[90, 10][..])).collect();
+    let backends = Backends::start(&[Server::new("blue"), Server::new("green")]).await;
+    let haproxy = Haproxy::start_with("checkout", backends.upstreams(), &more)
+        .await
+        .unwrap();
+    let router = haproxy.unix();
+    let answer = haproxy.operator("show servers state;show backend").await;
+    let started = Instant::now();
+    let all = router.observe_all(&names).await.unwrap();
+    let took = started.elapsed();
+    println!(
+        "haproxy observe_all of 10,000 backends of 2 servers: {took:?}, answer {} bytes",
+        answer.len()
+    );
+    assert_eq!(all.len(), names.len());
+    for name in &names {
+        assert_eq!(weights_of(&all, name), &blue_green(90, 10), "{name}");
+    }
 }

@@ -10,6 +10,9 @@ use canaryd::edge::router::nginx::NginxRouter;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::backends::{Backends, Server};
+use crate::support::observe::{
+    assert_unknown, blue_green, observe_all_checked, services, weights_of,
+};
 use crate::support::rig::nginx::Nginx;
 use crate::support::world::{World, rollout_through, runtime};
 
@@ -341,6 +344,28 @@ async fn unknown_services_and_backends() {
         observed.backends,
         BTreeMap::from([("blue".into(), 1), ("127.0.0.1:1".into(), 1)])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_all_reads_every_upstream_as_observe_does() {
+    let fx = Fixture::start().await;
+    let router = fx.nginx.router();
+    for (service, green) in [("checkout", 10), ("search", 65), ("profile", 100)] {
+        let set = [("blue", 100 - green), ("green", green)];
+        router.apply(service, &traffic(&set)).await.unwrap();
+    }
+    let asked = services(&["checkout", "search", "profile", "payments", "check out"]);
+    let all = observe_all_checked!(router, &asked);
+    assert_eq!(weights_of(&all, "checkout"), &blue_green(90, 10));
+    assert_eq!(weights_of(&all, "search"), &blue_green(35, 65));
+    // `down`, read back as 0.
+    assert_eq!(weights_of(&all, "profile"), &blue_green(0, 100));
+    assert_unknown(&all, "payments", "service `payments`");
+    assert_unknown(&all, "check out", "service `check out`");
+    // NGINX stopped: nothing can be read, for any service.
+    fx.nginx.stop();
+    let e = router.observe_all(&asked).await.unwrap_err();
+    assert!(matches!(e, RouterError::Unreachable { .. }), "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use canaryd::edge::router::traefik::TraefikRouter;
 
 use crate::support::backends::{Backends, Server};
 use crate::support::net::Silent;
+use crate::support::observe::{assert_unknown, observe_all_checked, services, weights_of};
 use crate::support::rig::traefik::Traefik;
 use crate::support::world::{World, rollout_through, runtime};
 
@@ -43,12 +44,13 @@ fn traffic(blue: u8, green: u8) -> Traffic {
     Traffic::of(&[("blue", blue), ("green", green)]).unwrap()
 }
 
-/// Polls `observe` until it reports `want`'s percentages; the last observation on timeout.
-async fn settle(router: &TraefikRouter, want: &Traffic) -> Result<Duration, String> {
+/// Polls `observe` of `service` until it reports `want`'s percentages; the last observation on
+/// timeout.
+async fn settle(router: &TraefikRouter, service: &str, want: &Traffic) -> Result<Duration, String> {
     let start = Instant::now();
     let mut last = String::new();
     while start.elapsed() < SETTLE {
-        match router.observe(SERVICE).await {
+        match router.observe(service).await {
             Ok(o) if o.percentages().as_ref() == Some(&want.backends) => {
                 return Ok(start.elapsed());
             }
@@ -63,7 +65,7 @@ async fn settle(router: &TraefikRouter, want: &Traffic) -> Result<Duration, Stri
 async fn apply_and_settle(f: &Fixture, blue: u8, green: u8) {
     let want = traffic(blue, green);
     f.traefik.router.apply(SERVICE, &want).await.unwrap();
-    if let Err(last) = settle(&f.traefik.router, &want).await {
+    if let Err(last) = settle(&f.traefik.router, SERVICE, &want).await {
         panic!(
             "{blue}/{green} not observed within {SETTLE:?}; last: {last}\n{}",
             f.traefik.log()
@@ -220,7 +222,7 @@ async fn a_hand_edit_of_the_file_is_seen_as_drift() {
     )
     .unwrap();
     let drift = traffic(30, 70);
-    settle(&f.traefik.router, &drift)
+    settle(&f.traefik.router, SERVICE, &drift)
         .await
         .unwrap_or_else(|last| panic!("hand edit not observed; last: {last}"));
     assert_eq!(
@@ -269,7 +271,7 @@ async fn router_down_is_unreachable_and_recovers_on_restart() {
     assert_unreachable(r, start.elapsed(), "health");
 
     f.traefik.run().await.unwrap();
-    settle(&f.traefik.router, &traffic(90, 10))
+    settle(&f.traefik.router, SERVICE, &traffic(90, 10))
         .await
         .unwrap_or_else(|last| panic!("not observed after restart; last: {last}"));
     apply_and_settle(&f, 50, 50).await;
@@ -336,6 +338,54 @@ async fn unknown_service_or_backend_is_unknown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_all_reads_every_service_as_observe_does() {
+    let f = fixture(Duration::ZERO).await;
+    let set = [(SERVICE, 90, 10), ("search", 35, 65), ("profile", 0, 100)];
+    for (service, blue, green) in set {
+        f.traefik
+            .router
+            .apply(service, &traffic(blue, green))
+            .await
+            .unwrap();
+    }
+    for (service, blue, green) in set {
+        if let Err(last) = settle(&f.traefik.router, service, &traffic(blue, green)).await {
+            panic!("{service} not loaded; last: {last}\n{}", f.traefik.log());
+        }
+    }
+    let asked = services(&[SERVICE, "search", "profile", "checkout-blue", "nope", "a/b"]);
+    let all = observe_all_checked!(f.traefik.router, &asked);
+    assert_eq!(weights_of(&all, SERVICE), &raw(90, 10).backends);
+    assert_eq!(weights_of(&all, "search"), &raw(35, 65).backends);
+    assert_eq!(weights_of(&all, "profile"), &raw(0, 100).backends);
+    // A service that exists but is not weighted; raw data does not name its type.
+    assert_unknown(&all, "checkout-blue", "it is a loadbalancer service");
+    // Never written: nothing carries traffic for it yet, as `observe` says.
+    assert_eq!(weights_of(&all, "nope"), &BTreeMap::new());
+    assert!(matches!(all["a/b"], Err(RouterError::Setup { .. })));
+
+    // Written but not loaded: a driver whose file Traefik does not watch.
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("elsewhere.yaml");
+    let unwatched = TraefikRouter::new(
+        "edge",
+        &format!("http://127.0.0.1:{}", f.traefik.api),
+        elsewhere.to_str().unwrap(),
+        &f.traefik.backends,
+    )
+    .unwrap();
+    unwatched.apply("pending", &traffic(50, 50)).await.unwrap();
+    let asked = services(&[SERVICE, "pending"]);
+    let all = observe_all_checked!(unwatched, &asked);
+    match &all["pending"] {
+        Err(e @ RouterError::Unreachable { .. }) => {
+            assert!(e.to_string().contains("not loaded yet"), "{e}")
+        }
+        other => panic!("expected not loaded yet, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_then_observe_round_trip_time() {
     let f = fixture(Duration::ZERO).await;
     apply_and_settle(&f, 100, 0).await;
@@ -345,7 +395,7 @@ async fn apply_then_observe_round_trip_time() {
         let want = traffic(100 - green, green);
         let start = Instant::now();
         f.traefik.router.apply(SERVICE, &want).await.unwrap();
-        settle(&f.traefik.router, &want)
+        settle(&f.traefik.router, SERVICE, &want)
             .await
             .unwrap_or_else(|last| panic!("try {i}: not observed; last: {last}"));
         times.push(start.elapsed());
@@ -381,7 +431,8 @@ fn a_rollout_through_the_daemon_is_read_back_from_traefik() {
             .replace("weight: 20", &format!("weight: {green}"));
         assert_ne!(text, edited, "{text}");
         std::fs::write(&f.traefik.dynamic_file, edited).unwrap();
-        rt.block_on(settle(&f.traefik.router, &want)).unwrap();
+        rt.block_on(settle(&f.traefik.router, SERVICE, &want))
+            .unwrap();
     };
     let report = rollout_through(&mut w, f.traefik.frontend, read, hand_set);
     assert_eq!((report.failed, report.server_errors), (0, 0), "{report:?}");

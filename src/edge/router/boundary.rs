@@ -48,13 +48,7 @@ impl Router for super::Driver {
     }
 
     fn observe_all<'a>(&'a self, services: &'a [String]) -> Call<'a, ObservedAll> {
-        Box::pin(async move {
-            let mut all = BTreeMap::new();
-            for s in services {
-                all.insert(s.clone(), super::Driver::observe(self, s).await);
-            }
-            Ok(all)
-        })
+        Box::pin(super::Driver::observe_all(self, services))
     }
 
     fn apply<'a>(&'a self, service: &'a str, traffic: &'a Traffic) -> Call<'a, ()> {

@@ -11,6 +11,9 @@
 //! an upstream whose dial address is not in `backends` is reported under that address, so
 //! traffic going somewhere unexpected shows up as drift rather than being hidden.
 //!
+//! `observe_all` reads the whole config with one `GET {admin}/config/` and finds each handler
+//! by its `@id` in it, wherever it stands, as `/id/` does.
+//!
 //! # Writing
 //!
 //! `apply` reads the handler, builds the weights array in upstream order (upstreams not named
@@ -27,7 +30,7 @@
 //! every config load and a request just after a change can meet a closing connection. Neither errors nor `Debug` show the admin
 //! URL's user info.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -35,7 +38,7 @@ use reqwest::header::{ETAG, IF_MATCH};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
-use super::RouterError;
+use super::{ObservedAll, RouterError};
 use crate::core::model::{Observed, Traffic};
 
 /// The bound on each request to the admin API, answer included.
@@ -94,6 +97,11 @@ struct Handler {
 /// Reads a handler as `GET /id/<service>` returns it.
 fn parse_handler(body: &[u8]) -> Result<Handler, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("handler is not JSON: {e}"))?;
+    handler(&v)
+}
+
+/// Reads a handler, the object that has its `@id`.
+fn handler(v: &Value) -> Result<Handler, String> {
     let kind = v.get("handler").and_then(Value::as_str).unwrap_or("");
     if kind != "reverse_proxy" {
         return Err(format!("handler is `{kind}`, not `reverse_proxy`"));
@@ -139,6 +147,30 @@ fn parse_handler(body: &[u8]) -> Result<Handler, String> {
         weights,
         policy,
     })
+}
+
+/// Every object in `config` (the whole config, as `GET /config/` returns it) that has an `@id`
+/// in `wanted`, by that `@id`: what `GET /id/<@id>` would return for each. Caddy refuses a
+/// config in which two objects have one `@id`.
+fn by_id<'a>(config: &'a Value, wanted: &BTreeSet<&str>, found: &mut BTreeMap<String, &'a Value>) {
+    match config {
+        Value::Object(object) => {
+            if let Some(id) = object.get("@id").and_then(Value::as_str)
+                && wanted.contains(id)
+            {
+                found.entry(id.to_string()).or_insert(config);
+            }
+            for v in object.values() {
+                by_id(v, wanted, found);
+            }
+        }
+        Value::Array(list) => {
+            for v in list {
+                by_id(v, wanted, found);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The live weights per backend name (the dial address for upstreams not in `by_dial`);
@@ -261,7 +293,44 @@ impl CaddyRouter {
     /// The live weights of the handler `@id` = `service`, in Caddy's own scale.
     pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
         let (handler, _) = self.read(service).await?;
-        let weights = self.weighted(service, &handler)?;
+        self.observed(service, &handler)
+    }
+
+    /// The live weights of the handlers `@id` = each of `services`, from one
+    /// `GET {admin}/config/`: the whole config, because an `@id` may stand anywhere in it (a
+    /// handler in a `subroute`, in any server), as `GET /id/<@id>` finds it. A service with no
+    /// object of that `@id` is [`RouterError::Unknown`].
+    pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
+        let answer = self.send(Method::GET, &["config", ""], None, None).await?;
+        if !answer.status.is_success() {
+            return Err(self.rejected(format!(
+                "reading the config answered {}: {}",
+                answer.status,
+                caddy_message(&answer.body)
+            )));
+        }
+        let config: Value = serde_json::from_slice(&answer.body)
+            .map_err(|e| self.rejected(format!("the config is not JSON: {e}")))?;
+        let wanted: BTreeSet<&str> = services.iter().map(String::as_str).collect();
+        let mut found = BTreeMap::new();
+        by_id(&config, &wanted, &mut found);
+        Ok(services
+            .iter()
+            .map(|service| {
+                let observed = match found.get(service) {
+                    Some(object) => self
+                        .handler(service, handler(object))
+                        .and_then(|h| self.observed(service, &h)),
+                    None => Err(self.no_such_id(service)),
+                };
+                (service.clone(), observed)
+            })
+            .collect())
+    }
+
+    /// The live weights of `handler`, the handler `@id` = `service`.
+    fn observed(&self, service: &str, handler: &Handler) -> Result<Observed, RouterError> {
+        let weights = self.weighted(service, handler)?;
         Ok(observed(
             &handler.upstreams,
             weights.as_deref().unwrap_or(&[]),
@@ -333,11 +402,20 @@ impl CaddyRouter {
         if !answer.status.is_success() {
             return Err(self.refused(service, &answer));
         }
-        let handler = parse_handler(&answer.body).map_err(|e| RouterError::Unknown {
+        let handler = self.handler(service, parse_handler(&answer.body))?;
+        Ok((handler, answer.etag))
+    }
+
+    /// A handler read, or why the object `@id` = `service` is none canaryd can drive.
+    fn handler(
+        &self,
+        service: &str,
+        read: Result<Handler, String>,
+    ) -> Result<Handler, RouterError> {
+        read.map_err(|e| RouterError::Unknown {
             router: self.name.clone(),
             what: format!("reverse_proxy handler with @id `{service}` ({e})"),
-        })?;
-        Ok((handler, answer.etag))
+        })
     }
 
     /// The live weights array of a `weighted_round_robin` handler (`None` if it has none).
@@ -434,13 +512,17 @@ impl CaddyRouter {
         RouterError::rejected(&self.name, message)
     }
 
+    fn no_such_id(&self, service: &str) -> RouterError {
+        RouterError::Unknown {
+            router: self.name.clone(),
+            what: format!("service `{service}` (no config object with that @id)"),
+        }
+    }
+
     /// An answer other than success: 404 means no handler with that `@id`.
     fn refused(&self, service: &str, answer: &Answer) -> RouterError {
         if answer.status == StatusCode::NOT_FOUND {
-            RouterError::Unknown {
-                router: self.name.clone(),
-                what: format!("service `{service}` (no config object with that @id)"),
-            }
+            self.no_such_id(service)
         } else {
             self.rejected(format!(
                 "service `{service}`: {}: {}",

@@ -692,17 +692,31 @@ impl EmbeddedRouter {
 
     /// The weights of `service` as last set; empty if never set.
     pub fn observe(&self, service: &str) -> Observed {
+        self.observe_all(std::slice::from_ref(&service))
+            .into_values()
+            .next()
+            .unwrap_or_default()
+    }
+
+    /// The weights of each of `services` as last set (empty if never set), all read under one
+    /// lock, so from one moment: a service is never unknown here, it only has no weights yet.
+    pub fn observe_all<S: AsRef<str>>(&self, services: &[S]) -> BTreeMap<String, Observed> {
         let splits = self
             .shared
             .splits
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        Observed {
-            backends: splits
-                .get(service)
-                .map(|s| s.weights.clone())
-                .unwrap_or_default(),
-        }
+        services
+            .iter()
+            .map(|service| {
+                let service = service.as_ref();
+                let backends = splits
+                    .get(service)
+                    .map(|s| s.weights.clone())
+                    .unwrap_or_default();
+                (service.to_string(), Observed { backends })
+            })
+            .collect()
     }
 
     /// Sets the weights of `service` at once; backends not named get weight 0 for it.

@@ -19,6 +19,9 @@
 //! `observe` reports the weights of the driven rule's `backendRefs` by name, in the Gateway
 //! API's own scale (0..=1000000, "not a percentage"), a missing `weight` being 1 as the API
 //! defines it; two `backendRefs` of one name (other namespaces or ports) are added up.
+//! `observe_all` reads every route with one LIST of the namespace's HTTPRoutes, without `limit`
+//! (so the API server answers them all at once, no `continue` to follow), and reads each as
+//! `observe` does.
 //!
 //! # Writing: a JSON Patch, not a server-side apply
 //!
@@ -65,7 +68,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 
-use super::RouterError;
+use super::{ObservedAll, RouterError};
 use crate::core::model::{Observed, Traffic};
 
 /// The bound on each request to the API server, answer included (and on reading the token).
@@ -185,7 +188,46 @@ impl GatewayRouter {
     /// API's scale (a missing weight is 1).
     pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
         let route = self.read(service).await?;
-        let rule = self.driven(service, &route)?;
+        self.observed(service, &route)
+    }
+
+    /// The weights of each of `services`, from one LIST of the namespace's HTTPRoutes (without
+    /// `limit`, so the API server answers every route at once); a route not in the list is
+    /// [`RouterError::Unknown`].
+    pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
+        let subject = format!("httproutes in namespace `{}`", self.namespace);
+        let mut path = API.to_vec();
+        path.extend(["namespaces", &self.namespace, "httproutes"]);
+        let body = self.call(Method::GET, &path, None, &subject).await?;
+        let list: Value = serde_json::from_slice(&body)
+            .map_err(|e| self.rejected(format!("{subject}: answer is not json: {e}")))?;
+        let Some(items) = list.get("items").and_then(Value::as_array) else {
+            return Err(self.rejected(format!("{subject}: answer has no `items` list")));
+        };
+        let routes: BTreeMap<&str, &Value> = items
+            .iter()
+            .filter_map(|route| Some((route.pointer("/metadata/name")?.as_str()?, route)))
+            .collect();
+        Ok(services
+            .iter()
+            .map(|service| {
+                let observed = self.check_route_name(service).and_then(|()| {
+                    match routes.get(service.as_str()) {
+                        Some(route) => self.observed(service, route),
+                        None => Err(RouterError::Unknown {
+                            router: self.name.clone(),
+                            what: format!("httproute `{}`", self.subject(service)),
+                        }),
+                    }
+                });
+                (service.clone(), observed)
+            })
+            .collect())
+    }
+
+    /// The weights of the driven rule of `route`, the HTTPRoute `service`.
+    fn observed(&self, service: &str, route: &Value) -> Result<Observed, RouterError> {
+        let rule = self.driven(service, route)?;
         Ok(Observed {
             backends: rule.observed(),
         })
@@ -244,18 +286,28 @@ impl GatewayRouter {
 
     /// The HTTPRoute `service`, as the API server has it.
     async fn read(&self, service: &str) -> Result<Value, RouterError> {
+        self.check_route_name(service)?;
         let subject = format!("httproute `{}`", self.subject(service));
-        if !is_dns_subdomain(service) {
-            return Err(RouterError::Unknown {
-                router: self.name.clone(),
-                what: format!("{subject} (not a valid object name)"),
-            });
-        }
         let body = self
             .call(Method::GET, &self.route_path(service), None, &subject)
             .await?;
         serde_json::from_slice(&body)
             .map_err(|e| self.rejected(format!("{subject}: answer is not json: {e}")))
+    }
+
+    /// `Unknown` when `service` cannot be the name of an HTTPRoute.
+    fn check_route_name(&self, service: &str) -> Result<(), RouterError> {
+        if is_dns_subdomain(service) {
+            Ok(())
+        } else {
+            Err(RouterError::Unknown {
+                router: self.name.clone(),
+                what: format!(
+                    "httproute `{}` (not a valid object name)",
+                    self.subject(service)
+                ),
+            })
+        }
     }
 
     /// The driven rule of `route`, or why there is none.

@@ -4,6 +4,10 @@
 //! Weights are read with `show servers state <backend>` (the `srv_uweight` column, the weight
 //! the runtime API sets) and set with `set weight <backend>/<server> <N>`, the percentage
 //! itself being the absolute weight (0..=100 of HAProxy's 0..=256; 0 drains a server).
+//! `observe_all` reads every backend with one line, `show servers state;show backend`: the
+//! first lists the servers of all backends (grouped here by the `be_name` column), the second
+//! names all backends, so that one without servers (which has no line in the first) reads as
+//! empty, as `observe` reads it, and not as unknown.
 //!
 //! Each line goes over its own connection (the socket's non-interactive mode: write one line,
 //! read the answer to EOF), bounded by [`REQUEST_TIMEOUT`]. `apply` reads the backend's servers
@@ -26,20 +30,29 @@
 //! goes back to the configuration's weights unless a `server-state-file` is loaded. The
 //! daemon's read back then sees the difference as drift.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::RouterError;
+use super::{ObservedAll, RouterError};
 use crate::core::model::{Observed, Traffic};
 
 /// How long one runtime API command may take, connecting included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// The longest answer read; a `show servers state` of one backend is far smaller.
-const MAX_ANSWER: u64 = 4 * 1024 * 1024;
+/// The longest answer read to a command about one backend (`show servers state <backend>`, a
+/// line of `set weight`); one backend's is far smaller. A longer answer is an error, never
+/// read cut short.
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+/// The longest answer read to [`EVERY_BACKEND`]. A server's line is about 100 bytes (95 with
+/// 25-character backend names on HAProxy 2.6), so 10,000 backends of 2 servers answer about
+/// 2 MB (read in 30 to 60 ms here); this bound holds over 100,000 servers even at 250 bytes a
+/// line, and [`REQUEST_TIMEOUT`] bounds the time it may take.
+const MAX_EVERY_ANSWER: usize = 32 * 1024 * 1024;
+/// The line `observe_all` sends: every backend's servers, then every backend's name.
+const EVERY_BACKEND: &str = "show servers state;show backend";
 
 /// Where HAProxy's runtime API listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,12 +116,67 @@ impl HaproxyRouter {
     pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
         self.check_name("backend", service)?;
         let answer = self
-            .command(&format!("show servers state {service}"))
+            .command(&format!("show servers state {service}"), MAX_ANSWER)
             .await?;
         let backends = parse_servers_state(&answer).map_err(|message| {
             self.answer_error(&format!("backend `{service}`"), &answer, message)
         })?;
-        Ok(Observed { backends })
+        // HAProxy knows the backend (else it said so, above); without servers it has no line.
+        self.servers_of(service, backends.get(service))
+    }
+
+    /// The live weights of every backend in `services`, from one line over one connection
+    /// ([`EVERY_BACKEND`]); a backend HAProxy does not have is [`RouterError::Unknown`].
+    pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
+        let answer = self.command(EVERY_BACKEND, MAX_EVERY_ANSWER).await?;
+        self.observations(&answer, services)
+    }
+
+    /// What the answer to [`EVERY_BACKEND`] says of each of `services`.
+    fn observations(&self, answer: &str, services: &[String]) -> Result<ObservedAll, RouterError> {
+        let answers = split_answers(answer);
+        let [state, names] = answers.as_slice() else {
+            let message = format!(
+                "runtime api {} gave {} answers to the 2 commands of `{EVERY_BACKEND}`",
+                self.where_(),
+                answers.len()
+            );
+            // Fewer: the connection ended early.
+            return Err(if answers.len() < 2 {
+                self.unreachable(message)
+            } else {
+                self.rejected(message)
+            });
+        };
+        let backends = parse_servers_state(state).map_err(|m| self.rejected(m))?;
+        let known = parse_backends(names).map_err(|m| self.rejected(m))?;
+        let observe = |service: &str| {
+            self.check_name("backend", service)?;
+            if !known.contains(service) {
+                return Err(self.unknown(format!("backend `{service}`")));
+            }
+            self.servers_of(service, backends.get(service))
+        };
+        Ok(services
+            .iter()
+            .map(|service| (service.clone(), observe(service)))
+            .collect())
+    }
+
+    /// The weights of backend `service` from its servers' lines in a parsed answer (`None`:
+    /// it has none, so no server).
+    fn servers_of(
+        &self,
+        service: &str,
+        servers: Option<&Result<Servers, String>>,
+    ) -> Result<Observed, RouterError> {
+        match servers {
+            None => Ok(Observed::default()),
+            Some(Ok(servers)) => Ok(Observed {
+                backends: servers.clone(),
+            }),
+            Some(Err(message)) => Err(self.rejected(format!("backend `{service}`: {message}"))),
+        }
     }
 
     /// Sets the weights of backend `service`'s servers to `traffic`'s percentages; servers it
@@ -131,7 +199,7 @@ impl HaproxyRouter {
                 .iter()
                 .map(|(server, weight)| format!("set weight {service}/{server} {weight}"))
                 .collect();
-            let answer = self.command(&commands.join(";")).await?;
+            let answer = self.command(&commands.join(";"), MAX_ANSWER).await?;
             let answers = split_answers(&answer);
             for (i, (server, weight)) in line.iter().enumerate() {
                 let Some(text) = answers.get(i) else {
@@ -156,7 +224,7 @@ impl HaproxyRouter {
 
     /// Whether the runtime API answers (`show version`).
     pub async fn health(&self) -> Result<(), RouterError> {
-        let answer = self.command("show version").await?;
+        let answer = self.command("show version", MAX_ANSWER).await?;
         if answer.trim().is_empty() {
             return Err(RouterError::Rejected {
                 router: self.name.clone(),
@@ -167,17 +235,33 @@ impl HaproxyRouter {
     }
 
     /// Sends one line (one command, or several `;`-separated) over a fresh connection and reads
-    /// the answer to EOF, within [`REQUEST_TIMEOUT`].
-    async fn command(&self, command: &str) -> Result<String, RouterError> {
+    /// the answer to EOF, within [`REQUEST_TIMEOUT`]; an answer longer than `limit` bytes is
+    /// an error ([`RouterError::Setup`]: asking again gets as long an answer).
+    async fn command(&self, command: &str, limit: usize) -> Result<String, RouterError> {
         let exchange = async {
             match &self.endpoint {
-                Endpoint::Unix(path) => exchange(UnixStream::connect(path).await?, command).await,
-                Endpoint::Tcp(addr) => exchange(TcpStream::connect(addr).await?, command).await,
+                Endpoint::Unix(path) => {
+                    exchange(UnixStream::connect(path).await?, command, limit).await
+                }
+                Endpoint::Tcp(addr) => {
+                    exchange(TcpStream::connect(addr).await?, command, limit).await
+                }
             }
         };
         let verb = command.split(' ').take(2).collect::<Vec<_>>().join(" ");
         match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(answer)) if answer.len() > limit => Err(RouterError::setup(
+                &self.name,
+                format!(
+                    "runtime api {} answered `{verb}` with over {} MiB, more than canaryd reads",
+                    self.where_(),
+                    limit / (1024 * 1024)
+                ),
+            )),
+            Ok(Ok(answer)) => Ok(match String::from_utf8(answer) {
+                Ok(text) => text,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            }),
             Ok(Err(e)) => Err(self.unreachable(format!("runtime api {}: {e}", self.where_()))),
             Err(_) => Err(self.unreachable(format!(
                 "runtime api {} did not answer `{verb}` within {:?}",
@@ -225,23 +309,30 @@ impl HaproxyRouter {
         RouterError::unknown(&self.name, what)
     }
 
+    fn rejected(&self, message: String) -> RouterError {
+        RouterError::rejected(&self.name, message)
+    }
+
     fn unreachable(&self, message: String) -> RouterError {
         RouterError::unreachable(&self.name, message)
     }
 }
 
+/// Writes `command` and reads the answer to EOF, or to one byte past `limit` (so that the
+/// caller can tell an answer that long from one cut there).
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     command: &str,
-) -> std::io::Result<String> {
+    limit: usize,
+) -> std::io::Result<Vec<u8>> {
     stream.write_all(format!("{command}\n").as_bytes()).await?;
     stream.flush().await?;
     let mut answer = Vec::new();
     (&mut stream)
-        .take(MAX_ANSWER)
+        .take(limit as u64 + 1)
         .read_to_end(&mut answer)
         .await?;
-    Ok(String::from_utf8_lossy(&answer).into_owned())
+    Ok(answer)
 }
 
 /// Whether an answer is HAProxy saying the backend or server does not exist
@@ -251,9 +342,14 @@ fn says_unknown(answer: &str) -> bool {
     a.starts_with("Can't find backend") || a.starts_with("No such ")
 }
 
-/// Server name → `srv_uweight` from the answer to `show servers state <backend>`: a version
-/// line (`1`), a `# `-prefixed header naming the columns, one line per server.
-fn parse_servers_state(answer: &str) -> Result<BTreeMap<String, u32>, String> {
+/// A backend's servers: name → `srv_uweight`.
+type Servers = BTreeMap<String, u32>;
+
+/// Backend name (`be_name`) → its servers, from the answer to `show servers state` of one
+/// backend or of all: a version line (`1`), a `# `-prefixed header naming the columns, one line
+/// per server (a backend without servers has none). A line that names its backend but whose
+/// server cannot be read makes that backend an error and leaves the others readable.
+fn parse_servers_state(answer: &str) -> Result<BTreeMap<String, Result<Servers, String>>, String> {
     let mut lines = answer.lines().map(str::trim).filter(|l| !l.is_empty());
     let version = lines.next().unwrap_or_default();
     if version != "1" {
@@ -272,19 +368,48 @@ fn parse_servers_state(answer: &str) -> Result<BTreeMap<String, u32>, String> {
             .position(|h| *h == field)
             .ok_or_else(|| format!("`show servers state` has no `{field}` column"))
     };
-    let (name_at, weight_at) = (column("srv_name")?, column("srv_uweight")?);
-    let mut servers = BTreeMap::new();
+    let (backend_at, name_at, weight_at) = (
+        column("be_name")?,
+        column("srv_name")?,
+        column("srv_uweight")?,
+    );
+    let too_short = |line: &str| format!("`show servers state` line too short: `{line}`");
+    let mut backends = BTreeMap::new();
     for line in lines {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(name), Some(weight)) = (fields.get(name_at), fields.get(weight_at)) else {
-            return Err(format!("`show servers state` line too short: `{line}`"));
+        let backend = fields.get(backend_at).ok_or_else(|| too_short(line))?;
+        let server = match (fields.get(name_at), fields.get(weight_at)) {
+            (Some(name), Some(weight)) => weight
+                .parse::<u32>()
+                .map(|weight| ((*name).to_string(), weight))
+                .map_err(|_| format!("server `{name}` has weight `{weight}`, not a number")),
+            _ => Err(too_short(line)),
         };
-        let weight = weight
-            .parse::<u32>()
-            .map_err(|_| format!("server `{name}` has weight `{weight}`, not a number"))?;
-        servers.insert((*name).to_string(), weight);
+        let entry = backends
+            .entry((*backend).to_string())
+            .or_insert_with(|| Ok(Servers::new()));
+        if let Ok(servers) = entry {
+            match server {
+                Ok((name, weight)) => _ = servers.insert(name, weight),
+                Err(message) => *entry = Err(message),
+            }
+        }
     }
-    Ok(servers)
+    Ok(backends)
+}
+
+/// The backend names in the answer to `show backend`: a `# name` header, one name a line.
+fn parse_backends(answer: &str) -> Result<BTreeSet<&str>, String> {
+    let mut lines = answer.lines().map(str::trim).filter(|l| !l.is_empty());
+    match lines.next() {
+        Some(header) if header.starts_with('#') => {
+            Ok(lines.filter_map(|l| l.split_whitespace().next()).collect())
+        }
+        first => Err(format!(
+            "unexpected answer to `show backend`: `{}`",
+            first.unwrap_or_default()
+        )),
+    }
 }
 
 /// The answers to a line of commands, one per command: HAProxy ends each command's output with
@@ -390,21 +515,35 @@ mod tests {
         pairs.iter().map(|(n, w)| (n.to_string(), *w)).collect()
     }
 
+    /// A backend and its servers' weights, or why they cannot be read.
+    type Backend<'a> = (&'a str, Result<&'a [(&'a str, u32)], &'a str>);
+
+    /// Each backend's servers, or its error, as `parse_servers_state` gives them.
+    fn by_backend(pairs: &[Backend]) -> BTreeMap<String, Result<Servers, String>> {
+        pairs
+            .iter()
+            .map(|(b, s)| {
+                let servers = s.map(weights).map_err(str::to_string);
+                (b.to_string(), servers)
+            })
+            .collect()
+    }
+
     #[test]
     fn servers_state_is_read_by_its_header() {
         assert_eq!(
             parse_servers_state(STATE).unwrap(),
-            weights(&[("blue", 100), ("green", 37)])
+            by_backend(&[("checkout", Ok(&[("blue", 100), ("green", 37)]))])
         );
         // Columns are found by name, not position.
-        let moved = "1\n# srv_uweight x srv_name\n7 - a\n0 - b\n";
+        let moved = "1\n# srv_uweight x srv_name be_name\n7 - a b\n0 - c b\n";
         assert_eq!(
             parse_servers_state(moved).unwrap(),
-            weights(&[("a", 7), ("b", 0)])
+            by_backend(&[("b", Ok(&[("a", 7), ("c", 0)]))])
         );
-        // A backend without servers.
+        // A backend without servers has no line.
         assert_eq!(
-            parse_servers_state("1\n# srv_name srv_uweight\n\n").unwrap(),
+            parse_servers_state("1\n# be_name srv_name srv_uweight\n\n").unwrap(),
             BTreeMap::new()
         );
     }
@@ -416,12 +555,68 @@ mod tests {
             "",
             "1\n",
             "1\nno header\n",
-            "1\n# srv_name\na\n",
-            "1\n# srv_name srv_uweight\na\n",
-            "1\n# srv_name srv_uweight\na heavy\n",
+            "1\n# be_name srv_name\nb a\n",
+            "1\n# srv_name srv_uweight\na 1\n",
+            "1\n# srv_name srv_uweight be_name\na 1\n",
         ] {
             assert!(parse_servers_state(answer).is_err(), "{answer:?}");
         }
+        // A line that names its backend spoils that backend only.
+        let answer = "1\n# be_name srv_name srv_uweight\nb a 1\nb c heavy\nb d 2\nok a 3\nshort\n";
+        assert_eq!(
+            parse_servers_state(answer).unwrap(),
+            by_backend(&[
+                ("b", Err("server `c` has weight `heavy`, not a number")),
+                ("ok", Ok(&[("a", 3)])),
+                ("short", Err("`show servers state` line too short: `short`")),
+            ])
+        );
+    }
+
+    /// HAProxy 2.6.12's answer to `show servers state;show backend` (captured from a real
+    /// process): `checkout` and `cart` with two servers, `empty` with none, `both` a `listen`
+    /// section, `off` a disabled backend.
+    const EVERY: &str = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 checkout 1 blue 127.0.0.1 2 0 100 100 1 1 0 2 0 0 0 0 - 19001 - 0 0 - - 0\n3 checkout 2 green 127.0.0.1 2 0 0 0 1 1 0 2 0 0 0 0 - 19002 - 0 0 - - 0\n5 cart 1 blue 127.0.0.1 2 0 30 30 1 1 0 2 0 0 0 0 - 19001 - 0 0 - - 0\n5 cart 2 green 127.0.0.1 2 0 70 70 1 1 0 2 0 0 0 0 - 19002 - 0 0 - - 0\n6 both 1 a 127.0.0.1 2 0 1 1 1 1 0 2 0 0 0 0 - 19001 - 0 0 - - 0\n7 off 0 x 127.0.0.1 2 0 5 5 1 1 0 2 0 0 0 0 - 19001 - 0 0 - - 0\n\n# name\ncheckout\nempty\ncart\nboth\noff\n\n";
+
+    #[test]
+    fn one_answer_gives_every_backend_and_names_the_unknown() {
+        let r = HaproxyRouter::new("edge", "unix:/nonexistent").unwrap();
+        let services: Vec<String> = ["checkout", "cart", "empty", "both", "off", "nope", "a;b"]
+            .map(str::to_string)
+            .to_vec();
+        let all = r.observations(EVERY, &services).unwrap();
+        assert_eq!(all.keys().collect::<Vec<_>>(), {
+            let mut sorted: Vec<&String> = services.iter().collect();
+            sorted.sort();
+            sorted
+        });
+        let observed = |service: &str| match &all[service] {
+            Ok(o) => o.backends.clone(),
+            Err(e) => panic!("{service}: {e}"),
+        };
+        assert_eq!(
+            observed("checkout"),
+            weights(&[("blue", 100), ("green", 0)])
+        );
+        assert_eq!(observed("cart"), weights(&[("blue", 30), ("green", 70)]));
+        assert_eq!(observed("empty"), BTreeMap::new());
+        assert_eq!(observed("both"), weights(&[("a", 1)]));
+        assert_eq!(observed("off"), weights(&[("x", 5)]));
+        for unknown in ["nope", "a;b"] {
+            assert!(
+                matches!(&all[unknown], Err(RouterError::Unknown { what, .. }) if what.starts_with("backend `")),
+                "{unknown}: {:?}",
+                all[unknown]
+            );
+        }
+        // Cut short, the line is unreadable as a whole and transient; refused, not transient.
+        let cut = &EVERY[..EVERY.find("\n\n").unwrap() + 2];
+        let e = r.observations(cut, &services).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        let e = r
+            .observations("Permission denied\n\nPermission denied\n\n", &services)
+            .unwrap_err();
+        assert!(matches!(e, RouterError::Rejected { .. }), "{e:?}");
     }
 
     #[test]

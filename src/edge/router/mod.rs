@@ -3,7 +3,10 @@
 //! A driver is picked by the `kind` of a `Router` document through the closed [`Driver`] enum
 //! (enum dispatch: adding a router is a new file and a new variant). Every driver reads the
 //! live weights from the router itself, never from a cache, and `apply` sets weights, never
-//! adds to them, so applying the same traffic twice is harmless.
+//! adds to them, so applying the same traffic twice is harmless. `observe_all` reads many
+//! services with one read of the router (one runtime API command, API request or file read),
+//! each as `observe` would, so that a look over a thousand rollouts on one router is one round
+//! trip, not a thousand.
 
 mod boundary;
 pub mod caddy;
@@ -127,6 +130,34 @@ impl Driver {
             Driver::Caddy(r) => r.observe(service).await,
             Driver::Nginx(r) => r.observe(service).await,
             Driver::Gateway(r) => r.observe(service).await,
+        }
+    }
+
+    /// The live weights of every service in `services`, read from the router in one go (one
+    /// runtime-API command, one API read, one file read). The outer error: the router could not
+    /// be read at all; the inner ones: that service is not known to it (or malformed).
+    ///
+    /// The keys are exactly the services asked for, and each value is what
+    /// [`observe`](Driver::observe) of that service would have returned from the same read
+    /// (same variant; a message may name its subject differently). Nothing asked for, nothing
+    /// read. The one read is no snapshot where the router itself gives none: HAProxy dumps its
+    /// backends one after the other, so a weight set meanwhile may show in one backend and not
+    /// yet in another, just as between two `observe` calls.
+    pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
+        if services.is_empty() {
+            return Ok(ObservedAll::new());
+        }
+        match self {
+            Driver::Embedded(r) => Ok(r
+                .observe_all(services)
+                .into_iter()
+                .map(|(service, observed)| (service, Ok(observed)))
+                .collect()),
+            Driver::Haproxy(r) => r.observe_all(services).await,
+            Driver::Traefik(r) => r.observe_all(services).await,
+            Driver::Caddy(r) => r.observe_all(services).await,
+            Driver::Nginx(r) => r.observe_all(services).await,
+            Driver::Gateway(r) => r.observe_all(services).await,
         }
     }
 

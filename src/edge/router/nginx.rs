@@ -9,6 +9,7 @@
 //! NGINX loaded that file: a file edited without a reload, or a reload that failed, is reported
 //! as if it were live. `observe` does check that the master process is alive (the `pid` file
 //! named by `config`, and `/proc/<pid>`), so a stopped NGINX reads as unreachable.
+//! `observe_all` reads the file once for all the services asked for.
 //!
 //! # The upstream file
 //!
@@ -50,7 +51,7 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
-use super::RouterError;
+use super::{ObservedAll, RouterError};
 use crate::core::model::{Observed, Traffic};
 
 /// How long one `nginx` command may run.
@@ -133,20 +134,26 @@ impl NginxRouter {
         let inner = &self.inner;
         inner.check_service(service)?;
         inner.master()?;
-        let text = match std::fs::read_to_string(&inner.upstream_file) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(inner.unknown(format!("service `{service}` (no upstream file yet)")));
-            }
-            Err(e) => return Err(inner.setup(format!("{}: {e}", inner.file_subject()))),
-        };
-        let blocks = parse_upstreams(&text).map_err(|e| inner.file_error(e))?;
-        let upstream = blocks
+        let blocks = inner.read_upstreams()?;
+        inner.observed_in(blocks.as_deref(), service)
+    }
+
+    /// The weights of each of `services` in the upstream file, read once, once the master
+    /// process is found alive; a service without an `upstream` block there is
+    /// [`RouterError::Unknown`].
+    pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
+        let inner = &self.inner;
+        inner.master()?;
+        let blocks = inner.read_upstreams()?;
+        Ok(services
             .iter()
-            .filter_map(|b| b.upstream.as_ref())
-            .find(|u| u.name == service)
-            .ok_or_else(|| inner.unknown(format!("service `{service}`")))?;
-        Ok(inner.observed(upstream))
+            .map(|service| {
+                let observed = inner
+                    .check_service(service)
+                    .and_then(|()| inner.observed_in(blocks.as_deref(), service));
+                (service.clone(), observed)
+            })
+            .collect())
     }
 
     /// Sets `service`'s weights: rewrites its upstream block, tests and reloads (see the module
@@ -303,6 +310,35 @@ impl Inner {
                 pid.line
             ))),
         }
+    }
+
+    /// The blocks of the upstream file; `None` when there is no such file yet.
+    fn read_upstreams(&self) -> Result<Option<Vec<Block>>, RouterError> {
+        let text = match std::fs::read_to_string(&self.upstream_file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.setup(format!("{}: {e}", self.file_subject()))),
+        };
+        parse_upstreams(&text)
+            .map(Some)
+            .map_err(|e| self.file_error(e))
+    }
+
+    /// The weights of `service`'s block among `blocks` (`None`: no upstream file yet).
+    fn observed_in(
+        &self,
+        blocks: Option<&[Block]>,
+        service: &str,
+    ) -> Result<Observed, RouterError> {
+        let Some(blocks) = blocks else {
+            return Err(self.unknown(format!("service `{service}` (no upstream file yet)")));
+        };
+        let upstream = blocks
+            .iter()
+            .filter_map(|b| b.upstream.as_ref())
+            .find(|u| u.name == service)
+            .ok_or_else(|| self.unknown(format!("service `{service}`")))?;
+        Ok(self.observed(upstream))
     }
 
     fn observed(&self, upstream: &Upstream) -> Observed {

@@ -19,6 +19,10 @@
 //! `<service>-<backend>` are reported as `<backend>`; any other name is reported as it is, so a
 //! hand-made extra service shows up as an unexpected backend. Weights are Traefik's own integers;
 //! canaryd writes percentages.
+//!
+//! `observe_all` reads every service with one `GET {api}/api/rawdata` (the same descriptions,
+//! all at once; unlike `/api/http/services` it is not paginated), and reads the dynamic file once
+//! more only when one of the services asked for is missing there.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,10 +32,11 @@ use std::time::Duration;
 
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
-use super::RouterError;
 use super::nginx::remove_stale_temps;
+use super::{ObservedAll, RouterError};
 use crate::core::model::{Observed, Traffic};
 
 /// How long one request to Traefik's API may take.
@@ -159,6 +164,13 @@ impl TraefikRouter {
         self.inner.observe(service).await
     }
 
+    /// The live weights of each of `services`, from one read of Traefik's API
+    /// (`GET {api}/api/rawdata`, every service at once, not paginated) and, only when one of
+    /// them is not loaded, one read of the dynamic file.
+    pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
+        self.inner.observe_all(services).await
+    }
+
     /// Sets the weights of `service` by rewriting the dynamic file; the weighted service lists
     /// exactly the backends named. Refuses a backend that is not configured
     /// ([`RouterError::Unknown`]) and, when Traefik's API does not answer, changes nothing
@@ -181,30 +193,83 @@ impl Inner {
             .get(&["api", "http", "services", qualified.as_str()])
             .await?;
         match status {
-            // Not written yet: nothing carries traffic for it, which is what canaryd sets
-            // first. Written but not loaded yet (the provider's throttle): ask again soon.
-            StatusCode::NOT_FOUND => match self.written(service).await {
-                false => Ok(Observed::default()),
-                true => Err(RouterError::Unreachable {
-                    router: self.name.clone(),
-                    message: format!("service `{qualified}` is written but not loaded yet"),
-                }),
-            },
-            s if s.is_success() => parse_service(service, &body).map_err(|e| match e {
-                ParseError::NotWeighted(kind) => RouterError::Unknown {
-                    router: self.name.clone(),
-                    what: format!("weighted service `{qualified}` (it is a {kind} service)"),
-                },
-                ParseError::Json(message) => RouterError::Setup {
-                    router: self.name.clone(),
-                    message: format!(
-                        "api `{}` answered something that is not a traefik service: {message}",
-                        self.api
-                    ),
-                },
-            }),
+            StatusCode::NOT_FOUND => self.not_loaded(service, &self.written().await),
+            s if s.is_success() => {
+                self.parsed(service, parse_service(service, serde_json::from_str(&body)))
+            }
             s => Err(self.bad_status(s)),
         }
+    }
+
+    async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
+        let (status, body) = self.get(&["api", "rawdata"]).await?;
+        if !status.is_success() {
+            return Err(self.bad_status(status));
+        }
+        let raw: RawData = serde_json::from_str(&body).map_err(|e| RouterError::Setup {
+            router: self.name.clone(),
+            message: format!(
+                "api `{}` answered something that is not traefik's raw data: {e}",
+                self.api
+            ),
+        })?;
+        let loaded = |service: &str| raw.services.get(&format!("{service}@file"));
+        // Read only when a service is missing from the API, once for all of them (else never
+        // consulted).
+        let written = match services.iter().any(|s| loaded(s).is_none()) {
+            true => self.written().await,
+            false => Written::Nothing,
+        };
+        Ok(services
+            .iter()
+            .map(|service| {
+                let observed = self
+                    .check_service(service)
+                    .and_then(|()| match loaded(service) {
+                        None => self.not_loaded(service, &written),
+                        Some(info) => self.parsed(
+                            service,
+                            parse_service(service, ServiceInfo::deserialize(info)),
+                        ),
+                    });
+                (service.clone(), observed)
+            })
+            .collect())
+    }
+
+    /// What a service the API does not have means: not written yet, nothing carries traffic
+    /// for it, which is what canaryd sets first; written but not loaded yet (the provider's
+    /// throttle), ask again soon.
+    fn not_loaded(&self, service: &str, written: &Written) -> Result<Observed, RouterError> {
+        if written.defines(service) {
+            Err(RouterError::Unreachable {
+                router: self.name.clone(),
+                message: format!("service `{service}@file` is written but not loaded yet"),
+            })
+        } else {
+            Ok(Observed::default())
+        }
+    }
+
+    /// The weights read from Traefik's description of `service`, or why there are none.
+    fn parsed(
+        &self,
+        service: &str,
+        parsed: Result<Observed, ParseError>,
+    ) -> Result<Observed, RouterError> {
+        parsed.map_err(|e| match e {
+            ParseError::NotWeighted(kind) => RouterError::Unknown {
+                router: self.name.clone(),
+                what: format!("weighted service `{service}@file` (it is a {kind} service)"),
+            },
+            ParseError::Json(message) => RouterError::Setup {
+                router: self.name.clone(),
+                message: format!(
+                    "api `{}` answered something that is not a traefik service: {message}",
+                    self.api
+                ),
+            },
+        })
     }
 
     async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
@@ -267,20 +332,19 @@ impl Inner {
         }
     }
 
-    /// Whether the dynamic file canaryd owns defines `service` (an unreadable file counts as
-    /// defining it, so that nothing is assumed unset).
-    async fn written(&self, service: &str) -> bool {
+    /// What the dynamic file canaryd owns defines.
+    async fn written(&self) -> Written {
         let file = self.dynamic_file.clone();
-        let service = service.to_string();
         tokio::task::spawn_blocking(move || match std::fs::read_to_string(&file) {
             Ok(text) => match serde_saphyr::from_str::<Value>(&text) {
-                Ok(doc) => doc.pointer(&format!("/http/services/{service}")).is_some(),
-                Err(_) => true,
+                Ok(doc) => Written::Doc(doc),
+                Err(_) => Written::Unreadable,
             },
-            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Written::Nothing,
+            Err(_) => Written::Unreadable,
         })
         .await
-        .unwrap_or(true)
+        .unwrap_or(Written::Unreadable)
     }
 
     fn check_service(&self, service: &str) -> Result<(), RouterError> {
@@ -373,6 +437,30 @@ fn innermost(e: &reqwest::Error) -> String {
     cause.to_string()
 }
 
+/// The dynamic file, as read to tell a service not written from one not loaded yet.
+enum Written {
+    /// There is no such file.
+    Nothing,
+    Doc(Value),
+    /// It could not be read or parsed: it counts as defining every service, so that nothing is
+    /// assumed unset.
+    Unreadable,
+}
+
+impl Written {
+    /// Whether the file defines `service`.
+    fn defines(&self, service: &str) -> bool {
+        match self {
+            Written::Nothing => false,
+            Written::Doc(doc) => doc
+                .pointer("/http/services")
+                .and_then(|services| services.get(service))
+                .is_some(),
+            Written::Unreadable => true,
+        }
+    }
+}
+
 /// Why a service answer could not be read as weights.
 #[derive(Debug, PartialEq)]
 enum ParseError {
@@ -381,12 +469,43 @@ enum ParseError {
     Json(String),
 }
 
+/// What `GET /api/rawdata` holds of interest here: every service, by qualified name, as
+/// `GET /api/http/services/<name>` describes it but for `name`, `provider` and `type`.
+#[derive(Deserialize)]
+struct RawData {
+    #[serde(default)]
+    services: BTreeMap<String, Value>,
+}
+
 #[derive(Deserialize)]
 struct ServiceInfo {
     #[serde(default)]
     weighted: Option<Weighted>,
+    /// Given by `/api/http/services/<name>` only; found from the other fields in raw data.
     #[serde(default, rename = "type")]
     kind: Option<String>,
+    #[serde(default, rename = "loadBalancer")]
+    load_balancer: Option<IgnoredAny>,
+    #[serde(default)]
+    mirroring: Option<IgnoredAny>,
+    #[serde(default)]
+    failover: Option<IgnoredAny>,
+}
+
+impl ServiceInfo {
+    /// The service's type, as Traefik names it (`loadbalancer`, `mirroring`, ...).
+    fn kind(&self) -> String {
+        let named = [
+            (self.load_balancer.is_some(), "loadbalancer"),
+            (self.mirroring.is_some(), "mirroring"),
+            (self.failover.is_some(), "failover"),
+        ];
+        let found = named.iter().find(|(present, _)| *present).map(|(_, k)| *k);
+        self.kind
+            .clone()
+            .or_else(|| found.map(str::to_string))
+            .unwrap_or_else(|| "non-weighted".to_string())
+    }
 }
 
 #[derive(Deserialize)]
@@ -403,14 +522,16 @@ struct WeightedRef {
     weight: Option<u32>,
 }
 
-/// The weights in Traefik's answer for weighted service `service`, by backend.
-fn parse_service(service: &str, body: &str) -> Result<Observed, ParseError> {
-    let info: ServiceInfo =
-        serde_json::from_str(body).map_err(|e| ParseError::Json(e.to_string()))?;
+/// The weights of weighted service `service`, by backend, as Traefik describes it (read from
+/// `/api/http/services/<name>` or from one entry of `/api/rawdata`).
+fn parse_service(
+    service: &str,
+    info: Result<ServiceInfo, serde_json::Error>,
+) -> Result<Observed, ParseError> {
+    let info = info.map_err(|e| ParseError::Json(e.to_string()))?;
+    let kind = info.kind();
     let Some(weighted) = info.weighted else {
-        return Err(ParseError::NotWeighted(
-            info.kind.unwrap_or_else(|| "non-weighted".to_string()),
-        ));
+        return Err(ParseError::NotWeighted(kind));
     };
     let prefix = format!("{service}-");
     let mut backends = BTreeMap::new();
@@ -540,6 +661,10 @@ mod tests {
         }
     }
 
+    fn parse(service: &str, body: &str) -> Result<Observed, ParseError> {
+        parse_service(service, serde_json::from_str(body))
+    }
+
     fn parsed(yaml: &str) -> Value {
         serde_saphyr::from_str(yaml).unwrap()
     }
@@ -548,7 +673,7 @@ mod tests {
     fn parses_the_weighted_answer_of_traefik_3() {
         // As Traefik 3.7 answers `GET /api/http/services/checkout@file`.
         let body = r#"{"weighted":{"services":[{"name":"checkout-blue","weight":90},{"name":"checkout-green","weight":0}]},"status":"enabled","usedBy":["checkout@file"],"name":"checkout@file","provider":"file","type":"weighted"}"#;
-        let observed = parse_service("checkout", body).unwrap();
+        let observed = parse("checkout", body).unwrap();
         assert_eq!(
             observed.backends,
             BTreeMap::from([("blue".to_string(), 90), ("green".to_string(), 0)])
@@ -558,7 +683,7 @@ mod tests {
     #[test]
     fn parse_keeps_foreign_names_and_defaults_weight_to_one() {
         let body = r#"{"weighted":{"services":[{"name":"checkout-blue@file"},{"name":"legacy@docker","weight":3}]},"type":"weighted"}"#;
-        let observed = parse_service("checkout", body).unwrap();
+        let observed = parse("checkout", body).unwrap();
         assert_eq!(
             observed.backends,
             BTreeMap::from([("blue".to_string(), 1), ("legacy".to_string(), 3)])
@@ -570,11 +695,11 @@ mod tests {
         let lb =
             r#"{"loadBalancer":{"servers":[{"url":"http://127.0.0.1:1"}]},"type":"loadbalancer"}"#;
         assert_eq!(
-            parse_service("checkout", lb),
+            parse("checkout", lb),
             Err(ParseError::NotWeighted("loadbalancer".to_string()))
         );
         assert!(matches!(
-            parse_service("checkout", "<html>"),
+            parse("checkout", "<html>"),
             Err(ParseError::Json(_))
         ));
     }

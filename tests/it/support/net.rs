@@ -1,5 +1,6 @@
 //! Loopback networking for tests and benchmarks: a free port, a server that never answers, a
-//! small axum app served until dropped, and a plain HTTP GET that needs no runtime.
+//! relay that keeps what each connection asks, a small axum app served until dropped, and a
+//! plain HTTP GET that needs no runtime.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -92,6 +93,59 @@ impl Silent {
 }
 
 impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP relay on 127.0.0.1 in front of `upstream` that keeps the first line each connection
+/// sends, so that a test sees how many connections a client made and what each asked (one
+/// command a connection, as HAProxy's runtime API takes them); it stops relaying when dropped.
+pub struct Relay {
+    pub addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(upstream: SocketAddr) -> Relay {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+        let (listener, addr) = listener().await;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let kept = lines.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let mut client = tokio::io::BufReader::new(client);
+                    let mut line = String::new();
+                    if client.read_line(&mut line).await.is_err() {
+                        return;
+                    }
+                    if let Ok(mut kept) = kept.lock() {
+                        kept.push(line.trim_end().to_string());
+                    }
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    // The line, and whatever the client sent after it that was read with it.
+                    let sent = [line.as_bytes(), client.buffer()].concat();
+                    if server.write_all(&sent).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(client.get_mut(), &mut server).await;
+                    }
+                });
+            }
+        });
+        Relay { addr, lines, task }
+    }
+
+    /// The first line of each connection so far, in the order they were read.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("the relayed lines").clone()
+    }
+}
+
+impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
     }

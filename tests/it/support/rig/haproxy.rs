@@ -1,6 +1,7 @@
 //! A real `haproxy -db`: one backend `service` in front of the upstreams (roundrobin; the first
-//! at weight 100, the others at 0), its runtime API on a unix socket and on TCP, and its
-//! built-in Prometheus exporter on a frontend of its own.
+//! at weight 100, the others at 0), more backends beside it where a test asks for them, its
+//! runtime API on a unix socket and on TCP, and its built-in Prometheus exporter on a frontend
+//! of its own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,19 +36,39 @@ impl Haproxy {
         service: &str,
         upstreams: &[(String, SocketAddr)],
     ) -> Result<Haproxy, Failed> {
+        Haproxy::start_with(service, upstreams, &[]).await
+    }
+
+    /// [`Haproxy::start`] with `more` backends after the service's, each a name and the weights
+    /// of its servers: the upstreams, in order, as far as there are weights (none: a backend
+    /// without servers). The frontend still sends everything to `service`.
+    pub async fn start_with(
+        service: &str,
+        upstreams: &[(String, SocketAddr)],
+        more: &[(&str, &[u32])],
+    ) -> Result<Haproxy, Failed> {
         let binary = require("haproxy", "apt-get install -y haproxy")?;
         let dir = tempfile::tempdir().map_err(setup("temp dir"))?;
         let frontend = net::free_addr();
         let admin_port = net::free_port();
         let metrics = net::free_addr();
-        let servers: String = upstreams
-            .iter()
-            .enumerate()
-            .map(|(i, (name, addr))| {
-                let weight = if i == 0 { 100 } else { 0 };
-                format!("    server {name} {addr} weight {weight}\n")
-            })
-            .collect();
+        let servers = |weights: &mut dyn Iterator<Item = u32>| -> String {
+            upstreams
+                .iter()
+                .zip(weights)
+                .map(|((name, addr), weight)| format!("    server {name} {addr} weight {weight}\n"))
+                .collect()
+        };
+        let mut backends = format!(
+            "backend {service}\n    balance roundrobin\n{}",
+            servers(&mut std::iter::once(100).chain(std::iter::repeat(0)))
+        );
+        for (name, weights) in more {
+            backends.push_str(&format!(
+                "backend {name}\n    balance roundrobin\n{}",
+                servers(&mut weights.iter().copied())
+            ));
+        }
         let config = format!(
             "global\n\
              \x20   stats socket {dir}/admin.sock level admin\n\
@@ -65,9 +86,7 @@ impl Haproxy {
              frontend metrics\n\
              \x20   bind {metrics}\n\
              \x20   http-request use-service prometheus-exporter if {{ path /metrics }}\n\
-             backend {service}\n\
-             \x20   balance roundrobin\n\
-             {servers}",
+             {backends}",
             dir = dir.path().display(),
         );
         std::fs::write(dir.path().join("haproxy.cfg"), config).map_err(setup("haproxy.cfg"))?;
