@@ -242,6 +242,21 @@ fn status(remote: &Path, rollout: &str) -> Option<StatusFile> {
     Some(StatusFile::from_yaml(files.get(rollout)?).unwrap())
 }
 
+/// The `analysis:` of a spec (indented two spaces): `settings` (e.g. `interval: 1m`), and one
+/// Prometheus metric, `errors` of the canary, below 1 %.
+fn analysis(settings: &str) -> String {
+    format!(
+        "  analysis:
+    {settings}
+    metrics:
+      - name: errors
+        provider: prometheus
+        query: 'errors{{backend=\"{{{{ canary }}}}\"}}'
+        successCondition: result < 0.01
+"
+    )
+}
+
 /// A rollout `name` on router `lb`, service `name`, blue → green, with `body` (indented two
 /// spaces) as the rest of its spec.
 fn rollout(name: &str, body: &str) -> String {
@@ -383,19 +398,13 @@ const HOUR: Duration = Duration::from_secs(3600);
 async fn pauses_end_on_the_second_and_every_step_is_recorded_before_it_is_applied() {
     let spec = rollout(
         "shop",
-        "  analysis:
-    interval: 1m
-    metrics:
-      - name: errors
-        provider: prometheus
-        query: 'errors{backend=\"{{ canary }}\"}'
-        successCondition: result < 0.01
-  steps:
+        &(analysis("interval: 1m")
+            + "  steps:
     - setWeight: 20
     - pause: {duration: 5m}
     - setWeight: 50
     - pause: {duration: 10m}
-",
+"),
     );
     let metrics = MemoryMetrics::new(&[("errors", 0.001, Duration::ZERO)]);
     let l = Loop::start(monday_noon(), &[("shop", spec)], metrics.clone());
@@ -430,18 +439,11 @@ async fn pauses_end_on_the_second_and_every_step_is_recorded_before_it_is_applie
 async fn a_failing_metric_aborts_and_traffic_is_back_on_stable_before_git_says_so() {
     let spec = rollout(
         "cart",
-        "  analysis:
-    interval: 30s
-    failureLimit: 1
-    metrics:
-      - name: errors
-        provider: prometheus
-        query: 'errors{backend=\"{{ canary }}\"}'
-        successCondition: result < 0.01
-  steps:
+        &(analysis("interval: 30s\n    failureLimit: 1")
+            + "  steps:
     - setWeight: 25
     - pause: {duration: 30m}
-",
+"),
     );
     let metrics = MemoryMetrics::new(&[("errors", 0.2, Duration::ZERO)]);
     let l = Loop::start(monday_noon(), &[("cart", spec)], metrics.clone());
@@ -556,17 +558,11 @@ async fn outside_its_window_a_rollout_waits_for_monday_and_starts_as_it_opens() 
 async fn a_provider_that_hangs_for_a_minute_delays_no_other_rollouts_step() {
     let slow = rollout(
         "slow",
-        "  analysis:
-    interval: 30s
-    metrics:
-      - name: errors
-        provider: prometheus
-        query: 'errors{backend=\"{{ canary }}\"}'
-        successCondition: result < 0.01
-  steps:
+        &(analysis("interval: 30s")
+            + "  steps:
     - setWeight: 10
     - pause: {duration: 1h}
-",
+"),
     );
     let quick = rollout(
         "quick",
