@@ -448,10 +448,12 @@ impl Daemon {
             }
         }
         if matches!(scope, Scope::All) {
-            // Measurements and wakes of a rollout whose spec is gone have no plan to go into.
+            // Measurements of a rollout whose spec is gone have no plan to go into.
             self.taken.retain(|name, _| names.contains(name));
-            self.wakes.retain(|name, _| names.contains(name));
         }
+        // Every rollout looked at now gets its next wake from this look; one held or skipped
+        // (its status unreadable, its measurements out) waits for the resync or its event.
+        self.wakes.retain(|name, _| !scope.has(name));
         let mut works = Vec::new();
         let now = self.settings.clock.now();
         self.routers_read.clear();
