@@ -126,9 +126,7 @@ fn main() {
     ];
     let (catalog, _) = validate::validate(&sources, &Known::default());
     let spec = &catalog.rollouts[0];
-    let live = Observed {
-        backends: [("blue".to_string(), 100), ("green".to_string(), 0)].into(),
-    };
+    let live = Observed::weights([("blue".to_string(), 100), ("green".to_string(), 0)].into());
     let now = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
         .expect("time")
         .to_utc();
@@ -140,9 +138,7 @@ fn main() {
         gates: &[],
         now,
     });
-    let live = Observed {
-        backends: [("blue".to_string(), 95), ("green".to_string(), 5)].into(),
-    };
+    let live = Observed::weights([("blue".to_string(), 95), ("green".to_string(), 5)].into());
     let rounds = 10_000;
     let t = median(7, || {
         for _ in 0..rounds {

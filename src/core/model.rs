@@ -135,7 +135,7 @@ impl Target {
                 backends.insert(self.stable.name.clone(), Weight::FULL);
             }
         }
-        Traffic { backends }
+        Traffic::weights(backends)
     }
 
     /// The canary's live share, when the router reports weights that make sense for this
@@ -153,24 +153,149 @@ impl Target {
     }
 }
 
-/// Desired traffic for one target: percentages per backend, summing to 100.
-///
-/// Header and cookie match rules (A/B, sticky canaries) will be added here as a list beside
-/// `backends`; drivers that cannot express them will refuse them at validation.
+/// Desired traffic for one target: routes tried in order, then percentages per backend
+/// (summing to 100), split by a sticky key when one is set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Traffic {
     pub backends: BTreeMap<String, Weight>,
+    /// Tried in order before the weighted split: a request that matches a route goes to its
+    /// backend, whatever the weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// Whose key picks the side of the weighted split, when set (see [`Sticky`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
 }
 
 impl Traffic {
+    /// Weights alone: no routes, no sticky key.
+    pub fn weights(backends: BTreeMap<String, Weight>) -> Traffic {
+        Traffic {
+            backends,
+            routes: Vec::new(),
+            sticky: None,
+        }
+    }
+
     /// Traffic from (backend, percent) pairs; `None` when a weight is outside 0..=100.
     pub fn of<W: Into<i64> + Copy>(pairs: &[(&str, W)]) -> Option<Traffic> {
         let backends = pairs
             .iter()
             .map(|&(name, w)| Some((name.to_string(), Weight::new(w.into())?)))
             .collect::<Option<_>>()?;
-        Some(Traffic { backends })
+        Some(Traffic::weights(backends))
     }
+
+    /// Whether the traffic needs more of a router than weights: routes or a sticky key.
+    pub fn matches_requests(&self) -> bool {
+        !self.routes.is_empty() || self.sticky.is_some()
+    }
+}
+
+/// A named route: requests that satisfy any of its matches go to `backend`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Route {
+    pub name: String,
+    /// Alternatives: a request satisfying one of them is routed (Argo's `setHeaderRoute`
+    /// entries, Flagger's `match` items).
+    pub matches: Vec<Match>,
+    pub backend: String,
+}
+
+/// Conditions a request must all satisfy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Match {
+    pub all: Vec<Criterion>,
+}
+
+/// One criterion on a request: a header, cookie or query parameter whose value fits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Criterion {
+    pub on: Field,
+    /// The header (compared without case), cookie or query parameter name.
+    pub name: String,
+    pub value: Pattern,
+}
+
+/// Where a criterion looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Field {
+    Header,
+    Cookie,
+    Query,
+}
+
+/// How a value is compared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Pattern {
+    Exact(String),
+    Prefix(String),
+    /// A regular expression (RE2 syntax, as Argo, Gateway API and Envoy take it), matched
+    /// against the whole value.
+    Regex(String),
+}
+
+impl Pattern {
+    /// Whether `value` fits; `regex` is this pattern's regex, compiled by the caller (`None`
+    /// for the other kinds).
+    pub fn fits(&self, value: &str, regex: Option<&regex::Regex>) -> bool {
+        match self {
+            Pattern::Exact(want) => value == want,
+            Pattern::Prefix(want) => value.starts_with(want.as_str()),
+            Pattern::Regex(_) => regex.is_some_and(|r| r.is_match(value)),
+        }
+    }
+}
+
+/// The request key that keeps a user on one side of the weighted split while the weight
+/// grows: the user is on the canary at weight `w` exactly when [`bucket`]`(key) < 100·w`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Sticky {
+    Header(String),
+    Cookie(String),
+}
+
+/// The user's bucket in 0..10,000: CRC-32 (IEEE, as zlib and HAProxy's `crc32` converter
+/// compute it) of the key, modulo 10,000. Buckets are fixed, so the canary's users at a weight
+/// are a subset of its users at any larger weight.
+pub fn bucket(key: &str) -> u32 {
+    crc32(key.as_bytes()) % 10_000
+}
+
+/// Whether the user with `key` is on the canary at `canary` percent.
+pub fn on_canary(key: &str, canary: Weight) -> bool {
+    bucket(key) < 100 * u32::from(canary.get())
+}
+
+/// CRC-32, IEEE polynomial (reflected 0xEDB88320), as zlib computes it.
+fn crc32(bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 == 1 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    !crc
 }
 
 /// What a router reports for one service: raw weights per backend, in the router's own
@@ -178,9 +303,23 @@ impl Traffic {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Observed {
     pub backends: BTreeMap<String, u32>,
+    /// The routes the router holds for the service, in order (drivers that hold none: empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// The sticky key the router splits by, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
 }
 
 impl Observed {
+    /// Weights alone, as a router that holds no routes reports them.
+    pub fn weights(backends: BTreeMap<String, u32>) -> Observed {
+        Observed {
+            backends,
+            ..Observed::default()
+        }
+    }
+
     /// Weights as percentages rounded to whole numbers, adjusted to sum to exactly 100
     /// (largest remainder). `None` when nothing carries traffic.
     pub fn percentages(&self) -> Option<BTreeMap<String, Weight>> {
@@ -429,6 +568,22 @@ pub struct Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc32_is_zlibs_and_buckets_are_monotone() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+        for user in (0..2_000).map(|i| format!("user-{i}")) {
+            let mut seen = false;
+            for w in [0, 10, 25, 50, 100] {
+                let now = on_canary(&user, Weight(w));
+                assert!(!seen || now, "{user} left the canary at {w}");
+                seen = now;
+            }
+            assert!(!on_canary(&user, Weight(0)));
+            assert!(on_canary(&user, Weight(100)));
+        }
+    }
 
     #[test]
     fn traffic_of_pairs_refuses_weights_outside_a_percentage() {

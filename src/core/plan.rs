@@ -663,7 +663,7 @@ impl Planner<'_> {
                 backends.values_mut().for_each(|v| *v = Weight::ZERO);
                 backends.insert(stable.clone(), w.complement());
                 backends.insert(canary.clone(), w);
-                self.traffic = Some(Traffic { backends });
+                self.traffic = Some(Traffic::weights(backends));
                 self.wake_at(now + interval);
                 self.status.progress = Progress::RollingBack {
                     revision,

@@ -31,7 +31,7 @@ impl LiveWeights {
         }
         Ok(LiveWeights(
             raw.into_iter()
-                .map(|(k, backends)| (k, Observed { backends }))
+                .map(|(k, backends)| (k, Observed::weights(backends)))
                 .collect(),
         ))
     }

@@ -127,7 +127,7 @@ pub fn plan_human(
         plan.traffic
             .clone()
             .unwrap_or_else(|| match live.and_then(Observed::percentages) {
-                Some(backends) => Traffic { backends },
+                Some(backends) => Traffic::weights(backends),
                 None => target.traffic(Weight::ZERO, None),
             });
     let _ = writeln!(

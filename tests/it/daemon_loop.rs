@@ -92,9 +92,7 @@ impl MemoryRouter {
         self.answers()?;
         let services = lock(&self.services);
         match services.get(service) {
-            Some(backends) => Ok(Observed {
-                backends: backends.clone(),
-            }),
+            Some(backends) => Ok(Observed::weights(backends.clone())),
             None => Err(RouterError::unknown("lb", format!("service `{service}`"))),
         }
     }

@@ -121,9 +121,7 @@ fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
 }
 
 fn observed(weights: &[(&str, u32)]) -> Observed {
-    Observed {
-        backends: weights.iter().map(|(n, w)| (n.to_string(), *w)).collect(),
-    }
+    Observed::weights(weights.iter().map(|(n, w)| (n.to_string(), *w)).collect())
 }
 
 /// What the metrics provider answered: a value, no data (`Ok(None)`), or an error.
@@ -248,13 +246,12 @@ impl World {
     }
 
     fn apply(&mut self, t: &Traffic) {
-        self.router = Observed {
-            backends: t
-                .backends
+        self.router = Observed::weights(
+            t.backends
                 .iter()
                 .map(|(name, w)| (name.clone(), u32::from(w.get())))
                 .collect(),
-        };
+        );
     }
 
     /// Plans until a plan changes nothing or asks for measurements (the daemon re-plans after

@@ -87,9 +87,7 @@ async fn router_caddy_weights_set_are_read_back() {
         .unwrap();
     assert_eq!(percentages(&rig.caddy.router).await, (90, 10));
     // A backend left out is set to 0.
-    let only_green = Traffic {
-        backends: BTreeMap::from([("green".to_string(), Weight::FULL)]),
-    };
+    let only_green = Traffic::weights(BTreeMap::from([("green".to_string(), Weight::FULL)]));
     rig.caddy.router.apply(SERVICE, &only_green).await.unwrap();
     assert_eq!(percentages(&rig.caddy.router).await, (0, 100));
 }
@@ -301,12 +299,10 @@ async fn router_caddy_unknown_names_and_refusals() {
     let msg = unknown(rig.caddy.router.observe("nope").await.map(|_| ()));
     assert!(msg.contains("service `nope`"), "{msg}");
     unknown(rig.caddy.router.apply("nope", &traffic(50, 50)).await);
-    let red = Traffic {
-        backends: BTreeMap::from([
-            ("blue".to_string(), Weight::new(50).unwrap()),
-            ("red".to_string(), Weight::new(50).unwrap()),
-        ]),
-    };
+    let red = Traffic::weights(BTreeMap::from([
+        ("blue".to_string(), Weight::new(50).unwrap()),
+        ("red".to_string(), Weight::new(50).unwrap()),
+    ]));
     let msg = unknown(rig.caddy.router.apply(SERVICE, &red).await);
     assert!(msg.contains("backend `red`"), "{msg}");
     assert_eq!(percentages(&rig.caddy.router).await, (100, 0));

@@ -63,9 +63,7 @@ async fn applied_weights_are_read_back() {
     unix.apply("checkout", &split(90, 10)).await.unwrap();
     assert_eq!(percentages(&unix).await, (90, 10));
     // A backend not named is set to 0.
-    let only_blue = Traffic {
-        backends: [("blue".to_string(), Weight::FULL)].into_iter().collect(),
-    };
+    let only_blue = Traffic::weights([("blue".to_string(), Weight::FULL)].into_iter().collect());
     unix.apply("checkout", &only_blue).await.unwrap();
     assert_eq!(percentages(&unix).await, (100, 0));
     unix.health().await.unwrap();
@@ -224,9 +222,8 @@ fn blue_and_green(answer: &str) -> (u32, u32) {
 /// The canary's share exactly as the driver maps weights (`Observed::percentages`); `None`
 /// when no server has weight.
 fn green_share(blue: u32, green: u32) -> Option<u8> {
-    let observed = Observed {
-        backends: [("blue".to_string(), blue), ("green".to_string(), green)].into(),
-    };
+    let observed =
+        Observed::weights([("blue".to_string(), blue), ("green".to_string(), green)].into());
     observed.percentages().map(|p| p["green"].get())
 }
 
@@ -427,12 +424,12 @@ async fn unknown_services_and_backends_are_unknown() {
         router.apply("cart", &split(50, 50)).await.unwrap_err(),
         "backend `cart`",
     );
-    let red = Traffic {
-        backends: [("blue", 50), ("red", 50)]
+    let red = Traffic::weights(
+        [("blue", 50), ("red", 50)]
             .into_iter()
             .map(|(n, w)| (n.to_string(), Weight::new(w).unwrap()))
             .collect(),
-    };
+    );
     unknown(
         router.apply("checkout", &red).await.unwrap_err(),
         "server `red`",

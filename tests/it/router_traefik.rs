@@ -74,9 +74,10 @@ async fn apply_and_settle(f: &Fixture, blue: u8, green: u8) {
 }
 
 fn raw(blue: u32, green: u32) -> Observed {
-    Observed {
-        backends: BTreeMap::from([("blue".to_string(), blue), ("green".to_string(), green)]),
-    }
+    Observed::weights(BTreeMap::from([
+        ("blue".to_string(), blue),
+        ("green".to_string(), green),
+    ]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,12 +318,10 @@ async fn unknown_service_or_backend_is_unknown() {
         other => panic!("expected unknown weighted service, got {other:?}"),
     }
     let before = std::fs::read_to_string(&f.traefik.dynamic_file).unwrap();
-    let purple = Traffic {
-        backends: BTreeMap::from([
-            ("blue".to_string(), Weight::new(50).unwrap()),
-            ("purple".to_string(), Weight::new(50).unwrap()),
-        ]),
-    };
+    let purple = Traffic::weights(BTreeMap::from([
+        ("blue".to_string(), Weight::new(50).unwrap()),
+        ("purple".to_string(), Weight::new(50).unwrap()),
+    ]));
     match f.traefik.router.apply(SERVICE, &purple).await {
         Err(RouterError::Unknown { what, .. }) => assert!(what.contains("purple"), "{what}"),
         other => panic!("expected unknown backend, got {other:?}"),

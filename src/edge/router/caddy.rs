@@ -183,7 +183,7 @@ fn observed(upstreams: &[String], weights: &[u32], by_dial: &BTreeMap<String, St
         let entry: &mut u32 = backends.entry(name.clone()).or_default();
         *entry = entry.saturating_add(w);
     }
-    Observed { backends }
+    Observed::weights(backends)
 }
 
 /// The weights array, in upstream order, that sets `traffic`: upstreams not named get 0, and an

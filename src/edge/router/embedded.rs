@@ -714,7 +714,7 @@ impl EmbeddedRouter {
                     .get(service)
                     .map(|s| s.weights.clone())
                     .unwrap_or_default();
-                (service.to_string(), Observed { backends })
+                (service.to_string(), Observed::weights(backends))
             })
             .collect()
     }

@@ -228,9 +228,7 @@ impl GatewayRouter {
     /// The weights of the driven rule of `route`, the HTTPRoute `service`.
     fn observed(&self, service: &str, route: &Value) -> Result<Observed, RouterError> {
         let rule = self.driven(service, route)?;
-        Ok(Observed {
-            backends: rule.observed(),
-        })
+        Ok(Observed::weights(rule.observed()))
     }
 
     /// Sets the weights of the driven rule of HTTPRoute `service` to `traffic`'s percentages

@@ -172,9 +172,7 @@ impl HaproxyRouter {
     ) -> Result<Observed, RouterError> {
         match servers {
             None => Ok(Observed::default()),
-            Some(Ok(servers)) => Ok(Observed {
-                backends: servers.clone(),
-            }),
+            Some(Ok(servers)) => Ok(Observed::weights(servers.clone())),
             Some(Err(message)) => Err(self.rejected(format!("backend `{service}`: {message}"))),
         }
     }
@@ -480,12 +478,7 @@ fn plan_lines(live: &BTreeMap<String, u32>, traffic: &Traffic) -> Vec<Vec<Change
 /// Whether every state that `order` passes through on the way from `live` splits traffic the way
 /// `live` does or the way the end does, as the driver maps weights to percentages.
 fn no_third_split(live: &BTreeMap<String, u32>, order: &[Change]) -> bool {
-    let shares = |weights: &BTreeMap<String, u32>| {
-        Observed {
-            backends: weights.clone(),
-        }
-        .percentages()
-    };
+    let shares = |weights: &BTreeMap<String, u32>| Observed::weights(weights.clone()).percentages();
     let mut end = live.clone();
     end.extend(order.iter().cloned());
     let (before, after) = (shares(live), shares(&end));

@@ -351,7 +351,7 @@ impl Inner {
                 .map_or(server.address.as_str(), |(name, _)| name.as_str());
             *backends.entry(name.to_string()).or_insert(0) += server.weight;
         }
-        Observed { backends }
+        Observed::weights(backends)
     }
 
     fn check_service(&self, service: &str) -> Result<(), RouterError> {

@@ -543,7 +543,7 @@ fn parse_service(
         let backend = local.strip_prefix(&prefix).unwrap_or(local);
         *backends.entry(backend.to_string()).or_insert(0u32) += child.weight.unwrap_or(1);
     }
-    Ok(Observed { backends })
+    Ok(Observed::weights(backends))
 }
 
 /// One backend of a weighted service to write.
