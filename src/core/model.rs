@@ -202,6 +202,31 @@ pub struct Route {
     pub backend: String,
 }
 
+/// Matches as one line: `X-Canary=always or cookie beta~^on` (`=` exact, `^=` prefix,
+/// `~` regex; criteria of one match joined by `and`).
+pub fn describe_matches(matches: &[Match]) -> String {
+    let one = |m: &Match| {
+        m.all
+            .iter()
+            .map(|c| {
+                let on = match c.on {
+                    Field::Header => String::new(),
+                    Field::Cookie => "cookie ".to_string(),
+                    Field::Query => "query ".to_string(),
+                };
+                let (op, v) = match &c.value {
+                    Pattern::Exact(v) => ("=", v),
+                    Pattern::Prefix(v) => ("^=", v),
+                    Pattern::Regex(v) => ("~", v),
+                };
+                format!("{on}{}{op}{v}", c.name)
+            })
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    matches.iter().map(one).collect::<Vec<_>>().join(" or ")
+}
+
 /// Conditions a request must all satisfy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Match {
@@ -367,6 +392,8 @@ pub struct Rollout {
     pub deadline_abort: bool,
     pub window: Option<Window>,
     pub on_drift: DriftPolicy,
+    /// The key that keeps a user on one side while the canary's weight grows.
+    pub sticky: Option<Sticky>,
 }
 
 impl Rollout {
@@ -385,6 +412,34 @@ impl Rollout {
                 _ => None,
             })
             .unwrap_or(Weight::ZERO)
+    }
+
+    /// The header routes in force at step `k`: every `setHeaderRoute` up to it, a later one
+    /// of the same name replacing (or, without matches, removing) an earlier one; in the
+    /// order first set. Each sends its matches to the canary.
+    pub fn routes_at(&self, k: usize) -> Vec<Route> {
+        let Some(canary) = &self.target().canary else {
+            return Vec::new();
+        };
+        let mut routes: Vec<Route> = Vec::new();
+        for step in self.steps.iter().take(k + 1) {
+            let Step::SetHeaderRoute { name, matches } = step else {
+                continue;
+            };
+            match routes.iter().position(|r| r.name == *name) {
+                Some(i) if matches.is_empty() => {
+                    routes.remove(i);
+                }
+                Some(i) => routes[i].matches = matches.clone(),
+                None if matches.is_empty() => {}
+                None => routes.push(Route {
+                    name: name.clone(),
+                    matches: matches.clone(),
+                    backend: canary.name.clone(),
+                }),
+            }
+        }
+        routes
     }
 
     /// Every weight the rollout may put on the canary: the steps', 0 and 100.
@@ -408,6 +463,12 @@ impl Rollout {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     SetWeight(Weight),
+    /// Argo's `setHeaderRoute`: from this step on, requests that match go to the canary;
+    /// no matches removes the route of that name.
+    SetHeaderRoute {
+        name: String,
+        matches: Vec<Match>,
+    },
     /// `None`: until promoted by a commit.
     Pause(Option<Duration>),
     Analysis(Analysis),
@@ -417,6 +478,12 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::SetWeight(w) => write!(f, "setWeight {}", w.get()),
+            Step::SetHeaderRoute { name, matches } if matches.is_empty() => {
+                write!(f, "remove header route {name}")
+            }
+            Step::SetHeaderRoute { name, matches } => {
+                write!(f, "header route {name}: {}", describe_matches(matches))
+            }
             Step::Pause(Some(d)) => write!(f, "pause {}", crate::core::spec::duration::display(*d)),
             Step::Pause(None) => f.write_str("pause until promoted"),
             Step::Analysis(a) => {

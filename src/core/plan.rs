@@ -157,6 +157,11 @@ pub enum Action {
         step: usize,
         weight: Weight,
     },
+    /// Header routes set or removed at a `setHeaderRoute` step (or again, when they did not
+    /// take).
+    SetRoutes {
+        step: usize,
+    },
     /// Entered a pause.
     Pause {
         step: usize,
@@ -295,6 +300,7 @@ impl fmt::Display for Action {
             Action::SetWeight { step, weight } => {
                 write!(f, "set canary weight {weight} (step {})", step + 1)
             }
+            Action::SetRoutes { step } => write!(f, "set header routes (step {})", step + 1),
             Action::Pause { step } => write!(f, "pause (step {})", step + 1),
             Action::Analyse { step } => write!(f, "start analysis (step {})", step + 1),
             Action::Reapply { reason } => write!(f, "reapply weights: {reason}"),
@@ -400,8 +406,48 @@ impl Planner<'_> {
             .and_then(|l| self.i.spec.target().live_canary(l))
     }
 
+    /// The action of setting `run`'s step again (its traffic did not take yet).
+    fn set_again(&self, run: &Run) -> Action {
+        match self.i.spec.steps.get(run.step) {
+            Some(Step::SetHeaderRoute { .. }) => Action::SetRoutes { step: run.step },
+            _ => Action::SetWeight {
+                step: run.step,
+                weight: run.weight,
+            },
+        }
+    }
+
+    /// Sets the canary to `canary` percent, with no header route (the rollout is not at a
+    /// step: settling, aborting, rolling back).
     fn set(&mut self, canary: Weight) {
-        self.traffic = Some(self.i.spec.target().traffic(canary, self.i.live));
+        self.traffic = Some(self.traffic_at(canary, None));
+    }
+
+    /// Sets the canary to `canary` percent with the header routes in force at step `k`.
+    fn set_at(&mut self, canary: Weight, k: usize) {
+        self.traffic = Some(self.traffic_at(canary, Some(k)));
+    }
+
+    /// The traffic at `canary` percent: the routes of step `k` when at a step, and the sticky
+    /// key while both sides carry weight.
+    fn traffic_at(&self, canary: Weight, k: Option<usize>) -> Traffic {
+        let spec = self.i.spec;
+        let mut t = spec.target().traffic(canary, self.i.live);
+        t.routes = k.map(|k| spec.routes_at(k)).unwrap_or_default();
+        if canary != Weight::ZERO && canary != Weight::FULL {
+            t.sticky = spec.sticky.clone();
+        }
+        t
+    }
+
+    /// Whether the router holds the routes and sticky key that step `k` at `canary` asks for
+    /// (a router that reports none holds none).
+    fn live_routes_fit(&self, canary: Weight, k: usize) -> bool {
+        let Some(live) = self.i.live else {
+            return false;
+        };
+        let want = self.traffic_at(canary, Some(k));
+        live.routes == want.routes && live.sticky == want.sticky
     }
 
     fn decide(&mut self) -> Action {
@@ -700,6 +746,13 @@ impl Planner<'_> {
             run.verified = false;
             run.weight = weight;
         }
+        if spec.routes_at(k)
+            != k.checked_sub(1)
+                .map(|p| spec.routes_at(p))
+                .unwrap_or_default()
+        {
+            run.verified = false;
+        }
         run.step = k;
         run.step_started_at = now;
         run.stall = None;
@@ -711,6 +764,10 @@ impl Planner<'_> {
                     step: k,
                     weight: *w,
                 }
+            }
+            Step::SetHeaderRoute { .. } => {
+                self.status.progress = Progress::Progressing { run };
+                Action::SetRoutes { step: k }
             }
             Step::Pause(d) => {
                 let until = d.map(|d| now + d);
@@ -740,7 +797,7 @@ impl Planner<'_> {
             }
         };
         if changes_traffic {
-            self.set(weight);
+            self.set_at(weight, k);
         }
         action
     }
@@ -876,7 +933,10 @@ impl Planner<'_> {
         // 3. The step list may have changed under the run: re-enter the step if it no longer fits.
         let fits = match (&progress, step_spec) {
             (_, None) => false,
-            (Progress::Progressing { .. }, Some(Step::SetWeight(_))) => true,
+            (
+                Progress::Progressing { .. },
+                Some(Step::SetWeight(_) | Step::SetHeaderRoute { .. }),
+            ) => true,
             (
                 Progress::Paused {
                     reason: PauseReason::Step,
@@ -947,9 +1007,22 @@ impl Planner<'_> {
                     "router reports weights that do not fit this rollout's backends".to_string(),
                 );
             }
-            Some(w) if w == run.weight => run.verified = true,
+            Some(w) if w == run.weight && self.live_routes_fit(run.weight, run.step) => {
+                run.verified = true;
+            }
             found if run.verified => {
-                let w = found.map_or_else(|| "none".to_string(), |w| w.to_string());
+                let what = match found {
+                    Some(w) if w == run.weight => format!(
+                        "live header routes or sticky key differ from step {}'s",
+                        run.step + 1
+                    ),
+                    _ => format!(
+                        "live canary weight {} differs from step {} weight {}",
+                        found.map_or_else(|| "none".to_string(), |w| w.to_string()),
+                        run.step + 1,
+                        run.weight
+                    ),
+                };
                 let drift = Drift {
                     at: now,
                     expected: run.weight,
@@ -968,14 +1041,8 @@ impl Planner<'_> {
                         self.status.drift = Some(drift);
                         run.verified = false;
                         self.put_run(&run);
-                        self.set(run.weight);
-                        return Action::Reapply {
-                            reason: format!(
-                                "live canary weight {w} differs from step {} weight {}",
-                                run.step + 1,
-                                run.weight
-                            ),
-                        };
+                        self.set_at(run.weight, run.step);
+                        return Action::Reapply { reason: what };
                     }
                     DriftPolicy::Hold => {
                         if self.status.drift.as_ref().map(|d| (&d.live, d.expected))
@@ -983,11 +1050,7 @@ impl Planner<'_> {
                         {
                             self.status.drift = Some(drift);
                         }
-                        reason_held = Some(format!(
-                            "live canary weight {w} differs from step {} weight {} (onDrift: hold)",
-                            run.step + 1,
-                            run.weight
-                        ));
+                        reason_held = Some(format!("{what} (onDrift: hold)"));
                     }
                 }
             }
@@ -998,7 +1061,7 @@ impl Planner<'_> {
                 if run.step_started_at < now && !newly_set {
                     stalled = stalled.or(Some("weights not verified on the router".into()));
                 }
-                self.set(run.weight);
+                self.set_at(run.weight, run.step);
             }
         }
 
@@ -1036,10 +1099,7 @@ impl Planner<'_> {
                 self.wake_at(now + ERROR_RETRY);
                 self.put_run(&run);
                 if self.traffic.is_some() {
-                    return Action::SetWeight {
-                        step: run.step,
-                        weight: run.weight,
-                    };
+                    return self.set_again(&run);
                 }
                 return hold(why.clone());
             }
@@ -1050,10 +1110,7 @@ impl Planner<'_> {
         }
         self.put_run(&run);
         if self.traffic.is_some() {
-            return Action::SetWeight {
-                step: run.step,
-                weight: run.weight,
-            };
+            return self.set_again(&run);
         }
         if let Some(why) = reason_held {
             return hold(why);

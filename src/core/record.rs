@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::core::analysis::Outcome;
-use crate::core::model::{Observed, Rollout, Weight};
+use crate::core::model::{Observed, Rollout, Route, Sticky, Weight, describe_matches};
 use crate::core::plan::Plan;
 use crate::core::progress::{Progress, Status};
 
@@ -67,6 +67,13 @@ pub struct StatusFile {
     /// The weights canaryd last set, per backend.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub desired: BTreeMap<String, Weight>,
+    /// The header routes canaryd last set, in order: requests that match go to their backend
+    /// whatever the weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// The key that keeps each user on one side of the weights, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
     /// The weights the router reported at the last look.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveRecord>,
@@ -124,6 +131,8 @@ impl StatusFile {
             revert_pr: None,
             steps: 0,
             desired: BTreeMap::new(),
+            routes: Vec::new(),
+            sticky: None,
             live: None,
             router_error: None,
             analysis: Vec::new(),
@@ -143,6 +152,8 @@ impl StatusFile {
             revert_pr,
             steps,
             desired,
+            routes,
+            sticky,
             live,
             router_error,
             analysis,
@@ -155,6 +166,8 @@ impl StatusFile {
             && *revert_pr == other.revert_pr
             && *steps == other.steps
             && *desired == other.desired
+            && *routes == other.routes
+            && *sticky == other.sticky
             && live.as_ref().map(|l| &l.backends) == other.live.as_ref().map(|l| &l.backends)
             && *router_error == other.router_error
             && *analysis == other.analysis
@@ -185,6 +198,8 @@ impl StatusFile {
         }
         if let Some(t) = &plan.traffic {
             f.desired = t.backends.clone();
+            f.routes = t.routes.clone();
+            f.sticky = t.sticky.clone();
         }
         if new_revision {
             f.analysis.clear();
@@ -207,6 +222,22 @@ impl StatusFile {
         };
         f.updated_at = seen.now;
         f
+    }
+
+    /// Who sees which side beyond the weights, in a few words: `header X-Canary=always →
+    /// checkout-green, sticky by header X-User-Id`; `None` when weights alone decide.
+    pub fn who(&self) -> Option<String> {
+        let mut parts: Vec<String> = self
+            .routes
+            .iter()
+            .map(|r| format!("{} → {}", describe_matches(&r.matches), r.backend))
+            .collect();
+        match &self.sticky {
+            Some(Sticky::Header(h)) => parts.push(format!("sticky by header {h}")),
+            Some(Sticky::Cookie(c)) => parts.push(format!("sticky by cookie {c}")),
+            None => {}
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
     }
 
     /// The file as YAML.

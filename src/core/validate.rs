@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::core::diag::{Diagnostic, Position};
 use crate::core::model::{
-    Analysis, Backend, Catalog, JUDGE_METRIC, Judge, JudgedMetric, Metric, Revision,
-    RollbackPolicy, Rollout, Step, Target, Weight, Window,
+    Analysis, Backend, Catalog, Criterion, Field, JUDGE_METRIC, Judge, JudgedMetric, Match, Metric,
+    Pattern, Revision, RollbackPolicy, Rollout, Step, Sticky, Target, Weight, Window,
 };
 use crate::core::spec::condition::Condition;
 use crate::core::spec::duration::{self, DURATION_HELP};
@@ -644,6 +644,7 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
         ),
     };
     let window = s.window.as_ref().and_then(|w| window(cx, w));
+    let sticky = s.sticky.as_ref().and_then(|st| sticky(cx, st));
 
     if cx.errors > start_errors {
         return None;
@@ -662,6 +663,7 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
         deadline_abort: s.progress_deadline_abort.unwrap_or(true),
         window,
         on_drift: s.on_drift.unwrap_or_default(),
+        sticky,
     })
 }
 
@@ -842,10 +844,195 @@ fn explicit_steps(cx: &mut Cx<'_>, list: &[spec::Step], refs: &Refs) -> Option<V
                     }
                 }
             }
+            spec::Step::SetHeaderRoute(r) => {
+                match header_route(cx, &format!("{base}.setHeaderRoute"), r, &out) {
+                    Some(step) => step,
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                }
+            }
         };
         out.push(step);
     }
     ok.then_some(out)
+}
+
+/// The routers that can send requests by who sends them (routes, stickiness).
+const ROUTES_ON: &[RouterKind] = &[RouterKind::Embedded];
+
+/// Refuses `what` at `field` unless the rollout's router can express it.
+fn router_can_route(cx: &mut Cx<'_>, field: &str, what: &str) -> bool {
+    match cx.router {
+        Some(kind) if !ROUTES_ON.contains(&kind) => {
+            let can: Vec<&str> = ROUTES_ON.iter().map(|k| k.as_str()).collect();
+            cx.error(
+                field,
+                format!("router kind `{}` cannot express {what} yet", kind.as_str()),
+                format!(
+                    "routers that can: {}; or route by weight alone on this router",
+                    can.join(", ")
+                ),
+            );
+            false
+        }
+        _ => true,
+    }
+}
+
+/// A `setHeaderRoute` step: its matches checked and compiled (`before`: the steps so far, to
+/// warn about removing a route never set).
+fn header_route(
+    cx: &mut Cx<'_>,
+    field: &str,
+    r: &spec::HeaderRoute,
+    before: &[Step],
+) -> Option<Step> {
+    let start = cx.errors;
+    if !router_can_route(cx, field, "header routes") {
+        return None;
+    }
+    if r.name.trim().is_empty() {
+        cx.error(
+            &format!("{field}.name"),
+            "must not be empty",
+            "name the route; a later `setHeaderRoute: {name}` removes it",
+        );
+    }
+    let Some(list) = &r.matches else {
+        let set = before
+            .iter()
+            .any(|s| matches!(s, Step::SetHeaderRoute { name, .. } if *name == r.name));
+        if !set {
+            cx.warn(
+                field,
+                format!("removes route `{}`, which no earlier step sets", r.name),
+                "a `setHeaderRoute` with only a name removes a route set by an earlier step",
+            );
+        }
+        return (cx.errors == start).then(|| Step::SetHeaderRoute {
+            name: r.name.clone(),
+            matches: Vec::new(),
+        });
+    };
+    if list.is_empty() {
+        cx.error(
+            &format!("{field}.match"),
+            "the match list is empty",
+            "give at least one entry, e.g. `- {headerName: X-Canary, headerValue: {exact: always}}`, \
+             or leave `match` out to remove the route",
+        );
+    }
+    let mut matches = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        let at = format!("{field}.match[{i}]");
+        let mut all = Vec::new();
+        match (&m.header_name, &m.header_value) {
+            (Some(name), Some(value)) => {
+                if let Some(value) = pattern(cx, &format!("{at}.headerValue"), value) {
+                    all.push(Criterion {
+                        on: Field::Header,
+                        name: name.clone(),
+                        value,
+                    });
+                }
+            }
+            (None, None) => {}
+            (Some(_), None) => cx.error(
+                &format!("{at}.headerName"),
+                "`headerName` without `headerValue`",
+                "add `headerValue: {exact: ...}` (or `prefix`, `regex`)",
+            ),
+            (None, Some(_)) => cx.error(
+                &format!("{at}.headerValue"),
+                "`headerValue` without `headerName`",
+                "add `headerName: X-Canary`",
+            ),
+        }
+        for (key, on, map) in [
+            ("headers", Field::Header, &m.headers),
+            ("cookies", Field::Cookie, &m.cookies),
+            ("query", Field::Query, &m.query),
+        ] {
+            for (name, value) in map {
+                if let Some(value) = pattern(cx, &format!("{at}.{key}.{name}"), value) {
+                    all.push(Criterion {
+                        on,
+                        name: name.clone(),
+                        value,
+                    });
+                }
+            }
+        }
+        if all.is_empty() && cx.errors == start {
+            cx.error(
+                &at,
+                "the entry matches nothing",
+                "give `headerName` and `headerValue`, or `headers`, `cookies` or `query`",
+            );
+        }
+        matches.push(Match { all });
+    }
+    (cx.errors == start).then(|| Step::SetHeaderRoute {
+        name: r.name.clone(),
+        matches,
+    })
+}
+
+/// `{exact|prefix|regex: ...}`: exactly one, and a regex that compiles.
+fn pattern(cx: &mut Cx<'_>, field: &str, m: &spec::StringMatch) -> Option<Pattern> {
+    let given: Vec<Pattern> = [
+        m.exact.clone().map(Pattern::Exact),
+        m.prefix.clone().map(Pattern::Prefix),
+        m.regex.clone().map(Pattern::Regex),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match <[Pattern; 1]>::try_from(given) {
+        Ok([Pattern::Regex(r)]) => match regex::Regex::new(&r) {
+            Ok(_) => Some(Pattern::Regex(r)),
+            Err(e) => {
+                cx.error(
+                    &format!("{field}.regex"),
+                    format!("not a regular expression: {e}"),
+                    "RE2 syntax, matched against the whole value, e.g. `^(de|at)$`",
+                );
+                None
+            }
+        },
+        Ok([p]) => Some(p),
+        Err(_) => {
+            cx.error(
+                field,
+                "give exactly one of `exact`, `prefix` or `regex`",
+                "e.g. `{exact: always}`",
+            );
+            None
+        }
+    }
+}
+
+/// `sticky:`: a header or cookie name, on a router that can split by it.
+fn sticky(cx: &mut Cx<'_>, s: &spec::Sticky) -> Option<Sticky> {
+    if !router_can_route(cx, "spec.sticky", "sticky users") {
+        return None;
+    }
+    let (field, name, sticky) = match s {
+        spec::Sticky::Header(n) => ("spec.sticky.header", n, Sticky::Header(n.clone())),
+        spec::Sticky::Cookie(n) => ("spec.sticky.cookie", n, Sticky::Cookie(n.clone())),
+    };
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        cx.error(
+            field,
+            format!("`{name}` is not a header or cookie name"),
+            "letters, digits and `-_.`, e.g. `X-User-Id` or `canary_id`",
+        );
+        return None;
+    }
+    Some(sticky)
 }
 
 /// Expands Flagger's shorthand. Unlike Flagger, the last weight never overshoots `maxWeight`:

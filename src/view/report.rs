@@ -8,7 +8,7 @@ use serde::Serialize;
 use similar::{ChangeTag, TextDiff};
 
 use crate::core::diag::Diagnostic;
-use crate::core::model::{Observed, Rollout, Traffic, Weight};
+use crate::core::model::{Observed, Rollout, Sticky, Traffic, Weight, describe_matches};
 use crate::core::plan::Plan;
 use crate::core::progress::Progress;
 use crate::core::validate::Source;
@@ -148,6 +148,24 @@ pub fn plan_human(
         for line in weights_diff(live, &desired).lines() {
             let _ = writeln!(out, "    {line}");
         }
+    }
+    for r in plan.traffic.iter().flat_map(|t| &t.routes) {
+        let _ = writeln!(
+            out,
+            "  route {}: {} → {}",
+            r.name,
+            describe_matches(&r.matches),
+            r.backend
+        );
+    }
+    match plan.traffic.as_ref().and_then(|t| t.sticky.as_ref()) {
+        Some(Sticky::Header(h)) => {
+            let _ = writeln!(out, "  sticky by header {h}");
+        }
+        Some(Sticky::Cookie(c)) => {
+            let _ = writeln!(out, "  sticky by cookie {c}");
+        }
+        None => {}
     }
     if !plan.measure.is_empty() {
         let names: Vec<&str> = plan.measure.iter().map(|d| d.metric.as_str()).collect();

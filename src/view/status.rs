@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::core::analysis::Outcome;
-use crate::core::model::Weight;
+use crate::core::model::{Route, Sticky, Weight};
 use crate::core::progress::{Drift, DriftAction, PauseReason, Progress, Stall};
 use crate::core::record::{LiveRecord, MetricValue, StatusFile};
 
@@ -228,6 +228,9 @@ fn block(out: &mut String, file: &StatusFile, now: DateTime<Utc>) {
             weights_line(&file.desired, file.live.as_ref())
         );
     }
+    if let Some(who) = file.who() {
+        let _ = writeln!(out, "  who: {who}");
+    }
     for m in &file.analysis {
         let _ = writeln!(out, "  analysis: {}", analysis_line(m, now));
     }
@@ -298,6 +301,10 @@ pub struct RolloutView<'a> {
     pub verified: Option<bool>,
     /// The weights canaryd last set, per backend, in percent.
     pub desired: &'a BTreeMap<String, Weight>,
+    /// The header routes canaryd last set, in order.
+    pub routes: &'a [Route],
+    /// The key that keeps users on one side, when set.
+    pub sticky: Option<&'a Sticky>,
     /// The weights the router reported, per backend, in percent.
     pub live: Option<&'a BTreeMap<String, Weight>>,
     /// When the live weights were read.
@@ -345,6 +352,8 @@ impl<'a> RolloutView<'a> {
             canary_weight: canary_weight(file),
             verified: progress.run().map(|r| r.verified),
             desired: &file.desired,
+            routes: &file.routes,
+            sticky: file.sticky.as_ref(),
             live: live.map(|l| &l.backends),
             live_at: live.map(|l| l.at),
             mismatched,
@@ -420,6 +429,8 @@ mod tests {
             spec_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
             steps: 6,
             desired: BTreeMap::from([("checkout-v1".into(), w(75)), ("checkout-v2".into(), w(25))]),
+            routes: Vec::new(),
+            sticky: None,
             live: Some(LiveRecord {
                 backends: BTreeMap::from([
                     ("checkout-v1".into(), w(90)),

@@ -42,6 +42,7 @@ fn every_valid_example_lints_clean() {
             "checkout",
             "inventory",
             "payments",
+            "profile",
             "recommendations",
             "search",
             "shop-caddy",

@@ -245,13 +245,17 @@ impl World {
         plan
     }
 
+    /// The router takes `t` whole, routes and sticky key included (as the embedded router).
     fn apply(&mut self, t: &Traffic) {
-        self.router = Observed::weights(
-            t.backends
+        self.router = Observed {
+            backends: t
+                .backends
                 .iter()
                 .map(|(name, w)| (name.clone(), u32::from(w.get())))
                 .collect(),
-        );
+            routes: t.routes.clone(),
+            sticky: t.sticky.clone(),
+        };
     }
 
     /// Plans until a plan changes nothing or asks for measurements (the daemon re-plans after
@@ -2695,4 +2699,74 @@ fn two_promotes_for_one_pause_pass_only_that_pause() {
     );
     assert_eq!(w.status.last_gate.as_deref(), Some("promote-2"));
     assert_eq!(w.router(), "blue=60 green=40");
+}
+
+const ROUTED_STEPS: &str = "
+    sticky: {header: X-User-Id}
+    steps:
+    - setHeaderRoute:
+        name: testers
+        match: [{headerName: X-Canary, headerValue: {exact: always}}]
+    - pause: {duration: 5m}
+    - setWeight: 10
+    - pause: {duration: 5m}
+    - setHeaderRoute: {name: testers}
+    - setWeight: 50
+    - pause: {}
+";
+
+#[test]
+fn a_header_route_sends_testers_to_the_canary_at_weight_0_until_removed() {
+    let mut w = World::new(canary(ROUTED_STEPS));
+    let p = w.step();
+    assert_eq!(p.action, Action::SetRoutes { step: 0 });
+    let t = p.traffic.clone().expect("routes are traffic");
+    assert_eq!(w.router(), "blue=100 green=0");
+    assert_eq!(t.routes.len(), 1);
+    assert_eq!(t.routes[0].backend, "green");
+    assert_eq!(t.sticky, None, "no split to keep users on at weight 0");
+    // Recorded first: a route toward the canary is a step toward it.
+    assert_eq!(p.effects()[0], canaryd::core::plan::Effect::Record);
+    // Read back with the route in place: on to the pause.
+    let p = w.step();
+    assert!(w.run().verified);
+    assert_eq!(p.action, Action::Pause { step: 1 });
+
+    let mut w = w.at_step(3);
+    let live = w.router.clone();
+    assert_eq!(
+        live.routes.len(),
+        1,
+        "the route stays while the weight grows"
+    );
+    assert_eq!(
+        live.sticky,
+        Some(canaryd::core::model::Sticky::Header("X-User-Id".into())),
+        "sticky while both sides carry weight"
+    );
+    // Someone drops the route by hand: drift, re-applied.
+    w.router.routes.clear();
+    let p = w.step();
+    assert!(
+        matches!(&p.action, Action::Reapply { reason } if reason.contains("header routes")),
+        "{:?}",
+        p.action
+    );
+    assert_eq!(w.router.routes.len(), 1);
+
+    let w = w.at_step(6);
+    assert!(w.router.routes.is_empty(), "removed at step 5");
+    assert_eq!(w.router(), "blue=50 green=50");
+}
+
+#[test]
+fn an_abort_removes_every_route_and_the_sticky_key() {
+    let mut w = World::new(canary(ROUTED_STEPS)).at_step(3);
+    assert_eq!(w.router.routes.len(), 1);
+    w.commit("badc0de", GateAction::Abort);
+    let p = w.step();
+    assert!(matches!(p.action, Action::Abort { .. }));
+    assert_eq!(w.router(), "blue=100 green=0");
+    assert!(w.router.routes.is_empty(), "{:?}", w.router);
+    assert_eq!(w.router.sticky, None);
 }

@@ -725,3 +725,110 @@ fn promql_variables_are_checked_where_they_are_written() {
         "{line} {e:?}"
     );
 }
+
+#[test]
+fn header_routes_and_stickiness_are_checked_where_they_are_written() {
+    let r = valid(
+        "sticky: {header: X-User-Id}
+steps:
+- setHeaderRoute:
+    name: testers
+    match:
+    - {headerName: X-Canary, headerValue: {exact: always}}
+    - headers: {CF-IPCountry: {regex: \"DE|AT\"}}
+      cookies: {beta: {prefix: \"on\"}}
+- setWeight: 10
+- setHeaderRoute: {name: testers}
+- setWeight: 50",
+    );
+    use canaryd::core::model::{Field, Pattern, Sticky};
+    assert_eq!(r.sticky, Some(Sticky::Header("X-User-Id".into())));
+    let routes = r.routes_at(1);
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].backend, "green");
+    assert_eq!(routes[0].matches.len(), 2, "entries are alternatives");
+    let second = &routes[0].matches[1].all;
+    assert_eq!(second.len(), 2, "criteria of one entry all hold");
+    assert_eq!(second[0].on, Field::Header);
+    assert_eq!(second[1].value, Pattern::Prefix("on".into()));
+    assert!(r.routes_at(2).is_empty(), "removed by name");
+    assert_eq!(r.weight_at(0), Weight::ZERO, "a route sets no weight");
+
+    check(
+        "steps:\n- setHeaderRoute: {name: t, match: [{headerName: X-Canary}]}",
+        &[(
+            "spec.steps[0].setHeaderRoute.match[0].headerName",
+            "without `headerValue`",
+        )],
+    );
+    check(
+        "steps:\n- setHeaderRoute: {name: t, match: [{headerName: X, headerValue: {exact: a, regex: b}}]}",
+        &[(
+            "spec.steps[0].setHeaderRoute.match[0].headerValue",
+            "exactly one of",
+        )],
+    );
+    check(
+        "steps:\n- setHeaderRoute: {name: t, match: [{headerName: X, headerValue: {regex: \"(a\"}}]}",
+        &[(
+            "spec.steps[0].setHeaderRoute.match[0].headerValue.regex",
+            "not a regular expression",
+        )],
+    );
+    check(
+        "steps:\n- setHeaderRoute: {name: t, match: [{}]}",
+        &[("spec.steps[0].setHeaderRoute.match[0]", "matches nothing")],
+    );
+    check(
+        "sticky: {header: \"X User\"}\nsteps: [{setWeight: 10}]",
+        &[("spec.sticky.header", "not a header or cookie name")],
+    );
+    // Removing a route never set is only a warning.
+    let (_, diags) = run("steps:\n- setWeight: 10\n- setHeaderRoute: {name: nobody}");
+    assert!(
+        diags
+            .iter()
+            .any(|d| !d.is_error() && d.message.contains("which no earlier step sets")),
+        "{diags:#?}"
+    );
+}
+
+#[test]
+fn a_router_that_cannot_route_by_request_is_refused_naming_those_that_can() {
+    let haproxy = "apiVersion: canaryd.dev/v1alpha1
+kind: Router
+metadata: {name: lb}
+spec: {kind: haproxy, runtimeApi: \"127.0.0.1:9999\"}
+---
+apiVersion: canaryd.dev/v1alpha1
+kind: Rollout
+metadata: {name: web}
+spec:
+  router: lb
+  service: web
+  stable: {name: blue}
+  canary: {name: green}
+  sticky: {cookie: uid}
+  steps:
+  - setHeaderRoute: {name: t, match: [{headerName: X-Canary, headerValue: {exact: always}}]}
+  - setWeight: 10
+";
+    let (catalog, diags) = validate::validate_texts(&[("rollouts/web.yaml", haproxy)]);
+    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    for (e, (field, line)) in errors
+        .iter()
+        .zip([("spec.sticky", 14), ("spec.steps[0].setHeaderRoute", 16)])
+    {
+        assert_eq!(e.field, field, "{e:#?}");
+        assert!(e.message.contains("router kind `haproxy` cannot"), "{e:#?}");
+        assert!(
+            e.help
+                .as_deref()
+                .unwrap()
+                .contains("routers that can: embedded")
+        );
+        assert_eq!(e.position.line, line, "{e:#?}");
+    }
+    assert!(catalog.invalid.contains_key("web"));
+}

@@ -136,6 +136,68 @@ pub struct RolloutSpec {
     /// Bump to run an aborted revision again without changing its backends. Part of the revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<u32>,
+    /// Keep each user on one side while the canary's weight grows: `{header: X-User-Id}` or
+    /// `{cookie: NAME}`. A user is on the canary at weight w exactly when CRC-32 of the key,
+    /// modulo 10,000, is below 100·w; a cookie the client lacks is set on the first answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+}
+
+/// `sticky:`: the request key that picks a user's side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub enum Sticky {
+    /// A request header (`X-User-Id`), set by the client or an authenticating proxy.
+    Header(String),
+    /// A cookie; a client without one gets it on its first answer.
+    Cookie(String),
+}
+
+/// `setHeaderRoute:` as Argo Rollouts writes it: a named route whose matches go to the canary.
+/// Without `match`, it removes the route of that name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct HeaderRoute {
+    pub name: String,
+    /// Alternatives: a request that satisfies one entry goes to the canary.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<Vec<RouteMatch>>,
+}
+
+/// One entry of `match`: Argo's `{headerName, headerValue}`, and/or canaryd's `headers`,
+/// `cookies` and `query` maps (name → value); every criterion of the entry must hold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_value: Option<StringMatch>,
+    /// Header name (any case) → value. Geography is one: `CloudFront-Viewer-Country: {exact: DE}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, StringMatch>,
+    /// Cookie name → value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cookies: BTreeMap<String, StringMatch>,
+    /// Query parameter name → value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, StringMatch>,
+}
+
+/// Exactly one of `exact`, `prefix` or `regex` (RE2 syntax, matched against the whole value).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct StringMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
 }
 
 /// A backend on the router.
@@ -165,6 +227,9 @@ pub enum Step {
     Pause(Pause),
     /// Run metric checks at the current weight; continue when they pass, abort when they fail.
     Analysis(Analysis),
+    /// From this step on, requests that match go to the canary whatever its weight (Argo's
+    /// `setHeaderRoute`); `{name}` alone removes the route. Routes end with the rollout.
+    SetHeaderRoute(HeaderRoute),
 }
 
 /// `pause: {duration: 5m}` or `pause: {}`.

@@ -67,11 +67,29 @@ pub fn folded(messages: &[&str]) -> String {
     m
 }
 
-/// What happened, in a few words: `step 3/7 weight 25%`, `aborted: errors 0.08 missed …`.
+/// What happened, in a few words: `step 3/7 weight 25%`, `aborted: errors 0.08 missed …`;
+/// with routes or a sticky key, who sees the canary too (`step 2/5 weight 10%, header
+/// X-Canary=always → green, sticky by header X-User-Id`).
 fn headline(file: &StatusFile, action: &Action) -> String {
+    let what = what_happened(file, action);
+    let moved = matches!(
+        action,
+        Action::SetWeight { .. } | Action::SetRoutes { .. } | Action::Reapply { .. }
+    );
+    match file.who() {
+        Some(who) if moved => format!("{what}, {who}"),
+        _ => what,
+    }
+}
+
+fn what_happened(file: &StatusFile, action: &Action) -> String {
     let n = file.steps;
     match action {
         Action::SetWeight { step, weight } => format!("step {}/{n} weight {weight}", step + 1),
+        Action::SetRoutes { step } => match file.status.progress.run() {
+            Some(run) => format!("step {}/{n} header routes, weight {}", step + 1, run.weight),
+            None => format!("step {}/{n} header routes", step + 1),
+        },
         Action::Pause { step } => match &file.status.progress {
             Progress::Paused {
                 until: Some(until), ..
