@@ -12,9 +12,18 @@
 //! with one `driver.observe_all(all names)` against one `driver.observe(name)` per backend,
 //! [`MANY_RUNS`] times each (the runs alternate), with the median printed.
 //!
+//! Then what routes and sticky users cost the embedded router: the same load ([`CONNECTIONS`]
+//! keep-alive connections, each request carrying `X-User-Id: user-N` of [`LOAD_USERS`], one in
+//! [`MARKED_EVERY`] also `X-Canary: always`) against plain weights (blue 90, green 10) and
+//! against the same weights with a sticky `X-User-Id` key and two header routes (`X-Canary`
+//! exact, `X-Beta` regex), [`LOAD_PAIRS`] pairs of [`LOAD_RUN`] runs in alternating order;
+//! requests/s and p99 latency by the median of the runs, and the relative cost by the median
+//! of the pairs. Client, router and backends share the bench's runtime (2 workers).
+//!
 //! `cargo bench --bench routers` prints median, p90, min and max per router; nothing here
 //! asserts a time. A router whose binary is missing is skipped. Every process is stopped by a
-//! drop guard, also when the bench panics.
+//! drop guard, also when the bench panics. An argument (`cargo bench --bench routers --
+//! embedded`) runs only the figures whose name holds it: `apply`, `observe_all`, `embedded`.
 
 #![allow(
     clippy::disallowed_methods,
@@ -25,8 +34,15 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use canaryd::core::model::Traffic;
+use canaryd::core::model::{Criterion, Field, Match, Pattern, Route, Sticky, Traffic};
 use canaryd::edge::router::Driver;
+use canaryd::edge::router::embedded::EmbeddedRouter;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
 
 #[path = "../tests/it/support/backends.rs"]
 #[allow(dead_code, reason = "the benchmark uses part of the test harness")]
@@ -57,6 +73,17 @@ const MANY: usize = 1_000;
 const MANY_RUNS: usize = 5;
 /// How long one read of all [`MANY`] backends may take, either way.
 const MANY_LIMIT: Duration = Duration::from_secs(30);
+
+/// Keep-alive connections of the embedded router's load.
+const CONNECTIONS: usize = 16;
+/// Distinct `X-User-Id`s in the load.
+const LOAD_USERS: usize = 2_000;
+/// One request in this many carries `X-Canary: always`.
+const MARKED_EVERY: usize = 100;
+/// One timed run of the load.
+const LOAD_RUN: Duration = Duration::from_secs(3);
+/// Pairs of runs (plain, routed) per figure.
+const LOAD_PAIRS: usize = 5;
 
 /// The routers, in the order they are measured.
 #[derive(Clone, Copy)]
@@ -107,6 +134,8 @@ impl Kind {
 }
 
 fn main() {
+    let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let runs = |figure: &str| only.as_deref().is_none_or(|o| figure.contains(o));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -118,6 +147,19 @@ fn main() {
         Server::new("green"),
     ]));
 
+    if runs("apply") {
+        apply_table(&rt, &backends);
+    }
+    if runs("observe_all") {
+        observe_all_figure(&rt, &backends);
+    }
+    if runs("embedded") {
+        rt.block_on(embedded_load(&backends));
+    }
+}
+
+/// The apply + verify round trip of every router installed.
+fn apply_table(rt: &tokio::runtime::Runtime, backends: &Backends) {
     println!(
         "canaryd routers: apply + verify round trip, {RUNS} runs each (90/10 <-> 10/90), \
          observe every {POLL:?} until the weights read back (at most {VERIFY_LIMIT:?}); loopback"
@@ -130,7 +172,7 @@ fn main() {
             continue;
         };
         let result = rt.block_on(async {
-            let rig = Rig::start(kind, &backends).await.map_err(|e| e.0)?;
+            let rig = Rig::start(kind, backends).await.map_err(|e| e.0)?;
             let times = measure(&rig.driver).await;
             times.map_err(|e| format!("{e}\n{}", rig::tail(&rig.log())))
         });
@@ -159,7 +201,10 @@ fn main() {
     for n in &notes {
         println!("{n}");
     }
+}
 
+/// One `observe_all` of [`MANY`] HAProxy backends against one `observe` each.
+fn observe_all_figure(rt: &tokio::runtime::Runtime, backends: &Backends) {
     println!();
     let Some(version) = installed(Kind::Haproxy) else {
         println!("observe_all figure skipped: haproxy not installed");
@@ -187,6 +232,198 @@ fn main() {
             spread(&each)
         ),
         Err(e) => println!("observe_all figure failed: {e}"),
+    }
+}
+
+/// The embedded router's requests/s and p99 under the same load, plain weights against routes
+/// and sticky users; printed.
+async fn embedded_load(backends: &Backends) {
+    let stop = CancellationToken::new();
+    let upstreams = backends
+        .upstreams()
+        .iter()
+        .map(|(name, addr)| (name.clone(), format!("http://{addr}")))
+        .collect();
+    let router = EmbeddedRouter::start(
+        "edge",
+        "127.0.0.1:0",
+        upstreams,
+        &Default::default(),
+        stop.clone(),
+    )
+    .await
+    .expect("the embedded router starts on 127.0.0.1");
+    let plain = traffic(90, 10);
+    let mut routed = traffic(90, 10);
+    let header = |name: &str, value: Pattern| Match {
+        all: vec![Criterion {
+            on: Field::Header,
+            name: name.to_string(),
+            value,
+        }],
+    };
+    routed.routes = vec![
+        Route {
+            name: "marked".to_string(),
+            matches: vec![header("X-Canary", Pattern::Exact("always".to_string()))],
+            backend: "green".to_string(),
+        },
+        Route {
+            name: "beta".to_string(),
+            matches: vec![header("X-Beta", Pattern::Regex("beta-[0-9]+".to_string()))],
+            backend: "green".to_string(),
+        },
+    ];
+    routed.sticky = Some(Sticky::Header("X-User-Id".to_string()));
+    routed.canary = Some("green".to_string());
+
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build(connector);
+    let url = format!("http://{}/", router.local_addr());
+    // Warm-up: connections open, both tables used once.
+    for t in [&plain, &routed] {
+        router
+            .apply(SERVICE, t)
+            .expect("the embedded router takes the traffic");
+        load(&client, &url, Duration::from_millis(500)).await;
+    }
+    let (mut runs_plain, mut runs_routed, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..LOAD_PAIRS {
+        let one = async |t: &Traffic| {
+            router
+                .apply(SERVICE, t)
+                .expect("the embedded router takes the traffic");
+            load(&client, &url, LOAD_RUN).await
+        };
+        let (p, r) = if pair % 2 == 0 {
+            let p = one(&plain).await;
+            (p, one(&routed).await)
+        } else {
+            let r = one(&routed).await;
+            (one(&plain).await, r)
+        };
+        ratios.push(r.rps / p.rps);
+        runs_plain.push(p);
+        runs_routed.push(r);
+    }
+    stop.cancel();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let summary = |runs: &[Load]| {
+        (
+            median(runs.iter().map(|r| r.rps).collect()),
+            median(runs.iter().map(|r| r.p99_ms).collect()),
+            runs.iter().map(|r| r.failed).sum::<usize>(),
+        )
+    };
+    let (plain_rps, plain_p99, plain_failed) = summary(&runs_plain);
+    let (routed_rps, routed_p99, routed_failed) = summary(&runs_routed);
+    let cost = 1.0 - median(ratios.clone());
+    println!(
+        "embedded router, {CONNECTIONS} keep-alive connections, {LOAD_USERS} users, 1 in \
+         {MARKED_EVERY} marked; median of {LOAD_PAIRS} runs of {LOAD_RUN:?} each, in alternating order"
+    );
+    println!(
+        "{:<36} {:>12} {:>10} {:>8}",
+        "traffic", "requests/s", "p99", "failed"
+    );
+    for (name, rps, p99, failed) in [
+        ("weights 90/10", plain_rps, plain_p99, plain_failed),
+        (
+            "+ sticky X-User-Id, 2 header routes",
+            routed_rps,
+            routed_p99,
+            routed_failed,
+        ),
+    ] {
+        println!(
+            "{name:<36} {rps:>12.0} {:>10} {failed:>8}",
+            format!("{p99:.2} ms")
+        );
+    }
+    let spread = |v: &[f64]| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        format!(
+            "{:+.1} % .. {:+.1} %",
+            100.0 * (1.0 - hi),
+            100.0 * (1.0 - lo)
+        )
+    };
+    println!(
+        "relative cost of routes and sticky users: {:+.1} % of requests/s by the median of the \
+         pairs ({} per pair); p99 {:+.1} %",
+        100.0 * cost,
+        spread(&ratios),
+        100.0 * (routed_p99 / plain_p99 - 1.0)
+    );
+    println!();
+}
+
+/// What one run of the load measured.
+struct Load {
+    rps: f64,
+    p99_ms: f64,
+    failed: usize,
+}
+
+/// [`CONNECTIONS`] loops of GETs to `url` for `run`, each request a user's.
+async fn load(client: &Client<HttpConnector, Empty<Bytes>>, url: &str, run: Duration) -> Load {
+    let started = Instant::now();
+    let end = started + run;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|k| {
+            let (client, url) = (client.clone(), url.to_string());
+            tokio::spawn(async move {
+                let (mut micros, mut failed) = (Vec::new(), 0usize);
+                let mut i = k;
+                while Instant::now() < end {
+                    let mut req = hyper::Request::get(url.as_str())
+                        .header("host", SERVICE)
+                        .header("x-user-id", format!("user-{}", i % LOAD_USERS));
+                    if i % MARKED_EVERY == 0 {
+                        req = req.header("x-canary", "always");
+                    }
+                    let req = req.body(Empty::new()).expect("a valid request");
+                    i += CONNECTIONS;
+                    let sent = Instant::now();
+                    match client.request(req).await {
+                        Ok(resp) if resp.status() == 200 => {
+                            if resp.into_body().collect().await.is_err() {
+                                failed += 1;
+                                continue;
+                            }
+                            let us = sent.elapsed().as_micros();
+                            micros.push(u32::try_from(us).unwrap_or(u32::MAX));
+                        }
+                        Ok(_) | Err(_) => failed += 1,
+                    }
+                }
+                (micros, failed)
+            })
+        })
+        .collect();
+    let (mut micros, mut failed) = (Vec::new(), 0);
+    for t in tasks {
+        let (m, f) = t.await.expect("a load task");
+        micros.extend(m);
+        failed += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    micros.sort_unstable();
+    let p99 = micros
+        .get(((micros.len() as f64 * 0.99).ceil() as usize).saturating_sub(1))
+        .map_or(f64::NAN, |us| f64::from(*us) / 1000.0);
+    Load {
+        rps: micros.len() as f64 / elapsed,
+        p99_ms: p99,
+        failed,
     }
 }
 

@@ -165,15 +165,22 @@ pub struct Traffic {
     /// Whose key picks the side of the weighted split, when set (see [`Sticky`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<Sticky>,
+    /// The backend whose weight grows (the rollout's canary), when there is one: a sticky
+    /// split puts a user on it exactly when [`on_canary`]`(key, its weight)`, so raising its
+    /// weight only ever adds users to it. The backends' names alone cannot say which one that
+    /// is. `None`: no canary (all to stable), or weights set without a planner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
 }
 
 impl Traffic {
-    /// Weights alone: no routes, no sticky key.
+    /// Weights alone: no routes, no sticky key, no canary named.
     pub fn weights(backends: BTreeMap<String, Weight>) -> Traffic {
         Traffic {
             backends,
             routes: Vec::new(),
             sticky: None,
+            canary: None,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The embedded router against real HTTP backends on 127.0.0.1: splits, weight changes under load, metrics.
+//! The embedded router against real HTTP backends on 127.0.0.1: splits, weight changes under load, routes and sticky users, metrics.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use canaryd::core::model::Traffic;
+use canaryd::core::model::{
+    self, Criterion, Field, Match, Pattern, Route, Sticky, Traffic, Weight,
+};
+use canaryd::core::spec::RouterSpec;
 use canaryd::edge::router::embedded::{EmbeddedRouter, QueryError};
 use canaryd::edge::router::{Driver, RouterError};
 use tokio_util::sync::CancellationToken;
@@ -400,4 +403,412 @@ async fn shutdown_stops_accepting() {
         .send()
         .await;
     assert!(err.is_err(), "still answering after shutdown: {err:?}");
+}
+
+/// Service `shop` at `canary` percent, keyed by `X-User-Id`, with the marked group
+/// (`X-Canary: always`) routed to the canary.
+fn sticky_at(canary: u8) -> Traffic {
+    let mut t = traffic(&[("stable", 100 - canary), ("canary", canary)]);
+    t.routes = vec![Route {
+        name: "marked".to_string(),
+        matches: vec![Match {
+            all: vec![Criterion {
+                on: Field::Header,
+                name: "X-Canary".to_string(),
+                value: Pattern::Exact("always".to_string()),
+            }],
+        }],
+        backend: "canary".to_string(),
+    }];
+    t.sticky = Some(Sticky::Header("X-User-Id".to_string()));
+    t.canary = Some("canary".to_string());
+    t
+}
+
+/// What one client saw in one pass over its users: the epochs (see the test) at its start
+/// and end, each user's backend, and the backends of the marked requests.
+struct Round {
+    start: usize,
+    end: usize,
+    users: Vec<(usize, String)>,
+    marked: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its_route() {
+    const USERS: usize = 2_000;
+    const CLIENTS: usize = 8;
+    /// One marked request every this many users.
+    const MARK_EVERY: usize = 10;
+    /// The epochs: routes and sticky users at 0, 10, 25, 50, 100; then an abort.
+    const WEIGHTS: [u8; 5] = [0, 10, 25, 50, 100];
+    const ABORT: usize = WEIGHTS.len();
+    let stop = CancellationToken::new();
+    let backends = Backends::start(&[Server::new("stable"), Server::new("canary")]).await;
+    let r = router(&backends, &stop).await;
+    r.apply("shop", &sticky_at(0)).unwrap();
+    let observed = r.observe("shop");
+    assert_eq!(
+        (&observed.routes, &observed.sticky),
+        (&sticky_at(0).routes, &sticky_at(0).sticky),
+        "observe reports the routes and the key as set"
+    );
+
+    // Clients pass over their users again and again; a pass that starts and ends in the same
+    // epoch saw one table throughout (a table is set before its epoch is published), the
+    // others straddle a change.
+    let epoch = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicBool::new(false));
+    let clean: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..CLIENTS).map(|_| AtomicUsize::new(0)).collect());
+    let mut clients = Vec::new();
+    for k in 0..CLIENTS {
+        let (epoch, finished, clean, addr) = (
+            epoch.clone(),
+            finished.clone(),
+            clean.clone(),
+            r.local_addr(),
+        );
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            let (mut rounds, mut failed) = (Vec::new(), Vec::new());
+            let get = async |headers: &[(&str, &str)]| -> Result<String, String> {
+                let mut req = c.get(format!("http://{addr}/")).header("host", "shop");
+                for (name, value) in headers {
+                    req = req.header(*name, *value);
+                }
+                let resp = req.send().await.map_err(|e| e.to_string())?;
+                let backend = resp
+                    .headers()
+                    .get("x-canaryd-backend")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let status = resp.status();
+                resp.bytes().await.map_err(|e| e.to_string())?;
+                if status != 200 {
+                    return Err(format!("{status} from `{backend}`"));
+                }
+                Ok(backend)
+            };
+            while !finished.load(Ordering::SeqCst) {
+                let start = epoch.load(Ordering::SeqCst);
+                let (mut users, mut marked) = (Vec::new(), Vec::new());
+                for u in (k..USERS).step_by(CLIENTS) {
+                    let user = format!("user-{u}");
+                    match get(&[("x-user-id", &user)]).await {
+                        Ok(b) => users.push((u, b)),
+                        Err(e) => failed.push(format!("{user}: {e}")),
+                    }
+                    if u % MARK_EVERY == 0 {
+                        let tester = format!("tester-{u}");
+                        match get(&[("x-user-id", &tester), ("x-canary", "always")]).await {
+                            Ok(b) => marked.push(b),
+                            Err(e) => failed.push(format!("{tester}: {e}")),
+                        }
+                    }
+                }
+                let end = epoch.load(Ordering::SeqCst);
+                if start == end {
+                    clean[k].fetch_max(start + 1, Ordering::SeqCst);
+                }
+                rounds.push(Round {
+                    start,
+                    end,
+                    users,
+                    marked,
+                });
+            }
+            (rounds, failed)
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let wait_clean = async |e: usize| {
+        while clean.iter().any(|c| c.load(Ordering::SeqCst) <= e) {
+            assert!(Instant::now() < deadline, "epoch {e}: clients too slow");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    wait_clean(0).await;
+    for (e, w) in WEIGHTS.iter().enumerate().skip(1) {
+        r.apply("shop", &sticky_at(*w)).unwrap();
+        epoch.store(e, Ordering::SeqCst);
+        wait_clean(e).await;
+    }
+    r.apply("shop", &traffic(&[("stable", 100), ("canary", 0)]))
+        .unwrap();
+    let observed = r.observe("shop");
+    assert!(observed.routes.is_empty() && observed.sticky.is_none());
+    epoch.store(ABORT, Ordering::SeqCst);
+    wait_clean(ABORT).await;
+    finished.store(true, Ordering::SeqCst);
+
+    let (mut rounds, mut failed) = (Vec::new(), Vec::new());
+    for (k, c) in clients.into_iter().enumerate() {
+        let (r, f) = c.await.unwrap();
+        rounds.extend(r.into_iter().map(|r| (k, r)));
+        failed.extend(f);
+    }
+    let requests: usize = rounds
+        .iter()
+        .map(|(_, r)| r.users.len() + r.marked.len())
+        .sum();
+    println!(
+        "{requests} requests in {} passes, {} across a change; failed: {}",
+        rounds.len(),
+        rounds.iter().filter(|(_, r)| r.start != r.end).count(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+
+    // Users: in time order per user (each user is one client's, passed in order), never from
+    // the canary back to stable while the weight grows.
+    let mut on_canary_since = BTreeMap::<usize, usize>::new();
+    let mut moved_back = Vec::new();
+    for (_, round) in rounds.iter().filter(|(_, r)| r.end < ABORT) {
+        for (u, backend) in &round.users {
+            match (backend.as_str(), on_canary_since.get(u)) {
+                ("canary", None) => {
+                    on_canary_since.insert(*u, round.start);
+                }
+                ("stable", Some(since)) => moved_back.push((*u, *since, round.start)),
+                ("canary" | "stable", _) => {}
+                (other, _) => panic!("user-{u} answered by `{other}`"),
+            }
+        }
+    }
+    assert!(moved_back.is_empty(), "back to stable: {moved_back:?}");
+
+    // Each epoch's clean passes: every user on the side the formula says, the share within 3
+    // points of the weight; marked requests on the canary until the abort, never after.
+    for (e, w) in WEIGHTS.iter().enumerate() {
+        let mut side = BTreeMap::<usize, &str>::new();
+        for (_, round) in rounds.iter().filter(|(_, r)| (r.start, r.end) == (e, e)) {
+            for (u, backend) in &round.users {
+                let was = side.insert(*u, backend.as_str());
+                assert!(
+                    was.is_none_or(|b| b == backend),
+                    "user-{u} changed side at {w}"
+                );
+            }
+        }
+        assert_eq!(side.len(), USERS, "epoch {e}: every user seen");
+        let canary = side.values().filter(|b| **b == "canary").count();
+        let share = 100.0 * canary as f64 / USERS as f64;
+        println!("weight {w:>3}: {canary} of {USERS} users on the canary ({share:.2} %)");
+        assert!(
+            (share - f64::from(*w)).abs() <= 3.0,
+            "{share} % at weight {w}"
+        );
+        for (u, backend) in &side {
+            let want = if model::on_canary(&format!("user-{u}"), Weight::new((*w).into()).unwrap())
+            {
+                "canary"
+            } else {
+                "stable"
+            };
+            assert_eq!(*backend, want, "user-{u} at {w}");
+        }
+    }
+    let marked = |keep: &dyn Fn(&Round) -> bool| -> BTreeMap<&str, usize> {
+        let mut seen = BTreeMap::new();
+        for (_, round) in rounds.iter().filter(|(_, r)| keep(r)) {
+            for b in &round.marked {
+                *seen.entry(b.as_str()).or_default() += 1;
+            }
+        }
+        seen
+    };
+    let before = marked(&|r| r.end < ABORT);
+    assert_eq!(before.keys().collect::<Vec<_>>(), [&"canary"], "{before:?}");
+    let at_zero = marked(&|r| r.end == 0);
+    assert!(at_zero.get("canary").is_some_and(|n| *n > 0), "{at_zero:?}");
+    let after = marked(&|r| r.start == ABORT);
+    assert_eq!(after.keys().collect::<Vec<_>>(), [&"stable"], "{after:?}");
+    let users_after: BTreeMap<&str, usize> = rounds
+        .iter()
+        .filter(|(_, r)| r.start == ABORT)
+        .flat_map(|(_, r)| &r.users)
+        .fold(BTreeMap::new(), |mut m, (_, b)| {
+            *m.entry(b.as_str()).or_default() += 1;
+            m
+        });
+    assert_eq!(
+        users_after.keys().collect::<Vec<_>>(),
+        [&"stable"],
+        "{users_after:?}"
+    );
+    stop.cancel();
+}
+
+/// Sends a GET to `shop` with `headers`; returns the backend, the `Set-Cookie` values and the
+/// `x-canaryd-side` lines the backend echoed.
+async fn echoed(
+    c: &reqwest::Client,
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> (String, Vec<String>, Vec<String>) {
+    let mut req = c.get(format!("http://{addr}/")).header("host", "shop");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let backend = resp.headers()["x-canaryd-backend"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let cookies = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let body = resp.text().await.unwrap();
+    let sides = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("x-canaryd-side: "))
+        .map(str::to_string)
+        .collect();
+    (backend, cookies, sides)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_cookie_keeps_a_user_on_one_side_and_the_side_reaches_the_backend() {
+    const NEW_USERS: usize = 40;
+    const AGAIN: usize = 10;
+    let stop = CancellationToken::new();
+    let backends = Backends::start(&[
+        Server::new("stable").echo_headers(),
+        Server::new("canary").echo_headers(),
+    ])
+    .await;
+    let r = router(&backends, &stop).await;
+    let mut t = sticky_at(50);
+    t.sticky = Some(Sticky::Cookie("canaryd-user".to_string()));
+    r.apply("shop", &t).unwrap();
+    assert_eq!(r.observe("shop").sticky, t.sticky);
+    let (c, addr) = (client(), r.local_addr());
+    let forged = ("x-canaryd-side", "shop=canary");
+    let mut sides = BTreeMap::<String, usize>::new();
+    for _ in 0..NEW_USERS {
+        // The first answer sets the cookie, and the request went where the cookie says.
+        let (backend, cookies, side) = echoed(&c, addr, &[("cookie", "theme=dark"), forged]).await;
+        let [cookie] = &cookies[..] else {
+            panic!("one cookie for a user without one: {cookies:?}")
+        };
+        let id = cookie
+            .strip_prefix("canaryd-user=")
+            .and_then(|c| c.strip_suffix("; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax"))
+            .unwrap_or_else(|| panic!("{cookie}"));
+        let want = if model::on_canary(id, Weight::new(50).unwrap()) {
+            "canary"
+        } else {
+            "stable"
+        };
+        assert_eq!(backend, want, "{cookie}");
+        assert_eq!(
+            side,
+            [format!("shop={backend}")],
+            "the client's side is replaced"
+        );
+        // With it: the same side every time, and no new cookie.
+        let jar = format!("theme=dark; canaryd-user={id}");
+        for i in 0..AGAIN {
+            let headers: &[(&str, &str)] = if i % 2 == 0 {
+                &[("cookie", &jar), forged]
+            } else {
+                &[("cookie", &jar)]
+            };
+            let again = echoed(&c, addr, headers).await;
+            assert_eq!(again, (backend.clone(), vec![], side.clone()), "{jar}");
+        }
+        // A route wins over the cookie, and marks the request's side as the canary's.
+        let routed = echoed(&c, addr, &[("cookie", &jar), ("x-canary", "always")]).await;
+        assert_eq!(
+            routed,
+            (
+                "canary".to_string(),
+                vec![],
+                vec!["shop=canary".to_string()]
+            )
+        );
+        *sides.entry(backend).or_default() += 1;
+    }
+    println!("{NEW_USERS} new users at 50 %: {sides:?}");
+    assert_eq!(sides.len(), 2, "both sides drawn: {sides:?}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn routers_that_take_weights_alone_refuse_routes_and_sticky_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let backends = |scheme: &str| {
+        BTreeMap::from([
+            ("stable".to_string(), format!("{scheme}127.0.0.1:1")),
+            ("canary".to_string(), format!("{scheme}127.0.0.1:2")),
+        ])
+    };
+    // Nothing listens at any of these: an attempt to reach the router would be a different
+    // error (unreachable), and no file is written.
+    let specs = [
+        RouterSpec::Haproxy {
+            runtime_api: "127.0.0.1:1".to_string(),
+        },
+        RouterSpec::Traefik {
+            api: "http://127.0.0.1:1".to_string(),
+            dynamic_file: path("dynamic.yaml"),
+            backends: backends("http://"),
+        },
+        RouterSpec::Caddy {
+            admin: "http://127.0.0.1:1".to_string(),
+            backends: backends(""),
+        },
+        RouterSpec::Nginx {
+            upstream_file: path("upstreams.conf"),
+            config: path("nginx.conf"),
+            backends: backends(""),
+        },
+        RouterSpec::GatewayApi {
+            server: "http://127.0.0.1:1".to_string(),
+            namespace: "default".to_string(),
+            token_file: None,
+        },
+    ];
+    let mut sticky_only = traffic(&[("stable", 90), ("canary", 10)]);
+    sticky_only.sticky = Some(Sticky::Cookie("uid".to_string()));
+    let mut routes_only = sticky_at(10);
+    routes_only.sticky = None;
+    for spec in &specs {
+        let kind = spec.kind().as_str();
+        let driver = Driver::connect("edge", spec).unwrap();
+        for t in [&sticky_at(10), &sticky_only, &routes_only] {
+            let err = driver.apply("shop", t).await.unwrap_err();
+            assert!(matches!(err, RouterError::Setup { .. }), "{kind}: {err}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "router `edge` cannot be used: header and cookie routes and sticky users are \
+                     not supported by router kind `{kind}` yet; routers that can: embedded"
+                )
+            );
+        }
+        // Weights alone still go to the router (which is not there, or has no configuration).
+        let err = driver
+            .apply("shop", &traffic(&[("stable", 90), ("canary", 10)]))
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains("not supported"), "{kind}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no file written"
+    );
 }

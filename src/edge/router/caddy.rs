@@ -229,6 +229,11 @@ struct Answer {
 }
 
 impl CaddyRouter {
+    /// The router's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A driver for the Caddy whose admin API is at `admin` (plain `http://`, e.g.
     /// `http://127.0.0.1:2019`); `backends` maps backend names to upstream dial addresses.
     /// Checks the configuration only; talks to nobody.

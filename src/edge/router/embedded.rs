@@ -4,14 +4,35 @@
 //!
 //! A request goes to the service whose name equals the host part (port stripped) of its `Host`
 //! header, if weights were set for that service; otherwise, if exactly one service has weights,
-//! to that one; otherwise it is answered 503. Within the service a backend is drawn at random
-//! (`fastrand`) in proportion to its weight; a backend with weight 0 gets nothing, and a service
-//! whose weights are all 0 answers 503.
+//! to that one; otherwise it is answered 503. Within the service:
 //!
-//! `apply` *sets* a service's weights: backends it does not name get weight 0 for that service
-//! (and `observe` reports exactly the backends last named). Each service's split is an immutable
-//! `Arc<Split>` swapped under a short write lock, so a request uses one consistent split from
-//! start to end and no request is dropped while weights change.
+//! 1. **Routes**, in order: the first route one of whose matches has every criterion fitting
+//!    sends the request to its backend, whatever the weights (a weight-0 canary included).
+//!    A header is looked up without case, each of its field lines on its own; a cookie is
+//!    read from the `Cookie` header(s); a query parameter from the target's query, name and
+//!    value percent-decoded (`+` is left as it is: this is a URI query, not a form). A value
+//!    that is absent fits nothing; a regex must match the whole value (it is compiled once,
+//!    at `apply`, between `\A(?:` and `)\z`).
+//! 2. **The weighted split.** Without a sticky key, or for a request that lacks it, a backend is
+//!    drawn at random (`fastrand`) in proportion to its weight. With one, the key's value (the
+//!    first field line of the header, or the first cookie of that name; an empty value counts
+//!    as none) decides: the user is on [`Traffic::canary`] exactly when
+//!    [`on_canary`]`(key, canary weight)`, and otherwise on the other backends, the rest of the
+//!    buckets divided among them by weight in name order. So raising the canary's weight only
+//!    ever moves users onto it. A sticky split with no canary named divides all buckets among
+//!    all backends in name order: sticky while the weights hold, not monotone.
+//!    A request without a sticky *cookie* gets one: a random id, with which it is routed, set
+//!    on the answer (`Set-Cookie: NAME=<id>; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax`),
+//!    so that the cookie and the side agree from the first answer.
+//!
+//! A backend with weight 0 gets nothing from the split, and a service none of whose backends
+//! has weight answers 503 (routes still apply).
+//!
+//! `apply` *sets* a service's table (weights, routes, sticky key, canary): backends it does not
+//! name get weight 0 for that service, and `observe` reports exactly what was last set. Each
+//! service's table is an immutable `Arc<Split>`, regexes compiled, swapped under a short write
+//! lock, so a request uses one consistent table from start to end (never old routes with new
+//! weights) and no request is dropped while it changes.
 //!
 //! # Proxying
 //!
@@ -20,6 +41,9 @@
 //! $host` and Traefik's `passHostHeader` do), and the router adds what a reverse proxy is
 //! expected to: the client's address appended to `X-Forwarded-For`, `X-Forwarded-Host` (the
 //! `Host` it was sent), `X-Forwarded-Proto: http`, and an RFC 7239 `Forwarded` element appended.
+//! Every forwarded request carries `X-Canaryd-Side: <service>=canary` when its backend is the
+//! service's canary and `<service>=stable` otherwise (routed requests too), in place of any the
+//! client sent, so the next hop can keep the side and a client cannot choose it.
 //! Responses carry `x-canaryd-backend: <name>`.
 //!
 //! A request in absolute form (`GET http://shop/ HTTP/1.1`) is routed by the host of its
@@ -50,6 +74,8 @@
 //! Windows are whole seconds, rounded up, including the current (partial) second, and
 //! clamped to the ring's ten minutes.
 
+use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
@@ -74,7 +100,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::RouterError;
-use crate::core::model::{Observed, Traffic};
+use crate::core::model::{
+    Criterion, Field, Observed, Pattern, Route, Sticky, Traffic, Weight, bucket, on_canary,
+};
 use crate::edge::listener::{self, ListenerEvent, ListenerStats, Resolved};
 /// How long in-flight requests may run on after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -149,10 +177,13 @@ struct Shared {
     /// Service → its current split; read briefly and the `Arc` cloned per request.
     splits: RwLock<HashMap<String, Arc<Split>>>,
     /// Service → backend → counters; touched by `apply`, `query` and `render_metrics` only.
-    stats: Mutex<HashMap<String, HashMap<String, Arc<Stats>>>>,
+    stats: Mutex<StatsMap>,
     client: Client<HttpConnector, RequestBody>,
     epoch: Instant,
 }
+
+/// Service → backend → counters.
+type StatsMap = HashMap<String, HashMap<String, Arc<Stats>>>;
 
 /// A configured backend: its name and where it lives.
 struct Upstream {
@@ -163,26 +194,388 @@ struct Upstream {
     prefix: String,
 }
 
-/// One service's weights, immutable once built.
+/// One service's table (routes, weights, sticky key), immutable once built.
 struct Split {
     /// As set, for `observe`.
     weights: BTreeMap<String, u32>,
-    /// Backends with weight > 0, with running sums of the weights.
+    routes: Vec<Route>,
+    sticky: Option<Sticky>,
+    /// The routes, compiled, in order.
+    rules: Vec<Rule>,
+    key: Option<Key>,
+    /// Backends with weight > 0, in name order, with running sums of the weights.
     choices: Vec<Choice>,
     total: u32,
+    /// The canary and its weight, when the traffic names one.
+    canary: Option<(Target, Weight)>,
+    /// The other backends with weight > 0, with running sums: the sticky split's stable side.
+    others: Vec<Choice>,
+    /// `X-Canaryd-Side` for the stable side and for the canary.
+    sides: [HeaderValue; 2],
+}
+
+/// Where a request goes.
+#[derive(Clone)]
+struct Target {
+    upstream: usize,
+    stats: Arc<Stats>,
+    /// Whether it is the service's canary.
+    canary: bool,
 }
 
 struct Choice {
-    upstream: usize,
+    target: Target,
     cumulative: u32,
-    stats: Arc<Stats>,
+}
+
+/// A route, compiled: its backend when any of its matches has all its tests fitting.
+struct Rule {
+    any: Vec<Vec<Test>>,
+    target: Target,
+}
+
+/// One criterion, compiled.
+struct Test {
+    on: On,
+    pattern: Pattern,
+    /// The whole-value regex, for [`Pattern::Regex`].
+    regex: Option<regex::Regex>,
+}
+
+enum On {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+}
+
+/// The sticky key, compiled.
+enum Key {
+    Header(HeaderName),
+    Cookie(String),
+}
+
+/// Where the split sends a request, and the sticky cookie to set on its answer, if it had
+/// none.
+struct Decision<'a> {
+    target: &'a Target,
+    new_cookie: Option<HeaderValue>,
+}
+
+/// What a request offers routes and the sticky key, each part read when first asked for.
+struct Seen<'r> {
+    headers: &'r HeaderMap,
+    query: Option<&'r str>,
+    cookies: OnceCell<Vec<(&'r str, &'r str)>>,
+    params: OnceCell<Vec<(Cow<'r, str>, Cow<'r, str>)>>,
+}
+
+impl<'r> Seen<'r> {
+    fn new(headers: &'r HeaderMap, uri: &'r Uri) -> Seen<'r> {
+        Seen {
+            headers,
+            query: uri.query(),
+            cookies: OnceCell::new(),
+            params: OnceCell::new(),
+        }
+    }
+
+    /// Every cookie, `(name, value)`, from every `Cookie` field line, in order.
+    fn cookies(&self) -> &[(&'r str, &'r str)] {
+        self.cookies.get_or_init(|| {
+            self.headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+                .flat_map(|line| line.split(';'))
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(name, value)| (name.trim(), value.trim()))
+                .collect()
+        })
+    }
+
+    /// Every query parameter, `(name, value)` percent-decoded, in order.
+    fn params(&self) -> &[(Cow<'r, str>, Cow<'r, str>)] {
+        self.params.get_or_init(|| {
+            let decode = |s: &'r str| percent_encoding::percent_decode_str(s).decode_utf8_lossy();
+            self.query
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    (decode(name), decode(value))
+                })
+                .collect()
+        })
+    }
+
+    /// The sticky key's value, if the request has a non-empty one.
+    fn key(&self, key: &Key) -> Option<&'r str> {
+        match key {
+            Key::Header(name) => self
+                .headers
+                .get(name)
+                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()),
+            Key::Cookie(name) => self
+                .cookies()
+                .iter()
+                .find_map(|(n, v)| (n == name).then_some(*v)),
+        }
+        .filter(|v| !v.is_empty())
+    }
+}
+
+impl Test {
+    fn fits(&self, seen: &Seen<'_>) -> bool {
+        let fits = |value: &str| self.pattern.fits(value, self.regex.as_ref());
+        match &self.on {
+            On::Header(name) => seen
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+                .any(fits),
+            On::Cookie(name) => seen.cookies().iter().any(|(n, v)| n == name && fits(v)),
+            On::Query(name) => seen.params().iter().any(|(n, v)| n == name && fits(v)),
+        }
+    }
 }
 
 impl Split {
-    /// The choice that a draw `r` in `0..total` lands on.
-    fn pick(&self, r: u32) -> Option<&Choice> {
-        self.choices.iter().find(|c| r < c.cumulative)
+    /// The table `traffic` sets for `service` on router `router`, its targets counted in
+    /// `stats`; see [`EmbeddedRouter::apply`] for what is refused.
+    fn build(
+        router: &str,
+        upstreams: &[Upstream],
+        stats: &Mutex<StatsMap>,
+        service: &str,
+        traffic: &Traffic,
+    ) -> Result<Split, RouterError> {
+        let rejected = |message: String| RouterError::Rejected {
+            router: router.to_string(),
+            message: format!("service `{service}`: {message}"),
+        };
+        let upstream_of = |backend: &str| {
+            upstreams
+                .iter()
+                .position(|u| u.name == backend)
+                .ok_or_else(|| RouterError::Unknown {
+                    router: router.to_string(),
+                    what: format!("backend `{backend}` (service `{service}`)"),
+                })
+        };
+        let mut weighted = Vec::with_capacity(traffic.backends.len());
+        for (backend, &weight) in &traffic.backends {
+            weighted.push((backend, upstream_of(backend)?, weight));
+        }
+        if let Some(canary) = &traffic.canary
+            && !traffic.backends.contains_key(canary)
+        {
+            return Err(rejected(format!(
+                "the canary `{canary}` is not among its backends"
+            )));
+        }
+        let key = match &traffic.sticky {
+            None => None,
+            Some(Sticky::Header(name)) => Some(Key::Header(
+                header_name(name).map_err(|e| rejected(format!("sticky key: {e}")))?,
+            )),
+            // It goes into `Set-Cookie`.
+            Some(Sticky::Cookie(name)) if is_token(name) => Some(Key::Cookie(name.clone())),
+            Some(Sticky::Cookie(name)) => {
+                return Err(rejected(format!("sticky key: `{name}` is no cookie name")));
+            }
+        };
+        let mut routes = Vec::with_capacity(traffic.routes.len());
+        for route in &traffic.routes {
+            let upstream = upstream_of(&route.backend)?;
+            let any = route
+                .matches
+                .iter()
+                .map(|m| m.all.iter().map(compile).collect::<Result<Vec<_>, _>>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| rejected(format!("route `{}`: {e}", route.name)))?;
+            routes.push((any, &route.backend, upstream));
+        }
+        let side = |side: &str| {
+            HeaderValue::from_str(&format!("{service}={side}"))
+                .map_err(|_| rejected("its name cannot go in a header".to_string()))
+        };
+        let sides = [side("stable")?, side("canary")?];
+
+        // Everything is checked: from here on nothing fails.
+        let (rules, weighted) = {
+            let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+            let service_stats = stats.entry(service.to_string()).or_default();
+            let mut target = |backend: &String, upstream: usize| Target {
+                upstream,
+                stats: service_stats.entry(backend.clone()).or_default().clone(),
+                canary: traffic.canary.as_ref() == Some(backend),
+            };
+            let rules: Vec<Rule> = routes
+                .into_iter()
+                .map(|(any, backend, upstream)| Rule {
+                    any,
+                    target: target(backend, upstream),
+                })
+                .collect();
+            let weighted: Vec<(Target, Weight)> = weighted
+                .into_iter()
+                .filter(|(_, _, w)| w.get() > 0)
+                .map(|(backend, upstream, w)| (target(backend, upstream), w))
+                .collect();
+            (rules, weighted)
+        };
+        let choices = running_sums(weighted.iter());
+        let others = running_sums(weighted.iter().filter(|(t, _)| !t.canary));
+        let canary = weighted.iter().find(|(t, _)| t.canary).cloned();
+        let total = choices.last().map_or(0, |c| c.cumulative);
+        let weights: BTreeMap<String, u32> = traffic
+            .backends
+            .iter()
+            .map(|(b, w)| (b.clone(), u32::from(w.get())))
+            .collect();
+        Ok(Split {
+            weights,
+            routes: traffic.routes.clone(),
+            sticky: traffic.sticky.clone(),
+            rules,
+            key,
+            choices,
+            total,
+            canary,
+            others,
+            sides,
+        })
     }
+
+    /// Where the request goes: the first route that fits, else the weighted split. `None` when
+    /// no route fits and no backend has weight.
+    fn decide(&self, headers: &HeaderMap, uri: &Uri) -> Option<Decision<'_>> {
+        let seen = Seen::new(headers, uri);
+        let routed = self.rules.iter().find(|rule| {
+            rule.any
+                .iter()
+                .any(|all| all.iter().all(|test| test.fits(&seen)))
+        });
+        if let Some(rule) = routed {
+            return Some(Decision {
+                target: &rule.target,
+                new_cookie: None,
+            });
+        }
+        if self.total == 0 {
+            return None;
+        }
+        let Some(key) = &self.key else {
+            return self.draw();
+        };
+        if let Some(value) = seen.key(key) {
+            return self.sticky(value).map(|target| Decision {
+                target,
+                new_cookie: None,
+            });
+        }
+        let Key::Cookie(name) = key else {
+            return self.draw();
+        };
+        let id = format!("{:032x}", fastrand::u128(..));
+        let cookie = format!("{name}={id}; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax");
+        self.sticky(&id).map(|target| Decision {
+            target,
+            new_cookie: HeaderValue::from_str(&cookie).ok(),
+        })
+    }
+
+    /// A random backend, in proportion to the weights.
+    fn draw(&self) -> Option<Decision<'_>> {
+        pick(&self.choices, fastrand::u32(0..self.total)).map(|target| Decision {
+            target,
+            new_cookie: None,
+        })
+    }
+
+    /// The backend of the user whose sticky key is `key` (see the module docs).
+    fn sticky(&self, key: &str) -> Option<&Target> {
+        let b = u64::from(bucket(key));
+        let Some((canary, weight)) = &self.canary else {
+            return pick(&self.choices, scale(b, 0, u64::from(self.total)));
+        };
+        if on_canary(key, *weight) {
+            return Some(canary);
+        }
+        let others: u64 = self.others.last().map_or(0, |c| c.cumulative.into());
+        if others == 0 {
+            // Weights that do not sum to 100: nothing but the canary has any.
+            return (weight.get() > 0).then_some(canary);
+        }
+        pick(
+            &self.others,
+            scale(b, 100 * u64::from(weight.get()), others),
+        )
+    }
+}
+
+/// Choices with running sums of their weights.
+fn running_sums<'a>(weighted: impl Iterator<Item = &'a (Target, Weight)>) -> Vec<Choice> {
+    let mut total = 0u32;
+    weighted
+        .map(|(target, w)| {
+            total += u32::from(w.get());
+            Choice {
+                target: target.clone(),
+                cumulative: total,
+            }
+        })
+        .collect()
+}
+
+/// A criterion compiled for requests; a message when it cannot be.
+fn compile(c: &Criterion) -> Result<Test, String> {
+    let on = match c.on {
+        Field::Header => On::Header(header_name(&c.name)?),
+        Field::Cookie => On::Cookie(c.name.clone()),
+        Field::Query => On::Query(c.name.clone()),
+    };
+    let regex = match &c.value {
+        Pattern::Regex(re) => {
+            // Checked alone first, so that the anchors cannot be unbalanced by the pattern
+            // (`a)|(b` would otherwise compile, unanchored).
+            regex::Regex::new(re).map_err(|e| format!("regex `{re}`: {e}"))?;
+            let whole = regex::Regex::new(&format!(r"\A(?:{re})\z"))
+                .map_err(|e| format!("regex `{re}`: {e}"))?;
+            Some(whole)
+        }
+        Pattern::Exact(_) | Pattern::Prefix(_) => None,
+    };
+    Ok(Test {
+        on,
+        pattern: c.value.clone(),
+        regex,
+    })
+}
+
+/// A header name from a spec, any case; a message when it is none.
+fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is no header name"))
+}
+
+/// Whether `s` is an RFC 9110 token, as a cookie name must be (RFC 6265 §4.1.1).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A bucket `b` in `lower..10,000` spread over `0..total`.
+fn scale(b: u64, lower: u64, total: u64) -> u32 {
+    let r = (b - lower) * total / (10_000 - lower);
+    u32::try_from(r).unwrap_or(u32::MAX)
+}
+
+/// The choice that a draw `r` (below the last running sum) lands on.
+fn pick(choices: &[Choice], r: u32) -> Option<&Target> {
+    choices.iter().find(|c| r < c.cumulative).map(|c| &c.target)
 }
 
 /// Counters of one backend of one service, allocated on its first request.
@@ -690,7 +1083,12 @@ impl EmbeddedRouter {
         self.shared.local_addr
     }
 
-    /// The weights of `service` as last set; empty if never set.
+    /// The router's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The weights, routes and sticky key of `service` as last set; empty if never set.
     pub fn observe(&self, service: &str) -> Observed {
         self.observe_all(std::slice::from_ref(&service))
             .into_values()
@@ -698,8 +1096,8 @@ impl EmbeddedRouter {
             .unwrap_or_default()
     }
 
-    /// The weights of each of `services` as last set (empty if never set), all read under one
-    /// lock, so from one moment: a service is never unknown here, it only has no weights yet.
+    /// What [`observe`](Self::observe) reads, for each of `services`, all under one lock, so
+    /// from one moment: a service is never unknown here, it only has no weights yet.
     pub fn observe_all<S: AsRef<str>>(&self, services: &[S]) -> BTreeMap<String, Observed> {
         let splits = self
             .shared
@@ -710,67 +1108,46 @@ impl EmbeddedRouter {
             .iter()
             .map(|service| {
                 let service = service.as_ref();
-                let backends = splits
+                let observed = splits
                     .get(service)
-                    .map(|s| s.weights.clone())
-                    .unwrap_or_default();
-                (service.to_string(), Observed::weights(backends))
+                    .map_or_else(Observed::default, |s| Observed {
+                        backends: s.weights.clone(),
+                        routes: s.routes.clone(),
+                        sticky: s.sticky.clone(),
+                    });
+                (service.to_string(), observed)
             })
             .collect()
     }
 
-    /// Sets the weights of `service` at once; backends not named get weight 0 for it.
-    /// A named backend that is not configured is refused with [`RouterError::Unknown`] and
-    /// nothing changes.
+    /// Sets the table of `service` at once: weights, routes, sticky key and canary; backends
+    /// not named get weight 0 for it. A backend (weighted or routed to) that is not configured
+    /// is refused with [`RouterError::Unknown`]; a regex that does not compile, a header name
+    /// that is none, or a canary that is not among the weighted backends with
+    /// [`RouterError::Rejected`]. Refused, nothing changes.
     pub fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
         let shared = &self.shared;
-        let mut named = Vec::with_capacity(traffic.backends.len());
-        for (backend, weight) in &traffic.backends {
-            let Some(upstream) = shared.upstreams.iter().position(|u| &u.name == backend) else {
-                return Err(RouterError::Unknown {
-                    router: shared.name.clone(),
-                    what: format!("backend `{backend}` (service `{service}`)"),
-                });
-            };
-            if weight.get() > 0 {
-                named.push((upstream, backend, weight));
-            }
-        }
-        let mut choices = Vec::with_capacity(named.len());
-        let mut total = 0u32;
-        {
-            let mut stats = shared.stats.lock().unwrap_or_else(PoisonError::into_inner);
-            for (upstream, backend, weight) in named {
-                total += u32::from(weight.get());
-                let stats = stats
-                    .entry(service.to_string())
-                    .or_default()
-                    .entry(backend.clone())
-                    .or_default()
-                    .clone();
-                choices.push(Choice {
-                    upstream,
-                    cumulative: total,
-                    stats,
-                });
-            }
-        }
-        let weights: BTreeMap<String, u32> = traffic
-            .backends
-            .iter()
-            .map(|(b, w)| (b.clone(), u32::from(w.get())))
-            .collect();
-        tracing::debug!(router = %shared.name, service, ?weights, "weights set");
-        let split = Arc::new(Split {
-            weights,
-            choices,
-            total,
-        });
+        let split = Split::build(
+            &shared.name,
+            &shared.upstreams,
+            &shared.stats,
+            service,
+            traffic,
+        )?;
+        tracing::debug!(
+            router = %shared.name,
+            service,
+            weights = ?split.weights,
+            routes = traffic.routes.len(),
+            sticky = ?traffic.sticky,
+            canary = ?traffic.canary,
+            "traffic set"
+        );
         shared
             .splits
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(service.to_string(), split);
+            .insert(service.to_string(), Arc::new(split));
         Ok(())
     }
 
@@ -972,34 +1349,34 @@ impl Shared {
                 ),
             );
         };
-        let choice = match split.total {
-            0 => None,
-            total => split.pick(fastrand::u32(0..total)),
-        };
-        let Some(choice) = choice else {
+        let Some(Decision { target, new_cookie }) = split.decide(req.headers(), req.uri()) else {
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no backend has weight\n".to_string(),
             );
         };
-        let Some(upstream) = self.upstreams.get(choice.upstream) else {
+        let Some(upstream) = self.upstreams.get(target.upstream) else {
             return plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "backend vanished\n".to_string(),
             );
         };
+        let side = split.sides[usize::from(target.canary)].clone();
         let started = crate::edge::clock::instant();
-        let resp = match self.forward(req, peer, upstream).await {
+        let mut resp = match self.forward(req, peer, upstream, side).await {
             Ok(resp) | Err(Unanswered::Backend(resp)) => resp,
             Err(Unanswered::Client(fault)) => {
-                choice.stats.client_fault(fault);
+                target.stats.client_fault(fault);
                 tracing::debug!(router = %self.name, backend = %upstream.name, %fault, "client fault");
                 return plain(fault.status(), format!("{fault}\n"));
             }
         };
-        choice
+        target
             .stats
             .record(self.now_sec(), resp.status(), started.elapsed());
+        if let Some(cookie) = new_cookie {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
         tracing::trace!(router = %self.name, backend = %upstream.name, status = resp.status().as_u16(), "proxied");
         resp
     }
@@ -1009,6 +1386,7 @@ impl Shared {
         req: Request<Incoming>,
         peer: SocketAddr,
         upstream: &Upstream,
+        side: HeaderValue,
     ) -> Result<Response<ProxyBody>, Unanswered> {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -1038,6 +1416,8 @@ impl Shared {
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         forwarded_headers(&mut parts.headers, peer);
+        // Replaces every one the client sent.
+        parts.headers.insert(X_CANARYD_SIDE, side);
         let (body, mut state) = RequestBody::new(body, self.limits.body_idle_timeout);
         let sent = self.client.request(Request::from_parts(parts, body));
         let timeout = self.limits.upstream_timeout;
@@ -1120,6 +1500,8 @@ fn forwarded_headers(headers: &mut HeaderMap, peer: SocketAddr) {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The side of the split a forwarded request is on, for the next hop.
+const X_CANARYD_SIDE: HeaderName = HeaderName::from_static("x-canaryd-side");
 
 #[cfg(test)]
 mod tests {
@@ -1220,6 +1602,378 @@ mod tests {
         assert_eq!(host_part("shop"), "shop");
         assert_eq!(host_part("shop:8080"), "shop");
         assert_eq!(host_part("[::1]:8080"), "[::1]");
+    }
+
+    use crate::core::model::Match;
+
+    const BACKENDS: [&str; 3] = ["beta", "canary", "stable"];
+
+    /// The table `traffic` sets for service `shop`, in front of [`BACKENDS`].
+    fn table(traffic: &Traffic) -> Result<Split, RouterError> {
+        let upstreams: Vec<Upstream> = BACKENDS
+            .iter()
+            .map(|name| Upstream {
+                name: name.to_string(),
+                scheme: hyper::http::uri::Scheme::HTTP,
+                authority: hyper::http::uri::Authority::from_static("127.0.0.1:1"),
+                prefix: String::new(),
+            })
+            .collect();
+        Split::build("edge", &upstreams, &Mutex::default(), "shop", traffic)
+    }
+
+    fn criterion(on: Field, name: &str, value: Pattern) -> Criterion {
+        Criterion {
+            on,
+            name: name.to_string(),
+            value,
+        }
+    }
+
+    fn exact(on: Field, name: &str, value: &str) -> Criterion {
+        criterion(on, name, Pattern::Exact(value.to_string()))
+    }
+
+    fn route(name: &str, matches: Vec<Vec<Criterion>>, backend: &str) -> Route {
+        Route {
+            name: name.to_string(),
+            matches: matches.into_iter().map(|all| Match { all }).collect(),
+            backend: backend.to_string(),
+        }
+    }
+
+    /// Stable 100, the canary 0, and `routes`.
+    fn routed(routes: Vec<Route>) -> Split {
+        let mut t = Traffic::of(&[("stable", 100u8), ("canary", 0)]).unwrap();
+        t.routes = routes;
+        t.canary = Some("canary".to_string());
+        table(&t).unwrap()
+    }
+
+    /// Where `split` sends a GET of `uri` with `headers`, and the cookie it sets, if any.
+    fn send(split: &Split, uri: &str, headers: &[(&str, &str)]) -> (String, Option<String>) {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let uri: Uri = uri.parse().unwrap();
+        let d = split.decide(&map, &uri).expect("a backend");
+        let cookie = d.new_cookie.map(|c| c.to_str().unwrap().to_string());
+        (BACKENDS[d.target.upstream].to_string(), cookie)
+    }
+
+    fn to(split: &Split, uri: &str, headers: &[(&str, &str)]) -> String {
+        send(split, uri, headers).0
+    }
+
+    #[test]
+    fn header_routes_compare_names_without_case_and_values_exactly() {
+        let t = routed(vec![route(
+            "marked",
+            vec![vec![exact(Field::Header, "X-Canary", "always")]],
+            "canary",
+        )]);
+        assert_eq!(to(&t, "/", &[("x-canary", "always")]), "canary");
+        assert_eq!(to(&t, "/", &[("X-CANARY", "always")]), "canary");
+        assert_eq!(to(&t, "/", &[("x-canary", "Always")]), "stable");
+        assert_eq!(to(&t, "/", &[("x-canary", "alwaysx")]), "stable");
+        assert_eq!(to(&t, "/", &[]), "stable");
+        // Each field line on its own.
+        assert_eq!(
+            to(&t, "/", &[("x-canary", "never"), ("x-canary", "always")]),
+            "canary"
+        );
+    }
+
+    #[test]
+    fn prefixes_and_regexes_fit_as_the_model_says() {
+        let t = routed(vec![
+            route(
+                "prefix",
+                vec![vec![criterion(
+                    Field::Header,
+                    "x-team",
+                    Pattern::Prefix("qa-".to_string()),
+                )]],
+                "canary",
+            ),
+            route(
+                "regex",
+                vec![vec![criterion(
+                    Field::Header,
+                    "x-user",
+                    Pattern::Regex(r"beta-\d+|staff".to_string()),
+                )]],
+                "beta",
+            ),
+        ]);
+        assert_eq!(to(&t, "/", &[("x-team", "qa-berlin")]), "canary");
+        assert_eq!(to(&t, "/", &[("x-team", "qa-")]), "canary");
+        assert_eq!(to(&t, "/", &[("x-team", "xqa-berlin")]), "stable");
+        assert_eq!(to(&t, "/", &[("x-user", "beta-12")]), "beta");
+        assert_eq!(to(&t, "/", &[("x-user", "staff")]), "beta");
+        // The whole value, around the alternation too.
+        for partial in ["beta-12x", "xbeta-12", "staffer", "beta-", "staff beta-1"] {
+            assert_eq!(to(&t, "/", &[("x-user", partial)]), "stable", "{partial}");
+        }
+        // An absent header fits nothing, not even an empty prefix.
+        let empty = routed(vec![route(
+            "any",
+            vec![vec![criterion(
+                Field::Header,
+                "x-team",
+                Pattern::Prefix(String::new()),
+            )]],
+            "canary",
+        )]);
+        assert_eq!(to(&empty, "/", &[]), "stable");
+        assert_eq!(to(&empty, "/", &[("x-team", "")]), "canary");
+    }
+
+    #[test]
+    fn query_parameters_are_percent_decoded() {
+        let t = routed(vec![route(
+            "group",
+            vec![vec![exact(Field::Query, "group", "beta testers")]],
+            "canary",
+        )]);
+        for uri in [
+            "/?group=beta%20testers",
+            "/p?a=1&group=beta%20testers&b",
+            "/?gr%6Fup=beta%20testers",
+            "/?group=x&group=beta%20testers",
+        ] {
+            assert_eq!(to(&t, uri, &[]), "canary", "{uri}");
+        }
+        for uri in [
+            "/?group=beta+testers",
+            "/?group=beta",
+            "/?group",
+            "/",
+            "/?x=1",
+        ] {
+            assert_eq!(to(&t, uri, &[]), "stable", "{uri}");
+        }
+        let flag = routed(vec![route(
+            "flag",
+            vec![vec![exact(Field::Query, "canary", "")]],
+            "canary",
+        )]);
+        assert_eq!(to(&flag, "/?canary", &[]), "canary");
+        assert_eq!(to(&flag, "/?canary=", &[]), "canary");
+    }
+
+    #[test]
+    fn cookies_come_from_every_cookie_line() {
+        let t = routed(vec![route(
+            "cookie",
+            vec![vec![exact(Field::Cookie, "canary", "yes")]],
+            "canary",
+        )]);
+        assert_eq!(to(&t, "/", &[("cookie", "a=1; canary=yes")]), "canary");
+        assert_eq!(to(&t, "/", &[("cookie", "canary=yes;a=1")]), "canary");
+        assert_eq!(
+            to(&t, "/", &[("cookie", "a=1"), ("cookie", "canary=yes")]),
+            "canary"
+        );
+        assert_eq!(to(&t, "/", &[("cookie", "Canary=yes")]), "stable");
+        assert_eq!(to(&t, "/", &[("cookie", "xcanary=yes")]), "stable");
+        assert_eq!(to(&t, "/", &[("cookie", "canary=yes2")]), "stable");
+        // A header of that name is no cookie.
+        assert_eq!(to(&t, "/", &[("canary", "yes")]), "stable");
+    }
+
+    #[test]
+    fn criteria_are_anded_within_a_match_and_matches_ored_and_routes_ordered() {
+        let t = routed(vec![
+            route(
+                "staff-on-beta",
+                vec![
+                    vec![
+                        exact(Field::Header, "x-role", "staff"),
+                        exact(Field::Cookie, "beta", "1"),
+                    ],
+                    vec![exact(Field::Query, "beta", "1")],
+                ],
+                "beta",
+            ),
+            route(
+                "staff",
+                vec![vec![exact(Field::Header, "x-role", "staff")]],
+                "canary",
+            ),
+        ]);
+        let both = [("x-role", "staff"), ("cookie", "beta=1")];
+        assert_eq!(to(&t, "/", &both), "beta", "all of the first match");
+        assert_eq!(to(&t, "/?beta=1", &[]), "beta", "the second match alone");
+        assert_eq!(
+            to(&t, "/", &[("x-role", "staff")]),
+            "canary",
+            "half a match: the next route"
+        );
+        assert_eq!(to(&t, "/", &[("cookie", "beta=1")]), "stable", "no route");
+        // Routes win over the weights, a weight-0 backend included, and over a sticky key.
+        let mut sticky = Traffic::of(&[("stable", 100u8), ("canary", 0)]).unwrap();
+        sticky.sticky = Some(Sticky::Cookie("uid".to_string()));
+        sticky.canary = Some("canary".to_string());
+        sticky.routes = vec![route(
+            "staff",
+            vec![vec![exact(Field::Header, "x-role", "staff")]],
+            "canary",
+        )];
+        let t = table(&sticky).unwrap();
+        assert_eq!(
+            send(&t, "/", &[("x-role", "staff")]),
+            ("canary".to_string(), None),
+            "routed: no cookie needed"
+        );
+    }
+
+    #[test]
+    fn sticky_users_stay_on_their_side_as_the_canary_grows() {
+        let at = |w: u8| {
+            let mut t = Traffic::of(&[("stable", 100 - w), ("canary", w)]).unwrap();
+            t.sticky = Some(Sticky::Header("X-User-Id".to_string()));
+            t.canary = Some("canary".to_string());
+            table(&t).unwrap()
+        };
+        let tables: Vec<(u8, Split)> = [0, 1, 10, 25, 50, 99, 100]
+            .into_iter()
+            .map(|w| (w, at(w)))
+            .collect();
+        for user in (0..1_000).map(|i| format!("user-{i}")) {
+            for (w, t) in &tables {
+                let want = if on_canary(&user, Weight::new((*w).into()).unwrap()) {
+                    "canary"
+                } else {
+                    "stable"
+                };
+                let (got, cookie) = send(t, "/", &[("x-user-id", &user)]);
+                assert_eq!((got.as_str(), cookie), (want, None), "{user} at {w}");
+            }
+        }
+        // Without the key (or with an empty one): a draw by weight, no cookie.
+        assert_eq!(send(&tables[0].1, "/", &[]), ("stable".to_string(), None));
+        assert_eq!(
+            send(&tables[6].1, "/", &[("x-user-id", "")]),
+            ("canary".to_string(), None)
+        );
+    }
+
+    #[test]
+    fn a_user_without_the_sticky_cookie_gets_one_that_agrees_with_the_side() {
+        let mut t = Traffic::of(&[("stable", 50u8), ("canary", 50)]).unwrap();
+        t.sticky = Some(Sticky::Cookie("uid".to_string()));
+        t.canary = Some("canary".to_string());
+        let t = table(&t).unwrap();
+        let mut sides = BTreeMap::<String, usize>::new();
+        for _ in 0..200 {
+            let (backend, cookie) = send(&t, "/", &[("cookie", "other=1")]);
+            let cookie = cookie.expect("a cookie for a user without one");
+            let attributes = "; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax";
+            let id = cookie
+                .strip_prefix("uid=")
+                .and_then(|c| c.strip_suffix(attributes))
+                .unwrap_or_else(|| panic!("{cookie}"));
+            assert_eq!(id.len(), 32, "{cookie}");
+            let want = if on_canary(id, Weight::new(50).unwrap()) {
+                "canary"
+            } else {
+                "stable"
+            };
+            assert_eq!(backend, want, "{cookie}");
+            let again = send(&t, "/", &[("cookie", &format!("a=1; uid={id}"))]);
+            assert_eq!(again, (backend.clone(), None), "with the cookie");
+            *sides.entry(backend).or_default() += 1;
+        }
+        assert_eq!(sides.len(), 2, "{sides:?}");
+    }
+
+    #[test]
+    fn a_sticky_split_shares_the_stable_side_by_weight() {
+        let mut t = Traffic::of(&[("stable", 60u8), ("beta", 20), ("canary", 20)]).unwrap();
+        t.sticky = Some(Sticky::Header("x-user-id".to_string()));
+        t.canary = Some("canary".to_string());
+        let t = table(&t).unwrap();
+        let mut counts = BTreeMap::<String, usize>::new();
+        for user in (0..10_000).map(|i| format!("user-{i}")) {
+            let first = to(&t, "/", &[("x-user-id", &user)]);
+            assert_eq!(to(&t, "/", &[("x-user-id", &user)]), first, "{user}");
+            *counts.entry(first).or_default() += 1;
+        }
+        // CRC-32 buckets of 10,000 keys: a few percent off at most.
+        for (backend, want) in [("stable", 6_000), ("beta", 2_000), ("canary", 2_000)] {
+            let got = counts.get(backend).copied().unwrap_or(0);
+            assert!(got.abs_diff(want) < 300, "{backend}: {counts:?}");
+        }
+        // No canary named: sticky all the same, over every backend.
+        let mut t = Traffic::of(&[("stable", 50u8), ("beta", 50)]).unwrap();
+        t.sticky = Some(Sticky::Header("x-user-id".to_string()));
+        let t = table(&t).unwrap();
+        for user in (0..100).map(|i| format!("user-{i}")) {
+            let first = to(&t, "/", &[("x-user-id", &user)]);
+            for _ in 0..3 {
+                assert_eq!(to(&t, "/", &[("x-user-id", &user)]), first, "{user}");
+            }
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_routed_is_refused_at_apply() {
+        let refused = |f: &dyn Fn(&mut Traffic)| {
+            let mut t = Traffic::of(&[("stable", 100u8), ("canary", 0)]).unwrap();
+            f(&mut t);
+            match table(&t) {
+                Ok(_) => panic!("accepted: {t:?}"),
+                Err(e) => e,
+            }
+        };
+        let regex = |re: &str| {
+            let re = re.to_string();
+            move |t: &mut Traffic| {
+                t.routes = vec![route(
+                    "r",
+                    vec![vec![criterion(
+                        Field::Header,
+                        "x",
+                        Pattern::Regex(re.clone()),
+                    )]],
+                    "canary",
+                )];
+            }
+        };
+        for re in ["(", "a)|(b", "[z-a]"] {
+            let e = refused(&regex(re));
+            assert!(matches!(e, RouterError::Rejected { .. }), "{e}");
+            assert!(e.to_string().contains("route `r`"), "{e}");
+        }
+        let e = refused(&|t| {
+            t.routes = vec![route(
+                "r",
+                vec![vec![exact(Field::Header, "bad header", "x")]],
+                "canary",
+            )];
+        });
+        assert!(matches!(e, RouterError::Rejected { .. }), "{e}");
+        let e = refused(&|t| t.sticky = Some(Sticky::Header("a:b".to_string())));
+        assert!(matches!(e, RouterError::Rejected { .. }), "{e}");
+        for name in ["", "a=b", "a b", "a;b", "ü"] {
+            let e = refused(&|t| t.sticky = Some(Sticky::Cookie(name.to_string())));
+            assert!(e.to_string().contains("no cookie name"), "{e}");
+        }
+        let e = refused(&|t| t.canary = Some("beta".to_string()));
+        assert!(e.to_string().contains("canary `beta`"), "{e}");
+        let e = refused(&|t| {
+            t.routes = vec![route(
+                "r",
+                vec![vec![exact(Field::Header, "x", "y")]],
+                "nope",
+            )];
+        });
+        assert!(matches!(e, RouterError::Unknown { .. }), "{e}");
     }
 
     #[test]

@@ -110,6 +110,11 @@ struct Answer {
 }
 
 impl GatewayRouter {
+    /// The router's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A driver for the HTTPRoutes of `namespace` on the API server at `server` (plain
     /// `http://` only, see the module doc), authenticating with the bearer token in
     /// `token_file` if given. Checks the configuration only: reads no file, talks to nobody.

@@ -98,6 +98,11 @@ pub struct HaproxyRouter {
 }
 
 impl HaproxyRouter {
+    /// The router's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Checks `runtime_api` (`unix:/run/haproxy/admin.sock` or `127.0.0.1:9999`); connects to
     /// nothing yet.
     pub fn new(name: &str, runtime_api: &str) -> Result<HaproxyRouter, RouterError> {

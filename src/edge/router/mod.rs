@@ -19,7 +19,7 @@ pub mod traefik;
 pub use boundary::{Call, ObservedAll, Router};
 
 use crate::core::model::{Observed, Traffic};
-use crate::core::spec::RouterSpec;
+use crate::core::spec::{RouterKind, RouterSpec};
 
 /// Why a router could not be read or set.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,9 @@ impl RouterError {
         matches!(self, RouterError::Unreachable { .. })
     }
 }
+
+/// The kinds of router that can route by header, cookie and query and split by a sticky key.
+const MATCHING_KINDS: [RouterKind; 1] = [RouterKind::Embedded];
 
 /// A configured router, ready to drive.
 #[derive(Debug)]
@@ -161,8 +164,51 @@ impl Driver {
         }
     }
 
-    /// Sets the weights of `service`: a set, never an add (backends not named get 0).
+    /// The router's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Driver::Embedded(r) => r.name(),
+            Driver::Haproxy(r) => r.name(),
+            Driver::Traefik(r) => r.name(),
+            Driver::Caddy(r) => r.name(),
+            Driver::Nginx(r) => r.name(),
+            Driver::Gateway(r) => r.name(),
+        }
+    }
+
+    /// The kind of router, as a `Router` document names it.
+    pub fn kind(&self) -> RouterKind {
+        match self {
+            Driver::Embedded(_) => RouterKind::Embedded,
+            Driver::Haproxy(_) => RouterKind::Haproxy,
+            Driver::Traefik(_) => RouterKind::Traefik,
+            Driver::Caddy(_) => RouterKind::Caddy,
+            Driver::Nginx(_) => RouterKind::Nginx,
+            Driver::Gateway(_) => RouterKind::GatewayApi,
+        }
+    }
+
+    /// Whether the router can route by header, cookie and query and split by a sticky key
+    /// ([`Traffic::matches_requests`]); the others take weights alone.
+    pub fn matches_requests(&self) -> bool {
+        MATCHING_KINDS.contains(&self.kind())
+    }
+
+    /// Sets the traffic of `service`: a set, never an add (backends not named get 0). A router
+    /// that takes weights alone refuses routes and a sticky key ([`RouterError::Setup`]) before
+    /// it is touched: setting the weights without them would send the wrong users.
     pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
+        if traffic.matches_requests() && !self.matches_requests() {
+            return Err(RouterError::setup(
+                self.name(),
+                format!(
+                    "header and cookie routes and sticky users are not supported by router kind \
+                     `{}` yet; routers that can: {}",
+                    self.kind().as_str(),
+                    MATCHING_KINDS.map(RouterKind::as_str).join(", ")
+                ),
+            ));
+        }
         match self {
             Driver::Embedded(r) => r.apply(service, traffic),
             Driver::Haproxy(r) => r.apply(service, traffic).await,

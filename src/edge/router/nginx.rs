@@ -80,6 +80,11 @@ struct Inner {
 }
 
 impl NginxRouter {
+    /// The router's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
     /// Validates the configuration; touches neither the files nor NGINX.
     pub fn new(
         name: &str,

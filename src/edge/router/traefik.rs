@@ -81,6 +81,11 @@ impl fmt::Debug for TraefikRouter {
 }
 
 impl TraefikRouter {
+    /// The router's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
     /// Checks the configuration; does no I/O.
     ///
     /// `api`: Traefik's API, plain `http://` (credentials in the URL are sent as basic auth).
