@@ -135,7 +135,10 @@ impl Target {
                 backends.insert(self.stable.name.clone(), Weight::FULL);
             }
         }
-        Traffic::weights(backends)
+        Traffic {
+            canary: self.canary.as_ref().map(|c| c.name.clone()),
+            ..Traffic::weights(backends)
+        }
     }
 
     /// The canary's live share, when the router reports weights that make sense for this

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::git::{GitDaemon, git};
-use crate::support::net::{Silent, free_port};
+use crate::support::net::{Silent, free_port, http_get_with};
 use crate::support::world::{HELD, KILLED, World, canary_weight, phase, verified};
 
 const STEPS: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}\n    - setWeight: 50\n    - pause: {duration: 1s}\n";
@@ -490,6 +490,73 @@ fn the_judge_promotes_a_canary_as_good_as_its_baseline() {
         .unwrap();
     assert_eq!(judged.value, Some(100.0), "{judged:?}");
     assert_eq!(judged.outcome, canaryd::core::analysis::Outcome::Success);
+}
+
+/// Steps that send testers (`X-Canary: always`) to the canary at weight 0, then hold.
+const TESTERS_FIRST: &str = "  sticky: {header: X-User-Id}
+  steps:
+    - setHeaderRoute: {name: testers, match: [{headerName: X-Canary, headerValue: {exact: always}}]}
+    - pause: {}
+    - setWeight: 50
+    - pause: {}
+";
+
+/// Which backend answered a request through the router with `headers`.
+fn answered_by(w: &World, headers: &[(&str, &str)]) -> String {
+    let (status, body) = http_get_with(w.router, "/", headers).expect("the router answers");
+    assert_eq!(status, 200, "{body}");
+    body.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn testers_reach_the_canary_at_weight_0_and_nobody_after_an_abort() {
+    let mut w = World::new(0.0, 0.0);
+    w.start_on_stable(TESTERS_FIRST);
+    w.merge(
+        "checkout.yaml",
+        &w.spec(true, TESTERS_FIRST),
+        "checkout: canary green, testers first",
+    );
+    let s = w.wait_for("checkout", 30, "the testers route verified", |s| {
+        phase(s) == "paused" && verified(s) && !s.routes.is_empty()
+    });
+    assert_eq!(canary_weight(&s), 0);
+    assert_eq!(s.sticky, None, "no split at weight 0");
+    let marked = [("X-Canary", "always")];
+    for _ in 0..20 {
+        assert_eq!(answered_by(&w, &marked), "green");
+        assert_eq!(answered_by(&w, &[("X-Canary", "never")]), "blue");
+        assert_eq!(answered_by(&w, &[]), "blue");
+    }
+    // The status commit names who sees the canary.
+    let log = w.status_log("checkout");
+    assert!(
+        log.contains("header routes, weight 0%, X-Canary=always → green"),
+        "{log}"
+    );
+    // On to 50 %: the route stays, and each user keeps one side.
+    w.gate("promote");
+    let s = w.wait_for("checkout", 30, "50 % verified", |s| {
+        canary_weight(s) == 50 && verified(s)
+    });
+    assert!(s.sticky.is_some() && !s.routes.is_empty(), "{s:#?}");
+    for user in ["ada", "grace", "linus", "barbara"] {
+        let first = answered_by(&w, &[("X-User-Id", user)]);
+        for _ in 0..5 {
+            assert_eq!(answered_by(&w, &[("X-User-Id", user)]), first, "{user}");
+        }
+    }
+    w.gate("abort");
+    let s = w.wait_for("checkout", 30, "aborted, routes removed", |s| {
+        phase(s) == "aborted" && s.routes.is_empty()
+    });
+    assert_eq!(s.sticky, None);
+    for _ in 0..20 {
+        assert_eq!(answered_by(&w, &marked), "blue");
+    }
 }
 
 /// The forge end to end: the daemon against the GitHub stand-in (every request checked

@@ -36,10 +36,27 @@ pub async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
 /// `GET path` over HTTP/1.0 (so that no body is chunked), with std only (it works outside a
 /// runtime): status and body, or `None` when nothing answered within a few seconds.
 pub fn http_get(addr: SocketAddr, path: &str, auth: Option<&str>) -> Option<(u16, String)> {
+    let auth: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+    http_get_with(addr, path, &auth)
+}
+
+/// [`http_get`] with these request headers.
+pub fn http_get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").ok()?;
+    let headers: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n"
+    )
+    .ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
     let status = answer.split(' ').nth(1)?.parse().ok()?;
