@@ -13,10 +13,11 @@
 //! [`MANY_RUNS`] times each (the runs alternate), with the median printed.
 //!
 //! Then what routes and sticky users cost the embedded router: the same load ([`CONNECTIONS`]
-//! keep-alive connections, each request carrying `X-User-Id: user-N` of [`LOAD_USERS`], one in
-//! [`MARKED_EVERY`] also `X-Canary: always`) against plain weights (blue 90, green 10) and
-//! against the same weights with a sticky `X-User-Id` key and two header routes (`X-Canary`
-//! exact, `X-Beta` regex), [`LOAD_PAIRS`] pairs of [`LOAD_RUN`] runs in alternating order;
+//! keep-alive connections, each request carrying `X-User-Id: user-N` of [`LOAD_USERS`] and
+//! `X-Beta: gamma-N`, one in [`MARKED_EVERY`] also `X-Canary: always`) against plain weights
+//! (blue 90, green 10) and against the same weights with a sticky `X-User-Id` key and two
+//! header routes (`X-Canary` exact, `X-Beta` regex `beta-[0-9]+`, so that the regex runs on
+//! every request and fits none), [`LOAD_PAIRS`] pairs of [`LOAD_RUN`] runs in alternating order;
 //! requests/s and p99 latency by the median of the runs, and the relative cost by the median
 //! of the pairs. Client, router and backends share the bench's runtime (2 workers).
 //!
@@ -324,6 +325,7 @@ async fn embedded_load(backends: &Backends) {
     let (plain_rps, plain_p99, plain_failed) = summary(&runs_plain);
     let (routed_rps, routed_p99, routed_failed) = summary(&runs_routed);
     let cost = 1.0 - median(ratios.clone());
+    println!();
     println!(
         "embedded router, {CONNECTIONS} keep-alive connections, {LOAD_USERS} users, 1 in \
          {MARKED_EVERY} marked; median of {LOAD_PAIRS} runs of {LOAD_RUN:?} each, in alternating order"
@@ -363,7 +365,6 @@ async fn embedded_load(backends: &Backends) {
         spread(&ratios),
         100.0 * (routed_p99 / plain_p99 - 1.0)
     );
-    println!();
 }
 
 /// What one run of the load measured.
@@ -384,9 +385,11 @@ async fn load(client: &Client<HttpConnector, Empty<Bytes>>, url: &str, run: Dura
                 let (mut micros, mut failed) = (Vec::new(), 0usize);
                 let mut i = k;
                 while Instant::now() < end {
+                    let user = i % LOAD_USERS;
                     let mut req = hyper::Request::get(url.as_str())
                         .header("host", SERVICE)
-                        .header("x-user-id", format!("user-{}", i % LOAD_USERS));
+                        .header("x-user-id", format!("user-{user}"))
+                        .header("x-beta", format!("gamma-{user}"));
                     if i % MARKED_EVERY == 0 {
                         req = req.header("x-canary", "always");
                     }
