@@ -859,20 +859,16 @@ fn explicit_steps(cx: &mut Cx<'_>, list: &[spec::Step], refs: &Refs) -> Option<V
     ok.then_some(out)
 }
 
-/// The routers that can send requests by who sends them (routes, stickiness).
-const ROUTES_ON: &[RouterKind] = &[RouterKind::Embedded];
-
-/// Refuses `what` at `field` unless the rollout's router can express it.
-fn router_can_route(cx: &mut Cx<'_>, field: &str, what: &str) -> bool {
+/// Refuses `what` at `field` unless the rollout's router kind `can`.
+fn router_can(cx: &mut Cx<'_>, field: &str, what: &str, can: fn(RouterKind) -> bool) -> bool {
     match cx.router {
-        Some(kind) if !ROUTES_ON.contains(&kind) => {
-            let can: Vec<&str> = ROUTES_ON.iter().map(|k| k.as_str()).collect();
+        Some(kind) if !can(kind) => {
             cx.error(
                 field,
                 format!("router kind `{}` cannot express {what} yet", kind.as_str()),
                 format!(
                     "routers that can: {}; or route by weight alone on this router",
-                    can.join(", ")
+                    RouterKind::those_that(can)
                 ),
             );
             false
@@ -890,7 +886,7 @@ fn header_route(
     before: &[Step],
 ) -> Option<Step> {
     let start = cx.errors;
-    if !router_can_route(cx, field, "header routes") {
+    if !router_can(cx, field, "header routes", RouterKind::can_route) {
         return None;
     }
     if r.name.trim().is_empty() {
@@ -1016,7 +1012,7 @@ fn pattern(cx: &mut Cx<'_>, field: &str, m: &spec::StringMatch) -> Option<Patter
 
 /// `sticky:`: a header or cookie name, on a router that can split by it.
 fn sticky(cx: &mut Cx<'_>, s: &spec::Sticky) -> Option<Sticky> {
-    if !router_can_route(cx, "spec.sticky", "sticky users") {
+    if !router_can(cx, "spec.sticky", "sticky users", RouterKind::can_stick) {
         return None;
     }
     let (field, name, sticky) = match s {

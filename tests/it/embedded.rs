@@ -788,14 +788,18 @@ async fn routers_that_take_weights_alone_refuse_routes_and_sticky_users() {
     for spec in &specs {
         let kind = spec.kind().as_str();
         let driver = Driver::connect("edge", spec).unwrap();
-        for t in [&sticky_at(10), &sticky_only, &routes_only] {
+        for (t, what) in [
+            (&sticky_at(10), "header and cookie routes"),
+            (&sticky_only, "sticky users"),
+            (&routes_only, "header and cookie routes"),
+        ] {
             let err = driver.apply("shop", t).await.unwrap_err();
             assert!(matches!(err, RouterError::Setup { .. }), "{kind}: {err}");
             assert_eq!(
                 err.to_string(),
                 format!(
-                    "router `edge` cannot be used: header and cookie routes and sticky users are \
-                     not supported by router kind `{kind}` yet; routers that can: embedded"
+                    "router `edge` cannot be used: {what} are not supported by router kind \
+                     `{kind}` yet; routers that can: embedded"
                 )
             );
         }

@@ -492,6 +492,37 @@ pub enum RouterKind {
 }
 
 impl RouterKind {
+    pub const ALL: [RouterKind; 6] = [
+        RouterKind::Embedded,
+        RouterKind::Haproxy,
+        RouterKind::Traefik,
+        RouterKind::Caddy,
+        RouterKind::Nginx,
+        RouterKind::GatewayApi,
+    ];
+
+    /// Whether canaryd sets header, cookie and query routes on this kind of router.
+    pub fn can_route(self) -> bool {
+        matches!(self, RouterKind::Embedded)
+    }
+
+    /// Whether canaryd keeps users on one side on this kind of router, monotonically (a user
+    /// is on the canary at weight w exactly when the key's bucket is below 100·w). A router
+    /// whose stickiness is only a cookie pinning a first random draw is not one.
+    pub fn can_stick(self) -> bool {
+        matches!(self, RouterKind::Embedded)
+    }
+
+    /// The kinds for which `can` holds, for a message: `embedded, haproxy`.
+    pub fn those_that(can: fn(RouterKind) -> bool) -> String {
+        let kinds: Vec<&str> = RouterKind::ALL
+            .into_iter()
+            .filter(|k| can(*k))
+            .map(RouterKind::as_str)
+            .collect();
+        kinds.join(", ")
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RouterKind::Embedded => "embedded",

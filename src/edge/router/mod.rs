@@ -74,9 +74,6 @@ impl RouterError {
     }
 }
 
-/// The kinds of router that can route by header, cookie and query and split by a sticky key.
-const MATCHING_KINDS: [RouterKind; 1] = [RouterKind::Embedded];
-
 /// A configured router, ready to drive.
 #[derive(Debug)]
 pub enum Driver {
@@ -188,26 +185,31 @@ impl Driver {
         }
     }
 
-    /// Whether the router can route by header, cookie and query and split by a sticky key
-    /// ([`Traffic::matches_requests`]); the others take weights alone.
-    pub fn matches_requests(&self) -> bool {
-        MATCHING_KINDS.contains(&self.kind())
+    /// Why this router cannot carry `traffic`: routes or a sticky key its kind cannot
+    /// express ([`RouterKind::can_route`], [`RouterKind::can_stick`]).
+    fn cannot_carry(&self, traffic: &Traffic) -> Option<String> {
+        let kind = self.kind();
+        let (what, can): (&str, fn(RouterKind) -> bool) =
+            if !traffic.routes.is_empty() && !kind.can_route() {
+                ("header and cookie routes", RouterKind::can_route)
+            } else if traffic.sticky.is_some() && !kind.can_stick() {
+                ("sticky users", RouterKind::can_stick)
+            } else {
+                return None;
+            };
+        Some(format!(
+            "{what} are not supported by router kind `{}` yet; routers that can: {}",
+            kind.as_str(),
+            RouterKind::those_that(can)
+        ))
     }
 
     /// Sets the traffic of `service`: a set, never an add (backends not named get 0). A router
     /// that takes weights alone refuses routes and a sticky key ([`RouterError::Setup`]) before
     /// it is touched: setting the weights without them would send the wrong users.
     pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
-        if traffic.matches_requests() && !self.matches_requests() {
-            return Err(RouterError::setup(
-                self.name(),
-                format!(
-                    "header and cookie routes and sticky users are not supported by router kind \
-                     `{}` yet; routers that can: {}",
-                    self.kind().as_str(),
-                    MATCHING_KINDS.map(RouterKind::as_str).join(", ")
-                ),
-            ));
+        if let Some(why) = self.cannot_carry(traffic) {
+            return Err(RouterError::setup(self.name(), why));
         }
         match self {
             Driver::Embedded(r) => r.apply(service, traffic),
