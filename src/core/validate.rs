@@ -951,6 +951,17 @@ fn header_route(
             ("cookies", Field::Cookie, &m.cookies),
             ("query", Field::Query, &m.query),
         ] {
+            if on == Field::Cookie
+                && !map.is_empty()
+                && !router_can(
+                    cx,
+                    &format!("{at}.cookies"),
+                    "cookie matches",
+                    RouterKind::can_route_by_cookie,
+                )
+            {
+                continue;
+            }
             for (name, value) in map {
                 if let Some(value) = pattern(cx, &format!("{at}.{key}.{name}"), value) {
                     all.push(Criterion {

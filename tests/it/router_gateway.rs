@@ -754,3 +754,136 @@ async fn published_traffic_splitting_examples_are_read_and_set() {
         }
     }
 }
+
+/// Traffic with routes: testers by header (exact), one country by prefix or a regex, and a
+/// beta query parameter, to the canary `green`.
+fn routed(blue: i64, green: i64) -> Traffic {
+    use canaryd::core::model::{Criterion, Field, Match, Pattern, Route};
+    let c = |on, name: &str, value| Criterion {
+        on,
+        name: name.to_string(),
+        value,
+    };
+    let mut t = traffic(&[("blue", blue), ("green", green)]);
+    t.canary = Some("green".into());
+    t.routes = vec![
+        Route {
+            name: "testers".into(),
+            matches: vec![
+                Match {
+                    all: vec![c(
+                        Field::Header,
+                        "X-Canary",
+                        Pattern::Exact("always".into()),
+                    )],
+                },
+                Match {
+                    all: vec![
+                        c(
+                            Field::Header,
+                            "CF-IPCountry",
+                            Pattern::Regex("DE|AT".into()),
+                        ),
+                        c(Field::Query, "beta", Pattern::Prefix("on.".into())),
+                    ],
+                },
+            ],
+            backend: "green".into(),
+        },
+        Route {
+            name: "staff".into(),
+            matches: vec![Match {
+                all: vec![c(Field::Header, "X-Staff", Pattern::Prefix("yes".into()))],
+            }],
+            backend: "green".into(),
+        },
+    ];
+    t
+}
+
+#[tokio::test]
+async fn header_routes_are_rules_of_their_own_valid_for_the_crd_and_read_back_exactly() {
+    let api = ApiServer::start(realistic_route()).await;
+    let router = api.router();
+    let want = routed(100, 0);
+    router.apply(ROUTE, &want).await.unwrap();
+    assert_eq!(api.patches(), 1);
+    let live = router.observe(ROUTE).await.unwrap();
+    assert_eq!(live.routes, want.routes, "read back exactly");
+    assert_eq!(live.backends, weights(&[("blue", 100), ("green", 0)]));
+    let rules = api.route()["spec"]["rules"].clone();
+    let names: Vec<&Value> = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["name"])
+        .collect();
+    assert_eq!(
+        names,
+        [
+            &json!("canaryd-testers"),
+            &json!("canaryd-staff"),
+            &Value::Null
+        ],
+        "before the weighted rule, which stays driven"
+    );
+    // Each match keeps the weighted rule's path, so a route takes only its requests.
+    let first = &rules[0]["matches"][0];
+    assert_eq!(
+        first["path"],
+        json!({"type": "PathPrefix", "value": "/checkout"})
+    );
+    assert_eq!(
+        first["headers"],
+        json!([{"type": "Exact", "name": "X-Canary", "value": "always"}])
+    );
+    assert_eq!(
+        rules[0]["matches"][1]["queryParams"],
+        json!([{"type": "RegularExpression", "name": "beta", "value": "^on\\..*"}])
+    );
+    assert_eq!(
+        rules[0]["backendRefs"],
+        json!([{"group": "", "kind": "Service", "name": "green", "port": 8080}])
+    );
+    // The same again sends nothing; weights move without touching the routes.
+    router.apply(ROUTE, &want).await.unwrap();
+    assert_eq!(api.patches(), 1);
+    router.apply(ROUTE, &routed(90, 10)).await.unwrap();
+    let live = router.observe(ROUTE).await.unwrap();
+    assert_eq!(live.backends, weights(&[("blue", 90), ("green", 10)]));
+    assert_eq!(live.routes, want.routes);
+    // A route deleted by hand shows as drift.
+    api.fake.lock().unwrap().routes[0]["spec"]["rules"]
+        .as_array_mut()
+        .unwrap()
+        .remove(1);
+    assert_eq!(router.observe(ROUTE).await.unwrap().routes.len(), 1);
+    // Weights alone (an abort): every canaryd rule goes, the route is as it was.
+    router
+        .apply(ROUTE, &traffic(&[("blue", 100), ("green", 0)]))
+        .await
+        .unwrap();
+    let after = api.route();
+    assert_eq!(after["spec"], realistic_route()["spec"]);
+    assert!(router.observe(ROUTE).await.unwrap().routes.is_empty());
+}
+
+#[tokio::test]
+async fn a_cookie_match_or_a_name_that_is_no_rule_name_is_refused_and_changes_nothing() {
+    use canaryd::core::model::{Criterion, Field, Pattern};
+    let api = ApiServer::start(realistic_route()).await;
+    let router = api.router();
+    let mut cookie = routed(100, 0);
+    cookie.routes[0].matches[0].all = vec![Criterion {
+        on: Field::Cookie,
+        name: "beta".into(),
+        value: Pattern::Exact("1".into()),
+    }];
+    let err = router.apply(ROUTE, &cookie).await.unwrap_err();
+    assert!(err.to_string().contains("has no cookie match"), "{err}");
+    let mut bad_name = routed(100, 0);
+    bad_name.routes[0].name = "Testers!".into();
+    let err = router.apply(ROUTE, &bad_name).await.unwrap_err();
+    assert!(err.to_string().contains("must be a DNS label"), "{err}");
+    assert_eq!(api.patches(), 0);
+}

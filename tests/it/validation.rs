@@ -832,3 +832,57 @@ spec:
     }
     assert!(catalog.invalid.contains_key("web"));
 }
+
+#[test]
+fn a_gateway_takes_header_routes_but_neither_cookie_matches_nor_sticky_users() {
+    let doc = |extra: &str, entry: &str| {
+        format!(
+            "apiVersion: canaryd.dev/v1alpha1
+kind: Router
+metadata: {{name: k8s}}
+spec: {{kind: gatewayApi, server: \"http://127.0.0.1:8001\", namespace: shop}}
+---
+apiVersion: canaryd.dev/v1alpha1
+kind: Rollout
+metadata: {{name: web}}
+spec:
+  router: k8s
+  service: web
+  stable: {{name: blue}}
+  canary: {{name: green}}
+{extra}  steps:
+  - setHeaderRoute: {{name: testers, match: [{entry}]}}
+  - setWeight: 10
+"
+        )
+    };
+    let ok = doc("", "{headerName: X-Canary, headerValue: {exact: always}}");
+    let (catalog, diags) = validate::validate_texts(&[("rollouts/web.yaml", &ok)]);
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
+    assert_eq!(catalog.rollouts[0].routes_at(0).len(), 1);
+
+    let cookie = doc("", "{cookies: {beta: {exact: \"1\"}}}");
+    let (_, diags) = validate::validate_texts(&[("rollouts/web.yaml", &cookie)]);
+    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(
+        errors[0].field,
+        "spec.steps[0].setHeaderRoute.match[0].cookies"
+    );
+    assert!(
+        errors[0]
+            .help
+            .as_deref()
+            .unwrap()
+            .contains("routers that can: embedded")
+    );
+
+    let sticky = doc(
+        "  sticky: {header: X-User-Id}\n",
+        "{headerName: X-Canary, headerValue: {exact: always}}",
+    );
+    let (_, diags) = validate::validate_texts(&[("rollouts/web.yaml", &sticky)]);
+    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].field, "spec.sticky");
+}

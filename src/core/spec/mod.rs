@@ -503,7 +503,12 @@ impl RouterKind {
 
     /// Whether canaryd sets header, cookie and query routes on this kind of router.
     pub fn can_route(self) -> bool {
-        matches!(self, RouterKind::Embedded)
+        matches!(self, RouterKind::Embedded | RouterKind::GatewayApi)
+    }
+
+    /// Whether routes on this kind may match cookies (an HTTPRoute has no cookie match).
+    pub fn can_route_by_cookie(self) -> bool {
+        self.can_route() && self != RouterKind::GatewayApi
     }
 
     /// Whether canaryd keeps users on one side on this kind of router, monotonically (a user

@@ -44,6 +44,22 @@
 //! sent. Backends of the rule not named in the traffic get 0; the percentage is written as the
 //! weight itself (0..=100 is within the CRD's 0..=1000000, and `Weight` cannot exceed 100).
 //!
+//! # Header routes
+//!
+//! A header route of the traffic (testers first: `X-Canary: always` → canary) is a rule of its
+//! own, named `canaryd-<route>`, placed just before the driven rule, with one `backendRef`: a
+//! copy of the driven rule's canary `backendRef`. Its `matches` are the route's matches (the
+//! Gateway API ORs the matches of a rule and ANDs the criteria of one match, as canaryd's model
+//! does), each combined with every `path`/`method` match of the driven rule, so the route takes
+//! only requests the driven rule would have taken, and wins over it by the API's precedence
+//! (more header matches). Criteria map to `headers` and `queryParams`: `exact` as `Exact`, a
+//! regex `r` as `RegularExpression` `^(?:r)$`, a prefix `p` as `^<p escaped>.*` (the dialect
+//! is implementation-specific; RE2-compatible patterns work on Envoy-based gateways). Cookies
+//! have no match of their own in an HTTPRoute and are refused. Rules named `canaryd-*` are
+//! canaryd's: read back into routes (drift shows), replaced whole, never driven. Sticky users
+//! are refused: session persistence is experimental and pins a first random draw, which is
+//! not monotone.
+//!
 //! # Requests
 //!
 //! Each request is bounded by [`REQUEST_TIMEOUT`]. The bearer token is read from `token_file`
@@ -69,7 +85,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 
 use super::{ObservedAll, RouterError};
-use crate::core::model::{Observed, Traffic};
+use crate::core::model::{Criterion, Field, Match, Observed, Pattern, Route, Traffic};
 
 /// The bound on each request to the API server, answer included (and on reading the token).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -233,7 +249,12 @@ impl GatewayRouter {
     /// The weights of the driven rule of `route`, the HTTPRoute `service`.
     fn observed(&self, service: &str, route: &Value) -> Result<Observed, RouterError> {
         let rule = self.driven(service, route)?;
-        Ok(Observed::weights(rule.observed()))
+        let routes = routes_in(route)
+            .map_err(|e| self.rejected(format!("httproute `{}`: {e}", self.subject(service))))?;
+        Ok(Observed {
+            routes,
+            ..Observed::weights(rule.observed())
+        })
     }
 
     /// Sets the weights of the driven rule of HTTPRoute `service` to `traffic`'s percentages
@@ -241,7 +262,14 @@ impl GatewayRouter {
     pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
         let route = self.read(service).await?;
         let rule = self.driven(service, &route)?;
-        let patch = rule.patch(traffic).map_err(|e| match e {
+        let ours = routes_in(&route)
+            .map_err(|e| self.rejected(format!("httproute `{}`: {e}", self.subject(service))))?;
+        let patch = if traffic.routes.is_empty() && ours.is_empty() {
+            rule.patch(traffic)
+        } else {
+            rules_patch(&route, &rule, traffic)
+        };
+        let patch = patch.map_err(|e| match e {
             PatchError::Unknown(what) => RouterError::Unknown {
                 router: self.name.clone(),
                 what: format!("{what} in httproute `{}`", self.subject(service)),
@@ -542,6 +570,9 @@ impl DrivenRule {
         };
         let mut parsed = Vec::with_capacity(rules.len());
         for (index, rule) in rules.iter().enumerate() {
+            if is_ours(rule) {
+                continue;
+            }
             let refs = match rule.get("backendRefs") {
                 None | Some(Value::Null) => Vec::new(),
                 Some(Value::Array(refs)) => refs
@@ -630,6 +661,213 @@ fn backend_ref(r: &Value) -> Result<BackendRef, String> {
         ),
     };
     Ok(BackendRef { name, weight })
+}
+
+/// The prefix of the names of the rules canaryd writes for header routes.
+const OURS: &str = "canaryd-";
+
+fn is_ours(rule: &Value) -> bool {
+    rule.get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| n.starts_with(OURS))
+}
+
+/// The header routes canaryd wrote into `route` (its `canaryd-*` rules), in order.
+fn routes_in(route: &Value) -> Result<Vec<Route>, String> {
+    let Some(Value::Array(rules)) = route.pointer("/spec/rules") else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for rule in rules.iter().filter(|r| is_ours(r)) {
+        let name = rule["name"].as_str().unwrap_or_default()[OURS.len()..].to_string();
+        let backend = rule
+            .pointer("/backendRefs/0/name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("rule `{OURS}{name}` has no backendRef"))?
+            .to_string();
+        let mut matches: Vec<Match> = Vec::new();
+        for m in rule
+            .get("matches")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let mut all = Vec::new();
+            for (key, on) in [("headers", Field::Header), ("queryParams", Field::Query)] {
+                for c in m.get(key).and_then(Value::as_array).into_iter().flatten() {
+                    let name = c["name"].as_str().unwrap_or_default().to_string();
+                    let value = c["value"].as_str().unwrap_or_default();
+                    let value = match c["type"].as_str().unwrap_or("Exact") {
+                        "Exact" => Pattern::Exact(value.to_string()),
+                        _ => decode_regex(value),
+                    };
+                    all.push(Criterion { on, name, value });
+                }
+            }
+            let m = Match { all };
+            // One match per path/method of the driven rule: the same criteria repeat.
+            if !matches.contains(&m) {
+                matches.push(m);
+            }
+        }
+        out.push(Route {
+            name,
+            matches,
+            backend,
+        });
+    }
+    Ok(out)
+}
+
+/// A prefix as a regular expression over the whole value, and back.
+fn encode(p: &Pattern) -> (&'static str, String) {
+    match p {
+        Pattern::Exact(v) => ("Exact", v.clone()),
+        Pattern::Prefix(v) => ("RegularExpression", format!("^{}.*", regex::escape(v))),
+        Pattern::Regex(r) => ("RegularExpression", format!("^(?:{r})$")),
+    }
+}
+
+fn decode_regex(value: &str) -> Pattern {
+    if let Some(inner) = value
+        .strip_prefix("^(?:")
+        .and_then(|v| v.strip_suffix(")$"))
+    {
+        return Pattern::Regex(inner.to_string());
+    }
+    if let Some(inner) = value.strip_prefix('^').and_then(|v| v.strip_suffix(".*")) {
+        let mut literal = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            literal.push(if c == '\\' {
+                chars.next().unwrap_or(c)
+            } else {
+                c
+            });
+        }
+        if regex::escape(&literal) == inner {
+            return Pattern::Prefix(literal);
+        }
+    }
+    Pattern::Regex(value.to_string())
+}
+
+/// The JSON Patch that rewrites `spec.rules` whole: canaryd's rules replaced by those of
+/// `traffic`'s routes, just before the driven rule, and the driven rule's weights set; guarded
+/// by a `test` of the rules as read. `None` when they already are so.
+fn rules_patch(
+    route: &Value,
+    rule: &DrivenRule,
+    traffic: &Traffic,
+) -> Result<Option<Value>, PatchError> {
+    // The weights, as the weights-only patch would set them.
+    let mut doc = route.clone();
+    if let Some(ops) = rule.patch(traffic)? {
+        for op in ops.as_array().into_iter().flatten() {
+            if op["op"] == "test" {
+                continue;
+            }
+            let path = op["path"].as_str().unwrap_or_default();
+            let (parent, key) = path.rsplit_once('/').unwrap_or_default();
+            if let Some(obj) = doc.pointer_mut(parent).and_then(Value::as_object_mut) {
+                obj.insert(key.to_string(), op["value"].clone());
+            }
+        }
+    }
+    let old = route.pointer("/spec/rules").cloned().unwrap_or(Value::Null);
+    let current: Vec<Value> = doc
+        .pointer("/spec/rules")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let driven = current[rule.index].clone();
+    let path_matches: Vec<Value> = match driven.get("matches").and_then(Value::as_array) {
+        Some(ms) if !ms.is_empty() => ms.clone(),
+        _ => vec![json!({})],
+    };
+    if path_matches
+        .iter()
+        .any(|m| m.get("headers").is_some() || m.get("queryParams").is_some())
+    {
+        return Err(PatchError::Ambiguous(format!(
+            "rule {} matches by header or query itself; header routes need the weighted rule \
+             matched by path and method only",
+            rule.index
+        )));
+    }
+    let mut ours = Vec::new();
+    for r in &traffic.routes {
+        let name = format!("{OURS}{}", r.name);
+        if !is_dns_label(&name) {
+            return Err(PatchError::Ambiguous(format!(
+                "route name `{}` cannot name an HTTPRoute rule (`{name}` must be a DNS label: \
+                 lowercase letters, digits and `-`, at most 63)",
+                r.name
+            )));
+        }
+        let canary = driven
+            .get("backendRefs")
+            .and_then(Value::as_array)
+            .and_then(|refs| refs.iter().find(|b| b["name"] == r.backend.as_str()))
+            .ok_or_else(|| {
+                PatchError::Unknown(format!("backendRef `{}` in rule {}", r.backend, rule.index))
+            })?;
+        let mut backend = canary.clone();
+        if let Some(b) = backend.as_object_mut() {
+            b.remove("weight");
+        }
+        let mut matches = Vec::new();
+        for m in &r.matches {
+            let mut headers = Vec::new();
+            let mut query = Vec::new();
+            for c in &m.all {
+                let (kind, value) = encode(&c.value);
+                let item = json!({"type": kind, "name": c.name, "value": value});
+                match c.on {
+                    Field::Header => headers.push(item),
+                    Field::Query => query.push(item),
+                    Field::Cookie => {
+                        return Err(PatchError::Ambiguous(format!(
+                            "route `{}` matches cookie `{}`: an HTTPRoute has no cookie match; \
+                             match a header instead",
+                            r.name, c.name
+                        )));
+                    }
+                }
+            }
+            for base in &path_matches {
+                let mut one = base.clone();
+                if let Some(obj) = one.as_object_mut() {
+                    if !headers.is_empty() {
+                        obj.insert("headers".into(), Value::Array(headers.clone()));
+                    }
+                    if !query.is_empty() {
+                        obj.insert("queryParams".into(), Value::Array(query.clone()));
+                    }
+                }
+                matches.push(one);
+            }
+        }
+        ours.push(json!({"name": name, "matches": matches, "backendRefs": [backend]}));
+    }
+    let mut rules: Vec<Value> = Vec::new();
+    for (i, r) in current.into_iter().enumerate() {
+        if is_ours(&r) {
+            continue;
+        }
+        if i == rule.index {
+            rules.append(&mut ours);
+        }
+        rules.push(r);
+    }
+    let rules = Value::Array(rules);
+    if rules == old {
+        return Ok(None);
+    }
+    Ok(Some(json!([
+        {"op": "test", "path": "/spec/rules", "value": old},
+        {"op": "replace", "path": "/spec/rules", "value": rules},
+    ])))
 }
 
 #[cfg(test)]
