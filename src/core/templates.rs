@@ -78,17 +78,10 @@ pub fn builtin(name: &str, kind: RouterKind) -> Option<MetricTemplateSpec> {
 
 /// The router kinds `name` has a query for, for error messages.
 pub fn kinds_for(name: &str) -> Vec<RouterKind> {
-    [
-        RouterKind::Embedded,
-        RouterKind::Haproxy,
-        RouterKind::Traefik,
-        RouterKind::Caddy,
-        RouterKind::Nginx,
-        RouterKind::GatewayApi,
-    ]
-    .into_iter()
-    .filter(|k| builtin(name, *k).is_some())
-    .collect()
+    RouterKind::ALL
+        .into_iter()
+        .filter(|k| builtin(name, *k).is_some())
+        .collect()
 }
 
 #[cfg(test)]
