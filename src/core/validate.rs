@@ -609,11 +609,16 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
 
     cx.router = refs.routers.get(&s.router).copied();
     let target = target(cx, s, refs);
-    let steps = steps(cx, s, refs);
-    let background = s
-        .analysis
-        .as_ref()
-        .and_then(|a| analysis(cx, "spec.analysis", a, refs, true));
+    let (steps, background) = match &s.analysis {
+        // Flagger's A/B form: the analysis is the rollout's one step, behind a header route.
+        Some(a) if a.matches.is_some() => (ab_steps(cx, s, a, refs), None),
+        _ => (
+            steps(cx, s, refs),
+            s.analysis
+                .as_ref()
+                .and_then(|a| analysis(cx, "spec.analysis", a, refs, true)),
+        ),
+    };
     let rollback = match &s.rollback {
         None => Some(RollbackPolicy::Immediate),
         Some(r) => match r.mode.unwrap_or_default() {
@@ -1042,6 +1047,48 @@ fn sticky(cx: &mut Cx<'_>, s: &spec::Sticky) -> Option<Sticky> {
     Some(sticky)
 }
 
+/// Flagger's A/B form (`spec.analysis` with `match` and `iterations`): a header route to the
+/// canary at weight 0, then the analysis measured `iterations` times; promotion follows.
+fn ab_steps(
+    cx: &mut Cx<'_>,
+    s: &RolloutSpec,
+    a: &spec::Analysis,
+    refs: &Refs,
+) -> Option<Vec<Step>> {
+    let start = cx.errors;
+    if s.steps.is_some() || s.step_weight.is_some() || s.step_weights.is_some() {
+        cx.error(
+            "spec.analysis.match",
+            "`match` (Flagger's A/B form) replaces the steps, but steps are given too",
+            "remove `steps` (or `stepWeight`/`stepWeights`), or drop `match` and add a \
+             `setHeaderRoute` step",
+        );
+    }
+    let Some(iterations) = a.iterations else {
+        cx.error(
+            "spec.analysis.match",
+            "Flagger's A/B form needs `iterations`",
+            "add `iterations: 10`: how many times every metric is measured before promotion",
+        );
+        return None;
+    };
+    let route = spec::HeaderRoute {
+        name: "ab".to_string(),
+        matches: a.matches.clone(),
+    };
+    let route = header_route(cx, "spec.analysis", &route, &[]);
+    let mut step = a.clone();
+    step.matches = None;
+    step.iterations = None;
+    step.count = Some(iterations);
+    step.interval = step.interval.or_else(|| Some("1m".to_string()));
+    let analysis = analysis(cx, "spec.analysis", &step, refs, false);
+    if cx.errors > start {
+        return None;
+    }
+    Some(vec![route?, Step::Analysis(analysis?)])
+}
+
 /// Expands Flagger's shorthand. Unlike Flagger, the last weight never overshoots `maxWeight`:
 /// `stepWeight: 20, maxWeight: 50` gives 20, 40, 50, then promotion.
 fn shorthand_steps(cx: &mut Cx<'_>, s: &RolloutSpec) -> Option<Vec<Step>> {
@@ -1177,6 +1224,18 @@ fn analysis(
     background: bool,
 ) -> Option<Analysis> {
     let start = cx.errors;
+    if a.matches.is_some() || a.iterations.is_some() {
+        let field = if a.matches.is_some() {
+            format!("{base}.match")
+        } else {
+            format!("{base}.iterations")
+        };
+        cx.error(
+            &field,
+            "`match` and `iterations` (Flagger's A/B form) belong in `spec.analysis` only",
+            "for a header route during the steps, use a `setHeaderRoute` step",
+        );
+    }
     if a.metrics.is_empty() && a.judge.is_none() {
         cx.error(
             &format!("{base}.metrics"),

@@ -45,6 +45,7 @@ fn every_valid_example_lints_clean() {
             "profile",
             "recommendations",
             "search",
+            "search-ab",
             "shop-caddy",
             "shop-haproxy",
             "shop-nginx",

@@ -2770,3 +2770,56 @@ fn an_abort_removes_every_route_and_the_sticky_key() {
     assert!(w.router.routes.is_empty(), "{:?}", w.router);
     assert_eq!(w.router.sticky, None);
 }
+
+const AB_TEST: &str = "
+    analysis:
+      interval: 1m
+      iterations: 3
+      match:
+      - headers: {x-canary: {exact: insider}}
+      - headers: {cookie: {regex: \"^(.*?;)?(canary=always)(;.*)?$\"}}
+      metrics: [{name: errors, template: error-rate}]
+";
+
+#[test]
+fn flaggers_ab_form_shows_the_canary_to_matched_users_only_then_promotes() {
+    let spec = canary(AB_TEST);
+    assert!(spec.background.is_none(), "the analysis is the step");
+    assert_eq!(spec.steps.len(), 2);
+    let mut w = World::new(spec);
+    let p = w.step();
+    assert_eq!(p.action, Action::SetRoutes { step: 0 });
+    assert_eq!(
+        w.router(),
+        "blue=100 green=0",
+        "ordinary users stay on stable"
+    );
+    assert_eq!(w.router.routes[0].matches.len(), 2);
+    let mut w = w.at_step(1);
+    let mut measured = 0;
+    for _ in 0..20 {
+        let p = w.settle();
+        if w.phase() == "promoted" {
+            break;
+        }
+        if !p.measure.is_empty() {
+            w.measure(value(0.0));
+            measured += 1;
+        } else if let Some(at) = p.wake {
+            w.now = at;
+        }
+    }
+    assert_eq!(w.phase(), "promoted");
+    assert_eq!(measured, 3, "iterations");
+    assert_eq!(w.router(), "blue=0 green=100");
+    assert!(w.router.routes.is_empty());
+}
+
+#[test]
+fn flaggers_ab_form_aborts_on_a_failing_metric_with_nobody_left_on_the_canary() {
+    let mut w = World::new(canary(AB_TEST)).at_step(1);
+    let p = w.measure(value(0.5));
+    assert!(matches!(p.action, Action::Abort { .. }), "{:?}", p.action);
+    assert_eq!(w.router(), "blue=100 green=0");
+    assert!(w.router.routes.is_empty());
+}

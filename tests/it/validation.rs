@@ -886,3 +886,30 @@ spec:
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_eq!(errors[0].field, "spec.sticky");
 }
+
+#[test]
+fn flaggers_ab_form_needs_iterations_and_no_steps_beside_it() {
+    let ab = "analysis:\n  interval: 30s\n  iterations: 10\n  match:\n  - headers: {x-canary: {exact: insider}}\n  metrics: [{name: errors, provider: prometheus, query: up, successCondition: result < 1}]\n";
+    let r = valid(ab);
+    assert!(matches!(r.steps[0], Step::SetHeaderRoute { .. }));
+    let Step::Analysis(a) = &r.steps[1] else {
+        panic!("{:?}", r.steps)
+    };
+    assert_eq!(a.count, Some(10));
+    assert_eq!(a.interval, Some(Duration::from_secs(30)));
+    check(
+        &ab.replace("  iterations: 10\n", ""),
+        &[("spec.analysis.match", "needs `iterations`")],
+    );
+    check(
+        &format!("{ab}steps: [{{setWeight: 10}}]"),
+        &[("spec.analysis.match", "replaces the steps")],
+    );
+    check(
+        "steps:\n- analysis: {iterations: 3, metrics: [{name: e, provider: prometheus, query: up, successCondition: result < 1}]}",
+        &[(
+            "spec.steps[0].analysis.iterations",
+            "belong in `spec.analysis` only",
+        )],
+    );
+}

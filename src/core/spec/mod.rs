@@ -285,6 +285,14 @@ pub struct Analysis {
     /// `marginal` fails, in between is inconclusive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<Judge>,
+    /// Flagger's A/B form, in `spec.analysis` only: only requests that match see the canary
+    /// (at weight 0) while the analysis measures `iterations` times, then the canary is
+    /// promoted, or aborted on failure. Entries are alternatives, as in `setHeaderRoute`.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<Vec<RouteMatch>>,
+    /// With `match`: how many times every metric is measured before promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<u32>,
 }
 
 /// The canary-versus-baseline judge of an analysis.
