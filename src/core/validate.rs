@@ -610,6 +610,12 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
     cx.router = refs.routers.get(&s.router).copied();
     let target = target(cx, s, refs);
     let (steps, background) = match &s.analysis {
+        _ if s.strategy.is_some() => (
+            strategy_steps(cx, s, refs),
+            s.analysis
+                .as_ref()
+                .and_then(|a| analysis(cx, "spec.analysis", a, refs, true)),
+        ),
         // Flagger's A/B form: the analysis is the rollout's one step, behind a header route.
         Some(a) if a.matches.is_some() => (ab_steps(cx, s, a, refs), None),
         _ => (
@@ -850,7 +856,8 @@ fn explicit_steps(cx: &mut Cx<'_>, list: &[spec::Step], refs: &Refs) -> Option<V
                 }
             }
             spec::Step::SetHeaderRoute(r) => {
-                match header_route(cx, &format!("{base}.setHeaderRoute"), r, &out) {
+                let field = format!("{base}.setHeaderRoute");
+                match header_route(cx, &field, &format!("{field}.match"), r, &out) {
                     Some(step) => step,
                     None => {
                         ok = false;
@@ -887,6 +894,7 @@ fn router_can(cx: &mut Cx<'_>, field: &str, what: &str, can: fn(RouterKind) -> b
 fn header_route(
     cx: &mut Cx<'_>,
     field: &str,
+    list_field: &str,
     r: &spec::HeaderRoute,
     before: &[Step],
 ) -> Option<Step> {
@@ -919,7 +927,7 @@ fn header_route(
     };
     if list.is_empty() {
         cx.error(
-            &format!("{field}.match"),
+            list_field,
             "the match list is empty",
             "give at least one entry, e.g. `- {headerName: X-Canary, headerValue: {exact: always}}`, \
              or leave `match` out to remove the route",
@@ -927,7 +935,7 @@ fn header_route(
     }
     let mut matches = Vec::new();
     for (i, m) in list.iter().enumerate() {
-        let at = format!("{field}.match[{i}]");
+        let at = format!("{list_field}[{i}]");
         let mut all = Vec::new();
         match (&m.header_name, &m.header_value) {
             (Some(name), Some(value)) => {
@@ -1047,6 +1055,60 @@ fn sticky(cx: &mut Cx<'_>, s: &spec::Sticky) -> Option<Sticky> {
     Some(sticky)
 }
 
+/// Blue/green as steps: the preview route at weight 0, the pre-promotion analysis, the wait
+/// (`autoPromotionSeconds`, or a promote commit), the switch to 100 % in one apply, and the
+/// post-promotion analysis; promotion (which removes the preview route) follows.
+fn strategy_steps(cx: &mut Cx<'_>, s: &RolloutSpec, refs: &Refs) -> Option<Vec<Step>> {
+    let start = cx.errors;
+    let Some(spec::Strategy::BlueGreen(bg)) = &s.strategy else {
+        return None;
+    };
+    if s.steps.is_some() || s.step_weight.is_some() || s.step_weights.is_some() {
+        cx.error(
+            "spec.strategy",
+            "`strategy` replaces the steps, but steps are given too",
+            "remove `steps` (or `stepWeight`/`stepWeights`)",
+        );
+    }
+    let base = "spec.strategy.blueGreen";
+    let preview = spec::HeaderRoute {
+        name: "preview".to_string(),
+        matches: Some(bg.preview.clone()),
+    };
+    let mut steps = Vec::new();
+    steps.extend(header_route(
+        cx,
+        base,
+        &format!("{base}.preview"),
+        &preview,
+        &[],
+    ));
+    if let Some(a) = &bg.pre_promotion_analysis {
+        steps.extend(
+            analysis(cx, &format!("{base}.prePromotionAnalysis"), a, refs, false)
+                .map(Step::Analysis),
+        );
+    }
+    let wait = match (
+        bg.auto_promotion_enabled.unwrap_or(true),
+        bg.auto_promotion_seconds,
+    ) {
+        (false, _) => Some(Step::Pause(None)),
+        (true, Some(n)) if n > 0 => Some(Step::Pause(Some(Duration::from_secs(n.into())))),
+        (true, _) => None,
+    };
+    steps.extend(wait);
+    // The switch: one apply; the preview route goes with the promotion.
+    steps.push(Step::SetWeight(Weight::FULL));
+    if let Some(a) = &bg.post_promotion_analysis {
+        steps.extend(
+            analysis(cx, &format!("{base}.postPromotionAnalysis"), a, refs, false)
+                .map(Step::Analysis),
+        );
+    }
+    (cx.errors == start).then_some(steps)
+}
+
 /// Flagger's A/B form (`spec.analysis` with `match` and `iterations`): a header route to the
 /// canary at weight 0, then the analysis measured `iterations` times; promotion follows.
 fn ab_steps(
@@ -1076,7 +1138,7 @@ fn ab_steps(
         name: "ab".to_string(),
         matches: a.matches.clone(),
     };
-    let route = header_route(cx, "spec.analysis", &route, &[]);
+    let route = header_route(cx, "spec.analysis", "spec.analysis.match", &route, &[]);
     let mut step = a.clone();
     step.matches = None;
     step.iterations = None;

@@ -39,6 +39,7 @@ fn every_valid_example_lints_clean() {
         names,
         [
             "billing",
+            "cart",
             "checkout",
             "inventory",
             "payments",

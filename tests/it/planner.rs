@@ -172,6 +172,8 @@ struct World {
     /// The measurements taken last, to replay them.
     taken: Vec<Sample>,
     last: Option<Plan>,
+    /// Every traffic the router was given, oldest first.
+    applied: Vec<Traffic>,
 }
 
 impl World {
@@ -191,6 +193,7 @@ impl World {
             samples: Vec::new(),
             taken: Vec::new(),
             last: None,
+            applied: Vec::new(),
         }
     }
 
@@ -247,6 +250,7 @@ impl World {
 
     /// The router takes `t` whole, routes and sticky key included (as the embedded router).
     fn apply(&mut self, t: &Traffic) {
+        self.applied.push(t.clone());
         self.router = Observed {
             backends: t
                 .backends
@@ -2822,4 +2826,102 @@ fn flaggers_ab_form_aborts_on_a_failing_metric_with_nobody_left_on_the_canary() 
     assert!(matches!(p.action, Action::Abort { .. }), "{:?}", p.action);
     assert_eq!(w.router(), "blue=100 green=0");
     assert!(w.router.routes.is_empty());
+}
+
+const BLUE_GREEN: &str = "
+    strategy:
+      blueGreen:
+        preview: [{headerName: X-Preview, headerValue: {exact: \"1\"}}]
+        prePromotionAnalysis: {interval: 1m, count: 2, metrics: [{name: errors, template: error-rate}]}
+        autoPromotionSeconds: 30
+        postPromotionAnalysis: {interval: 1m, count: 2, metrics: [{name: errors, template: error-rate}]}
+";
+
+/// Plans, measuring `answer` whenever asked and sleeping to each wake, until `done`; the
+/// traffic the router was given meanwhile.
+fn run_until(w: &mut World, answer: f64, done: impl Fn(&World) -> bool) -> Vec<Traffic> {
+    let from = w.applied.len();
+    for _ in 0..100 {
+        let p = w.step();
+        if done(w) {
+            return w.applied[from..].to_vec();
+        }
+        if !p.measure.is_empty() {
+            w.measure(value(answer));
+        } else if p.traffic.is_none()
+            && let Some(at) = p.wake
+        {
+            // Nothing to read back: on to the next time the plan asked for.
+            w.now = at;
+        }
+    }
+    panic!("not done; last: {:#?}", w.last);
+}
+
+#[test]
+fn blue_green_previews_at_0_then_switches_all_traffic_in_one_apply() {
+    let spec = canary(BLUE_GREEN);
+    assert_eq!(spec.steps.len(), 5, "{:?}", spec.steps);
+    let mut w = World::new(spec);
+    let p = w.step();
+    assert_eq!(p.action, Action::SetRoutes { step: 0 });
+    assert_eq!(
+        w.router(),
+        "blue=100 green=0",
+        "ordinary traffic stays on blue"
+    );
+    assert_eq!(w.router.routes[0].name, "preview");
+    // Pre-promotion analysis on the preview traffic, then 30 s, then the switch.
+    let switches = run_until(&mut w, 0.0, |w| w.run().weight == pct(100));
+    assert_eq!(
+        switches
+            .iter()
+            .map(|t| t.backends["green"].get())
+            .collect::<Vec<_>>(),
+        [100],
+        "one apply moves everyone: {switches:?}"
+    );
+    assert_eq!(w.router(), "blue=0 green=100");
+    assert!(
+        w.router.backends.contains_key("blue"),
+        "the old side kept, at 0"
+    );
+    run_until(&mut w, 0.0, |w| w.phase() == "promoted");
+    assert!(
+        w.router.routes.is_empty(),
+        "the preview route goes with the promotion"
+    );
+}
+
+#[test]
+fn blue_green_switches_back_in_one_apply_when_post_promotion_analysis_fails() {
+    let mut w = World::new(canary(BLUE_GREEN));
+    run_until(&mut w, 0.0, |w| {
+        matches!(w.status.progress, Progress::Analysing { .. }) && w.run().weight == pct(100)
+    });
+    let applies = run_until(&mut w, 0.5, |w| w.phase() == "aborted");
+    assert_eq!(applies.len(), 1, "{applies:?}");
+    assert_eq!(w.router(), "blue=100 green=0");
+}
+
+#[test]
+fn blue_green_without_auto_promotion_waits_for_a_promote_commit() {
+    let mut w = World::new(canary(
+        "
+        strategy:
+          blueGreen:
+            preview: [{headers: {X-Preview: {exact: \"1\"}}}]
+            autoPromotionEnabled: false
+        ",
+    ));
+    let p = w.settle();
+    assert!(
+        matches!(&p.action, Action::Wait { reason } if reason.contains("promote")),
+        "{:?}",
+        p.action
+    );
+    assert_eq!(w.router(), "blue=100 green=0");
+    w.commit("c1", GateAction::Promote);
+    w.settle();
+    assert_eq!(w.router(), "blue=0 green=100");
 }

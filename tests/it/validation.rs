@@ -913,3 +913,25 @@ fn flaggers_ab_form_needs_iterations_and_no_steps_beside_it() {
         )],
     );
 }
+
+#[test]
+fn blue_green_is_a_strategy_instead_of_steps_with_a_preview_that_matches() {
+    let bg = "strategy:\n  blueGreen:\n    preview: [{headerName: X-Preview, headerValue: {exact: \"1\"}}]\n    autoPromotionSeconds: 30\n";
+    let r = valid(bg);
+    assert_eq!(
+        r.steps.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "header route preview: X-Preview=1",
+            "pause 30s",
+            "setWeight 100"
+        ]
+    );
+    check(
+        &format!("{bg}steps: [{{setWeight: 10}}]"),
+        &[("spec.strategy", "replaces the steps")],
+    );
+    check(
+        "strategy:\n  blueGreen:\n    preview: []\n",
+        &[("spec.strategy.blueGreen.preview", "the match list is empty")],
+    );
+}

@@ -141,6 +141,40 @@ pub struct RolloutSpec {
     /// modulo 10,000, is below 100·w; a cookie the client lacks is set on the first answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<Sticky>,
+    /// `strategy: {blueGreen: {...}}`: the new side behind a preview route first, then one
+    /// switch of all traffic, the old side kept on the router to switch back. Replaces `steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+}
+
+/// How the canary is rolled out, when not by `steps`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub enum Strategy {
+    BlueGreen(BlueGreen),
+}
+
+/// Blue/green, in Argo Rollouts' words: the new side is reachable only through `preview`
+/// (a header or cookie match) at 0 % of ordinary traffic; `prePromotionAnalysis` runs on that
+/// preview traffic; after `autoPromotionSeconds` (default 0), or a promote commit when
+/// `autoPromotionEnabled: false`, one switch moves 100 %; `postPromotionAnalysis` then runs on
+/// all traffic, and a failure switches back in one apply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct BlueGreen {
+    /// The preview route's match entries (alternatives), as in `setHeaderRoute`.
+    pub preview: Vec<RouteMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promotion_analysis: Option<Analysis>,
+    /// Default `true`: switch after `autoPromotionSeconds`; `false`: wait for a promote commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promotion_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promotion_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_promotion_analysis: Option<Analysis>,
 }
 
 /// `sticky:`: the request key that picks a user's side.
