@@ -559,6 +559,54 @@ fn testers_reach_the_canary_at_weight_0_and_nobody_after_an_abort() {
     }
 }
 
+#[test]
+fn blue_green_previews_with_a_header_switches_in_one_apply_and_a_revert_switches_back() {
+    const BLUE_GREEN: &str = "  strategy:
+    blueGreen:
+      preview: [{headerName: X-Preview, headerValue: {exact: \"1\"}}]
+      autoPromotionEnabled: false
+";
+    let mut w = World::new(0.0, 0.0);
+    w.start_on_stable(BLUE_GREEN);
+    w.merge(
+        "checkout.yaml",
+        &w.spec(true, BLUE_GREEN),
+        "checkout: green 1.1, blue/green",
+    );
+    w.wait_for("checkout", 30, "the preview route verified", |s| {
+        phase(s) == "paused" && verified(s) && !s.routes.is_empty()
+    });
+    let preview = [("X-Preview", "1")];
+    for _ in 0..20 {
+        assert_eq!(answered_by(&w, &preview), "green");
+    }
+    let ordinary = w.traffic(200);
+    assert_eq!(ordinary.by_backend.get("blue"), Some(&200), "{ordinary:?}");
+    // The switch: one status commit names 100 %, and everyone is on green after it.
+    w.gate("promote");
+    w.wait_for("checkout", 30, "promoted", |s| phase(s) == "promoted");
+    assert_eq!(w.traffic(100).by_backend.get("green"), Some(&100));
+    let log = w.status_log("checkout");
+    let raised: Vec<&str> = log.lines().filter(|l| l.contains("weight 100%")).collect();
+    assert_eq!(raised.len(), 1, "one apply switches all traffic:\n{log}");
+    // A revert of the release (the merge, under the promote commit): back on blue within the
+    // poll interval (1 s) plus 1 s.
+    let started = Instant::now();
+    git(&w.work, &["revert", "--no-edit", "HEAD~1"]);
+    git(&w.work, &["push", "-q", "origin", "HEAD:main"]);
+    while answered_by(&w, &[]) != "blue" {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "still on green after {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = started.elapsed();
+    println!("revert → blue serving after {took:?}");
+    assert_eq!(w.traffic(100).by_backend.get("blue"), Some(&100));
+}
+
 /// The forge end to end: the daemon against the GitHub stand-in (every request checked
 /// against GitHub's published description), with a token from a file.
 mod on_github {
