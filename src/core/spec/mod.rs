@@ -501,16 +501,19 @@ impl RouterKind {
         RouterKind::GatewayApi,
     ];
 
-    /// Whether canaryd sets header, cookie and query routes on this kind of router.
+    /// Whether canaryd sets header, cookie and query routes on this kind of router. HAProxy
+    /// does through runtime maps, one criterion per match; its driver refuses a match of
+    /// several criteria at apply (the kind alone cannot say), and needs the backend's
+    /// configuration snippet (`edge::router::haproxy::maps::snippet`).
     pub fn can_route(self) -> bool {
-        matches!(self, RouterKind::Embedded)
+        matches!(self, RouterKind::Embedded | RouterKind::Haproxy)
     }
 
     /// Whether canaryd keeps users on one side on this kind of router, monotonically (a user
     /// is on the canary at weight w exactly when the key's bucket is below 100·w). A router
     /// whose stickiness is only a cookie pinning a first random draw is not one.
     pub fn can_stick(self) -> bool {
-        matches!(self, RouterKind::Embedded)
+        matches!(self, RouterKind::Embedded | RouterKind::Haproxy)
     }
 
     /// The kinds for which `can` holds, for a message: `embedded, haproxy`.
