@@ -757,10 +757,8 @@ async fn routers_that_take_weights_alone_refuse_routes_and_sticky_users() {
     };
     // Nothing listens at any of these: an attempt to reach the router would be a different
     // error (unreachable), and no file is written.
+    // HAProxy routes and sticks (router_haproxy's tests); the others refuse.
     let specs = [
-        RouterSpec::Haproxy {
-            runtime_api: "127.0.0.1:1".to_string(),
-        },
         RouterSpec::Traefik {
             api: "http://127.0.0.1:1".to_string(),
             dynamic_file: path("dynamic.yaml"),
@@ -799,7 +797,7 @@ async fn routers_that_take_weights_alone_refuse_routes_and_sticky_users() {
                 err.to_string(),
                 format!(
                     "router `edge` cannot be used: {what} are not supported by router kind \
-                     `{kind}` yet; routers that can: embedded"
+                     `{kind}` yet; routers that can: embedded, haproxy"
                 )
             );
         }
