@@ -1,4 +1,4 @@
-//! The HAProxy driver: reads and sets server weights of an HAProxy `backend` through the runtime API (stats socket).
+//! The HAProxy driver: reads and sets server weights, routes and sticky users of an HAProxy `backend` through the runtime API (stats socket).
 //!
 //! A rollout's `service` is an HAProxy `backend`; its stable and canary are `server`s in it.
 //! Weights are read with `show servers state <backend>` (the `srv_uweight` column, the weight
@@ -25,6 +25,13 @@
 //! 70/30 still passes through 80/30 (27 %), for one scheduler pass (5 to 30 µs on average on a
 //! busy 2-core machine) instead of a client round trip between two connections (about 0.6 ms);
 //! a step from or to 0 % passes through no other split.
+//!
+//! Routes and sticky users live in two runtime maps of the backend, which its configuration
+//! loads and consults through a fixed snippet ([`maps`], [`maps::snippet`]): `apply` replaces
+//! each map's entries at once (`prepare map`, `add map @<version>`, `commit map`) and then sets
+//! the weights; `observe` and `observe_all` find the maps by file name in `show map` (on the
+//! same line as the servers) and read them back into [`Observed`]'s routes and sticky key. A
+//! backend without the maps holds no routes; routes or a sticky key for it are refused.
 //!
 //! Weights set through the runtime API live in the running process only: a reload or restart
 //! goes back to the configuration's weights unless a `server-state-file` is loaded. The

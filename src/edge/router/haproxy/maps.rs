@@ -526,3 +526,23 @@ mod tests {
         assert_eq!(cli_arg("a\\.b;c d"), "a\\\\.b\\;c\\ d");
     }
 }
+
+#[cfg(test)]
+mod readme {
+    use super::*;
+
+    /// The README shows the snippet as this function writes it.
+    #[test]
+    fn the_readme_shows_the_snippet() {
+        let snippet = snippet(
+            "checkout",
+            "/etc/haproxy",
+            &[(Field::Header, "X-Canary"), (Field::Cookie, "beta")],
+            Some(&Sticky::Header("X-User-Id".to_string())),
+        );
+        let readme = include_str!("../../../../README.md");
+        if !readme.contains(&snippet) {
+            panic!("README.md lacks the snippet:\n{snippet}");
+        }
+    }
+}
