@@ -726,7 +726,46 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
     let mut previous: Vec<Option<String>> = vec![None; USERS];
     let (mut moved_back, mut not_as_modelled) = (Vec::new(), Vec::new());
     let mut shares = Vec::new();
+    // While the steps change the maps and the weights (up to the abort), a sampler keeps asking
+    // for 200 users: none may be seen back on stable once seen on the canary, none may fail.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let mut sampler = Some({
+        let (c, frontend, sampling) = (c.clone(), haproxy.frontend, sampling.clone());
+        tokio::spawn(async move {
+            let (mut seen, mut failed) = (Vec::new(), Vec::new());
+            while sampling.load(Ordering::SeqCst) {
+                for u in 0..200 {
+                    let user = format!("user-{u}");
+                    match answered_by(&c, frontend, &[("X-User-Id", &user)]).await {
+                        Ok(b) => seen.push((u, b)),
+                        Err(e) => failed.push(format!("{user}: {e}")),
+                    }
+                }
+            }
+            (seen, failed)
+        })
+    });
     for (name, traffic) in &steps {
+        if name == "abort" {
+            sampling.store(false, Ordering::SeqCst);
+            let (seen, failed) = sampler.take().unwrap().await.unwrap();
+            assert!(failed.is_empty(), "sampler: failed requests: {failed:?}");
+            let mut on_canary = BTreeSet::new();
+            let mut back = Vec::new();
+            for (u, b) in &seen {
+                if b == "green" {
+                    on_canary.insert(*u);
+                } else if on_canary.contains(u) {
+                    back.push(*u);
+                }
+            }
+            println!(
+                "haproxy sampler: {} requests while the steps changed, {} users back on stable",
+                seen.len(),
+                back.len()
+            );
+            assert!(back.is_empty(), "sampler: users back on stable: {back:?}");
+        }
         router
             .apply("checkout", traffic)
             .await
