@@ -893,6 +893,14 @@ async fn routes_and_the_sticky_key_are_read_back_as_applied() {
                         Pattern::Prefix("on".to_string()),
                     )],
                 },
+                // The snippet spells it `X-Canary`: header names compare without case.
+                Match {
+                    all: vec![criterion(
+                        Field::Header,
+                        "x-canary",
+                        Pattern::Exact("lower".to_string()),
+                    )],
+                },
             ],
             backend: "green".to_string(),
         },
@@ -939,8 +947,12 @@ async fn routes_and_the_sticky_key_are_read_back_as_applied() {
             .unwrap_or_default()
             .to_string()
     };
-    assert_eq!(by(&[("X-Canary", "a.b c;d\\e$")], "").await, "green");
-    assert_eq!(by(&[("cookie", "beta=onwards")], "").await, "green");
+    // Blue has 75 % of the weight: eight times each, so that no route passes by chance.
+    for _ in 0..8 {
+        assert_eq!(by(&[("X-Canary", "a.b c;d\\e$")], "").await, "green");
+        assert_eq!(by(&[("cookie", "beta=onwards")], "").await, "green");
+        assert_eq!(by(&[("X-Canary", "lower")], "").await, "green");
+    }
     // `android-7` matches the regex and goes to blue, whatever the weights.
     router
         .apply("checkout", &{

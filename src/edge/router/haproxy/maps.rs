@@ -4,9 +4,10 @@
 //! criterion, in route order, whose key is a regular expression over `<field>:<name>=<value>`
 //! (the sample the snippet builds) and whose value is `<server>/<route name>`:
 //!
-//! - exact `always` on header `X-Canary`: `^header:X-Canary=always$`
-//! - prefix `be`: `^header:X-Canary=be` (no `$`)
-//! - regex `b.*`: `^header:X-Canary=(?:b.*)$` (the whole value, as the model matches)
+//! - exact `always` on header `X-Canary`: `^(?i:header:X-Canary=)always$` (header names
+//!   without case; cookie and query names as they are: `^cookie:beta=…`)
+//! - prefix `be`: `^(?i:header:X-Canary=)be` (no `$`)
+//! - regex `b.*`: `^(?i:header:X-Canary=)(?:b.*)$` (the whole value, as the model matches)
 //!
 //! Literal text is escaped (`\.`, and `\x20` for a space) so that a regex key reads back as the
 //! route it came from. A match of several criteria (ANDed) has no such entry and is refused.
@@ -165,7 +166,12 @@ pub fn route_entries(routes: &[Route]) -> Result<Vec<Entry>, String> {
                     c.name.escape_debug()
                 ));
             }
-            let prefix = format!("^{}:{}=", field_word(c.on), escape(&c.name));
+            // Header names compare without case, as HTTP has them (the snippet may spell one
+            // otherwise than the rollout); cookie and query names as they are.
+            let prefix = match c.on {
+                Field::Header => format!("^(?i:header:{}=)", escape(&c.name)),
+                on => format!("^{}:{}=", field_word(on), escape(&c.name)),
+            };
             let key = match &c.value {
                 Pattern::Exact(v) => format!("{prefix}{}$", escape(v)),
                 Pattern::Prefix(v) => format!("{prefix}{}", escape(v)),
@@ -212,14 +218,19 @@ pub fn routes_of(entries: &[Entry]) -> Result<Vec<Route>, String> {
 /// The criterion a key of [`route_entries`] stands for.
 fn criterion_of(key: &str) -> Option<Criterion> {
     let rest = key.strip_prefix('^')?;
-    let (word, rest) = rest.split_once(':')?;
-    let on = match word {
-        "header" => Field::Header,
-        "cookie" => Field::Cookie,
-        "query" => Field::Query,
-        _ => return None,
+    let (on, name, body) = if let Some(header) = rest.strip_prefix("(?i:header:") {
+        let (name, body) = header.split_once("=)")?;
+        (Field::Header, name, body)
+    } else {
+        let (word, rest) = rest.split_once(':')?;
+        let on = match word {
+            "cookie" => Field::Cookie,
+            "query" => Field::Query,
+            _ => return None,
+        };
+        let (name, body) = rest.split_once('=')?;
+        (on, name, body)
     };
-    let (name, body) = rest.split_once('=')?;
     if !plain_name(&name.replace('\\', "")) {
         return None;
     }
@@ -435,8 +446,8 @@ mod tests {
             ),
         ];
         let entries = route_entries(&routes).unwrap();
-        assert_eq!(entries[0].0, "^header:X-Canary=always$");
-        assert_eq!(entries[1].0, "^header:X-Canary=a\\.b\\x20c\\\\d;\\$$");
+        assert_eq!(entries[0].0, "^(?i:header:X-Canary=)always$");
+        assert_eq!(entries[1].0, "^(?i:header:X-Canary=)a\\.b\\x20c\\\\d;\\$$");
         assert_eq!(entries[2].0, "^cookie:beta=on\\(");
         assert_eq!(
             entries[3],
@@ -449,7 +460,9 @@ mod tests {
         // The exact key matches the whole value, the prefix key its start.
         let re = regex::Regex::new(&entries[1].0).unwrap();
         assert!(re.is_match("header:X-Canary=a.b c\\d;$"));
+        assert!(re.is_match("header:x-canary=a.b c\\d;$"));
         assert!(!re.is_match("header:X-Canary=aXb c\\d;$"));
+        assert!(!re.is_match("header:X-Canary=A.b c\\d;$"));
     }
 
     #[test]
@@ -472,7 +485,13 @@ mod tests {
         ] {
             assert!(route_entries(&[bad]).is_err());
         }
-        for key in ["header:a=1", "^other:a=1", "^header:a=x.y", "^header:a=\\q"] {
+        for key in [
+            "(?i:header:a=)1",
+            "^header:a=1",
+            "^other:a=1",
+            "^(?i:header:a=)x.y",
+            "^(?i:header:a=)\\q",
+        ] {
             assert!(criterion_of(key).is_none(), "{key}");
         }
     }
