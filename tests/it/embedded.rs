@@ -757,10 +757,8 @@ async fn routers_that_take_weights_alone_refuse_routes_and_sticky_users() {
     };
     // Nothing listens at any of these: an attempt to reach the router would be a different
     // error (unreachable), and no file is written.
+    // HAProxy routes and sticks (router_haproxy's tests); the others refuse.
     let specs = [
-        RouterSpec::Haproxy {
-            runtime_api: "127.0.0.1:1".to_string(),
-        },
         RouterSpec::Traefik {
             api: "http://127.0.0.1:1".to_string(),
             dynamic_file: path("dynamic.yaml"),
@@ -790,16 +788,18 @@ async fn routers_that_take_weights_alone_refuse_routes_and_sticky_users() {
         let driver = Driver::connect("edge", spec).unwrap();
         let routes = "header and cookie routes";
         let sticky = "sticky users";
-        // A Gateway API router takes routes (its own tests show how), not sticky users.
-        let refused: &[(&Traffic, &str, &str)] = if spec.kind().can_route() {
-            &[(&sticky_only, sticky, "embedded")]
-        } else {
-            &[
-                (&sticky_at(10), routes, "embedded, gatewayApi"),
-                (&sticky_only, sticky, "embedded"),
-                (&routes_only, routes, "embedded, gatewayApi"),
-            ]
-        };
+        let (can_route, can_stick) = ("embedded, haproxy, gatewayApi", "embedded, haproxy");
+        // HAProxy takes both and a Gateway API router routes (their own tests show how).
+        let refused: &[(&Traffic, &str, &str)] =
+            match (spec.kind().can_route(), spec.kind().can_stick()) {
+                (true, true) => &[],
+                (true, false) => &[(&sticky_only, sticky, can_stick)],
+                _ => &[
+                    (&sticky_at(10), routes, can_route),
+                    (&sticky_only, sticky, can_stick),
+                    (&routes_only, routes, can_route),
+                ],
+            };
         for (t, what, can) in refused {
             let err = driver.apply("shop", t).await.unwrap_err();
             assert!(matches!(err, RouterError::Setup { .. }), "{kind}: {err}");

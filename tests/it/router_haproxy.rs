@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use canaryd::core::model::{Observed, Traffic, Weight};
+use canaryd::core::model::{
+    Criterion, Field, Match, Observed, Pattern, Route, Sticky, Traffic, Weight, on_canary,
+};
 use canaryd::edge::backend::{LoadConfig, LoadReport, load};
 use canaryd::edge::router::RouterError;
 use canaryd::edge::router::haproxy::HaproxyRouter;
@@ -18,7 +20,7 @@ use crate::support::net::{Relay, Silent};
 use crate::support::observe::{
     assert_unknown, blue_green, observe_all_checked, services, weights_of,
 };
-use crate::support::rig::haproxy::Haproxy;
+use crate::support::rig::haproxy::{Haproxy, STICKY_KEY};
 use crate::support::world::{GATED, World, rollout_through, runtime};
 
 /// HAProxy in front of blue (weight 100) and green (weight 0) in backend `checkout`, and the
@@ -604,12 +606,12 @@ async fn every_backend_is_read_with_one_command() {
     assert_eq!(
         relay.lines(),
         [
-            "show servers state;show backend",
-            "show servers state checkout",
-            "show servers state search",
-            "show servers state profile",
-            "show servers state spare",
-            "show servers state cart",
+            "show servers state;show backend;show map",
+            "show servers state checkout;show map",
+            "show servers state search;show map",
+            "show servers state profile;show map",
+            "show servers state spare;show map",
+            "show servers state cart;show map",
         ]
     );
     assert_eq!(weights_of(&all, "checkout"), &blue_green(90, 10));
@@ -645,4 +647,347 @@ async fn ten_thousand_backends_of_two_servers_fit_in_one_answer() {
     for name in &names {
         assert_eq!(weights_of(&all, name), &blue_green(90, 10), "{name}");
     }
+}
+
+/// Backend `checkout` at `canary` percent for green, keyed by `X-User-Id`, with the marked group
+/// (`X-Canary: always`) routed to green.
+fn routed_at(canary: u8) -> Traffic {
+    let mut t = split(i64::from(100 - canary), i64::from(canary));
+    t.routes = vec![Route {
+        name: "marked".to_string(),
+        matches: vec![Match {
+            all: vec![Criterion {
+                on: Field::Header,
+                name: "X-Canary".to_string(),
+                value: Pattern::Exact("always".to_string()),
+            }],
+        }],
+        backend: "green".to_string(),
+    }];
+    t.sticky = Some(Sticky::Header(STICKY_KEY.to_string()));
+    t.canary = Some("green".to_string());
+    t
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// The backend that answered one GET with `headers` (the first word of its body).
+async fn answered_by(
+    c: &reqwest::Client,
+    frontend: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+) -> Result<String, String> {
+    let mut req = c.get(format!("http://{frontend}/"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp.text().await.map_err(|e| e.to_string())?;
+    let backend = body
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if status != 200 {
+        return Err(format!("{status} from `{backend}`"));
+    }
+    Ok(backend)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its_route() {
+    const USERS: usize = 2_000;
+    const CLIENTS: usize = 8;
+    /// One marked request every this many users.
+    const MARK_EVERY: usize = 10;
+    let backends = Backends::start(&[Server::new("blue"), Server::new("green")]).await;
+    let haproxy = Haproxy::start_routed("checkout", backends.upstreams())
+        .await
+        .unwrap();
+    let router = haproxy.unix();
+    let c = http_client();
+    // Weight 0 with the route only, the steps with sticky users, then an abort.
+    let mut steps: Vec<(String, Traffic)> = vec![("0 (route only)".to_string(), {
+        let mut t = routed_at(0);
+        t.sticky = None;
+        t
+    })];
+    for w in [10u8, 25, 50, 100] {
+        steps.push((format!("{w}"), routed_at(w)));
+    }
+    steps.push(("abort".to_string(), split(100, 0)));
+    let mut previous: Vec<Option<String>> = vec![None; USERS];
+    let (mut moved_back, mut not_as_modelled) = (Vec::new(), Vec::new());
+    let mut shares = Vec::new();
+    // While the steps change the maps and the weights (up to the abort), a sampler keeps asking
+    // for 200 users: none may be seen back on stable once seen on the canary, none may fail.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let mut sampler = Some({
+        let (c, frontend, sampling) = (c.clone(), haproxy.frontend, sampling.clone());
+        tokio::spawn(async move {
+            let (mut seen, mut failed) = (Vec::new(), Vec::new());
+            while sampling.load(Ordering::SeqCst) {
+                for u in 0..200 {
+                    let user = format!("user-{u}");
+                    match answered_by(&c, frontend, &[("X-User-Id", &user)]).await {
+                        Ok(b) => seen.push((u, b)),
+                        Err(e) => failed.push(format!("{user}: {e}")),
+                    }
+                }
+            }
+            (seen, failed)
+        })
+    });
+    for (name, traffic) in &steps {
+        if name == "abort" {
+            sampling.store(false, Ordering::SeqCst);
+            let (seen, failed) = sampler.take().unwrap().await.unwrap();
+            assert!(failed.is_empty(), "sampler: failed requests: {failed:?}");
+            let mut on_canary = BTreeSet::new();
+            let mut back = Vec::new();
+            for (u, b) in &seen {
+                if b == "green" {
+                    on_canary.insert(*u);
+                } else if on_canary.contains(u) {
+                    back.push(*u);
+                }
+            }
+            println!(
+                "haproxy sampler: {} requests while the steps changed, {} users back on stable",
+                seen.len(),
+                back.len()
+            );
+            assert!(back.is_empty(), "sampler: users back on stable: {back:?}");
+        }
+        router
+            .apply("checkout", traffic)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", haproxy.log()));
+        let observed = router.observe("checkout").await.unwrap();
+        assert_eq!(
+            (&observed.routes, &observed.sticky),
+            (&traffic.routes, &traffic.sticky),
+            "{name}: read back as applied"
+        );
+        let mut tasks = Vec::new();
+        for k in 0..CLIENTS {
+            let (c, frontend) = (c.clone(), haproxy.frontend);
+            tasks.push(tokio::spawn(async move {
+                let (mut users, mut marked, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+                for u in (k..USERS).step_by(CLIENTS) {
+                    let user = format!("user-{u}");
+                    match answered_by(&c, frontend, &[("X-User-Id", &user)]).await {
+                        Ok(b) => users.push((u, b)),
+                        Err(e) => failed.push(format!("{user}: {e}")),
+                    }
+                    if u % MARK_EVERY == 0 {
+                        let tester = format!("tester-{u}");
+                        let headers = [("X-User-Id", tester.as_str()), ("X-Canary", "always")];
+                        match answered_by(&c, frontend, &headers).await {
+                            Ok(b) => marked.push(b),
+                            Err(e) => failed.push(format!("{tester}: {e}")),
+                        }
+                    }
+                }
+                (users, marked, failed)
+            }));
+        }
+        let (mut users_on_canary, mut marked_total, mut marked_canary) = (0usize, 0usize, 0usize);
+        for task in tasks {
+            let (users, marked, failed) = task.await.unwrap();
+            assert!(failed.is_empty(), "{name}: failed requests: {failed:?}");
+            for (u, b) in users {
+                if traffic.sticky.is_some() {
+                    let canary = traffic.backends["green"];
+                    let want = if on_canary(&format!("user-{u}"), canary) {
+                        "green"
+                    } else {
+                        "blue"
+                    };
+                    if b != want {
+                        not_as_modelled.push(format!("user-{u} on {b} at {name}"));
+                    }
+                }
+                if previous[u].as_deref() == Some("green") && b != "green" {
+                    moved_back.push(format!("user-{u} at {name}"));
+                }
+                users_on_canary += usize::from(b == "green");
+                previous[u] = Some(b);
+            }
+            marked_total += marked.len();
+            marked_canary += marked.iter().filter(|b| *b == "green").count();
+        }
+        let share = users_on_canary as f64 * 100.0 / USERS as f64;
+        println!(
+            "haproxy step {name}: {share:.2} % of {USERS} users on the canary; \
+             {marked_canary} of {marked_total} marked requests on it"
+        );
+        shares.push((name.clone(), share, marked_canary, marked_total));
+        let weight = f64::from(traffic.backends["green"].get());
+        if name == "abort" {
+            assert_eq!(
+                marked_canary, 0,
+                "abort: marked requests still reach the canary"
+            );
+            assert_eq!(users_on_canary, 0, "abort: users still on the canary");
+        } else {
+            assert_eq!(
+                marked_canary, marked_total,
+                "{name}: a marked request missed the canary"
+            );
+            if traffic.sticky.is_some() {
+                assert!(
+                    (share - weight).abs() <= 3.0,
+                    "{name}: {share:.2} % of users on the canary at weight {weight}"
+                );
+            }
+        }
+        if name != "abort" {
+            assert!(
+                moved_back.is_empty(),
+                "moved back to stable: {moved_back:?}"
+            );
+        }
+        // HAProxy's `crc32,mod(10000)` is the model's bucket: every user where `on_canary` says.
+        assert!(not_as_modelled.is_empty(), "{not_as_modelled:?}");
+    }
+    println!("haproxy sticky steps: {shares:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_the_sticky_key_are_read_back_as_applied() {
+    let (haproxy_plain, _plain_backends) = start().await;
+    let backends = Backends::start(&[Server::new("blue"), Server::new("green")]).await;
+    let haproxy = Haproxy::start_routed("checkout", backends.upstreams())
+        .await
+        .unwrap();
+    let router = haproxy.unix();
+    let criterion = |on: Field, name: &str, value: Pattern| Criterion {
+        on,
+        name: name.to_string(),
+        value,
+    };
+    let mut t = routed_at(25);
+    t.routes = vec![
+        Route {
+            name: "testers".to_string(),
+            matches: vec![
+                Match {
+                    all: vec![criterion(
+                        Field::Header,
+                        "X-Canary",
+                        Pattern::Exact("a.b c;d\\e$".to_string()),
+                    )],
+                },
+                Match {
+                    all: vec![criterion(
+                        Field::Cookie,
+                        "beta",
+                        Pattern::Prefix("on".to_string()),
+                    )],
+                },
+                // The snippet spells it `X-Canary`: header names compare without case.
+                Match {
+                    all: vec![criterion(
+                        Field::Header,
+                        "x-canary",
+                        Pattern::Exact("lower".to_string()),
+                    )],
+                },
+            ],
+            backend: "green".to_string(),
+        },
+        Route {
+            name: "apps".to_string(),
+            matches: vec![Match {
+                all: vec![criterion(
+                    Field::Query,
+                    "app",
+                    Pattern::Regex("ios|android-[0-9]+".to_string()),
+                )],
+            }],
+            backend: "blue".to_string(),
+        },
+    ];
+    router.apply("checkout", &t).await.unwrap();
+    let observed = router.observe("checkout").await.unwrap();
+    assert_eq!((&observed.routes, &observed.sticky), (&t.routes, &t.sticky));
+    let all = router.observe_all(&services(&["checkout"])).await.unwrap();
+    let seen = all["checkout"].as_ref().unwrap();
+    assert_eq!((&seen.routes, &seen.sticky), (&t.routes, &t.sticky));
+    // The routes route: whole exact value, cookie prefix, query regex.
+    let c = http_client();
+    let by = async |headers: &[(&str, &str)], query: &str| {
+        let resp = c
+            .get(format!("http://{}/{query}", haproxy.frontend))
+            .headers(
+                headers
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            reqwest::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                            reqwest::header::HeaderValue::from_str(v).unwrap(),
+                        )
+                    })
+                    .collect(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let body = resp.text().await.unwrap();
+        body.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Blue has 75 % of the weight: eight times each, so that no route passes by chance.
+    for _ in 0..8 {
+        assert_eq!(by(&[("X-Canary", "a.b c;d\\e$")], "").await, "green");
+        assert_eq!(by(&[("cookie", "beta=onwards")], "").await, "green");
+        assert_eq!(by(&[("X-Canary", "lower")], "").await, "green");
+    }
+    // `android-7` matches the regex and goes to blue, whatever the weights.
+    router
+        .apply("checkout", &{
+            let mut w = t.clone();
+            w.backends = split(0, 100).backends;
+            w.sticky = None;
+            w
+        })
+        .await
+        .unwrap();
+    assert_eq!(by(&[], "?app=android-7").await, "blue");
+    assert_eq!(by(&[], "?app=android-x").await, "green");
+    assert_eq!(by(&[("X-Canary", "a.b c;d\\eX")], "?app=ios").await, "blue");
+    // Clearing: no routes, no key.
+    router.apply("checkout", &split(100, 0)).await.unwrap();
+    let observed = router.observe("checkout").await.unwrap();
+    assert!(
+        observed.routes.is_empty() && observed.sticky.is_none(),
+        "{observed:?}"
+    );
+    // What the maps cannot hold is refused before anything changes.
+    let mut and = routed_at(10);
+    and.routes[0].matches[0].all.push(criterion(
+        Field::Cookie,
+        "beta",
+        Pattern::Exact("on".into()),
+    ));
+    let e = router.apply("checkout", &and).await.unwrap_err();
+    assert!(matches!(e, RouterError::Setup { .. }), "{e:?}");
+    assert!(e.to_string().contains("(ANDed)"), "{e}");
+    assert_eq!(percentages(&router).await, (100, 0));
+    // A backend configured without the snippet refuses routes and keys, takes weights.
+    let plain = haproxy_plain.unix();
+    let e = plain.apply("checkout", &routed_at(10)).await.unwrap_err();
+    assert!(matches!(e, RouterError::Setup { .. }), "{e:?}");
+    assert!(e.to_string().contains("canaryd.checkout.routes.map"), "{e}");
+    plain.apply("checkout", &split(90, 10)).await.unwrap();
 }

@@ -795,10 +795,10 @@ steps:
 
 #[test]
 fn a_router_that_cannot_route_by_request_is_refused_naming_those_that_can() {
-    let haproxy = "apiVersion: canaryd.dev/v1alpha1
+    let caddy = "apiVersion: canaryd.dev/v1alpha1
 kind: Router
 metadata: {name: lb}
-spec: {kind: haproxy, runtimeApi: \"127.0.0.1:9999\"}
+spec: {kind: caddy, admin: \"http://127.0.0.1:2019\", backends: {blue: \"127.0.0.1:9001\", green: \"127.0.0.1:9002\"}}
 ---
 apiVersion: canaryd.dev/v1alpha1
 kind: Rollout
@@ -813,7 +813,7 @@ spec:
   - setHeaderRoute: {name: t, match: [{headerName: X-Canary, headerValue: {exact: always}}]}
   - setWeight: 10
 ";
-    let (catalog, diags) = validate::validate_texts(&[("rollouts/web.yaml", haproxy)]);
+    let (catalog, diags) = validate::validate_texts(&[("rollouts/web.yaml", caddy)]);
     let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
     assert_eq!(errors.len(), 2, "{errors:#?}");
     for (e, (field, line)) in errors
@@ -821,12 +821,12 @@ spec:
         .zip([("spec.sticky", 14), ("spec.steps[0].setHeaderRoute", 16)])
     {
         assert_eq!(e.field, field, "{e:#?}");
-        assert!(e.message.contains("router kind `haproxy` cannot"), "{e:#?}");
+        assert!(e.message.contains("router kind `caddy` cannot"), "{e:#?}");
         assert!(
             e.help
                 .as_deref()
                 .unwrap()
-                .contains("routers that can: embedded")
+                .contains("routers that can: embedded, haproxy")
         );
         assert_eq!(e.position.line, line, "{e:#?}");
     }

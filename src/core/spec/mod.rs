@@ -543,9 +543,15 @@ impl RouterKind {
         RouterKind::GatewayApi,
     ];
 
-    /// Whether canaryd sets header, cookie and query routes on this kind of router.
+    /// Whether canaryd sets header, cookie and query routes on this kind of router. HAProxy
+    /// does through runtime maps, one criterion per match; its driver refuses a match of
+    /// several criteria at apply (the kind alone cannot say), and needs the backend's
+    /// configuration snippet (`edge::router::haproxy::maps::snippet`).
     pub fn can_route(self) -> bool {
-        matches!(self, RouterKind::Embedded | RouterKind::GatewayApi)
+        matches!(
+            self,
+            RouterKind::Embedded | RouterKind::Haproxy | RouterKind::GatewayApi
+        )
     }
 
     /// Whether routes on this kind may match cookies (an HTTPRoute has no cookie match).
@@ -557,7 +563,7 @@ impl RouterKind {
     /// is on the canary at weight w exactly when the key's bucket is below 100·w). A router
     /// whose stickiness is only a cookie pinning a first random draw is not one.
     pub fn can_stick(self) -> bool {
-        matches!(self, RouterKind::Embedded)
+        matches!(self, RouterKind::Embedded | RouterKind::Haproxy)
     }
 
     /// The kinds for which `can` holds, for a message: `embedded, haproxy`.

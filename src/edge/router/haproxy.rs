@@ -1,4 +1,4 @@
-//! The HAProxy driver: reads and sets server weights of an HAProxy `backend` through the runtime API (stats socket).
+//! The HAProxy driver: reads and sets server weights, routes and sticky users of an HAProxy `backend` through the runtime API (stats socket).
 //!
 //! A rollout's `service` is an HAProxy `backend`; its stable and canary are `server`s in it.
 //! Weights are read with `show servers state <backend>` (the `srv_uweight` column, the weight
@@ -26,6 +26,13 @@
 //! busy 2-core machine) instead of a client round trip between two connections (about 0.6 ms);
 //! a step from or to 0 % passes through no other split.
 //!
+//! Routes and sticky users live in two runtime maps of the backend, which its configuration
+//! loads and consults through a fixed snippet ([`maps`], [`maps::snippet`]): `apply` replaces
+//! each map's entries at once (`prepare map`, `add map @<version>`, `commit map`) and then sets
+//! the weights; `observe` and `observe_all` find the maps by file name in `show map` (on the
+//! same line as the servers) and read them back into [`Observed`]'s routes and sticky key. A
+//! backend without the maps holds no routes; routes or a sticky key for it are refused.
+//!
 //! Weights set through the runtime API live in the running process only: a reload or restart
 //! goes back to the configuration's weights unless a `server-state-file` is loaded. The
 //! daemon's read back then sees the difference as drift.
@@ -40,6 +47,8 @@ use tokio::net::{TcpStream, UnixStream};
 use super::{ObservedAll, RouterError};
 use crate::core::model::{Observed, Traffic};
 
+pub mod maps;
+
 /// How long one runtime API command may take, connecting included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest answer read to a command about one backend (`show servers state <backend>`, a
@@ -51,8 +60,17 @@ const MAX_ANSWER: usize = 4 * 1024 * 1024;
 /// 2 MB (read in 30 to 60 ms here); this bound holds over 100,000 servers even at 250 bytes a
 /// line, and [`REQUEST_TIMEOUT`] bounds the time it may take.
 const MAX_EVERY_ANSWER: usize = 32 * 1024 * 1024;
-/// The line `observe_all` sends: every backend's servers, then every backend's name.
-const EVERY_BACKEND: &str = "show servers state;show backend";
+/// The longest line of map commands canaryd sends (HAProxy reads a line into one buffer,
+/// 16 kB by default).
+const MAX_LINE: usize = 8 * 1024;
+/// What a backend's maps hold: its routes and its sticky key.
+type RequestState = (
+    Vec<crate::core::model::Route>,
+    Option<crate::core::model::Sticky>,
+);
+/// The line `observe_all` sends: every backend's servers, every backend's name, every map
+/// (whose canaryd maps it then reads on one more line, if there are any).
+const EVERY_BACKEND: &str = "show servers state;show backend;show map";
 
 /// Where HAProxy's runtime API listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,28 +139,186 @@ impl HaproxyRouter {
     pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
         self.check_name("backend", service)?;
         let answer = self
-            .command(&format!("show servers state {service}"), MAX_ANSWER)
+            .command(
+                &format!("show servers state {service};show map"),
+                MAX_ANSWER,
+            )
             .await?;
-        let backends = parse_servers_state(&answer).map_err(|message| {
-            self.answer_error(&format!("backend `{service}`"), &answer, message)
+        let answers = split_answers(&answer);
+        let state = answers.first().map_or("", String::as_str);
+        let backends = parse_servers_state(state).map_err(|message| {
+            self.answer_error(&format!("backend `{service}`"), state, message)
         })?;
         // HAProxy knows the backend (else it said so, above); without servers it has no line.
-        self.servers_of(service, backends.get(service))
+        let mut observed = self.servers_of(service, backends.get(service))?;
+        let files = self.map_list(answers.get(1))?;
+        let mut states = self.request_states(&files, &[service]).await?;
+        if let Some(state) = states.remove(service) {
+            (observed.routes, observed.sticky) = state?;
+        }
+        Ok(observed)
     }
 
     /// The live weights of every backend in `services`, from one line over one connection
     /// ([`EVERY_BACKEND`]); a backend HAProxy does not have is [`RouterError::Unknown`].
     pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
         let answer = self.command(EVERY_BACKEND, MAX_EVERY_ANSWER).await?;
-        self.observations(&answer, services)
+        let mut all = self.observations(&answer, services)?;
+        let files = self.map_list(split_answers(&answer).get(2))?;
+        let read: Vec<&str> = all
+            .iter()
+            .filter(|(_, o)| o.is_ok())
+            .map(|(s, _)| s.as_str())
+            .collect();
+        let states = self.request_states(&files, &read).await?;
+        for (service, state) in states {
+            if let Some(Ok(observed)) = all.get_mut(&service) {
+                match state {
+                    Ok((routes, sticky)) => (observed.routes, observed.sticky) = (routes, sticky),
+                    Err(e) => _ = all.insert(service, Err(e)),
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// File name → path of every map HAProxy holds, from its answer to `show map` (`None`:
+    /// the connection ended before it).
+    fn map_list(&self, answer: Option<&String>) -> Result<BTreeMap<String, String>, RouterError> {
+        let Some(answer) = answer else {
+            return Err(self.unreachable(format!(
+                "runtime api {} did not answer `show map`",
+                self.where_()
+            )));
+        };
+        maps::parse_map_list(answer).map_err(|m| self.rejected(m))
+    }
+
+    /// File name → path of every map HAProxy holds (`show map`).
+    async fn map_files(&self) -> Result<BTreeMap<String, String>, RouterError> {
+        let answer = self.command("show map", MAX_EVERY_ANSWER).await?;
+        self.map_list(Some(&answer))
+    }
+
+    /// The routes and sticky key that the maps of each of `services` hold (one line for all;
+    /// a backend without canaryd's maps holds none and is left out).
+    async fn request_states(
+        &self,
+        files: &BTreeMap<String, String>,
+        services: &[&str],
+    ) -> Result<BTreeMap<String, Result<RequestState, RouterError>>, RouterError> {
+        let mut wanted = Vec::new();
+        for service in services {
+            for file in [maps::routes_map(service), maps::sticky_map(service)] {
+                if let Some(path) = files.get(&file) {
+                    wanted.push((service.to_string(), file, path.clone()));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let line: Vec<String> = wanted
+            .iter()
+            .map(|(_, _, path)| format!("show map {}", maps::cli_arg(path)))
+            .collect();
+        let answer = self.command(&line.join(";"), MAX_EVERY_ANSWER).await?;
+        let answers = split_answers(&answer);
+        if answers.len() < wanted.len() {
+            return Err(self.unreachable(format!(
+                "runtime api {} answered {} of {} `show map` commands",
+                self.where_(),
+                answers.len(),
+                wanted.len()
+            )));
+        }
+        let mut states: BTreeMap<String, Result<RequestState, RouterError>> = BTreeMap::new();
+        for ((service, file, _), text) in wanted.into_iter().zip(answers) {
+            let state = states
+                .entry(service.clone())
+                .or_insert_with(|| Ok((Vec::new(), None)));
+            let Ok((routes, sticky)) = state else {
+                continue;
+            };
+            let read = maps::parse_entries(&text).and_then(|entries| {
+                if file == maps::routes_map(&service) {
+                    *routes = maps::routes_of(&entries)?;
+                } else {
+                    *sticky = maps::sticky_of(&entries)?;
+                }
+                Ok(())
+            });
+            if let Err(m) = read {
+                *state = Err(self.rejected(format!("backend `{service}`, map `{file}`: {m}")));
+            }
+        }
+        Ok(states)
+    }
+
+    /// Replaces the entries of map `path` at once: a new version (`prepare map`), its entries
+    /// (`add map @<version>`, on lines of at most [`MAX_LINE`] bytes), then `commit map`, which
+    /// swaps it in atomically; requests see the old entries or the new, never a mix.
+    async fn replace_map(&self, path: &str, entries: &[maps::Entry]) -> Result<(), RouterError> {
+        let map = maps::cli_arg(path);
+        let answer = self
+            .command(&format!("prepare map {map}"), MAX_ANSWER)
+            .await?;
+        let version = answer
+            .trim()
+            .strip_prefix("New version created:")
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .ok_or_else(|| {
+                self.rejected(format!("`prepare map {path}` answered `{}`", answer.trim()))
+            })?;
+        let mut commands: Vec<String> = entries
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "add map @{version} {map} {} {}",
+                    maps::cli_arg(k),
+                    maps::cli_arg(v)
+                )
+            })
+            .collect();
+        commands.push(format!("commit map @{version} {map}"));
+        let mut line: Vec<String> = Vec::new();
+        let mut length = 0;
+        for (i, command) in commands.iter().enumerate() {
+            line.push(command.clone());
+            length += command.len() + 1;
+            let last = i + 1 == commands.len();
+            // The commit goes alone, once every entry was accepted.
+            if last || length + commands[i + 1].len() > MAX_LINE || i + 2 == commands.len() {
+                let answer = self.command(&line.join(";"), MAX_ANSWER).await?;
+                let answers = split_answers(&answer);
+                if answers.len() < line.len() {
+                    return Err(self.unreachable(format!(
+                        "runtime api {} answered {} of {} map commands",
+                        self.where_(),
+                        answers.len(),
+                        line.len()
+                    )));
+                }
+                if let Some((command, text)) = line
+                    .iter()
+                    .zip(&answers)
+                    .find(|(_, a)| !a.trim().is_empty())
+                {
+                    return Err(self.rejected(format!("`{command}`: {}", text.trim())));
+                }
+                line.clear();
+                length = 0;
+            }
+        }
+        Ok(())
     }
 
     /// What the answer to [`EVERY_BACKEND`] says of each of `services`.
     fn observations(&self, answer: &str, services: &[String]) -> Result<ObservedAll, RouterError> {
         let answers = split_answers(answer);
-        let [state, names] = answers.as_slice() else {
+        let ([state, names] | [state, names, _]) = answers.as_slice() else {
             let message = format!(
-                "runtime api {} gave {} answers to the 2 commands of `{EVERY_BACKEND}`",
+                "runtime api {} gave {} answers to the commands of `{EVERY_BACKEND}`",
                 self.where_(),
                 answers.len()
             );
@@ -188,12 +364,18 @@ impl HaproxyRouter {
     /// refused one, and the read back shows where the backend stands.
     pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
         let live = self.observe(service).await?;
-        for server in traffic.backends.keys() {
+        let named = traffic
+            .backends
+            .keys()
+            .chain(traffic.routes.iter().map(|r| &r.backend))
+            .chain(&traffic.canary);
+        for server in named {
             self.check_name("server", server)?;
             if !live.backends.contains_key(server) {
                 return Err(self.unknown(format!("server `{server}` in backend `{service}`")));
             }
         }
+        self.apply_maps(service, traffic).await?;
         for line in plan_lines(&live.backends, traffic) {
             if line.is_empty() {
                 continue;
@@ -221,6 +403,37 @@ impl HaproxyRouter {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Sets the routes and sticky maps of `service` to `traffic`'s (see [`maps`]); refuses
+    /// ([`RouterError::Setup`], changing nothing) what the maps cannot hold, and routes or a
+    /// sticky key on a backend whose configuration lacks the map ([`maps::snippet`]). A
+    /// backend without the maps and nothing to put in them is left alone.
+    async fn apply_maps(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
+        let setup = |m: String| RouterError::setup(&self.name, format!("backend `{service}`: {m}"));
+        let routes = maps::route_entries(&traffic.routes).map_err(setup)?;
+        let sticky = maps::sticky_entries(traffic).map_err(setup)?;
+        let files = self.map_files().await?;
+        let mut changes = Vec::new();
+        for (file, entries, what) in [
+            (maps::routes_map(service), routes, "routes"),
+            (maps::sticky_map(service), sticky, "sticky users"),
+        ] {
+            match files.get(&file) {
+                Some(path) => changes.push((path.clone(), entries)),
+                None if entries.is_empty() => {}
+                None => {
+                    return Err(setup(format!(
+                        "its configuration loads no map `{file}`, so haproxy cannot carry {what}; \
+                         add canaryd's snippet to the backend (see the README)"
+                    )));
+                }
+            }
+        }
+        for (path, entries) in changes {
+            self.replace_map(&path, &entries).await?;
         }
         Ok(())
     }

@@ -8,12 +8,21 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use canaryd::core::model::Traffic;
-use canaryd::edge::router::haproxy::HaproxyRouter;
+use canaryd::core::model::{Field, Sticky, Traffic};
+use canaryd::edge::router::haproxy::{HaproxyRouter, maps};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{Failed, Process, answers, net, require, setup, wait_ready};
+
+/// The fields [`Haproxy::start_routed`]'s backend routes on.
+pub const ROUTED_ON: &[(Field, &str)] = &[
+    (Field::Header, "X-Canary"),
+    (Field::Cookie, "beta"),
+    (Field::Query, "app"),
+];
+/// The sticky key of [`Haproxy::start_routed`]'s backend.
+pub const STICKY_KEY: &str = "X-User-Id";
 
 /// A running HAProxy; killed on drop.
 pub struct Haproxy {
@@ -47,6 +56,25 @@ impl Haproxy {
         upstreams: &[(String, SocketAddr)],
         more: &[(&str, &[u32])],
     ) -> Result<Haproxy, Failed> {
+        Haproxy::start_inner(service, upstreams, more, false).await
+    }
+
+    /// [`Haproxy::start`] with the service's backend configured as canaryd's README says for
+    /// routes and sticky users ([`maps::snippet`], [`ROUTED_ON`], sticky key [`STICKY_KEY`]),
+    /// its two maps empty files in the temp dir.
+    pub async fn start_routed(
+        service: &str,
+        upstreams: &[(String, SocketAddr)],
+    ) -> Result<Haproxy, Failed> {
+        Haproxy::start_inner(service, upstreams, &[], true).await
+    }
+
+    async fn start_inner(
+        service: &str,
+        upstreams: &[(String, SocketAddr)],
+        more: &[(&str, &[u32])],
+        routed: bool,
+    ) -> Result<Haproxy, Failed> {
         let binary = require("haproxy", "apt-get install -y haproxy")?;
         let dir = tempfile::tempdir().map_err(setup("temp dir"))?;
         let frontend = net::free_addr();
@@ -59,8 +87,22 @@ impl Haproxy {
                 .map(|((name, addr), weight)| format!("    server {name} {addr} weight {weight}\n"))
                 .collect()
         };
+        let snippet = if routed {
+            let dir = dir.path().display().to_string();
+            for file in [maps::routes_map(service), maps::sticky_map(service)] {
+                std::fs::write(dir.clone() + "/" + &file, "").map_err(setup("map file"))?;
+            }
+            maps::snippet(
+                service,
+                &dir,
+                ROUTED_ON,
+                Some(&Sticky::Header(STICKY_KEY.to_string())),
+            )
+        } else {
+            String::new()
+        };
         let mut backends = format!(
-            "backend {service}\n    balance roundrobin\n{}",
+            "backend {service}\n    balance roundrobin\n{snippet}{}",
             servers(&mut std::iter::once(100).chain(std::iter::repeat(0)))
         );
         for (name, weights) in more {
