@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use canaryd::core::model::{
-    self, Criterion, Field, Match, Pattern, Route, Sticky, Traffic, Weight,
-};
+use canaryd::core::model::{self, Sticky, Traffic, Weight};
 use canaryd::core::spec::RouterSpec;
 use canaryd::edge::router::embedded::{EmbeddedRouter, QueryError};
 use canaryd::edge::router::{Driver, RouterError};
@@ -16,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::backends::{Backends, Server};
 use crate::support::observe::{blue_green, observe_all_checked, services, weights_of};
+use crate::support::who::marked_and_sticky;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -408,21 +407,10 @@ async fn shutdown_stops_accepting() {
 /// Service `shop` at `canary` percent, keyed by `X-User-Id`, with the marked group
 /// (`X-Canary: always`) routed to the canary.
 fn sticky_at(canary: u8) -> Traffic {
-    let mut t = traffic(&[("stable", 100 - canary), ("canary", canary)]);
-    t.routes = vec![Route {
-        name: "marked".to_string(),
-        matches: vec![Match {
-            all: vec![Criterion {
-                on: Field::Header,
-                name: "X-Canary".to_string(),
-                value: Pattern::Exact("always".to_string()),
-            }],
-        }],
-        backend: "canary".to_string(),
-    }];
-    t.sticky = Some(Sticky::Header("X-User-Id".to_string()));
-    t.canary = Some("canary".to_string());
-    t
+    marked_and_sticky(
+        traffic(&[("stable", 100 - canary), ("canary", canary)]),
+        "canary",
+    )
 }
 
 /// What one client saw in one pass over its users: the epochs (see the test) at its start

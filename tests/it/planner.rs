@@ -2800,21 +2800,13 @@ fn flaggers_ab_form_shows_the_canary_to_matched_users_only_then_promotes() {
     );
     assert_eq!(w.router.routes[0].matches.len(), 2);
     let mut w = w.at_step(1);
-    let mut measured = 0;
-    for _ in 0..20 {
-        let p = w.settle();
-        if w.phase() == "promoted" {
-            break;
-        }
-        if !p.measure.is_empty() {
-            w.measure(value(0.0));
-            measured += 1;
-        } else if let Some(at) = p.wake {
-            w.now = at;
-        }
-    }
-    assert_eq!(w.phase(), "promoted");
-    assert_eq!(measured, 3, "iterations");
+    let started = w.now;
+    run_until(&mut w, 0.0, |w| w.phase() == "promoted");
+    assert_eq!(
+        w.now - started,
+        chrono::Duration::minutes(2),
+        "three iterations a minute apart"
+    );
     assert_eq!(w.router(), "blue=0 green=100");
     assert!(w.router.routes.is_empty());
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use canaryd::core::model::{
-    Criterion, Field, Match, Observed, Pattern, Route, Sticky, Traffic, Weight, on_canary,
+    Criterion, Field, Match, Observed, Pattern, Route, Traffic, Weight, on_canary,
 };
 use canaryd::edge::backend::{LoadConfig, LoadReport, load};
 use canaryd::edge::router::RouterError;
@@ -20,7 +20,8 @@ use crate::support::net::{Relay, Silent};
 use crate::support::observe::{
     assert_unknown, blue_green, observe_all_checked, services, weights_of,
 };
-use crate::support::rig::haproxy::{Haproxy, STICKY_KEY};
+use crate::support::rig::haproxy::Haproxy;
+use crate::support::who::marked_and_sticky;
 use crate::support::world::{GATED, World, rollout_through, runtime};
 
 /// HAProxy in front of blue (weight 100) and green (weight 0) in backend `checkout`, and the
@@ -652,21 +653,7 @@ async fn ten_thousand_backends_of_two_servers_fit_in_one_answer() {
 /// Backend `checkout` at `canary` percent for green, keyed by `X-User-Id`, with the marked group
 /// (`X-Canary: always`) routed to green.
 fn routed_at(canary: u8) -> Traffic {
-    let mut t = split(i64::from(100 - canary), i64::from(canary));
-    t.routes = vec![Route {
-        name: "marked".to_string(),
-        matches: vec![Match {
-            all: vec![Criterion {
-                on: Field::Header,
-                name: "X-Canary".to_string(),
-                value: Pattern::Exact("always".to_string()),
-            }],
-        }],
-        backend: "green".to_string(),
-    }];
-    t.sticky = Some(Sticky::Header(STICKY_KEY.to_string()));
-    t.canary = Some("green".to_string());
-    t
+    marked_and_sticky(split(i64::from(100 - canary), i64::from(canary)), "green")
 }
 
 fn http_client() -> reqwest::Client {

@@ -10,4 +10,5 @@ pub mod github;
 pub mod net;
 pub mod observe;
 pub mod rig;
+pub mod who;
 pub mod world;
