@@ -607,6 +607,72 @@ fn blue_green_previews_with_a_header_switches_in_one_apply_and_a_revert_switches
     assert_eq!(w.traffic(100).by_backend.get("blue"), Some(&100));
 }
 
+/// Requests the embedded router sent to `backend`, from `/metrics`.
+fn served_by(w: &World, backend: &str) -> u64 {
+    w.admin_get("/metrics")
+        .lines()
+        .filter(|l| {
+            l.starts_with("canaryd_embedded_requests_total{")
+                && l.contains(&format!("backend=\"{backend}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_failing_preview_aborts_blue_green_before_one_ordinary_request_reaches_the_new_side() {
+    const BLUE_GREEN: &str = "  strategy:
+    blueGreen:
+      preview: [{headerName: X-Preview, headerValue: {exact: \"1\"}}]
+      prePromotionAnalysis:
+        interval: 2s
+        count: 5
+        metrics:
+          - {name: errors, template: error-rate}
+";
+    // Green fails every request: only the preview traffic may ever find out (enough of it for
+    // the template's 20 samples a window).
+    let mut w = World::new(0.0, 1.0);
+    w.start_on_stable(BLUE_GREEN);
+    w.background_load(30);
+    w.merge(
+        "checkout.yaml",
+        &w.spec(true, BLUE_GREEN),
+        "checkout: green 1.1, blue/green",
+    );
+    w.wait_for("checkout", 30, "the preview route verified", |s| {
+        verified(s) && !s.routes.is_empty()
+    });
+    let mut previews = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.status("checkout").is_none_or(|s| phase(&s) != "aborted") {
+        assert!(Instant::now() < deadline, "not aborted:\n{}", w.logs());
+        // The failing green, until the abort takes the route away (traffic goes back first,
+        // Git hears of it after: the last previews may already find blue).
+        match http_get_with(w.router, "/", &[("X-Preview", "1")]).unwrap() {
+            (500, _) => previews += 1,
+            (status, body) => assert_eq!(status, 200, "{body}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = w.status("checkout").unwrap();
+    assert!(s.routes.is_empty(), "{s:#?}");
+    assert!(
+        w.status_log("checkout").contains("aborted: errors"),
+        "{}",
+        w.status_log("checkout")
+    );
+    assert!(previews >= 20, "{previews} preview requests reached green");
+    // Every request green ever served was a preview request.
+    let ordinary = w.traffic(100);
+    assert_eq!(ordinary.by_backend.get("blue"), Some(&100));
+    assert_eq!(served_by(&w, "green"), previews);
+    assert!(
+        served_by(&w, "blue") > 100,
+        "the ordinary load ran throughout"
+    );
+}
+
 /// The forge end to end: the daemon against the GitHub stand-in (every request checked
 /// against GitHub's published description), with a token from a file.
 mod on_github {
