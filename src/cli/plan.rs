@@ -1,7 +1,9 @@
 //! `canaryd plan`: prints the plan of every rollout against live weights, executing nothing.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
@@ -10,8 +12,10 @@ use clap::Args;
 use canaryd::core::diag::Diagnostic;
 use canaryd::core::model::Catalog;
 use canaryd::core::plan::{self, Inputs};
+use canaryd::core::progress::Status;
+use canaryd::edge::git::GateCommit;
 use canaryd::edge::live::LiveWeights;
-use canaryd::edge::repo::{self, Config};
+use canaryd::edge::repo;
 use canaryd::view::report;
 
 use super::{ConfigArgs, OutputArgs, SpecsArgs};
@@ -44,73 +48,32 @@ struct Shown<'a> {
     effects: Vec<plan::Effect>,
 }
 
+/// Everything a plan is made from, read from the world (files, routers, Git, the clock).
+struct Gathered {
+    now: DateTime<Utc>,
+    catalog: Catalog,
+    diags: Vec<Diagnostic>,
+    live: LiveWeights,
+    /// Promote and abort commits by rollout, oldest first.
+    gates: BTreeMap<String, Vec<GateCommit>>,
+    /// Each rollout's recorded status (valid and invalid ones alike).
+    recorded: BTreeMap<String, Status>,
+}
+
+/// What `canaryd plan` shows: every plan, as text, and whether any changes something.
+struct Planned {
+    plans: Vec<plan::Plan>,
+    human: String,
+    pending: bool,
+}
+
 pub fn run(args: PlanArgs) -> Result<u8> {
-    let now = args.now.unwrap_or_else(canaryd::edge::clock::wall);
-    let repo_dir = &args.specs.repo;
-    let status_dir = args.status.as_deref();
-    let (config, catalog, diags) = args.specs.load(&args.config)?;
-    let live = match &args.live {
-        Some(path) => {
-            let text = fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            LiveWeights::parse(&text)?
-        }
-        None => live_from_routers(&catalog, &config)?,
-    };
-    // Promote and abort commits, as the daemon reads them: the checkout's history stands in
-    // for the watched branch. A folder that is not a checkout has none.
-    let all_gates = canaryd::edge::git::gates_at_head(repo_dir, canaryd::edge::daemon::HISTORY)
-        .context("cannot read promote and abort commits")?;
-    let mut plans = Vec::new();
-    let mut human = String::new();
-    let mut pending = false;
-    for rollout in &catalog.rollouts {
-        let recorded = match status_dir {
-            Some(d) => repo::read_status(d, &rollout.name)?,
-            None => canaryd::core::progress::Status::new(&rollout.name),
-        };
-        let observed = live.get(rollout.target());
-        let gates = plan::pending_gates(
-            all_gates
-                .get(&rollout.name)
-                .into_iter()
-                .flatten()
-                .map(|c| (c.id.as_str(), c.action.as_str(), c.revision.as_str())),
-            rollout,
-            recorded.last_gate.as_deref(),
-        );
-        let p = plan::plan(Inputs {
-            spec: rollout,
-            recorded: &recorded,
-            live: observed,
-            samples: &[],
-            gates: &gates,
-            now,
-        });
-        pending |= p.has_changes(&recorded);
-        human.push_str(&report::plan_human(
-            rollout,
-            &p,
-            &recorded.progress,
-            observed,
-        ));
-        human.push('\n');
-        plans.push(p);
-    }
-    for (name, errors) in &catalog.invalid {
-        let recorded = match status_dir {
-            Some(d) => repo::read_status(d, name)?,
-            None => canaryd::core::progress::Status::new(name),
-        };
-        let p = plan::plan_invalid(&recorded, errors.clone());
-        pending |= p.has_changes(&recorded);
-        human.push_str(&format!("rollout {name}\n  action: {}\n", p.action));
-        for e in errors {
-            human.push_str(&format!("    {e}\n"));
-        }
-        human.push('\n');
-        plans.push(p);
-    }
+    let g = gather(&args)?;
+    let Planned {
+        plans,
+        human,
+        pending,
+    } = plan_all(&g);
     args.output.print(
         || human,
         || {
@@ -124,9 +87,10 @@ pub fn run(args: PlanArgs) -> Result<u8> {
         },
     )?;
     // A file that cannot be parsed may hold rollouts nobody can plan: say so, and fail.
-    let broken: Vec<&Diagnostic> = diags
+    let broken: Vec<&Diagnostic> = g
+        .diags
         .iter()
-        .filter(|d| d.is_error() && catalog.broken_files.contains(&d.file))
+        .filter(|d| d.is_error() && g.catalog.broken_files.contains(&d.file))
         .collect();
     for d in &broken {
         eprintln!("error: {} (its rollouts are held)", d.one_line());
@@ -137,42 +101,107 @@ pub fn run(args: PlanArgs) -> Result<u8> {
     Ok(u8::from(pending))
 }
 
-/// The live weights of every rollout's service, read from its router (5 s at most each). A
-/// router that cannot be read leaves its services unknown, and says why on stderr.
-fn live_from_routers(catalog: &Catalog, config: &Config) -> Result<LiveWeights> {
-    use canaryd::edge::router::Driver;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut live = LiveWeights::default();
-    for rollout in &catalog.rollouts {
-        let target = rollout.target();
-        let Some(spec) = config
-            .routers
-            .get(&target.router)
-            .or_else(|| catalog.routers.get(&target.router))
-        else {
-            continue;
-        };
-        let read = Driver::connect(&target.router, spec).map(|driver| {
-            rt.block_on(async move {
-                tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    driver.observe(&target.service),
-                )
-                .await
-            })
-        });
-        match read {
-            Ok(Ok(Ok(observed))) => live.insert(target, observed),
-            Ok(Ok(Err(e))) | Err(e) => {
-                eprintln!("warning: {e}: weights of `{}` unknown", rollout.name);
-            }
-            Ok(Err(_)) => eprintln!(
-                "warning: router `{}` did not answer in 5 s: weights of `{}` unknown",
-                target.router, rollout.name
-            ),
+/// Reads what the plans are made from: the clock (or `--now`), the specs, the live weights
+/// (`--live`, or the routers), the checkout's promote and abort commits and the statuses.
+fn gather(args: &PlanArgs) -> Result<Gathered> {
+    let now = args.now.unwrap_or_else(canaryd::edge::clock::wall);
+    let (config, catalog, diags) = args.specs.load(&args.config)?;
+    let live = match &args.live {
+        Some(path) => {
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            LiveWeights::parse(&text)?
         }
+        None => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (live, warnings) = rt.block_on(LiveWeights::from_routers(
+                &catalog,
+                &config.routers,
+                Duration::from_secs(5),
+            ));
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            live
+        }
+    };
+    // Promote and abort commits, as the daemon reads them: the checkout's history stands in
+    // for the watched branch. A folder that is not a checkout has none.
+    let gates = canaryd::edge::git::gates_at_head(&args.specs.repo, canaryd::edge::daemon::HISTORY)
+        .context("cannot read promote and abort commits")?;
+    let mut recorded = BTreeMap::new();
+    let names = catalog
+        .rollouts
+        .iter()
+        .map(|r| &r.name)
+        .chain(catalog.invalid.keys());
+    for name in names {
+        let status = match &args.status {
+            Some(d) => repo::read_status(d, name)?,
+            None => Status::new(name),
+        };
+        recorded.insert(name.clone(), status);
     }
-    Ok(live)
+    Ok(Gathered {
+        now,
+        catalog,
+        diags,
+        live,
+        gates,
+        recorded,
+    })
+}
+
+/// Every rollout's plan from what was gathered: no I/O, no clock.
+fn plan_all(g: &Gathered) -> Planned {
+    let mut out = Planned {
+        plans: Vec::new(),
+        human: String::new(),
+        pending: false,
+    };
+    for rollout in &g.catalog.rollouts {
+        let recorded = &g.recorded[&rollout.name];
+        let observed = g.live.get(rollout.target());
+        let gates = plan::pending_gates(
+            g.gates
+                .get(&rollout.name)
+                .into_iter()
+                .flatten()
+                .map(GateCommit::parts),
+            rollout,
+            recorded.last_gate.as_deref(),
+        );
+        let p = plan::plan(Inputs {
+            spec: rollout,
+            recorded,
+            live: observed,
+            samples: &[],
+            gates: &gates,
+            now: g.now,
+        });
+        out.pending |= p.has_changes(recorded);
+        out.human.push_str(&report::plan_human(
+            rollout,
+            &p,
+            &recorded.progress,
+            observed,
+        ));
+        out.human.push('\n');
+        out.plans.push(p);
+    }
+    for (name, errors) in &g.catalog.invalid {
+        let recorded = &g.recorded[name];
+        let p = plan::plan_invalid(recorded, errors.clone());
+        out.pending |= p.has_changes(recorded);
+        out.human
+            .push_str(&format!("rollout {name}\n  action: {}\n", p.action));
+        for e in errors {
+            out.human.push_str(&format!("    {e}\n"));
+        }
+        out.human.push('\n');
+        out.plans.push(p);
+    }
+    out
 }

@@ -293,6 +293,16 @@ pub enum Sticky {
     Cookie(String),
 }
 
+impl fmt::Display for Sticky {
+    /// `header X-User-Id`, `cookie uid`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sticky::Header(h) => write!(f, "header {h}"),
+            Sticky::Cookie(c) => write!(f, "cookie {c}"),
+        }
+    }
+}
+
 /// The user's bucket in 0..10,000: CRC-32 (IEEE, as zlib and HAProxy's `crc32` converter
 /// compute it) of the key, modulo 10,000. Buckets are fixed, so the canary's users at a weight
 /// are a subset of its users at any larger weight.

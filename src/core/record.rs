@@ -232,11 +232,7 @@ impl StatusFile {
             .iter()
             .map(|r| format!("{} → {}", describe_matches(&r.matches), r.backend))
             .collect();
-        match &self.sticky {
-            Some(Sticky::Header(h)) => parts.push(format!("sticky by header {h}")),
-            Some(Sticky::Cookie(c)) => parts.push(format!("sticky by cookie {c}")),
-            None => {}
-        }
+        parts.extend(self.sticky.iter().map(|s| format!("sticky by {s}")));
         (!parts.is_empty()).then(|| parts.join(", "))
     }
 

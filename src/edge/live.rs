@@ -4,8 +4,11 @@
 //! is absent is "unknown", exactly as an unreachable router would be, so the plan holds.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use crate::core::model::{Observed, Target};
+use crate::core::model::{Catalog, Observed, Target};
+use crate::core::spec::RouterSpec;
+use crate::edge::router::Driver;
 
 /// Live weights per `router/service`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,6 +48,57 @@ impl LiveWeights {
     /// The weights of `target`'s service, if known.
     pub fn get(&self, target: &Target) -> Option<&Observed> {
         self.0.get(&format!("{}/{}", target.router, target.service))
+    }
+
+    /// The live weights of every rollout's service in `catalog`, read from its router (one
+    /// read per router, as the daemon's look, within `timeout`), with the routers in
+    /// `routers` (the controller configuration) before the repository's. A service that
+    /// cannot be read stays unknown; why is in the warnings, one line each.
+    pub async fn from_routers(
+        catalog: &Catalog,
+        routers: &BTreeMap<String, RouterSpec>,
+        timeout: Duration,
+    ) -> (LiveWeights, Vec<String>) {
+        let mut live = LiveWeights::default();
+        let mut warnings = Vec::new();
+        let mut by_router: BTreeMap<&str, Vec<&crate::core::model::Rollout>> = BTreeMap::new();
+        for r in &catalog.rollouts {
+            by_router.entry(&r.target().router).or_default().push(r);
+        }
+        for (router, rollouts) in by_router {
+            let Some(spec) = routers.get(router).or_else(|| catalog.routers.get(router)) else {
+                continue;
+            };
+            let services: Vec<String> = rollouts
+                .iter()
+                .map(|r| r.target().service.clone())
+                .collect();
+            let read = match Driver::connect(router, spec) {
+                Ok(driver) => tokio::time::timeout(timeout, driver.observe_all(&services))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(crate::edge::router::RouterError::unreachable(
+                            router,
+                            format!("no answer in {} s", timeout.as_secs()),
+                        ))
+                    }),
+                Err(e) => Err(e),
+            };
+            for r in rollouts {
+                let target = r.target();
+                match read.as_ref().map(|all| all.get(&target.service)) {
+                    Ok(Some(Ok(observed))) => live.insert(target, observed.clone()),
+                    Ok(Some(Err(e))) | Err(e) => {
+                        warnings.push(format!("{e}: weights of `{}` unknown", r.name));
+                    }
+                    Ok(None) => warnings.push(format!(
+                        "router `{router}` did not report service `{}`: weights of `{}` unknown",
+                        target.service, r.name
+                    )),
+                }
+            }
+        }
+        (live, warnings)
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use similar::{ChangeTag, TextDiff};
 
 use crate::core::diag::Diagnostic;
-use crate::core::model::{Observed, Rollout, Sticky, Traffic, Weight, describe_matches};
+use crate::core::model::{Observed, Rollout, Traffic, Weight, describe_matches};
 use crate::core::plan::Plan;
 use crate::core::progress::Progress;
 use crate::core::validate::Source;
@@ -158,14 +158,8 @@ pub fn plan_human(
             r.backend
         );
     }
-    match plan.traffic.as_ref().and_then(|t| t.sticky.as_ref()) {
-        Some(Sticky::Header(h)) => {
-            let _ = writeln!(out, "  sticky by header {h}");
-        }
-        Some(Sticky::Cookie(c)) => {
-            let _ = writeln!(out, "  sticky by cookie {c}");
-        }
-        None => {}
+    if let Some(s) = plan.traffic.as_ref().and_then(|t| t.sticky.as_ref()) {
+        let _ = writeln!(out, "  sticky by {s}");
     }
     if !plan.measure.is_empty() {
         let names: Vec<&str> = plan.measure.iter().map(|d| d.metric.as_str()).collect();

@@ -142,7 +142,8 @@ impl Router for MemoryRouter {
                 .find(|(name, _)| name.ends_with("green"))
                 .map_or(0, |(_, w)| u8::try_from(*w).unwrap());
             lock(&self.services).insert(service.to_string(), backends);
-            let recorded = recorded_canary(&self.remote, service);
+            let (remote, rollout) = (self.remote.clone(), service.to_string());
+            let recorded = off_the_runtime(move || recorded_canary(&remote, &rollout)).await;
             lock(&self.applied).push(Applied {
                 at: now,
                 service: service.to_string(),
@@ -232,6 +233,12 @@ fn recorded_canary(remote: &Path, rollout: &str) -> Option<u8> {
         .iter()
         .find(|(name, _)| name.ends_with("green"))
         .map(|(_, w)| w.get())
+}
+
+/// Runs a blocking Git read on tokio's blocking pool, as the daemon runs its own (a paused
+/// clock does not advance meanwhile).
+async fn off_the_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
 }
 
 fn status(remote: &Path, rollout: &str) -> Option<StatusFile> {
@@ -357,15 +364,17 @@ impl Loop {
     ) -> StatusFile {
         let give_up = self.clock.now() + chrono::Duration::from_std(limit).unwrap();
         loop {
-            if let Some(f) = status(&self.remote, rollout)
-                && done(&f)
+            let (remote, name) = (self.remote.clone(), rollout.to_string());
+            let seen = off_the_runtime(move || status(&remote, &name)).await;
+            if let Some(f) = &seen
+                && done(f)
             {
-                return f;
+                return seen.unwrap();
             }
             assert!(
                 self.clock.now() < give_up,
                 "{rollout}: not there after {limit:?}: {:?}",
-                status(&self.remote, rollout).map(|f| f.status.progress)
+                seen.map(|f| f.status.progress)
             );
             tokio::time::sleep((limit / 1000).max(Duration::from_millis(100))).await;
         }

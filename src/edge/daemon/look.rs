@@ -23,7 +23,7 @@ use super::{Daemon, PUSH_ATTEMPTS, ROUNDS, message};
 use crate::core::model::{Catalog, ERROR_RETRY, Observed, Rollout};
 use crate::core::plan::{self, Effect, Inputs, Plan, Sample};
 use crate::core::record::{MetricValue, Seen, StatusFile};
-use crate::edge::git::Push;
+use crate::edge::git::{GateCommit, Push};
 use crate::edge::router::{Router, RouterError};
 use crate::edge::telemetry::{ErrorClass, Event as Tele, ReconcileOutcome};
 
@@ -237,12 +237,13 @@ impl Daemon {
                 Err(errors) => plan::plan_invalid(&w.recorded.status, errors.clone()),
                 Ok(i) => {
                     let r = &catalog.rollouts[*i];
-                    let gates = snapshot.gates.get(&r.name).map(Vec::as_slice);
                     let gates = plan::pending_gates(
-                        gates
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|c| (c.id.as_str(), c.action.as_str(), c.revision.as_str())),
+                        snapshot
+                            .gates
+                            .get(&r.name)
+                            .into_iter()
+                            .flatten()
+                            .map(GateCommit::parts),
                         r,
                         w.recorded.status.last_gate.as_deref(),
                     );

@@ -386,15 +386,7 @@ impl Daemon {
         &self,
         f: impl FnOnce(&Mirror) -> Result<T, git::GitError> + Send + 'static,
     ) -> Result<T, git::GitError> {
-        let mirror = self.mirror.clone();
-        tokio::task::spawn_blocking(move || {
-            let m = mirror
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&m)
-        })
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        self.read(move |_, m| f(m)).await
     }
 
     /// Runs `f` with the snapshot reader on the mirror, on the blocking pool.

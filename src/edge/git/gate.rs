@@ -19,6 +19,13 @@ pub struct GateCommit {
     pub revision: String,
 }
 
+impl GateCommit {
+    /// (commit, action, revision), as [`crate::core::plan::pending_gates`] takes them.
+    pub fn parts(&self) -> (&str, &str, &str) {
+        (&self.id, &self.action, &self.revision)
+    }
+}
+
 /// The gate a commit records for `rollout`, if it is one.
 pub(super) fn gate_of(commit: &Commit<'_>, rollout: &str) -> Option<GateCommit> {
     any_gate(commit).and_then(|(name, gate)| (name == rollout).then_some(gate))
