@@ -44,7 +44,7 @@
 //!   and repositories played by hand for the demo, the CLI and benchmarks.
 //! - [`edge::clock`]: the only place time is read; the daemon takes a [`edge::clock::Clock`]
 //!   (tokio's time in tests, so a paused runtime plays hours in milliseconds).
-//! - [`edge::router`]: the [`edge::router::Router`] trait (`observe`, `observe_all`, `apply`,
+//! - [`edge::router`]: the [`edge::router::Router`] trait (`observe_all`, `apply`,
 //!   `health`) and one file per driver: [`edge::router::embedded`] (the reverse proxy inside
 //!   the daemon), `haproxy`, `traefik`, `caddy`, `nginx`, `gateway`.
 //! - [`edge::provider`]: metric providers behind the [`edge::provider::MetricsProvider`]

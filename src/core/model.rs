@@ -195,11 +195,6 @@ impl Traffic {
             .collect::<Option<_>>()?;
         Some(Traffic::weights(backends))
     }
-
-    /// Whether the traffic needs more of a router than weights: routes or a sticky key.
-    pub fn matches_requests(&self) -> bool {
-        !self.routes.is_empty() || self.sticky.is_some()
-    }
 }
 
 /// A named route: requests that satisfy any of its matches go to `backend`.

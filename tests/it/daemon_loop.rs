@@ -46,7 +46,7 @@ struct MemoryRouter {
     /// Calls to `apply` that fail before one succeeds, and when each was tried.
     failing_applies: Mutex<usize>,
     tried: Mutex<Vec<DateTime<Utc>>>,
-    /// Reads of the router: one per `observe_all`, one per `observe`.
+    /// Reads of the router: one per `observe_all`.
     reads: Mutex<usize>,
     /// Whether reads and health checks fail as from a router that went away.
     down: Mutex<bool>,
@@ -108,11 +108,6 @@ impl MemoryRouter {
 }
 
 impl Router for MemoryRouter {
-    fn observe<'a>(&'a self, service: &'a str) -> Call<'a, Observed> {
-        *lock(&self.reads) += 1;
-        Box::pin(async move { self.read(service) })
-    }
-
     fn observe_all<'a>(&'a self, services: &'a [String]) -> Call<'a, ObservedAll> {
         *lock(&self.reads) += 1;
         Box::pin(async move {

@@ -20,9 +20,6 @@ pub type ObservedAll = BTreeMap<String, Result<Observed, RouterError>>;
 /// A router the daemon drives. Reads come from the router itself, never a cache; `apply` sets
 /// weights, never adds to them, so applying the same traffic twice is harmless.
 pub trait Router: Send + Sync + std::fmt::Debug {
-    /// The live weights of `service`.
-    fn observe<'a>(&'a self, service: &'a str) -> Call<'a, Observed>;
-
     /// The live weights of every service in `services`, in one read of the router where it
     /// can (one runtime-API command, one API read, one file read).
     fn observe_all<'a>(&'a self, services: &'a [String]) -> Call<'a, ObservedAll>;
@@ -43,10 +40,6 @@ pub trait Router: Send + Sync + std::fmt::Debug {
 }
 
 impl Router for super::Driver {
-    fn observe<'a>(&'a self, service: &'a str) -> Call<'a, Observed> {
-        Box::pin(super::Driver::observe(self, service))
-    }
-
     fn observe_all<'a>(&'a self, services: &'a [String]) -> Call<'a, ObservedAll> {
         Box::pin(super::Driver::observe_all(self, services))
     }

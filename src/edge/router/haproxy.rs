@@ -160,7 +160,7 @@ impl HaproxyRouter {
     }
 
     /// The live weights of every backend in `services`, from one line over one connection
-    /// ([`EVERY_BACKEND`]); a backend HAProxy does not have is [`RouterError::Unknown`].
+    /// (`EVERY_BACKEND`); a backend HAProxy does not have is [`RouterError::Unknown`].
     pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
         let answer = self.command(EVERY_BACKEND, MAX_EVERY_ANSWER).await?;
         let mut all = self.observations(&answer, services)?;
