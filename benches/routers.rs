@@ -8,6 +8,12 @@
 //! so every timed one is a real change. What "verify" reads differs per router and is printed
 //! with the table: NGINX cannot report weights, so its read back is canaryd's own file.
 //!
+//! Then the same round trip for a route change ([`ROUTE_RUNS`] runs): the weights stay 90/10
+//! while the route `X-Canary: always → green` is set and removed in turn, and verifying waits
+//! until the router reports the weights and exactly the routes applied. The routers are started
+//! configured for routes as the README says (HAProxy with canaryd's snippet); a router that
+//! cannot hold routes shows its refusal.
+//!
 //! Then one more figure: an HAProxy with [`MANY`] backends of two servers each, read whole
 //! with one `driver.observe_all(all names)` against one `driver.observe(name)` per backend,
 //! [`MANY_RUNS`] times each (the runs alternate), with the median printed.
@@ -24,7 +30,8 @@
 //! `cargo bench --bench routers` prints median, p90, min and max per router; nothing here
 //! asserts a time. A router whose binary is missing is skipped. Every process is stopped by a
 //! drop guard, also when the bench panics. An argument (`cargo bench --bench routers --
-//! embedded`) runs only the figures whose name holds it: `apply`, `observe_all`, `embedded`.
+//! embedded`) runs only the figures whose name holds it: `apply`, `routes`, `observe_all`,
+//! `embedded`.
 
 #![allow(
     clippy::disallowed_methods,
@@ -60,6 +67,8 @@ use rig::Failed;
 
 /// Timed round trips per router.
 const RUNS: usize = 50;
+/// Timed round trips per router for a route change.
+const ROUTE_RUNS: usize = 20;
 /// The pause between two reads while verifying.
 const POLL: Duration = Duration::from_millis(5);
 /// How long verifying one change may take before the router counts as failed.
@@ -149,7 +158,10 @@ fn main() {
     ]));
 
     if runs("apply") {
-        apply_table(&rt, &backends);
+        apply_table(&rt, &backends, Change::Weights);
+    }
+    if runs("routes") {
+        apply_table(&rt, &backends, Change::Routes);
     }
     if runs("observe_all") {
         observe_all_figure(&rt, &backends);
@@ -159,12 +171,61 @@ fn main() {
     }
 }
 
-/// The apply + verify round trip of every router installed.
-fn apply_table(rt: &tokio::runtime::Runtime, backends: &Backends) {
-    println!(
-        "canaryd routers: apply + verify round trip, {RUNS} runs each (90/10 <-> 10/90), \
-         observe every {POLL:?} until the weights read back (at most {VERIFY_LIMIT:?}); loopback"
-    );
+/// What a timed round trip changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// 90/10 and 10/90 in turn.
+    Weights,
+    /// 90/10 with the route `X-Canary: always → green`, and without it, in turn.
+    Routes,
+}
+
+impl Change {
+    /// The two traffics the round trips alternate between; the second is the warm-up's.
+    fn pair(self) -> [Traffic; 2] {
+        match self {
+            Change::Weights => [traffic(90, 10), traffic(10, 90)],
+            Change::Routes => {
+                let mut routed = traffic(90, 10);
+                routed.routes = vec![Route {
+                    name: "marked".to_string(),
+                    matches: vec![Match {
+                        all: vec![Criterion {
+                            on: Field::Header,
+                            name: "X-Canary".to_string(),
+                            value: Pattern::Exact("always".to_string()),
+                        }],
+                    }],
+                    backend: "green".to_string(),
+                }];
+                routed.canary = Some("green".to_string());
+                [routed, traffic(90, 10)]
+            }
+        }
+    }
+
+    fn runs(self) -> usize {
+        match self {
+            Change::Weights => RUNS,
+            Change::Routes => ROUTE_RUNS,
+        }
+    }
+}
+
+/// The apply + verify round trip of every router installed, for `change`.
+fn apply_table(rt: &tokio::runtime::Runtime, backends: &Backends, change: Change) {
+    println!();
+    match change {
+        Change::Weights => println!(
+            "canaryd routers: apply + verify round trip, {RUNS} runs each (90/10 <-> 10/90), \
+             observe every {POLL:?} until the weights read back (at most {VERIFY_LIMIT:?}); loopback"
+        ),
+        Change::Routes => println!(
+            "canaryd routers: apply + verify round trip of a route change, {ROUTE_RUNS} runs each \
+             (90/10 with and without `X-Canary: always -> green`), observe every {POLL:?} until \
+             the weights and routes read back (at most {VERIFY_LIMIT:?}); loopback"
+        ),
+    }
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for kind in Kind::ALL {
@@ -173,9 +234,18 @@ fn apply_table(rt: &tokio::runtime::Runtime, backends: &Backends) {
             continue;
         };
         let result = rt.block_on(async {
-            let rig = Rig::start(kind, backends).await.map_err(|e| e.0)?;
-            let times = measure(&rig.driver).await;
-            times.map_err(|e| format!("{e}\n{}", rig::tail(&rig.log())))
+            let rig = Rig::start(kind, backends, change == Change::Routes)
+                .await
+                .map_err(|e| e.0)?;
+            let times = measure(&rig.driver, change).await;
+            // A refusal is the driver's answer, not a fault of the router: no log.
+            times.map_err(|e| {
+                if e.contains("cannot be used") {
+                    e
+                } else {
+                    format!("{e}\n{}", rig::tail(&rig.log()))
+                }
+            })
         });
         match result {
             Ok(times) => {
@@ -509,20 +579,18 @@ fn traffic(blue: i64, green: i64) -> Traffic {
     Traffic::of(&[("blue", blue), ("green", green)]).expect("weights in 0..=100")
 }
 
-/// One warm-up round trip, then [`RUNS`] timed ones; each with how many reads verifying took.
-async fn measure(driver: &Driver) -> Result<Vec<(Duration, usize)>, String> {
-    round_trip(driver, &traffic(10, 90))
+/// One warm-up round trip, then [`Change::runs`] timed ones; each with how many reads
+/// verifying took.
+async fn measure(driver: &Driver, change: Change) -> Result<Vec<(Duration, usize)>, String> {
+    let pair = change.pair();
+    round_trip(driver, &pair[1])
         .await
         .map_err(|e| format!("warm-up: {e}"))?;
-    let mut times = Vec::with_capacity(RUNS);
-    for run in 0..RUNS {
-        let want = if run % 2 == 0 {
-            traffic(90, 10)
-        } else {
-            traffic(10, 90)
-        };
+    let mut times = Vec::with_capacity(change.runs());
+    for run in 0..change.runs() {
+        let want = &pair[run % 2];
         let started = Instant::now();
-        let observes = round_trip(driver, &want)
+        let observes = round_trip(driver, want)
             .await
             .map_err(|e| format!("run {run}: {e}"))?;
         times.push((started.elapsed(), observes));
@@ -530,7 +598,8 @@ async fn measure(driver: &Driver) -> Result<Vec<(Duration, usize)>, String> {
     Ok(times)
 }
 
-/// Applies `want`, then observes until the router reports it; returns the number of reads.
+/// Applies `want`, then observes until the router reports its weights and routes; returns the
+/// number of reads.
 async fn round_trip(driver: &Driver, want: &Traffic) -> Result<usize, String> {
     match tokio::time::timeout(APPLY_LIMIT, driver.apply(SERVICE, want)).await {
         Ok(Ok(())) => {}
@@ -543,15 +612,19 @@ async fn round_trip(driver: &Driver, want: &Traffic) -> Result<usize, String> {
     loop {
         observes += 1;
         match tokio::time::timeout_at(deadline, driver.observe(SERVICE)).await {
-            Ok(Ok(o)) if o.percentages().as_ref() == Some(&want.backends) => return Ok(observes),
-            Ok(Ok(o)) => last = format!("{:?}", o.backends),
+            Ok(Ok(o))
+                if o.percentages().as_ref() == Some(&want.backends) && o.routes == want.routes =>
+            {
+                return Ok(observes);
+            }
+            Ok(Ok(o)) => last = format!("{:?} {:?}", o.backends, o.routes),
             Ok(Err(e)) => last = e.to_string(),
             Err(_) => {}
         }
         if tokio::time::Instant::now() + POLL >= deadline {
             return Err(format!(
-                "{:?} not read back within {VERIFY_LIMIT:?}; last: {last}",
-                want.backends
+                "{:?} {:?} not read back within {VERIFY_LIMIT:?}; last: {last}",
+                want.backends, want.routes
             ));
         }
         tokio::time::sleep(POLL).await;
@@ -592,12 +665,16 @@ enum Router {
 
 impl Rig {
     /// Starts `kind` in front of `backends` (blue carries everything) and waits until it
-    /// answers.
-    async fn start(kind: Kind, backends: &Backends) -> Result<Rig, Failed> {
+    /// answers; `routed`: configured for routes as the README says, where that takes more.
+    async fn start(kind: Kind, backends: &Backends, routed: bool) -> Result<Rig, Failed> {
         let upstreams = backends.upstreams();
         Ok(match kind {
             Kind::Haproxy => {
-                let router = rig::haproxy::Haproxy::start(SERVICE, upstreams).await?;
+                let router = if routed {
+                    rig::haproxy::Haproxy::start_routed(SERVICE, upstreams).await?
+                } else {
+                    rig::haproxy::Haproxy::start(SERVICE, upstreams).await?
+                };
                 Rig {
                     driver: Driver::Haproxy(router.unix()),
                     router: Router::Haproxy(router),

@@ -1,6 +1,9 @@
 //! `canaryd analyze`: measures one rollout's analyses once against live metrics and prints them.
 
+use std::time::Duration;
+
 use anyhow::{Result, bail};
+use canaryd::edge::analyze::Report;
 use clap::Args;
 
 use super::{ConfigArgs, OutputArgs, SpecsArgs};
@@ -37,14 +40,28 @@ pub fn run(args: AnalyzeArgs) -> Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let measured = rt.block_on(canaryd::edge::analyze::analyze(
+    let target = rollout.target();
+    let (live, warnings) = rt.block_on(canaryd::edge::live::LiveWeights::of(
+        [rollout],
+        &catalog,
+        &config.routers,
+        Duration::from_secs(5),
+    ));
+    let analyses = rt.block_on(canaryd::edge::analyze::analyze(
         rollout,
         &providers,
         canaryd::edge::clock::wall(),
     ));
+    let report = Report {
+        rollout: rollout.name.clone(),
+        service: format!("{}/{}", target.router, target.service),
+        live: live.get(target).cloned(),
+        live_unknown: (!warnings.is_empty()).then(|| warnings.join("; ")),
+        analyses,
+    };
     args.output.print(
-        || canaryd::edge::analyze::human(rollout, &measured),
-        || &measured,
+        || canaryd::edge::analyze::human(rollout, &report),
+        || &report,
     )?;
-    Ok(canaryd::edge::analyze::exit_code(&measured))
+    Ok(canaryd::edge::analyze::exit_code(&report.analyses))
 }

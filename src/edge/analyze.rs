@@ -10,10 +10,27 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::core::analysis::Outcome;
-use crate::core::model::{Analysis, Rollout, Step};
+use crate::core::model::{Analysis, Observed, Rollout, Step, describe_matches};
 use crate::core::number::short;
 use crate::core::record::MetricValue;
 use crate::edge::provider::{self, Providers};
+
+/// What `canaryd analyze` found: the traffic live on the rollout's router as it measured, and
+/// every analysis measured once.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub rollout: String,
+    /// `router/service`.
+    pub service: String,
+    /// The weights, routes and sticky key the router held, read from it: which users the
+    /// canary's measurements came from. `None` when it could not be read.
+    pub live: Option<Observed>,
+    /// Why the live traffic is unknown, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_unknown: Option<String>,
+    pub analyses: Vec<Measured>,
+}
 
 /// One analysis of the rollout, measured once.
 #[derive(Clone, Debug, Serialize)]
@@ -101,6 +118,47 @@ fn verdict(values: &[MetricValue]) -> Word {
     }
 }
 
+/// The `live:` lines: what the router held while the metrics were read, so a reader knows
+/// whose requests the canary's numbers count (the marked group only, a sticky share, or a
+/// coin toss per request).
+fn live(out: &mut String, report: &Report) {
+    let Some(observed) = &report.live else {
+        let why = report.live_unknown.as_deref().unwrap_or("not read");
+        let _ = writeln!(out, "live: unknown ({why})");
+        return;
+    };
+    let weights = observed.percentages().map_or_else(
+        || "no backend carries traffic".to_string(),
+        |p| {
+            p.iter()
+                .map(|(b, w)| format!("{b} {}%", w.get()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    );
+    let _ = write!(out, "live: {weights}");
+    match &observed.sticky {
+        Some(s) => {
+            let _ = writeln!(out, ", sticky by {s}");
+        }
+        None => {
+            let _ = writeln!(out);
+        }
+    }
+    if observed.routes.is_empty() {
+        let _ = writeln!(out, "  no routes: every request is split by weight");
+    }
+    for r in &observed.routes {
+        let _ = writeln!(
+            out,
+            "  route {}: {} → {}",
+            r.name,
+            describe_matches(&r.matches),
+            r.backend
+        );
+    }
+}
+
 /// The exit code of `canaryd analyze`: 0 every analysis passes, 1 one fails or is
 /// inconclusive, 2 a metric could not be measured.
 pub fn exit_code(measured: &[Measured]) -> u8 {
@@ -114,15 +172,17 @@ pub fn exit_code(measured: &[Measured]) -> u8 {
 }
 
 /// The report a person reads.
-pub fn human(rollout: &Rollout, measured: &[Measured]) -> String {
+pub fn human(rollout: &Rollout, report: &Report) -> String {
     let mut out = String::new();
     let target = rollout.target();
     let canary = target.canary.as_ref().map_or("(none)", |c| c.name.as_str());
     let _ = writeln!(
         out,
-        "rollout {}: canary {canary} against stable {} on {}/{}",
-        rollout.name, target.stable.name, target.router, target.service
+        "rollout {}: canary {canary} against stable {} on {}",
+        rollout.name, target.stable.name, report.service
     );
+    live(&mut out, report);
+    let measured = &report.analyses;
     if measured.is_empty() {
         let _ = writeln!(out, "  no analysis in this rollout");
     }
@@ -164,4 +224,51 @@ pub fn human(rollout: &Rollout, measured: &[Measured]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::core::model::{Criterion, Field, Match, Pattern, Route, Sticky};
+
+    fn report(live: Option<Observed>, unknown: Option<&str>) -> Report {
+        Report {
+            rollout: "checkout".into(),
+            service: "edge/checkout".into(),
+            live,
+            live_unknown: unknown.map(str::to_string),
+            analyses: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_live_lines_say_whose_requests_the_canary_served() {
+        let observed = Observed {
+            backends: BTreeMap::from([("blue".into(), 90), ("green".into(), 10)]),
+            routes: vec![Route {
+                name: "testers".into(),
+                matches: vec![Match {
+                    all: vec![Criterion {
+                        on: Field::Header,
+                        name: "X-Canary".into(),
+                        value: Pattern::Exact("always".into()),
+                    }],
+                }],
+                backend: "green".into(),
+            }],
+            sticky: Some(Sticky::Header("X-User-Id".into())),
+        };
+        let mut out = String::new();
+        live(&mut out, &report(Some(observed), None));
+        assert_eq!(
+            out,
+            "live: blue 90%, green 10%, sticky by header X-User-Id\n  \
+             route testers: X-Canary=always → green\n"
+        );
+        let mut out = String::new();
+        live(&mut out, &report(None, Some("router `edge` unreachable")));
+        assert_eq!(out, "live: unknown (router `edge` unreachable)\n");
+    }
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::core::model::{Catalog, Observed, Target};
+use crate::core::model::{Catalog, Observed, Rollout, Target};
 use crate::core::spec::RouterSpec;
 use crate::edge::router::Driver;
 
@@ -59,14 +59,27 @@ impl LiveWeights {
         routers: &BTreeMap<String, RouterSpec>,
         timeout: Duration,
     ) -> (LiveWeights, Vec<String>) {
+        LiveWeights::of(&catalog.rollouts, catalog, routers, timeout).await
+    }
+
+    /// [`from_routers`](LiveWeights::from_routers) for `rollouts` alone (of `catalog`).
+    pub async fn of<'a>(
+        rollouts: impl IntoIterator<Item = &'a Rollout>,
+        catalog: &Catalog,
+        routers: &BTreeMap<String, RouterSpec>,
+        timeout: Duration,
+    ) -> (LiveWeights, Vec<String>) {
         let mut live = LiveWeights::default();
         let mut warnings = Vec::new();
-        let mut by_router: BTreeMap<&str, Vec<&crate::core::model::Rollout>> = BTreeMap::new();
-        for r in &catalog.rollouts {
+        let mut by_router: BTreeMap<&str, Vec<&Rollout>> = BTreeMap::new();
+        for r in rollouts {
             by_router.entry(&r.target().router).or_default().push(r);
         }
         for (router, rollouts) in by_router {
             let Some(spec) = routers.get(router).or_else(|| catalog.routers.get(router)) else {
+                warnings.push(format!(
+                    "no router `{router}` in the configuration or the repository"
+                ));
                 continue;
             };
             let services: Vec<String> = rollouts

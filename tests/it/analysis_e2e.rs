@@ -130,10 +130,19 @@ fn haproxy_canary_failing_20_percent_is_aborted_on_prometheus_evidence() {
     let (code, text) = analyze(&h.w, true);
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(code, 1, "{json}");
-    assert_eq!(json[0]["analysis"], "step 2", "{json}");
-    assert_eq!(json[0]["verdict"], "fail", "{json}");
-    let value = json[0]["metrics"][0]["value"].as_f64().unwrap();
+    let step = &json["analyses"][0];
+    assert_eq!(step["analysis"], "step 2", "{json}");
+    assert_eq!(step["verdict"], "fail", "{json}");
+    let value = step["metrics"][0]["value"].as_f64().unwrap();
     assert!((0.1..0.3).contains(&value), "{json}");
+    // What HAProxy held as it measured, read from HAProxy: everything on blue, no routes.
+    assert_eq!(json["service"], "edge/checkout", "{json}");
+    assert_eq!(json["live"]["backends"]["green"], 0, "{json}");
+    assert!(
+        json["live"]["backends"]["blue"].as_u64().unwrap() > 0,
+        "{json}"
+    );
+    assert!(json["live"].get("routes").is_none(), "{json}");
 }
 
 #[test]
@@ -178,6 +187,10 @@ fn haproxy_canary_without_traffic_is_inconclusive_and_waits_for_a_human() {
     // The dry run says the same, and why, without touching anything.
     let (code, text) = analyze(&h.w, false);
     assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("live: blue 50%, green 50%\n  no routes: every request is split by weight"),
+        "{text}"
+    );
     assert!(
         text.contains("step 2 analysis over the last 5s: inconclusive"),
         "{text}"

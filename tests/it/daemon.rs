@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::git::{GitDaemon, git};
 use crate::support::net::{Silent, free_port, http_get_with};
-use crate::support::world::{HELD, KILLED, World, canary_weight, phase, verified};
+use crate::support::world::{
+    HELD, KILLED, TESTERS_FIRST, World, canary_weight, phase, side_for, verified,
+};
 
 const STEPS: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}\n    - setWeight: 50\n    - pause: {duration: 1s}\n";
 
@@ -492,25 +494,6 @@ fn the_judge_promotes_a_canary_as_good_as_its_baseline() {
     assert_eq!(judged.outcome, canaryd::core::analysis::Outcome::Success);
 }
 
-/// Steps that send testers (`X-Canary: always`) to the canary at weight 0, then hold.
-const TESTERS_FIRST: &str = "  sticky: {header: X-User-Id}
-  steps:
-    - setHeaderRoute: {name: testers, match: [{headerName: X-Canary, headerValue: {exact: always}}]}
-    - pause: {}
-    - setWeight: 50
-    - pause: {}
-";
-
-/// Which backend answered a request through the router with `headers`.
-fn answered_by(w: &World, headers: &[(&str, &str)]) -> String {
-    let (status, body) = http_get_with(w.router, "/", headers).expect("the router answers");
-    assert_eq!(status, 200, "{body}");
-    body.split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn testers_reach_the_canary_at_weight_0_and_nobody_after_an_abort() {
     let mut w = World::new(0.0, 0.0);
@@ -527,9 +510,9 @@ fn testers_reach_the_canary_at_weight_0_and_nobody_after_an_abort() {
     assert_eq!(s.sticky, None, "no split at weight 0");
     let marked = [("X-Canary", "always")];
     for _ in 0..20 {
-        assert_eq!(answered_by(&w, &marked), "green");
-        assert_eq!(answered_by(&w, &[("X-Canary", "never")]), "blue");
-        assert_eq!(answered_by(&w, &[]), "blue");
+        assert_eq!(side_for(&w, &marked), "green");
+        assert_eq!(side_for(&w, &[("X-Canary", "never")]), "blue");
+        assert_eq!(side_for(&w, &[]), "blue");
     }
     // The status commit names who sees the canary.
     let log = w.status_log("checkout");
@@ -544,9 +527,9 @@ fn testers_reach_the_canary_at_weight_0_and_nobody_after_an_abort() {
     });
     assert!(s.sticky.is_some() && !s.routes.is_empty(), "{s:#?}");
     for user in ["ada", "grace", "linus", "barbara"] {
-        let first = answered_by(&w, &[("X-User-Id", user)]);
+        let first = side_for(&w, &[("X-User-Id", user)]);
         for _ in 0..5 {
-            assert_eq!(answered_by(&w, &[("X-User-Id", user)]), first, "{user}");
+            assert_eq!(side_for(&w, &[("X-User-Id", user)]), first, "{user}");
         }
     }
     w.gate("abort");
@@ -555,7 +538,7 @@ fn testers_reach_the_canary_at_weight_0_and_nobody_after_an_abort() {
     });
     assert_eq!(s.sticky, None);
     for _ in 0..20 {
-        assert_eq!(answered_by(&w, &marked), "blue");
+        assert_eq!(side_for(&w, &marked), "blue");
     }
 }
 
@@ -578,7 +561,7 @@ fn blue_green_previews_with_a_header_switches_in_one_apply_and_a_revert_switches
     });
     let preview = [("X-Preview", "1")];
     for _ in 0..20 {
-        assert_eq!(answered_by(&w, &preview), "green");
+        assert_eq!(side_for(&w, &preview), "green");
     }
     let ordinary = w.traffic(200);
     assert_eq!(ordinary.by_backend.get("blue"), Some(&200), "{ordinary:?}");
@@ -594,7 +577,7 @@ fn blue_green_previews_with_a_header_switches_in_one_apply_and_a_revert_switches
     let started = Instant::now();
     git(&w.work, &["revert", "--no-edit", "HEAD~1"]);
     git(&w.work, &["push", "-q", "origin", "HEAD:main"]);
-    while answered_by(&w, &[]) != "blue" {
+    while side_for(&w, &[]) != "blue" {
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "still on green after {:?}",

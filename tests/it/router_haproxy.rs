@@ -12,7 +12,7 @@ use canaryd::core::model::{
 };
 use canaryd::edge::backend::{LoadConfig, LoadReport, load};
 use canaryd::edge::router::RouterError;
-use canaryd::edge::router::haproxy::HaproxyRouter;
+use canaryd::edge::router::haproxy::{HaproxyRouter, maps};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::backends::{Backends, Server};
@@ -22,7 +22,9 @@ use crate::support::observe::{
 };
 use crate::support::rig::haproxy::Haproxy;
 use crate::support::who::marked_and_sticky;
-use crate::support::world::{GATED, World, rollout_through, runtime};
+use crate::support::world::{
+    GATED, TESTERS_FIRST, World, phase, rollout_through, runtime, side_for, verified,
+};
 
 /// HAProxy in front of blue (weight 100) and green (weight 0) in backend `checkout`, and the
 /// backends, which stop when dropped.
@@ -492,6 +494,85 @@ fn a_rollout_through_the_daemon_is_read_back_from_haproxy() {
     };
     let report = rollout_through(&mut w, haproxy.frontend, read, hand_set);
     assert_eq!((report.failed, report.server_errors), (0, 0), "{report:?}");
+}
+
+/// Testers first through the daemon and a real HAProxy configured as the README says: the
+/// marked group reaches the canary at weight 0, a route cleared by hand is drift the daemon
+/// sets again, `canaryd analyze` names the live route, and an abort removes it.
+#[test]
+fn testers_reach_the_canary_through_haproxy_and_a_route_cleared_by_hand_comes_back() {
+    let mut w = World::new(0.0, 0.0);
+    let backends = w.rt.block_on(Backends::start(&[
+        Server::new("blue"),
+        Server::new("green"),
+    ]));
+    let haproxy =
+        w.rt.block_on(Haproxy::start_routed("checkout", backends.upstreams()))
+            .unwrap();
+    w.router = haproxy.frontend;
+    w.router_spec = Some(haproxy.spec());
+    w.start_on_stable(TESTERS_FIRST);
+    w.merge(
+        "checkout.yaml",
+        &w.spec(true, TESTERS_FIRST),
+        "checkout: canary green, testers first",
+    );
+    w.wait_for("checkout", 30, "the testers route verified", |s| {
+        phase(s) == "paused" && verified(s) && !s.routes.is_empty()
+    });
+    let marked = [("X-Canary", "always")];
+    for _ in 0..10 {
+        assert_eq!(side_for(&w, &marked), "green");
+        assert_eq!(side_for(&w, &[]), "blue");
+    }
+
+    // An operator clears the routes map: the testers are back on blue until the daemon sees
+    // the drift and sets the route again.
+    let maps = w.rt.block_on(haproxy.operator("show map"));
+    let file = maps::routes_map("checkout");
+    let path = maps
+        .split(['(', ')'])
+        .find(|p| p.ends_with(&file))
+        .unwrap_or_else(|| panic!("{file} in {maps}"));
+    let cleared =
+        w.rt.block_on(haproxy.operator(&format!("clear map {path}")));
+    assert!(cleared.trim().is_empty(), "{cleared}");
+    let left = w.rt.block_on(haproxy.operator(&format!("show map {path}")));
+    assert!(left.trim().is_empty(), "cleared: {left}");
+    let started = Instant::now();
+    while side_for(&w, &marked) != "green" {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the route was not set again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "route cleared by hand, set again after {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // The dry run reads what HAProxy holds.
+    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["analyze", "checkout", "--repo"])
+        .arg(&w.work)
+        .env_remove("CANARYD_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("live: blue 100%, green 0%\n  route testers: X-Canary=always → green"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    w.gate("abort");
+    w.wait_for("checkout", 30, "aborted, routes removed", |s| {
+        phase(s) == "aborted" && s.routes.is_empty()
+    });
+    for _ in 0..10 {
+        assert_eq!(side_for(&w, &marked), "blue");
+    }
 }
 
 #[test]

@@ -24,6 +24,16 @@ pub const HELD: &str = "  steps:\n    - setWeight: 30\n    - pause: {}\n    - se
 /// Steps that stop at 20 % until a person promotes or aborts: [`rollout_through`]'s.
 pub const GATED: &str = "  steps:\n    - setWeight: 20\n    - pause: {}\n    - setWeight: 60\n";
 
+/// Steps that send testers (`X-Canary: always`) to the canary at weight 0, then hold; users
+/// kept on their side by `X-User-Id` once the canary has a weight.
+pub const TESTERS_FIRST: &str = "  sticky: {header: X-User-Id}
+  steps:
+    - setHeaderRoute: {name: testers, match: [{headerName: X-Canary, headerValue: {exact: always}}]}
+    - pause: {}
+    - setWeight: 50
+    - pause: {}
+";
+
 /// Three timed steps, for a daemon killed while it walks them: see
 /// [`World::killed_rollout_kept_its_steps`].
 pub const KILLED: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}\n    - setWeight: 40\n    - pause: {duration: 2s}\n    - setWeight: 60\n    - pause: {duration: 1s}\n";
@@ -457,6 +467,16 @@ pub fn canary_weight(s: &StatusFile) -> u8 {
 }
 
 /// Whether the current step's weight was read back from the router.
+/// Which backend answered a request through the world's router with `headers`.
+pub fn side_for(w: &World, headers: &[(&str, &str)]) -> String {
+    let (status, body) = net::http_get_with(w.router, "/", headers).expect("the router answers");
+    assert_eq!(status, 200, "{body}");
+    body.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 pub fn verified(s: &StatusFile) -> bool {
     s.status.progress.run().is_some_and(|r| r.verified)
 }
