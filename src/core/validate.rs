@@ -985,6 +985,14 @@ fn header_route(
                 }
             }
         }
+        if all.len() > 1 {
+            router_can(
+                cx,
+                &at,
+                "several criteria in one match entry",
+                RouterKind::can_match_all,
+            );
+        }
         if all.is_empty() && cx.errors == start {
             cx.error(
                 &at,

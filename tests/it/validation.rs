@@ -935,3 +935,51 @@ fn blue_green_is_a_strategy_instead_of_steps_with_a_preview_that_matches() {
         &[("spec.strategy.blueGreen.preview", "the match list is empty")],
     );
 }
+
+#[test]
+fn haproxy_takes_one_criterion_per_match_entry_and_lint_says_so() {
+    let doc = |entry: &str| {
+        format!(
+            "apiVersion: canaryd.dev/v1alpha1
+kind: Router
+metadata: {{name: lb}}
+spec: {{kind: haproxy, runtimeApi: \"127.0.0.1:9999\"}}
+---
+apiVersion: canaryd.dev/v1alpha1
+kind: Rollout
+metadata: {{name: web}}
+spec:
+  router: lb
+  service: web
+  stable: {{name: blue}}
+  canary: {{name: green}}
+  steps:
+  - setHeaderRoute: {{name: t, match: [{entry}]}}
+  - setWeight: 10
+"
+        )
+    };
+    // Alternatives, one criterion each: fine.
+    let ored = doc("{headers: {X-A: {exact: '1'}}}, {cookies: {beta: {exact: 'on'}}}");
+    let (catalog, diags) = validate::validate_texts(&[("rollouts/web.yaml", &ored)]);
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
+    assert!(!catalog.invalid.contains_key("web"));
+    // Both must hold: HAProxy cannot, and lint says which routers can.
+    let anded = doc("{headers: {X-A: {exact: '1'}}, cookies: {beta: {exact: 'on'}}}");
+    let (catalog, diags) = validate::validate_texts(&[("rollouts/web.yaml", &anded)]);
+    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let e = errors[0];
+    assert_eq!(e.field, "spec.steps[0].setHeaderRoute.match[0]", "{e:#?}");
+    assert_eq!(e.position.line, 15, "{e:#?}");
+    assert_eq!(
+        e.message,
+        "router kind `haproxy` cannot express several criteria in one match entry yet"
+    );
+    let help = e.help.as_deref().unwrap();
+    assert!(
+        help.starts_with("routers that can: embedded") && !help.contains("haproxy"),
+        "{help}"
+    );
+    assert!(catalog.invalid.contains_key("web"));
+}

@@ -544,9 +544,8 @@ impl RouterKind {
     ];
 
     /// Whether canaryd sets header, cookie and query routes on this kind of router. HAProxy
-    /// does through runtime maps, one criterion per match; its driver refuses a match of
-    /// several criteria at apply (the kind alone cannot say), and needs the backend's
-    /// configuration snippet (`edge::router::haproxy::maps::snippet`).
+    /// does through runtime maps, one criterion per match ([`RouterKind::can_match_all`]), and
+    /// needs the backend's configuration snippet (`edge::router::haproxy::maps::snippet`).
     pub fn can_route(self) -> bool {
         matches!(
             self,
@@ -557,6 +556,12 @@ impl RouterKind {
     /// Whether routes on this kind may match cookies (an HTTPRoute has no cookie match).
     pub fn can_route_by_cookie(self) -> bool {
         self.can_route() && self != RouterKind::GatewayApi
+    }
+
+    /// Whether one match entry may hold several criteria that must all hold. HAProxy's
+    /// runtime maps test one field per lookup, so it routes by one criterion per entry.
+    pub fn can_match_all(self) -> bool {
+        self.can_route() && self != RouterKind::Haproxy
     }
 
     /// Whether canaryd keeps users on one side on this kind of router, monotonically (a user
