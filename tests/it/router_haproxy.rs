@@ -990,6 +990,24 @@ async fn routes_and_the_sticky_key_are_read_back_as_applied() {
     let all = router.observe_all(&services(&["checkout"])).await.unwrap();
     let seen = all["checkout"].as_ref().unwrap();
     assert_eq!((&seen.routes, &seen.sticky), (&t.routes, &t.sticky));
+    // An operator moves the sticky threshold to 90 % under weights 75/25: users go where no
+    // step says, and the driver reports the key as not held (drift) until it is applied again.
+    let maps = haproxy.operator("show map").await;
+    let file = maps::sticky_map("checkout");
+    let path = maps
+        .split(['(', ')'])
+        .find(|p| p.ends_with(&file))
+        .unwrap_or_else(|| panic!("{file} in {maps}"));
+    let set = haproxy
+        .operator(&format!("set map {path} threshold 9000"))
+        .await;
+    assert!(set.trim().is_empty(), "{set}");
+    let drifted = router.observe("checkout").await.unwrap();
+    assert_eq!((&drifted.routes, &drifted.sticky), (&t.routes, &None));
+    let all = router.observe_all(&services(&["checkout"])).await.unwrap();
+    assert_eq!(all["checkout"].as_ref().unwrap().sticky, None);
+    router.apply("checkout", &t).await.unwrap();
+    assert_eq!(router.observe("checkout").await.unwrap().sticky, t.sticky);
     // The routes route: whole exact value, cookie prefix, query regex.
     let c = http_client();
     let by = async |headers: &[(&str, &str)], query: &str| {

@@ -63,10 +63,11 @@ const MAX_EVERY_ANSWER: usize = 32 * 1024 * 1024;
 /// The longest line of map commands canaryd sends (HAProxy reads a line into one buffer,
 /// 16 kB by default).
 const MAX_LINE: usize = 8 * 1024;
-/// What a backend's maps hold: its routes and its sticky key.
+/// What a backend's maps hold: its routes, its sticky key and the sticky map's entries.
 type RequestState = (
     Vec<crate::core::model::Route>,
     Option<crate::core::model::Sticky>,
+    Vec<maps::Entry>,
 );
 /// The line `observe_all` sends: every backend's servers, every backend's name, every map
 /// (whose canaryd maps it then reads on one more line, if there are any).
@@ -154,7 +155,7 @@ impl HaproxyRouter {
         let files = self.map_list(answers.get(1))?;
         let mut states = self.request_states(&files, &[service]).await?;
         if let Some(state) = states.remove(service) {
-            (observed.routes, observed.sticky) = state?;
+            held(&mut observed, state?);
         }
         Ok(observed)
     }
@@ -174,7 +175,7 @@ impl HaproxyRouter {
         for (service, state) in states {
             if let Some(Ok(observed)) = all.get_mut(&service) {
                 match state {
-                    Ok((routes, sticky)) => (observed.routes, observed.sticky) = (routes, sticky),
+                    Ok(state) => held(observed, state),
                     Err(e) => _ = all.insert(service, Err(e)),
                 }
             }
@@ -236,8 +237,8 @@ impl HaproxyRouter {
         for ((service, file, _), text) in wanted.into_iter().zip(answers) {
             let state = states
                 .entry(service.clone())
-                .or_insert_with(|| Ok((Vec::new(), None)));
-            let Ok((routes, sticky)) = state else {
+                .or_insert_with(|| Ok((Vec::new(), None, Vec::new())));
+            let Ok((routes, sticky, split)) = state else {
                 continue;
             };
             let read = maps::parse_entries(&text).and_then(|entries| {
@@ -245,6 +246,7 @@ impl HaproxyRouter {
                     *routes = maps::routes_of(&entries)?;
                 } else {
                     *sticky = maps::sticky_of(&entries)?;
+                    *split = entries;
                 }
                 Ok(())
             });
@@ -630,6 +632,17 @@ fn parse_backends(answer: &str) -> Result<BTreeSet<&str>, String> {
 
 /// The answers to a line of commands, one per command: HAProxy ends each command's output with
 /// an empty line and no command prints one. A successful `set weight` prints nothing.
+/// `observed` with what its backend's maps hold; a sticky split that disagrees with the weights
+/// (a hand edit of the map) is reported as no sticky key, so the planner sees drift and sets it
+/// again ([`maps::split_agrees`]).
+fn held(observed: &mut Observed, (routes, sticky, split): RequestState) {
+    observed.routes = routes;
+    observed.sticky = sticky;
+    if !maps::split_agrees(observed, &split) {
+        observed.sticky = None;
+    }
+}
+
 fn split_answers(output: &str) -> Vec<String> {
     let mut answers = Vec::new();
     let mut current: Vec<&str> = Vec::new();

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::core::model::{Criterion, Field, Match, Pattern, Route, Sticky, Traffic};
+use crate::core::model::{Criterion, Field, Match, Observed, Pattern, Route, Sticky, Traffic};
 
 /// One map entry: key, value.
 pub type Entry = (String, String);
@@ -346,6 +346,33 @@ pub fn sticky_of(entries: &[Entry]) -> Result<Option<Sticky>, String> {
     }
 }
 
+/// Whether the sticky map's `entries` are the split that `observed`'s weights and key name:
+/// the threshold 100·w of the canary's share, the stable server the one other server with
+/// weight. A map edited by hand (a threshold of 9000 under weights 90/10) sends users where no
+/// step says; the driver then reports no sticky key, which the planner sees as drift.
+pub fn split_agrees(observed: &Observed, entries: &[Entry]) -> bool {
+    let Some(key) = &observed.sticky else {
+        return entries.is_empty();
+    };
+    let canary = entries
+        .iter()
+        .find(|(k, _)| k == "canary")
+        .map(|(_, v)| v.clone());
+    let traffic = Traffic {
+        backends: observed.percentages().unwrap_or_default(),
+        routes: Vec::new(),
+        sticky: Some(key.clone()),
+        canary,
+    };
+    let Ok(mut want) = sticky_entries(&traffic) else {
+        return false;
+    };
+    let mut have = entries.to_vec();
+    want.sort();
+    have.sort();
+    want == have
+}
+
 /// `arg` as one argument on a runtime API line: HAProxy drops a backslash and keeps the next
 /// character, and would end the command at `;` or the argument at a space.
 pub fn cli_arg(arg: &str) -> String {
@@ -494,6 +521,32 @@ mod tests {
         ] {
             assert!(criterion_of(key).is_none(), "{key}");
         }
+    }
+
+    #[test]
+    fn a_sticky_split_agrees_with_the_weights_it_was_written_for_only() {
+        let mut t = Traffic::of(&[("blue", 75), ("green", 25)]).unwrap();
+        t.sticky = Some(Sticky::Header("X-User-Id".to_string()));
+        t.canary = Some("green".to_string());
+        let entries = sticky_entries(&t).unwrap();
+        let observed = Observed {
+            backends: BTreeMap::from([("blue".to_string(), 75), ("green".to_string(), 25)]),
+            routes: Vec::new(),
+            sticky: t.sticky.clone(),
+        };
+        assert!(split_agrees(&observed, &entries));
+        let mut moved = entries.clone();
+        moved.retain(|(k, _)| k != "threshold");
+        moved.push(("threshold".to_string(), "9000".to_string()));
+        assert!(!split_agrees(&observed, &moved));
+        // Weights changed by hand under an untouched map: the map no longer agrees either.
+        let mut reweighted = observed.clone();
+        reweighted.backends.insert("green".to_string(), 50);
+        reweighted.backends.insert("blue".to_string(), 50);
+        assert!(!split_agrees(&reweighted, &entries));
+        // No key, no entries: nothing to disagree with.
+        let plain = Observed::weights(observed.backends.clone());
+        assert!(split_agrees(&plain, &[]));
     }
 
     #[test]
