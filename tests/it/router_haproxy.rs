@@ -1050,6 +1050,8 @@ async fn routes_and_the_sticky_key_are_read_back_as_applied() {
         .await
         .unwrap();
     assert_eq!(by(&[], "?app=android-7").await, "blue");
+    // Percent-decoded before it is matched, as the embedded router does.
+    assert_eq!(by(&[], "?app=andr%6Fid-7").await, "blue");
     assert_eq!(by(&[], "?app=android-x").await, "green");
     assert_eq!(by(&[("X-Canary", "a.b c;d\\eX")], "?app=ios").await, "blue");
     // Clearing: no routes, no key.

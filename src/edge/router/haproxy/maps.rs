@@ -44,12 +44,13 @@ fn field_word(on: Field) -> &'static str {
 }
 
 /// The snippet's fetch of a field: the first occurrence of a header, whole (`req.hdr()` would
-/// take the last one and split it on commas), a cookie, a query parameter.
+/// take the last one and split it on commas), a cookie, a query parameter percent-decoded (`+`
+/// kept, as the embedded router keeps it: a URI query, not a form).
 fn fetch(on: Field, name: &str) -> String {
     match on {
         Field::Header => format!("req.fhdr({name},1)"),
         Field::Cookie => format!("req.cook({name})"),
-        Field::Query => format!("url_param({name})"),
+        Field::Query => format!("url_param({name}),url_dec"),
     }
 }
 
