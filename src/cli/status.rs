@@ -56,7 +56,7 @@ pub fn run(args: StatusArgs) -> Result<u8> {
         }
         let text = match args.output.output {
             Output::Human => canaryd::view::status::human(&parsed, canaryd::edge::clock::wall()),
-            Output::Json => format!("{}\n", canaryd::view::status::json(&parsed)),
+            Output::Json => canaryd::view::status::json(&parsed),
         };
         if !args.watch {
             emit(&text)?;

@@ -81,6 +81,12 @@ fn a_merge_starts_a_canary_that_steps_to_promotion() {
         .arg(&w.remote)
         .output()
         .unwrap();
+    // One document, one newline after it: what `jq` and a line reader expect.
+    assert!(
+        out.stdout.ends_with(b"]\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json[0]["phase"], "promoted", "{json}");
     assert_eq!(json[0]["desired"]["green"], 100, "{json}");
