@@ -16,6 +16,7 @@ mod plan;
 mod run;
 mod schema;
 mod status;
+mod wait;
 
 use std::path::PathBuf;
 
@@ -63,6 +64,9 @@ pub enum Command {
     /// repository, two backends, the embedded router and the daemon, on 127.0.0.1, in a temp
     /// dir. Needs nothing installed.
     Demo,
+    /// Wait until a revision of one rollout is promoted (exit 0), fails: aborted, rolled back,
+    /// superseded or invalid (exit 1), or time runs out (exit 2). For CI, after a merge.
+    Wait(wait::WaitArgs),
     /// Print (or write) the JSON Schemas of the spec documents and the status file.
     Schema(schema::SchemaArgs),
 }
@@ -84,6 +88,7 @@ impl Command {
             Command::Analyze(args) => analyze::run(args),
             Command::Run(args) => run::run(args),
             Command::Status(args) => status::run(args),
+            Command::Wait(args) => wait::run(args),
             Command::Promote(args) => gate::run(args, "promote"),
             Command::Abort(args) => gate::run(args, "abort"),
             Command::Demo => demo::run(),

@@ -17,4 +17,5 @@ pub mod schema;
 pub mod spec;
 pub mod templates;
 pub mod validate;
+pub mod wait;
 pub mod yaml;

@@ -17,4 +17,5 @@ pub mod repo;
 pub mod router;
 pub mod secret;
 pub mod telemetry;
+pub mod wait;
 pub mod webhook;

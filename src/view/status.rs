@@ -169,6 +169,23 @@ fn stall_line(s: &Stall, now: DateTime<Utc>) -> String {
     format!("stalled since {}: {}", clock(s.since, now), s.because)
 }
 
+/// One line for a rollout: its phase in words, its step and its canary's weight, as
+/// `canaryd wait` prints each change (`progressing, step 2/4, canary 20%`).
+pub fn line(file: &StatusFile, now: DateTime<Utc>) -> String {
+    let progress = &file.status.progress;
+    let mut out = phase_words(progress, now);
+    if let Some(k) = step(progress) {
+        let _ = write!(out, ", step {k}/{}", file.steps);
+    }
+    if let Some(w) = canary_weight(file) {
+        let _ = write!(out, ", canary {w}");
+    }
+    if let Some(who) = file.who() {
+        let _ = write!(out, ", {who}");
+    }
+    out
+}
+
 /// One block per rollout, separated by blank lines; times are UTC, ages relative to `now`.
 pub fn human(files: &[StatusFile], now: DateTime<Utc>) -> String {
     let mut out = String::new();

@@ -30,4 +30,5 @@ mod router_traefik;
 mod support;
 mod tidy;
 mod validation;
+mod wait;
 mod webhook;

@@ -19,6 +19,8 @@ pub mod message;
 mod revert;
 mod routers;
 mod snapshot;
+
+pub(crate) use snapshot::validate_at;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -174,7 +174,7 @@ impl Reader {
 /// The specs at `commit`, validated: the catalog (with the files skipped unread among its
 /// broken files), its diagnostics, and the files skipped with why.
 #[allow(clippy::type_complexity)]
-pub(super) fn validate_at(
+pub(crate) fn validate_at(
     m: &Mirror,
     commit: &str,
     known: &Known,

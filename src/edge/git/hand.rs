@@ -342,3 +342,27 @@ pub fn log(
     }
     Ok(lines)
 }
+
+/// Where to read `status_branch` from for a `--repo` given as `source`: a URL as it is; a local
+/// repository that has the branch (the remote itself, or a clone that checked it out) as it is;
+/// else the URL of the local clone's `origin`, which has it (a CI checkout holds only the
+/// branch it built). A path that is not a repository is returned as it is, for the fetch to
+/// report.
+pub fn status_source(source: &str, status_branch: &str) -> String {
+    if is_url(source) {
+        return source.to_string();
+    }
+    let Ok(repo) = Repository::open(source) else {
+        return source.to_string();
+    };
+    if repo
+        .refname_to_id(&format!("refs/heads/{status_branch}"))
+        .is_ok()
+    {
+        return source.to_string();
+    }
+    repo.find_remote("origin")
+        .ok()
+        .and_then(|r| r.url().map(str::to_string))
+        .unwrap_or_else(|| source.to_string())
+}

@@ -253,6 +253,23 @@ impl Mirror {
         Ok(out)
     }
 
+    /// The full id of `rev` (a full or abbreviated commit id, or a ref) as last fetched.
+    pub fn resolve(&self, rev: &str) -> Result<String, GitError> {
+        self.commit(rev).map(|c| c.id().to_string())
+    }
+
+    /// Whether `commit` is `ancestor` or comes after it; `false` when either is unknown here.
+    pub fn descends(&self, commit: &str, ancestor: &str) -> bool {
+        let (Ok(c), Ok(a)) = (self.commit(commit), self.commit(ancestor)) else {
+            return false;
+        };
+        c.id() == a.id()
+            || self
+                .repo
+                .graph_descendant_of(c.id(), a.id())
+                .unwrap_or(false)
+    }
+
     /// The id of the rollouts folder's tree at `commit` (`None`: no such folder): what the
     /// specs there are cached by, so a commit that touches no spec (a gate commit, a README)
     /// is not read and validated again.
