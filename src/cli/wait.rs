@@ -115,39 +115,74 @@ pub fn run(args: WaitArgs) -> Result<u8> {
         },
     )
     .with_context(|| format!("cannot wait for {name}"))?;
-    Ok(match ended {
-        Ended::Done { revision, .. } => {
-            say(format!("{name}: revision {revision} is live"));
-            0
-        }
+    let (code, text) = match ended {
+        Ended::Done { revision, .. } => (0, format!("{name}: revision {revision} is live")),
         Ended::Failed {
             revision,
             why,
             status,
-        } => {
-            say(failed(name, &revision, &why, &status, &args.repo));
-            1
-        }
-        Ended::Invalid { commit, errors } => {
-            say(format!(
+        } => (1, failed(name, &revision, &why, &status, &args.repo)),
+        Ended::Invalid { commit, errors } => (
+            1,
+            format!(
                 "{name}: the spec at commit {} is invalid; the daemon holds the rollout:\n  {}",
                 short(&commit),
                 errors.join("\n  ")
-            ));
-            1
-        }
-        Ended::TimedOut { revision, .. } => {
-            eprintln!(
-                "error: {name}: no decision on {} within {}",
+            ),
+        ),
+        Ended::TimedOut { revision, .. } => (
+            2,
+            format!(
+                "{name}: no decision on {} within {}",
                 revision.map_or_else(
                     || "the awaited commit (not yet on the branch)".to_string(),
                     |r| format!("revision {r}")
                 ),
                 args.timeout
-            );
-            2
+            ),
+        ),
+    };
+    match code {
+        0 | 1 => say(text.clone()),
+        _ => eprintln!("error: {text}"),
+    }
+    if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true") {
+        github_actions(name, code, &text);
+    }
+    Ok(code)
+}
+
+/// Under GitHub Actions: an annotation on the run (`::notice` or `::error`) and the outcome in
+/// the job's summary (`$GITHUB_STEP_SUMMARY`), so the reason shows without opening the log.
+fn github_actions(name: &str, code: u8, text: &str) {
+    let (level, title) = match code {
+        0 => ("notice", format!("canary {name} live")),
+        1 => ("error", format!("canary {name} failed")),
+        _ => ("error", format!("canary {name} undecided")),
+    };
+    // The workflow-command escapes: `%`, CR and LF in the message; also `:` and `,` in a
+    // property.
+    let message = text
+        .replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A");
+    let title = title
+        .replace('%', "%25")
+        .replace(':', "%3A")
+        .replace(',', "%2C");
+    let _ = emit(&format!("::{level} title={title}::{message}\n"));
+    if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY") {
+        let mark = ["✅", "❌", "⏱️"][usize::from(code.min(2))];
+        let summary = format!("### {mark} canary `{name}`\n\n```text\n{text}\n```\n");
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, summary.as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("warning: cannot write the job summary {path}: {e}");
         }
-    })
+    }
 }
 
 /// Why the revision failed, with the evidence, the revert branch or PR, and what to run.

@@ -114,9 +114,35 @@ fn wait_exits_1_for_a_failing_canary_with_the_evidence_and_the_revert_branch() {
         &w.spec(true, ANALYSED),
         "canary: green 1.1",
     );
-    let child = wait(&w, &["--commit", &merge, "--timeout", "60s"]);
+    let summary = w.dir.path().join("step-summary.md");
+    let child = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["wait", "checkout", "--repo"])
+        .arg(&w.remote)
+        .args(["--commit", &merge, "--timeout", "60s"])
+        .env_remove("CANARYD_CONFIG")
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (code, out, err, exited) = finished(child, 70);
     assert_eq!(code, 1, "{out}{err}");
+    // Under GitHub Actions: an error annotation, one line, and the job summary.
+    let annotation = out
+        .lines()
+        .find(|l| l.starts_with("::error title=canary checkout failed::checkout: revision "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        annotation.contains("%0A  revert branch: canaryd/revert/"),
+        "{annotation}"
+    );
+    let summary = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        summary.starts_with("### ❌ canary `checkout`\n"),
+        "{summary}"
+    );
+    assert!(summary.contains("aborted: errors = 0."), "{summary}");
     let aborted = w.status("checkout").unwrap();
     assert_eq!(phase(&aborted), "aborted");
     assert!(out.contains("aborted: errors = 0."), "{out}");
