@@ -109,6 +109,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         ),
         forge: config.forge.clone(),
         webhook: config.webhook,
+        notifications: config.notifications,
         git_auth,
     };
     let admin_addr = args

@@ -36,7 +36,7 @@ pub struct WaitArgs {
     #[arg(long, default_value = "30m")]
     timeout: String,
     /// How often the status branch is read.
-    #[arg(long, default_value = "1s")]
+    #[arg(long, default_value = "500ms")]
     interval: String,
     /// The repository: a URL, or a local path (a CI checkout is followed to its `origin`).
     #[arg(long, env = "CANARYD_REPO", default_value = ".")]

@@ -3,10 +3,12 @@
 //! values.
 
 pub mod analysis;
+pub mod audience;
 pub mod diag;
 pub mod judge;
 pub mod limits;
 pub mod model;
+pub mod notify;
 pub mod number;
 pub mod par;
 pub mod plan;

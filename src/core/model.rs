@@ -409,6 +409,8 @@ pub struct Rollout {
     pub on_drift: DriftPolicy,
     /// The key that keeps a user on one side while the canary's weight grows.
     pub sticky: Option<Sticky>,
+    /// Who hears of it (empty: the controller configuration's default subscriptions).
+    pub notify: Vec<crate::core::audience::Subscription>,
 }
 
 impl Rollout {

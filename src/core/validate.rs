@@ -31,6 +31,9 @@ pub struct Source {
 pub struct Known {
     /// Router name → kind (built-in metric templates depend on the kind).
     pub routers: BTreeMap<String, RouterKind>,
+    /// The notification sinks the configuration defines; `None`: not known here (`lint`
+    /// without `--config`), so `notify` names are not checked.
+    pub sinks: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Default hold of a shorthand weight, as Flagger's `analysis.interval`.
@@ -183,6 +186,7 @@ fn check(sources: &[Source], known: &Known, keep_rollouts: bool) -> (Catalog, Ve
             )
             .collect(),
         templates,
+        sinks: known.sinks.clone(),
     };
     // Each rollout is checked on its own (in parallel; its path map is dropped once it is),
     // then against the others, in order.
@@ -390,6 +394,8 @@ fn read<T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
 struct Refs {
     routers: BTreeMap<String, RouterKind>,
     templates: BTreeMap<String, spec::MetricTemplateSpec>,
+    /// The configuration's notification sinks, when known.
+    sinks: Option<std::collections::BTreeSet<String>>,
 }
 
 /// The file and path map of the document being checked, and where problems go.
@@ -656,6 +662,27 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
     };
     let window = s.window.as_ref().and_then(|w| window(cx, w));
     let sticky = s.sticky.as_ref().and_then(|st| sticky(cx, st));
+    let notify = s.notify.clone().unwrap_or_default();
+    if let Some(sinks) = &refs.sinks {
+        for (i, sub) in notify.iter().enumerate() {
+            if !sinks.contains(&sub.sink) {
+                cx.warn(
+                    &format!("spec.notify[{i}].sink"),
+                    format!("no notification sink `{}` in the configuration", sub.sink),
+                    if sinks.is_empty() {
+                        "define it under `notifications.sinks` in the controller configuration; \
+                         until then nothing is sent"
+                            .to_string()
+                    } else {
+                        format!(
+                            "known sinks: {}; until it is defined nothing is sent",
+                            sinks.iter().cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    },
+                );
+            }
+        }
+    }
 
     if cx.errors > start_errors {
         return None;
@@ -675,6 +702,7 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
         window,
         on_drift: s.on_drift.unwrap_or_default(),
         sticky,
+        notify,
     })
 }
 

@@ -377,6 +377,7 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
         providers: Default::default(),
         forge: None,
         webhook: None,
+        notifications: None,
         git_auth: Default::default(),
         clock: crate::edge::clock::Clock::System,
         attached: Default::default(),

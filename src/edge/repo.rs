@@ -257,6 +257,9 @@ pub struct Config {
     /// Credentials for the repository and the SSH host keys trusted: `username`, `token`,
     /// `password`, `sshKey`, `sshKeyPassphrase`, `knownHosts`.
     pub git_auth: Option<crate::edge::git::GitAuth>,
+    /// Notification sinks (`sinks: {NAME: {webhook | slack | teams: …}}`) and the default
+    /// subscriptions of rollouts that name none.
+    pub notifications: Option<crate::edge::notify::NotifyConfig>,
 }
 
 impl Config {
@@ -278,6 +281,10 @@ impl Config {
                 .iter()
                 .map(|(n, r)| (n.clone(), r.kind()))
                 .collect(),
+            sinks: self
+                .notifications
+                .as_ref()
+                .map(|n| n.sinks.keys().cloned().collect()),
         }
     }
 }

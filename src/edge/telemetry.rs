@@ -51,16 +51,19 @@ pub enum ErrorClass {
     Status,
     /// The forge (pull requests, commit statuses); never holds traffic.
     Forge,
+    /// Notifications (a sink that refuses, a secret that cannot be read); never holds traffic.
+    Notify,
 }
 
 impl ErrorClass {
-    const ALL: [ErrorClass; 6] = [
+    const ALL: [ErrorClass; 7] = [
         ErrorClass::Git,
         ErrorClass::Router,
         ErrorClass::Metrics,
         ErrorClass::Spec,
         ErrorClass::Status,
         ErrorClass::Forge,
+        ErrorClass::Notify,
     ];
 
     /// The label value.
@@ -72,6 +75,7 @@ impl ErrorClass {
             ErrorClass::Spec => "spec",
             ErrorClass::Status => "status",
             ErrorClass::Forge => "forge",
+            ErrorClass::Notify => "notify",
         }
     }
 
@@ -165,6 +169,12 @@ pub enum Event {
         outcome: WebhookOutcome,
         detail: String,
     },
+    /// A notification was sent to `sink` (`delivered`), or a try failed.
+    Notified {
+        sink: String,
+        id: String,
+        delivered: bool,
+    },
 }
 
 /// Bucket bounds of `canaryd_step_duration_seconds`: steps last from seconds (a `setWeight`
@@ -248,6 +258,8 @@ pub struct Telemetry {
     status_commits: AtomicU64,
     push_rejected: AtomicU64,
     webhooks: [AtomicU64; 7],
+    /// (sink, delivered) → notifications sent, or tries that failed.
+    notifications: Mutex<BTreeMap<(String, bool), u64>>,
     weight_changes: Mutex<BTreeMap<String, u64>>,
     step_duration: Mutex<Histogram>,
     router_apply: Mutex<BTreeMap<String, Histogram>>,
@@ -274,6 +286,7 @@ impl Telemetry {
             status_commits: AtomicU64::new(0),
             push_rejected: AtomicU64::new(0),
             webhooks: Default::default(),
+            notifications: Mutex::new(BTreeMap::new()),
             weight_changes: Mutex::new(BTreeMap::new()),
             step_duration: Mutex::new(Histogram::new(STEP_BUCKETS)),
             router_apply: Mutex::new(BTreeMap::new()),
@@ -308,6 +321,13 @@ impl Telemetry {
             Event::StatusCommitted { .. } => bump(&self.status_commits),
             Event::PushRejected => bump(&self.push_rejected),
             Event::Webhook { outcome, .. } => bump(&self.webhooks[webhook_index(outcome)]),
+            Event::Notified {
+                sink, delivered, ..
+            } => {
+                *lock(&self.notifications)
+                    .entry((sink, delivered))
+                    .or_default() += 1
+            }
         }
     }
 
@@ -412,6 +432,21 @@ impl Telemetry {
                 o.as_str()
             );
         }
+
+        header(
+            out,
+            "canaryd_notifications_total",
+            "Notifications per sink: sent, or tries that failed (retried with backoff).",
+            "counter",
+        );
+        for ((sink, delivered), n) in lock(&self.notifications).iter() {
+            let outcome = if *delivered { "sent" } else { "failed" };
+            let _ = writeln!(
+                out,
+                "canaryd_notifications_total{{sink=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape_label(sink)
+            );
+        }
     }
 }
 
@@ -444,6 +479,7 @@ fn class_index(c: ErrorClass) -> usize {
         ErrorClass::Spec => 3,
         ErrorClass::Status => 4,
         ErrorClass::Forge => 5,
+        ErrorClass::Notify => 6,
     }
 }
 
@@ -488,6 +524,17 @@ fn log(e: &Event) {
         }
         Event::PushRejected => {
             tracing::warn!("push of the status branch rejected; re-fetching and retrying");
+        }
+        Event::Notified {
+            sink,
+            id,
+            delivered,
+        } => {
+            if *delivered {
+                tracing::info!(sink = %sink, notice = %id, "notification sent");
+            } else {
+                tracing::debug!(sink = %sink, notice = %id, "notification try failed");
+            }
         }
         Event::Webhook { outcome, detail } => {
             let label = outcome.as_str();
@@ -569,6 +616,7 @@ canaryd_errors_total{class=\"metrics\"} 0
 canaryd_errors_total{class=\"spec\"} 0
 canaryd_errors_total{class=\"status\"} 0
 canaryd_errors_total{class=\"forge\"} 0
+canaryd_errors_total{class=\"notify\"} 0
 # HELP canaryd_weight_changes_total Canary weights set on a router.
 # TYPE canaryd_weight_changes_total counter
 # HELP canaryd_aborts_total Rollouts aborted.
@@ -611,6 +659,8 @@ canaryd_webhook_deliveries_total{outcome=\"unknown\"} 0
 canaryd_webhook_deliveries_total{outcome=\"unauthorized\"} 0
 canaryd_webhook_deliveries_total{outcome=\"invalid\"} 0
 canaryd_webhook_deliveries_total{outcome=\"unavailable\"} 0
+# HELP canaryd_notifications_total Notifications per sink: sent, or tries that failed (retried with backoff).
+# TYPE canaryd_notifications_total counter
 ";
         assert_eq!(out, expected);
     }
@@ -668,7 +718,21 @@ canaryd_webhook_deliveries_total{outcome=\"unavailable\"} 0
                 detail: "github push delivery 1".into(),
             });
         }
+        for delivered in [true, false, true] {
+            t.record(Event::Notified {
+                sink: "team-slack".into(),
+                id: "checkout/3f2a9c1d0e4b/aborted".into(),
+                delivered,
+            });
+        }
         let out = rendered(&t);
+        assert_eq!(
+            lines(&out, "canaryd_notifications_total{"),
+            [
+                "canaryd_notifications_total{sink=\"team-slack\",outcome=\"failed\"} 1",
+                "canaryd_notifications_total{sink=\"team-slack\",outcome=\"sent\"} 2",
+            ]
+        );
         assert_eq!(
             lines(&out, "canaryd_reconcile_total{"),
             [
@@ -687,6 +751,7 @@ canaryd_webhook_deliveries_total{outcome=\"unavailable\"} 0
                 "canaryd_errors_total{class=\"spec\"} 1",
                 "canaryd_errors_total{class=\"status\"} 0",
                 "canaryd_errors_total{class=\"forge\"} 0",
+                "canaryd_errors_total{class=\"notify\"} 0",
             ]
         );
         assert_eq!(

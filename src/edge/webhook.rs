@@ -71,7 +71,7 @@ pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
     mac.verify_slice(&tag).is_ok()
 }
 
-fn hmac_sha256(secret: &[u8]) -> Hmac<Sha256> {
+pub(crate) fn hmac_sha256(secret: &[u8]) -> Hmac<Sha256> {
     match Hmac::<Sha256>::new_from_slice(secret) {
         Ok(mac) => mac,
         Err(_) => unreachable!("HMAC takes keys of any length"),

@@ -330,6 +330,7 @@ impl Loop {
             }),
             forge: None,
             webhook: None,
+            notifications: None,
             git_auth: Default::default(),
             clock,
             attached: BTreeMap::from([("lb".to_string(), router.clone() as Arc<dyn Router>)]),

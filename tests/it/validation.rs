@@ -330,6 +330,7 @@ fn routers_may_come_from_the_controller_configuration() {
     );
     let known = Known {
         routers: [("lb".to_string(), canaryd::core::spec::RouterKind::Haproxy)].into(),
+        ..Known::default()
     };
     let (catalog, diags) = validate::validate(&sources, &known);
     assert!(diags.is_empty() && catalog.rollouts.len() == 1);
@@ -982,4 +983,47 @@ spec:
         "{help}"
     );
     assert!(catalog.invalid.contains_key("web"));
+}
+
+#[test]
+fn notify_names_sinks_of_the_configuration_and_lint_warns_of_an_unknown_one() {
+    let body = format!(
+        "{TARGET}steps: [{{setWeight: 10}}]\nnotify:\n  - {{sink: chat, severity: warn}}\n  - {{sink: ops, events: [aborted, promoted]}}\n"
+    );
+    let sources = [Source {
+        file: "rollouts/web.yaml".to_string(),
+        text: rollout(&body),
+    }];
+    // Without the configuration (plain `lint`): nothing to check the names against.
+    let (catalog, diags) = validate::validate(&sources, &Known::default());
+    assert!(diags.is_empty(), "{diags:#?}");
+    let subs = &catalog.rollouts[0].notify;
+    assert_eq!(subs.len(), 2);
+    assert_eq!(
+        subs[1].events,
+        Some(vec![
+            canaryd::core::notify::Kind::Aborted,
+            canaryd::core::notify::Kind::Promoted
+        ])
+    );
+    // With it: `ops` is not a sink there. A warning, not an error: nothing is told to it, and
+    // the rollout runs.
+    let known = Known {
+        sinks: Some(["chat".to_string()].into()),
+        ..Known::default()
+    };
+    let (catalog, diags) = validate::validate(&sources, &known);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    let d = &diags[0];
+    assert!(!d.is_error());
+    assert_eq!(d.field, "spec.notify[1].sink");
+    assert_eq!((d.position.line, d.position.column), (17, 14), "{d:#?}");
+    assert_eq!(d.message, "no notification sink `ops` in the configuration");
+    assert!(d.help.as_deref().unwrap().contains("known sinks: chat"));
+    assert_eq!(catalog.rollouts.len(), 1);
+    // An event that does not exist is an error, with the file and line.
+    check(
+        "steps: [{setWeight: 10}]\nnotify: [{sink: chat, events: [exploded]}]",
+        &[("spec.notify[0].events[0]", "exploded")],
+    );
 }

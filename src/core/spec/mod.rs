@@ -145,6 +145,10 @@ pub struct RolloutSpec {
     /// switch of all traffic, the old side kept on the router to switch back. Replaces `steps`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
+    /// Who hears of this rollout: `[{sink: team-slack, severity: warn}]`, sinks of the
+    /// controller configuration's `notifications`; without it, the configuration's `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Vec<crate::core::audience::Subscription>>,
 }
 
 /// How the canary is rolled out, when not by `steps`.

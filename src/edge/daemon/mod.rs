@@ -73,6 +73,8 @@ pub struct Settings {
     pub forge: Option<crate::edge::forge::ForgeConfig>,
     /// Push webhooks, served on the admin listener.
     pub webhook: Option<WebhookConfig>,
+    /// Notification sinks and default subscriptions.
+    pub notifications: Option<crate::edge::notify::NotifyConfig>,
     /// Credentials for the remote, and the SSH host keys trusted.
     pub git_auth: git::GitAuth,
     /// What the daemon takes for now ([`Clock::System`] but in tests).
@@ -109,6 +111,8 @@ pub enum DaemonError {
     Worker,
     #[error("forge: {0}")]
     Forge(crate::edge::forge::ForgeError),
+    #[error("notifications: {0}")]
+    Notify(String),
 }
 
 /// What wakes the loop, with what it brings. Each rollout is in at most one piece of work at
@@ -239,6 +243,29 @@ pub async fn run(
             .iter()
             .map(|(n, r)| (n.clone(), r.kind()))
             .collect(),
+        sinks: Some(
+            settings
+                .notifications
+                .as_ref()
+                .map(|n| n.sinks.keys().cloned().collect())
+                .unwrap_or_default(),
+        ),
+    };
+    let notifier = match &settings.notifications {
+        Some(config) if !config.sinks.is_empty() => Some(
+            crate::edge::notify::Notifier::start(
+                config.clone(),
+                &settings.data_dir,
+                format!(
+                    "canaryd status NAME --repo {}",
+                    git::redact(&settings.remote.url)
+                ),
+                admin.telemetry.clone(),
+                shutdown.clone(),
+            )
+            .map_err(DaemonError::Notify)?,
+        ),
+        _ => None,
     };
     let mut daemon = Daemon {
         telemetry: admin.telemetry.clone(),
@@ -256,6 +283,7 @@ pub async fn run(
         prs: BTreeMap::new(),
         providers,
         outbox,
+        notifier,
         measured_tx,
         measuring: BTreeSet::new(),
         taken: BTreeMap::new(),
@@ -371,6 +399,8 @@ struct Daemon {
     providers: Arc<provider::Providers>,
     /// The forge worker's inbox, when a forge is configured.
     outbox: Option<forge::Outbox>,
+    /// The notification worker's inbox, when sinks are configured.
+    notifier: Option<crate::edge::notify::Notifier>,
     /// Where measurement tasks send their results.
     measured_tx: mpsc::UnboundedSender<measure::Measured>,
     /// Rollouts whose measurements are in flight: not planned again until they are back.
@@ -498,6 +528,10 @@ impl Daemon {
             if let Ok(i) = w.spec {
                 self.tell_forge(&catalog.rollouts[i], &snapshot.head, &w.in_git)
                     .await;
+                if let Some(n) = &mut self.notifier {
+                    let notices = crate::core::notify::implied(&w.in_git, now);
+                    n.tell(&catalog.rollouts[i].notify, notices);
+                }
             }
             match w.wake() {
                 Some(at) => self.wakes.insert(w.name.clone(), at),

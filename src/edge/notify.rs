@@ -1,0 +1,553 @@
+//! Notifications: the notices a rollout's status implies ([`crate::core::notify`]), sent to the
+//! sinks the controller configuration defines: a generic webhook (JSON, HMAC-SHA256 signed), a
+//! Slack incoming webhook (Block Kit) and a Microsoft Teams workflow (an Adaptive Card).
+//!
+//! The loop never waits: it hands each notice, with the sinks subscribed to it, to a worker
+//! task. The worker sends it, retries a failure with backoff (1 s doubling to a minute; a 429's
+//! `Retry-After` is honoured), and records each delivery in `<data dir>/notifications.sent`
+//! before it is counted done, so a restart sends nothing twice: only a notice whose 2xx was
+//! never recorded (a kill between the answer and the write) can be sent again, and every
+//! delivery carries its id (`X-Canaryd-Delivery`, and `id` in the webhook's JSON) for a
+//! receiver to drop it. A 4xx other than 408 and 429 is permanent: reported, not retried.
+//!
+//! Secrets (a Slack or Teams URL, a webhook's signing secret) are read at each send and never
+//! leave in a body: any of their values found in one is replaced by `***`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::Mac as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::notify::{Notice, Severity, Subscription};
+use crate::edge::secret::{Secret, SecretRef};
+use crate::edge::telemetry::{ErrorClass, Event as Tele, Telemetry};
+
+/// The bound on one delivery, answer included.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first retry of a failed delivery; doubled each time up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Deliveries recorded in the journal beyond which the oldest are dropped at start.
+const JOURNAL_KEEP: usize = 20_000;
+/// The journal's file name in the data dir.
+pub const JOURNAL: &str = "notifications.sent";
+/// What a Slack header may hold (Block Kit: plain text, 150 characters).
+const SLACK_HEADER: usize = 150;
+/// What a Slack section's text may hold (3,000 characters).
+const SLACK_SECTION: usize = 3000;
+
+/// `notifications:` in the controller configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Sinks by name; rollouts subscribe to them by name.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// The subscriptions of a rollout whose spec names none.
+    #[serde(default)]
+    pub default: Vec<Subscription>,
+}
+
+/// One sink: `webhook: {...}`, `slack: {...}` or `teams: {...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// A generic webhook: the notice as JSON, signed with `secret` when one is set
+    /// (`X-Canaryd-Signature-256: sha256=<hex HMAC-SHA256 of the body>`).
+    Webhook {
+        url: String,
+        #[serde(default)]
+        secret: Option<SecretRef>,
+        /// More headers sent with each delivery.
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+    /// A Slack incoming webhook; its URL is a secret (`{file: …}` or `{env: …}`).
+    Slack { url: SecretRef },
+    /// A Microsoft Teams workflow ("When a Teams webhook request is received"); its URL is a
+    /// secret.
+    Teams { url: SecretRef },
+}
+
+impl SinkConfig {
+    fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Webhook { .. } => "webhook",
+            SinkConfig::Slack { .. } => "slack",
+            SinkConfig::Teams { .. } => "teams",
+        }
+    }
+}
+
+/// One delivery: a notice for one sink.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    pub sink: String,
+    pub notice: Notice,
+}
+
+impl Delivery {
+    fn key(&self) -> String {
+        format!("{}\t{}", self.sink, self.notice.id)
+    }
+}
+
+/// The daemon's handle on the notification worker.
+#[derive(Debug)]
+pub struct Notifier {
+    tx: mpsc::UnboundedSender<Delivery>,
+    config: NotifyConfig,
+    /// Deliveries handed over (or recorded as sent before this start).
+    handed: BTreeSet<String>,
+}
+
+impl Notifier {
+    /// Starts the worker: `data_dir` holds the journal of deliveries sent; `status_command`
+    /// is what a message tells people to run (`canaryd status NAME --repo URL`, `NAME` filled in).
+    pub fn start(
+        config: NotifyConfig,
+        data_dir: &Path,
+        status_command: String,
+        telemetry: Arc<Telemetry>,
+        shutdown: CancellationToken,
+    ) -> Result<Notifier, String> {
+        let journal = Journal::open(&data_dir.join(JOURNAL))?;
+        let handed = journal.sent.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| format!("notifications: cannot load the system's CA certificates: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let worker = Worker {
+            sinks: config.sinks.clone(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            journal,
+            status_command,
+            telemetry,
+        };
+        tokio::spawn(worker.run(rx, shutdown));
+        Ok(Notifier { tx, config, handed })
+    }
+
+    /// Hands over every notice of `notices` that `subscriptions` (or the configuration's
+    /// default, when empty) want and that was not handed over before.
+    pub fn tell(&mut self, subscriptions: &[Subscription], notices: Vec<Notice>) {
+        let subs = if subscriptions.is_empty() {
+            &self.config.default
+        } else {
+            subscriptions
+        };
+        for notice in notices {
+            let sinks: BTreeSet<&str> = subs
+                .iter()
+                .filter(|s| s.wants(notice.kind) && self.config.sinks.contains_key(&s.sink))
+                .map(|s| s.sink.as_str())
+                .collect();
+            for sink in sinks {
+                let d = Delivery {
+                    sink: sink.to_string(),
+                    notice: notice.clone(),
+                };
+                if self.handed.insert(d.key()) {
+                    let _ = self.tx.send(d);
+                }
+            }
+        }
+    }
+}
+
+/// The record of deliveries sent: one `sink<TAB>id` line each, appended and synced after each
+/// 2xx.
+#[derive(Debug)]
+struct Journal {
+    path: PathBuf,
+    sent: BTreeSet<String>,
+}
+
+impl Journal {
+    /// Reads the journal (none yet: empty), keeping its last [`JOURNAL_KEEP`] lines.
+    fn open(path: &Path) -> Result<Journal, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains('\t')).collect();
+        let kept = &lines[lines.len().saturating_sub(JOURNAL_KEEP)..];
+        if kept.len() < lines.len() {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, kept.join("\n") + "\n")
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| format!("cannot rewrite {}: {e}", path.display()))?;
+        }
+        Ok(Journal {
+            path: path.to_path_buf(),
+            sent: kept.iter().map(|l| (*l).to_string()).collect(),
+        })
+    }
+
+    /// Records a delivery, on disk first.
+    fn record(&mut self, key: &str) -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        f.write_all(format!("{key}\n").as_bytes())?;
+        f.sync_data()?;
+        self.sent.insert(key.to_string());
+        Ok(())
+    }
+}
+
+struct Worker {
+    sinks: BTreeMap<String, SinkConfig>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    journal: Journal,
+    status_command: String,
+    telemetry: Arc<Telemetry>,
+}
+
+/// How one try went.
+enum Tried {
+    Sent,
+    /// Try again, not before this long.
+    Retry(Option<Duration>, String),
+    /// Never: the sink refuses it (a 4xx) or cannot be configured.
+    Refused(String),
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Delivery>, stop: CancellationToken) {
+        // key → (delivery, when due, tries so far)
+        let mut pending: BTreeMap<String, (Delivery, Instant, u32)> = BTreeMap::new();
+        loop {
+            let next = pending.values().map(|(_, due, _)| *due).min();
+            let sleep = async {
+                match next {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                d = rx.recv() => match d {
+                    Some(d) if !self.journal.sent.contains(&d.key()) => {
+                        pending.insert(d.key(), (d, crate::edge::clock::instant(), 0));
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+                () = sleep => {
+                    let now = crate::edge::clock::instant();
+                    let due: Vec<String> = pending
+                        .iter()
+                        .filter(|(_, (_, at, _))| *at <= now)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in due {
+                        let Some((d, _, tries)) = pending.remove(&key) else { continue };
+                        match self.send(&d).await {
+                            Tried::Sent => self.sent(&d),
+                            Tried::Retry(after, why) => {
+                                self.failed(&d, &why, false);
+                                let backoff = FIRST_BACKOFF
+                                    .saturating_mul(1 << tries.min(6))
+                                    .min(MAX_BACKOFF);
+                                let wait = after.unwrap_or(backoff).min(MAX_BACKOFF);
+                                pending.insert(key, (d, crate::edge::clock::instant() + wait, tries + 1));
+                            }
+                            Tried::Refused(why) => self.failed(&d, &why, true),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn sent(&mut self, d: &Delivery) {
+        if let Err(e) = self.journal.record(&d.key()) {
+            self.telemetry.record(Tele::Error {
+                class: ErrorClass::Notify,
+                rollout: Some(d.notice.rollout.clone()),
+                message: format!(
+                    "notification {} sent to `{}` but not recorded ({e}); a restart may send it again",
+                    d.notice.id, d.sink
+                ),
+            });
+        }
+        self.telemetry.record(Tele::Notified {
+            sink: d.sink.clone(),
+            id: d.notice.id.clone(),
+            delivered: true,
+        });
+    }
+
+    fn failed(&self, d: &Delivery, why: &str, dropped: bool) {
+        self.telemetry.record(Tele::Notified {
+            sink: d.sink.clone(),
+            id: d.notice.id.clone(),
+            delivered: false,
+        });
+        self.telemetry.record(Tele::Error {
+            class: ErrorClass::Notify,
+            rollout: Some(d.notice.rollout.clone()),
+            message: format!(
+                "notification {} to `{}`: {why}{}",
+                d.notice.id,
+                d.sink,
+                if dropped { "; dropped" } else { "; retrying" }
+            ),
+        });
+    }
+
+    async fn send(&self, d: &Delivery) -> Tried {
+        let Some(sink) = self.sinks.get(&d.sink) else {
+            return Tried::Refused("no such sink in the configuration".to_string());
+        };
+        let command = self.status_command.replace("NAME", &d.notice.rollout);
+        let (url, secrets, signing, headers) = match resolve(&d.sink, sink) {
+            Ok(r) => r,
+            Err(e) => return Tried::Retry(None, e),
+        };
+        let body = match sink {
+            SinkConfig::Webhook { .. } => webhook_body(&d.notice, &command),
+            SinkConfig::Slack { .. } => slack_body(&d.notice, &command),
+            SinkConfig::Teams { .. } => teams_body(&d.notice, &command),
+        };
+        let mut text = body.to_string();
+        for s in &secrets {
+            if !s.expose().is_empty() {
+                text = text.replace(s.expose(), "***");
+            }
+        }
+        let mut request = hyper::Request::post(url.expose())
+            .header("content-type", "application/json")
+            .header("user-agent", concat!("canaryd/", env!("CARGO_PKG_VERSION")))
+            .header("x-canaryd-event", d.notice.kind.as_str())
+            .header("x-canaryd-delivery", &d.notice.id);
+        if let Some(key) = &signing {
+            request = request.header("x-canaryd-signature-256", signature(key, text.as_bytes()));
+        }
+        for (k, v) in &headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let request = match request.body(Full::new(Bytes::from(text))) {
+            Ok(r) => r,
+            Err(e) => {
+                return Tried::Refused(format!("{} sink: bad request: {e}", sink.kind()));
+            }
+        };
+        let answer = tokio::time::timeout(SEND_TIMEOUT, async {
+            let resp = self.client.request(request).await?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            // A short excerpt, for the error message.
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, body.ok()))
+        })
+        .await;
+        match answer {
+            Err(_) => Tried::Retry(None, format!("no answer in {} s", SEND_TIMEOUT.as_secs())),
+            Ok(Err(e)) => Tried::Retry(None, format!("cannot reach the sink: {e}")),
+            Ok(Ok((status, retry_after, body))) => {
+                let excerpt = body
+                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).to_string())
+                    .unwrap_or_default();
+                let code = status.as_u16();
+                if status.is_success() {
+                    Tried::Sent
+                } else if code == 408 || code == 429 || status.is_server_error() {
+                    Tried::Retry(retry_after, format!("answered {code} {excerpt}"))
+                } else {
+                    Tried::Refused(format!("answered {code} {excerpt}"))
+                }
+            }
+        }
+    }
+}
+
+/// The URL, the secrets to scrub, the signing key and the extra headers of a sink, read now.
+#[allow(clippy::type_complexity)]
+fn resolve(
+    name: &str,
+    sink: &SinkConfig,
+) -> Result<
+    (
+        Secret,
+        Vec<Secret>,
+        Option<Secret>,
+        BTreeMap<String, String>,
+    ),
+    String,
+> {
+    let what = |field: &str| format!("notifications.sinks.{name}.{field}");
+    match sink {
+        SinkConfig::Webhook {
+            url,
+            secret,
+            headers,
+        } => {
+            let key = secret
+                .as_ref()
+                .map(|s| s.read(&what("webhook.secret")))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            Ok((
+                Secret::new(url.clone()),
+                key.iter().cloned().collect(),
+                key,
+                headers.clone(),
+            ))
+        }
+        SinkConfig::Slack { url } | SinkConfig::Teams { url } => {
+            let url = url
+                .read(&what(&format!("{}.url", sink.kind())))
+                .map_err(|e| e.to_string())?;
+            Ok((url.clone(), vec![url], None, BTreeMap::new()))
+        }
+    }
+}
+
+/// `sha256=<hex HMAC-SHA256 of body under key>`, as GitHub signs its webhooks.
+pub fn signature(key: &Secret, body: &[u8]) -> String {
+    let mut mac = crate::edge::webhook::hmac_sha256(key.expose().as_bytes());
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// The generic webhook's body: the notice, and the command to see more.
+pub fn webhook_body(n: &Notice, status_command: &str) -> Value {
+    let mut v = serde_json::to_value(n).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("event".into(), json!(n.kind.as_str()));
+        o.insert("statusCommand".into(), json!(status_command));
+    }
+    v
+}
+
+/// Slack's mrkdwn escapes: `&`, `<` and `>`.
+fn mrkdwn(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+fn mark(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Info => "🟢",
+        Severity::Warn => "🟡",
+        Severity::Error => "🔴",
+    }
+}
+
+fn weights_line(n: &Notice) -> String {
+    n.weights
+        .iter()
+        .map(|(b, w)| format!("{b} {w}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A Slack incoming webhook's body: a fallback `text` and Block Kit blocks within Slack's
+/// limits (a header, the story, the facts, the revert link, the command to run).
+pub fn slack_body(n: &Notice, status_command: &str) -> Value {
+    let mut story = mrkdwn(&n.text);
+    if let Some(pr) = &n.revert_pr {
+        story.push_str(&format!("\n<{pr}|Revert pull request>"));
+    } else if let Some(b) = &n.revert_branch {
+        story.push_str(&format!("\nRevert branch: `{}`", mrkdwn(b)));
+    }
+    let mut fields = vec![
+        json!({"type": "mrkdwn", "text": format!("*Revision*\n`{}`", n.revision)}),
+        json!({"type": "mrkdwn", "text": format!("*Phase*\n{}", n.phase)}),
+    ];
+    if let Some(k) = n.step {
+        fields.push(json!({"type": "mrkdwn", "text": format!("*Step*\n{k}/{}", n.steps)}));
+    }
+    if !n.weights.is_empty() {
+        fields.push(json!({"type": "mrkdwn", "text": cut(&format!("*Weights*\n{}", mrkdwn(&weights_line(n))), 2000)}));
+    }
+    json!({
+        "text": cut(&format!("{} {}: {}", mark(n.severity), n.title, n.text), 3000),
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": cut(&format!("{} {}", mark(n.severity), n.title), SLACK_HEADER), "emoji": true}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": cut(&story, SLACK_SECTION)}},
+            {"type": "section", "fields": fields},
+            {"type": "context", "elements": [
+                {"type": "mrkdwn", "text": cut(&format!("`{}`", mrkdwn(status_command)), SLACK_SECTION)}
+            ]},
+        ],
+    })
+}
+
+/// A Teams workflow's body: a message carrying one Adaptive Card (1.2, which Teams renders).
+pub fn teams_body(n: &Notice, status_command: &str) -> Value {
+    let mut facts = vec![
+        json!({"title": "Revision", "value": n.revision.as_str()}),
+        json!({"title": "Phase", "value": n.phase}),
+    ];
+    if let Some(k) = n.step {
+        facts.push(json!({"title": "Step", "value": format!("{k}/{}", n.steps)}));
+    }
+    if !n.weights.is_empty() {
+        facts.push(json!({"title": "Weights", "value": weights_line(n)}));
+    }
+    if let Some(b) = &n.revert_branch {
+        facts.push(json!({"title": "Revert branch", "value": b}));
+    }
+    let mut card = json!({
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.2",
+        "body": [
+            {"type": "TextBlock", "text": format!("{} {}", mark(n.severity), n.title), "weight": "Bolder", "size": "Medium", "wrap": true},
+            {"type": "TextBlock", "text": n.text, "wrap": true},
+            {"type": "FactSet", "facts": facts},
+            {"type": "TextBlock", "text": status_command, "fontType": "Monospace", "isSubtle": true, "wrap": true},
+        ],
+    });
+    if let Some(pr) = &n.revert_pr {
+        card["actions"] =
+            json!([{"type": "Action.OpenUrl", "title": "Revert pull request", "url": pr}]);
+    }
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": card,
+        }],
+    })
+}
