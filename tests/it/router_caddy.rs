@@ -954,7 +954,11 @@ async fn router_caddy_route_changes_time_and_failures_under_load() {
     });
     let mut changes = 0u64;
     while !running.is_finished() {
-        let t = if changes % 2 == 0 { &with } else { &without };
+        let t = if changes.is_multiple_of(2) {
+            &with
+        } else {
+            &without
+        };
         router.apply(SERVICE, t).await.unwrap();
         changes += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;

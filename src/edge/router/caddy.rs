@@ -1,34 +1,75 @@
-//! The Caddy driver: reads and sets the `weighted_round_robin` weights of a `reverse_proxy` handler through Caddy's admin API.
+//! The Caddy driver: reads and sets the `weighted_round_robin` weights of a `reverse_proxy` handler, and the header, cookie and query routes tried before it, through Caddy's admin API.
 //!
 //! A rollout's `service` is the `@id` of a `reverse_proxy` handler; the router's `backends` map
-//! backend names to the upstreams' `dial` addresses, compared as exact strings.
+//! backend names to the upstreams' `dial` addresses, compared as exact strings. The user's
+//! config needs nothing more: the handler, with `@id`, the `weighted_round_robin` policy and
+//! every backend among its upstreams (the canary at weight 0 before a rollout).
 //!
 //! # Reading
 //!
-//! `observe` reads the whole handler with one `GET {admin}/id/<service>`, so the upstreams (whose
-//! order gives the weights their meaning) and the weights come from one consistent config. An
-//! upstream beyond the end of the weights array gets nothing in Caddy, so it is reported as 0;
-//! an upstream whose dial address is not in `backends` is reported under that address, so
-//! traffic going somewhere unexpected shows up as drift rather than being hidden.
+//! `observe` and `observe_all` read the whole config with one `GET {admin}/config/` and find
+//! each handler by its `@id` in it, wherever it stands, as `GET /id/<@id>` does; the routes
+//! stand beside the handler, not in it, so one read of the config holds both. An upstream
+//! beyond the end of the weights array gets nothing in Caddy, so it is reported as 0; an
+//! upstream whose dial address is not in `backends` is reported under that address, so traffic
+//! going somewhere unexpected shows up as drift rather than being hidden.
 //!
-//! `observe_all` reads the whole config with one `GET {admin}/config/` and finds each handler
-//! by its `@id` in it, wherever it stands, as `/id/` does.
+//! # Routes
+//!
+//! A rollout's routes live in a `subroute` handler with `@id` `canaryd-<service>-routes`,
+//! placed in the same `handle` list just before the driven handler: Caddy runs the handlers of
+//! a list in order, and a subroute none of whose routes match calls the next one, the weighted
+//! split. Each canaryd route is one Caddy route: its matches are matcher sets (ORed), each
+//! match's criteria matchers of one set (ANDed): `header` (exact, `prefix*`), `header_regexp`
+//! (regexes, and cookies inside the `Cookie` header), `query` (exact), and `vars`/`vars_regexp`
+//! on the `{http.request.cookie.*}` and `{http.request.uri.query.*}` placeholders (cookie
+//! regexes, query prefixes and regexes); `routes.rs` has the table. Its handler is a copy of
+//! the driven handler (transport, timeouts, headers, the backend's upstream entry) with only
+//! the route backend's upstream and no load balancing, so routed requests are proxied as the
+//! others are. The subroute is removed when the traffic has no routes (abort, promotion), which
+//! leaves the config as the operator wrote it. `observe` parses the matchers back (see
+//! `routes.rs` for how the criteria's order and the route's name are kept, and what an edited
+//! route reads as), so a hand edit shows as drift and the next apply puts the routes back.
+//!
+//! What Caddy cannot express is refused with [`RouterError::Setup`] before anything is written:
+//! a match needing two values of one matcher key (two regexes on one header, two regex-matched
+//! cookies or query parameters: `vars_regexp` ORs its keys, so a set holds one), and a cookie or
+//! query name with braces (Caddy reads them as a placeholder). A regex Rust's `regex` accepts
+//! but Go's RE2 does not is refused by Caddy when it loads the config (the old config stays)
+//! and reported as `Setup` too.
+//!
+//! **Side propagation.** A routed request carries `X-Canaryd-Side: <service>=canary` (or
+//! `=stable` for a route to another backend), set by the route's proxy in place of any the
+//! client sent. Requests of the weighted split do not: the driven handler picks the upstream
+//! itself, and naming the side there would mean editing the operator's handler (its
+//! `headers`); they carry whatever the client sent unless the operator strips it.
+//!
+//! **No sticky users.** Caddy's `cookie` policy pins the upstream of a first draw and ignores
+//! weights on the cookie path (a weight-0 canary keeps its users), and its `header`/`query`
+//! policies hash without weights (rendezvous over the upstreams): neither puts a user on the
+//! canary exactly when its bucket is below the weight, so `apply` refuses a sticky key (`Setup`),
+//! as lint does ([`RouterKind::can_stick`]).
 //!
 //! # Writing
 //!
-//! `apply` reads the handler, builds the weights array in upstream order (upstreams not named
-//! get 0; an address reported by `observe` is accepted as a name) and `PATCH`es
-//! `{admin}/id/<service>/load_balancing/selection_policy/weights` with `If-Match` set to the
-//! handler's `Etag`, so a concurrent edit of the upstreams cannot misalign the array: Caddy
-//! answers 412 and the read and write are tried again, a few times. When the live weights are
-//! already the desired ones nothing is written, so no config reload happens. Caddy applies a
-//! change by loading a new config; weight 0 is accepted and sends no traffic, but all weights 0
-//! is refused by Caddy (`Rejected`).
+//! `apply` reads the whole config (one `GET {admin}/config/`, with its `Etag`), finds the
+//! handler's `handle` list, and builds the list as it should be: the weights array in upstream
+//! order (upstreams not named get 0; an address reported by `observe` is accepted as a name)
+//! and canaryd's subroute just before the handler, rendered from the traffic's routes, or
+//! removed. When that is the list already, nothing is written, so no config reload happens.
+//! Otherwise the list is `PATCH`ed whole with `If-Match` set to the config's `Etag`, so routes
+//! and weights change in one config load, and a concurrent edit anywhere in the config makes
+//! Caddy answer 412: the read and write are tried again, a few times. A subroute of that `@id`
+//! found anywhere else (moved by hand) is refused rather than duplicated. Caddy applies a change
+//! by loading a new config, which closes idle keep-alive connections of its HTTP servers (a
+//! client that sends on one as it closes sees a transport error; in-flight requests finish);
+//! weight 0 is accepted and sends no traffic, but all weights 0 is refused by Caddy
+//! (`Rejected`).
 //!
 //! Every request is bounded by [`REQUEST_TIMEOUT`]; one whose connection fails (not one that
 //! times out) is tried again twice, 50 ms apart, because Caddy replaces its admin server on
-//! every config load and a request just after a change can meet a closing connection. Neither errors nor `Debug` show the admin
-//! URL's user info.
+//! every config load and a request just after a change can meet a closing connection. Neither
+//! errors nor `Debug` show the admin URL's user info.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -836,6 +877,48 @@ mod tests {
             desired(&only_blue, &traffic(&[("green", 100)]), &backends),
             Err("upstream `127.0.0.1:9002` for backend `green`".into())
         );
+    }
+
+    #[test]
+    fn handlers_are_found_by_id_with_canaryds_subroute_just_before_them() {
+        let config = serde_json::json!({"apps": {"http": {"servers": {"srv0": {"routes": [
+            {"handle": [
+                {"@id": "canaryd-checkout-routes", "handler": "subroute"},
+                {"@id": "checkout", "handler": "reverse_proxy"},
+            ]},
+            {"handle": [{"handler": "subroute", "routes": [{"handle": [
+                {"@id": "canaryd-search-routes", "handler": "subroute"},
+                {"handler": "headers"},
+                {"@id": "search", "handler": "reverse_proxy"},
+            ]}]}]},
+        ]}}}}});
+        let wanted = BTreeSet::from(["checkout", "search", "nope"]);
+        let mut found = BTreeMap::new();
+        paths(&config, &wanted, &mut Vec::new(), &mut found);
+        assert_eq!(found.len(), 2);
+        let checkout = &found["checkout"];
+        assert_eq!(
+            admin_path(checkout),
+            "/config/apps/http/servers/srv0/routes/0/handle/1"
+        );
+        assert_eq!(at(&config, checkout).unwrap()["@id"], "checkout");
+        let place = Place::of(&config, checkout).unwrap();
+        assert_eq!(
+            admin_path(&place.list_path),
+            "/config/apps/http/servers/srv0/routes/0/handle"
+        );
+        assert_eq!(place.index, 1);
+        assert!(place.subroute("checkout").is_some());
+        assert!(place.subroute("search").is_none());
+        // Inside a subroute; canaryd's subroute not just before it is not read as its routes.
+        let search = Place::of(&config, &found["search"]).unwrap();
+        assert_eq!(
+            admin_path(&search.list_path),
+            "/config/apps/http/servers/srv0/routes/1/handle/0/routes/0/handle"
+        );
+        assert!(search.subroute("search").is_none());
+        // Not in a list: no place.
+        assert!(Place::of(&config, &[Step::Key("apps".into())]).is_none());
     }
 
     #[test]
