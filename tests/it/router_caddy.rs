@@ -19,7 +19,7 @@ use crate::support::observe::{
 };
 use crate::support::rig::caddy::{self, Caddy};
 use crate::support::who::marked_and_sticky;
-use crate::support::world::{World, rollout_through, runtime};
+use crate::support::world::{World, canary_weight, phase, rollout_through, runtime, verified};
 
 const SERVICE: &str = "checkout";
 /// Concurrent clients of the load under weight changes.
@@ -975,4 +975,72 @@ async fn router_caddy_route_changes_time_and_failures_under_load() {
         "{} transport errors for {changes} changes: {report:?}",
         report.failed
     );
+}
+
+/// Testers (`X-Canary: always`) on the canary at weight 0, then half the traffic.
+const TESTERS_FIRST: &str = "  steps:
+    - setHeaderRoute: {name: testers, match: [{headerName: X-Canary, headerValue: {exact: always}}]}
+    - pause: {}
+    - setWeight: 50
+    - pause: {}
+";
+
+#[test]
+fn testers_first_through_the_daemon_on_caddy_with_a_hand_edit_undone() {
+    let rt = runtime();
+    let rig = rt.block_on(rig());
+    let mut w = World::new(0.0, 0.0);
+    w.router_spec = Some(rig.caddy.spec());
+    let c = fresh_client();
+    let http = rig.caddy.http;
+    let routes = || {
+        rt.block_on(rig.caddy.router.observe(SERVICE))
+            .unwrap()
+            .routes
+    };
+    let marked = |value: &str| rt.block_on(backend_for(&c, http, "", &[("X-Canary", value)]));
+    w.start_on_stable(TESTERS_FIRST);
+    w.merge(
+        "checkout.yaml",
+        &w.spec(true, TESTERS_FIRST),
+        "checkout: canary green, testers first",
+    );
+    let s = w.wait_for("checkout", 30, "the testers route verified", |s| {
+        phase(s) == "paused" && verified(s) && !s.routes.is_empty()
+    });
+    assert_eq!(canary_weight(&s), 0);
+    assert_eq!(routes(), s.routes);
+    for _ in 0..10 {
+        assert_eq!(marked("always"), "green");
+        assert_eq!(marked("never"), "blue");
+    }
+    // An operator edits the route by hand: the daemon sees the routes drift and puts them back.
+    let value = format!(
+        "http://{}/id/canaryd-{SERVICE}-routes/routes/0/match/0/header/X-Canary",
+        rig.caddy.admin
+    );
+    let r = rt
+        .block_on(async { c.patch(&value).json(&json!(["sometimes"])).send().await })
+        .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(marked("sometimes"), "green");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while routes() != s.routes {
+        assert!(
+            Instant::now() < deadline,
+            "the hand edit stayed: {:?}",
+            routes()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(marked("always"), "green");
+    assert_eq!(marked("sometimes"), "blue");
+    w.gate("abort");
+    w.wait_for("checkout", 30, "aborted, routes removed", |s| {
+        phase(s) == "aborted" && s.routes.is_empty()
+    });
+    assert!(routes().is_empty());
+    for _ in 0..10 {
+        assert_eq!(marked("always"), "blue");
+    }
 }
