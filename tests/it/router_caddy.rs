@@ -453,6 +453,17 @@ fn fresh_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// An error with its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    out
+}
+
 /// One GET through Caddy with `headers`: the backend that answered (its `x-backend` header)
 /// and the body.
 async fn ask(
@@ -465,7 +476,7 @@ async fn ask(
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
-    let resp = req.send().await.map_err(|e| e.to_string())?;
+    let resp = req.send().await.map_err(|e| chain(&e))?;
     let status = resp.status();
     let backend = resp
         .headers()
@@ -473,11 +484,30 @@ async fn ask(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let body = resp.text().await.map_err(|e| e.to_string())?;
+    let body = resp.text().await.map_err(|e| chain(&e))?;
     if status != 200 {
         return Err(format!("{status} from `{backend}`: {body}"));
     }
     Ok((backend, body))
+}
+
+/// [`ask`] for a check of where a request goes: a transport error (a connection Caddy closed
+/// in a reload, which the failure counts of the load tests measure) is printed and the request
+/// sent once more.
+async fn routed(
+    c: &reqwest::Client,
+    http: std::net::SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> (String, String) {
+    match ask(c, http, path_and_query, headers).await {
+        Ok(answer) => answer,
+        Err(e) if !e.contains(" from `") => {
+            println!("caddy: transport error, sent again: {e}");
+            ask(c, http, path_and_query, headers).await.unwrap()
+        }
+        Err(e) => panic!("{e}"),
+    }
 }
 
 async fn backend_for(
@@ -486,7 +516,7 @@ async fn backend_for(
     path_and_query: &str,
     headers: &[(&str, &str)],
 ) -> String {
-    ask(c, http, path_and_query, headers).await.unwrap().0
+    routed(c, http, path_and_query, headers).await.0
 }
 
 /// Caddy's own count of config loads so far, from its log.
@@ -809,7 +839,7 @@ async fn router_caddy_routes_route_read_back_exactly_and_a_hand_edit_is_drift() 
         (&[], "?build=nightly-42"),
     ];
     for (headers, query) in green {
-        let (b, body) = ask(&c, http, query, headers).await.unwrap();
+        let (b, body) = routed(&c, http, query, headers).await;
         assert_eq!(b, "green", "{headers:?} {query}");
         assert!(
             body.to_ascii_lowercase()
@@ -830,7 +860,7 @@ async fn router_caddy_routes_route_read_back_exactly_and_a_hand_edit_is_drift() 
         (&[], "?build=stable-nightly-1"),
     ];
     for (headers, query) in blue {
-        let (b, body) = ask(&c, http, query, headers).await.unwrap();
+        let (b, body) = routed(&c, http, query, headers).await;
         assert_eq!(b, "blue", "{headers:?} {query}");
         assert!(
             !body.to_ascii_lowercase().contains("x-canaryd-side"),
@@ -841,7 +871,7 @@ async fn router_caddy_routes_route_read_back_exactly_and_a_hand_edit_is_drift() 
     let mut to_green = t.clone();
     to_green.backends = traffic(0, 100).backends;
     router.apply(SERVICE, &to_green).await.unwrap();
-    let (b, body) = ask(&c, http, "?app=android-7", &[]).await.unwrap();
+    let (b, body) = routed(&c, http, "?app=android-7", &[]).await;
     assert_eq!(b, "blue");
     assert!(
         body.to_ascii_lowercase()
