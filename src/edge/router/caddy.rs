@@ -62,9 +62,12 @@
 //! Caddy answer 412: the read and write are tried again, a few times. A subroute of that `@id`
 //! found anywhere else (moved by hand) is refused rather than duplicated. Caddy applies a change
 //! by loading a new config, which closes idle keep-alive connections of its HTTP servers (a
-//! client that sends on one as it closes sees a transport error; in-flight requests finish);
-//! weight 0 is accepted and sends no traffic, but all weights 0 is refused by Caddy
-//! (`Rejected`).
+//! client that sends on one as it closes sees a transport error; in-flight requests finish),
+//! and on Linux binds a new `SO_REUSEPORT` socket for each listener and closes the old one
+//! (`listen_unix.go`), so a connection the kernel queued on the old socket just then is reset
+//! (derived from the source; the tests see a few transport errors per reload under load, never
+//! a 5xx). Hence canaryd writes nothing when nothing changes. Weight 0 is accepted and sends no
+//! traffic, but all weights 0 is refused by Caddy (`Rejected`).
 //!
 //! Every request is bounded by [`REQUEST_TIMEOUT`]; one whose connection fails (not one that
 //! times out) is tried again twice, 50 ms apart, because Caddy replaces its admin server on
