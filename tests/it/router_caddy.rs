@@ -658,9 +658,11 @@ async fn router_caddy_marked_group_reaches_the_canary_at_0_and_nobody_after_an_a
         steps.len(),
         failed.len()
     );
-    // A reload closes idle keep-alive connections; a client sending on one just as it closes
-    // sees a transport error: at most one per reload.
-    assert!(failed.len() <= steps.len(), "{failed:?}");
+    // A reload closes idle keep-alive connections (a client sending on one just as it closes
+    // sees "connection closed before message completed"), and on Linux Caddy listens on a new
+    // SO_REUSEPORT socket and closes the old one, resetting a connection queued on it just then
+    // (the client's reconnection): a few per reload, never a 5xx.
+    assert!(failed.len() <= 3 * steps.len(), "{failed:?}");
     println!("caddy marked steps: {shares:?}; {failed_total} step requests failed");
 }
 
