@@ -553,7 +553,7 @@ impl RouterKind {
     pub fn can_route(self) -> bool {
         matches!(
             self,
-            RouterKind::Embedded | RouterKind::Haproxy | RouterKind::GatewayApi
+            RouterKind::Embedded | RouterKind::Haproxy | RouterKind::Caddy | RouterKind::GatewayApi
         )
     }
 

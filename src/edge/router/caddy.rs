@@ -1,34 +1,78 @@
-//! The Caddy driver: reads and sets the `weighted_round_robin` weights of a `reverse_proxy` handler through Caddy's admin API.
+//! The Caddy driver: reads and sets the `weighted_round_robin` weights of a `reverse_proxy` handler, and the header, cookie and query routes tried before it, through Caddy's admin API.
 //!
 //! A rollout's `service` is the `@id` of a `reverse_proxy` handler; the router's `backends` map
-//! backend names to the upstreams' `dial` addresses, compared as exact strings.
+//! backend names to the upstreams' `dial` addresses, compared as exact strings. The user's
+//! config needs nothing more: the handler, with `@id`, the `weighted_round_robin` policy and
+//! every backend among its upstreams (the canary at weight 0 before a rollout).
 //!
 //! # Reading
 //!
-//! `observe` reads the whole handler with one `GET {admin}/id/<service>`, so the upstreams (whose
-//! order gives the weights their meaning) and the weights come from one consistent config. An
-//! upstream beyond the end of the weights array gets nothing in Caddy, so it is reported as 0;
-//! an upstream whose dial address is not in `backends` is reported under that address, so
-//! traffic going somewhere unexpected shows up as drift rather than being hidden.
+//! `observe` and `observe_all` read the whole config with one `GET {admin}/config/` and find
+//! each handler by its `@id` in it, wherever it stands, as `GET /id/<@id>` does; the routes
+//! stand beside the handler, not in it, so one read of the config holds both. An upstream
+//! beyond the end of the weights array gets nothing in Caddy, so it is reported as 0; an
+//! upstream whose dial address is not in `backends` is reported under that address, so traffic
+//! going somewhere unexpected shows up as drift rather than being hidden.
 //!
-//! `observe_all` reads the whole config with one `GET {admin}/config/` and finds each handler
-//! by its `@id` in it, wherever it stands, as `/id/` does.
+//! # Routes
+//!
+//! A rollout's routes live in a `subroute` handler with `@id` `canaryd-<service>-routes`,
+//! placed in the same `handle` list just before the driven handler: Caddy runs the handlers of
+//! a list in order, and a subroute none of whose routes match calls the next one, the weighted
+//! split. Each canaryd route is one Caddy route: its matches are matcher sets (ORed), each
+//! match's criteria matchers of one set (ANDed): `header` (exact, `prefix*`), `header_regexp`
+//! (regexes, and cookies inside the `Cookie` header), `query` (exact), and `vars`/`vars_regexp`
+//! on the `{http.request.cookie.*}` and `{http.request.uri.query.*}` placeholders (cookie
+//! regexes, query prefixes and regexes); `routes.rs` has the table. Its handler is a copy of
+//! the driven handler (transport, timeouts, headers, the backend's upstream entry) with only
+//! the route backend's upstream and no load balancing, so routed requests are proxied as the
+//! others are. The subroute is removed when the traffic has no routes (abort, promotion), which
+//! leaves the config as the operator wrote it. `observe` parses the matchers back (see
+//! `routes.rs` for how the criteria's order and the route's name are kept, and what an edited
+//! route reads as), so a hand edit shows as drift and the next apply puts the routes back.
+//!
+//! What Caddy cannot express is refused with [`RouterError::Setup`] before anything is written:
+//! a match needing two values of one matcher key (two regexes on one header, two regex-matched
+//! cookies or query parameters: `vars_regexp` ORs its keys, so a set holds one), and a cookie or
+//! query name with braces (Caddy reads them as a placeholder). A regex Rust's `regex` accepts
+//! but Go's RE2 does not is refused by Caddy when it loads the config (the old config stays)
+//! and reported as `Setup` too.
+//!
+//! **Side propagation.** A routed request carries `X-Canaryd-Side: <service>=canary` (or
+//! `=stable` for a route to another backend), set by the route's proxy in place of any the
+//! client sent. Requests of the weighted split do not: the driven handler picks the upstream
+//! itself, and naming the side there would mean editing the operator's handler (its
+//! `headers`); they carry whatever the client sent unless the operator strips it.
+//!
+//! **No sticky users.** Caddy's `cookie` policy pins the upstream of a first draw and ignores
+//! weights on the cookie path (a weight-0 canary keeps its users), and its `header`/`query`
+//! policies hash without weights (rendezvous over the upstreams): neither puts a user on the
+//! canary exactly when its bucket is below the weight, so `apply` refuses a sticky key (`Setup`),
+//! as lint does ([`RouterKind::can_stick`]).
 //!
 //! # Writing
 //!
-//! `apply` reads the handler, builds the weights array in upstream order (upstreams not named
-//! get 0; an address reported by `observe` is accepted as a name) and `PATCH`es
-//! `{admin}/id/<service>/load_balancing/selection_policy/weights` with `If-Match` set to the
-//! handler's `Etag`, so a concurrent edit of the upstreams cannot misalign the array: Caddy
-//! answers 412 and the read and write are tried again, a few times. When the live weights are
-//! already the desired ones nothing is written, so no config reload happens. Caddy applies a
-//! change by loading a new config; weight 0 is accepted and sends no traffic, but all weights 0
-//! is refused by Caddy (`Rejected`).
+//! `apply` reads the whole config (one `GET {admin}/config/`, with its `Etag`), finds the
+//! handler's `handle` list, and builds the list as it should be: the weights array in upstream
+//! order (upstreams not named get 0; an address reported by `observe` is accepted as a name)
+//! and canaryd's subroute just before the handler, rendered from the traffic's routes, or
+//! removed. When that is the list already, nothing is written, so no config reload happens.
+//! Otherwise the list is `PATCH`ed whole with `If-Match` set to the config's `Etag`, so routes
+//! and weights change in one config load, and a concurrent edit anywhere in the config makes
+//! Caddy answer 412: the read and write are tried again, a few times. A subroute of that `@id`
+//! found anywhere else (moved by hand) is refused rather than duplicated. Caddy applies a change
+//! by loading a new config, which closes idle keep-alive connections of its HTTP servers (a
+//! client that sends on one as it closes sees a transport error; in-flight requests finish),
+//! and on Linux binds a new `SO_REUSEPORT` socket for each listener and closes the old one
+//! (`listen_unix.go`), so a connection the kernel queued on the old socket just then is reset
+//! (derived from the source; the tests see a few transport errors per reload under load, never
+//! a 5xx). Hence canaryd writes nothing when nothing changes. Weight 0 is accepted and sends no
+//! traffic, but all weights 0 is refused by Caddy (`Rejected`).
 //!
 //! Every request is bounded by [`REQUEST_TIMEOUT`]; one whose connection fails (not one that
 //! times out) is tried again twice, 50 ms apart, because Caddy replaces its admin server on
-//! every config load and a request just after a change can meet a closing connection. Neither errors nor `Debug` show the admin
-//! URL's user info.
+//! every config load and a request just after a change can meet a closing connection. Neither
+//! errors nor `Debug` show the admin URL's user info.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -40,6 +84,9 @@ use serde_json::Value;
 
 use super::{ObservedAll, RouterError};
 use crate::core::model::{Observed, Traffic};
+use crate::core::spec::RouterKind;
+
+mod routes;
 
 /// The bound on each request to the admin API, answer included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -95,6 +142,7 @@ struct Handler {
 }
 
 /// Reads a handler as `GET /id/<service>` returns it.
+#[cfg(test)]
 fn parse_handler(body: &[u8]) -> Result<Handler, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("handler is not JSON: {e}"))?;
     handler(&v)
@@ -149,27 +197,86 @@ fn handler(v: &Value) -> Result<Handler, String> {
     })
 }
 
-/// Every object in `config` (the whole config, as `GET /config/` returns it) that has an `@id`
-/// in `wanted`, by that `@id`: what `GET /id/<@id>` would return for each. Caddy refuses a
+/// One step of a path into the config: an object's key or an array's index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// The path of every object in `config` (the whole config, as `GET /config/` returns it) that
+/// has an `@id` in `wanted`, by that `@id`: where `GET /id/<@id>` would look. Caddy refuses a
 /// config in which two objects have one `@id`.
-fn by_id<'a>(config: &'a Value, wanted: &BTreeSet<&str>, found: &mut BTreeMap<String, &'a Value>) {
+fn paths(
+    config: &Value,
+    wanted: &BTreeSet<&str>,
+    at: &mut Vec<Step>,
+    found: &mut BTreeMap<String, Vec<Step>>,
+) {
     match config {
         Value::Object(object) => {
             if let Some(id) = object.get("@id").and_then(Value::as_str)
                 && wanted.contains(id)
             {
-                found.entry(id.to_string()).or_insert(config);
+                found.entry(id.to_string()).or_insert_with(|| at.clone());
             }
-            for v in object.values() {
-                by_id(v, wanted, found);
+            for (k, v) in object {
+                at.push(Step::Key(k.clone()));
+                paths(v, wanted, at, found);
+                at.pop();
             }
         }
         Value::Array(list) => {
-            for v in list {
-                by_id(v, wanted, found);
+            for (i, v) in list.iter().enumerate() {
+                at.push(Step::Index(i));
+                paths(v, wanted, at, found);
+                at.pop();
             }
         }
         _ => {}
+    }
+}
+
+/// The value at `path` in `config`.
+fn at<'a>(config: &'a Value, path: &[Step]) -> Option<&'a Value> {
+    path.iter().try_fold(config, |v, step| match step {
+        Step::Key(k) => v.get(k),
+        Step::Index(i) => v.get(i),
+    })
+}
+
+/// Where a driven handler stands: in a `handle` list, at `index`, perhaps after canaryd's
+/// subroute.
+struct Place<'a> {
+    /// The path of the list.
+    list_path: Vec<Step>,
+    list: &'a [Value],
+    index: usize,
+}
+
+impl<'a> Place<'a> {
+    /// The place of the object at `path`; `None` when it is not in a list.
+    fn of(config: &'a Value, path: &[Step]) -> Option<Place<'a>> {
+        let (Step::Index(index), list_path) = path.split_last()? else {
+            return None;
+        };
+        let list = at(config, list_path)?.as_array()?;
+        Some(Place {
+            list_path: list_path.to_vec(),
+            list,
+            index: *index,
+        })
+    }
+
+    fn handler(&self) -> &'a Value {
+        &self.list[self.index]
+    }
+
+    /// canaryd's subroute for `service`, when it stands just before the handler.
+    fn subroute(&self, service: &str) -> Option<&'a Value> {
+        let before = self.list.get(self.index.checked_sub(1)?)?;
+        (before.get("@id").and_then(Value::as_str) == Some(&routes::subroute_id(service)))
+            .then_some(before)
     }
 }
 
@@ -207,6 +314,18 @@ fn desired(
         weights[i] = u32::from(weight.get());
     }
     Ok(weights)
+}
+
+/// A path as the admin API names it, for messages: `/config/apps/http/...`.
+fn admin_path(path: &[Step]) -> String {
+    let mut out = "/config".to_string();
+    for step in path {
+        match step {
+            Step::Key(k) => out.push_str(&format!("/{k}")),
+            Step::Index(i) => out.push_str(&format!("/{i}")),
+        }
+    }
+    out
 }
 
 /// Caddy's `{"error": "..."}` answer, shortened; else the start of the body.
@@ -295,17 +414,201 @@ impl CaddyRouter {
         })
     }
 
-    /// The live weights of the handler `@id` = `service`, in Caddy's own scale.
+    /// The live weights and routes of the handler `@id` = `service`, in Caddy's own scale,
+    /// from one `GET {admin}/config/` (see [`CaddyRouter::observe_all`]).
     pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
-        let (handler, _) = self.read(service).await?;
-        self.observed(service, &handler)
+        let (config, _) = self.config().await?;
+        self.observe_in(&config, service)
     }
 
-    /// The live weights of the handlers `@id` = each of `services`, from one
+    /// The live weights and routes of the handlers `@id` = each of `services`, from one
     /// `GET {admin}/config/`: the whole config, because an `@id` may stand anywhere in it (a
-    /// handler in a `subroute`, in any server), as `GET /id/<@id>` finds it. A service with no
-    /// object of that `@id` is [`RouterError::Unknown`].
+    /// handler in a `subroute`, in any server), as `GET /id/<@id>` finds it, and because
+    /// canaryd's routes stand beside the handler, not in it. A service with no object of that
+    /// `@id` is [`RouterError::Unknown`].
     pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
+        let (config, _) = self.config().await?;
+        let wanted: BTreeSet<&str> = services.iter().map(String::as_str).collect();
+        let mut found = BTreeMap::new();
+        paths(&config, &wanted, &mut Vec::new(), &mut found);
+        Ok(services
+            .iter()
+            .map(|service| {
+                let observed = match found.get(service) {
+                    Some(path) => self.observed_at(&config, path, service),
+                    None => Err(self.no_such_id(service)),
+                };
+                (service.clone(), observed)
+            })
+            .collect())
+    }
+
+    /// What `service` carries in `config`, the whole config.
+    fn observe_in(&self, config: &Value, service: &str) -> Result<Observed, RouterError> {
+        let path = self.path_of(config, service)?;
+        self.observed_at(config, &path, service)
+    }
+
+    /// What the handler at `path` in `config`, `@id` = `service`, carries: its weights, and
+    /// the routes of canaryd's subroute just before it.
+    fn observed_at(
+        &self,
+        config: &Value,
+        path: &[Step],
+        service: &str,
+    ) -> Result<Observed, RouterError> {
+        let object = at(config, path).ok_or_else(|| self.no_such_id(service))?;
+        let handler = self.handler(service, handler(object))?;
+        let weights = self.weighted(service, &handler)?;
+        let mut observed = observed(
+            &handler.upstreams,
+            weights.as_deref().unwrap_or(&[]),
+            &self.by_dial,
+        );
+        if let Some(sub) = Place::of(config, path).and_then(|p| p.subroute(service)) {
+            observed.routes = routes::parse(sub, |dial| {
+                self.by_dial
+                    .get(dial)
+                    .cloned()
+                    .unwrap_or_else(|| dial.to_string())
+            });
+        }
+        Ok(observed)
+    }
+
+    /// The path of the object `@id` = `service` in `config`.
+    fn path_of(&self, config: &Value, service: &str) -> Result<Vec<Step>, RouterError> {
+        let mut found = BTreeMap::new();
+        paths(
+            config,
+            &BTreeSet::from([service]),
+            &mut Vec::new(),
+            &mut found,
+        );
+        found
+            .remove(service)
+            .ok_or_else(|| self.no_such_id(service))
+    }
+
+    /// Sets the traffic of the handler `@id` = `service`: its weights to `traffic`'s
+    /// percentages, and canaryd's subroute just before it to `traffic`'s routes (removed when
+    /// there are none), with one write of the `handle` list that holds them, guarded by the
+    /// `Etag` of the config read. Nothing is written when both are already so.
+    pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
+        if traffic.sticky.is_some() {
+            return Err(RouterError::setup(
+                &self.name,
+                format!(
+                    "sticky users are not supported by router kind `caddy`: its cookie policy \
+                     keeps a weight-0 upstream's users and its header hashing ignores weights, \
+                     so neither is monotone; routers that can: {}",
+                    RouterKind::those_that(RouterKind::can_stick)
+                ),
+            ));
+        }
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let (config, etag) = self.config().await?;
+            let path = self.path_of(&config, service)?;
+            let Some(place) = Place::of(&config, &path) else {
+                return Err(self.unknown(format!(
+                    "reverse_proxy handler with @id `{service}` in a `handle` list"
+                )));
+            };
+            let driven = place.handler();
+            let handler = self.handler(service, handler(driven))?;
+            self.weighted(service, &handler)?;
+            let unknown = |what: String| self.unknown(format!("{what} in service `{service}`"));
+            let weights = desired(&handler.upstreams, traffic, &self.backends).map_err(unknown)?;
+            let dial_of = |name: &str| {
+                let dial = self.backends.get(name).map_or(name, String::as_str);
+                if handler.upstreams.iter().any(|u| u == dial) {
+                    Ok(dial.to_string())
+                } else if self.backends.contains_key(name) {
+                    Err(format!("upstream `{dial}` for backend `{name}`"))
+                } else {
+                    Err(format!("backend `{name}`"))
+                }
+            };
+            for route in &traffic.routes {
+                dial_of(&route.backend).map_err(unknown)?;
+            }
+            let sub = routes::render(
+                service,
+                &traffic.routes,
+                traffic.canary.as_deref(),
+                driven,
+                dial_of,
+            )
+            .map_err(|e| RouterError::setup(&self.name, format!("service `{service}`: {e}")))?;
+            let id = routes::subroute_id(service);
+            let ours = place.subroute(service).is_some();
+            if let Some(elsewhere) = self.path_of(&config, &id).ok().filter(|_| !ours) {
+                return Err(RouterError::setup(
+                    &self.name,
+                    format!(
+                        "canaryd's subroute `{id}` stands at {}, not just before the handler \
+                         `{service}`: remove it and canaryd writes it again in its place",
+                        admin_path(&elsewhere)
+                    ),
+                ));
+            }
+            let mut list = place.list.to_vec();
+            let mut index = place.index;
+            if ours {
+                list.remove(index - 1);
+                index -= 1;
+            }
+            list[index]["load_balancing"]["selection_policy"]["weights"] = Value::from(weights);
+            if let Some(sub) = sub {
+                list.insert(index, sub);
+            }
+            if list == place.list {
+                return Ok(());
+            }
+            let mut segments = vec!["config".to_string()];
+            for step in &place.list_path {
+                match step {
+                    Step::Key(k) if k.contains('/') || k.is_empty() => {
+                        return Err(RouterError::setup(
+                            &self.name,
+                            format!(
+                                "the admin API cannot address the key `{k}` on the way to \
+                                 service `{service}`"
+                            ),
+                        ));
+                    }
+                    Step::Key(k) => segments.push(k.clone()),
+                    Step::Index(i) => segments.push(i.to_string()),
+                }
+            }
+            let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+            let body = serde_json::to_vec(&list).map_err(|e| self.rejected(e.to_string()))?;
+            let answer = self
+                .send(Method::PATCH, &segments, etag.as_deref(), Some(body))
+                .await?;
+            match answer.status {
+                s if s.is_success() => return Ok(()),
+                StatusCode::PRECONDITION_FAILED => continue,
+                _ if caddy_message(&answer.body).contains("compiling matcher regexp") => {
+                    return Err(RouterError::setup(
+                        &self.name,
+                        format!(
+                            "service `{service}`: Caddy (Go's RE2) cannot compile a route's \
+                             regex: {}",
+                            caddy_message(&answer.body)
+                        ),
+                    ));
+                }
+                _ => return Err(self.refused(service, &answer)),
+            }
+        }
+        Err(self.rejected(format!(
+            "service `{service}` changed under every one of {CONFLICT_ATTEMPTS} attempts to set its traffic"
+        )))
+    }
+
+    /// The whole config and its `Etag`.
+    async fn config(&self) -> Result<(Value, Option<String>), RouterError> {
         let answer = self.send(Method::GET, &["config", ""], None, None).await?;
         if !answer.status.is_success() {
             return Err(self.rejected(format!(
@@ -316,73 +619,7 @@ impl CaddyRouter {
         }
         let config: Value = serde_json::from_slice(&answer.body)
             .map_err(|e| self.rejected(format!("the config is not JSON: {e}")))?;
-        let wanted: BTreeSet<&str> = services.iter().map(String::as_str).collect();
-        let mut found = BTreeMap::new();
-        by_id(&config, &wanted, &mut found);
-        Ok(services
-            .iter()
-            .map(|service| {
-                let observed = match found.get(service) {
-                    Some(object) => self
-                        .handler(service, handler(object))
-                        .and_then(|h| self.observed(service, &h)),
-                    None => Err(self.no_such_id(service)),
-                };
-                (service.clone(), observed)
-            })
-            .collect())
-    }
-
-    /// The live weights of `handler`, the handler `@id` = `service`.
-    fn observed(&self, service: &str, handler: &Handler) -> Result<Observed, RouterError> {
-        let weights = self.weighted(service, handler)?;
-        Ok(observed(
-            &handler.upstreams,
-            weights.as_deref().unwrap_or(&[]),
-            &self.by_dial,
-        ))
-    }
-
-    /// Sets the weights of the handler `@id` = `service` to `traffic`'s percentages.
-    pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
-        for _ in 0..CONFLICT_ATTEMPTS {
-            let (handler, etag) = self.read(service).await?;
-            let live = self.weighted(service, &handler)?;
-            let weights = desired(&handler.upstreams, traffic, &self.backends).map_err(|what| {
-                RouterError::Unknown {
-                    router: self.name.clone(),
-                    what: format!("{what} in service `{service}`"),
-                }
-            })?;
-            if live.as_ref() == Some(&weights) {
-                return Ok(());
-            }
-            // PATCH replaces an existing value; PUT creates a missing one.
-            let method = if live.is_some() {
-                Method::PATCH
-            } else {
-                Method::PUT
-            };
-            let path = [
-                "id",
-                service,
-                "load_balancing",
-                "selection_policy",
-                "weights",
-            ];
-            let body = serde_json::to_vec(&weights).map_err(|e| self.rejected(e.to_string()))?;
-            let answer = self
-                .send(method, &path, etag.as_deref(), Some(body))
-                .await?;
-            match answer.status {
-                s if s.is_success() => return Ok(()),
-                StatusCode::PRECONDITION_FAILED => continue,
-                _ => return Err(self.refused(service, &answer)),
-            }
-        }
-        Err(self.rejected(format!(
-            "service `{service}` changed under every one of {CONFLICT_ATTEMPTS} attempts to set its weights"
-        )))
+        Ok((config, answer.etag))
     }
 
     /// Whether the admin API answers.
@@ -399,16 +636,6 @@ impl CaddyRouter {
                 caddy_message(&answer.body)
             )))
         }
-    }
-
-    /// The handler `@id` = `service` and its `Etag`.
-    async fn read(&self, service: &str) -> Result<(Handler, Option<String>), RouterError> {
-        let answer = self.send(Method::GET, &["id", service], None, None).await?;
-        if !answer.status.is_success() {
-            return Err(self.refused(service, &answer));
-        }
-        let handler = self.handler(service, parse_handler(&answer.body))?;
-        Ok((handler, answer.etag))
     }
 
     /// A handler read, or why the object `@id` = `service` is none canaryd can drive.
@@ -515,6 +742,10 @@ impl CaddyRouter {
 
     fn rejected(&self, message: String) -> RouterError {
         RouterError::rejected(&self.name, message)
+    }
+
+    fn unknown(&self, what: String) -> RouterError {
+        RouterError::unknown(&self.name, what)
     }
 
     fn no_such_id(&self, service: &str) -> RouterError {
@@ -649,6 +880,48 @@ mod tests {
             desired(&only_blue, &traffic(&[("green", 100)]), &backends),
             Err("upstream `127.0.0.1:9002` for backend `green`".into())
         );
+    }
+
+    #[test]
+    fn handlers_are_found_by_id_with_canaryds_subroute_just_before_them() {
+        let config = serde_json::json!({"apps": {"http": {"servers": {"srv0": {"routes": [
+            {"handle": [
+                {"@id": "canaryd-checkout-routes", "handler": "subroute"},
+                {"@id": "checkout", "handler": "reverse_proxy"},
+            ]},
+            {"handle": [{"handler": "subroute", "routes": [{"handle": [
+                {"@id": "canaryd-search-routes", "handler": "subroute"},
+                {"handler": "headers"},
+                {"@id": "search", "handler": "reverse_proxy"},
+            ]}]}]},
+        ]}}}}});
+        let wanted = BTreeSet::from(["checkout", "search", "nope"]);
+        let mut found = BTreeMap::new();
+        paths(&config, &wanted, &mut Vec::new(), &mut found);
+        assert_eq!(found.len(), 2);
+        let checkout = &found["checkout"];
+        assert_eq!(
+            admin_path(checkout),
+            "/config/apps/http/servers/srv0/routes/0/handle/1"
+        );
+        assert_eq!(at(&config, checkout).unwrap()["@id"], "checkout");
+        let place = Place::of(&config, checkout).unwrap();
+        assert_eq!(
+            admin_path(&place.list_path),
+            "/config/apps/http/servers/srv0/routes/0/handle"
+        );
+        assert_eq!(place.index, 1);
+        assert!(place.subroute("checkout").is_some());
+        assert!(place.subroute("search").is_none());
+        // Inside a subroute; canaryd's subroute not just before it is not read as its routes.
+        let search = Place::of(&config, &found["search"]).unwrap();
+        assert_eq!(
+            admin_path(&search.list_path),
+            "/config/apps/http/servers/srv0/routes/1/handle/0/routes/0/handle"
+        );
+        assert!(search.subroute("search").is_none());
+        // Not in a list: no place.
+        assert!(Place::of(&config, &[Step::Key("apps".into())]).is_none());
     }
 
     #[test]
