@@ -550,7 +550,10 @@ impl RouterKind {
     pub fn can_route(self) -> bool {
         matches!(
             self,
-            RouterKind::Embedded | RouterKind::Haproxy | RouterKind::GatewayApi
+            RouterKind::Embedded
+                | RouterKind::Haproxy
+                | RouterKind::Traefik
+                | RouterKind::GatewayApi
         )
     }
 

@@ -38,6 +38,9 @@ use serde_json::{Map, Value};
 use super::nginx::remove_stale_temps;
 use super::{ObservedAll, RouterError};
 use crate::core::model::{Observed, Traffic};
+use crate::core::spec::RouterKind;
+
+mod routes;
 
 /// How long one request to Traefik's API may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -193,31 +196,28 @@ impl TraefikRouter {
 impl Inner {
     async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
         self.check_service(service)?;
-        let qualified = format!("{service}@file");
-        let (status, body) = self
-            .get(&["api", "http", "services", qualified.as_str()])
-            .await?;
-        match status {
-            StatusCode::NOT_FOUND => self.not_loaded(service, &self.written().await),
-            s if s.is_success() => {
-                self.parsed(service, parse_service(service, serde_json::from_str(&body)))
-            }
-            s => Err(self.bad_status(s)),
-        }
+        let mut all = self.observe_all(&[service.to_string()]).await?;
+        all.remove(service)
+            .unwrap_or_else(|| Ok(Observed::default()))
     }
 
-    async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
+    /// Traefik's raw data: every router, middleware and service, all at once.
+    async fn raw_data(&self) -> Result<RawData, RouterError> {
         let (status, body) = self.get(&["api", "rawdata"]).await?;
         if !status.is_success() {
             return Err(self.bad_status(status));
         }
-        let raw: RawData = serde_json::from_str(&body).map_err(|e| RouterError::Setup {
+        serde_json::from_str(&body).map_err(|e| RouterError::Setup {
             router: self.name.clone(),
             message: format!(
                 "api `{}` answered something that is not traefik's raw data: {e}",
                 self.api
             ),
-        })?;
+        })
+    }
+
+    async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
+        let raw = self.raw_data().await?;
         let loaded = |service: &str| raw.services.get(&format!("{service}@file"));
         // Read only when a service is missing from the API, once for all of them (else never
         // consulted).
@@ -232,10 +232,15 @@ impl Inner {
                     .check_service(service)
                     .and_then(|()| match loaded(service) {
                         None => self.not_loaded(service, &written),
-                        Some(info) => self.parsed(
-                            service,
-                            parse_service(service, ServiceInfo::deserialize(info)),
-                        ),
+                        Some(info) => self
+                            .parsed(
+                                service,
+                                parse_service(service, ServiceInfo::deserialize(info)),
+                            )
+                            .map(|observed| Observed {
+                                routes: routes::read_back(service, &raw.routers, &raw.middlewares),
+                                ..observed
+                            }),
                     });
                 (service.clone(), observed)
             })
@@ -293,14 +298,59 @@ impl Inner {
                 weight: u32::from(weight.get()),
             });
         }
+        let setup = |message: String| RouterError::Setup {
+            router: self.name.clone(),
+            message: format!("service `{service}`: {message}"),
+        };
+        if let Some(sticky) = &traffic.sticky {
+            return Err(setup(format!(
+                "sticky users (by {sticky}) are not supported: traefik's only stickiness is a \
+                 cookie that pins a first random draw on either side, which is not monotone; \
+                 routers that can: {}",
+                RouterKind::those_that(RouterKind::can_stick)
+            )));
+        }
+        for route in &traffic.routes {
+            if !self.backends.contains_key(&route.backend) {
+                return Err(RouterError::Unknown {
+                    router: self.name.clone(),
+                    what: format!(
+                        "backend `{}` (route `{}` of service `{service}`)",
+                        route.backend, route.name
+                    ),
+                });
+            }
+            if route.matches.is_empty() || route.matches.iter().any(|m| m.all.is_empty()) {
+                return Err(setup(format!(
+                    "route `{}` has a match list or a match that is empty",
+                    route.name
+                )));
+            }
+            for c in route.matches.iter().flat_map(|m| &m.all) {
+                routes::check(c).map_err(|why| setup(format!("route `{}`: {why}", route.name)))?;
+            }
+        }
         // A write while Traefik is down would succeed and be reported as one; say so instead.
-        self.health().await?;
+        // Routes stand in front of the user's routers, which the raw data names.
+        let (routers, middlewares) = if traffic.routes.is_empty() {
+            self.health().await?;
+            (Vec::new(), Vec::new())
+        } else {
+            let raw = self.raw_data().await?;
+            route_routers(service, traffic, &raw.routers).map_err(setup)?
+        };
 
         let _writing = self.writing.lock().await;
         let file = self.dynamic_file.clone();
         let service_owned = service.to_string();
-        let job =
-            tokio::task::spawn_blocking(move || replace_service(&file, &service_owned, &children));
+        let job = tokio::task::spawn_blocking(move || {
+            let ours = Ours {
+                children: &children,
+                routers: &routers,
+                middlewares: &middlewares,
+            };
+            replace_service(&file, &service_owned, &ours)
+        });
         match tokio::time::timeout(FILE_TIMEOUT, job).await {
             Err(_) => Err(RouterError::Unreachable {
                 router: self.name.clone(),
@@ -480,6 +530,10 @@ enum ParseError {
 struct RawData {
     #[serde(default)]
     services: BTreeMap<String, Value>,
+    #[serde(default)]
+    routers: BTreeMap<String, Value>,
+    #[serde(default)]
+    middlewares: BTreeMap<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -559,28 +613,86 @@ struct Child {
     weight: u32,
 }
 
+/// A named router or middleware configuration, as the dynamic file holds it.
+type Named = (String, Value);
+
+/// Everything canaryd writes for one service.
+struct Ours<'a> {
+    children: &'a [Child],
+    /// One router per route and user's router (see [`routes`]).
+    routers: &'a [Named],
+    /// The side-header middlewares those routers use.
+    middlewares: &'a [Named],
+}
+
+/// The routers that carry `traffic`'s routes for `service`, in front of each of the user's
+/// routers in `routers` (Traefik's raw data) that serves `<service>@file`, and the
+/// middlewares they use; why not, when they cannot be written.
+fn route_routers(
+    service: &str,
+    traffic: &Traffic,
+    routers: &BTreeMap<String, Value>,
+) -> Result<(Vec<Named>, Vec<Named>), String> {
+    let users = routes::user_routers(routers, service);
+    if users.is_empty() {
+        return Err(format!(
+            "no traefik router sends requests to `{service}@file`, so there is none to put \
+             routes in front of; route to the weighted service first"
+        ));
+    }
+    for user in &users {
+        user.check()?;
+    }
+    let count = traffic.routes.len();
+    let (mut out, mut sides) = (Vec::new(), BTreeMap::new());
+    for (index, route) in traffic.routes.iter().enumerate() {
+        let canary = traffic.canary.as_deref() == Some(route.backend.as_str());
+        sides.insert(
+            routes::side_middleware(service, canary),
+            routes::side_middleware_config(service, canary),
+        );
+        for user in &users {
+            out.push((
+                routes::router_name(service, index, &route.name, user.name),
+                routes::router_config(service, index, count, route, user, canary),
+            ));
+        }
+    }
+    Ok((out, sides.into_iter().collect()))
+}
+
 /// Replaces `service` in the dynamic file `file` (created if missing), atomically.
-fn replace_service(file: &Path, service: &str, children: &[Child]) -> Result<(), String> {
+fn replace_service(file: &Path, service: &str, ours: &Ours<'_>) -> Result<(), String> {
     let existing = match std::fs::read_to_string(file) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("cannot read it: {e}")),
     };
-    let rendered = render(existing.as_deref(), service, children)?;
+    let rendered = render(existing.as_deref(), service, ours)?;
     if existing.as_deref() == Some(rendered.as_str()) {
         return Ok(());
     }
     write_atomically(file, &rendered)
 }
 
-/// The dynamic file `existing` (none: empty) with `service` and its children replaced.
-fn render(existing: Option<&str>, service: &str, children: &[Child]) -> Result<String, String> {
+/// The dynamic file `existing` (none: empty) with `service`, its children, and its routes'
+/// routers and middlewares replaced.
+fn render(existing: Option<&str>, service: &str, ours: &Ours<'_>) -> Result<String, String> {
     let mut doc: Value = match existing {
         Some(text) if !text.trim().is_empty() => serde_saphyr::from_str(text)
             .map_err(|e| format!("not yaml canaryd can keep, left as it is: {e}"))?,
         _ => Value::Object(Map::new()),
     };
-    let services = services_mut(&mut doc)?;
+    for (section, named) in [("routers", ours.routers), ("middlewares", ours.middlewares)] {
+        let map = section_mut(&mut doc, section)?;
+        map.retain(|name, _| !routes::is_ours(name, service));
+        map.extend(named.iter().cloned());
+        if map.is_empty() {
+            remove_empty(&mut doc, section);
+        }
+    }
+    let children = ours.children;
+    let services = section_mut(&mut doc, "services")?;
     // Drop the children this service had, so a backend no longer named leaves no orphan.
     let prefix = format!("{service}-");
     let old: Vec<String> = services
@@ -612,8 +724,23 @@ fn render(existing: Option<&str>, service: &str, children: &[Child]) -> Result<S
     serde_saphyr::to_string(&doc).map_err(|e| format!("cannot render it: {e}"))
 }
 
-/// `doc.http.services`, created where missing.
-fn services_mut(doc: &mut Value) -> Result<&mut Map<String, Value>, String> {
+/// Drops `doc.http.<section>` (found empty), and `doc.http` if that leaves it empty.
+fn remove_empty(doc: &mut Value, section: &str) {
+    if let Some(http) = doc.get_mut("http").and_then(Value::as_object_mut) {
+        http.remove(section);
+        if http.is_empty()
+            && let Some(root) = doc.as_object_mut()
+        {
+            root.remove("http");
+        }
+    }
+}
+
+/// `doc.http.<section>`, created where missing.
+fn section_mut<'a>(
+    doc: &'a mut Value,
+    section: &str,
+) -> Result<&'a mut Map<String, Value>, String> {
     let not_a_map = |key: &str| format!("`{key}` is not a mapping, left as it is");
     let root = doc
         .as_object_mut()
@@ -623,10 +750,10 @@ fn services_mut(doc: &mut Value) -> Result<&mut Map<String, Value>, String> {
         .or_insert_with(|| Value::Object(Map::new()))
         .as_object_mut()
         .ok_or_else(|| not_a_map("http"))?;
-    http.entry("services")
+    http.entry(section)
         .or_insert_with(|| Value::Object(Map::new()))
         .as_object_mut()
-        .ok_or_else(|| not_a_map("http.services"))
+        .ok_or_else(|| not_a_map(&format!("http.{section}")))
 }
 
 /// Writes `text` to a hidden `.tmp` file beside `file` (Traefik ignores that extension), syncs
@@ -664,6 +791,20 @@ mod tests {
             url: format!("http://127.0.0.1:900{}", backend.len()),
             weight,
         }
+    }
+
+    /// The file with `service`'s weights replaced, and no routes.
+    fn weights(
+        existing: Option<&str>,
+        service: &str,
+        children: &[Child],
+    ) -> Result<String, String> {
+        let ours = Ours {
+            children,
+            routers: &[],
+            middlewares: &[],
+        };
+        render(existing, service, &ours)
     }
 
     fn parse(service: &str, body: &str) -> Result<Observed, ParseError> {
@@ -711,7 +852,7 @@ mod tests {
 
     #[test]
     fn renders_a_weighted_service_and_one_load_balancer_per_backend() {
-        let out = render(None, "checkout", &[child("blue", 90), child("green", 10)]).unwrap();
+        let out = weights(None, "checkout", &[child("blue", 90), child("green", 10)]).unwrap();
         let want = parsed(
             "http:
   services:
@@ -733,14 +874,14 @@ mod tests {
 
     #[test]
     fn render_keeps_other_services_and_drops_this_ones_old_children() {
-        let first = render(None, "cart", &[child("a", 100)]).unwrap();
-        let second = render(
+        let first = weights(None, "cart", &[child("a", 100)]).unwrap();
+        let second = weights(
             Some(&first),
             "checkout",
             &[child("blue", 50), child("red", 50)],
         )
         .unwrap();
-        let third = render(Some(&second), "checkout", &[child("blue", 100)]).unwrap();
+        let third = weights(Some(&second), "checkout", &[child("blue", 100)]).unwrap();
         let doc = parsed(&third);
         let services = doc.pointer("/http/services").unwrap().as_object().unwrap();
         let mut names: Vec<&str> = services.keys().map(String::as_str).collect();
@@ -755,8 +896,8 @@ mod tests {
 
     #[test]
     fn render_is_stable_so_a_repeated_apply_writes_nothing() {
-        let once = render(None, "checkout", &[child("blue", 90), child("green", 10)]).unwrap();
-        let twice = render(
+        let once = weights(None, "checkout", &[child("blue", 90), child("green", 10)]).unwrap();
+        let twice = weights(
             Some(&once),
             "checkout",
             &[child("blue", 90), child("green", 10)],
@@ -768,14 +909,14 @@ mod tests {
     #[test]
     fn render_keeps_hand_written_extras_and_refuses_what_it_cannot_keep() {
         let hand = "http:\n  routers:\n    r: {rule: 'PathPrefix(`/`)', service: checkout@file}\n";
-        let out = render(Some(hand), "checkout", &[child("blue", 100)]).unwrap();
+        let out = weights(Some(hand), "checkout", &[child("blue", 100)]).unwrap();
         assert_eq!(
             parsed(&out).pointer("/http/routers/r/service"),
             Some(&serde_json::json!("checkout@file"))
         );
-        assert!(render(Some("http: [1, 2]\n"), "checkout", &[]).is_err());
-        assert!(render(Some("http: {services: {"), "checkout", &[]).is_err());
-        assert!(render(Some("   \n"), "checkout", &[]).is_ok());
+        assert!(weights(Some("http: [1, 2]\n"), "checkout", &[]).is_err());
+        assert!(weights(Some("http: {services: {"), "checkout", &[]).is_err());
+        assert!(weights(Some("   \n"), "checkout", &[]).is_ok());
     }
 
     #[test]
