@@ -776,7 +776,10 @@ async fn routers_that_take_weights_alone_refuse_routes_and_sticky_users() {
         let driver = Driver::connect("edge", spec).unwrap();
         let routes = "header and cookie routes";
         let sticky = "sticky users";
-        let (can_route, can_stick) = ("embedded, haproxy, gatewayApi", "embedded, haproxy");
+        let (can_route, can_stick) = (
+            "embedded, haproxy, traefik, gatewayApi",
+            "embedded, haproxy",
+        );
         // HAProxy takes both and a Gateway API router routes (their own tests show how).
         let refused: &[(&Traffic, &str, &str)] =
             match (spec.kind().can_route(), spec.kind().can_stick()) {
