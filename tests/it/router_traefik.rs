@@ -572,7 +572,7 @@ async fn marked_requests_reach_the_canary_at_weight_0_and_none_after_an_abort() 
             while loading.load(Ordering::SeqCst) {
                 let user = format!("u{}", u % USERS);
                 let mut headers = vec![("X-User-Id", user.as_str())];
-                if u % MARK_EVERY == 0 {
+                if u.is_multiple_of(MARK_EVERY) {
                     headers.push(("X-Canary", "always"));
                 }
                 sent += 1;
@@ -608,7 +608,7 @@ async fn marked_requests_reach_the_canary_at_weight_0_and_none_after_an_abort() 
                         Ok(answer) => users.push(answer),
                         Err(e) => failed.push(format!("{user}: {e}")),
                     }
-                    if u % MARK_EVERY == 0 {
+                    if u.is_multiple_of(MARK_EVERY) {
                         let headers = [("X-User-Id", user.as_str()), ("X-Canary", "always")];
                         match answered(&c, frontend, "/", &headers).await {
                             Ok(answer) => marked.push(answer),

@@ -1,4 +1,4 @@
-//! The Traefik driver: writes weighted services into a file-provider file it owns and reads the live weights back from Traefik's API.
+//! The Traefik driver: writes weighted services, and routers for header, cookie and query routes, into a file-provider file it owns, and reads them back from Traefik's API.
 //!
 //! # Writing
 //!
@@ -9,20 +9,69 @@
 //! sets and never adds. Other services in the file are kept as they are (they are canaryd's own,
 //! for other rollouts). The file is replaced atomically: written to a hidden `.tmp` file in the
 //! same directory (Traefik loads only `.yaml`, `.yml` and `.toml` files), synced, then renamed
-//! over the old one. Traefik picks it up after its provider throttle, so `observe` shows the old
-//! weights for a moment; the daemon reads back and re-applies as needed.
+//! over the old one, and only when its text changes (a repeated apply writes nothing, so
+//! Traefik does not reload). Traefik picks it up after its provider throttle and swaps its
+//! handler whole, so a request sees old or new routes and weights, never half of each, and
+//! none fails; `observe` shows the old state for a moment, and the daemon reads back.
+//!
+//! # What the user configures
+//!
+//! Their own Traefik router (rule, entry points, TLS, middlewares; any provider) sends
+//! requests to `<service>@file`. canaryd never edits it.
+//!
+//! # Routes: routers in front of the user's
+//!
+//! Traefik has no routes inside a service: matching is what routers do. So each route of the
+//! traffic becomes, for each of the user's routers that sends to `<service>@file` (found in the
+//! same `GET {api}/api/rawdata` that proves Traefik answers), a router of canaryd's in the same
+//! file: rule `(<their rule>) && (<the route's matches>)`, the same entry points, TLS,
+//! observability and middlewares, a priority just above theirs (Traefik's default priority is
+//! the rule's length; route *i* of *n* gets theirs + *n* − *i*, so routes are tried in order and
+//! before the weighted split), and as service the route backend's `<service>-<backend>`. The
+//! matchers, names and read-back are in [`routes`]. A request header, cookie (exact or prefix)
+//! or query parameter, exact, prefix or regex, several criteria ANDed, several matches ORed,
+//! all hold; a route set is a set: routers of canaryd's for the service that the traffic does
+//! not name are removed, so no routes (an abort, a promotion) leaves only the user's router.
+//!
+//! Refused at `apply` with [`RouterError::Setup`], before anything is written: a cookie matched
+//! by regex (Traefik has no cookie matcher; a regex over the `Cookie` header cannot be held to
+//! one cookie's value, Go's regexp having no lookaround), a cookie value holding `;`, routes
+//! when no router of the user's sends to `<service>@file` (there is nothing to stand in front
+//! of), a user router with `ruleSyntax: v2`, and sticky users (below). Query values are
+//! compared as Go decodes them (`+` reads as a space; the embedded router leaves it), and a
+//! regex is Go's RE2 dialect, which lacks a few of Rust's forms (class set operations such as
+//! `[a&&b]`): Traefik then disables the router, and the read-back says so, as drift.
+//!
+//! # Side header
+//!
+//! A route's routers end their middlewares with `canaryd:<service>:canary` (or `:stable`, when
+//! the route's backend is not [`Traffic::canary`]), a `headers` middleware that sets
+//! `X-Canaryd-Side: <service>=canary` (or `=stable`) on the request, replacing one the client
+//! sent. Requests of the weighted split carry none: Traefik attaches middlewares to routers,
+//! and the split happens below the user's router, inside the `weighted` service, whose
+//! children take no middlewares; a client's own `X-Canaryd-Side` passes through there.
+//!
+//! # Sticky users: refused
+//!
+//! Traefik's only stickiness is the weighted service's sticky cookie, which pins a user's first
+//! random draw on *either* side: returning stable users never re-draw, so the canary's share of
+//! users lags the weight, and the key is Traefik's own cookie, not the user's. That is not
+//! monotone, so [`RouterKind::can_stick`] is false for Traefik, lint refuses `sticky`, and
+//! `apply` refuses a traffic with a sticky key.
 //!
 //! # Reading
 //!
-//! `GET {api}/api/http/services/<service>@file`, whose answer carries
-//! `weighted.services[].{name, weight}` (a missing weight is Traefik's default, 1). Names
-//! `<service>-<backend>` are reported as `<backend>`; any other name is reported as it is, so a
-//! hand-made extra service shows up as an unexpected backend. Weights are Traefik's own integers;
-//! canaryd writes percentages.
-//!
-//! `observe_all` reads every service with one `GET {api}/api/rawdata` (the same descriptions,
-//! all at once; unlike `/api/http/services` it is not paginated), and reads the dynamic file once
-//! more only when one of the services asked for is missing there.
+//! `observe` and `observe_all` read everything with one `GET {api}/api/rawdata` (every
+//! router, middleware and service at once; unlike `/api/http/services` it is not paginated),
+//! and read the dynamic file once more only when one of the services asked for is missing
+//! there. The weighted service's `weighted.services[].{name, weight}` give the weights (a
+//! missing weight is Traefik's default, 1): names `<service>-<backend>` are reported as
+//! `<backend>`; any other name is reported as it is, so a hand-made extra service shows up as
+//! an unexpected backend. Weights are Traefik's own integers; canaryd writes percentages. The
+//! routes are parsed back from canaryd's routers as Traefik holds them; one that is not exactly
+//! what canaryd would write now (edited, removed, refused, or its user router's rule changed)
+//! reads as a route that differs, so the daemon sees drift and applies again. The sticky key
+//! always reads as none.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -167,21 +216,23 @@ impl TraefikRouter {
         })
     }
 
-    /// The live weights of `service`, read from Traefik's API.
+    /// The live weights and routes of `service`, read from Traefik's API.
     pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
         self.inner.observe(service).await
     }
 
-    /// The live weights of each of `services`, from one read of Traefik's API
+    /// The live weights and routes of each of `services`, from one read of Traefik's API
     /// (`GET {api}/api/rawdata`, every service at once, not paginated) and, only when one of
     /// them is not loaded, one read of the dynamic file.
     pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
         self.inner.observe_all(services).await
     }
 
-    /// Sets the weights of `service` by rewriting the dynamic file; the weighted service lists
-    /// exactly the backends named. Refuses a backend that is not configured
-    /// ([`RouterError::Unknown`]) and, when Traefik's API does not answer, changes nothing
+    /// Sets the weights and routes of `service` by rewriting the dynamic file; the weighted
+    /// service lists exactly the backends named, and canaryd's routers for the service are
+    /// exactly the traffic's routes. Refuses a backend that is not configured
+    /// ([`RouterError::Unknown`]), what Traefik cannot hold and sticky users
+    /// ([`RouterError::Setup`]), and, when Traefik's API does not answer, changes nothing
     /// ([`RouterError::Unreachable`]).
     pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
         self.inner.apply(service, traffic).await

@@ -377,9 +377,7 @@ impl Parser {
             if let Some(inner) = v.strip_prefix("^(?:").and_then(|v| v.strip_suffix(")$")) {
                 Some(Pattern::Regex(inner.to_string()))
             } else {
-                v.strip_prefix('^')
-                    .and_then(unescape)
-                    .map(|p| Pattern::Prefix(p))
+                v.strip_prefix('^').and_then(unescape).map(Pattern::Prefix)
             }
         };
         let criterion = |on, name: String, value| Criterion { on, name, value };
@@ -582,24 +580,25 @@ pub fn read_back(
         })
         .collect();
     let count = ours.iter().map(|(k, _)| k.index + 1).max().unwrap_or(0);
-    let mut by_index: BTreeMap<usize, Vec<(Route, Option<String>, &str)>> = BTreeMap::new();
+    let mut by_index: BTreeMap<usize, Vec<Seen<'_>>> = BTreeMap::new();
     for (key, info) in &ours {
         let (route, why) = read_one(service, key, info, count, &users, middlewares);
-        by_index
-            .entry(key.index)
-            .or_default()
-            .push((route, why, key.user.as_str()));
+        by_index.entry(key.index).or_default().push(Seen {
+            route,
+            why,
+            user: key.user.as_str(),
+        });
     }
     let all_users: BTreeSet<&str> = users.iter().map(|u| u.name).collect();
     by_index
         .into_values()
         .map(|copies| {
-            let (first, _, _) = &copies[0];
-            let mut why: Option<String> = copies.iter().find_map(|(_, w, _)| w.clone());
-            if why.is_none() && copies.iter().any(|(r, _, _)| r != first) {
+            let first = &copies[0].route;
+            let mut why: Option<String> = copies.iter().find_map(|c| c.why.clone());
+            if why.is_none() && copies.iter().any(|c| c.route != *first) {
                 why = Some("its routers in front of different routers differ".into());
             }
-            let covered: BTreeSet<&str> = copies.iter().map(|(_, _, u)| *u).collect();
+            let covered: BTreeSet<&str> = copies.iter().map(|c| c.user).collect();
             if why.is_none()
                 && let Some(missing) = all_users.difference(&covered).next()
             {
@@ -612,6 +611,15 @@ pub fn read_back(
             route
         })
         .collect()
+}
+
+/// One route router of canaryd's, read back.
+struct Seen<'a> {
+    route: Route,
+    /// Why it is not what canaryd would write now, if it is not.
+    why: Option<String>,
+    /// The user's router it stands in front of.
+    user: &'a str,
 }
 
 /// One of canaryd's route routers read back, and why it is not what canaryd writes, if not.
