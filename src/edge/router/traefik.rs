@@ -28,10 +28,11 @@
 //! observability and middlewares, a priority just above theirs (Traefik's default priority is
 //! the rule's length; route *i* of *n* gets theirs + *n* − *i*, so routes are tried in order and
 //! before the weighted split), and as service the route backend's `<service>-<backend>`. The
-//! matchers, names and read-back are in the `routes` submodule (`traefik/routes.rs`). A request header, cookie (exact or prefix)
-//! or query parameter, exact, prefix or regex, several criteria ANDed, several matches ORed,
-//! all hold; a route set is a set: routers of canaryd's for the service that the traffic does
-//! not name are removed, so no routes (an abort, a promotion) leaves only the user's router.
+//! matchers, names and read-back are in the `routes` submodule (`traefik/routes.rs`). A
+//! request header, cookie (exact or prefix) or query parameter, exact, prefix or regex,
+//! several criteria ANDed, several matches ORed, all hold; a route set is a set: routers of
+//! canaryd's for the service that the traffic does not name are removed, so no routes (an
+//! abort, a promotion) leaves only the user's router.
 //!
 //! Refused at `apply` with [`RouterError::Setup`], before anything is written: a cookie matched
 //! by regex (Traefik has no cookie matcher; a regex over the `Cookie` header cannot be held to
