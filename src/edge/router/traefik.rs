@@ -34,14 +34,18 @@
 //! canaryd's for the service that the traffic does not name are removed, so no routes (an
 //! abort, a promotion) leaves only the user's router.
 //!
-//! Refused at `apply` with [`RouterError::Setup`], before anything is written: a cookie matched
-//! by regex (Traefik has no cookie matcher; a regex over the `Cookie` header cannot be held to
-//! one cookie's value, Go's regexp having no lookaround), a cookie value holding `;`, routes
-//! when no router of the user's sends to `<service>@file` (there is nothing to stand in front
-//! of), a user router with `ruleSyntax: v2`, and sticky users (below). Query values are
-//! compared as Go decodes them (`+` reads as a space; the embedded router leaves it), and a
-//! regex is Go's RE2 dialect, which lacks a few of Rust's forms (class set operations such as
-//! `[a&&b]`): Traefik then disables the router, and the read-back says so, as drift.
+//! A cookie matched by regex `r` is two matchers over the `Cookie` header, ANDed: `r` as
+//! given (so that it reads back), and `r` with `;` taken out of every character it may match,
+//! in Go's syntax, so that a match cannot run past one cookie's value (see `routes`).
+//!
+//! Refused at `apply` with [`RouterError::Setup`], before anything is written: a cookie regex
+//! with an assertion inside the value (`\b`) or a byte-oriented `(?-u)` part, a cookie value
+//! holding `;`, a user router with `ruleSyntax: v2`, and sticky users (below); with
+//! [`RouterError::Unknown`], routes when no router of the user's sends to `<service>@file`
+//! (there is nothing to stand in front of). Query values are compared as Go decodes them (`+`
+//! reads as a space; the embedded router leaves it), and a regex is Go's RE2 dialect, which
+//! lacks a few of Rust's forms (class set operations such as `[a&&b]`): Traefik then disables
+//! the router, and the read-back says so, as drift.
 //!
 //! # Side header
 //!
@@ -389,6 +393,15 @@ impl Inner {
             (Vec::new(), Vec::new())
         } else {
             let raw = self.raw_data().await?;
+            if routes::user_routers(&raw.routers, service).is_empty() {
+                return Err(RouterError::Unknown {
+                    router: self.name.clone(),
+                    what: format!(
+                        "router sending requests to `{service}@file` (routes stand in front of \
+                         the user's own; route to the weighted service first)"
+                    ),
+                });
+            }
             route_routers(service, traffic, &raw.routers).map_err(setup)?
         };
 
@@ -686,12 +699,6 @@ fn route_routers(
     routers: &BTreeMap<String, Value>,
 ) -> Result<(Vec<Named>, Vec<Named>), String> {
     let users = routes::user_routers(routers, service);
-    if users.is_empty() {
-        return Err(format!(
-            "no traefik router sends requests to `{service}@file`, so there is none to put \
-             routes in front of; route to the weighted service first"
-        ));
-    }
     for user in &users {
         user.check()?;
     }

@@ -12,9 +12,11 @@
 //!   - query: the same with `Query` and `QueryRegexp`;
 //!   - cookie (Traefik has no cookie matcher): a regex over the `Cookie` header,
 //!     `(?:^|;)\s*name\s*=\s*v\s*(?:;|$)` for an exact value, without the tail for a prefix,
-//!     so that `beta=on` fits `a=1; beta=on` and not `xbeta=on` nor `beta=one`. A cookie regex
-//!     cannot be confined to one cookie's value in Go's regexp (no lookaround), so it is
-//!     refused.
+//!     so that `beta=on` fits `a=1; beta=on` and not `xbeta=on` nor `beta=one`. A regex `r`
+//!     is `(?:r)` in that place, ANDed with the same regex where `r` is narrowed: `;` taken
+//!     out of each of its classes and literals, written in Go's syntax (`\x{..}` ranges), so
+//!     that `g.*d` fits `tier=gold` but not `tier=gx; id=d` (Go's regexp has no lookaround
+//!     that could stop `.*` at the `;`). The first carries `r` for the read-back.
 //!
 //!   Strings are Go literals: between backticks, or double-quoted with escapes when the text
 //!   holds a backtick.
@@ -172,13 +174,14 @@ pub fn check(c: &Criterion) -> Result<(), String> {
         _ => {}
     }
     match (&c.on, &c.value) {
-        (Field::Cookie, Pattern::Regex(r)) => Err(format!(
-            "cookie `{}` by regex `{r}`: traefik has no cookie matcher, and a regex over the \
-             `Cookie` header cannot be held to one cookie's value (Go's regexp has no \
-             lookaround); match it exactly or by prefix here; routers that can: {}",
-            c.name,
-            RouterKind::those_that(|k| k.can_route_by_cookie() && k != RouterKind::Traefik)
-        )),
+        (Field::Cookie, Pattern::Regex(r)) => within_a_cookie(r).map(|_| ()).map_err(|why| {
+            format!(
+                "cookie `{}` by regex `{r}`: {why}, which canaryd cannot hold to one cookie's \
+                 value in a regex over the `Cookie` header; routers that can: {}",
+                c.name,
+                RouterKind::those_that(|k| k.can_route_by_cookie() && k != RouterKind::Traefik)
+            )
+        }),
         (Field::Cookie, Pattern::Exact(v) | Pattern::Prefix(v)) if v.contains(';') => Err(format!(
             "cookie `{}`: a cookie value cannot hold `;`",
             c.name
@@ -190,15 +193,153 @@ pub fn check(c: &Criterion) -> Result<(), String> {
     }
 }
 
-/// The regex a cookie criterion is matched with, over the `Cookie` header.
+/// The start of every cookie regex: the cookie's name, at the start of the header or after a
+/// `;`, and its `=`.
+fn cookie_head(name: &str) -> String {
+    format!(r"(?:^|;)\s*{}\s*=\s*", regex::escape(name))
+}
+
+/// The end of a cookie regex whose value must be whole.
+const COOKIE_TAIL: &str = r"\s*(?:;|$)";
+
+/// The regex a cookie criterion is matched with, over the `Cookie` header. A regex `r` is
+/// written as this regex, `r` kept as it is so that it reads back, ANDed with
+/// [`strict_cookie_regex`], which holds `r` to one cookie's value.
 fn cookie_regex(name: &str, value: &Pattern) -> String {
-    let head = format!(r"(?:^|;)\s*{}\s*=\s*", regex::escape(name));
+    let head = cookie_head(name);
     match value {
-        Pattern::Exact(v) => format!(r"{head}{}\s*(?:;|$)", regex::escape(v)),
+        Pattern::Exact(v) => format!("{head}{}{COOKIE_TAIL}", regex::escape(v)),
         Pattern::Prefix(p) => format!("{head}{}", regex::escape(p)),
-        // Refused by `check`.
-        Pattern::Regex(r) => format!("{head}(?:{r})"),
+        Pattern::Regex(r) => format!("{head}(?:{r}){COOKIE_TAIL}"),
     }
+}
+
+/// The regex over the `Cookie` header that cookie `name`'s value fits whole regex `r`:
+/// `r` with `;` taken out of every character it may match, so that a match cannot run past
+/// the cookie's value (a value holds no `;`, and a string without `;` fits `r` exactly when it
+/// fits `r` so narrowed), in Go's syntax. `None` for what [`within_a_cookie`] refuses.
+fn strict_cookie_regex(name: &str, r: &str) -> Option<String> {
+    let narrowed = within_a_cookie(r).ok()?;
+    Some(format!("{}(?:{narrowed}){COOKIE_TAIL}", cookie_head(name)))
+}
+
+/// Regex `r` (whole-value, RE2 syntax) with `;` taken out of every character it matches,
+/// written in the part of Go's syntax both dialects read alike (non-capturing groups, classes
+/// of `\x{..}` ranges); why not, for what has no such form: assertions other than a leading
+/// `^` and a trailing `$` (which whole-value matching implies), and byte-oriented `(?-u)`.
+fn within_a_cookie(r: &str) -> Result<String, String> {
+    use regex_syntax::hir::{Hir, HirKind, Look};
+    let hir = regex_syntax::Parser::new()
+        .parse(r)
+        .map_err(|e| format!("not a regular expression: {e}"))?;
+    // `^` and `$` at the ends are implied by matching the whole value.
+    let hir = match hir.kind() {
+        HirKind::Look(Look::Start | Look::End) => Hir::empty(),
+        HirKind::Concat(parts) => {
+            let mut parts = parts.clone();
+            if matches!(
+                parts.first().map(Hir::kind),
+                Some(HirKind::Look(Look::Start))
+            ) {
+                parts.remove(0);
+            }
+            if matches!(parts.last().map(Hir::kind), Some(HirKind::Look(Look::End))) {
+                parts.pop();
+            }
+            Hir::concat(parts)
+        }
+        _ => hir,
+    };
+    let mut out = String::new();
+    go_without_semicolon(&hir, &mut out)?;
+    Ok(out)
+}
+
+/// Writes `hir` to `out` in Go's regexp syntax, `;` taken out of every class and literal.
+fn go_without_semicolon(hir: &regex_syntax::hir::Hir, out: &mut String) -> Result<(), String> {
+    use regex_syntax::hir::{Class, ClassUnicode, ClassUnicodeRange, HirKind};
+    // Matches nothing: the complement of every character.
+    const NOTHING: &str = r"[^\x{0}-\x{10ffff}]";
+    let char_ = |out: &mut String, c: char| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            out.push(c);
+        } else {
+            let _ = write!(out, r"\x{{{:x}}}", u32::from(c));
+        }
+    };
+    let group =
+        |out: &mut String, parts: &[regex_syntax::hir::Hir], sep: &str| -> Result<(), String> {
+            out.push_str("(?:");
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                go_without_semicolon(part, out)?;
+            }
+            out.push(')');
+            Ok(())
+        };
+    match hir.kind() {
+        HirKind::Empty => out.push_str("(?:)"),
+        HirKind::Literal(literal) => {
+            let text = std::str::from_utf8(&literal.0)
+                .map_err(|_| "it matches bytes that are not UTF-8 (`(?-u)`)".to_string())?;
+            out.push_str("(?:");
+            for c in text.chars() {
+                if c == ';' {
+                    out.push_str(NOTHING);
+                } else {
+                    char_(out, c);
+                }
+            }
+            out.push(')');
+        }
+        HirKind::Class(Class::Unicode(class)) => {
+            let mut class = class.clone();
+            class.difference(&ClassUnicode::new([ClassUnicodeRange::new(';', ';')]));
+            if class.ranges().is_empty() {
+                out.push_str(NOTHING);
+            } else {
+                out.push('[');
+                for range in class.ranges() {
+                    char_(out, range.start());
+                    if range.end() != range.start() {
+                        out.push('-');
+                        char_(out, range.end());
+                    }
+                }
+                out.push(']');
+            }
+        }
+        HirKind::Class(Class::Bytes(_)) => {
+            return Err("it matches bytes (`(?-u)`)".to_string());
+        }
+        HirKind::Look(look) => return Err(format!("it asserts {look:?} inside the value")),
+        HirKind::Repetition(rep) => {
+            group(out, std::slice::from_ref(&*rep.sub), "")?;
+            match (rep.min, rep.max) {
+                (0, Some(1)) => out.push('?'),
+                (0, None) => out.push('*'),
+                (1, None) => out.push('+'),
+                (m, None) => {
+                    let _ = write!(out, "{{{m},}}");
+                }
+                (m, Some(n)) if m == n => {
+                    let _ = write!(out, "{{{m}}}");
+                }
+                (m, Some(n)) => {
+                    let _ = write!(out, "{{{m},{n}}}");
+                }
+            }
+            if !rep.greedy {
+                out.push('?');
+            }
+        }
+        HirKind::Capture(capture) => group(out, std::slice::from_ref(&*capture.sub), "")?,
+        HirKind::Concat(parts) => group(out, parts, "")?,
+        HirKind::Alternation(parts) => group(out, parts, "|")?,
+    }
+    Ok(())
 }
 
 /// One criterion as a Traefik matcher; see the module docs.
@@ -215,7 +356,19 @@ fn criterion(c: &Criterion) -> String {
         (Field::Query, p) => ("QueryRegexp", c.name.as_str(), regexp(p)),
         (Field::Cookie, p) => ("HeaderRegexp", "Cookie", cookie_regex(&c.name, p)),
     };
-    format!("{matcher}({}, {})", literal(name), literal(&value))
+    let one = format!("{matcher}({}, {})", literal(name), literal(&value));
+    match (&c.on, &c.value) {
+        (Field::Cookie, Pattern::Regex(r)) => {
+            // `check` refuses a regex that has no strict form.
+            let strict = strict_cookie_regex(&c.name, r).unwrap_or_default();
+            format!(
+                "{one} && HeaderRegexp({}, {})",
+                literal("Cookie"),
+                literal(&strict)
+            )
+        }
+        _ => one,
+    }
 }
 
 /// The matches as one Traefik rule expression: ORed, their criteria ANDed.
@@ -359,7 +512,31 @@ impl Parser {
         while self.eat(&Token::And) {
             all.push(self.call()?);
         }
-        Ok(Match { all })
+        // A cookie regex is written twice, as given and narrowed to one cookie; keep the first.
+        let mut kept: Vec<Criterion> = Vec::with_capacity(all.len());
+        for c in all {
+            let companion = match (kept.last(), &c) {
+                (Some(before), after)
+                    if before.on == Field::Cookie && after.on == Field::Cookie =>
+                {
+                    match (&before.value, &after.value) {
+                        (Pattern::Regex(r), Pattern::Regex(narrowed)) => {
+                            strict_cookie_regex(&before.name, r)
+                                == Some(cookie_regex(
+                                    &after.name,
+                                    &Pattern::Regex(narrowed.clone()),
+                                ))
+                        }
+                        _ => false,
+                    }
+                }
+                _ => false,
+            };
+            if !companion {
+                kept.push(c);
+            }
+        }
+        Ok(Match { all: kept })
     }
 
     fn call(&mut self) -> Result<Criterion, String> {
@@ -408,8 +585,11 @@ fn parse_cookie(regex: &str) -> Option<Criterion> {
     let rest = regex.strip_prefix(r"(?:^|;)\s*")?;
     let (name, value) = rest.split_once(r"\s*=\s*")?;
     let name = unescape(name)?;
-    let value = match value.strip_suffix(r"\s*(?:;|$)") {
-        Some(exact) => Pattern::Exact(unescape(exact)?),
+    let value = match value.strip_suffix(COOKIE_TAIL) {
+        Some(whole) => match whole.strip_prefix("(?:").and_then(|w| w.strip_suffix(')')) {
+            Some(r) => Pattern::Regex(r.to_string()),
+            None => Pattern::Exact(unescape(whole)?),
+        },
         None => Pattern::Prefix(unescape(value)?),
     };
     Some(Criterion {
@@ -833,8 +1013,44 @@ mod tests {
     }
 
     #[test]
+    fn a_cookie_regex_is_held_to_one_cookie_and_reads_back() {
+        let m = one(c(Field::Cookie, "beta", Pattern::Regex("o.*1|x;y".into())));
+        let whole = rule("Host(`a`)", &m);
+        assert_eq!(parse_rule(&whole, "Host(`a`)"), Ok(m.clone()));
+        let text = matches_rule(&m);
+        let (loose, strict) = text.split_once(" && ").unwrap();
+        let pattern = |matcher: &str| {
+            let inner = matcher
+                .strip_prefix("HeaderRegexp(`Cookie`, `")
+                .and_then(|r| r.strip_suffix("`)"))
+                .unwrap()
+                .to_string();
+            regex::Regex::new(&inner).unwrap()
+        };
+        let (loose, strict) = (pattern(loose), pattern(strict));
+        // Both must fit, as Traefik ANDs them.
+        let fits = |header: &str| loose.is_match(header) && strict.is_match(header);
+        for yes in ["beta=oX1", "a=2; beta=o1; c=3", "beta=o1 ;c"] {
+            assert!(fits(yes), "{yes}");
+        }
+        // `.*` cannot run into the next cookie, and `x;y` cannot fit one value.
+        for no in ["beta=oX; y=1", "xbeta=o1", "beta=o", "beta=x;y", "beta=o1x"] {
+            assert!(!fits(no), "{no}");
+        }
+        // The anchors that whole-value matching implies are kept as written.
+        let anchored = one(c(Field::Cookie, "b", Pattern::Regex("^on$".into())));
+        assert_eq!(
+            parse_rule(&rule("Host(`a`)", &anchored), "Host(`a`)"),
+            Ok(anchored)
+        );
+    }
+
+    #[test]
     fn what_traefik_cannot_hold_is_refused_and_foreign_rules_are_not_parsed() {
-        assert!(check(&c(Field::Cookie, "b", Pattern::Regex("o.*".into()))).is_err());
+        assert!(check(&c(Field::Cookie, "b", Pattern::Regex("o.*".into()))).is_ok());
+        assert!(check(&c(Field::Cookie, "b", Pattern::Regex("^o.*$".into()))).is_ok());
+        assert!(check(&c(Field::Cookie, "b", Pattern::Regex(r"o\b".into()))).is_err());
+        assert!(check(&c(Field::Cookie, "b", Pattern::Regex("(?-u:\\xff)".into()))).is_err());
         assert!(check(&c(Field::Cookie, "b", Pattern::Exact("a;b".into()))).is_err());
         assert!(check(&c(Field::Header, "a b", Pattern::Exact("x".into()))).is_err());
         assert!(check(&c(Field::Query, "", Pattern::Exact("x".into()))).is_err());
