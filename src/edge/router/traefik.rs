@@ -58,9 +58,11 @@
 //!
 //! # Sticky users: refused
 //!
-//! Traefik's only stickiness is the weighted service's sticky cookie, which pins a user's first
-//! random draw on *either* side: returning stable users never re-draw, so the canary's share of
-//! users lags the weight, and the key is Traefik's own cookie, not the user's. That is not
+//! Traefik's only stickiness is the weighted service's sticky cookie, which pins the side a
+//! user's first request drew (by weighted round robin), stable as well as canary: returning
+//! stable users never draw again, so the canary's share of users lags the weight, and the key
+//! is Traefik's own cookie, not the user's (`wrr.go`: the cookie is written for whichever
+//! child served). That is not
 //! monotone, so [`RouterKind::can_stick`] is false for Traefik, lint refuses `sticky`, and
 //! `apply` refuses a traffic with a sticky key.
 //!
@@ -361,7 +363,8 @@ impl Inner {
         if let Some(sticky) = &traffic.sticky {
             return Err(setup(format!(
                 "sticky users (by {sticky}) are not supported: traefik's only stickiness is a \
-                 cookie that pins a first random draw on either side, which is not monotone; \
+                 cookie that pins whichever side a user's first request drew, stable too, \
+                 which is not monotone; \
                  routers that can: {}",
                 RouterKind::those_that(RouterKind::can_stick)
             )));
@@ -843,6 +846,7 @@ fn write_atomically(file: &Path, text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::model::{Criterion, Field, Match, Pattern, Route};
 
     fn child(backend: &str, weight: u32) -> Child {
         Child {
@@ -976,6 +980,70 @@ mod tests {
         assert!(weights(Some("http: [1, 2]\n"), "checkout", &[]).is_err());
         assert!(weights(Some("http: {services: {"), "checkout", &[]).is_err());
         assert!(weights(Some("   \n"), "checkout", &[]).is_ok());
+    }
+
+    #[test]
+    fn routes_are_written_as_a_set_beside_what_is_not_canaryds() {
+        let routers: BTreeMap<String, Value> = serde_json::from_str(
+            r#"{"web@file": {"entryPoints": ["web"], "service": "checkout", "rule": "PathPrefix(`/`)", "priority": 15},
+                "old@file": {"service": "checkout", "rule": "Host(`a`)", "ruleSyntax": "v2"}}"#,
+        )
+        .unwrap();
+        let marked = Route {
+            name: "marked".into(),
+            matches: vec![Match {
+                all: vec![Criterion {
+                    on: Field::Header,
+                    name: "X-Canary".into(),
+                    value: Pattern::Exact("always".into()),
+                }],
+            }],
+            backend: "green".into(),
+        };
+        let mut t = Traffic {
+            routes: vec![marked],
+            canary: Some("green".into()),
+            ..Traffic::of(&[("blue", 100), ("green", 0)]).unwrap()
+        };
+        // A user router in the v2 syntax cannot have a v3 rule put in front of it.
+        let e = route_routers("checkout", &t, &routers).unwrap_err();
+        assert!(e.contains("ruleSyntax: v2"), "{e}");
+        let routers: BTreeMap<String, Value> = routers
+            .into_iter()
+            .filter(|(n, _)| n != "old@file")
+            .collect();
+        let (named, sides) = route_routers("checkout", &t, &routers).unwrap();
+        assert_eq!(named.len(), 1);
+        assert_eq!(named[0].0, "canaryd:checkout:0:marked:web%40file");
+        assert_eq!(sides[0].0, "canaryd:checkout:canary");
+        let children = [child("blue", 100), child("green", 0)];
+        let hand = "http:\n  routers:\n    mine: {rule: 'Host(`x`)', service: checkout@file}\n";
+        let ours = Ours {
+            children: &children,
+            routers: &named,
+            middlewares: &sides,
+        };
+        let with = render(Some(hand), "checkout", &ours).unwrap();
+        let doc = parsed(&with);
+        let names = |section: &str| -> Vec<String> {
+            doc.pointer(&format!("/http/{section}"))
+                .and_then(Value::as_object)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            names("routers"),
+            ["canaryd:checkout:0:marked:web%40file", "mine"]
+        );
+        assert_eq!(names("middlewares"), ["canaryd:checkout:canary"]);
+        assert_eq!(render(Some(&with), "checkout", &ours).unwrap(), with);
+        // No routes: canaryd's routers and middlewares go, the user's stay.
+        t.routes.clear();
+        let without = weights(Some(&with), "checkout", &children).unwrap();
+        let doc = parsed(&without);
+        assert!(doc.pointer("/http/routers/mine").is_some(), "{without}");
+        assert!(doc.pointer("/http/middlewares").is_none(), "{without}");
+        assert!(!without.contains("canaryd:"), "{without}");
     }
 
     #[test]

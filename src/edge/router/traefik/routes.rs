@@ -141,7 +141,9 @@ pub fn side_middleware_config(service: &str, canary: bool) -> Value {
 
 /// `text` as a Go string literal, as Traefik's rule parser reads one.
 fn literal(text: &str) -> String {
-    if !text.contains(['`', '\r']) {
+    // A raw string holds neither a backtick nor, read by Go's scanner, a carriage return (it
+    // is dropped) or NUL (refused); control characters are escaped instead.
+    if !text.chars().any(|c| c == '`' || c.is_control()) {
         return format!("`{text}`");
     }
     let mut out = String::from("\"");
@@ -149,8 +151,8 @@ fn literal(text: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
             }
             c => out.push(c),
         }
@@ -432,11 +434,13 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
                         Some('\\') => match chars.next() {
                             Some('"') => s.push('"'),
                             Some('\\') => s.push('\\'),
-                            Some('x') => {
-                                let hex: String = chars.by_ref().take(2).collect();
-                                let b = u8::from_str_radix(&hex, 16)
-                                    .map_err(|_| format!("bad escape `\\x{hex}`"))?;
-                                s.push(char::from(b));
+                            Some('u') => {
+                                let hex: String = chars.by_ref().take(4).collect();
+                                let c = u32::from_str_radix(&hex, 16)
+                                    .ok()
+                                    .and_then(char::from_u32)
+                                    .ok_or_else(|| format!("bad escape `\\u{hex}`"))?;
+                                s.push(c);
                             }
                             other => return Err(format!("escape `\\{other:?}`")),
                         },
@@ -953,6 +957,10 @@ mod tests {
             (
                 c(Field::Header, "X-Q", Pattern::Exact("a`b\"c\\".into())),
                 r#"Header(`X-Q`, "a`b\"c\\")"#,
+            ),
+            (
+                c(Field::Query, "q", Pattern::Regex("a\nb\u{85}".into())),
+                r#"QueryRegexp(`q`, "^(?:a\u000ab\u0085)$")"#,
             ),
         ];
         for (criterion, want) in table {
