@@ -835,6 +835,8 @@ async fn routes_of_every_kind_are_read_back_as_applied_and_a_hand_edit_is_drift(
         ("/", &[("X-Region", "eu-north")]),
         ("/", &[("cookie", "canary=yes;b=2")]),
         ("/", &[("cookie", "a=1; tier=gold; b=2")]),
+        // Routes are tried in order: `testers` before `legacy`, which sends to blue.
+        ("/?app=legacy", &[("X-Canary", "lower")]),
         // The side comes from the router, not from the client.
         (
             "/",
