@@ -982,6 +982,15 @@ async fn routes_of_every_kind_are_read_back_as_applied_and_a_hand_edit_is_drift(
             .contains("routers that can: embedded, haproxy"),
         "{e}"
     );
+    let mut unweighted = flipped.clone();
+    unweighted.backends.remove("blue");
+    let e = f
+        .traefik
+        .router
+        .apply(SERVICE, &unweighted)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("the weights do not name"), "{e}");
     let mut unknown = flipped.clone();
     unknown.routes[1].backend = "purple".to_string();
     let e = f.traefik.router.apply(SERVICE, &unknown).await.unwrap_err();

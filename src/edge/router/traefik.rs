@@ -62,9 +62,8 @@
 //! user's first request drew (by weighted round robin), stable as well as canary: returning
 //! stable users never draw again, so the canary's share of users lags the weight, and the key
 //! is Traefik's own cookie, not the user's (`wrr.go`: the cookie is written for whichever
-//! child served). That is not
-//! monotone, so [`RouterKind::can_stick`] is false for Traefik, lint refuses `sticky`, and
-//! `apply` refuses a traffic with a sticky key.
+//! child served). That is not monotone, so [`RouterKind::can_stick`] is false for Traefik,
+//! lint refuses `sticky`, and `apply` refuses a traffic with a sticky key.
 //!
 //! # Reading
 //!
@@ -364,8 +363,7 @@ impl Inner {
             return Err(setup(format!(
                 "sticky users (by {sticky}) are not supported: traefik's only stickiness is a \
                  cookie that pins whichever side a user's first request drew, stable too, \
-                 which is not monotone; \
-                 routers that can: {}",
+                 which is not monotone; routers that can: {}",
                 RouterKind::those_that(RouterKind::can_stick)
             )));
         }
@@ -378,6 +376,14 @@ impl Inner {
                         route.backend, route.name
                     ),
                 });
+            }
+            if !traffic.backends.contains_key(&route.backend) {
+                // Its load balancer is written only for the backends the weights name.
+                return Err(setup(format!(
+                    "route `{}` sends to backend `{}`, which the weights do not name (give it \
+                     weight 0)",
+                    route.name, route.backend
+                )));
             }
             if route.matches.is_empty() || route.matches.iter().any(|m| m.all.is_empty()) {
                 return Err(setup(format!(
