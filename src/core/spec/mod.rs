@@ -553,7 +553,11 @@ impl RouterKind {
     pub fn can_route(self) -> bool {
         matches!(
             self,
-            RouterKind::Embedded | RouterKind::Haproxy | RouterKind::Caddy | RouterKind::GatewayApi
+            RouterKind::Embedded
+                | RouterKind::Haproxy
+                | RouterKind::Traefik
+                | RouterKind::Caddy
+                | RouterKind::GatewayApi
         )
     }
 

@@ -1,4 +1,4 @@
-//! The Traefik driver: writes weighted services into a file-provider file it owns and reads the live weights back from Traefik's API.
+//! The Traefik driver: writes weighted services, and routers for header, cookie and query routes, into a file-provider file it owns, and reads them back from Traefik's API.
 //!
 //! # Writing
 //!
@@ -9,20 +9,75 @@
 //! sets and never adds. Other services in the file are kept as they are (they are canaryd's own,
 //! for other rollouts). The file is replaced atomically: written to a hidden `.tmp` file in the
 //! same directory (Traefik loads only `.yaml`, `.yml` and `.toml` files), synced, then renamed
-//! over the old one. Traefik picks it up after its provider throttle, so `observe` shows the old
-//! weights for a moment; the daemon reads back and re-applies as needed.
+//! over the old one, and only when its text changes (a repeated apply writes nothing, so
+//! Traefik does not reload). Traefik picks it up after its provider throttle and swaps its
+//! handler whole, so a request sees old or new routes and weights, never half of each, and
+//! none fails; `observe` shows the old state for a moment, and the daemon reads back.
+//!
+//! # What the user configures
+//!
+//! Their own Traefik router (rule, entry points, TLS, middlewares; any provider) sends
+//! requests to `<service>@file`. canaryd never edits it.
+//!
+//! # Routes: routers in front of the user's
+//!
+//! Traefik has no routes inside a service: matching is what routers do. So each route of the
+//! traffic becomes, for each of the user's routers that sends to `<service>@file` (found in the
+//! same `GET {api}/api/rawdata` that proves Traefik answers), a router of canaryd's in the same
+//! file: rule `(<their rule>) && (<the route's matches>)`, the same entry points, TLS,
+//! observability and middlewares, a priority just above theirs (Traefik's default priority is
+//! the rule's length; route *i* of *n* gets theirs + *n* − *i*, so routes are tried in order and
+//! before the weighted split), and as service the route backend's `<service>-<backend>`. The
+//! matchers, names and read-back are in the `routes` submodule (`traefik/routes.rs`). A
+//! request header, cookie (exact or prefix) or query parameter, exact, prefix or regex,
+//! several criteria ANDed, several matches ORed, all hold; a route set is a set: routers of
+//! canaryd's for the service that the traffic does not name are removed, so no routes (an
+//! abort, a promotion) leaves only the user's router.
+//!
+//! A cookie matched by regex `r` is two matchers over the `Cookie` header, ANDed: `r` as
+//! given (so that it reads back), and `r` with `;` taken out of every character it may match,
+//! in Go's syntax, so that a match cannot run past one cookie's value (see `routes`).
+//!
+//! Refused at `apply` with [`RouterError::Setup`], before anything is written: a cookie regex
+//! with an assertion inside the value (`\b`) or a byte-oriented `(?-u)` part, a cookie value
+//! holding `;`, a user router with `ruleSyntax: v2`, and sticky users (below); with
+//! [`RouterError::Unknown`], routes when no router of the user's sends to `<service>@file`
+//! (there is nothing to stand in front of). Query values are compared as Go decodes them (`+`
+//! reads as a space; the embedded router leaves it), and a regex is Go's RE2 dialect, which
+//! lacks a few of Rust's forms (class set operations such as `[a&&b]`): Traefik then disables
+//! the router, and the read-back says so, as drift.
+//!
+//! # Side header
+//!
+//! A route's routers end their middlewares with `canaryd:<service>:canary` (or `:stable`, when
+//! the route's backend is not [`Traffic::canary`]), a `headers` middleware that sets
+//! `X-Canaryd-Side: <service>=canary` (or `=stable`) on the request, replacing one the client
+//! sent. Requests of the weighted split carry none: Traefik attaches middlewares to routers,
+//! and the split happens below the user's router, inside the `weighted` service, whose
+//! children take no middlewares; a client's own `X-Canaryd-Side` passes through there.
+//!
+//! # Sticky users: refused
+//!
+//! Traefik's only stickiness is the weighted service's sticky cookie, which pins the side a
+//! user's first request drew (by weighted round robin), stable as well as canary: returning
+//! stable users never draw again, so the canary's share of users lags the weight, and the key
+//! is Traefik's own cookie, not the user's (`wrr.go`: the cookie is written for whichever
+//! child served). That is not monotone, so [`RouterKind::can_stick`] is false for Traefik,
+//! lint refuses `sticky`, and `apply` refuses a traffic with a sticky key.
 //!
 //! # Reading
 //!
-//! `GET {api}/api/http/services/<service>@file`, whose answer carries
-//! `weighted.services[].{name, weight}` (a missing weight is Traefik's default, 1). Names
-//! `<service>-<backend>` are reported as `<backend>`; any other name is reported as it is, so a
-//! hand-made extra service shows up as an unexpected backend. Weights are Traefik's own integers;
-//! canaryd writes percentages.
-//!
-//! `observe_all` reads every service with one `GET {api}/api/rawdata` (the same descriptions,
-//! all at once; unlike `/api/http/services` it is not paginated), and reads the dynamic file once
-//! more only when one of the services asked for is missing there.
+//! `observe` and `observe_all` read everything with one `GET {api}/api/rawdata` (every
+//! router, middleware and service at once; unlike `/api/http/services` it is not paginated),
+//! and read the dynamic file once more only when one of the services asked for is missing
+//! there. The weighted service's `weighted.services[].{name, weight}` give the weights (a
+//! missing weight is Traefik's default, 1): names `<service>-<backend>` are reported as
+//! `<backend>`; any other name is reported as it is, so a hand-made extra service shows up as
+//! an unexpected backend. Weights are Traefik's own integers; canaryd writes percentages. The
+//! routes are parsed back from canaryd's routers as Traefik holds them; one that is not exactly
+//! what canaryd would write now (edited, removed, refused, or its user router's rule changed)
+//! reads as a route that differs, so the daemon sees drift and applies again. The sticky key
+//! always reads as none.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,6 +93,9 @@ use serde_json::{Map, Value};
 use super::nginx::remove_stale_temps;
 use super::{ObservedAll, RouterError};
 use crate::core::model::{Observed, Traffic};
+use crate::core::spec::RouterKind;
+
+mod routes;
 
 /// How long one request to Traefik's API may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -164,21 +222,23 @@ impl TraefikRouter {
         })
     }
 
-    /// The live weights of `service`, read from Traefik's API.
+    /// The live weights and routes of `service`, read from Traefik's API.
     pub async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
         self.inner.observe(service).await
     }
 
-    /// The live weights of each of `services`, from one read of Traefik's API
+    /// The live weights and routes of each of `services`, from one read of Traefik's API
     /// (`GET {api}/api/rawdata`, every service at once, not paginated) and, only when one of
     /// them is not loaded, one read of the dynamic file.
     pub async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
         self.inner.observe_all(services).await
     }
 
-    /// Sets the weights of `service` by rewriting the dynamic file; the weighted service lists
-    /// exactly the backends named. Refuses a backend that is not configured
-    /// ([`RouterError::Unknown`]) and, when Traefik's API does not answer, changes nothing
+    /// Sets the weights and routes of `service` by rewriting the dynamic file; the weighted
+    /// service lists exactly the backends named, and canaryd's routers for the service are
+    /// exactly the traffic's routes. Refuses a backend that is not configured
+    /// ([`RouterError::Unknown`]), what Traefik cannot hold and sticky users
+    /// ([`RouterError::Setup`]), and, when Traefik's API does not answer, changes nothing
     /// ([`RouterError::Unreachable`]).
     pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
         self.inner.apply(service, traffic).await
@@ -193,31 +253,28 @@ impl TraefikRouter {
 impl Inner {
     async fn observe(&self, service: &str) -> Result<Observed, RouterError> {
         self.check_service(service)?;
-        let qualified = format!("{service}@file");
-        let (status, body) = self
-            .get(&["api", "http", "services", qualified.as_str()])
-            .await?;
-        match status {
-            StatusCode::NOT_FOUND => self.not_loaded(service, &self.written().await),
-            s if s.is_success() => {
-                self.parsed(service, parse_service(service, serde_json::from_str(&body)))
-            }
-            s => Err(self.bad_status(s)),
-        }
+        let mut all = self.observe_all(&[service.to_string()]).await?;
+        all.remove(service)
+            .unwrap_or_else(|| Ok(Observed::default()))
     }
 
-    async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
+    /// Traefik's raw data: every router, middleware and service, all at once.
+    async fn raw_data(&self) -> Result<RawData, RouterError> {
         let (status, body) = self.get(&["api", "rawdata"]).await?;
         if !status.is_success() {
             return Err(self.bad_status(status));
         }
-        let raw: RawData = serde_json::from_str(&body).map_err(|e| RouterError::Setup {
+        serde_json::from_str(&body).map_err(|e| RouterError::Setup {
             router: self.name.clone(),
             message: format!(
                 "api `{}` answered something that is not traefik's raw data: {e}",
                 self.api
             ),
-        })?;
+        })
+    }
+
+    async fn observe_all(&self, services: &[String]) -> Result<ObservedAll, RouterError> {
+        let raw = self.raw_data().await?;
         let loaded = |service: &str| raw.services.get(&format!("{service}@file"));
         // Read only when a service is missing from the API, once for all of them (else never
         // consulted).
@@ -232,10 +289,15 @@ impl Inner {
                     .check_service(service)
                     .and_then(|()| match loaded(service) {
                         None => self.not_loaded(service, &written),
-                        Some(info) => self.parsed(
-                            service,
-                            parse_service(service, ServiceInfo::deserialize(info)),
-                        ),
+                        Some(info) => self
+                            .parsed(
+                                service,
+                                parse_service(service, ServiceInfo::deserialize(info)),
+                            )
+                            .map(|observed| Observed {
+                                routes: routes::read_back(service, &raw.routers, &raw.middlewares),
+                                ..observed
+                            }),
                     });
                 (service.clone(), observed)
             })
@@ -293,14 +355,76 @@ impl Inner {
                 weight: u32::from(weight.get()),
             });
         }
+        let setup = |message: String| RouterError::Setup {
+            router: self.name.clone(),
+            message: format!("service `{service}`: {message}"),
+        };
+        if let Some(sticky) = &traffic.sticky {
+            return Err(setup(format!(
+                "sticky users (by {sticky}) are not supported: traefik's only stickiness is a \
+                 cookie that pins whichever side a user's first request drew, stable too, \
+                 which is not monotone; routers that can: {}",
+                RouterKind::those_that(RouterKind::can_stick)
+            )));
+        }
+        for route in &traffic.routes {
+            if !self.backends.contains_key(&route.backend) {
+                return Err(RouterError::Unknown {
+                    router: self.name.clone(),
+                    what: format!(
+                        "backend `{}` (route `{}` of service `{service}`)",
+                        route.backend, route.name
+                    ),
+                });
+            }
+            if !traffic.backends.contains_key(&route.backend) {
+                // Its load balancer is written only for the backends the weights name.
+                return Err(setup(format!(
+                    "route `{}` sends to backend `{}`, which the weights do not name (give it \
+                     weight 0)",
+                    route.name, route.backend
+                )));
+            }
+            if route.matches.is_empty() || route.matches.iter().any(|m| m.all.is_empty()) {
+                return Err(setup(format!(
+                    "route `{}` has a match list or a match that is empty",
+                    route.name
+                )));
+            }
+            for c in route.matches.iter().flat_map(|m| &m.all) {
+                routes::check(c).map_err(|why| setup(format!("route `{}`: {why}", route.name)))?;
+            }
+        }
         // A write while Traefik is down would succeed and be reported as one; say so instead.
-        self.health().await?;
+        // Routes stand in front of the user's routers, which the raw data names.
+        let (routers, middlewares) = if traffic.routes.is_empty() {
+            self.health().await?;
+            (Vec::new(), Vec::new())
+        } else {
+            let raw = self.raw_data().await?;
+            if routes::user_routers(&raw.routers, service).is_empty() {
+                return Err(RouterError::Unknown {
+                    router: self.name.clone(),
+                    what: format!(
+                        "router sending requests to `{service}@file` (routes stand in front of \
+                         the user's own; route to the weighted service first)"
+                    ),
+                });
+            }
+            route_routers(service, traffic, &raw.routers).map_err(setup)?
+        };
 
         let _writing = self.writing.lock().await;
         let file = self.dynamic_file.clone();
         let service_owned = service.to_string();
-        let job =
-            tokio::task::spawn_blocking(move || replace_service(&file, &service_owned, &children));
+        let job = tokio::task::spawn_blocking(move || {
+            let ours = Ours {
+                children: &children,
+                routers: &routers,
+                middlewares: &middlewares,
+            };
+            replace_service(&file, &service_owned, &ours)
+        });
         match tokio::time::timeout(FILE_TIMEOUT, job).await {
             Err(_) => Err(RouterError::Unreachable {
                 router: self.name.clone(),
@@ -480,6 +604,10 @@ enum ParseError {
 struct RawData {
     #[serde(default)]
     services: BTreeMap<String, Value>,
+    #[serde(default)]
+    routers: BTreeMap<String, Value>,
+    #[serde(default)]
+    middlewares: BTreeMap<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -559,28 +687,80 @@ struct Child {
     weight: u32,
 }
 
+/// A named router or middleware configuration, as the dynamic file holds it.
+type Named = (String, Value);
+
+/// Everything canaryd writes for one service.
+struct Ours<'a> {
+    children: &'a [Child],
+    /// One router per route and user's router (see [`routes`]).
+    routers: &'a [Named],
+    /// The side-header middlewares those routers use.
+    middlewares: &'a [Named],
+}
+
+/// The routers that carry `traffic`'s routes for `service`, in front of each of the user's
+/// routers in `routers` (Traefik's raw data) that serves `<service>@file`, and the
+/// middlewares they use; why not, when they cannot be written.
+fn route_routers(
+    service: &str,
+    traffic: &Traffic,
+    routers: &BTreeMap<String, Value>,
+) -> Result<(Vec<Named>, Vec<Named>), String> {
+    let users = routes::user_routers(routers, service);
+    for user in &users {
+        user.check()?;
+    }
+    let count = traffic.routes.len();
+    let (mut out, mut sides) = (Vec::new(), BTreeMap::new());
+    for (index, route) in traffic.routes.iter().enumerate() {
+        let canary = traffic.canary.as_deref() == Some(route.backend.as_str());
+        sides.insert(
+            routes::side_middleware(service, canary),
+            routes::side_middleware_config(service, canary),
+        );
+        for user in &users {
+            out.push((
+                routes::router_name(service, index, &route.name, user.name),
+                routes::router_config(service, index, count, route, user, canary),
+            ));
+        }
+    }
+    Ok((out, sides.into_iter().collect()))
+}
+
 /// Replaces `service` in the dynamic file `file` (created if missing), atomically.
-fn replace_service(file: &Path, service: &str, children: &[Child]) -> Result<(), String> {
+fn replace_service(file: &Path, service: &str, ours: &Ours<'_>) -> Result<(), String> {
     let existing = match std::fs::read_to_string(file) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("cannot read it: {e}")),
     };
-    let rendered = render(existing.as_deref(), service, children)?;
+    let rendered = render(existing.as_deref(), service, ours)?;
     if existing.as_deref() == Some(rendered.as_str()) {
         return Ok(());
     }
     write_atomically(file, &rendered)
 }
 
-/// The dynamic file `existing` (none: empty) with `service` and its children replaced.
-fn render(existing: Option<&str>, service: &str, children: &[Child]) -> Result<String, String> {
+/// The dynamic file `existing` (none: empty) with `service`, its children, and its routes'
+/// routers and middlewares replaced.
+fn render(existing: Option<&str>, service: &str, ours: &Ours<'_>) -> Result<String, String> {
     let mut doc: Value = match existing {
         Some(text) if !text.trim().is_empty() => serde_saphyr::from_str(text)
             .map_err(|e| format!("not yaml canaryd can keep, left as it is: {e}"))?,
         _ => Value::Object(Map::new()),
     };
-    let services = services_mut(&mut doc)?;
+    for (section, named) in [("routers", ours.routers), ("middlewares", ours.middlewares)] {
+        let map = section_mut(&mut doc, section)?;
+        map.retain(|name, _| !routes::is_ours(name, service));
+        map.extend(named.iter().cloned());
+        if map.is_empty() {
+            remove_empty(&mut doc, section);
+        }
+    }
+    let children = ours.children;
+    let services = section_mut(&mut doc, "services")?;
     // Drop the children this service had, so a backend no longer named leaves no orphan.
     let prefix = format!("{service}-");
     let old: Vec<String> = services
@@ -612,8 +792,23 @@ fn render(existing: Option<&str>, service: &str, children: &[Child]) -> Result<S
     serde_saphyr::to_string(&doc).map_err(|e| format!("cannot render it: {e}"))
 }
 
-/// `doc.http.services`, created where missing.
-fn services_mut(doc: &mut Value) -> Result<&mut Map<String, Value>, String> {
+/// Drops `doc.http.<section>` (found empty), and `doc.http` if that leaves it empty.
+fn remove_empty(doc: &mut Value, section: &str) {
+    if let Some(http) = doc.get_mut("http").and_then(Value::as_object_mut) {
+        http.remove(section);
+        if http.is_empty()
+            && let Some(root) = doc.as_object_mut()
+        {
+            root.remove("http");
+        }
+    }
+}
+
+/// `doc.http.<section>`, created where missing.
+fn section_mut<'a>(
+    doc: &'a mut Value,
+    section: &str,
+) -> Result<&'a mut Map<String, Value>, String> {
     let not_a_map = |key: &str| format!("`{key}` is not a mapping, left as it is");
     let root = doc
         .as_object_mut()
@@ -623,10 +818,10 @@ fn services_mut(doc: &mut Value) -> Result<&mut Map<String, Value>, String> {
         .or_insert_with(|| Value::Object(Map::new()))
         .as_object_mut()
         .ok_or_else(|| not_a_map("http"))?;
-    http.entry("services")
+    http.entry(section)
         .or_insert_with(|| Value::Object(Map::new()))
         .as_object_mut()
-        .ok_or_else(|| not_a_map("http.services"))
+        .ok_or_else(|| not_a_map(&format!("http.{section}")))
 }
 
 /// Writes `text` to a hidden `.tmp` file beside `file` (Traefik ignores that extension), syncs
@@ -657,6 +852,7 @@ fn write_atomically(file: &Path, text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::model::{Criterion, Field, Match, Pattern, Route};
 
     fn child(backend: &str, weight: u32) -> Child {
         Child {
@@ -664,6 +860,20 @@ mod tests {
             url: format!("http://127.0.0.1:900{}", backend.len()),
             weight,
         }
+    }
+
+    /// The file with `service`'s weights replaced, and no routes.
+    fn weights(
+        existing: Option<&str>,
+        service: &str,
+        children: &[Child],
+    ) -> Result<String, String> {
+        let ours = Ours {
+            children,
+            routers: &[],
+            middlewares: &[],
+        };
+        render(existing, service, &ours)
     }
 
     fn parse(service: &str, body: &str) -> Result<Observed, ParseError> {
@@ -711,7 +921,7 @@ mod tests {
 
     #[test]
     fn renders_a_weighted_service_and_one_load_balancer_per_backend() {
-        let out = render(None, "checkout", &[child("blue", 90), child("green", 10)]).unwrap();
+        let out = weights(None, "checkout", &[child("blue", 90), child("green", 10)]).unwrap();
         let want = parsed(
             "http:
   services:
@@ -733,14 +943,14 @@ mod tests {
 
     #[test]
     fn render_keeps_other_services_and_drops_this_ones_old_children() {
-        let first = render(None, "cart", &[child("a", 100)]).unwrap();
-        let second = render(
+        let first = weights(None, "cart", &[child("a", 100)]).unwrap();
+        let second = weights(
             Some(&first),
             "checkout",
             &[child("blue", 50), child("red", 50)],
         )
         .unwrap();
-        let third = render(Some(&second), "checkout", &[child("blue", 100)]).unwrap();
+        let third = weights(Some(&second), "checkout", &[child("blue", 100)]).unwrap();
         let doc = parsed(&third);
         let services = doc.pointer("/http/services").unwrap().as_object().unwrap();
         let mut names: Vec<&str> = services.keys().map(String::as_str).collect();
@@ -755,8 +965,8 @@ mod tests {
 
     #[test]
     fn render_is_stable_so_a_repeated_apply_writes_nothing() {
-        let once = render(None, "checkout", &[child("blue", 90), child("green", 10)]).unwrap();
-        let twice = render(
+        let once = weights(None, "checkout", &[child("blue", 90), child("green", 10)]).unwrap();
+        let twice = weights(
             Some(&once),
             "checkout",
             &[child("blue", 90), child("green", 10)],
@@ -768,14 +978,78 @@ mod tests {
     #[test]
     fn render_keeps_hand_written_extras_and_refuses_what_it_cannot_keep() {
         let hand = "http:\n  routers:\n    r: {rule: 'PathPrefix(`/`)', service: checkout@file}\n";
-        let out = render(Some(hand), "checkout", &[child("blue", 100)]).unwrap();
+        let out = weights(Some(hand), "checkout", &[child("blue", 100)]).unwrap();
         assert_eq!(
             parsed(&out).pointer("/http/routers/r/service"),
             Some(&serde_json::json!("checkout@file"))
         );
-        assert!(render(Some("http: [1, 2]\n"), "checkout", &[]).is_err());
-        assert!(render(Some("http: {services: {"), "checkout", &[]).is_err());
-        assert!(render(Some("   \n"), "checkout", &[]).is_ok());
+        assert!(weights(Some("http: [1, 2]\n"), "checkout", &[]).is_err());
+        assert!(weights(Some("http: {services: {"), "checkout", &[]).is_err());
+        assert!(weights(Some("   \n"), "checkout", &[]).is_ok());
+    }
+
+    #[test]
+    fn routes_are_written_as_a_set_beside_what_is_not_canaryds() {
+        let routers: BTreeMap<String, Value> = serde_json::from_str(
+            r#"{"web@file": {"entryPoints": ["web"], "service": "checkout", "rule": "PathPrefix(`/`)", "priority": 15},
+                "old@file": {"service": "checkout", "rule": "Host(`a`)", "ruleSyntax": "v2"}}"#,
+        )
+        .unwrap();
+        let marked = Route {
+            name: "marked".into(),
+            matches: vec![Match {
+                all: vec![Criterion {
+                    on: Field::Header,
+                    name: "X-Canary".into(),
+                    value: Pattern::Exact("always".into()),
+                }],
+            }],
+            backend: "green".into(),
+        };
+        let mut t = Traffic {
+            routes: vec![marked],
+            canary: Some("green".into()),
+            ..Traffic::of(&[("blue", 100), ("green", 0)]).unwrap()
+        };
+        // A user router in the v2 syntax cannot have a v3 rule put in front of it.
+        let e = route_routers("checkout", &t, &routers).unwrap_err();
+        assert!(e.contains("ruleSyntax: v2"), "{e}");
+        let routers: BTreeMap<String, Value> = routers
+            .into_iter()
+            .filter(|(n, _)| n != "old@file")
+            .collect();
+        let (named, sides) = route_routers("checkout", &t, &routers).unwrap();
+        assert_eq!(named.len(), 1);
+        assert_eq!(named[0].0, "canaryd:checkout:0:marked:web%40file");
+        assert_eq!(sides[0].0, "canaryd:checkout:canary");
+        let children = [child("blue", 100), child("green", 0)];
+        let hand = "http:\n  routers:\n    mine: {rule: 'Host(`x`)', service: checkout@file}\n";
+        let ours = Ours {
+            children: &children,
+            routers: &named,
+            middlewares: &sides,
+        };
+        let with = render(Some(hand), "checkout", &ours).unwrap();
+        let doc = parsed(&with);
+        let names = |section: &str| -> Vec<String> {
+            doc.pointer(&format!("/http/{section}"))
+                .and_then(Value::as_object)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            names("routers"),
+            ["canaryd:checkout:0:marked:web%40file", "mine"]
+        );
+        assert_eq!(names("middlewares"), ["canaryd:checkout:canary"]);
+        assert_eq!(render(Some(&with), "checkout", &ours).unwrap(), with);
+        // No routes: canaryd's routers and middlewares go, the user's stay.
+        t.routes.clear();
+        let without = weights(Some(&with), "checkout", &children).unwrap();
+        let doc = parsed(&without);
+        assert!(doc.pointer("/http/routers/mine").is_some(), "{without}");
+        assert!(doc.pointer("/http/middlewares").is_none(), "{without}");
+        assert!(!without.contains("canaryd:"), "{without}");
     }
 
     #[test]
