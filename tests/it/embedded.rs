@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use canaryd::core::model::{self, Sticky, Traffic, Weight};
-use canaryd::core::spec::RouterSpec;
+use canaryd::core::spec::{RouterKind, RouterSpec};
 use canaryd::edge::router::embedded::{EmbeddedRouter, QueryError};
 use canaryd::edge::router::{Driver, RouterError};
 use tokio_util::sync::CancellationToken;
@@ -776,16 +776,19 @@ async fn routers_that_take_weights_alone_refuse_routes_and_sticky_users() {
         let driver = Driver::connect("edge", spec).unwrap();
         let routes = "header and cookie routes";
         let sticky = "sticky users";
-        let (can_route, can_stick) = ("embedded, haproxy, gatewayApi", "embedded, haproxy");
+        let (can_route, can_stick) = (
+            RouterKind::those_that(RouterKind::can_route),
+            RouterKind::those_that(RouterKind::can_stick),
+        );
         // HAProxy takes both and a Gateway API router routes (their own tests show how).
-        let refused: &[(&Traffic, &str, &str)] =
+        let refused: &[(&Traffic, &str, &String)] =
             match (spec.kind().can_route(), spec.kind().can_stick()) {
                 (true, true) => &[],
-                (true, false) => &[(&sticky_only, sticky, can_stick)],
+                (true, false) => &[(&sticky_only, sticky, &can_stick)],
                 _ => &[
-                    (&sticky_at(10), routes, can_route),
-                    (&sticky_only, sticky, can_stick),
-                    (&routes_only, routes, can_route),
+                    (&sticky_at(10), routes, &can_route),
+                    (&sticky_only, sticky, &can_stick),
+                    (&routes_only, routes, &can_route),
                 ],
             };
         for (t, what, can) in refused {

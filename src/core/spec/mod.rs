@@ -550,7 +550,7 @@ impl RouterKind {
     pub fn can_route(self) -> bool {
         matches!(
             self,
-            RouterKind::Embedded | RouterKind::Haproxy | RouterKind::GatewayApi
+            RouterKind::Embedded | RouterKind::Haproxy | RouterKind::Nginx | RouterKind::GatewayApi
         )
     }
 
@@ -563,7 +563,10 @@ impl RouterKind {
     /// is on the canary at weight w exactly when the key's bucket is below 100·w). A router
     /// whose stickiness is only a cookie pinning a first random draw is not one.
     pub fn can_stick(self) -> bool {
-        matches!(self, RouterKind::Embedded | RouterKind::Haproxy)
+        matches!(
+            self,
+            RouterKind::Embedded | RouterKind::Haproxy | RouterKind::Nginx
+        )
     }
 
     /// The kinds for which `can` holds, for a message: `embedded, haproxy`.
