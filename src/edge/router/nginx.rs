@@ -1,15 +1,15 @@
-//! The NGINX driver: renders one `upstream` block per service into a canaryd-owned include file, checks it with `nginx -t` and reloads.
+//! The NGINX driver: renders each service's weighted `upstream` block, and its routes and sticky users as `map` and `split_clients` blocks, into a canaryd-owned include file, checks it with `nginx -T` and reloads.
 //!
 //! # Weights cannot be read from NGINX
 //!
 //! Open-source NGINX has no API that reports an upstream's live weights, so this driver is the
 //! one exception to "read the live weights from the router itself": [`NginxRouter::observe`]
-//! returns the weights written in `upstream_file`, as canaryd last wrote it *or as someone
-//! edited it since* (a hand edit of the file is seen as drift). What it cannot see is whether
-//! NGINX loaded that file: a file edited without a reload, or a reload that failed, is reported
-//! as if it were live. `observe` does check that the master process is alive (the `pid` file
-//! named by `config`, and `/proc/<pid>`), so a stopped NGINX reads as unreachable.
-//! `observe_all` reads the file once for all the services asked for.
+//! returns the weights, routes and sticky key written in `upstream_file`, as canaryd last wrote
+//! them *or as someone edited them since* (a hand edit of the file is seen as drift). What it
+//! cannot see is whether NGINX loaded that file: a file edited without a reload, or a reload
+//! that failed, is reported as if it were live. `observe` does check that the master process is
+//! alive (the `pid` file named by `config`, and `/proc/<pid>`), so a stopped NGINX reads as
+//! unreachable. `observe_all` reads the file once for all the services asked for.
 //!
 //! # The upstream file
 //!
@@ -26,17 +26,85 @@
 //! backend, found by address in `backends`; a server whose address no backend has is reported
 //! under its address. `apply` rewrites the whole block of its service (other directives in that
 //! block, such as `keepalive`, are kept) and keeps every other block as written; comments
-//! outside blocks are not kept.
+//! outside blocks are not kept. A configuration that does `proxy_pass http://checkout;` gets the
+//! weights and nothing else, as before routes existed.
+//!
+//! # Who sees the canary: routes, sticky users, the side
+//!
+//! After the weighted block, `apply` renders the service's routing blocks ([`maps`] shows them
+//! and how they are read back): one `upstream <service>__<backend>` per backend; a `map` whose
+//! value, `$canaryd_<service>` (the service name with `-` and `.` as `_`), is the upstream of
+//! the first route that matches the request, else the sticky split's, else the weighted
+//! `upstream <service>`; a `split_clients` for sticky users; `$canaryd_<service>_side` and
+//! `$canaryd_<service>_set_cookie`. They are rendered for every service canaryd applies, with
+//! routes or not, so the variables always exist once it has.
+//!
+//! - **Routes**: header (`$http_<name>`), cookie (`$cookie_<name>`) and query parameter
+//!   (`$arg_<name>`) matches, exact, prefix or regex (PCRE, which takes RE2's common syntax),
+//!   several criteria ANDed in one match, several matches ORed, routes tried in order before the
+//!   split. NGINX cannot read headers whose names hold other characters than letters, digits,
+//!   `-` and `_`, nor cookies and query parameters with other than letters, digits and `_`:
+//!   those routes are refused. A header is its first field line; NGINX compares cookie and
+//!   query names without case; a query value is matched as sent (NGINX does not
+//!   percent-decode `$arg_`); an absent header, cookie or parameter reads as empty, so a
+//!   pattern that fits the empty string fits requests without it. A regex may not use `\A`,
+//!   `\z`, `\Z` or `\G` (it is matched inside a key of several lines; `^` and `$` work).
+//! - **Sticky users**: `split_clients` over the key with the canary listed first at its
+//!   weight, so the canary's users at a weight are a subset of its users at any larger one
+//!   (monotone), and an abort (weight 0, no key) sends everyone to stable. NGINX hashes with
+//!   MurmurHash2, not canaryd's CRC-32 bucket: the rule "canary exactly when the key's hash is
+//!   below the weight's share" holds ([`maps::on_canary`]), but a user lands on a side of its
+//!   own here, not the side another kind of router gives it; services behind several kinds of
+//!   router keep a user on one side by passing the side header on. A request without a header
+//!   key is split by the weights; one without a cookie key is split by a fresh id
+//!   (`$request_id`), which `$canaryd_<service>_set_cookie` offers as the cookie
+//!   (`NAME=<id>; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax`), so the first answer and the
+//!   cookie agree.
+//! - **The side** for the next hop: `$canaryd_<service>_side` is `<service>=canary` or
+//!   `<service>=stable` for routed and sticky requests, and for the weighted split when only
+//!   one side has weight; it is empty (so NGINX sends no header) when NGINX's weighted round
+//!   robin picks the backend, which happens after the headers are built.
+//!
+//! **What the operator writes** (once; canaryd never edits the main configuration):
+//!
+//! ```text
+//! location / {
+//!     proxy_pass http://$canaryd_checkout;
+//!     proxy_set_header X-Canaryd-Side $canaryd_checkout_side;
+//!     add_header Set-Cookie $canaryd_checkout_set_cookie;    # cookie keys only
+//! }
+//! ```
+//!
+//! NGINX refuses a configuration that reads a variable nobody defines, so until canaryd's first
+//! apply the include must define the three (that apply replaces them):
+//! `map "" $canaryd_checkout { default checkout; }`, and the same with `default "";` for
+//! `$canaryd_checkout_side` and `$canaryd_checkout_set_cookie`. `proxy_set_header` replaces a
+//! side the client sent (an empty value sends none); `add_header` with an empty value adds
+//! nothing, and only on 2xx/3xx answers unless `always` is given. `apply` refuses routes and a
+//! sticky key ([`RouterError::Setup`], traffic left as it was) when the configuration, as
+//! `nginx -T` prints it, reads `$canaryd_<service>` nowhere but in the upstream file: without
+//! it they would silently send the wrong users. Two services whose names differ only in `-`,
+//! `.` and `_` share the variables; a service may not be named `<other service>__<backend>`.
 //!
 //! # Apply
 //!
-//! Under a lock, so two applies never interleave: check the master is alive; render; write a
-//! temporary file in the same directory and rename it over `upstream_file`; run
-//! `nginx -t -c <config>`, and on failure put the previous file back and report
-//! [`RouterError::Rejected`] with NGINX's message; then `nginx -s reload -c <config>`. Each
-//! command is killed after 2 s. The work runs on its own task, so an `apply` dropped half way
-//! (a caller's timeout) still finishes or restores the file. A reload is graceful: NGINX starts
-//! new workers and lets the old ones finish their requests.
+//! Under a lock, so two applies never interleave: check the master is alive; render; if the file
+//! already holds exactly that and this driver had NGINX load it, stop there (the same traffic
+//! again is no reload); else write a temporary file in the same directory and rename it over
+//! `upstream_file`; run `nginx -T -c <config>` (the test `-t` runs, and the configuration
+//! printed, to find `$canaryd_<service>` read when there are routes or a key), and on failure
+//! put the previous file back and report [`RouterError::Rejected`] with NGINX's message (or
+//! `Setup` for the variable); then `nginx -s reload -c <config>`. Each command is killed after
+//! 2 s. The work runs on its own task, so an `apply` dropped half way (a caller's timeout) still
+//! finishes or restores the file.
+//!
+//! A reload is graceful: NGINX starts new workers, and 100 ms later tells the old ones to stop
+//! accepting, close the keep-alive connections that wait for a next request, and finish their
+//! requests. So for those 100 ms both configurations serve; a request sent on a keep-alive
+//! connection just as the old worker closes it fails in transport (never a 5xx); and a
+//! connection a client opened before the reload and had not used yet is served its first
+//! request by the old worker, with the old routes and split. The daemon's read back cannot see
+//! any of this (see above).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
