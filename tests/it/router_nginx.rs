@@ -754,7 +754,8 @@ fn criterion(on: Field, name: &str, value: Pattern) -> Criterion {
 }
 
 /// Routes of every kind: an exact header value full of syntax, a cookie prefix, a header in
-/// lower case ANDed with a query regex (the OR: three matches), and a query regex to blue.
+/// lower case ANDed with a query regex (the OR: three matches), a header regex, and a query
+/// regex to blue.
 fn every_kind_of_route() -> Vec<Route> {
     vec![
         Route {
@@ -784,6 +785,17 @@ fn every_kind_of_route() -> Vec<Route> {
             backend: "green".to_string(),
         },
         Route {
+            name: "regions".to_string(),
+            matches: vec![Match {
+                all: vec![criterion(
+                    Field::Header,
+                    "CF-IPCountry",
+                    Pattern::Regex("DE|A[TU]".into()),
+                )],
+            }],
+            backend: "green".to_string(),
+        },
+        Route {
             name: "apps".to_string(),
             matches: vec![Match {
                 all: vec![criterion(
@@ -805,7 +817,7 @@ async fn routes_and_the_sticky_key_are_read_back_as_applied() {
     t.routes = every_kind_of_route();
     t.sticky = Some(Sticky::Header("X-User-Id".to_string()));
     let took = apply_settled(&fx, &router, &t).await;
-    println!("nginx apply + read back of two routes and a sticky key: {took:?}");
+    println!("nginx apply + read back of three routes and a sticky key: {took:?}");
     let all = router.observe_all(&services(&["checkout"])).await.unwrap();
     let seen = all["checkout"].as_ref().unwrap();
     assert_eq!((&seen.routes, &seen.sticky), (&t.routes, &t.sticky));
@@ -839,6 +851,9 @@ async fn routes_and_the_sticky_key_are_read_back_as_applied() {
         assert_eq!(by("/?lang=de", &[("X-Canary", "lower")]).await, "green");
         assert_eq!(by("/?lang=fr", &[("X-Canary", "lower")]).await, "blue");
         assert_eq!(by("/?lang=de", &[]).await, "blue");
+        // The regex matches the whole value.
+        assert_eq!(by("/", &[("CF-IPCountry", "AU")]).await, "green");
+        assert_eq!(by("/", &[("CF-IPCountry", "AUS")]).await, "blue");
     }
     // `android-7` matches the regex and goes to blue, whatever the weights; order matters: the
     // first route wins.
