@@ -1,12 +1,14 @@
-//! The NGINX driver against a real `nginx` on 127.0.0.1 with two real backends: weights set and read back from the upstream file, traffic that follows them, reloads under load, hand edits, NGINX down, unknown names.
+//! The NGINX driver against a real `nginx` on 127.0.0.1 with two real backends: weights set and read back from the upstream file, traffic that follows them, reloads under load, hand edits, NGINX down, unknown names; routes, sticky users and the side header.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use canaryd::core::model::{Traffic, Weight};
+use canaryd::core::model::{Criterion, Field, Match, Pattern, Route, Sticky, Traffic, Weight};
 use canaryd::edge::backend::{LoadConfig, load};
 use canaryd::edge::router::RouterError;
-use canaryd::edge::router::nginx::NginxRouter;
+use canaryd::edge::router::nginx::{NginxRouter, maps};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::backends::{Backends, Server};
@@ -14,6 +16,7 @@ use crate::support::observe::{
     assert_unknown, blue_green, observe_all_checked, services, weights_of,
 };
 use crate::support::rig::nginx::Nginx;
+use crate::support::who::marked_and_sticky;
 use crate::support::world::{World, rollout_through, runtime};
 
 /// Two backends (blue, green) and an NGINX proxying to `upstream checkout`; everything stops
@@ -432,4 +435,587 @@ fn a_rollout_through_the_daemon_is_counted_in_nginx_responses() {
     // A reload closes idle keep-alive connections: a few requests sent on one as it closes
     // fail in transport. Never a 5xx.
     assert_eq!(report.server_errors, 0, "{report:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who sees the canary: routes, sticky users, the side header.
+// ---------------------------------------------------------------------------------------------
+
+/// Blue and green (echoing the headers they were sent, when `echo`) behind an NGINX whose
+/// location proxies to `$canaryd_checkout` (the rig's `start_routed`).
+async fn routed_fixture(echo: bool) -> Fixture {
+    let server = |name: &str| {
+        let s = Server::new(name);
+        if echo { s.echo_headers() } else { s }
+    };
+    let backends = Backends::start(&[server("blue"), server("green")]).await;
+    let nginx = Nginx::start_routed("checkout", backends.upstreams())
+        .await
+        .unwrap();
+    Fixture {
+        nginx,
+        _backends: backends,
+    }
+}
+
+/// Green at `canary` percent, users kept on their side by `X-User-Id`, the marked group
+/// (`X-Canary: always`) routed to green.
+fn routed_at(canary: u8) -> Traffic {
+    marked_and_sticky(
+        traffic(&[("blue", 100 - canary), ("green", canary)]),
+        "green",
+    )
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A client that opens a connection per request, so that none opened before a reload is
+/// served by the old worker (see the driver's docs).
+fn unpooled_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// One GET of `path` with `headers`: the backend that answered (`x-backend`), the
+/// `Set-Cookie` values and the body.
+async fn get(
+    c: &reqwest::Client,
+    fx: &Fixture,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(String, Vec<String>, String), String> {
+    let mut req = c.get(format!("http://{}{path}", fx.nginx.addr));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let backend = resp
+        .headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let cookies = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap_or_default().to_string())
+        .collect();
+    let body = resp.text().await.map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("{status} from `{backend}`: {body}"));
+    }
+    Ok((backend, cookies, body))
+}
+
+/// Applies `t` and waits until NGINX's new workers serve it; the time apply + read back took.
+async fn apply_settled(fx: &Fixture, router: &NginxRouter, t: &Traffic) -> Duration {
+    let before = fx.nginx.reloads();
+    let started = Instant::now();
+    router
+        .apply("checkout", t)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", fx.nginx.log()));
+    let observed = router.observe("checkout").await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        (&observed.routes, &observed.sticky),
+        (&t.routes, &t.sticky),
+        "read back as applied"
+    );
+    fx.nginx.settle(before).await;
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its_route() {
+    const USERS: usize = 2_000;
+    const CLIENTS: usize = 8;
+    /// One marked request every this many users.
+    const MARK_EVERY: usize = 10;
+    let fx = routed_fixture(false).await;
+    let router = fx.nginx.router();
+    let c = http_client();
+    // Weight 0 with the route only, the steps with sticky users, then an abort.
+    let mut steps: Vec<(String, Traffic)> = vec![("0 (route only)".to_string(), {
+        let mut t = routed_at(0);
+        t.sticky = None;
+        t
+    })];
+    for w in [10u8, 25, 50, 100] {
+        steps.push((format!("{w}"), routed_at(w)));
+    }
+    steps.push(("abort".to_string(), traffic(&[("blue", 100), ("green", 0)])));
+    let mut previous: Vec<Option<String>> = vec![None; USERS];
+    let (mut moved_back, mut not_as_modelled) = (Vec::new(), Vec::new());
+    let (mut shares, mut applies) = (Vec::new(), Vec::new());
+    let mut failed_total = 0usize;
+    // While the steps reload NGINX (up to the abort), a sampler keeps asking for 200 users.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sample = || {
+        let (c, sampling) = (c.clone(), sampling.clone());
+        let addr = fx.nginx.addr;
+        tokio::spawn(async move {
+            let (mut seen, mut failed) = (Vec::new(), Vec::new());
+            while sampling.load(Ordering::SeqCst) {
+                for u in 0..200 {
+                    let user = format!("user-{u}");
+                    let sent = c
+                        .get(format!("http://{addr}/"))
+                        .header("X-User-Id", &user)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 200 => {
+                            let b = r.headers().get("x-backend").cloned();
+                            let b = b.and_then(|v| v.to_str().ok().map(str::to_string));
+                            seen.push((u, b.unwrap_or_default()));
+                        }
+                        Ok(r) => failed.push(format!("{user}: {}", r.status())),
+                        Err(e) => failed.push(format!("{user}: {e}")),
+                    }
+                }
+            }
+            (seen, failed)
+        })
+    };
+    let mut sampler: Option<tokio::task::JoinHandle<Sampled>> = None;
+    for (name, t) in &steps {
+        if name == "abort" {
+            sampling.store(false, Ordering::SeqCst);
+            let (seen, failed) = sampler.take().unwrap().await.unwrap();
+            let mut on_canary = std::collections::BTreeSet::new();
+            let mut back = Vec::new();
+            for (u, b) in &seen {
+                if b == "green" {
+                    on_canary.insert(*u);
+                } else if on_canary.contains(u) {
+                    back.push(*u);
+                }
+            }
+            println!(
+                "nginx sampler: {} requests while 4 reloads changed the steps, {} failed, {} users \
+                 back on stable",
+                seen.len(),
+                failed.len(),
+                back.len()
+            );
+            assert!(back.is_empty(), "sampler: users back on stable: {back:?}");
+            // What a reload breaks: the old worker closes its idle keep-alive connections, and a
+            // request sent on one just then fails in transport (never a 5xx). At most one per
+            // pooled connection (the sampler's and the clients') per reload.
+            assert!(
+                failed.iter().all(|f| f.contains("error sending request")),
+                "sampler: {failed:?}"
+            );
+            assert!(failed.len() <= 4 * (CLIENTS + 1), "sampler: {failed:?}");
+            failed_total += failed.len();
+        }
+        applies.push(apply_settled(&fx, &router, t).await);
+
+        if sampler.is_none() && name != "abort" {
+            sampler = Some(sample());
+        }
+        // A client of its own, with no connection opened before the reload: NGINX's old worker
+        // closes the keep-alive connections that wait for a next request, but serves the first
+        // request of one that was opened and never used (a pool may open one and keep it), with
+        // the old configuration (see the driver's docs).
+        let step_client = http_client();
+        let mut tasks = Vec::new();
+        for k in 0..CLIENTS {
+            let c = step_client.clone();
+            let addr = fx.nginx.addr;
+            tasks.push(tokio::spawn(async move {
+                let (mut users, mut marked, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+                let ask = async |headers: &[(&str, &str)]| -> Result<String, String> {
+                    let mut req = c.get(format!("http://{addr}/"));
+                    for (n, v) in headers {
+                        req = req.header(*n, *v);
+                    }
+                    let r = req.send().await.map_err(|e| e.to_string())?;
+                    if r.status() != 200 {
+                        return Err(r.status().to_string());
+                    }
+                    let b = r.headers().get("x-backend").cloned();
+                    let b = b
+                        .and_then(|v| v.to_str().ok().map(str::to_string))
+                        .unwrap_or_default();
+                    Ok(b)
+                };
+                for u in (k..USERS).step_by(CLIENTS) {
+                    let user = format!("user-{u}");
+                    match ask(&[("X-User-Id", &user)]).await {
+                        Ok(b) => users.push((u, b)),
+                        Err(e) => failed.push(format!("{user}: {e}")),
+                    }
+                    if u % MARK_EVERY == 0 {
+                        let tester = format!("tester-{u}");
+                        match ask(&[("X-User-Id", &tester), ("X-Canary", "always")]).await {
+                            Ok(b) => marked.push(b),
+                            Err(e) => failed.push(format!("{tester}: {e}")),
+                        }
+                    }
+                }
+                (users, marked, failed)
+            }));
+        }
+        let (mut users_on_canary, mut marked_total, mut marked_canary) = (0usize, 0usize, 0usize);
+        let mut failed_here = Vec::new();
+        for task in tasks {
+            let (users, marked, failed) = task.await.unwrap();
+            failed_here.extend(failed);
+            for (u, b) in users {
+                if t.sticky.is_some() {
+                    // NGINX's MurmurHash2 split, not canaryd's crc32 bucket.
+                    let want = if maps::on_canary(&format!("user-{u}"), t.backends["green"]) {
+                        "green"
+                    } else {
+                        "blue"
+                    };
+                    if b != want {
+                        not_as_modelled.push(format!("user-{u} on {b} at {name}"));
+                    }
+                }
+                if previous[u].as_deref() == Some("green") && b != "green" {
+                    moved_back.push(format!("user-{u} at {name}"));
+                }
+                users_on_canary += usize::from(b == "green");
+                previous[u] = Some(b);
+            }
+            marked_total += marked.len();
+            marked_canary += marked.iter().filter(|b| *b == "green").count();
+        }
+        failed_total += failed_here.len();
+        let share = users_on_canary as f64 * 100.0 / USERS as f64;
+        println!(
+            "nginx step {name}: {share:.2} % of {USERS} users on the canary; {marked_canary} of \
+             {marked_total} marked requests on it; {} failed",
+            failed_here.len()
+        );
+        assert!(
+            failed_here.is_empty(),
+            "{name}: failed requests: {failed_here:?}"
+        );
+        shares.push((name.clone(), share));
+        let weight = f64::from(t.backends["green"].get());
+        if name == "abort" {
+            assert_eq!(
+                marked_canary, 0,
+                "abort: marked requests still reach the canary"
+            );
+            assert_eq!(users_on_canary, 0, "abort: users still on the canary");
+        } else {
+            assert_eq!(
+                marked_canary, marked_total,
+                "{name}: a marked request missed the canary"
+            );
+            if t.sticky.is_some() {
+                assert!(
+                    (share - weight).abs() <= 3.0,
+                    "{name}: {share:.2} % of users on the canary at weight {weight}"
+                );
+            }
+            assert!(
+                moved_back.is_empty(),
+                "moved back to stable: {moved_back:?}"
+            );
+        }
+        assert!(not_as_modelled.is_empty(), "{not_as_modelled:?}");
+    }
+    applies.sort();
+    println!(
+        "nginx sticky steps: {shares:?}; 0 moved back; {failed_total} failed; apply + read back \
+         {:?} to {:?}",
+        applies[0],
+        applies[applies.len() - 1]
+    );
+}
+
+/// What a sampler saw: (user, backend) in order, and the requests that failed.
+type Sampled = (Vec<(usize, String)>, Vec<String>);
+
+fn criterion(on: Field, name: &str, value: Pattern) -> Criterion {
+    Criterion {
+        on,
+        name: name.to_string(),
+        value,
+    }
+}
+
+/// Routes of every kind: an exact header value full of syntax, a cookie prefix, a header in
+/// lower case ANDed with a query regex (the OR: three matches), a header regex, and a query
+/// regex to blue.
+fn every_kind_of_route() -> Vec<Route> {
+    vec![
+        Route {
+            name: "testers (beta)".to_string(),
+            matches: vec![
+                Match {
+                    all: vec![criterion(
+                        Field::Header,
+                        "X-Canary",
+                        Pattern::Exact("a.b c;d\\e$\"{x}".to_string()),
+                    )],
+                },
+                Match {
+                    all: vec![criterion(
+                        Field::Cookie,
+                        "beta",
+                        Pattern::Prefix("on".into()),
+                    )],
+                },
+                Match {
+                    all: vec![
+                        criterion(Field::Header, "x-canary", Pattern::Prefix("low".into())),
+                        criterion(Field::Query, "lang", Pattern::Regex("^(de|at)$".into())),
+                    ],
+                },
+            ],
+            backend: "green".to_string(),
+        },
+        Route {
+            name: "regions".to_string(),
+            matches: vec![Match {
+                all: vec![criterion(
+                    Field::Header,
+                    "CF-IPCountry",
+                    Pattern::Regex("DE|A[TU]".into()),
+                )],
+            }],
+            backend: "green".to_string(),
+        },
+        Route {
+            name: "apps".to_string(),
+            matches: vec![Match {
+                all: vec![criterion(
+                    Field::Query,
+                    "app",
+                    Pattern::Regex("ios|android-[0-9]+".into()),
+                )],
+            }],
+            backend: "blue".to_string(),
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_the_sticky_key_are_read_back_as_applied() {
+    let fx = routed_fixture(false).await;
+    let router = fx.nginx.router();
+    let mut t = routed_at(0);
+    t.routes = every_kind_of_route();
+    t.sticky = Some(Sticky::Header("X-User-Id".to_string()));
+    let took = apply_settled(&fx, &router, &t).await;
+    println!("nginx apply + read back of three routes and a sticky key: {took:?}");
+    let all = router.observe_all(&services(&["checkout"])).await.unwrap();
+    let seen = all["checkout"].as_ref().unwrap();
+    assert_eq!((&seen.routes, &seen.sticky), (&t.routes, &t.sticky));
+    // The same traffic again: nothing to reload.
+    let reloads = fx.nginx.reloads();
+    let started = Instant::now();
+    router.apply("checkout", &t).await.unwrap();
+    println!(
+        "nginx apply of the same traffic again: {:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fx.nginx.reloads(),
+        reloads,
+        "the same traffic reloaded nginx"
+    );
+    // The routes route; blue has all the weight, so each is asked eight times.
+    let c = unpooled_client();
+    let by =
+        async |path: &str, headers: &[(&str, &str)]| get(&c, &fx, path, headers).await.unwrap().0;
+    for _ in 0..8 {
+        assert_eq!(by("/", &[("X-Canary", "a.b c;d\\e$\"{x}")]).await, "green");
+        assert_eq!(by("/", &[("X-Canary", "a.b c;d\\e$\"{x")]).await, "blue");
+        assert_eq!(
+            by("/", &[("cookie", "theme=dark; beta=onwards")]).await,
+            "green"
+        );
+        assert_eq!(by("/", &[("cookie", "beta=off")]).await, "blue");
+        // The AND: both, or it is not routed.
+        assert_eq!(by("/?lang=de", &[("X-Canary", "lower")]).await, "green");
+        assert_eq!(by("/?lang=fr", &[("X-Canary", "lower")]).await, "blue");
+        assert_eq!(by("/?lang=de", &[]).await, "blue");
+        // The regex matches the whole value.
+        assert_eq!(by("/", &[("CF-IPCountry", "AU")]).await, "green");
+        assert_eq!(by("/", &[("CF-IPCountry", "AUS")]).await, "blue");
+    }
+    // `android-7` matches the regex and goes to blue, whatever the weights; order matters: the
+    // first route wins.
+    let mut all_green = t.clone();
+    all_green.backends = traffic(&[("blue", 0), ("green", 100)]).backends;
+    all_green.sticky = None;
+    apply_settled(&fx, &router, &all_green).await;
+    for _ in 0..8 {
+        assert_eq!(by("/?app=android-7", &[]).await, "blue");
+        assert_eq!(by("/?app=android-x", &[]).await, "green");
+        assert_eq!(by("/?app=ios", &[("cookie", "beta=on")]).await, "green");
+    }
+    // A hand edit of the routes (and a reload) is drift; the next apply sets them again.
+    let text = std::fs::read_to_string(fx.nginx.upstreams()).unwrap();
+    let edited = text.replace("beta\\non[^\\n]*", "beta\\noff[^\\n]*");
+    assert_ne!(edited, text, "{text}");
+    let reloads = fx.nginx.reloads();
+    std::fs::write(fx.nginx.upstreams(), edited).unwrap();
+    fx.nginx.reload();
+    fx.nginx.settle(reloads).await;
+    let drifted = router.observe("checkout").await.unwrap();
+    assert_ne!(drifted.routes, all_green.routes);
+    assert_eq!(
+        drifted.routes[0].matches[1].all[0].value,
+        Pattern::Prefix("off".to_string())
+    );
+    apply_settled(&fx, &router, &all_green).await;
+    // Clearing: no routes, no key; the variable stays, naming the weighted upstream.
+    apply_settled(&fx, &router, &traffic(&[("blue", 100), ("green", 0)])).await;
+    for _ in 0..4 {
+        assert_eq!(by("/", &[("X-Canary", "a.b c;d\\e$\"{x}")]).await, "blue");
+    }
+    // What NGINX cannot read is refused before anything changes.
+    let before = std::fs::read_to_string(fx.nginx.upstreams()).unwrap();
+    let mut dotted = routed_at(10);
+    dotted.routes[0].matches[0].all[0].on = Field::Cookie;
+    dotted.routes[0].matches[0].all[0].name = "x.canary".into();
+    let e = router.apply("checkout", &dotted).await.unwrap_err();
+    assert!(matches!(e, RouterError::Setup { .. }), "{e:?}");
+    assert!(e.to_string().contains("`$cookie_<name>`"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(fx.nginx.upstreams()).unwrap(),
+        before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_are_refused_where_the_configuration_does_not_read_the_variable() {
+    // The plain rig's location is `proxy_pass http://checkout;`.
+    let fx = Fixture::start().await;
+    let router = fx.nginx.router();
+    let reloads = fx.nginx.reloads();
+    router
+        .apply("checkout", &traffic(&[("blue", 90), ("green", 10)]))
+        .await
+        .unwrap();
+    fx.nginx.settle(reloads).await;
+    let before = std::fs::read_to_string(fx.nginx.upstreams()).unwrap();
+    let reloads = fx.nginx.reloads();
+    for t in [routed_at(10), {
+        let mut sticky_only = routed_at(10);
+        sticky_only.routes.clear();
+        sticky_only
+    }] {
+        let e = router.apply("checkout", &t).await.unwrap_err();
+        println!("{e}");
+        assert!(matches!(e, RouterError::Setup { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("proxy_pass http://$canaryd_checkout;"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(fx.nginx.upstreams()).unwrap(),
+            before
+        );
+    }
+    assert_eq!(shares(&router).await, pairs(&[("blue", 90), ("green", 10)]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        fx.nginx.reloads(),
+        reloads,
+        "a refused apply reloaded nginx"
+    );
+    let observed = router.observe("checkout").await.unwrap();
+    assert!(observed.routes.is_empty() && observed.sticky.is_none());
+}
+
+/// The `X-Canaryd-Side` lines an echoing backend was sent.
+fn sides(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("x-canaryd-side: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_side_reaches_the_backend_and_a_sticky_cookie_is_set_once() {
+    let fx = routed_fixture(true).await;
+    let router = fx.nginx.router();
+    let c = unpooled_client();
+    let forged = ("X-Canaryd-Side", "checkout=canary");
+    // Header key at 50 %: routed, sticky and keyless requests.
+    apply_settled(&fx, &router, &routed_at(50)).await;
+    let (b, _, body) = get(&c, &fx, "/", &[("X-Canary", "always")]).await.unwrap();
+    assert_eq!(
+        (b.as_str(), sides(&body)),
+        ("green", vec!["checkout=canary".to_string()])
+    );
+    for u in 0..40 {
+        let user = format!("user-{u}");
+        let (b, _, body) = get(&c, &fx, "/", &[("X-User-Id", &user), forged])
+            .await
+            .unwrap();
+        let side = if b == "green" { "canary" } else { "stable" };
+        assert_eq!(sides(&body), [format!("checkout={side}")], "{user} on {b}");
+    }
+    // Without the key the weighted upstream picks, and NGINX cannot know the side beforehand:
+    // no header, and the client's is not passed on.
+    let (_, _, body) = get(&c, &fx, "/", &[forged]).await.unwrap();
+    assert!(sides(&body).is_empty(), "{body}");
+    // At 0 the weighted upstream has one side: it is named.
+    let mut at_zero = routed_at(0);
+    at_zero.sticky = None;
+    apply_settled(&fx, &router, &at_zero).await;
+    let (b, _, body) = get(&c, &fx, "/", &[forged]).await.unwrap();
+    assert_eq!(
+        (b.as_str(), sides(&body)),
+        ("blue", vec!["checkout=stable".to_string()])
+    );
+
+    // Cookie key at 50 %: a new user gets its cookie on the first answer, and the side agrees.
+    let mut by_cookie = routed_at(50);
+    by_cookie.sticky = Some(Sticky::Cookie("uid".to_string()));
+    apply_settled(&fx, &router, &by_cookie).await;
+    let mut on = BTreeMap::<String, usize>::new();
+    for _ in 0..40 {
+        let (b, cookies, body) = get(&c, &fx, "/", &[("cookie", "theme=dark")])
+            .await
+            .unwrap();
+        let [cookie] = &cookies[..] else {
+            panic!("one cookie for a user without one: {cookies:?}")
+        };
+        let id = cookie
+            .strip_prefix("uid=")
+            .and_then(|c| c.strip_suffix("; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax"))
+            .unwrap_or_else(|| panic!("{cookie}"));
+        let want = if maps::on_canary(id, Weight::new(50).unwrap()) {
+            "green"
+        } else {
+            "blue"
+        };
+        assert_eq!(b, want, "{cookie}");
+        let side = if b == "green" { "canary" } else { "stable" };
+        assert_eq!(sides(&body), [format!("checkout={side}")]);
+        *on.entry(b.clone()).or_default() += 1;
+        let jar = format!("theme=dark; uid={id}");
+        for _ in 0..3 {
+            let (again, cookies, _) = get(&c, &fx, "/", &[("cookie", &jar)]).await.unwrap();
+            assert_eq!((again.as_str(), cookies.len()), (b.as_str(), 0), "{jar}");
+        }
+    }
+    println!("nginx new users by cookie at 50 %: {on:?}");
+    assert_eq!(on.len(), 2, "{on:?}");
 }

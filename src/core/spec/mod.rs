@@ -547,9 +547,12 @@ impl RouterKind {
         RouterKind::GatewayApi,
     ];
 
-    /// Whether canaryd sets header, cookie and query routes on this kind of router. HAProxy
-    /// does through runtime maps, one criterion per match ([`RouterKind::can_match_all`]), and
-    /// needs the backend's configuration snippet (`edge::router::haproxy::maps::snippet`).
+    /// Whether canaryd sets header, cookie and query routes on this kind of router. Every kind
+    /// it drives does, each its own way (the drivers' module docs): HAProxy through runtime
+    /// maps, one criterion per match ([`RouterKind::can_match_all`]), with the backend's
+    /// configuration snippet; Traefik through routers in its file; Caddy through a subroute;
+    /// NGINX through `map` blocks read by `proxy_pass http://$canaryd_<service>`; Gateway API
+    /// through rules of the HTTPRoute. A kind added later answers for itself here.
     pub fn can_route(self) -> bool {
         matches!(
             self,
@@ -557,6 +560,7 @@ impl RouterKind {
                 | RouterKind::Haproxy
                 | RouterKind::Traefik
                 | RouterKind::Caddy
+                | RouterKind::Nginx
                 | RouterKind::GatewayApi
         )
     }
@@ -576,7 +580,10 @@ impl RouterKind {
     /// is on the canary at weight w exactly when the key's bucket is below 100·w). A router
     /// whose stickiness is only a cookie pinning a first random draw is not one.
     pub fn can_stick(self) -> bool {
-        matches!(self, RouterKind::Embedded | RouterKind::Haproxy)
+        matches!(
+            self,
+            RouterKind::Embedded | RouterKind::Haproxy | RouterKind::Nginx
+        )
     }
 
     /// The kinds for which `can` holds, for a message: `embedded, haproxy`.

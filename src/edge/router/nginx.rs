@@ -1,15 +1,15 @@
-//! The NGINX driver: renders one `upstream` block per service into a canaryd-owned include file, checks it with `nginx -t` and reloads.
+//! The NGINX driver: renders each service's weighted `upstream` block, and its routes and sticky users as `map` and `split_clients` blocks, into a canaryd-owned include file, checks it with `nginx -T` and reloads.
 //!
 //! # Weights cannot be read from NGINX
 //!
 //! Open-source NGINX has no API that reports an upstream's live weights, so this driver is the
 //! one exception to "read the live weights from the router itself": [`NginxRouter::observe`]
-//! returns the weights written in `upstream_file`, as canaryd last wrote it *or as someone
-//! edited it since* (a hand edit of the file is seen as drift). What it cannot see is whether
-//! NGINX loaded that file: a file edited without a reload, or a reload that failed, is reported
-//! as if it were live. `observe` does check that the master process is alive (the `pid` file
-//! named by `config`, and `/proc/<pid>`), so a stopped NGINX reads as unreachable.
-//! `observe_all` reads the file once for all the services asked for.
+//! returns the weights, routes and sticky key written in `upstream_file`, as canaryd last wrote
+//! them *or as someone edited them since* (a hand edit of the file is seen as drift). What it
+//! cannot see is whether NGINX loaded that file: a file edited without a reload, or a reload
+//! that failed, is reported as if it were live. `observe` does check that the master process is
+//! alive (the `pid` file named by `config`, and `/proc/<pid>`), so a stopped NGINX reads as
+//! unreachable. `observe_all` reads the file once for all the services asked for.
 //!
 //! # The upstream file
 //!
@@ -26,17 +26,85 @@
 //! backend, found by address in `backends`; a server whose address no backend has is reported
 //! under its address. `apply` rewrites the whole block of its service (other directives in that
 //! block, such as `keepalive`, are kept) and keeps every other block as written; comments
-//! outside blocks are not kept.
+//! outside blocks are not kept. A configuration that does `proxy_pass http://checkout;` gets the
+//! weights and nothing else, as before routes existed.
+//!
+//! # Who sees the canary: routes, sticky users, the side
+//!
+//! After the weighted block, `apply` renders the service's routing blocks ([`maps`] shows them
+//! and how they are read back): one `upstream <service>__<backend>` per backend; a `map` whose
+//! value, `$canaryd_<service>` (the service name with `-` and `.` as `_`), is the upstream of
+//! the first route that matches the request, else the sticky split's, else the weighted
+//! `upstream <service>`; a `split_clients` for sticky users; `$canaryd_<service>_side` and
+//! `$canaryd_<service>_set_cookie`. They are rendered for every service canaryd applies, with
+//! routes or not, so the variables always exist once it has.
+//!
+//! - **Routes**: header (`$http_<name>`), cookie (`$cookie_<name>`) and query parameter
+//!   (`$arg_<name>`) matches, exact, prefix or regex (PCRE, which takes RE2's common syntax),
+//!   several criteria ANDed in one match, several matches ORed, routes tried in order before the
+//!   split. NGINX cannot read headers whose names hold other characters than letters, digits,
+//!   `-` and `_`, nor cookies and query parameters with other than letters, digits and `_`:
+//!   those routes are refused. A header is its first field line; NGINX compares cookie and
+//!   query names without case; a query value is matched as sent (NGINX does not
+//!   percent-decode `$arg_`); an absent header, cookie or parameter reads as empty, so a
+//!   pattern that fits the empty string fits requests without it. A regex may not use `\A`,
+//!   `\z`, `\Z` or `\G` (it is matched inside a key of several lines; `^` and `$` work).
+//! - **Sticky users**: `split_clients` over the key with the canary listed first at its
+//!   weight, so the canary's users at a weight are a subset of its users at any larger one
+//!   (monotone), and an abort (weight 0, no key) sends everyone to stable. NGINX hashes with
+//!   MurmurHash2, not canaryd's CRC-32 bucket: the rule "canary exactly when the key's hash is
+//!   below the weight's share" holds ([`maps::on_canary`]), but a user lands on a side of its
+//!   own here, not the side another kind of router gives it; services behind several kinds of
+//!   router keep a user on one side by passing the side header on. A request without a header
+//!   key is split by the weights; one without a cookie key is split by a fresh id
+//!   (`$request_id`), which `$canaryd_<service>_set_cookie` offers as the cookie
+//!   (`NAME=<id>; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax`), so the first answer and the
+//!   cookie agree.
+//! - **The side** for the next hop: `$canaryd_<service>_side` is `<service>=canary` or
+//!   `<service>=stable` for routed and sticky requests, and for the weighted split when only
+//!   one side has weight; it is empty (so NGINX sends no header) when NGINX's weighted round
+//!   robin picks the backend, which happens after the headers are built.
+//!
+//! **What the operator writes** (once; canaryd never edits the main configuration):
+//!
+//! ```text
+//! location / {
+//!     proxy_pass http://$canaryd_checkout;
+//!     proxy_set_header X-Canaryd-Side $canaryd_checkout_side;
+//!     add_header Set-Cookie $canaryd_checkout_set_cookie;    # cookie keys only
+//! }
+//! ```
+//!
+//! NGINX refuses a configuration that reads a variable nobody defines, so until canaryd's first
+//! apply the include must define the three (that apply replaces them):
+//! `map "" $canaryd_checkout { default checkout; }`, and the same with `default "";` for
+//! `$canaryd_checkout_side` and `$canaryd_checkout_set_cookie`. `proxy_set_header` replaces a
+//! side the client sent (an empty value sends none); `add_header` with an empty value adds
+//! nothing, and only on 2xx/3xx answers unless `always` is given. `apply` refuses routes and a
+//! sticky key ([`RouterError::Setup`], traffic left as it was) when the configuration, as
+//! `nginx -T` prints it, reads `$canaryd_<service>` nowhere but in the upstream file: without
+//! it they would silently send the wrong users. Two services whose names differ only in `-`,
+//! `.` and `_` share the variables; a service may not be named `<other service>__<backend>`.
 //!
 //! # Apply
 //!
-//! Under a lock, so two applies never interleave: check the master is alive; render; write a
-//! temporary file in the same directory and rename it over `upstream_file`; run
-//! `nginx -t -c <config>`, and on failure put the previous file back and report
-//! [`RouterError::Rejected`] with NGINX's message; then `nginx -s reload -c <config>`. Each
-//! command is killed after 2 s. The work runs on its own task, so an `apply` dropped half way
-//! (a caller's timeout) still finishes or restores the file. A reload is graceful: NGINX starts
-//! new workers and lets the old ones finish their requests.
+//! Under a lock, so two applies never interleave: check the master is alive; render; if the file
+//! already holds exactly that and this driver had NGINX load it, stop there (the same traffic
+//! again is no reload); else write a temporary file in the same directory and rename it over
+//! `upstream_file`; run `nginx -T -c <config>` (the test `-t` runs, and the configuration
+//! printed, to find `$canaryd_<service>` read when there are routes or a key), and on failure
+//! put the previous file back and report [`RouterError::Rejected`] with NGINX's message (or
+//! `Setup` for the variable); then `nginx -s reload -c <config>`. Each command is killed after
+//! 2 s. The work runs on its own task, so an `apply` dropped half way (a caller's timeout) still
+//! finishes or restores the file.
+//!
+//! A reload is graceful: NGINX starts new workers, and 100 ms later tells the old ones to stop
+//! accepting, close the keep-alive connections that wait for a next request, and finish their
+//! requests. So for those 100 ms both configurations serve; a request sent on a keep-alive
+//! connection just as the old worker closes it fails in transport (never a 5xx); and a
+//! connection a client opened before the reload and had not used yet is served its first
+//! request by the old worker, with the old routes and split. The daemon's read back cannot see
+//! any of this (see above).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -53,6 +121,8 @@ use tokio::sync::Mutex;
 
 use super::{ObservedAll, RouterError};
 use crate::core::model::{Observed, Traffic};
+
+pub mod maps;
 
 /// How long one `nginx` command may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -75,8 +145,9 @@ struct Inner {
     config: PathBuf,
     /// Backend name → server address.
     backends: BTreeMap<String, String>,
-    /// Held from reading the file to the reload, so applies never interleave.
-    writing: Mutex<()>,
+    /// Held from reading the file to the reload, so applies never interleave; holds the text
+    /// this driver last had NGINX load, so that the same traffic again needs no reload.
+    writing: Mutex<Option<String>>,
 }
 
 impl NginxRouter {
@@ -128,7 +199,7 @@ impl NginxRouter {
                 upstream_file: PathBuf::from(upstream_file),
                 config: PathBuf::from(config),
                 backends: backends.clone(),
-                writing: Mutex::new(()),
+                writing: Mutex::new(None),
             }),
         })
     }
@@ -140,7 +211,8 @@ impl NginxRouter {
         inner.check_service(service)?;
         inner.master()?;
         let blocks = inner.read_upstreams()?;
-        inner.observed_in(blocks.as_deref(), service)
+        let defined = blocks.as_deref().map(definitions).unwrap_or_default();
+        inner.observed_in(blocks.as_deref(), &defined, service)
     }
 
     /// The weights of each of `services` in the upstream file, read once, once the master
@@ -150,19 +222,22 @@ impl NginxRouter {
         let inner = &self.inner;
         inner.master()?;
         let blocks = inner.read_upstreams()?;
+        let defined = blocks.as_deref().map(definitions).unwrap_or_default();
         Ok(services
             .iter()
             .map(|service| {
                 let observed = inner
                     .check_service(service)
-                    .and_then(|()| inner.observed_in(blocks.as_deref(), service));
+                    .and_then(|()| inner.observed_in(blocks.as_deref(), &defined, service));
                 (service.clone(), observed)
             })
             .collect())
     }
 
-    /// Sets `service`'s weights: rewrites its upstream block, tests and reloads (see the module
-    /// docs). Backends `traffic` does not name leave the block.
+    /// Sets `service`'s traffic: rewrites its upstream block and its routing blocks, tests and
+    /// reloads (see the module docs). Backends `traffic` does not name leave the block. Routes or
+    /// a sticky key that NGINX cannot express, or that the configuration does not read (no
+    /// `$canaryd_<service>` in it), are refused ([`RouterError::Setup`]) and nothing changes.
     pub async fn apply(&self, service: &str, traffic: &Traffic) -> Result<(), RouterError> {
         let inner = self.inner.clone();
         inner.check_service(service)?;
@@ -177,8 +252,20 @@ impl NginxRouter {
                 .ok_or_else(|| inner.unknown(format!("backend `{backend}`")))?;
             servers.push((address.clone(), u32::from(weight.get())));
         }
-        let service = service.to_string();
-        let task = tokio::spawn(async move { inner.apply_locked(&service, &servers).await });
+        for route in &traffic.routes {
+            if !inner.backends.contains_key(&route.backend) {
+                return Err(inner.unknown(format!("backend `{}`", route.backend)));
+            }
+        }
+        let routing = maps::render(service, traffic, &inner.backends)
+            .map_err(|e| inner.setup(format!("service `{service}`: {e}")))?;
+        let change = Change {
+            service: service.to_string(),
+            servers,
+            routing,
+            reads_variable: !traffic.routes.is_empty() || traffic.sticky.is_some(),
+        };
+        let task = tokio::spawn(async move { inner.apply_locked(&change).await });
         match task.await {
             Ok(result) => result,
             Err(e) => Err(self.inner.unreachable(format!("apply did not finish: {e}"))),
@@ -197,12 +284,8 @@ impl NginxRouter {
 }
 
 impl Inner {
-    async fn apply_locked(
-        &self,
-        service: &str,
-        servers: &[(String, u32)],
-    ) -> Result<(), RouterError> {
-        let _writing = self.writing.lock().await;
+    async fn apply_locked(&self, change: &Change) -> Result<(), RouterError> {
+        let mut loaded = self.writing.lock().await;
         self.master()?;
         let previous = match std::fs::read_to_string(&self.upstream_file) {
             Ok(text) => Some(text),
@@ -211,12 +294,33 @@ impl Inner {
         };
         let blocks =
             parse_upstreams(previous.as_deref().unwrap_or("")).map_err(|e| self.file_error(e))?;
-        let rendered = render(&self.name, &blocks, service, servers);
-        write_off_thread(&self.upstream_file, rendered)
+        let service = change.service.as_str();
+        let ours = self.owned(service);
+        let rendered = render(&self.name, &blocks, change, |b| ours(b));
+        // The same traffic again: the file already says it, and NGINX loaded it from here.
+        if previous.as_ref() == Some(&rendered) && loaded.as_ref() == Some(&rendered) {
+            return Ok(());
+        }
+        write_off_thread(&self.upstream_file, rendered.clone())
             .await
             .map_err(|e| self.setup(format!("writing {}: {e}", self.file_subject())))?;
-        let tested = match self.nginx(["-t", "-c"], &self.config).await {
-            Ok(out) if out.status.success() => Ok(()),
+        // `-T` tests as `-t` does and prints the configuration, whose other files must read
+        // the variable for routes to mean anything.
+        let tested = match self.nginx(["-T", "-c"], &self.config).await {
+            Ok(out) if out.status.success() => {
+                let dump = String::from_utf8_lossy(&out.stdout);
+                let variable = maps::variable(service);
+                if change.reads_variable && !reads(&dump, &self.upstream_file, &variable) {
+                    Err(self.setup(format!(
+                        "routes and sticky users of service `{service}` need nginx's \
+                         configuration to proxy to `${variable}` (`proxy_pass \
+                         http://${variable};`), and it does not read that variable; the \
+                         traffic was left as it was"
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
             Ok(out) => Err(self.rejected(format!("nginx -t: {}", nginx_message(&out)))),
             Err(e) => Err(e),
         };
@@ -233,9 +337,35 @@ impl Inner {
                 ))),
             };
         }
+        *loaded = None;
         match self.nginx(["-s", "reload", "-c"], &self.config).await? {
-            out if out.status.success() => Ok(()),
+            out if out.status.success() => {
+                *loaded = Some(rendered);
+                Ok(())
+            }
             out => Err(self.unreachable(format!("nginx -s reload: {}", nginx_message(&out)))),
+        }
+    }
+
+    /// Whether a top-level block of the upstream file is one canaryd renders for `service`
+    /// beside its weighted upstream: a backend's upstream, or a block defining one of its
+    /// variables.
+    fn owned(&self, service: &str) -> impl Fn(&Block) -> bool {
+        let upstreams: Vec<String> = self
+            .backends
+            .keys()
+            .map(|b| maps::backend_upstream(service, b))
+            .collect();
+        let variables = maps::variables(service);
+        move |block: &Block| {
+            block
+                .upstream
+                .as_ref()
+                .is_some_and(|u| upstreams.contains(&u.name))
+                || block
+                    .defines
+                    .as_ref()
+                    .is_some_and(|(v, _)| variables.contains(v))
         }
     }
 
@@ -329,10 +459,12 @@ impl Inner {
             .map_err(|e| self.file_error(e))
     }
 
-    /// The weights of `service`'s block among `blocks` (`None`: no upstream file yet).
+    /// The weights of `service`'s block among `blocks` (`None`: no upstream file yet), and the
+    /// routes and sticky key of its blocks among `defined`.
     fn observed_in(
         &self,
         blocks: Option<&[Block]>,
+        defined: &BTreeMap<String, maps::Defined>,
         service: &str,
     ) -> Result<Observed, RouterError> {
         let Some(blocks) = blocks else {
@@ -343,7 +475,12 @@ impl Inner {
             .filter_map(|b| b.upstream.as_ref())
             .find(|u| u.name == service)
             .ok_or_else(|| self.unknown(format!("service `{service}`")))?;
-        Ok(self.observed(upstream))
+        let mut observed = self.observed(upstream);
+        let (routes, sticky) = maps::read(service, defined, &observed)
+            .map_err(|e| self.setup(format!("{} {e}", self.file_subject())))?;
+        observed.routes = routes;
+        observed.sticky = sticky;
+        Ok(observed)
     }
 
     fn observed(&self, upstream: &Upstream) -> Observed {
@@ -529,7 +666,7 @@ struct Token {
 }
 
 /// Splits NGINX configuration text into words, `;`, `{` and `}`, dropping comments. Quoted words
-/// lose their quotes and backslash escapes.
+/// lose their quotes; escapes are read as NGINX reads them ([`unescape`]).
 fn tokenize(text: &str) -> Result<Vec<Token>, ParseError> {
     let bytes = text.as_bytes();
     let mut tokens = Vec::new();
@@ -565,7 +702,6 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ParseError> {
             }
             b'"' | b'\'' => {
                 let first_line = line;
-                let mut word = Vec::new();
                 i += 1;
                 loop {
                     match bytes.get(i) {
@@ -577,7 +713,9 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ParseError> {
                         }
                         Some(&q) if q == c => break,
                         Some(b'\\') if bytes.get(i + 1).is_some() => {
-                            word.push(bytes[i + 1]);
+                            if bytes[i + 1] == b'\n' {
+                                line += 1;
+                            }
                             i += 2;
                             continue;
                         }
@@ -585,14 +723,13 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ParseError> {
                             if b == b'\n' {
                                 line += 1;
                             }
-                            word.push(b);
                         }
                     }
                     i += 1;
                 }
                 i += 1;
                 tokens.push(Token {
-                    tok: Tok::Word(String::from_utf8_lossy(&word).into_owned()),
+                    tok: Tok::Word(unescape(&bytes[start + 1..i - 1])),
                     start,
                     end: i,
                     line: first_line,
@@ -603,10 +740,15 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ParseError> {
                     && !bytes[i].is_ascii_whitespace()
                     && !matches!(bytes[i], b';' | b'{' | b'}')
                 {
-                    i += 1;
+                    // A backslash takes the next character into the word, whatever it is.
+                    i += if bytes[i] == b'\\' && i + 1 < bytes.len() {
+                        2
+                    } else {
+                        1
+                    };
                 }
                 tokens.push(Token {
-                    tok: Tok::Word(text[start..i].to_string()),
+                    tok: Tok::Word(unescape(&bytes[start..i])),
                     start,
                     end: i,
                     line,
@@ -615,6 +757,33 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ParseError> {
         }
     }
     Ok(tokens)
+}
+
+/// A word as NGINX reads it (`ngx_conf_read_token`): `\"`, `\'` and `\\` lose their
+/// backslash, `\n`, `\r` and `\t` are a newline, a carriage return and a tab, and a backslash
+/// before anything else stays.
+fn unescape(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'\\' {
+            let escaped = match raw.get(i + 1) {
+                Some(&c @ (b'"' | b'\'' | b'\\')) => Some(c),
+                Some(b'n') => Some(b'\n'),
+                Some(b'r') => Some(b'\r'),
+                Some(b't') => Some(b'\t'),
+                _ => None,
+            };
+            if let Some(c) = escaped {
+                out.push(c);
+                i += 2;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// One directive: its words, its block if it has one, and where it stands in the text (from
@@ -706,6 +875,54 @@ fn parse_block(
 struct Block {
     text: String,
     upstream: Option<Upstream>,
+    /// A `map` or `split_clients` block: the variable it defines (with `$`), and what it holds.
+    defines: Option<(String, maps::Defined)>,
+}
+
+/// One apply's change to the file: a service's weighted upstream and its routing blocks.
+#[derive(Debug)]
+struct Change {
+    service: String,
+    /// Server address, weight (0 renders `down`).
+    servers: Vec<(String, u32)>,
+    /// The blocks of [`maps::render`].
+    routing: Vec<String>,
+    /// Routes or a sticky key: the configuration must read `$canaryd_<service>`.
+    reads_variable: bool,
+}
+
+/// The `map` and `split_clients` blocks among `blocks`, by the variable they define.
+fn definitions(blocks: &[Block]) -> BTreeMap<String, maps::Defined> {
+    blocks.iter().filter_map(|b| b.defines.clone()).collect()
+}
+
+/// Whether a configuration dump (`nginx -T`) reads `$<variable>` (or `${<variable>}`) in a
+/// file other than `own` (comments aside).
+fn reads(dump: &str, own: &Path, variable: &str) -> bool {
+    let own_header = format!("# configuration file {}:", own.display());
+    let mut in_own = false;
+    for line in dump.lines() {
+        if line.starts_with("# configuration file ") && line.ends_with(':') {
+            in_own = line == own_header;
+            continue;
+        }
+        if in_own {
+            continue;
+        }
+        let code = line.split('#').next().unwrap_or_default();
+        if code.contains(&format!("${{{variable}}}")) {
+            return true;
+        }
+        let plain = format!("${variable}");
+        let mut rest = code;
+        while let Some(at) = rest.find(&plain) {
+            rest = &rest[at + plain.len()..];
+            if !rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -751,9 +968,24 @@ fn parse_upstreams(text: &str) -> Result<Vec<Block>, ParseError> {
         } else {
             None
         };
+        let defines = match (d.words.as_slice(), &d.body) {
+            ([kind, key, variable], Some(body)) if kind == "map" || kind == "split_clients" => {
+                Some((
+                    variable.clone(),
+                    maps::Defined {
+                        split: kind == "split_clients",
+                        key: key.clone(),
+                        entries: body.iter().map(|e| e.words.clone()).collect(),
+                        line: d.line,
+                    },
+                ))
+            }
+            _ => None,
+        };
         blocks.push(Block {
             text: text[d.span].to_string(),
             upstream,
+            defines,
         });
     }
     Ok(blocks)
@@ -788,30 +1020,47 @@ fn parse_server(d: &Directive) -> Result<Server, ParseError> {
     })
 }
 
-/// The upstream file with `service`'s block set to `servers` (address, weight; 0 renders
-/// `down`), appended if it was not there; every other block as written.
-fn render(router: &str, blocks: &[Block], service: &str, servers: &[(String, u32)]) -> String {
+/// The upstream file with the change's service's block set to its servers (address, weight; 0
+/// renders `down`) and followed by its routing blocks, appended if it was not there; the blocks
+/// `owned` says are the service's dropped (rendered anew); every other block as written.
+fn render(
+    router: &str,
+    blocks: &[Block],
+    change: &Change,
+    owned: impl Fn(&Block) -> bool,
+) -> String {
+    let service = change.service.as_str();
     let mut out = format!(
         "# Generated by canaryd (router `{router}`): every weight change rewrites this file.\n\
-         # Weights may be edited here (canaryd reads them back); comments outside blocks are not kept.\n"
+         # Weights may be edited here (canaryd reads them back); comments outside blocks are not kept.\n\
+         # Routes and sticky users of a service need `proxy_pass http://$canaryd_<service>;`.\n"
     );
+    let ours = |out: &mut String, others: &[String]| {
+        out.push('\n');
+        render_upstream(out, service, others, &change.servers);
+        for block in &change.routing {
+            out.push('\n');
+            out.push_str(block);
+            out.push('\n');
+        }
+    };
     let mut placed = false;
     for block in blocks {
-        out.push('\n');
         match &block.upstream {
             Some(u) if u.name == service => {
-                render_upstream(&mut out, service, &u.others, servers);
+                ours(&mut out, &u.others);
                 placed = true;
             }
+            _ if owned(block) => {}
             _ => {
+                out.push('\n');
                 out.push_str(&block.text);
                 out.push('\n');
             }
         }
     }
     if !placed {
-        out.push('\n');
-        render_upstream(&mut out, service, &[], servers);
+        ours(&mut out, &[]);
     }
     out
 }
@@ -835,6 +1084,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::core::model::{Criterion, Field, Match, Pattern, Route, Sticky};
 
     fn servers(text: &str, service: &str) -> Vec<(String, u32)> {
         let blocks = parse_upstreams(text).unwrap();
@@ -847,6 +1097,22 @@ mod tests {
             .iter()
             .map(|s| (s.address.clone(), s.weight))
             .collect()
+    }
+
+    /// The file with `service` set to `servers` and no routing blocks.
+    fn weights_only(
+        router: &str,
+        blocks: &[Block],
+        service: &str,
+        servers: &[(String, u32)],
+    ) -> String {
+        let change = Change {
+            service: service.to_string(),
+            servers: servers.to_vec(),
+            routing: Vec::new(),
+            reads_variable: false,
+        };
+        render(router, blocks, &change, |_| false)
     }
 
     fn pairs(list: &[(&str, u32)]) -> Vec<(String, u32)> {
@@ -872,7 +1138,7 @@ mod tests {
     #[test]
     fn rendering_then_parsing_gives_the_weights_back() {
         let set = pairs(&[("127.0.0.1:1", 90), ("127.0.0.1:2", 10), ("unix:/s", 0)]);
-        let text = render("edge", &[], "checkout", &set);
+        let text = weights_only("edge", &[], "checkout", &set);
         assert!(text.starts_with("# Generated by canaryd (router `edge`)"));
         assert!(text.contains("server unix:/s down;"));
         assert_eq!(servers(&text, "checkout"), set);
@@ -884,7 +1150,7 @@ mod tests {
                       upstream checkout {\n    keepalive 16;\n    server 127.0.0.1:2 weight=7;\n}\n\
                       upstream b {\n  server 127.0.0.1:3;\n}\n";
         let blocks = parse_upstreams(before).unwrap();
-        let after = render("edge", &blocks, "checkout", &pairs(&[("127.0.0.1:4", 100)]));
+        let after = weights_only("edge", &blocks, "checkout", &pairs(&[("127.0.0.1:4", 100)]));
         assert!(after.contains("upstream a { server 127.0.0.1:1 weight=3; }\n"));
         assert!(after.contains("upstream b {\n  server 127.0.0.1:3;\n}\n"));
         assert!(after.contains(
@@ -893,7 +1159,7 @@ mod tests {
         assert!(!after.contains("old header"));
         assert_eq!(servers(&after, "a"), pairs(&[("127.0.0.1:1", 3)]));
         // Idempotent: rendering the same weights again changes nothing.
-        let again = render(
+        let again = weights_only(
             "edge",
             &parse_upstreams(&after).unwrap(),
             "checkout",
@@ -904,8 +1170,8 @@ mod tests {
 
     #[test]
     fn a_new_service_is_appended() {
-        let first = render("edge", &[], "a", &pairs(&[("127.0.0.1:1", 100)]));
-        let both = render(
+        let first = weights_only("edge", &[], "a", &pairs(&[("127.0.0.1:1", 100)]));
+        let both = weights_only(
             "edge",
             &parse_upstreams(&first).unwrap(),
             "b",
@@ -1034,5 +1300,237 @@ mod tests {
         left.sort();
         // Our own temporary file became `up.conf`.
         assert_eq!(left, [keep[1], keep[0], "up.conf"]);
+    }
+
+    fn criterion(on: Field, name: &str, value: Pattern) -> Criterion {
+        Criterion {
+            on,
+            name: name.to_string(),
+            value,
+        }
+    }
+
+    /// Routes of every kind the driver renders: exact (with characters NGINX and PCRE treat as
+    /// syntax), prefix, regex, cookie, query, header names in two cases, an AND, an OR.
+    pub(super) fn every_kind_of_route() -> Vec<Route> {
+        vec![
+            Route {
+                name: "testers (a)".to_string(),
+                matches: vec![
+                    Match {
+                        all: vec![criterion(
+                            Field::Header,
+                            "X-Canary",
+                            Pattern::Exact("a.b c;d\\e$\"{x}'#".to_string()),
+                        )],
+                    },
+                    Match {
+                        all: vec![criterion(
+                            Field::Cookie,
+                            "beta",
+                            Pattern::Prefix("on".into()),
+                        )],
+                    },
+                    Match {
+                        all: vec![
+                            criterion(Field::Header, "x-canary", Pattern::Exact("lower".into())),
+                            criterion(Field::Query, "lang", Pattern::Regex("^(de|at)$".into())),
+                        ],
+                    },
+                ],
+                backend: "green".to_string(),
+            },
+            Route {
+                name: "apps".to_string(),
+                matches: vec![Match {
+                    all: vec![
+                        criterion(Field::Query, "lang", Pattern::Prefix("".into())),
+                        criterion(
+                            Field::Query,
+                            "app",
+                            Pattern::Regex("ios|android-[0-9]+".into()),
+                        ),
+                        criterion(Field::Header, "X-Canary", Pattern::Regex("[^)]*\\n".into())),
+                    ],
+                }],
+                backend: "blue".to_string(),
+            },
+        ]
+    }
+
+    fn routed(sticky: Option<Sticky>) -> Traffic {
+        let mut t = Traffic::of(&[("blue", 75u8), ("green", 25)]).unwrap();
+        t.routes = every_kind_of_route();
+        t.sticky = sticky;
+        t.canary = Some("green".to_string());
+        t
+    }
+
+    fn addresses() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("blue".to_string(), "127.0.0.1:1".to_string()),
+            ("green".to_string(), "127.0.0.1:2".to_string()),
+        ])
+    }
+
+    /// The file after `traffic` is applied to `service` over `before`.
+    fn applied(before: &str, service: &str, traffic: &Traffic) -> String {
+        let router = NginxRouter::new("edge", "/u.conf", "/n.conf", &addresses()).unwrap();
+        let change = Change {
+            service: service.to_string(),
+            servers: traffic
+                .backends
+                .iter()
+                .map(|(b, w)| (addresses()[b].clone(), u32::from(w.get())))
+                .collect(),
+            routing: maps::render(service, traffic, &addresses()).unwrap(),
+            reads_variable: true,
+        };
+        let owned = router.inner.owned(service);
+        render("edge", &parse_upstreams(before).unwrap(), &change, |b| {
+            owned(b)
+        })
+    }
+
+    fn read_back(text: &str, service: &str) -> Observed {
+        let router = NginxRouter::new("edge", "/u.conf", "/n.conf", &addresses()).unwrap();
+        let blocks = parse_upstreams(text).unwrap();
+        router
+            .inner
+            .observed_in(Some(&blocks), &definitions(&blocks), service)
+            .unwrap()
+    }
+
+    #[test]
+    fn routes_and_sticky_keys_read_back_as_rendered() {
+        for sticky in [
+            None,
+            Some(Sticky::Header("X-User-Id".to_string())),
+            Some(Sticky::Cookie("uid".to_string())),
+        ] {
+            let t = routed(sticky);
+            let text = applied("", "checkout", &t);
+            let seen = read_back(&text, "checkout");
+            assert_eq!(
+                (&seen.routes, &seen.sticky),
+                (&t.routes, &t.sticky),
+                "{text}"
+            );
+            assert_eq!(
+                seen.backends,
+                BTreeMap::from([("blue".into(), 75), ("green".into(), 25)])
+            );
+            // The same traffic again renders the same file; another service leaves it be.
+            assert_eq!(applied(&text, "checkout", &t), text);
+            let both = applied(&text, "search", &Traffic::of(&[("blue", 100u8)]).unwrap());
+            assert!(
+                both.contains(&text[text.find("upstream checkout ").unwrap()..]),
+                "{both}"
+            );
+            let seen = read_back(&both, "checkout");
+            assert_eq!((&seen.routes, &seen.sticky), (&t.routes, &t.sticky));
+            assert!(read_back(&both, "search").routes.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_rendered_blocks_are_nginx_syntax() {
+        let text = applied(
+            "",
+            "check-out.v2",
+            &routed(Some(Sticky::Cookie("uid".into()))),
+        );
+        for want in [
+            "upstream check-out.v2__green {\n    server 127.0.0.1:2;\n}",
+            "map \"header:X-Canary\\n$http_x_canary\\ncookie:beta\\n$cookie_beta\\n",
+            "$canaryd_check_out_v2 {\n    default $canaryd_check_out_v2_split;\n",
+            "    \"~(?#route testers (a%29)(?m)\\Aheader:X-Canary\\n",
+            "split_clients $canaryd_check_out_v2_key $canaryd_check_out_v2_split {\n    25% check-out.v2__green;\n    * check-out.v2__blue;\n}",
+            "    \"cookie:uid\\n\" \"uid=$request_id; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax\";",
+            "    check-out.v2__green check-out.v2=canary;",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_split_that_disagrees_with_the_weights_reads_as_no_key() {
+        let t = routed(Some(Sticky::Header("X-User-Id".to_string())));
+        let text = applied("", "checkout", &t);
+        let edited = text.replace("25% checkout__green;", "30% checkout__green;");
+        assert_ne!(edited, text);
+        let seen = read_back(&edited, "checkout");
+        assert_eq!((&seen.routes, seen.sticky), (&t.routes, None));
+        // No routes at all: nothing rendered beyond the fallback.
+        let plain = applied(&text, "checkout", &Traffic::of(&[("blue", 100u8)]).unwrap());
+        let seen = read_back(&plain, "checkout");
+        assert!(seen.routes.is_empty() && seen.sticky.is_none(), "{plain}");
+        assert!(!plain.contains("split_clients"), "{plain}");
+        assert!(
+            plain.contains("map \"\" $canaryd_checkout {\n    default checkout;\n}"),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn what_nginx_cannot_read_is_refused() {
+        let check = |t: &Traffic, part: &str| {
+            let e = maps::render("checkout", t, &addresses()).unwrap_err();
+            assert!(e.contains(part), "{e}");
+        };
+        let mut t = routed(None);
+        t.routes[0].matches[0].all[0].name = "X.Canary".into();
+        check(&t, "`$http_<name>`");
+        let mut t = routed(None);
+        t.routes[0].matches[1].all[0].name = "be-ta".into();
+        check(&t, "`$cookie_<name>`");
+        let mut t = routed(None);
+        t.routes[1].matches[0].all[1].value = Pattern::Regex("\\Aios".into());
+        check(&t, "cannot go into nginx");
+        let mut t = routed(None);
+        t.sticky = Some(Sticky::Cookie("user.id".into()));
+        check(&t, "`$cookie_<name>`");
+    }
+
+    #[test]
+    fn the_variable_must_be_read_outside_canaryds_file() {
+        let own = Path::new("/etc/nginx/canaryd.conf");
+        let dump = |site: &str| {
+            format!(
+                "# configuration file /etc/nginx/nginx.conf:\nhttp {{ {site} }}\n\n\
+                 # configuration file /etc/nginx/canaryd.conf:\nmap \"\" $canaryd_checkout {{ }}\n"
+            )
+        };
+        assert!(reads(
+            &dump("proxy_pass http://$canaryd_checkout;"),
+            own,
+            "canaryd_checkout"
+        ));
+        assert!(reads(
+            &dump("proxy_pass http://${canaryd_checkout}/x;"),
+            own,
+            "canaryd_checkout"
+        ));
+        assert!(!reads(
+            &dump("proxy_pass http://checkout;"),
+            own,
+            "canaryd_checkout"
+        ));
+        assert!(!reads(
+            &dump("set $x $canaryd_checkout_side;"),
+            own,
+            "canaryd_checkout"
+        ));
+        assert!(!reads(
+            &dump("# proxy_pass http://$canaryd_checkout;"),
+            own,
+            "canaryd_checkout"
+        ));
+    }
+
+    #[test]
+    fn escapes_are_read_as_nginx_reads_them() {
+        let d = parse("map \"a\\nb\\.\\\\\\\"\" x\\;y { }").unwrap();
+        assert_eq!(d[0].words, ["map", "a\nb\\.\\\"", "x\\;y"]);
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use canaryd::edge::router::nginx::NginxRouter;
+use canaryd::edge::router::nginx::{NginxRouter, maps};
 use tempfile::TempDir;
 
 use super::{Failed, net, require, setup, tail, wait_ready};
@@ -30,6 +30,25 @@ impl Nginx {
     /// Writes the config and the operator's upstream file, starts NGINX in front of `upstreams`
     /// (name, address) and waits until it accepts connections.
     pub async fn start(service: &str, upstreams: &[(String, SocketAddr)]) -> Result<Nginx, Failed> {
+        Nginx::start_with(service, upstreams, false).await
+    }
+
+    /// As [`Nginx::start`], with the location written for routes and sticky users as the
+    /// driver's docs say: `proxy_pass http://$canaryd_<service>;`, the side passed on in
+    /// `X-Canaryd-Side` and the sticky cookie set with `add_header`; the operator's first
+    /// upstream file defines the three variables (canaryd's first apply replaces them).
+    pub async fn start_routed(
+        service: &str,
+        upstreams: &[(String, SocketAddr)],
+    ) -> Result<Nginx, Failed> {
+        Nginx::start_with(service, upstreams, true).await
+    }
+
+    async fn start_with(
+        service: &str,
+        upstreams: &[(String, SocketAddr)],
+        routed: bool,
+    ) -> Result<Nginx, Failed> {
         let binary = require("nginx", "apt-get install -y nginx")?;
         let dir = tempfile::tempdir().map_err(setup("temp dir"))?;
         let d = dir.path().display();
@@ -46,10 +65,19 @@ impl Nginx {
              \x20   include {d}/upstreams.conf;\n\
              \x20   server {{\n\
              \x20       listen {addr};\n\
-             \x20       location / {{ proxy_pass http://{service}; }}\n\
+             \x20       location / {{ {location} }}\n\
              \x20   }}\n\
              }}\n",
             temp = temp_paths(dir.path()),
+            location = if routed {
+                let v = maps::variable(service);
+                format!(
+                    "proxy_pass http://${v}; proxy_set_header X-Canaryd-Side ${v}_side; \
+                     add_header Set-Cookie ${v}_set_cookie;"
+                )
+            } else {
+                format!("proxy_pass http://{service};")
+            },
         );
         std::fs::create_dir(dir.path().join("tmp")).map_err(setup("tmp/"))?;
         std::fs::write(dir.path().join("nginx.conf"), config).map_err(setup("nginx.conf"))?;
@@ -58,9 +86,19 @@ impl Nginx {
             .iter()
             .map(|(_, addr)| format!("    server {addr} weight=1;\n"))
             .collect();
+        let variables = if routed {
+            let v = maps::variable(service);
+            format!(
+                "map \"\" ${v} {{ default {service}; }}\n\
+                 map \"\" ${v}_side {{ default \"\"; }}\n\
+                 map \"\" ${v}_set_cookie {{ default \"\"; }}\n"
+            )
+        } else {
+            String::new()
+        };
         std::fs::write(
             dir.path().join("upstreams.conf"),
-            format!("upstream {service} {{\n{servers}}}\n"),
+            format!("upstream {service} {{\n{servers}}}\n{variables}"),
         )
         .map_err(setup("upstreams.conf"))?;
         // The guard exists before the start, so a half-started NGINX is stopped too.
