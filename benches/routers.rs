@@ -11,8 +11,8 @@
 //! Then the same round trip for a route change ([`ROUTE_RUNS`] runs): the weights stay 90/10
 //! while the route `X-Canary: always → green` is set and removed in turn, and verifying waits
 //! until the router reports the weights and exactly the routes applied. The routers are started
-//! configured for routes as the README says (HAProxy with canaryd's snippet); a router that
-//! cannot hold routes shows its refusal.
+//! configured for routes as the README says (HAProxy with canaryd's snippet, NGINX proxying to
+//! `$canaryd_checkout`); a router that cannot hold routes shows its refusal.
 //!
 //! Then one more figure: an HAProxy with [`MANY`] backends of two servers each, read whole
 //! with one `driver.observe_all(all names)` against one `driver.observe(name)` per backend,
@@ -695,7 +695,11 @@ impl Rig {
                 }
             }
             Kind::Nginx => {
-                let router = rig::nginx::Nginx::start(SERVICE, upstreams).await?;
+                let router = if routed {
+                    rig::nginx::Nginx::start_routed(SERVICE, upstreams).await?
+                } else {
+                    rig::nginx::Nginx::start(SERVICE, upstreams).await?
+                };
                 Rig {
                     driver: Driver::Nginx(router.router()),
                     router: Router::Nginx(router),

@@ -7,6 +7,7 @@ pub mod audience;
 pub mod diag;
 pub mod judge;
 pub mod limits;
+pub mod load;
 pub mod model;
 pub mod notify;
 pub mod number;

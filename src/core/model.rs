@@ -279,6 +279,19 @@ impl Pattern {
     }
 }
 
+/// Built-in load, validated: requests to `url` at `rps`, at most `concurrency` in flight, for at
+/// most `duration` per run, in `steps` (0-based; `None`: every step of a run).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Load {
+    pub url: String,
+    pub rps: u32,
+    pub concurrency: u32,
+    pub duration: Option<Duration>,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    pub steps: Option<Vec<usize>>,
+}
+
 /// The request key that keeps a user on one side of the weighted split while the weight
 /// grows: the user is on the canary at weight `w` exactly when [`bucket`]`(key) < 100·w`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -411,6 +424,8 @@ pub struct Rollout {
     pub sticky: Option<Sticky>,
     /// Who hears of it (empty: the controller configuration's default subscriptions).
     pub notify: Vec<crate::core::audience::Subscription>,
+    /// Traffic canaryd sends itself while the canary runs, if any.
+    pub load: Option<Load>,
 }
 
 impl Rollout {

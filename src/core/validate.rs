@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::core::diag::{Diagnostic, Position};
 use crate::core::model::{
-    Analysis, Backend, Catalog, Criterion, Field, JUDGE_METRIC, Judge, JudgedMetric, Match, Metric,
-    Pattern, Revision, RollbackPolicy, Rollout, Step, Sticky, Target, Weight, Window,
+    Analysis, Backend, Catalog, Criterion, Field, JUDGE_METRIC, Judge, JudgedMetric, Load, Match,
+    Metric, Pattern, Revision, RollbackPolicy, Rollout, Step, Sticky, Target, Weight, Window,
 };
 use crate::core::spec::condition::Condition;
 use crate::core::spec::duration::{self, DURATION_HELP};
@@ -662,6 +662,20 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
     };
     let window = s.window.as_ref().and_then(|w| window(cx, w));
     let sticky = s.sticky.as_ref().and_then(|st| sticky(cx, st));
+    let load = s.load.as_ref().and_then(|l| load(cx, l));
+    if let (Some(l), Some(list)) = (&load, &steps)
+        && let Some(k) = l.steps.iter().flatten().find(|k| **k >= list.len())
+    {
+        cx.error(
+            "spec.load.steps",
+            format!(
+                "step {} does not exist: the rollout has {}",
+                k + 1,
+                list.len()
+            ),
+            "name steps from 1 to the number of steps",
+        );
+    }
     let notify = s.notify.clone().unwrap_or_default();
     if let Some(sinks) = &refs.sinks {
         for (i, sub) in notify.iter().enumerate() {
@@ -703,6 +717,7 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
         on_drift: s.on_drift.unwrap_or_default(),
         sticky,
         notify,
+        load,
     })
 }
 
@@ -1068,6 +1083,102 @@ fn pattern(cx: &mut Cx<'_>, field: &str, m: &spec::StringMatch) -> Option<Patter
             None
         }
     }
+}
+
+/// `load:`: bounded in rate, concurrency and time; an `http://` URL; the steps it names exist
+/// (checked against the steps once they are known, in `check_load_steps`).
+fn load(cx: &mut Cx<'_>, l: &spec::LoadSpec) -> Option<Load> {
+    use crate::core::load::{DEFAULT_CONCURRENCY, MAX_CONCURRENCY, MAX_RPS};
+    let start = cx.errors;
+    let url = l.url.trim();
+    let rest = url.strip_prefix("http://").unwrap_or("");
+    if rest.is_empty() || rest.starts_with('/') || url.chars().any(char::is_whitespace) {
+        cx.error(
+            "spec.load.url",
+            format!("`{url}` is not an http:// URL"),
+            "e.g. `http://127.0.0.1:8080/` (the router in front of the service); https is not \
+             supported for built-in load",
+        );
+    }
+    if !(1..=MAX_RPS).contains(&l.rps) {
+        cx.error(
+            "spec.load.rps",
+            format!(
+                "rate {} is outside 1 to {MAX_RPS} requests per second",
+                l.rps
+            ),
+            "built-in load is for giving an analysis data, not for load tests",
+        );
+    }
+    let concurrency = l
+        .concurrency
+        .unwrap_or_else(|| l.rps.clamp(1, DEFAULT_CONCURRENCY));
+    if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+        cx.error(
+            "spec.load.concurrency",
+            format!("concurrency {concurrency} is outside 1 to {MAX_CONCURRENCY}"),
+            "requests in flight at most; the default is the rate, up to 16",
+        );
+    }
+    let duration = match &l.duration {
+        Some(t) => nonzero_dur(
+            cx,
+            "spec.load.duration",
+            t,
+            "load duration is zero",
+            "leave it out to run as long as the steps that ask for it",
+        ),
+        None => None,
+    };
+    let method = l.method.as_deref().unwrap_or("GET").to_ascii_uppercase();
+    if !["GET", "HEAD", "POST", "PUT", "DELETE"].contains(&method.as_str()) {
+        cx.error(
+            "spec.load.method",
+            format!("method `{method}` is not one built-in load sends"),
+            "one of GET, HEAD, POST, PUT, DELETE",
+        );
+    }
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    for (name, value) in &l.headers {
+        if name.is_empty() || !name.chars().all(token) {
+            cx.error(
+                &format!("spec.load.headers.{name}"),
+                format!("`{name}` is not a header name"),
+                "letters, digits and `-`, e.g. `Host`",
+            );
+        } else if value.chars().any(|c| c.is_control()) {
+            cx.error(
+                &format!("spec.load.headers.{name}"),
+                "a header value may not hold control characters",
+                "one line of visible text",
+            );
+        }
+    }
+    let steps = l.steps.as_ref().map(|list| {
+        for (i, k) in list.iter().enumerate() {
+            if *k == 0 {
+                cx.error(
+                    &format!("spec.load.steps[{i}]"),
+                    "steps are counted from 1",
+                    "`steps: [1, 2]` runs the load in the first two steps",
+                );
+            }
+        }
+        list.iter().map(|k| k.saturating_sub(1)).collect()
+    });
+    (cx.errors == start).then(|| Load {
+        url: url.to_string(),
+        rps: l.rps,
+        concurrency,
+        duration,
+        method,
+        headers: l
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        steps,
+    })
 }
 
 /// `sticky:`: a header or cookie name, on a router that can split by it.

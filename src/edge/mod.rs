@@ -11,6 +11,7 @@ pub mod forge;
 pub mod git;
 pub mod listener;
 pub mod live;
+pub mod load;
 pub mod notify;
 pub mod prometheus;
 pub mod provider;

@@ -20,6 +20,7 @@ mod git;
 mod git_auth;
 mod hardening;
 mod judge;
+mod load;
 mod notify;
 mod planner;
 mod prometheus;

@@ -1025,3 +1025,27 @@ fn notify_names_sinks_of_the_configuration_and_lint_warns_of_an_unknown_one() {
         &[("spec.notify[0].events[0]", "exploded")],
     );
 }
+
+#[test]
+fn built_in_load_is_bounded_and_names_steps_that_exist() {
+    check(
+        "steps: [{setWeight: 10}, {setWeight: 50}]\nload: {url: \"https://shop.example/\", rps: 5000, concurrency: 0, steps: [0, 3], method: PATCH, headers: {\"X Bad\": v}}",
+        &[
+            ("spec.load.url", "is not an http:// URL"),
+            ("spec.load.rps", "outside 1 to 1000"),
+            ("spec.load.concurrency", "outside 1 to 256"),
+            ("spec.load.method", "not one built-in load sends"),
+            ("spec.load.headers.X Bad", "not a header name"),
+            ("spec.load.steps[0]", "counted from 1"),
+        ],
+    );
+    check(
+        "steps: [{setWeight: 10}, {setWeight: 50}]\nload: {url: \"http://127.0.0.1:8080/\", rps: 20, steps: [3]}",
+        &[("spec.load.steps", "step 3 does not exist: the rollout has 2")],
+    );
+    let (catalog, diags) =
+        run("steps: [{setWeight: 10}]\nload: {url: \"http://127.0.0.1:8080/\", rps: 50}");
+    assert!(diags.is_empty(), "{diags:#?}");
+    let load = catalog.rollouts[0].load.as_ref().unwrap();
+    assert_eq!((load.rps, load.concurrency, load.method.as_str()), (50, 16, "GET"));
+}

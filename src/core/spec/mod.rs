@@ -149,6 +149,37 @@ pub struct RolloutSpec {
     /// controller configuration's `notifications`; without it, the configuration's `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Vec<crate::core::audience::Subscription>>,
+    /// Traffic canaryd sends itself while the canary runs, so that its analysis has data with
+    /// no outside load (staging, nights): `{url, rps, concurrency, duration, headers, steps}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadSpec>,
+}
+
+/// Built-in load: requests to `url` at `rps`, at most `concurrency` in flight, each marked
+/// `X-Canaryd-Load: <rollout>`, while the rollout is in the steps that ask for it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct LoadSpec {
+    /// An `http://` URL, normally the router in front of the service.
+    pub url: String,
+    /// Requests per second, 1 to 1,000.
+    pub rps: u32,
+    /// Requests in flight at most, 1 to 256 (default: the rate, up to 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// How long one run of the load lasts at most (default: as long as its steps last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// `GET` (default), `HEAD`, `POST`, `PUT` or `DELETE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// More request headers (`Host`, or a header a route matches).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The steps (1-based) it runs in; default: every step while the canary runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<usize>>,
 }
 
 /// How the canary is rolled out, when not by `steps`.

@@ -267,6 +267,8 @@ pub async fn run(
         ),
         _ => None,
     };
+    let loads = crate::edge::load::Loads::new(shutdown.clone());
+    admin.add_renderer(loads.renderer());
     let mut daemon = Daemon {
         telemetry: admin.telemetry.clone(),
         admin: admin.clone(),
@@ -284,6 +286,7 @@ pub async fn run(
         providers,
         outbox,
         notifier,
+        loads,
         measured_tx,
         measuring: BTreeSet::new(),
         taken: BTreeMap::new(),
@@ -401,6 +404,8 @@ struct Daemon {
     outbox: Option<forge::Outbox>,
     /// The notification worker's inbox, when sinks are configured.
     notifier: Option<crate::edge::notify::Notifier>,
+    /// Built-in load, per rollout.
+    loads: crate::edge::load::Loads,
     /// Where measurement tasks send their results.
     measured_tx: mpsc::UnboundedSender<measure::Measured>,
     /// Rollouts whose measurements are in flight: not planned again until they are back.
@@ -475,6 +480,7 @@ impl Daemon {
             // Measurements of a rollout whose spec is gone have no plan to go into.
             self.taken.retain(|name, _| names.contains(name));
         }
+        let names_now = names.clone();
         // Every rollout looked at now gets its next wake from this look; one held or skipped
         // (its status unreadable, its measurements out) waits for the resync or its event.
         self.wakes.retain(|name, _| !scope.has(name));
@@ -533,12 +539,17 @@ impl Daemon {
                     n.tell(&catalog.rollouts[i].notify, notices);
                 }
             }
+            let rollout = w.spec.as_ref().ok().map(|i| &catalog.rollouts[*i]);
+            let load =
+                rollout.and_then(|r| crate::core::load::wanted(r, &w.in_git.status.progress));
+            self.loads.set(&w.name, load);
             match w.wake() {
                 Some(at) => self.wakes.insert(w.name.clone(), at),
                 None => self.wakes.remove(&w.name),
             };
         }
         if matches!(scope, Scope::All) {
+            self.loads.retain(&names_now);
             self.check_routers().await;
         }
         !self.shutdown.is_cancelled()
