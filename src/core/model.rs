@@ -422,8 +422,9 @@ pub struct Rollout {
     pub on_drift: DriftPolicy,
     /// The key that keeps a user on one side while the canary's weight grows.
     pub sticky: Option<Sticky>,
-    /// Who hears of it (empty: the controller configuration's default subscriptions).
-    pub notify: Vec<crate::core::audience::Subscription>,
+    /// Who hears of it (`None`: the controller configuration's default subscriptions; empty:
+    /// nobody).
+    pub notify: Option<Vec<crate::core::audience::Subscription>>,
     /// Traffic canaryd sends itself while the canary runs, if any.
     pub load: Option<Load>,
 }

@@ -2,11 +2,13 @@
 //! subscribed to which. Pure: the daemon hands each status file it recorded to a worker, which
 //! sends the notices not yet sent.
 //!
-//! A notice is implied by a status, not by a transition: `aborted` for revision R is implied by
-//! every status that says R was aborted, under one id (`checkout/3f2a9c1d0e4b/aborted`). The
-//! worker records each id it delivered, so a restart (which sees the same status again) sends
-//! nothing twice, and a notice whose delivery a crash cut short is sent once it is back. What a
-//! status no longer shows (a step passed while the daemon was down) is not sent late.
+//! A notice is implied by a status, not by a transition: the abort of revision R at time T is
+//! implied by every status that says so, under one id (`checkout/3f2a9c1d0e4b/<T>/aborted`;
+//! a run's notices carry the time it started, so the same revision run again is told again).
+//! The worker records each id it delivered, so a restart (which sees the same status again)
+//! sends nothing twice, and a notice whose delivery a crash cut short is sent once it is back.
+//! What a status no longer shows (a step passed while the daemon was down) is not sent late,
+//! nor is an event over an hour old (a new data dir does not tell old news).
 
 use std::collections::BTreeMap;
 
@@ -18,6 +20,9 @@ use crate::core::model::{Revision, Weight};
 use crate::core::progress::{PauseReason, Progress};
 use crate::core::record::StatusFile;
 
+/// How old an event may be and still be told (see [`implied`]).
+pub const MAX_AGE: chrono::Duration = chrono::Duration::hours(1);
+
 /// How long an abort waits for its revert branch before it is told without one: the branch is
 /// normally pushed in the same look.
 pub const REVERT_GRACE: chrono::Duration = chrono::Duration::seconds(30);
@@ -26,7 +31,7 @@ pub const REVERT_GRACE: chrono::Duration = chrono::Duration::seconds(30);
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Notice {
-    /// Stable across restarts: `<rollout>/<revision>/<event>[/<step>]`.
+    /// Stable across restarts: `<rollout>/<revision>/<run or outcome time>/<event>[/<step>]`.
     pub id: String,
     pub kind: Kind,
     pub severity: Severity,
@@ -51,18 +56,38 @@ pub struct Notice {
     pub revert_branch: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revert_pr: Option<String>,
-    /// When the status said so.
+    /// When it happened.
     pub at: DateTime<Utc>,
 }
 
-/// The notices `file` implies as of `now`, oldest event first.
+/// The notices `file` implies as of `now`, oldest event first. A notice whose event is more
+/// than [`MAX_AGE`] old is not implied: a new data dir (or a daemon down for long) does not
+/// tell old news.
 pub fn implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
+    let mut out = every_implied(file, now);
+    out.retain(|n| now - n.at <= MAX_AGE);
+    out
+}
+
+/// [`implied`] without the age limit.
+fn every_implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
     let progress = &file.status.progress;
     let rollout = &file.status.rollout;
-    let make = |kind: Kind, revision: &Revision, step: Option<usize>, text: String| Notice {
+    // `run`: when the run (or the outcome) happened, so that the same revision run again (a
+    // revert, then the same merge again) is told again.
+    let make = |kind: Kind,
+                revision: &Revision,
+                run: DateTime<Utc>,
+                step: Option<usize>,
+                at: DateTime<Utc>,
+                text: String| Notice {
         id: match step {
-            Some(k) => format!("{rollout}/{revision}/{}/{k}", kind.as_str()),
-            None => format!("{rollout}/{revision}/{}", kind.as_str()),
+            Some(k) => format!(
+                "{rollout}/{revision}/{}/{}/{k}",
+                run.timestamp(),
+                kind.as_str()
+            ),
+            None => format!("{rollout}/{revision}/{}/{}", run.timestamp(), kind.as_str()),
         },
         kind,
         severity: kind.severity(),
@@ -77,7 +102,7 @@ pub fn implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
         evidence: None,
         revert_branch: None,
         revert_pr: None,
-        at: file.updated_at,
+        at,
     };
     let at_step = |k: usize, w: Weight| format!("step {}/{}, canary {w}", k + 1, file.steps);
     let mut out = Vec::new();
@@ -86,22 +111,25 @@ pub fn implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
         | Progress::Paused { run, .. }
         | Progress::Analysing { run, .. } => {
             let r = &run.revision;
+            let begun = run.started_at;
             out.push(make(
                 Kind::Started,
                 r,
+                begun,
                 None,
+                begun,
                 format!(
-                    "canary `{}` against stable `{}`, {}",
-                    run.canary,
-                    run.stable,
-                    at_step(0, run.weight)
+                    "canary `{}` against stable `{}`, {} steps",
+                    run.canary, run.stable, file.steps
                 ),
             ));
             if run.step > 0 {
                 out.push(make(
                     Kind::Step,
                     r,
+                    begun,
                     Some(run.step),
+                    run.step_started_at,
                     at_step(run.step, run.weight),
                 ));
             }
@@ -113,7 +141,9 @@ pub fn implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
                 } => out.push(make(
                     Kind::Paused,
                     r,
+                    begun,
                     Some(run.step),
+                    run.step_started_at,
                     format!(
                         "{}: waiting for a promote commit (`canaryd promote {rollout}`)",
                         at_step(run.step, run.weight)
@@ -126,7 +156,9 @@ pub fn implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
                     let mut n = make(
                         Kind::Paused,
                         r,
+                        begun,
                         Some(run.step),
+                        file.updated_at,
                         format!(
                             "{}: inconclusive analysis, waiting for a person: {}",
                             at_step(run.step, run.weight),
@@ -145,11 +177,12 @@ pub fn implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
                             .filter(|(_, m)| m.failures > 0)
                             .map(|(name, _)| name.as_str())
                             .collect();
-                        // One notice per failure: the id counts them.
                         let mut n = make(
                             Kind::AnalysisFailed,
                             r,
+                            begun,
                             Some(run.step),
+                            file.updated_at,
                             format!(
                                 "{}: {} failed ({failures} failure{} so far, under the limit)",
                                 at_step(run.step, run.weight),
@@ -157,6 +190,7 @@ pub fn implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
                                 if failures == 1 { "" } else { "s" }
                             ),
                         );
+                        // One notice per failure: the id counts them.
                         n.id = format!("{}/{failures}", n.id);
                         out.push(n);
                     }
@@ -176,7 +210,9 @@ pub fn implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
                 let mut n = make(
                     Kind::Aborted,
                     revision,
+                    *at,
                     None,
+                    *at,
                     format!(
                         "aborted at step {}/{} (canary was {weight}), traffic back on stable: {}",
                         step + 1,
@@ -188,41 +224,136 @@ pub fn implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
                 n.evidence = Some(evidence.summary.clone());
                 n.revert_branch = file.revert.clone();
                 n.revert_pr = file.revert_pr.clone();
-                n.at = *at;
                 out.push(n);
             }
         }
-        Progress::Promoted { revision, at } => {
-            let mut n = make(
-                Kind::Promoted,
-                revision,
-                None,
-                "promoted: the canary takes all traffic".to_string(),
-            );
-            n.at = *at;
-            out.push(n);
-        }
-        Progress::RollingBack {
+        Progress::Promoted { revision, at } => out.push(make(
+            Kind::Promoted,
             revision,
-            from,
-            target,
-            ..
+            *at,
+            None,
+            *at,
+            "promoted: the canary takes all traffic".to_string(),
+        )),
+        // Told once traffic followed the spec back.
+        Progress::RolledBack {
+            revision, from, at, ..
         } => out.push(make(
             Kind::RolledBack,
             from,
+            *at,
             None,
-            format!("rolling back to revision {revision} (canary to {target})"),
-        )),
-        Progress::RolledBack { revision, from, .. } => out.push(make(
-            Kind::RolledBack,
-            from,
-            None,
+            *at,
             format!("rolled back to revision {revision}"),
         )),
         Progress::Pending
         | Progress::Stable { .. }
         | Progress::Waiting { .. }
+        | Progress::RollingBack { .. }
         | Progress::Invalid { .. } => {}
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::analysis::Evidence;
+    use crate::core::progress::{Run, Status};
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn file(progress: Progress, revert: Option<&str>) -> StatusFile {
+        StatusFile {
+            status: Status {
+                rollout: "checkout".into(),
+                progress,
+                promoted: Vec::new(),
+                aborted: Vec::new(),
+                last_gate: None,
+                drift: None,
+            },
+            spec_commit: None,
+            file: None,
+            revert: revert.map(str::to_string),
+            revert_pr: None,
+            steps: 4,
+            desired: BTreeMap::new(),
+            routes: Vec::new(),
+            sticky: None,
+            live: None,
+            router_error: None,
+            analysis: Vec::new(),
+            updated_at: t(100),
+        }
+    }
+
+    fn paused(started: i64, step: usize) -> Progress {
+        Progress::Paused {
+            run: Run {
+                revision: Revision::from("b"),
+                step,
+                weight: Weight::new(20).unwrap(),
+                verified: true,
+                stable: "blue".into(),
+                canary: "green".into(),
+                started_at: t(started),
+                step_started_at: t(started + 10),
+                stall: None,
+                deadline_exceeded: false,
+                background: None,
+            },
+            until: None,
+            reason: PauseReason::Step,
+        }
+    }
+
+    fn ids(notices: &[Notice]) -> Vec<&str> {
+        notices.iter().map(|n| n.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_run_implies_its_start_its_step_and_its_wait_under_ids_of_that_run() {
+        let first = implied(&file(paused(0, 1), None), t(60));
+        assert_eq!(
+            ids(&first),
+            [
+                "checkout/b/1800000000/started",
+                "checkout/b/1800000000/step/1",
+                "checkout/b/1800000000/paused/1",
+            ]
+        );
+        assert_eq!(first[2].severity, Severity::Warn);
+        assert_eq!(first[2].step, Some(2));
+        // The same revision run again later (after a revert): told again.
+        let again = implied(&file(paused(500, 1), None), t(560));
+        assert!(ids(&again).iter().all(|id| id.contains("/1800000500/")));
+    }
+
+    #[test]
+    fn an_abort_waits_for_its_revert_branch_and_old_news_is_not_told() {
+        let aborted = Progress::Aborted {
+            revision: Revision::from("b"),
+            at: t(0),
+            evidence: Evidence::text("errors = 0.3"),
+            step: 1,
+            weight: Weight::new(20).unwrap(),
+        };
+        assert!(implied(&file(aborted.clone(), None), t(5)).is_empty());
+        let told = implied(
+            &file(aborted.clone(), Some("canaryd/revert/checkout/b")),
+            t(5),
+        );
+        assert_eq!(ids(&told), ["checkout/b/1800000000/aborted"]);
+        assert_eq!(
+            told[0].revert_branch.as_deref(),
+            Some("canaryd/revert/checkout/b")
+        );
+        // Without a branch after the grace: told anyway.
+        assert_eq!(implied(&file(aborted.clone(), None), t(31)).len(), 1);
+        // An hour and more later (a new data dir): not told.
+        assert!(implied(&file(aborted, Some("x")), t(3601)).is_empty());
+    }
 }

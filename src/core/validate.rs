@@ -676,9 +676,9 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
             "name steps from 1 to the number of steps",
         );
     }
-    let notify = s.notify.clone().unwrap_or_default();
+    let notify = s.notify.clone();
     if let Some(sinks) = &refs.sinks {
-        for (i, sub) in notify.iter().enumerate() {
+        for (i, sub) in notify.iter().flatten().enumerate() {
             if !sinks.contains(&sub.sink) {
                 cx.warn(
                     &format!("spec.notify[{i}].sink"),

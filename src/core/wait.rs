@@ -63,8 +63,10 @@ pub fn verdict(file: Option<&StatusFile>, want: &Revision, seen: Seen) -> Verdic
             _ => Verdict::Pending,
         },
         Some(r) => match progress {
+            // This revision rolled back, and not an earlier run of it the daemon has not
+            // moved on from yet.
             Progress::RollingBack { from, .. } | Progress::RolledBack { from, .. }
-                if from == want =>
+                if from == want && (seen.caught_up || seen.before) =>
             {
                 Verdict::Failed(Failure::RolledBack)
             }
@@ -201,8 +203,14 @@ mod tests {
         };
         for done in [false, true] {
             assert_eq!(
-                verdict(Some(&back(done)), &rev("new"), NOT_YET),
+                verdict(Some(&back(done)), &rev("new"), CAUGHT_UP),
                 Verdict::Failed(Failure::RolledBack)
+            );
+            // A rollback of an earlier run of the same revision, before the daemon read the
+            // awaited commit: no answer yet.
+            assert_eq!(
+                verdict(Some(&back(done)), &rev("new"), NOT_YET),
+                Verdict::Pending
             );
         }
         // Waiting for the revert commit itself: done once traffic followed it.

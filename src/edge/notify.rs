@@ -40,6 +40,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first retry of a failed delivery; doubled each time up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Deliveries waiting beyond which the oldest is dropped (a sink down for long).
+const MAX_PENDING: usize = 10_000;
+/// How long a delivery that keeps failing is tried before it is dropped.
+const GIVE_UP: Duration = Duration::from_secs(6 * 3600);
 /// Deliveries recorded in the journal beyond which the oldest are dropped at start.
 const JOURNAL_KEEP: usize = 20_000;
 /// The journal's file name in the data dir.
@@ -134,24 +138,22 @@ impl Notifier {
             .enable_http1()
             .build();
         let worker = Worker {
-            sinks: config.sinks.clone(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            sender: Arc::new(Sender {
+                sinks: config.sinks.clone(),
+                client: Client::builder(TokioExecutor::new()).build(connector),
+                status_command,
+            }),
             journal,
-            status_command,
             telemetry,
         };
         tokio::spawn(worker.run(rx, shutdown));
         Ok(Notifier { tx, config, handed })
     }
 
-    /// Hands over every notice of `notices` that `subscriptions` (or the configuration's
-    /// default, when empty) want and that was not handed over before.
-    pub fn tell(&mut self, subscriptions: &[Subscription], notices: Vec<Notice>) {
-        let subs = if subscriptions.is_empty() {
-            &self.config.default
-        } else {
-            subscriptions
-        };
+    /// Hands over every notice of `notices` that `subscriptions` (the configuration's default
+    /// when `None`) want and that was not handed over before.
+    pub fn tell(&mut self, subscriptions: Option<&[Subscription]>, notices: Vec<Notice>) {
+        let subs = subscriptions.unwrap_or(&self.config.default);
         for notice in notices {
             let sinks: BTreeSet<&str> = subs
                 .iter()
@@ -182,16 +184,27 @@ struct Journal {
 impl Journal {
     /// Reads the journal (none yet: empty), keeping its last [`JOURNAL_KEEP`] lines.
     fn open(path: &Path) -> Result<Journal, String> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        let lines: Vec<&str> = text.lines().filter(|l| l.contains('\t')).collect();
+        let text = String::from_utf8_lossy(&bytes);
+        // A line a crash cut short (no newline) is dropped: that delivery is sent again.
+        let whole = text.rfind('\n').map_or("", |end| &text[..=end]);
+        let lines: Vec<&str> = whole.lines().filter(|l| l.contains('\t')).collect();
         let kept = &lines[lines.len().saturating_sub(JOURNAL_KEEP)..];
-        if kept.len() < lines.len() {
+        if kept.len() < lines.len() || whole.len() < text.len() {
             let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, kept.join("\n") + "\n")
+            let mut body = kept.join("\n");
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            std::fs::File::create(&tmp)
+                .and_then(|mut f| {
+                    f.write_all(body.as_bytes())?;
+                    f.sync_all()
+                })
                 .and_then(|()| std::fs::rename(&tmp, path))
                 .map_err(|e| format!("cannot rewrite {}: {e}", path.display()))?;
         }
@@ -214,12 +227,27 @@ impl Journal {
     }
 }
 
-struct Worker {
+/// Sends deliveries; shared by the tasks the worker spawns.
+struct Sender {
     sinks: BTreeMap<String, SinkConfig>,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-    journal: Journal,
     status_command: String,
+}
+
+struct Worker {
+    sender: Arc<Sender>,
+    journal: Journal,
     telemetry: Arc<Telemetry>,
+}
+
+/// A delivery waiting for its next try.
+struct Pending {
+    delivery: Delivery,
+    due: Instant,
+    tries: u32,
+    /// Handed over in this order, which is the order it is sent in per sink.
+    seq: u64,
+    since: Instant,
 }
 
 /// How one try went.
@@ -232,11 +260,36 @@ enum Tried {
 }
 
 impl Worker {
+    /// One delivery in flight per sink at a time (so a dead sink holds up only itself), due
+    /// ones oldest first; a failure waits its backoff, one that keeps failing for
+    /// [`GIVE_UP`] is dropped and reported. Stopping drops what is in flight.
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Delivery>, stop: CancellationToken) {
-        // key → (delivery, when due, tries so far)
-        let mut pending: BTreeMap<String, (Delivery, Instant, u32)> = BTreeMap::new();
+        let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
+        let mut busy: BTreeSet<String> = BTreeSet::new();
+        let mut flying: tokio::task::JoinSet<(String, Tried)> = tokio::task::JoinSet::new();
+        let mut seq = 0u64;
         loop {
-            let next = pending.values().map(|(_, due, _)| *due).min();
+            let now = crate::edge::clock::instant();
+            let mut due: Vec<(&u64, &String)> = pending
+                .iter()
+                .filter(|(_, p)| p.due <= now && !busy.contains(&p.delivery.sink))
+                .map(|(k, p)| (&p.seq, k))
+                .collect();
+            due.sort();
+            let due: Vec<String> = due.into_iter().map(|(_, k)| k.clone()).collect();
+            for key in due {
+                let Some(p) = pending.get(&key) else { continue };
+                if !busy.insert(p.delivery.sink.clone()) {
+                    continue;
+                }
+                let (sender, d) = (Arc::clone(&self.sender), p.delivery.clone());
+                flying.spawn(async move { (key, sender.send(&d).await) });
+            }
+            let next = pending
+                .values()
+                .filter(|p| !busy.contains(&p.delivery.sink))
+                .map(|p| p.due)
+                .min();
             let sleep = async {
                 match next {
                     Some(due) => tokio::time::sleep_until(due).await,
@@ -247,34 +300,43 @@ impl Worker {
                 () = stop.cancelled() => return,
                 d = rx.recv() => match d {
                     Some(d) if !self.journal.sent.contains(&d.key()) => {
-                        pending.insert(d.key(), (d, crate::edge::clock::instant(), 0));
+                        seq += 1;
+                        let now = crate::edge::clock::instant();
+                        pending.insert(d.key(), Pending { delivery: d, due: now, tries: 0, seq, since: now });
+                        if pending.len() > MAX_PENDING
+                            && let Some(oldest) = pending.iter().min_by_key(|(_, p)| p.seq).map(|(k, _)| k.clone())
+                            && let Some(p) = pending.remove(&oldest)
+                        {
+                            self.failed(&p.delivery, "too many notifications waiting", true);
+                        }
                     }
                     Some(_) => {}
                     None => return,
                 },
-                () = sleep => {
-                    let now = crate::edge::clock::instant();
-                    let due: Vec<String> = pending
-                        .iter()
-                        .filter(|(_, (_, at, _))| *at <= now)
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for key in due {
-                        let Some((d, _, tries)) = pending.remove(&key) else { continue };
-                        match self.send(&d).await {
-                            Tried::Sent => self.sent(&d),
-                            Tried::Retry(after, why) => {
-                                self.failed(&d, &why, false);
-                                let backoff = FIRST_BACKOFF
-                                    .saturating_mul(1 << tries.min(6))
-                                    .min(MAX_BACKOFF);
-                                let wait = after.unwrap_or(backoff).min(MAX_BACKOFF);
-                                pending.insert(key, (d, crate::edge::clock::instant() + wait, tries + 1));
-                            }
-                            Tried::Refused(why) => self.failed(&d, &why, true),
+                Some(done) = flying.join_next(), if !flying.is_empty() => {
+                    let Ok((key, tried)) = done else { continue };
+                    let Some(mut p) = pending.remove(&key) else { continue };
+                    busy.remove(&p.delivery.sink);
+                    match tried {
+                        Tried::Sent => self.sent(&p.delivery),
+                        Tried::Refused(why) => self.failed(&p.delivery, &why, true),
+                        Tried::Retry(_, why) if p.since.elapsed() >= GIVE_UP => {
+                            self.failed(&p.delivery, &format!("{why}; failing for {} h", GIVE_UP.as_secs() / 3600), true);
+                        }
+                        Tried::Retry(after, why) => {
+                            self.failed(&p.delivery, &why, false);
+                            let backoff = FIRST_BACKOFF
+                                .saturating_mul(1 << p.tries.min(6))
+                                .min(MAX_BACKOFF);
+                            // A `Retry-After` is honoured, but never below the backoff.
+                            let wait = after.map_or(backoff, |a| a.max(backoff)).min(MAX_BACKOFF);
+                            p.due = crate::edge::clock::instant() + wait;
+                            p.tries += 1;
+                            pending.insert(key, p);
                         }
                     }
-                }
+                },
+                () = sleep => {}
             }
         }
     }
@@ -314,7 +376,9 @@ impl Worker {
             ),
         });
     }
+}
 
+impl Sender {
     async fn send(&self, d: &Delivery) -> Tried {
         let Some(sink) = self.sinks.get(&d.sink) else {
             return Tried::Refused("no such sink in the configuration".to_string());
@@ -324,17 +388,20 @@ impl Worker {
             Ok(r) => r,
             Err(e) => return Tried::Retry(None, e),
         };
+        let scrub = |mut text: String| {
+            for s in &secrets {
+                if !s.expose().is_empty() {
+                    text = text.replace(s.expose(), "***");
+                }
+            }
+            text
+        };
         let body = match sink {
             SinkConfig::Webhook { .. } => webhook_body(&d.notice, &command),
             SinkConfig::Slack { .. } => slack_body(&d.notice, &command),
             SinkConfig::Teams { .. } => teams_body(&d.notice, &command),
         };
-        let mut text = body.to_string();
-        for s in &secrets {
-            if !s.expose().is_empty() {
-                text = text.replace(s.expose(), "***");
-            }
-        }
+        let text = scrub(body.to_string());
         let mut request = hyper::Request::post(url.expose())
             .header("content-type", "application/json")
             .header("user-agent", concat!("canaryd/", env!("CARGO_PKG_VERSION")))
@@ -361,18 +428,22 @@ impl Worker {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            // A short excerpt, for the error message.
             let body = resp.into_body().collect().await.map(|b| b.to_bytes());
             Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, body.ok()))
         })
         .await;
         match answer {
             Err(_) => Tried::Retry(None, format!("no answer in {} s", SEND_TIMEOUT.as_secs())),
-            Ok(Err(e)) => Tried::Retry(None, format!("cannot reach the sink: {e}")),
+            Ok(Err(e)) => Tried::Retry(
+                None,
+                scrub(format!("cannot reach the sink: {}", causes(&e))),
+            ),
             Ok(Ok((status, retry_after, body))) => {
-                let excerpt = body
-                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).to_string())
-                    .unwrap_or_default();
+                // A short excerpt of the answer, for the error message, secrets scrubbed.
+                let excerpt = scrub(
+                    body.map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).to_string())
+                        .unwrap_or_default(),
+                );
                 let code = status.as_u16();
                 if status.is_success() {
                     Tried::Sent
@@ -384,6 +455,18 @@ impl Worker {
             }
         }
     }
+}
+
+/// An error and its causes, `outer: inner` (hyper's own message says only "client error").
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// The URL, the secrets to scrub, the signing key and the extra headers of a sink, read now.
@@ -500,7 +583,7 @@ pub fn slack_body(n: &Notice, status_command: &str) -> Value {
         fields.push(json!({"type": "mrkdwn", "text": cut(&format!("*Weights*\n{}", mrkdwn(&weights_line(n))), 2000)}));
     }
     json!({
-        "text": cut(&format!("{} {}: {}", mark(n.severity), n.title, n.text), 3000),
+        "text": cut(&mrkdwn(&format!("{} {}: {}", mark(n.severity), n.title, n.text)), 3000),
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": cut(&format!("{} {}", mark(n.severity), n.title), SLACK_HEADER), "emoji": true}},
             {"type": "section", "text": {"type": "mrkdwn", "text": cut(&story, SLACK_SECTION)}},

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::core::model::Revision;
+use crate::core::progress::Progress;
 use crate::core::record::StatusFile;
 use crate::core::validate::Known;
 use crate::core::wait::{Failure, Seen, Verdict, verdict};
@@ -52,7 +53,8 @@ pub enum Ended {
         why: Failure,
         status: Box<StatusFile>,
     },
-    /// The rollout's spec at the awaited commit is invalid: the daemon will hold it.
+    /// The rollout's spec at the awaited commit is invalid: the daemon holds it (its status
+    /// says so, for that commit or a later one).
     Invalid { commit: String, errors: Vec<String> },
     /// Time ran out; the revision if it was known, the last status seen.
     TimedOut {
@@ -70,6 +72,19 @@ pub enum WaitError {
     NoRollout { name: String, commit: String },
     #[error("the watched branch is not on the remote")]
     NoBranch,
+    /// The spec at the commit does not validate here, and the daemon's status does not say it
+    /// is invalid: the revision cannot be known (a router defined in the controller
+    /// configuration, without `--config`).
+    #[error(
+        "cannot tell the revision commit {commit} gives `{name}`: {}; pass the controller \
+         configuration (--config) for the routers it defines, or --revision",
+        .errors.join("; ")
+    )]
+    Unknowable {
+        name: String,
+        commit: String,
+        errors: Vec<String>,
+    },
 }
 
 /// Fetches `mirror` every `every` until the rollout `name` decides `awaited`, or `timeout`
@@ -93,7 +108,26 @@ pub fn wait(
     let mut last: Option<StatusFile> = None;
     loop {
         match look(mirror, known, name, awaited, &mut want) {
-            Ok(Some(invalid)) => return Ok(invalid),
+            Ok(Some((commit, errors))) => {
+                // What the daemon made of that commit decides.
+                if let Ok(Some(s)) = read_status(mirror, name)
+                    && s.spec_commit
+                        .as_deref()
+                        .is_some_and(|planned| mirror.descends(planned, &commit))
+                {
+                    return match &s.status.progress {
+                        Progress::Invalid { errors, .. } => Ok(Ended::Invalid {
+                            commit,
+                            errors: errors.clone(),
+                        }),
+                        _ => Err(WaitError::Unknowable {
+                            name: name.to_string(),
+                            commit,
+                            errors,
+                        }),
+                    };
+                }
+            }
             Ok(None) => {}
             Err(e) if e.is_transient() => report(Event::Retrying(e.to_string())),
             Err(e) => return Err(e),
@@ -161,14 +195,14 @@ pub fn wait(
 }
 
 /// One fetch, and the awaited revision found if it is not yet known. `Some`: the spec at the
-/// commit is invalid, which ends the wait.
+/// commit does not validate here (the commit, and why).
 fn look(
     mirror: &Mirror,
     known: &Known,
     name: &str,
     awaited: &Awaited,
     want: &mut Option<(Revision, Option<String>)>,
-) -> Result<Option<Ended>, WaitError> {
+) -> Result<Option<(String, Vec<String>)>, WaitError> {
     let heads = mirror.fetch()?;
     if want.is_some() {
         return Ok(None);
@@ -196,10 +230,9 @@ fn look(
         return Ok(None);
     }
     match catalog.invalid.get(name) {
-        Some(errors) => Ok(Some(Ended::Invalid {
-            commit,
-            errors: errors.clone(),
-        })),
+        // Not an answer by itself: it may be invalid here only (a router the controller
+        // configuration defines); the daemon's status says.
+        Some(errors) => Ok(Some((commit, errors.clone()))),
         None => Err(WaitError::NoRollout {
             name: name.to_string(),
             commit,
@@ -222,7 +255,9 @@ impl WaitError {
     fn is_transient(&self) -> bool {
         match self {
             WaitError::Git(e) => e.is_transient(),
-            WaitError::NoRollout { .. } | WaitError::NoBranch => false,
+            WaitError::NoRollout { .. } | WaitError::NoBranch | WaitError::Unknowable { .. } => {
+                false
+            }
         }
     }
 }

@@ -995,7 +995,7 @@ fn notify_names_sinks_of_the_configuration_and_lint_warns_of_an_unknown_one() {
     // Without the configuration (plain `lint`): nothing to check the names against.
     let (catalog, diags) = validate::validate(&sources, &Known::default());
     assert!(diags.is_empty(), "{diags:#?}");
-    let subs = &catalog.rollouts[0].notify;
+    let subs = catalog.rollouts[0].notify.as_ref().unwrap();
     assert_eq!(subs.len(), 2);
     assert_eq!(
         subs[1].events,
@@ -1041,11 +1041,17 @@ fn built_in_load_is_bounded_and_names_steps_that_exist() {
     );
     check(
         "steps: [{setWeight: 10}, {setWeight: 50}]\nload: {url: \"http://127.0.0.1:8080/\", rps: 20, steps: [3]}",
-        &[("spec.load.steps", "step 3 does not exist: the rollout has 2")],
+        &[(
+            "spec.load.steps",
+            "step 3 does not exist: the rollout has 2",
+        )],
     );
     let (catalog, diags) =
         run("steps: [{setWeight: 10}]\nload: {url: \"http://127.0.0.1:8080/\", rps: 50}");
     assert!(diags.is_empty(), "{diags:#?}");
     let load = catalog.rollouts[0].load.as_ref().unwrap();
-    assert_eq!((load.rps, load.concurrency, load.method.as_str()), (50, 16, "GET"));
+    assert_eq!(
+        (load.rps, load.concurrency, load.method.as_str()),
+        (50, 16, "GET")
+    );
 }

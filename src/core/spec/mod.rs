@@ -146,7 +146,8 @@ pub struct RolloutSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
     /// Who hears of this rollout: `[{sink: team-slack, severity: warn}]`, sinks of the
-    /// controller configuration's `notifications`; without it, the configuration's `default`.
+    /// controller configuration's `notifications`; without it, the configuration's `default`;
+    /// `[]`: nobody.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Vec<crate::core::audience::Subscription>>,
     /// Traffic canaryd sends itself while the canary runs, so that its analysis has data with

@@ -536,7 +536,7 @@ impl Daemon {
                     .await;
                 if let Some(n) = &mut self.notifier {
                     let notices = crate::core::notify::implied(&w.in_git, now);
-                    n.tell(&catalog.rollouts[i].notify, notices);
+                    n.tell(catalog.rollouts[i].notify.as_deref(), notices);
                 }
             }
             let rollout = w.spec.as_ref().ok().map(|i| &catalog.rollouts[*i]);
