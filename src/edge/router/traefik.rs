@@ -708,10 +708,13 @@ fn route_routers(
     routers: &BTreeMap<String, Value>,
 ) -> Result<(Vec<Named>, Vec<Named>), String> {
     let users = routes::user_routers(routers, service);
+    let count = traffic.routes.len();
     for user in &users {
         user.check()?;
+        if count > 0 {
+            routes::room_above(user, routers, count)?;
+        }
     }
-    let count = traffic.routes.len();
     let (mut out, mut sides) = (Vec::new(), BTreeMap::new());
     for (index, route) in traffic.routes.iter().enumerate() {
         let canary = traffic.canary.as_deref() == Some(route.backend.as_str());

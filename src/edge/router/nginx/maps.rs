@@ -750,7 +750,7 @@ fn split_fits(service: &str, split: &Defined, weights: &Observed) -> bool {
                 None => return false,
             }
         };
-        total += percent;
+        total = total.saturating_add(percent);
         if upstream == service && want.is_empty() {
             continue;
         }

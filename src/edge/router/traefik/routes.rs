@@ -670,6 +670,57 @@ impl UserRouter<'_> {
     }
 }
 
+impl UserRouter<'_> {
+    fn entry_points(&self) -> BTreeSet<&str> {
+        self.info
+            .get("entryPoints")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether canaryd's `count` routers may stand just above `user` (priorities `p + 1` to
+/// `p + count`): not when another router on one of its entry points has a priority there,
+/// for a request both rules fit would then go to the canary instead of that router's service.
+/// Why not, naming the router, when there is no room.
+pub fn room_above(
+    user: &UserRouter<'_>,
+    routers: &BTreeMap<String, Value>,
+    count: usize,
+) -> Result<(), String> {
+    let p = user.priority();
+    let top = p.saturating_add(i64::try_from(count).unwrap_or(i64::MAX));
+    let ours = user.entry_points();
+    let crowded: Vec<String> = routers
+        .iter()
+        .filter(|(name, _)| !name.starts_with(PREFIX) && name.as_str() != user.name)
+        .map(|(name, info)| UserRouter { name, info })
+        .filter(|other| {
+            let q = other.priority();
+            // No entry points named: Traefik puts the router on every default one.
+            let shared = ours.is_empty()
+                || other.entry_points().is_empty()
+                || !other.entry_points().is_disjoint(&ours);
+            shared && q > p && q <= top
+        })
+        .map(|other| format!("`{}` (priority {})", other.name, other.priority()))
+        .collect();
+    if crowded.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "routes go in routers at priorities {} to {top}, just above `{}` ({p}), where {} \
+         would lose requests both rules fit to the canary; give `{}` a priority below {} (or \
+         the other routers one above {top})",
+        p + 1,
+        user.name,
+        crowded.join(", "),
+        user.name,
+        p.saturating_sub(i64::try_from(count).unwrap_or(0)).max(1),
+    ))
+}
+
 /// The user's routers that send requests to `service@file`, by name, canaryd's own left out.
 pub fn user_routers<'a>(
     routers: &'a BTreeMap<String, Value>,
@@ -874,6 +925,23 @@ fn read_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_refuse_to_stand_above_a_router_they_would_rob() {
+        let routers: BTreeMap<String, Value> = serde_json::from_value(json!({
+            "web@file": {"entryPoints": ["web"], "service": "checkout", "rule": "PathPrefix(`/`)", "status": "enabled"},
+            "api@file": {"entryPoints": ["web"], "service": "api", "rule": "PathPrefix(`/api`)", "status": "enabled"},
+            "admin@file": {"entryPoints": ["admin"], "service": "api", "rule": "PathPrefix(`/apix`)", "status": "enabled"},
+        }))
+        .unwrap();
+        let users = user_routers(&routers, "checkout");
+        // `PathPrefix(`/`)` is 15 long, `PathPrefix(`/api`)` 18: three routes reach 18.
+        assert!(room_above(&users[0], &routers, 2).is_ok());
+        let why = room_above(&users[0], &routers, 3).unwrap_err();
+        assert!(why.contains("`api@file` (priority 18)"), "{why}");
+        // On another entry point it is no rival.
+        assert!(!why.contains("admin@file"), "{why}");
+    }
 
     fn c(on: Field, name: &str, value: Pattern) -> Criterion {
         Criterion {
