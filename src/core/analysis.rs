@@ -244,6 +244,34 @@ pub enum Verdict {
 /// Assesses a run against its spec at `now`.
 pub fn assess(spec: &Analysis, state: &AnalysisState, now: DateTime<Utc>) -> Verdict {
     let empty = MetricState::default();
+    if spec.gate {
+        // A gate passes once every metric's last measurement succeeded, and never fails.
+        let last_ok = |metric: &Metric| {
+            state
+                .metrics
+                .get(&metric.name)
+                .and_then(|m| m.recent.last())
+                .is_some_and(|x| x.outcome == Outcome::Success)
+        };
+        if spec.metrics.iter().all(last_ok) {
+            return Verdict::Passed;
+        }
+        let next = spec
+            .metrics
+            .iter()
+            .map(|metric| {
+                next_due(
+                    spec,
+                    state,
+                    state.metrics.get(&metric.name).unwrap_or(&empty),
+                )
+            })
+            .min()
+            .unwrap_or(now);
+        return Verdict::Running {
+            next: next.max(now),
+        };
+    }
     let mut next: Option<DateTime<Utc>> = None;
     let mut inconclusive = None;
     let mut stalled = None;
@@ -308,7 +336,14 @@ fn next_due(spec: &Analysis, state: &AnalysisState, m: &MetricState) -> DateTime
     // The first measurement of a periodic analysis comes one interval in, as Flagger's checks
     // do, so that its window holds only traffic the canary served at this weight. (Argo
     // Rollouts measures at once, which with a windowed query mostly measures the step before.)
-    let first = state.started_at + spec.initial_delay + spec.interval.unwrap_or_default();
+    // A gate asks at once.
+    let first = state.started_at
+        + spec.initial_delay
+        + if spec.gate {
+            std::time::Duration::ZERO
+        } else {
+            spec.interval.unwrap_or_default()
+        };
     let Some(last) = m.recent.last() else {
         return first;
     };
@@ -371,6 +406,14 @@ fn evidence(metric: &Metric, m: &MetricState, broke: Broke, n: u32, limit: u32) 
     let samples = deciding.and_then(|x| x.samples);
     let counted = samples.map_or_else(String::new, |n| format!("{n} samples; "));
     let summary = match broke {
+        // A hook's evidence is its answer.
+        Broke::Failures if metric.hook.is_some() => format!(
+            "{name} failed: {} ({n} {}, limit {limit})",
+            deciding
+                .and_then(|x| x.message.clone())
+                .unwrap_or_else(|| "no answer".to_string()),
+            plural("failure")
+        ),
         Broke::Failures => {
             let value = deciding.and_then(|x| x.value);
             let why = match (value, &metric.failure, &metric.success) {
@@ -431,6 +474,7 @@ mod tests {
             min_samples: None,
             samples_query: None,
             judge: None,
+            hook: None,
         }
     }
 
@@ -444,6 +488,7 @@ mod tests {
             inconclusive_limit: 0,
             consecutive_error_limit: 4,
             on_inconclusive: Default::default(),
+            gate: false,
         }
     }
 
@@ -891,6 +936,7 @@ mod tests {
                 inconclusive_limit: row.inconclusive_limit,
                 consecutive_error_limit: row.consecutive_error_limit,
                 on_inconclusive: Default::default(),
+                gate: false,
             };
             let mut state = AnalysisState::new(t(0));
             for (at, taken) in row.feed {

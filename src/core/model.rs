@@ -427,6 +427,8 @@ pub struct Rollout {
     pub notify: Option<Vec<crate::core::audience::Subscription>>,
     /// Traffic canaryd sends itself while the canary runs, if any.
     pub load: Option<Load>,
+    /// Hooks called after promotion or abort.
+    pub post_hooks: Vec<Hook>,
 }
 
 impl Rollout {
@@ -541,6 +543,9 @@ pub struct Analysis {
     pub inconclusive_limit: u32,
     pub consecutive_error_limit: u32,
     pub on_inconclusive: InconclusivePolicy,
+    /// A gate (`confirm-*` hooks): it passes once every metric's last measurement succeeded,
+    /// and never fails; it is measured at once, then every interval.
+    pub gate: bool,
 }
 
 impl Analysis {
@@ -574,6 +579,61 @@ pub struct Metric {
     pub samples_query: Option<String>,
     /// Set for the analysis's judge, whose value is its score.
     pub judge: Option<Box<Judge>>,
+    /// Set for a hook: the value is 1 when it answered 2xx, else 0.
+    pub hook: Option<Box<Hook>>,
+}
+
+/// What a rollout's hook is for (Flagger's webhook types).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookKind {
+    /// Waits, without failing, until it answers 2xx before the rollout starts.
+    ConfirmRollout,
+    /// Before the first canary weight; a failure aborts with no traffic on the canary.
+    PreRollout,
+    /// Waits before each weight increase.
+    ConfirmTrafficIncrease,
+    /// At each analysis measurement; a failure counts like a failed metric.
+    Rollout,
+    /// Waits before the canary takes all traffic.
+    ConfirmPromotion,
+    /// After promotion or abort; a failure is only recorded.
+    PostRollout,
+}
+
+impl HookKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::ConfirmRollout => "confirm-rollout",
+            HookKind::PreRollout => "pre-rollout",
+            HookKind::ConfirmTrafficIncrease => "confirm-traffic-increase",
+            HookKind::Rollout => "rollout",
+            HookKind::ConfirmPromotion => "confirm-promotion",
+            HookKind::PostRollout => "post-rollout",
+        }
+    }
+}
+
+/// A validated hook: an HTTP call the rollout makes, with what its body names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hook {
+    pub name: String,
+    pub kind: HookKind,
+    pub url: String,
+    pub method: String,
+    pub timeout: Duration,
+    /// Tries after the first failed one, a second apart.
+    pub retries: u32,
+    pub headers: Vec<(String, String)>,
+    /// Where the signing secret is read from on the daemon's machine: `(file, env)`.
+    pub secret: Option<(Option<String>, Option<String>)>,
+    pub rollout: String,
+    pub revision: Revision,
+    /// The step it belongs to (0-based), and the canary's weight there.
+    pub step: Option<usize>,
+    pub weight: Option<Weight>,
 }
 
 /// The name the judge's score goes by among an analysis's metrics.

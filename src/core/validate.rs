@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use crate::core::diag::{Diagnostic, Position};
 use crate::core::model::{
-    Analysis, Backend, Catalog, Criterion, Field, JUDGE_METRIC, Judge, JudgedMetric, Load, Match,
-    Metric, Pattern, Revision, RollbackPolicy, Rollout, Step, Sticky, Target, Weight, Window,
+    Analysis, Backend, Catalog, Criterion, Field, Hook, HookKind, JUDGE_METRIC, Judge,
+    JudgedMetric, Load, Match, Metric, Pattern, Revision, RollbackPolicy, Rollout, Step, Sticky,
+    Target, Weight, Window,
 };
 use crate::core::spec::condition::Condition;
 use crate::core::spec::duration::{self, DURATION_HELP};
@@ -407,6 +408,9 @@ struct Cx<'a> {
     errors: usize,
     /// The kind of the router of the rollout being checked, once known.
     router: Option<RouterKind>,
+    /// The gate intervals of the rollout's hooks, by hook name, between checking them and
+    /// placing them.
+    hook_intervals: BTreeMap<String, Duration>,
 }
 
 impl<'a> Cx<'a> {
@@ -423,6 +427,7 @@ impl<'a> Cx<'a> {
             diags,
             errors: 0,
             router: None,
+            hook_intervals: BTreeMap::new(),
         }
     }
 
@@ -676,6 +681,11 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
             "name steps from 1 to the number of steps",
         );
     }
+    let hooks = s
+        .hooks
+        .as_ref()
+        .map(|h| hooks(cx, &raw.metadata.name, h))
+        .unwrap_or_default();
     let notify = s.notify.clone();
     if let Some(sinks) = &refs.sinks {
         for (i, sub) in notify.iter().flatten().enumerate() {
@@ -703,12 +713,28 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
     }
     let target = target?;
     let revision = Revision::of(&target, s.retry.unwrap_or(0));
+    let (steps, background, map) = with_hooks(cx, steps?, background, &hooks, &revision);
+    // `load.steps` counts the steps as written; the hooks' steps come between.
+    let load = load.map(|mut l| {
+        l.steps = l
+            .steps
+            .map(|list| list.iter().filter_map(|k| map.get(*k).copied()).collect());
+        l
+    });
+    let post_hooks = hooks
+        .iter()
+        .filter(|h| h.kind == HookKind::PostRollout)
+        .map(|h| Hook {
+            revision: revision.clone(),
+            ..h.clone()
+        })
+        .collect();
     Some(Rollout {
         name: raw.metadata.name.clone(),
         file: cx.file.to_string(),
         targets: vec![target],
         revision,
-        steps: steps?,
+        steps,
         background,
         rollback: rollback?,
         progress_deadline: deadline?,
@@ -718,7 +744,246 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
         sticky,
         notify,
         load,
+        post_hooks,
     })
+}
+
+/// How often a `confirm-*` gate asks again, unless its hook says.
+const GATE_INTERVAL: Duration = Duration::from_secs(10);
+/// A hook's timeout, unless it says.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `hooks:`, checked (the revision is filled in later).
+fn hooks(cx: &mut Cx<'_>, rollout: &str, list: &[spec::HookSpec]) -> Vec<Hook> {
+    let mut out = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, h) in list.iter().enumerate() {
+        let at = format!("spec.hooks[{i}]");
+        let start = cx.errors;
+        let token = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+        if h.name.is_empty() || !h.name.chars().all(token) {
+            cx.error(
+                &format!("{at}.name"),
+                format!("`{}` is not a hook name", h.name),
+                "letters, digits, `-`, `_` and `.`, e.g. `acceptance-tests`",
+            );
+        } else if !names.insert(h.name.clone()) {
+            cx.error(
+                &format!("{at}.name"),
+                format!("another hook is named `{}`", h.name),
+                "hook names are unique within a rollout: they name its evidence",
+            );
+        }
+        let url = h.url.trim();
+        let rest = url.strip_prefix("http://").unwrap_or("");
+        if rest.is_empty() || rest.starts_with('/') || url.chars().any(char::is_whitespace) {
+            cx.error(
+                &format!("{at}.url"),
+                format!("`{url}` is not an http:// URL"),
+                "e.g. `http://tests.shop.svc:8080/run`",
+            );
+        }
+        let method = h.method.as_deref().unwrap_or("POST").to_ascii_uppercase();
+        if !["POST", "GET", "PUT"].contains(&method.as_str()) {
+            cx.error(
+                &format!("{at}.method"),
+                format!("method `{method}` is not one a hook sends"),
+                "one of POST (default), GET, PUT",
+            );
+        }
+        let timeout = match &h.timeout {
+            Some(t) => nonzero_dur(
+                cx,
+                &format!("{at}.timeout"),
+                t,
+                "a hook's timeout is zero",
+                "e.g. `30s`; the default is 10s",
+            ),
+            None => Some(HOOK_TIMEOUT),
+        };
+        let interval = match &h.interval {
+            Some(t) => nonzero_dur(
+                cx,
+                &format!("{at}.interval"),
+                t,
+                "a gate's interval is zero",
+                "e.g. `30s`; the default is 10s",
+            ),
+            None => Some(GATE_INTERVAL),
+        };
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        for (name, value) in &h.headers {
+            if name.is_empty() || !name.chars().all(token) || value.chars().any(char::is_control) {
+                cx.error(
+                    &format!("{at}.headers.{name}"),
+                    "not a header name and one-line value",
+                    "e.g. `X-Team: shop`",
+                );
+            }
+        }
+        let secret = match &h.secret {
+            Some(spec::SecretSource { file, env }) if file.is_some() == env.is_some() => {
+                cx.error(
+                    &format!("{at}.secret"),
+                    "give exactly one of `file` and `env`",
+                    "e.g. `{env: HOOK_SECRET}`: the secret is read on the daemon's machine",
+                );
+                None
+            }
+            Some(spec::SecretSource { file, env }) => Some((file.clone(), env.clone())),
+            None => None,
+        };
+        if cx.errors > start {
+            continue;
+        }
+        let (Some(timeout), Some(interval)) = (timeout, interval) else {
+            continue;
+        };
+        out.push((
+            Hook {
+                name: h.name.clone(),
+                kind: h.kind,
+                url: url.to_string(),
+                method,
+                timeout,
+                retries: h.retries.unwrap_or(0),
+                headers: h
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                secret,
+                rollout: rollout.to_string(),
+                revision: Revision::from(""),
+                step: None,
+                weight: None,
+            },
+            interval,
+        ));
+    }
+    cx.hook_intervals = out.iter().map(|(h, i)| (h.name.clone(), *i)).collect();
+    out.into_iter().map(|(h, _)| h).collect()
+}
+
+/// A hook as an analysis metric: 1 when it answered 2xx, which is success.
+fn hook_metric(hook: &Hook, revision: &Revision, step: usize, weight: Weight) -> Metric {
+    Metric {
+        name: format!("hook:{}", hook.name),
+        provider: crate::core::spec::ProviderKind::Embedded,
+        query: String::new(),
+        success: crate::core::spec::condition::Condition::parse("result == 1").ok(),
+        failure: None,
+        min_samples: None,
+        samples_query: None,
+        judge: None,
+        hook: Some(Box::new(Hook {
+            revision: revision.clone(),
+            step: Some(step),
+            weight: Some(weight),
+            ..hook.clone()
+        })),
+    }
+}
+
+/// `steps` with the hooks' steps in: a `confirm-rollout` gate first, the `pre-rollout` hooks
+/// as a single measurement at weight 0, a `confirm-traffic-increase` gate before each weight
+/// that grows, a `confirm-promotion` gate before the weight of 100 (or at the end); and the
+/// `rollout` hooks measured with every analysis. Also: where each step as written went.
+fn with_hooks(
+    cx: &mut Cx<'_>,
+    steps: Vec<Step>,
+    background: Option<Analysis>,
+    hooks: &[Hook],
+    revision: &Revision,
+) -> (Vec<Step>, Option<Analysis>, Vec<usize>) {
+    let of = |kind: HookKind| -> Vec<&Hook> { hooks.iter().filter(|h| h.kind == kind).collect() };
+    if hooks.is_empty() {
+        let map = (0..steps.len()).collect();
+        return (steps, background, map);
+    }
+    let intervals = std::mem::take(&mut cx.hook_intervals);
+    let step_of = |list: &[&Hook], gate: bool, at: usize, weight: Weight| -> Step {
+        let interval = list
+            .iter()
+            .filter_map(|h| intervals.get(&h.name))
+            .min()
+            .copied()
+            .unwrap_or(GATE_INTERVAL);
+        Step::Analysis(Analysis {
+            metrics: list
+                .iter()
+                .map(|h| hook_metric(h, revision, at, weight))
+                .collect(),
+            interval: gate.then_some(interval),
+            count: (!gate).then_some(1),
+            initial_delay: Duration::ZERO,
+            failure_limit: 0,
+            inconclusive_limit: 0,
+            consecutive_error_limit: DEFAULT_CONSECUTIVE_ERRORS,
+            on_inconclusive: crate::core::spec::InconclusivePolicy::default(),
+            gate,
+        })
+    };
+    let rollout = of(HookKind::Rollout);
+    let mut out: Vec<Step> = Vec::new();
+    let mut map = Vec::with_capacity(steps.len());
+    let mut weight = Weight::ZERO;
+    let confirm_rollout = of(HookKind::ConfirmRollout);
+    if !confirm_rollout.is_empty() {
+        out.push(step_of(&confirm_rollout, true, 0, weight));
+    }
+    let pre = of(HookKind::PreRollout);
+    if !pre.is_empty() {
+        let k = out.len();
+        out.push(step_of(&pre, false, k, weight));
+    }
+    let increase = of(HookKind::ConfirmTrafficIncrease);
+    let promotion = of(HookKind::ConfirmPromotion);
+    let mut promotion_placed = promotion.is_empty();
+    for step in steps {
+        if let Step::SetWeight(w) = &step {
+            if !promotion_placed && w.get() == 100 {
+                let k = out.len();
+                out.push(step_of(&promotion, true, k, weight));
+                promotion_placed = true;
+            } else if !increase.is_empty() && *w > weight {
+                let k = out.len();
+                out.push(step_of(&increase, true, k, weight));
+            }
+            weight = *w;
+        }
+        let step = match step {
+            Step::Analysis(mut a) if !rollout.is_empty() => {
+                let k = out.len();
+                a.metrics
+                    .extend(rollout.iter().map(|h| hook_metric(h, revision, k, weight)));
+                Step::Analysis(a)
+            }
+            other => other,
+        };
+        map.push(out.len());
+        out.push(step);
+    }
+    if !promotion_placed {
+        let k = out.len();
+        out.push(step_of(&promotion, true, k, weight));
+    }
+    let background = background.map(|mut a| {
+        a.metrics
+            .extend(rollout.iter().map(|h| hook_metric(h, revision, 0, weight)));
+        a
+    });
+    let analysed = out.iter().any(|s| {
+        matches!(s, Step::Analysis(a) if !a.gate && a.metrics.iter().any(|m| m.hook.as_ref().is_some_and(|h| h.kind == HookKind::Rollout)))
+    }) || background.is_some();
+    if !rollout.is_empty() && !analysed {
+        cx.warn(
+            "spec.hooks",
+            "`rollout` hooks are called at each analysis measurement, and this rollout has no analysis",
+            "add an `analysis` step (or a background `analysis`), or make it a `pre-rollout` hook",
+        );
+    }
+    (out, background, map)
 }
 
 fn target(cx: &mut Cx<'_>, s: &RolloutSpec, refs: &Refs) -> Option<Target> {
@@ -1537,6 +1802,7 @@ fn analysis(
             .consecutive_error_limit
             .unwrap_or(DEFAULT_CONSECUTIVE_ERRORS),
         on_inconclusive: a.on_inconclusive.unwrap_or_default(),
+        gate: false,
     })
 }
 
@@ -1716,6 +1982,7 @@ fn metric(cx: &mut Cx<'_>, field: &str, m: &spec::MetricCheck, refs: &Refs) -> O
         min_samples: min_samples.filter(|n| *n > 0),
         samples_query,
         judge: None,
+        hook: None,
     })
 }
 
@@ -1900,6 +2167,7 @@ fn judge(
             min_samples,
             metrics,
         })),
+        hook: None,
     })
 }
 

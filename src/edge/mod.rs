@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod demo;
 pub mod forge;
 pub mod git;
+pub mod hook;
 pub mod listener;
 pub mod live;
 pub mod load;

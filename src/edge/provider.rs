@@ -68,6 +68,8 @@ impl MetricsProvider for Prometheus {
 pub struct Providers {
     /// The `prometheus` provider.
     pub prometheus: Option<Arc<dyn MetricsProvider>>,
+    /// The client hooks are called with.
+    pub http: reqwest::Client,
 }
 
 impl Providers {
@@ -83,6 +85,7 @@ impl Providers {
             .map_err(|e| format!("prometheus: {e}"))?;
         Ok(Providers {
             prometheus: prometheus.map(|p| Arc::new(p) as Arc<dyn MetricsProvider>),
+            http: reqwest::Client::new(),
         })
     }
 
@@ -118,6 +121,8 @@ pub struct Taken {
     pub verdict: Option<judge::Verdict>,
     /// Why there is no value, when there is none for a reason worth telling.
     pub no_data: Option<String>,
+    /// What the measurement says besides its value (a hook's answer).
+    pub note: Option<String>,
 }
 
 /// The side of a rollout a query is taken for.
@@ -138,11 +143,16 @@ pub async fn take(
     now: DateTime<Utc>,
 ) -> (Measurement, MetricValue) {
     let taken = measure(metric, target, router, window, providers, now).await;
-    let (reading, query, verdict, no_data) = match taken {
-        Ok(t) => (Ok(t.reading), t.query, t.verdict, t.no_data),
-        Err(e) => (Err(e), None, None, None),
+    let (reading, query, verdict, no_data, note) = match taken {
+        Ok(t) => (Ok(t.reading), t.query, t.verdict, t.no_data, t.note),
+        Err(e) => (Err(e), None, None, None, None),
     };
     let mut m = analysis::evaluate(metric, reading, now);
+    if let Some(n) = note
+        && m.message.is_none()
+    {
+        m.message = Some(n);
+    }
     if let Some(v) = &verdict
         && m.message.is_none()
     {
@@ -194,6 +204,14 @@ pub async fn measure(
     }
     if let Some(j) = &metric.judge {
         return judge_once(j, target, router, window, providers, now).await;
+    }
+    if let Some(hook) = &metric.hook {
+        let answer = crate::edge::hook::call(&providers.http, hook, "analysing").await;
+        return Ok(Taken {
+            reading: Reading::value(Some(if answer.ok { 1.0 } else { 0.0 })),
+            note: Some(answer.evidence),
+            ..Taken::default()
+        });
     }
     match metric.provider {
         ProviderKind::Embedded => {
@@ -358,6 +376,7 @@ async fn judge_once(
         query: None,
         verdict: Some(verdict),
         no_data,
+        note: None,
     })
 }
 

@@ -327,6 +327,7 @@ impl Loop {
             router_timeout: Duration::from_secs(5),
             providers: Arc::new(Providers {
                 prometheus: Some(metrics),
+                ..Providers::default()
             }),
             forge: None,
             webhook: None,

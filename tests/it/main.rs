@@ -19,6 +19,7 @@ mod forge;
 mod git;
 mod git_auth;
 mod hardening;
+mod hooks;
 mod judge;
 mod load;
 mod notify;

@@ -1055,3 +1055,72 @@ fn built_in_load_is_bounded_and_names_steps_that_exist() {
         (50, 16, "GET")
     );
 }
+
+#[test]
+fn hooks_become_steps_and_metrics_in_the_order_flagger_calls_them() {
+    use canaryd::core::model::HookKind;
+    let (catalog, diags) = run("hooks:
+  - {name: ready, type: confirm-rollout, url: \"http://t:1/ready\"}
+  - {name: accept, type: pre-rollout, url: \"http://t:1/accept\"}
+  - {name: more, type: confirm-traffic-increase, url: \"http://t:1/more\", interval: 5s}
+  - {name: smoke, type: rollout, url: \"http://t:1/smoke\"}
+  - {name: ship, type: confirm-promotion, url: \"http://t:1/ship\"}
+  - {name: tell, type: post-rollout, url: \"http://t:1/tell\"}
+load: {url: \"http://t:1/\", rps: 10, steps: [2]}
+steps:
+  - setWeight: 20
+  - analysis: {interval: 1m, count: 2, metrics: [{name: errors, template: error-rate}]}
+  - setWeight: 100
+");
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
+    let r = &catalog.rollouts[0];
+    let shape: Vec<String> = r
+        .steps
+        .iter()
+        .map(|s| match s {
+            Step::SetWeight(w) => format!("weight {}", w.get()),
+            Step::Analysis(a) => {
+                let names: Vec<&str> = a.metrics.iter().map(|m| m.name.as_str()).collect();
+                format!("{} {}", if a.gate { "gate" } else { "analysis" }, names.join(","))
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            "gate hook:ready",
+            "analysis hook:accept",
+            "gate hook:more",
+            "weight 20",
+            "analysis errors,hook:smoke",
+            "gate hook:ship",
+            "weight 100",
+        ]
+    );
+    let Step::Analysis(more) = &r.steps[2] else { unreachable!() };
+    assert_eq!(more.interval, Some(Duration::from_secs(5)));
+    // `load.steps: [2]` is the analysis as written, now the fifth step.
+    assert_eq!(r.load.as_ref().unwrap().steps, Some(vec![4]));
+    assert_eq!(r.post_hooks.len(), 1);
+    assert_eq!(r.post_hooks[0].kind, HookKind::PostRollout);
+    check(
+        "steps: [{setWeight: 10}]
+hooks:
+  - {name: a, type: rollout, url: \"https://x/\", method: PATCH, secret: {file: /s, env: S}}
+  - {name: a, type: bogus, url: \"http://x/\"}",
+        &[("spec.hooks[1].type", "bogus")],
+    );
+    check(
+        "steps: [{setWeight: 10}]
+hooks:
+  - {name: a, type: rollout, url: \"https://x/\", method: PATCH, secret: {file: /s, env: S}}
+  - {name: a, type: pre-rollout, url: \"http://x/\"}",
+        &[
+            ("spec.hooks[0].url", "not an http:// URL"),
+            ("spec.hooks[0].method", "PATCH"),
+            ("spec.hooks[0].secret", "exactly one of"),
+            ("spec.hooks[1].name", "another hook is named `a`"),
+        ],
+    );
+}

@@ -154,6 +154,53 @@ pub struct RolloutSpec {
     /// no outside load (staging, nights): `{url, rps, concurrency, duration, headers, steps}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<LoadSpec>,
+    /// HTTP calls around the rollout (Flagger's webhooks): acceptance tests before traffic
+    /// moves, checks at each analysis, gates, and a call when it is over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Vec<HookSpec>>,
+}
+
+/// One hook.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct HookSpec {
+    pub name: String,
+    /// `pre-rollout`, `rollout`, `confirm-rollout`, `confirm-traffic-increase`,
+    /// `confirm-promotion` or `post-rollout`.
+    #[serde(rename = "type")]
+    pub kind: crate::core::model::HookKind,
+    /// An `http://` URL.
+    pub url: String,
+    /// `POST` (default), `GET` or `PUT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Tries after a failed one, a second apart (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// How often a `confirm-*` gate asks again (default `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The key the body is signed with (`X-Canaryd-Signature-256: sha256=<HMAC-SHA256>`), read
+    /// on the daemon's machine: `{file: /run/secrets/hook}` or `{env: HOOK_SECRET}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretSource>,
+}
+
+/// Where a secret is read on the daemon's machine; never the secret itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct SecretSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 /// Built-in load: requests to `url` at `rps`, at most `concurrency` in flight, each marked

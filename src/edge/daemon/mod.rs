@@ -267,6 +267,11 @@ pub async fn run(
         ),
         _ => None,
     };
+    let post_hooks = crate::edge::hook::PostHooks::new(
+        &settings.data_dir,
+        admin.telemetry.clone(),
+        shutdown.clone(),
+    );
     let loads = crate::edge::load::Loads::new(shutdown.clone());
     admin.add_renderer(loads.renderer());
     let mut daemon = Daemon {
@@ -287,6 +292,7 @@ pub async fn run(
         outbox,
         notifier,
         loads,
+        post_hooks,
         measured_tx,
         measuring: BTreeSet::new(),
         taken: BTreeMap::new(),
@@ -406,6 +412,8 @@ struct Daemon {
     notifier: Option<crate::edge::notify::Notifier>,
     /// Built-in load, per rollout.
     loads: crate::edge::load::Loads,
+    /// The post-rollout hooks' caller.
+    post_hooks: crate::edge::hook::PostHooks,
     /// Where measurement tasks send their results.
     measured_tx: mpsc::UnboundedSender<measure::Measured>,
     /// Rollouts whose measurements are in flight: not planned again until they are back.
@@ -543,6 +551,9 @@ impl Daemon {
             let load =
                 rollout.and_then(|r| crate::core::load::wanted(r, &w.in_git.status.progress));
             self.loads.set(&w.name, load);
+            if let Some(r) = rollout.filter(|r| !r.post_hooks.is_empty()) {
+                self.call_post_hooks(r, &w.in_git.status.progress, now);
+            }
             match w.wake() {
                 Some(at) => self.wakes.insert(w.name.clone(), at),
                 None => self.wakes.remove(&w.name),
@@ -557,6 +568,26 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Calls `rollout`'s post-rollout hooks once per outcome of its revision (not for old
+    /// news after a restart).
+    fn call_post_hooks(
+        &self,
+        rollout: &crate::core::model::Rollout,
+        progress: &crate::core::progress::Progress,
+        now: DateTime<Utc>,
+    ) {
+        use crate::core::progress::Progress;
+        let (revision, at, phase) = match progress {
+            Progress::Promoted { revision, at } => (revision, at, "promoted"),
+            Progress::Aborted { revision, at, .. } => (revision, at, "aborted"),
+            _ => return,
+        };
+        if *revision == rollout.revision && now - *at <= crate::core::notify::MAX_AGE {
+            let key = format!("{}/{revision}/{}/{phase}", rollout.name, at.timestamp());
+            self.post_hooks.outcome(&rollout.post_hooks, &key, phase);
+        }
+    }
+
     fn error(&self, class: ErrorClass, rollout: Option<&str>, message: String) {
         self.telemetry.record(Tele::Error {
             class,
