@@ -24,6 +24,8 @@ pub enum Kind {
     Promoted,
     /// The spec went back to an earlier revision while this one ran or after it.
     RolledBack,
+    /// A hook answered other than 2xx, under the failure limit.
+    HookFailed,
 }
 
 impl Kind {
@@ -36,6 +38,7 @@ impl Kind {
             Kind::Aborted => "aborted",
             Kind::Promoted => "promoted",
             Kind::RolledBack => "rolled-back",
+            Kind::HookFailed => "hook-failed",
         }
     }
 
@@ -44,7 +47,9 @@ impl Kind {
     pub fn severity(self) -> Severity {
         match self {
             Kind::Aborted => Severity::Error,
-            Kind::Paused | Kind::AnalysisFailed | Kind::RolledBack => Severity::Warn,
+            Kind::Paused | Kind::AnalysisFailed | Kind::RolledBack | Kind::HookFailed => {
+                Severity::Warn
+            }
             Kind::Started | Kind::Step | Kind::Promoted => Severity::Info,
         }
     }

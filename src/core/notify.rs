@@ -169,30 +169,71 @@ fn every_implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
                     out.push(n);
                 }
                 Progress::Analysing { analysis, .. } => {
-                    let failures: u32 = analysis.metrics.values().map(|m| m.failures).sum();
-                    if failures > 0 {
-                        let failed: Vec<&str> = analysis
-                            .metrics
-                            .iter()
-                            .filter(|(_, m)| m.failures > 0)
-                            .map(|(name, _)| name.as_str())
-                            .collect();
-                        let mut n = make(
-                            Kind::AnalysisFailed,
+                    // A gate not yet open: waiting, as for a person.
+                    let closed: Vec<&str> = analysis
+                        .metrics
+                        .iter()
+                        .filter(|(name, m)| {
+                            name.starts_with("gate:")
+                                && m.recent.last().is_none_or(|x| {
+                                    x.outcome != crate::core::analysis::Outcome::Success
+                                })
+                        })
+                        .map(|(name, _)| name.trim_start_matches("gate:"))
+                        .collect();
+                    if !closed.is_empty() {
+                        out.push(make(
+                            Kind::Paused,
                             r,
                             begun,
                             Some(run.step),
-                            file.updated_at,
+                            run.step_started_at,
                             format!(
-                                "{}: {} failed ({failures} failure{} so far, under the limit)",
+                                "{}: waiting for the gate {} to answer 2xx",
                                 at_step(run.step, run.weight),
-                                failed.join(", "),
-                                if failures == 1 { "" } else { "s" }
+                                closed.join(", ")
                             ),
-                        );
-                        // One notice per failure: the id counts them.
-                        n.id = format!("{}/{failures}", n.id);
-                        out.push(n);
+                        ));
+                    }
+                    // Hooks (`hook:<name>`) are told apart from metrics; gates never fail.
+                    for hooks in [false, true] {
+                        let mine = |name: &str| {
+                            !name.starts_with("gate:") && name.starts_with("hook:") == hooks
+                        };
+                        let failures: u32 = analysis
+                            .metrics
+                            .iter()
+                            .filter(|(name, _)| mine(name))
+                            .map(|(_, m)| m.failures)
+                            .sum();
+                        if failures > 0 {
+                            let failed: Vec<&str> = analysis
+                                .metrics
+                                .iter()
+                                .filter(|(name, m)| mine(name) && m.failures > 0)
+                                .map(|(name, _)| name.as_str())
+                                .collect();
+                            let mut n = make(
+                                if hooks {
+                                    Kind::HookFailed
+                                } else {
+                                    Kind::AnalysisFailed
+                                },
+                                r,
+                                begun,
+                                Some(run.step),
+                                file.updated_at,
+                                format!(
+                                    "{}: {} failed ({failures} failure{} so far, under the limit)",
+                                    at_step(run.step, run.weight),
+                                    failed.join(", "),
+                                    if failures == 1 { "" } else { "s" }
+                                ),
+                            );
+                            // One notice per failure: the id counts them.
+                            n.id = format!("{}/{failures}", n.id);
+                            out.push(n);
+                        }
                     }
                 }
                 _ => {}
@@ -355,5 +396,42 @@ mod tests {
         assert_eq!(implied(&file(aborted.clone(), None), t(31)).len(), 1);
         // An hour and more later (a new data dir): not told.
         assert!(implied(&file(aborted, Some("x")), t(3601)).is_empty());
+    }
+
+    #[test]
+    fn a_closed_gate_is_a_wait_and_a_failed_hook_is_told_apart_from_metrics() {
+        use crate::core::analysis::{AnalysisState, Measurement, MetricState, Outcome};
+        let failed = |name: &str| {
+            let mut m = MetricState {
+                failures: 1,
+                measured: 1,
+                ..MetricState::default()
+            };
+            m.recent.push(Measurement {
+                at: t(20),
+                value: Some(0.0),
+                outcome: Outcome::Failure,
+                samples: None,
+                message: Some("HTTP 503: busy".into()),
+            });
+            (name.to_string(), m)
+        };
+        let Progress::Paused { run, .. } = paused(0, 2) else {
+            unreachable!()
+        };
+        let mut analysis = AnalysisState::new(t(10));
+        analysis.metrics = [failed("gate:go"), failed("hook:smoke")].into();
+        let n = implied(&file(Progress::Analysing { run, analysis }, None), t(30));
+        let kinds: Vec<(Kind, &str)> = n.iter().map(|n| (n.kind, n.text.as_str())).collect();
+        assert_eq!(kinds[2].0, Kind::Paused);
+        assert!(
+            kinds[2]
+                .1
+                .ends_with("waiting for the gate go to answer 2xx"),
+            "{kinds:?}"
+        );
+        assert_eq!(kinds[3].0, Kind::HookFailed);
+        assert!(kinds[3].1.contains("hook:smoke failed"), "{kinds:?}");
+        assert_eq!(n.len(), 4, "no analysis-failed for a gate: {kinds:?}");
     }
 }

@@ -865,10 +865,15 @@ fn hooks(cx: &mut Cx<'_>, rollout: &str, list: &[spec::HookSpec]) -> Vec<Hook> {
     out.into_iter().map(|(h, _)| h).collect()
 }
 
-/// A hook as an analysis metric: 1 when it answered 2xx, which is success.
+/// A hook as an analysis metric: 1 when it answered 2xx, which is success. Named
+/// `gate:<name>` for a `confirm-*` gate, `hook:<name>` otherwise.
 fn hook_metric(hook: &Hook, revision: &Revision, step: usize, weight: Weight) -> Metric {
+    let gate = matches!(
+        hook.kind,
+        HookKind::ConfirmRollout | HookKind::ConfirmTrafficIncrease | HookKind::ConfirmPromotion
+    );
     Metric {
-        name: format!("hook:{}", hook.name),
+        name: format!("{}:{}", if gate { "gate" } else { "hook" }, hook.name),
         provider: crate::core::spec::ProviderKind::Embedded,
         query: String::new(),
         success: crate::core::spec::condition::Condition::parse("result == 1").ok(),

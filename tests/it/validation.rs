@@ -1081,7 +1081,11 @@ steps:
             Step::SetWeight(w) => format!("weight {}", w.get()),
             Step::Analysis(a) => {
                 let names: Vec<&str> = a.metrics.iter().map(|m| m.name.as_str()).collect();
-                format!("{} {}", if a.gate { "gate" } else { "analysis" }, names.join(","))
+                format!(
+                    "{} {}",
+                    if a.gate { "gate" } else { "analysis" },
+                    names.join(",")
+                )
             }
             other => format!("{other:?}"),
         })
@@ -1089,16 +1093,18 @@ steps:
     assert_eq!(
         shape,
         [
-            "gate hook:ready",
+            "gate gate:ready",
             "analysis hook:accept",
-            "gate hook:more",
+            "gate gate:more",
             "weight 20",
             "analysis errors,hook:smoke",
-            "gate hook:ship",
+            "gate gate:ship",
             "weight 100",
         ]
     );
-    let Step::Analysis(more) = &r.steps[2] else { unreachable!() };
+    let Step::Analysis(more) = &r.steps[2] else {
+        unreachable!()
+    };
     assert_eq!(more.interval, Some(Duration::from_secs(5)));
     // `load.steps: [2]` is the analysis as written, now the fifth step.
     assert_eq!(r.load.as_ref().unwrap().steps, Some(vec![4]));
