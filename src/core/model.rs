@@ -583,38 +583,7 @@ pub struct Metric {
     pub hook: Option<Box<Hook>>,
 }
 
-/// What a rollout's hook is for (Flagger's webhook types).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum HookKind {
-    /// Waits, without failing, until it answers 2xx before the rollout starts.
-    ConfirmRollout,
-    /// Before the first canary weight; a failure aborts with no traffic on the canary.
-    PreRollout,
-    /// Waits before each weight increase.
-    ConfirmTrafficIncrease,
-    /// At each analysis measurement; a failure counts like a failed metric.
-    Rollout,
-    /// Waits before the canary takes all traffic.
-    ConfirmPromotion,
-    /// After promotion or abort; a failure is only recorded.
-    PostRollout,
-}
-
-impl HookKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HookKind::ConfirmRollout => "confirm-rollout",
-            HookKind::PreRollout => "pre-rollout",
-            HookKind::ConfirmTrafficIncrease => "confirm-traffic-increase",
-            HookKind::Rollout => "rollout",
-            HookKind::ConfirmPromotion => "confirm-promotion",
-            HookKind::PostRollout => "post-rollout",
-        }
-    }
-}
+pub use crate::core::spec::HookKind;
 
 /// A validated hook: an HTTP call the rollout makes, with what its body names.
 #[derive(Clone, Debug, PartialEq, Eq)]

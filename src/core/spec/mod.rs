@@ -160,6 +160,39 @@ pub struct RolloutSpec {
     pub hooks: Option<Vec<HookSpec>>,
 }
 
+/// What a rollout's hook is for (Flagger's webhook types).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookKind {
+    /// Waits, without failing, until it answers 2xx before the rollout starts.
+    ConfirmRollout,
+    /// Before the first canary weight; a failure aborts with no traffic on the canary.
+    PreRollout,
+    /// Waits before each weight increase.
+    ConfirmTrafficIncrease,
+    /// At each analysis measurement; a failure counts like a failed metric.
+    Rollout,
+    /// Waits before the canary takes all traffic.
+    ConfirmPromotion,
+    /// After promotion or abort; a failure is only recorded.
+    PostRollout,
+}
+
+impl HookKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::ConfirmRollout => "confirm-rollout",
+            HookKind::PreRollout => "pre-rollout",
+            HookKind::ConfirmTrafficIncrease => "confirm-traffic-increase",
+            HookKind::Rollout => "rollout",
+            HookKind::ConfirmPromotion => "confirm-promotion",
+            HookKind::PostRollout => "post-rollout",
+        }
+    }
+}
+
 /// One hook.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -169,7 +202,7 @@ pub struct HookSpec {
     /// `pre-rollout`, `rollout`, `confirm-rollout`, `confirm-traffic-increase`,
     /// `confirm-promotion` or `post-rollout`.
     #[serde(rename = "type")]
-    pub kind: crate::core::model::HookKind,
+    pub kind: HookKind,
     /// An `http://` URL.
     pub url: String,
     /// `POST` (default), `GET` or `PUT`.
