@@ -21,7 +21,7 @@ use crate::support::observe::{
     assert_unknown, blue_green, observe_all_checked, services, weights_of,
 };
 use crate::support::rig::haproxy::Haproxy;
-use crate::support::who::marked_and_sticky;
+use crate::support::who::{Sides, marked_and_sticky};
 use crate::support::world::{
     GATED, TESTERS_FIRST, World, phase, rollout_through, runtime, side_for, verified,
 };
@@ -791,8 +791,7 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
         steps.push((format!("{w}"), routed_at(w)));
     }
     steps.push(("abort".to_string(), split(100, 0)));
-    let mut previous: Vec<Option<String>> = vec![None; USERS];
-    let (mut moved_back, mut not_as_modelled) = (Vec::new(), Vec::new());
+    let mut sides = Sides::new(USERS);
     let mut shares = Vec::new();
     // While the steps change the maps and the weights (up to the abort), a sampler keeps asking
     // for 200 users: none may be seen back on stable once seen on the canary, none may fail.
@@ -871,26 +870,19 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
         for task in tasks {
             let (users, marked, failed) = task.await.unwrap();
             assert!(failed.is_empty(), "{name}: failed requests: {failed:?}");
-            for (u, b) in users {
-                if traffic.sticky.is_some() {
-                    let canary = traffic.backends["green"];
-                    let want = if on_canary(&format!("user-{u}"), canary) {
-                        "green"
-                    } else {
-                        "blue"
-                    };
-                    if b != want {
-                        not_as_modelled.push(format!("user-{u} on {b} at {name}"));
-                    }
-                }
-                if previous[u].as_deref() == Some("green") && b != "green" {
-                    moved_back.push(format!("user-{u} at {name}"));
-                }
-                users_on_canary += usize::from(b == "green");
-                previous[u] = Some(b);
-            }
-            marked_total += marked.len();
-            marked_canary += marked.iter().filter(|b| *b == "green").count();
+            // HAProxy's `crc32,mod(10000)` is the model's bucket.
+            let canary = traffic.backends["green"];
+            let model = |user: &str| on_canary(user, canary);
+            let sticky = traffic.sticky.is_some();
+            let count = sides.step(
+                name,
+                users,
+                &marked,
+                sticky.then_some(&model as &dyn Fn(&str) -> bool),
+            );
+            users_on_canary += count.on_canary;
+            marked_total += count.marked_total;
+            marked_canary += count.marked_canary;
         }
         let share = users_on_canary as f64 * 100.0 / USERS as f64;
         println!(
@@ -919,12 +911,17 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
         }
         if name != "abort" {
             assert!(
-                moved_back.is_empty(),
-                "moved back to stable: {moved_back:?}"
+                sides.moved_back.is_empty(),
+                "moved back to stable: {:?}",
+                sides.moved_back
             );
         }
-        // HAProxy's `crc32,mod(10000)` is the model's bucket: every user where `on_canary` says.
-        assert!(not_as_modelled.is_empty(), "{not_as_modelled:?}");
+        // Every user where `on_canary` says.
+        assert!(
+            sides.not_as_modelled.is_empty(),
+            "{:?}",
+            sides.not_as_modelled
+        );
     }
     println!("haproxy sticky steps: {shares:?}");
 }

@@ -16,7 +16,7 @@ use crate::support::observe::{
     assert_unknown, blue_green, observe_all_checked, services, weights_of,
 };
 use crate::support::rig::nginx::Nginx;
-use crate::support::who::marked_and_sticky;
+use crate::support::who::{Sides, marked_and_sticky};
 use crate::support::world::{World, rollout_through, runtime};
 
 /// Two backends (blue, green) and an NGINX proxying to `upstream checkout`; everything stops
@@ -557,8 +557,7 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
         steps.push((format!("{w}"), routed_at(w)));
     }
     steps.push(("abort".to_string(), traffic(&[("blue", 100), ("green", 0)])));
-    let mut previous: Vec<Option<String>> = vec![None; USERS];
-    let (mut moved_back, mut not_as_modelled) = (Vec::new(), Vec::new());
+    let mut sides = Sides::new(USERS);
     let (mut shares, mut applies) = (Vec::new(), Vec::new());
     let mut failed_total = 0usize;
     // While the steps reload NGINX (up to the abort), a sampler keeps asking for 200 users.
@@ -675,26 +674,20 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
         for task in tasks {
             let (users, marked, failed) = task.await.unwrap();
             failed_here.extend(failed);
-            for (u, b) in users {
-                if t.sticky.is_some() {
-                    // NGINX's MurmurHash2 split, not canaryd's crc32 bucket.
-                    let want = if maps::on_canary(&format!("user-{u}"), t.backends["green"]) {
-                        "green"
-                    } else {
-                        "blue"
-                    };
-                    if b != want {
-                        not_as_modelled.push(format!("user-{u} on {b} at {name}"));
-                    }
-                }
-                if previous[u].as_deref() == Some("green") && b != "green" {
-                    moved_back.push(format!("user-{u} at {name}"));
-                }
-                users_on_canary += usize::from(b == "green");
-                previous[u] = Some(b);
-            }
-            marked_total += marked.len();
-            marked_canary += marked.iter().filter(|b| *b == "green").count();
+            // NGINX's MurmurHash2 split, not canaryd's crc32 bucket.
+            let canary = t.backends["green"];
+            let model = |user: &str| maps::on_canary(user, canary);
+            let count = sides.step(
+                name,
+                users,
+                &marked,
+                t.sticky
+                    .is_some()
+                    .then_some(&model as &dyn Fn(&str) -> bool),
+            );
+            users_on_canary += count.on_canary;
+            marked_total += count.marked_total;
+            marked_canary += count.marked_canary;
         }
         failed_total += failed_here.len();
         let share = users_on_canary as f64 * 100.0 / USERS as f64;
@@ -727,11 +720,16 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
                 );
             }
             assert!(
-                moved_back.is_empty(),
-                "moved back to stable: {moved_back:?}"
+                sides.moved_back.is_empty(),
+                "moved back to stable: {:?}",
+                sides.moved_back
             );
         }
-        assert!(not_as_modelled.is_empty(), "{not_as_modelled:?}");
+        assert!(
+            sides.not_as_modelled.is_empty(),
+            "{:?}",
+            sides.not_as_modelled
+        );
     }
     applies.sort();
     println!(
