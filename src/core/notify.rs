@@ -300,35 +300,18 @@ fn every_implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
 mod tests {
     use super::*;
     use crate::core::analysis::Evidence;
-    use crate::core::progress::{Run, Status};
+    use crate::core::progress::Run;
 
     fn t(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
     }
 
     fn file(progress: Progress, revert: Option<&str>) -> StatusFile {
-        StatusFile {
-            status: Status {
-                rollout: "checkout".into(),
-                progress,
-                promoted: Vec::new(),
-                aborted: Vec::new(),
-                last_gate: None,
-                drift: None,
-            },
-            spec_commit: None,
-            file: None,
-            revert: revert.map(str::to_string),
-            revert_pr: None,
-            steps: 4,
-            desired: BTreeMap::new(),
-            routes: Vec::new(),
-            sticky: None,
-            live: None,
-            router_error: None,
-            analysis: Vec::new(),
-            updated_at: t(100),
-        }
+        let mut f = StatusFile::new("checkout", t(100));
+        f.status.progress = progress;
+        f.revert = revert.map(str::to_string);
+        f.steps = 4;
+        f
     }
 
     fn paused(started: i64, step: usize) -> Progress {

@@ -86,35 +86,16 @@ mod tests {
     use super::*;
     use crate::core::analysis::Evidence;
     use crate::core::model::Weight;
-    use crate::core::progress::Status;
 
     fn at() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
     }
 
     fn file(progress: Progress) -> StatusFile {
-        StatusFile {
-            status: Status {
-                rollout: "checkout".into(),
-                progress,
-                promoted: Vec::new(),
-                aborted: Vec::new(),
-                last_gate: None,
-                drift: None,
-            },
-            spec_commit: None,
-            file: None,
-            revert: None,
-            revert_pr: None,
-            steps: 4,
-            desired: Default::default(),
-            routes: Vec::new(),
-            sticky: None,
-            live: None,
-            router_error: None,
-            analysis: Vec::new(),
-            updated_at: at(),
-        }
+        let mut f = StatusFile::new("checkout", at());
+        f.status.progress = progress;
+        f.steps = 4;
+        f
     }
 
     fn rev(s: &str) -> Revision {
