@@ -66,7 +66,10 @@ pub fn analyses(rollout: &Rollout) -> Vec<(String, &Analysis)> {
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match s {
-            Step::Analysis(a) => Some((format!("step {}", i + 1), a)),
+            // The hooks' own steps (gates, pre-rollout calls) are not analyses to try.
+            Step::Analysis(a) if a.metrics.iter().any(|m| m.hook.is_none()) => {
+                Some((format!("step {}", i + 1), a))
+            }
             _ => None,
         })
         .collect();
@@ -76,7 +79,8 @@ pub fn analyses(rollout: &Rollout) -> Vec<(String, &Analysis)> {
     out
 }
 
-/// Measures every metric of every analysis of `rollout` once, as of `now`. No router is
+/// Measures every metric of every analysis of `rollout` once, as of `now`; hooks are not
+/// called (they may start tests or tell people). No router is
 /// connected: the only provider that needs one is the embedded router's counters, which live in
 /// the daemon that runs it (connecting here would start a second router), and those metrics say
 /// so.
@@ -90,7 +94,8 @@ pub async fn analyze(
     for (label, a) in analyses(rollout) {
         let window = a.window();
         let mut metrics = Vec::new();
-        for metric in &a.metrics {
+        // A hook is never called from here: it may start tests or tell people.
+        for metric in a.metrics.iter().filter(|m| m.hook.is_none()) {
             let (_, value) = provider::take(metric, target, None, window, providers, now).await;
             metrics.push(value);
         }
