@@ -42,6 +42,7 @@ fn every_valid_example_lints_clean() {
             "cart",
             "checkout",
             "inventory",
+            "ledger",
             "payments",
             "profile",
             "recommendations",
