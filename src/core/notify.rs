@@ -63,14 +63,17 @@ pub struct Notice {
 /// The notices `file` implies as of `now`, oldest event first. A notice whose event is more
 /// than [`MAX_AGE`] old is not implied: a new data dir (or a daemon down for long) does not
 /// tell old news.
-pub fn implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
-    let mut out = every_implied(file, now);
+///
+/// `with_pr`: a forge opens a revert pull request after an abort, so the abort is told with its
+/// link (or without, after [`REVERT_GRACE`]).
+pub fn implied(file: &StatusFile, now: DateTime<Utc>, with_pr: bool) -> Vec<Notice> {
+    let mut out = every_implied(file, now, with_pr);
     out.retain(|n| now - n.at <= MAX_AGE);
     out
 }
 
 /// [`implied`] without the age limit.
-fn every_implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
+fn every_implied(file: &StatusFile, now: DateTime<Utc>, with_pr: bool) -> Vec<Notice> {
     let progress = &file.status.progress;
     let rollout = &file.status.rollout;
     // `run`: when the run (or the outcome) happened, so that the same revision run again (a
@@ -246,8 +249,10 @@ fn every_implied(file: &StatusFile, now: DateTime<Utc>) -> Vec<Notice> {
             step,
             weight,
         } => {
-            // Told with its revert branch, which the same look normally pushes.
-            if file.revert.is_some() || now - *at >= REVERT_GRACE {
+            // Told with its revert branch, which the same look normally pushes, and its pull
+            // request when a forge opens one.
+            let ready = file.revert.is_some() && (!with_pr || file.revert_pr.is_some());
+            if ready || now - *at >= REVERT_GRACE {
                 let mut n = make(
                     Kind::Aborted,
                     revision,
@@ -340,7 +345,7 @@ mod tests {
 
     #[test]
     fn a_run_implies_its_start_its_step_and_its_wait_under_ids_of_that_run() {
-        let first = implied(&file(paused(0, 1), None), t(60));
+        let first = implied(&file(paused(0, 1), None), t(60), false);
         assert_eq!(
             ids(&first),
             [
@@ -352,7 +357,7 @@ mod tests {
         assert_eq!(first[2].severity, Severity::Warn);
         assert_eq!(first[2].step, Some(2));
         // The same revision run again later (after a revert): told again.
-        let again = implied(&file(paused(500, 1), None), t(560));
+        let again = implied(&file(paused(500, 1), None), t(560), false);
         assert!(ids(&again).iter().all(|id| id.contains("/1800000500/")));
     }
 
@@ -365,20 +370,31 @@ mod tests {
             step: 1,
             weight: Weight::new(20).unwrap(),
         };
-        assert!(implied(&file(aborted.clone(), None), t(5)).is_empty());
+        assert!(implied(&file(aborted.clone(), None), t(5), false).is_empty());
         let told = implied(
             &file(aborted.clone(), Some("canaryd/revert/checkout/b")),
             t(5),
+            false,
         );
+        // With a forge, it waits for the pull request's link too (up to the grace).
+        let branch_only = file(aborted.clone(), Some("canaryd/revert/checkout/b"));
+        assert!(implied(&branch_only, t(5), true).is_empty());
+        let mut with_pr = branch_only.clone();
+        with_pr.revert_pr = Some("https://github.com/o/r/pull/7".into());
+        assert_eq!(
+            implied(&with_pr, t(5), true)[0].revert_pr.as_deref(),
+            Some("https://github.com/o/r/pull/7")
+        );
+        assert_eq!(implied(&branch_only, t(31), true).len(), 1);
         assert_eq!(ids(&told), ["checkout/b/1800000000/aborted"]);
         assert_eq!(
             told[0].revert_branch.as_deref(),
             Some("canaryd/revert/checkout/b")
         );
         // Without a branch after the grace: told anyway.
-        assert_eq!(implied(&file(aborted.clone(), None), t(31)).len(), 1);
+        assert_eq!(implied(&file(aborted.clone(), None), t(31), false).len(), 1);
         // An hour and more later (a new data dir): not told.
-        assert!(implied(&file(aborted, Some("x")), t(3601)).is_empty());
+        assert!(implied(&file(aborted, Some("x")), t(3601), false).is_empty());
     }
 
     #[test]
@@ -404,7 +420,11 @@ mod tests {
         };
         let mut analysis = AnalysisState::new(t(10));
         analysis.metrics = [failed("gate:go"), failed("hook:smoke")].into();
-        let n = implied(&file(Progress::Analysing { run, analysis }, None), t(30));
+        let n = implied(
+            &file(Progress::Analysing { run, analysis }, None),
+            t(30),
+            false,
+        );
         let kinds: Vec<(Kind, &str)> = n.iter().map(|n| (n.kind, n.text.as_str())).collect();
         assert_eq!(kinds[2].0, Kind::Paused);
         assert!(

@@ -543,7 +543,8 @@ impl Daemon {
                 self.tell_forge(&catalog.rollouts[i], &snapshot.head, &w.in_git)
                     .await;
                 if let Some(n) = &mut self.notifier {
-                    let notices = crate::core::notify::implied(&w.in_git, now);
+                    let notices =
+                        crate::core::notify::implied(&w.in_git, now, self.outbox.is_some());
                     n.tell(catalog.rollouts[i].notify.as_deref(), notices);
                 }
             }
