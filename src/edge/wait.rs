@@ -13,6 +13,9 @@ use crate::core::wait::{Failure, Seen, Verdict, verdict};
 use crate::edge::clock;
 use crate::edge::git::{GitError, Mirror};
 
+/// How long an abort waits for its revert branch before it is told without one.
+const REVERT_WAIT: Duration = Duration::from_secs(5);
+
 /// Which revision to wait for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Awaited {
@@ -106,6 +109,8 @@ pub fn wait(
     let mut announced = false;
     let mut seen_before = false;
     let mut last: Option<StatusFile> = None;
+    // When an abort seen without its revert branch is told anyway.
+    let mut aborted_seen: Option<tokio::time::Instant> = None;
     loop {
         match look(mirror, known, name, awaited, &mut want) {
             Ok(Some((commit, errors))) => {
@@ -171,6 +176,13 @@ pub fn wait(
                 let (revision, status) = (revision.clone(), Box::new(s.clone()));
                 match v {
                     Verdict::Done => return Ok(Ended::Done { revision, status }),
+                    // An abort is told with its revert branch, which the daemon pushes right
+                    // after it (a status commit or two later), or without it after a while.
+                    Verdict::Failed(Failure::Aborted)
+                        if status.revert.is_none()
+                            && clock::instant()
+                                < *aborted_seen
+                                    .get_or_insert_with(|| clock::instant() + REVERT_WAIT) => {}
                     Verdict::Failed(why) => {
                         return Ok(Ended::Failed {
                             revision,
