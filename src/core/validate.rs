@@ -775,11 +775,14 @@ fn hooks(cx: &mut Cx<'_>, rollout: &str, list: &[spec::HookSpec]) -> Vec<Hook> {
             );
         }
         let url = h.url.trim();
-        let rest = url.strip_prefix("http://").unwrap_or("");
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .unwrap_or("");
         if rest.is_empty() || rest.starts_with('/') || url.chars().any(char::is_whitespace) {
             cx.error(
                 &format!("{at}.url"),
-                format!("`{url}` is not an http:// URL"),
+                format!("`{url}` is not an http:// or https:// URL"),
                 "e.g. `http://tests.shop.svc:8080/run`",
             );
         }

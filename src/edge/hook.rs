@@ -37,8 +37,8 @@ pub struct Answer {
     pub evidence: String,
 }
 
-/// Calls `hook` in `phase` (its tries included).
-pub async fn call(client: &reqwest::Client, hook: &Hook, phase: &str) -> Answer {
+/// Calls `hook` in `phase` (its tries included), over `http://` or `https://`.
+pub async fn call(client: &crate::edge::https::Client, hook: &Hook, phase: &str) -> Answer {
     let body = json!({
         "hook": hook.name,
         "type": hook.kind.as_str(),
@@ -71,8 +71,7 @@ pub async fn call(client: &reqwest::Client, hook: &Hook, phase: &str) -> Answer 
         Some(s) if !s.expose().is_empty() => text.replace(s.expose(), "***"),
         _ => text,
     };
-    let method =
-        reqwest::Method::from_bytes(hook.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let method = hyper::Method::from_bytes(hook.method.as_bytes()).unwrap_or(hyper::Method::POST);
     let mut last = Answer {
         ok: false,
         evidence: "not called".to_string(),
@@ -81,10 +80,11 @@ pub async fn call(client: &reqwest::Client, hook: &Hook, phase: &str) -> Answer 
         if attempt > 0 {
             tokio::time::sleep(RETRY_PAUSE).await;
         }
-        let mut request = client
-            .request(method.clone(), &hook.url)
-            .timeout(hook.timeout)
+        let mut request = hyper::Request::builder()
+            .method(method.clone())
+            .uri(&hook.url)
             .header("content-type", "application/json")
+            .header("user-agent", concat!("canaryd/", env!("CARGO_PKG_VERSION")))
             .header("x-canaryd-hook", hook.kind.as_str());
         if let Some(s) = &secret {
             let mut mac = crate::edge::webhook::hmac_sha256(s.expose().as_bytes());
@@ -98,21 +98,31 @@ pub async fn call(client: &reqwest::Client, hook: &Hook, phase: &str) -> Answer 
             request = request.header("x-canaryd-signature-256", format!("sha256={hex}"));
         }
         for (k, v) in &hook.headers {
-            request = request.header(k, v);
+            request = request.header(k.as_str(), v.as_str());
         }
-        last = match request.body(body.clone()).send().await {
-            Ok(resp) => {
-                let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
+        let request = match request.body(http_body_util::Full::new(hyper::body::Bytes::from(
+            body.clone(),
+        ))) {
+            Ok(r) => r,
+            Err(e) => {
+                return Answer {
+                    ok: false,
+                    evidence: format!("cannot build the request: {e}"),
+                };
+            }
+        };
+        last = match crate::edge::https::send(client, request, hook.timeout).await {
+            Ok(answer) => {
+                let text = String::from_utf8_lossy(&answer.body);
                 let excerpt: String = text.trim().chars().take(EXCERPT).collect();
                 Answer {
-                    ok: status.is_success(),
-                    evidence: scrub(format!("HTTP {}: {excerpt}", status.as_u16())),
+                    ok: answer.status.is_success(),
+                    evidence: scrub(format!("HTTP {}: {excerpt}", answer.status.as_u16())),
                 }
             }
             Err(e) => Answer {
                 ok: false,
-                evidence: scrub(format!("no answer: {}", innermost(&e))),
+                evidence: scrub(format!("no answer: {e}")),
             },
         };
         if last.ok {
@@ -122,21 +132,12 @@ pub async fn call(client: &reqwest::Client, hook: &Hook, phase: &str) -> Answer 
     last
 }
 
-/// The innermost cause of a request error (`connection refused`), which names no secret.
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut inner = e;
-    while let Some(next) = inner.source() {
-        inner = next;
-    }
-    inner.to_string()
-}
-
 /// Calls post-rollout hooks once per outcome, off the loop.
 #[derive(Debug)]
 pub struct PostHooks {
     path: PathBuf,
     called: Arc<Mutex<BTreeSet<String>>>,
-    client: reqwest::Client,
+    client: crate::edge::https::Client,
     telemetry: Arc<Telemetry>,
     shutdown: CancellationToken,
 }
@@ -144,6 +145,7 @@ pub struct PostHooks {
 impl PostHooks {
     pub fn new(
         data_dir: &Path,
+        client: crate::edge::https::Client,
         telemetry: Arc<Telemetry>,
         shutdown: CancellationToken,
     ) -> PostHooks {
@@ -158,7 +160,7 @@ impl PostHooks {
         PostHooks {
             path,
             called: Arc::new(Mutex::new(called)),
-            client: reqwest::Client::new(),
+            client,
             telemetry,
             shutdown,
         }

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod forge;
 pub mod git;
 pub mod hook;
+pub mod https;
 pub mod listener;
 pub mod live;
 pub mod load;

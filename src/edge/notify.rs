@@ -20,11 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::Mac as _;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -131,16 +128,11 @@ impl Notifier {
         let journal = Journal::open(&data_dir.join(JOURNAL))?;
         let handed = journal.sent.clone();
         let (tx, rx) = mpsc::unbounded_channel();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| format!("notifications: cannot load the system's CA certificates: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let client = crate::edge::https::client().map_err(|e| format!("notifications: {e}"))?;
         let worker = Worker {
             sender: Arc::new(Sender {
                 sinks: config.sinks.clone(),
-                client: Client::builder(TokioExecutor::new()).build(connector),
+                client,
                 status_command,
             }),
             journal,
@@ -230,7 +222,7 @@ impl Journal {
 /// Sends deliveries; shared by the tasks the worker spawns.
 struct Sender {
     sinks: BTreeMap<String, SinkConfig>,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: crate::edge::https::Client,
     status_command: String,
 }
 
@@ -419,54 +411,23 @@ impl Sender {
                 return Tried::Refused(format!("{} sink: bad request: {e}", sink.kind()));
             }
         };
-        let answer = tokio::time::timeout(SEND_TIMEOUT, async {
-            let resp = self.client.request(request).await?;
-            let status = resp.status();
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
-            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, body.ok()))
-        })
-        .await;
-        match answer {
-            Err(_) => Tried::Retry(None, format!("no answer in {} s", SEND_TIMEOUT.as_secs())),
-            Ok(Err(e)) => Tried::Retry(
-                None,
-                scrub(format!("cannot reach the sink: {}", causes(&e))),
-            ),
-            Ok(Ok((status, retry_after, body))) => {
+        match crate::edge::https::send(&self.client, request, SEND_TIMEOUT).await {
+            Err(e) => Tried::Retry(None, scrub(format!("cannot reach the sink: {e}"))),
+            Ok(answer) => {
                 // A short excerpt of the answer, for the error message, secrets scrubbed.
-                let excerpt = scrub(
-                    body.map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).to_string())
-                        .unwrap_or_default(),
-                );
-                let code = status.as_u16();
-                if status.is_success() {
+                let b = &answer.body;
+                let excerpt = scrub(String::from_utf8_lossy(&b[..b.len().min(200)]).to_string());
+                let code = answer.status.as_u16();
+                if answer.status.is_success() {
                     Tried::Sent
-                } else if code == 408 || code == 429 || status.is_server_error() {
-                    Tried::Retry(retry_after, format!("answered {code} {excerpt}"))
+                } else if code == 408 || code == 429 || answer.status.is_server_error() {
+                    Tried::Retry(answer.retry_after, format!("answered {code} {excerpt}"))
                 } else {
                     Tried::Refused(format!("answered {code} {excerpt}"))
                 }
             }
         }
     }
-}
-
-/// An error and its causes, `outer: inner` (hyper's own message says only "client error").
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// The URL, the secrets to scrub, the signing key and the extra headers of a sink, read now.

@@ -68,8 +68,9 @@ impl MetricsProvider for Prometheus {
 pub struct Providers {
     /// The `prometheus` provider.
     pub prometheus: Option<Arc<dyn MetricsProvider>>,
-    /// The client hooks are called with.
-    pub http: reqwest::Client,
+    /// The client hooks are called with (`None`: the system's CA certificates could not be
+    /// loaded; hooks then fail with that reason).
+    pub http: Option<crate::edge::https::Client>,
 }
 
 impl Providers {
@@ -85,7 +86,7 @@ impl Providers {
             .map_err(|e| format!("prometheus: {e}"))?;
         Ok(Providers {
             prometheus: prometheus.map(|p| Arc::new(p) as Arc<dyn MetricsProvider>),
-            http: reqwest::Client::new(),
+            http: crate::edge::https::client().ok(),
         })
     }
 
@@ -206,7 +207,10 @@ pub async fn measure(
         return judge_once(j, target, router, window, providers, now).await;
     }
     if let Some(hook) = &metric.hook {
-        let answer = crate::edge::hook::call(&providers.http, hook, "analysing").await;
+        let Some(client) = &providers.http else {
+            return Err("no HTTP client: the system's CA certificates cannot be loaded".into());
+        };
+        let answer = crate::edge::hook::call(client, hook, "analysing").await;
         return Ok(Taken {
             reading: Reading::value(Some(if answer.ok { 1.0 } else { 0.0 })),
             note: Some(answer.evidence),

@@ -1120,10 +1120,10 @@ hooks:
     check(
         "steps: [{setWeight: 10}]
 hooks:
-  - {name: a, type: rollout, url: \"https://x/\", method: PATCH, secret: {file: /s, env: S}}
-  - {name: a, type: pre-rollout, url: \"http://x/\"}",
+  - {name: a, type: rollout, url: \"ftp://x/\", method: PATCH, secret: {file: /s, env: S}}
+  - {name: a, type: pre-rollout, url: \"https://x/\"}",
         &[
-            ("spec.hooks[0].url", "not an http:// URL"),
+            ("spec.hooks[0].url", "not an http:// or https:// URL"),
             ("spec.hooks[0].method", "PATCH"),
             ("spec.hooks[0].secret", "exactly one of"),
             ("spec.hooks[1].name", "another hook is named `a`"),

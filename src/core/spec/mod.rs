@@ -203,7 +203,7 @@ pub struct HookSpec {
     /// `confirm-promotion` or `post-rollout`.
     #[serde(rename = "type")]
     pub kind: HookKind,
-    /// An `http://` URL.
+    /// An `http://` or `https://` URL (the system's CA certificates are trusted).
     pub url: String,
     /// `POST` (default), `GET` or `PUT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

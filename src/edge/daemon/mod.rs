@@ -269,6 +269,7 @@ pub async fn run(
     };
     let post_hooks = crate::edge::hook::PostHooks::new(
         &settings.data_dir,
+        crate::edge::https::client().map_err(DaemonError::Notify)?,
         admin.telemetry.clone(),
         shutdown.clone(),
     );
