@@ -18,6 +18,9 @@ use canaryd::edge::wait::{Awaited, Ended, Event, wait};
 
 use super::{ConfigArgs, DEFAULT_STATUS_BRANCH, emit};
 
+/// How long past `--timeout` a read of the repository that hangs is waited for.
+const HANG_GRACE: Duration = Duration::from_secs(10);
+
 #[derive(Args)]
 #[command(mut_arg("config", |a| a.help(
     "Controller configuration: `gitAuth` for a remote `--repo`, and the routers specs may name"
@@ -91,30 +94,51 @@ pub fn run(args: WaitArgs) -> Result<u8> {
     let say = |line: String| {
         let _ = emit(&format!("{line}\n"));
     };
-    let ended = wait(
-        &mirror,
-        &config.known(),
-        name,
-        &awaited,
-        timeout,
-        every,
-        |event| match event {
-            Event::Awaiting { revision, commit } => say(format!(
-                "waiting for {name} revision {revision}{} on {}",
-                commit
-                    .map(|c| format!(" (commit {})", short(c)))
-                    .unwrap_or_default(),
-                redact(&url)
-            )),
-            Event::Status(s) => say(format!(
-                "{} {name}: {}",
-                clock::wall().format("%H:%M:%S"),
-                canaryd::view::status::line(s, clock::wall())
-            )),
-            Event::Retrying(why) => eprintln!("warning: {why}; trying again"),
-        },
-    )
-    .with_context(|| format!("cannot wait for {name}"))?;
+    // The wait runs on its own thread, so that a fetch that hangs cannot hold the command
+    // past its timeout.
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let (name, url, known) = (name.clone(), url.clone(), config.known());
+        std::thread::spawn(move || {
+            let say = |line: String| {
+                let _ = emit(&format!("{line}\n"));
+            };
+            let ended = wait(
+                &mirror,
+                &known,
+                &name,
+                &awaited,
+                timeout,
+                every,
+                |event| match event {
+                    Event::Awaiting { revision, commit } => say(format!(
+                        "waiting for {name} revision {revision}{} on {}",
+                        commit
+                            .map(|c| format!(" (commit {})", short(c)))
+                            .unwrap_or_default(),
+                        redact(&url)
+                    )),
+                    Event::Status(s) => say(format!(
+                        "{} {name}: {}",
+                        clock::wall().format("%H:%M:%S"),
+                        canaryd::view::status::line(s, clock::wall())
+                    )),
+                    Event::Retrying(why) => eprintln!("warning: {why}; trying again"),
+                },
+            );
+            let _ = tx.send(ended);
+        });
+    }
+    let ended = match rx.recv_timeout(timeout + HANG_GRACE) {
+        Ok(ended) => ended.with_context(|| format!("cannot wait for {name}"))?,
+        Err(_) => {
+            eprintln!(
+                "error: {name}: no decision within {}: the repository stopped answering",
+                args.timeout
+            );
+            return Ok(2);
+        }
+    };
     let (code, text) = match ended {
         Ended::Done { revision, .. } => (0, format!("{name}: revision {revision} is live")),
         Ended::Failed {

@@ -228,3 +228,27 @@ fn status_watch_draws_the_status_again_every_two_seconds() {
     );
     assert!(last.contains("canary ████░░░░░░░░░░░░░░░░ 20%"), "{last}");
 }
+
+#[test]
+fn wait_exits_2_on_time_when_the_repository_never_answers() {
+    let rt = crate::support::world::runtime();
+    let silent = rt.block_on(crate::support::net::Silent::start());
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["wait", "checkout", "--timeout", "1s", "--repo"])
+        .arg(format!("http://{}/shop.git", silent.addr))
+        .env_remove("CANARYD_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, out, err, _) = finished(child, 30);
+    let took = started.elapsed();
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("error: checkout: no decision within 1s"),
+        "{err}"
+    );
+    // The timeout, and the grace a hanging read is given: not a fetch's own minutes.
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
