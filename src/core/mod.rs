@@ -5,6 +5,7 @@
 pub mod analysis;
 pub mod audience;
 pub mod diag;
+pub mod express;
 pub mod judge;
 pub mod limits;
 pub mod load;

@@ -1205,6 +1205,36 @@ fn router_can(cx: &mut Cx<'_>, field: &str, what: &str, can: fn(RouterKind) -> b
     }
 }
 
+/// Whether the rollout's router kind can match `c`; an error at `field` naming why, and the
+/// kinds that can, when it cannot.
+fn expressible(cx: &mut Cx<'_>, field: &str, c: &Criterion) -> bool {
+    let Some(kind) = cx.router else {
+        return true;
+    };
+    let Some(why) = crate::core::express::refusal(kind, c) else {
+        return true;
+    };
+    let others: Vec<&str> = RouterKind::ALL
+        .into_iter()
+        .filter(|k| {
+            *k != kind
+                && k.can_route()
+                && (c.on != Field::Cookie || k.can_route_by_cookie())
+                && crate::core::express::refusal(*k, c).is_none()
+        })
+        .map(RouterKind::as_str)
+        .collect();
+    cx.error(
+        field,
+        format!("router kind `{}` cannot match this: {why}", kind.as_str()),
+        format!(
+            "rewrite the criterion, or route on a router that can: {}",
+            others.join(", ")
+        ),
+    );
+    false
+}
+
 /// A `setHeaderRoute` step: its matches checked and compiled (`before`: the steps so far, to
 /// warn about removing a route never set).
 fn header_route(
@@ -1256,11 +1286,14 @@ fn header_route(
         match (&m.header_name, &m.header_value) {
             (Some(name), Some(value)) => {
                 if let Some(value) = pattern(cx, &format!("{at}.headerValue"), value) {
-                    all.push(Criterion {
+                    let c = Criterion {
                         on: Field::Header,
                         name: name.clone(),
                         value,
-                    });
+                    };
+                    if expressible(cx, &format!("{at}.headerValue"), &c) {
+                        all.push(c);
+                    }
                 }
             }
             (None, None) => {}
@@ -1292,12 +1325,16 @@ fn header_route(
                 continue;
             }
             for (name, value) in map {
-                if let Some(value) = pattern(cx, &format!("{at}.{key}.{name}"), value) {
-                    all.push(Criterion {
+                let field = format!("{at}.{key}.{name}");
+                if let Some(value) = pattern(cx, &field, value) {
+                    let c = Criterion {
                         on,
                         name: name.clone(),
                         value,
-                    });
+                    };
+                    if expressible(cx, &field, &c) {
+                        all.push(c);
+                    }
                 }
             }
         }

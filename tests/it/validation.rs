@@ -1130,3 +1130,62 @@ hooks:
         ],
     );
 }
+
+#[test]
+fn lint_refuses_what_the_rollouts_router_cannot_read_with_the_line() {
+    let doc = |kind: &str, spec: &str, entry: &str| {
+        format!(
+            "apiVersion: canaryd.dev/v1alpha1
+kind: Router
+metadata: {{name: lb}}
+spec: {{kind: {kind}, {spec}}}
+---
+apiVersion: canaryd.dev/v1alpha1
+kind: Rollout
+metadata: {{name: web}}
+spec:
+  router: lb
+  service: web
+  stable: {{name: blue}}
+  canary: {{name: green}}
+  steps:
+  - setHeaderRoute: {{name: t, match: [{entry}]}}
+  - setWeight: 10
+"
+        )
+    };
+    let nginx = "upstreamFile: /tmp/u.conf, config: /tmp/n.conf, backends: {blue: \"127.0.0.1:1\", green: \"127.0.0.1:2\"}";
+    let traefik = "api: \"http://127.0.0.1:1\", dynamicFile: /tmp/d.yml, backends: {blue: \"http://127.0.0.1:1\", green: \"http://127.0.0.1:2\"}";
+    for (kind, spec, entry, field, says) in [
+        (
+            "nginx",
+            nginx,
+            "{headers: {\"X:Canary\": {exact: a}}}",
+            "spec.steps[0].setHeaderRoute.match[0].headers.X:Canary",
+            "nginx reads `X:Canary` through a variable",
+        ),
+        (
+            "traefik",
+            traefik,
+            "{cookies: {tier: {regex: \"\\\\bgold\"}}}",
+            "spec.steps[0].setHeaderRoute.match[0].cookies.tier",
+            "cookie `tier` by regex",
+        ),
+    ] {
+        let text = doc(kind, spec, entry);
+        let (catalog, diags) = validate::validate_texts(&[("rollouts/web.yaml", &text)]);
+        let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+        assert_eq!(errors.len(), 1, "{kind}: {errors:#?}");
+        let e = errors[0];
+        assert_eq!(e.field, field, "{e:#?}");
+        assert_eq!(e.position.line, 15, "{e:#?}");
+        assert!(
+            e.message
+                .starts_with(&format!("router kind `{kind}` cannot match this: "))
+                && e.message.contains(says),
+            "{e:#?}"
+        );
+        assert!(e.help.as_deref().unwrap().contains("embedded"), "{e:#?}");
+        assert!(catalog.invalid.contains_key("web"));
+    }
+}
