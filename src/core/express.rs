@@ -67,7 +67,7 @@ pub fn refusal(kind: RouterKind, c: &Criterion) -> Option<String> {
 }
 
 /// Whether `regex` uses `\A`, `\z`, `\Z` or `\G`.
-fn anchors_to_subject(regex: &str) -> bool {
+pub fn anchors_to_subject(regex: &str) -> bool {
     let b = regex.as_bytes();
     let mut i = 0;
     while i + 1 < b.len() {

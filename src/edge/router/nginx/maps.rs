@@ -63,6 +63,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use crate::core::express::anchors_to_subject;
 use crate::core::model::{
     Criterion, Field, Match, Observed, Pattern, Route, Sticky, Traffic, Weight,
 };
@@ -289,24 +290,6 @@ fn group_end(text: &str) -> Option<usize> {
         }
     }
     None
-}
-
-/// Whether `regex` uses an escape that anchors to the whole subject (`\A`, `\z`, `\Z`, `\G`),
-/// which in the composite key would be the key's ends and not the value's.
-fn anchors_to_subject(regex: &str) -> bool {
-    let b = regex.as_bytes();
-    let mut i = 0;
-    while i + 1 < b.len() {
-        if b[i] == b'\\' {
-            if matches!(b[i + 1], b'A' | b'z' | b'Z' | b'G') {
-                return true;
-            }
-            i += 2;
-        } else {
-            i += 1;
-        }
-    }
-    false
 }
 
 /// A route name inside a PCRE comment: `%`, `)` and control characters as `%XX`.
