@@ -879,6 +879,30 @@ async fn routes_and_the_sticky_key_are_read_back_as_applied() {
         Pattern::Prefix("off".to_string())
     );
     apply_settled(&fx, &router, &all_green).await;
+    // So is green's own upstream pointed elsewhere by hand: the routes to it read as not
+    // canaryd's.
+    let text = std::fs::read_to_string(fx.nginx.upstreams()).unwrap();
+    let green = fx.nginx.backends["green"].clone();
+    let edited = text.replacen(
+        &format!("checkout__green {{\n    server {green};"),
+        "checkout__green {\n    server 127.0.0.1:9;",
+        1,
+    );
+    assert_ne!(edited, text, "{text}");
+    std::fs::write(fx.nginx.upstreams(), edited).unwrap();
+    let drifted = router.observe("checkout").await.unwrap();
+    assert!(
+        drifted
+            .routes
+            .iter()
+            .filter(|r| r.backend == "green")
+            .all(|r| r.name.ends_with("(not as canaryd wrote it: upstream checkout__green edited)")),
+        "{:?}",
+        drifted.routes
+    );
+    assert_ne!(drifted.routes, all_green.routes);
+    apply_settled(&fx, &router, &all_green).await;
+    assert_eq!(router.observe("checkout").await.unwrap().routes, all_green.routes);
     // Clearing: no routes, no key; the variable stays, naming the weighted upstream.
     apply_settled(&fx, &router, &traffic(&[("blue", 100), ("green", 0)])).await;
     for _ in 0..4 {

@@ -480,6 +480,32 @@ impl Inner {
             .map_err(|e| self.setup(format!("{} {e}", self.file_subject())))?;
         observed.routes = routes;
         observed.sticky = sticky;
+        // A backend's own upstream (what routes and the sticky split send to) edited by hand
+        // to point elsewhere: the routes to it, and the split, read as not what canaryd wrote,
+        // which is drift.
+        let moved: Vec<&str> = blocks
+            .iter()
+            .filter_map(|b| b.upstream.as_ref())
+            .filter_map(|u| {
+                let backend = u.name.strip_prefix(&maps::backend_upstream(service, ""))?;
+                let want = self.backends.get(backend);
+                let as_written =
+                    matches!(u.servers.as_slice(), [s] if Some(&s.address) == want && s.weight > 0);
+                (!as_written).then_some(backend)
+            })
+            .collect();
+        if !moved.is_empty() {
+            for r in &mut observed.routes {
+                if moved.contains(&r.backend.as_str()) {
+                    r.name = format!(
+                        "{} (not as canaryd wrote it: upstream {} edited)",
+                        r.name,
+                        maps::backend_upstream(service, &r.backend)
+                    );
+                }
+            }
+            observed.sticky = None;
+        }
         Ok(observed)
     }
 
