@@ -21,7 +21,7 @@ use crate::support::observe::{
     assert_unknown, blue_green, observe_all_checked, services, weights_of,
 };
 use crate::support::rig::haproxy::Haproxy;
-use crate::support::who::{Sides, marked_and_sticky};
+use crate::support::who::{Sides, StepCount, marked_and_sticky};
 use crate::support::world::{
     GATED, TESTERS_FIRST, World, phase, rollout_through, runtime, side_for, verified,
 };
@@ -866,7 +866,7 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
                 (users, marked, failed)
             }));
         }
-        let (mut users_on_canary, mut marked_total, mut marked_canary) = (0usize, 0usize, 0usize);
+        let mut count = StepCount::default();
         for task in tasks {
             let (users, marked, failed) = task.await.unwrap();
             assert!(failed.is_empty(), "{name}: failed requests: {failed:?}");
@@ -874,54 +874,22 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
             let canary = traffic.backends["green"];
             let model = |user: &str| on_canary(user, canary);
             let sticky = traffic.sticky.is_some();
-            let count = sides.step(
+            count += sides.step(
                 name,
                 users,
                 &marked,
                 sticky.then_some(&model as &dyn Fn(&str) -> bool),
             );
-            users_on_canary += count.on_canary;
-            marked_total += count.marked_total;
-            marked_canary += count.marked_canary;
         }
-        let share = users_on_canary as f64 * 100.0 / USERS as f64;
+        let share = count.share(USERS);
+        let (marked_canary, marked_total) = (count.marked_canary, count.marked_total);
         println!(
             "haproxy step {name}: {share:.2} % of {USERS} users on the canary; \
              {marked_canary} of {marked_total} marked requests on it"
         );
         shares.push((name.clone(), share, marked_canary, marked_total));
-        let weight = f64::from(traffic.backends["green"].get());
-        if name == "abort" {
-            assert_eq!(
-                marked_canary, 0,
-                "abort: marked requests still reach the canary"
-            );
-            assert_eq!(users_on_canary, 0, "abort: users still on the canary");
-        } else {
-            assert_eq!(
-                marked_canary, marked_total,
-                "{name}: a marked request missed the canary"
-            );
-            if traffic.sticky.is_some() {
-                assert!(
-                    (share - weight).abs() <= 3.0,
-                    "{name}: {share:.2} % of users on the canary at weight {weight}"
-                );
-            }
-        }
-        if name != "abort" {
-            assert!(
-                sides.moved_back.is_empty(),
-                "moved back to stable: {:?}",
-                sides.moved_back
-            );
-        }
-        // Every user where `on_canary` says.
-        assert!(
-            sides.not_as_modelled.is_empty(),
-            "{:?}",
-            sides.not_as_modelled
-        );
+        let weight = (name != "abort").then(|| traffic.backends["green"].get());
+        sides.check(name, &count, USERS, weight, traffic.sticky.is_some());
     }
     println!("haproxy sticky steps: {shares:?}");
 }

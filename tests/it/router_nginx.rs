@@ -16,7 +16,7 @@ use crate::support::observe::{
     assert_unknown, blue_green, observe_all_checked, services, weights_of,
 };
 use crate::support::rig::nginx::Nginx;
-use crate::support::who::{Sides, marked_and_sticky};
+use crate::support::who::{Sides, StepCount, marked_and_sticky};
 use crate::support::world::{World, rollout_through, runtime};
 
 /// Two backends (blue, green) and an NGINX proxying to `upstream checkout`; everything stops
@@ -669,7 +669,7 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
                 (users, marked, failed)
             }));
         }
-        let (mut users_on_canary, mut marked_total, mut marked_canary) = (0usize, 0usize, 0usize);
+        let mut count = StepCount::default();
         let mut failed_here = Vec::new();
         for task in tasks {
             let (users, marked, failed) = task.await.unwrap();
@@ -677,7 +677,7 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
             // NGINX's MurmurHash2 split, not canaryd's crc32 bucket.
             let canary = t.backends["green"];
             let model = |user: &str| maps::on_canary(user, canary);
-            let count = sides.step(
+            count += sides.step(
                 name,
                 users,
                 &marked,
@@ -685,12 +685,10 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
                     .is_some()
                     .then_some(&model as &dyn Fn(&str) -> bool),
             );
-            users_on_canary += count.on_canary;
-            marked_total += count.marked_total;
-            marked_canary += count.marked_canary;
         }
         failed_total += failed_here.len();
-        let share = users_on_canary as f64 * 100.0 / USERS as f64;
+        let share = count.share(USERS);
+        let (marked_canary, marked_total) = (count.marked_canary, count.marked_total);
         println!(
             "nginx step {name}: {share:.2} % of {USERS} users on the canary; {marked_canary} of \
              {marked_total} marked requests on it; {} failed",
@@ -701,35 +699,8 @@ async fn sticky_users_only_move_onto_the_canary_and_the_marked_group_follows_its
             "{name}: failed requests: {failed_here:?}"
         );
         shares.push((name.clone(), share));
-        let weight = f64::from(t.backends["green"].get());
-        if name == "abort" {
-            assert_eq!(
-                marked_canary, 0,
-                "abort: marked requests still reach the canary"
-            );
-            assert_eq!(users_on_canary, 0, "abort: users still on the canary");
-        } else {
-            assert_eq!(
-                marked_canary, marked_total,
-                "{name}: a marked request missed the canary"
-            );
-            if t.sticky.is_some() {
-                assert!(
-                    (share - weight).abs() <= 3.0,
-                    "{name}: {share:.2} % of users on the canary at weight {weight}"
-                );
-            }
-            assert!(
-                sides.moved_back.is_empty(),
-                "moved back to stable: {:?}",
-                sides.moved_back
-            );
-        }
-        assert!(
-            sides.not_as_modelled.is_empty(),
-            "{:?}",
-            sides.not_as_modelled
-        );
+        let weight = (name != "abort").then(|| t.backends["green"].get());
+        sides.check(name, &count, USERS, weight, t.sticky.is_some());
     }
     applies.sort();
     println!(
@@ -896,13 +867,18 @@ async fn routes_and_the_sticky_key_are_read_back_as_applied() {
             .routes
             .iter()
             .filter(|r| r.backend == "green")
-            .all(|r| r.name.ends_with("(not as canaryd wrote it: upstream checkout__green edited)")),
+            .all(|r| r
+                .name
+                .ends_with("(not as canaryd wrote it: upstream checkout__green edited)")),
         "{:?}",
         drifted.routes
     );
     assert_ne!(drifted.routes, all_green.routes);
     apply_settled(&fx, &router, &all_green).await;
-    assert_eq!(router.observe("checkout").await.unwrap().routes, all_green.routes);
+    assert_eq!(
+        router.observe("checkout").await.unwrap().routes,
+        all_green.routes
+    );
     // Clearing: no routes, no key; the variable stays, naming the weighted upstream.
     apply_settled(&fx, &router, &traffic(&[("blue", 100), ("green", 0)])).await;
     for _ in 0..4 {

@@ -32,7 +32,8 @@ pub struct Sides {
     pub not_as_modelled: Vec<String>,
 }
 
-/// One step as [`Sides::step`] counted it.
+/// One step as [`Sides::step`] counted it (summed over the clients with `+=`).
+#[derive(Default)]
 pub struct StepCount {
     /// Users on the canary (`green`).
     pub on_canary: usize,
@@ -40,7 +41,67 @@ pub struct StepCount {
     pub marked_canary: usize,
 }
 
+impl std::ops::AddAssign for StepCount {
+    fn add_assign(&mut self, other: StepCount) {
+        self.on_canary += other.on_canary;
+        self.marked_total += other.marked_total;
+        self.marked_canary += other.marked_canary;
+    }
+}
+
+impl StepCount {
+    /// The share of `users` on the canary, in percent.
+    pub fn share(&self, users: usize) -> f64 {
+        self.on_canary as f64 * 100.0 / users as f64
+    }
+}
+
 impl Sides {
+    /// What every step must show: at the abort (`weight` None) nobody on the canary, marked or
+    /// not; else every marked request on it, with a sticky key each step's share of `users`
+    /// within 3 points of `weight`, and nobody ever moved from the canary back to stable; and
+    /// every user where the router's hash puts them.
+    pub fn check(
+        &self,
+        name: &str,
+        count: &StepCount,
+        users: usize,
+        weight: Option<u8>,
+        sticky: bool,
+    ) {
+        let share = count.share(users);
+        match weight {
+            None => {
+                assert_eq!(
+                    count.marked_canary, 0,
+                    "{name}: marked requests still reach the canary"
+                );
+                assert_eq!(count.on_canary, 0, "{name}: users still on the canary");
+            }
+            Some(w) => {
+                assert_eq!(
+                    count.marked_canary, count.marked_total,
+                    "{name}: a marked request missed the canary"
+                );
+                let w = f64::from(w);
+                assert!(
+                    !sticky || (share - w).abs() <= 3.0,
+                    "{name}: {share:.2} % of users on the canary at weight {w}"
+                );
+                assert!(
+                    self.moved_back.is_empty(),
+                    "moved back to stable: {:?}",
+                    self.moved_back
+                );
+            }
+        }
+        assert!(
+            self.not_as_modelled.is_empty(),
+            "{:?}",
+            self.not_as_modelled
+        );
+    }
+
     pub fn new(users: usize) -> Sides {
         Sides {
             previous: vec![None; users],
