@@ -135,7 +135,7 @@ impl Notifier {
                 client,
                 status_command,
             }),
-            journal,
+            journal: Arc::new(std::sync::Mutex::new(journal)),
             telemetry,
         };
         tokio::spawn(worker.run(rx, shutdown));
@@ -228,7 +228,8 @@ struct Sender {
 
 struct Worker {
     sender: Arc<Sender>,
-    journal: Journal,
+    /// Shared with the send tasks, which record a 2xx the moment it is read.
+    journal: Arc<std::sync::Mutex<Journal>>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -255,10 +256,11 @@ impl Worker {
     /// One delivery in flight per sink at a time (so a dead sink holds up only itself), due
     /// ones oldest first; a failure waits its backoff, one that keeps failing for
     /// [`GIVE_UP`] is dropped and reported. Stopping drops what is in flight.
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Delivery>, stop: CancellationToken) {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Delivery>, stop: CancellationToken) {
         let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
         let mut busy: BTreeSet<String> = BTreeSet::new();
-        let mut flying: tokio::task::JoinSet<(String, Tried)> = tokio::task::JoinSet::new();
+        let mut flying: tokio::task::JoinSet<(String, Tried, Result<(), String>)> =
+            tokio::task::JoinSet::new();
         let mut seq = 0u64;
         loop {
             let now = crate::edge::clock::instant();
@@ -275,7 +277,20 @@ impl Worker {
                     continue;
                 }
                 let (sender, d) = (Arc::clone(&self.sender), p.delivery.clone());
-                flying.spawn(async move { (key, sender.send(&d).await) });
+                let journal = Arc::clone(&self.journal);
+                flying.spawn(async move {
+                    let tried = sender.send(&d).await;
+                    // Recorded at once: a kill now finds it sent, and sends it not again.
+                    let recorded = match tried {
+                        Tried::Sent => journal
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .record(&key)
+                            .map_err(|e| e.to_string()),
+                        _ => Ok(()),
+                    };
+                    (key, tried, recorded)
+                });
             }
             let next = pending
                 .values()
@@ -291,7 +306,7 @@ impl Worker {
             tokio::select! {
                 () = stop.cancelled() => return,
                 d = rx.recv() => match d {
-                    Some(d) if !self.journal.sent.contains(&d.key()) => {
+                    Some(d) if !self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).sent.contains(&d.key()) => {
                         seq += 1;
                         let now = crate::edge::clock::instant();
                         pending.insert(d.key(), Pending { delivery: d, due: now, tries: 0, seq, since: now });
@@ -306,11 +321,11 @@ impl Worker {
                     None => return,
                 },
                 Some(done) = flying.join_next(), if !flying.is_empty() => {
-                    let Ok((key, tried)) = done else { continue };
+                    let Ok((key, tried, recorded)) = done else { continue };
                     let Some(mut p) = pending.remove(&key) else { continue };
                     busy.remove(&p.delivery.sink);
                     match tried {
-                        Tried::Sent => self.sent(&p.delivery),
+                        Tried::Sent => self.sent(&p.delivery, recorded),
                         Tried::Refused(why) => self.failed(&p.delivery, &why, true),
                         Tried::Retry(_, why) if p.since.elapsed() >= GIVE_UP => {
                             self.failed(&p.delivery, &format!("{why}; failing for {} h", GIVE_UP.as_secs() / 3600), true);
@@ -333,8 +348,8 @@ impl Worker {
         }
     }
 
-    fn sent(&mut self, d: &Delivery) {
-        if let Err(e) = self.journal.record(&d.key()) {
+    fn sent(&self, d: &Delivery, recorded: Result<(), String>) {
+        if let Err(e) = recorded {
             self.telemetry.record(Tele::Error {
                 class: ErrorClass::Notify,
                 rollout: Some(d.notice.rollout.clone()),
