@@ -56,8 +56,9 @@ fn restart_and_resume(w: &mut World, why: &str) -> Duration {
     let restarted = Utc::now();
     let started = Instant::now();
     w.start();
-    // One poll interval (1 s), and time for the process to start.
-    w.wait_for("checkout", 3, why, |s| {
+    // One poll interval (1 s), and time for the process to start; a kill during a push into
+    // the (local) remote leaves its ref locked, which is cleared once 2 s old.
+    w.wait_for("checkout", 5, why, |s| {
         s.live.as_ref().is_some_and(|l| l.at > restarted)
     });
     started.elapsed()

@@ -762,3 +762,42 @@ fn pushes_over_the_network_and_a_declining_hook_is_refused() {
     assert!(!err.is_transient());
     assert!(err.to_string().contains("hook"), "{err}");
 }
+
+#[test]
+fn a_lock_a_cut_short_push_left_in_a_local_remote_is_cleared_once_stale() {
+    let w = World::new();
+    w.commit(&[("rollouts/web.yaml", Some("v: 1\n"))], "add web");
+    let mirror = w.mirror();
+    mirror.fetch().unwrap();
+    let Push::Pushed(_) = mirror
+        .commit_status(&changes(&[("web", Some("phase: 1\n"))]), "web: 1")
+        .unwrap()
+    else {
+        panic!("not pushed");
+    };
+    // A push into a remote on this machine runs in the pushing process: a kill during it
+    // leaves the ref's lock in the remote.
+    let lock = w.path("remote.git/refs/heads/canaryd/status.lock");
+    fs::write(&lock, "").unwrap();
+    let next = changes(&[("web", Some("phase: 2\n"))]);
+    // Fresh, it may be a live writer's: refused, and said so (not a lost race, retried forever).
+    let e = mirror.commit_status(&next, "web: 2").unwrap_err();
+    assert!(e.to_string().contains("lock"), "{e}");
+    assert!(lock.exists());
+    // Old: a dead process's. Cleared, and the push goes through on the next try.
+    let stale = std::process::Command::new("touch")
+        .args(["-d", "10 seconds ago"])
+        .arg(&lock)
+        .status()
+        .unwrap();
+    assert!(stale.success());
+    assert_eq!(
+        mirror.commit_status(&next, "web: 2").unwrap(),
+        Push::Rejected
+    );
+    assert!(!lock.exists());
+    mirror.fetch().unwrap();
+    let Push::Pushed(_) = mirror.commit_status(&next, "web: 2").unwrap() else {
+        panic!("not pushed after the lock was cleared");
+    };
+}

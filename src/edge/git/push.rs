@@ -77,8 +77,48 @@ pub(super) fn push_ref(
             reference: dst.to_string(),
             reason,
         }),
+        // A lock the remote holds is no lost race: trying again meets it again.
+        Some(reason) if reason.contains("lock") => {
+            if clear_stale_remote_lock(url, dst) {
+                Ok(Pushed::Rejected)
+            } else {
+                Err(GitError::Refused {
+                    url: redact(url),
+                    reference: dst.to_string(),
+                    reason,
+                })
+            }
+        }
         Some(_) => Ok(Pushed::Rejected),
     }
+}
+
+/// How old a lock file in a local remote must be to count as left by a process that died:
+/// a push holds its ref's lock for the milliseconds of the ref's update.
+const STALE_REMOTE_LOCK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Removes `<remote>/<dst>.lock` from a local bare remote when it is older than
+/// [`STALE_REMOTE_LOCK`]: a push into a repository on this machine runs in the pushing
+/// process (libgit2's local transport), so a kill during it leaves the ref's lock behind and
+/// every later push is refused. Whether it removed one.
+fn clear_stale_remote_lock(url: &str, dst: &str) -> bool {
+    let Some(path) = local_path(url) else {
+        return false;
+    };
+    let lock = path.join(format!("{dst}.lock"));
+    let old = std::fs::metadata(&lock)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| crate::edge::clock::system_time().duration_since(t).ok())
+        .is_some_and(|age| age >= STALE_REMOTE_LOCK);
+    if old && std::fs::remove_file(&lock).is_ok() {
+        tracing::warn!(
+            lock = %lock.display(),
+            "removed a stale lock file from the local remote (a push was cut short)"
+        );
+        return true;
+    }
+    false
 }
 
 /// Whether a server's reason for refusing a ref is a rule, not a lost race.
