@@ -8,16 +8,15 @@
 //! which records each call in `<data dir>/hooks.called` so that a restart calls none twice.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hmac::Mac as _;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::model::Hook;
+use crate::edge::notify::{Journal, record, signature};
 use crate::edge::secret::SecretRef;
 use crate::edge::telemetry::{ErrorClass, Event as Tele, Telemetry};
 
@@ -87,15 +86,7 @@ pub async fn call(client: &crate::edge::https::Client, hook: &Hook, phase: &str)
             .header("user-agent", concat!("canaryd/", env!("CARGO_PKG_VERSION")))
             .header("x-canaryd-hook", hook.kind.as_str());
         if let Some(s) = &secret {
-            let mut mac = crate::edge::webhook::hmac_sha256(s.expose().as_bytes());
-            mac.update(body.as_bytes());
-            let hex: String = mac
-                .finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            request = request.header("x-canaryd-signature-256", format!("sha256={hex}"));
+            request = request.header("x-canaryd-signature-256", signature(s, body.as_bytes()));
         }
         for (k, v) in &hook.headers {
             request = request.header(k.as_str(), v.as_str());
@@ -135,8 +126,10 @@ pub async fn call(client: &crate::edge::https::Client, hook: &Hook, phase: &str)
 /// Calls post-rollout hooks once per outcome, off the loop.
 #[derive(Debug)]
 pub struct PostHooks {
-    path: PathBuf,
-    called: Arc<Mutex<BTreeSet<String>>>,
+    /// The calls made, across restarts.
+    journal: Arc<Mutex<Journal>>,
+    /// The calls under way.
+    started: Mutex<BTreeSet<String>>,
     client: crate::edge::https::Client,
     telemetry: Arc<Telemetry>,
     shutdown: CancellationToken,
@@ -148,22 +141,14 @@ impl PostHooks {
         client: crate::edge::https::Client,
         telemetry: Arc<Telemetry>,
         shutdown: CancellationToken,
-    ) -> PostHooks {
-        let path = data_dir.join(JOURNAL);
-        let called = std::fs::read(&path)
-            .map(|b| {
-                let text = String::from_utf8_lossy(&b).to_string();
-                let whole = text.rfind('\n').map_or("", |end| &text[..=end]).to_string();
-                whole.lines().map(str::to_string).collect()
-            })
-            .unwrap_or_default();
-        PostHooks {
-            path,
-            called: Arc::new(Mutex::new(called)),
+    ) -> Result<PostHooks, String> {
+        Ok(PostHooks {
+            journal: Arc::new(Mutex::new(Journal::open(&data_dir.join(JOURNAL))?)),
+            started: Mutex::default(),
             client,
             telemetry,
             shutdown,
-        }
+        })
     }
 
     /// Calls each of `hooks` for the outcome `key` (`<rollout>/<revision>/<time>/<phase>`) in
@@ -171,17 +156,22 @@ impl PostHooks {
     pub fn outcome(&self, hooks: &[Hook], key: &str, phase: &str) {
         for hook in hooks {
             let id = format!("{key}/{}", hook.name);
-            if !self
-                .called
+            let called = self
+                .journal
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(id.clone())
-            {
+                .has(&id);
+            let new = self
+                .started
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id.clone());
+            if called || !new {
                 continue;
             }
             let (client, hook, phase) = (self.client.clone(), hook.clone(), phase.to_string());
-            let (path, telemetry, stop) = (
-                self.path.clone(),
+            let (journal, telemetry, stop) = (
+                Arc::clone(&self.journal),
                 Arc::clone(&self.telemetry),
                 self.shutdown.clone(),
             );
@@ -190,15 +180,7 @@ impl PostHooks {
                     () = stop.cancelled() => return,
                     a = call(&client, &hook, &phase) => a,
                 };
-                let written = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .and_then(|mut f| {
-                        f.write_all(format!("{id}\n").as_bytes())?;
-                        f.sync_data()
-                    });
-                if let Err(e) = written {
+                if let Err(e) = record(&journal, id).await {
                     tracing::warn!(hook = %hook.name, "post-rollout hook called but not recorded: {e}");
                 }
                 if answer.ok {

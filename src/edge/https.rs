@@ -31,15 +31,18 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-/// Sends `request` and reads the whole answer, within `timeout`; why not, as text (its causes
-/// included: hyper's own message says only "client error").
+/// Sends `request` and reads the whole answer, within `timeout`; why not, as text, its causes
+/// included.
 pub async fn send(
     client: &Client,
     request: hyper::Request<Full<Bytes>>,
     timeout: Duration,
 ) -> Result<Answer, String> {
     let exchange = async {
-        let resp = client.request(request).await.map_err(|e| causes(&e))?;
+        let resp = client
+            .request(request)
+            .await
+            .map_err(|e| crate::edge::telemetry::chain(&e))?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -63,16 +66,4 @@ pub async fn send(
         Ok(answer) => answer,
         Err(_) => Err(format!("no answer in {} s", timeout.as_secs_f64())),
     }
-}
-
-/// An error and its causes, `outer: inner`.
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }

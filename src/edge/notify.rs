@@ -165,17 +165,17 @@ impl Notifier {
     }
 }
 
-/// The record of deliveries sent: one `sink<TAB>id` line each, appended and synced after each
-/// 2xx.
+/// A record of what was done once and must not be done again after a restart (notifications
+/// sent, post-rollout hooks called): one key a line, appended and synced.
 #[derive(Debug)]
-struct Journal {
+pub(crate) struct Journal {
     path: PathBuf,
     sent: BTreeSet<String>,
 }
 
 impl Journal {
     /// Reads the journal (none yet: empty), keeping its last [`JOURNAL_KEEP`] lines.
-    fn open(path: &Path) -> Result<Journal, String> {
+    pub(crate) fn open(path: &Path) -> Result<Journal, String> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -184,7 +184,7 @@ impl Journal {
         let text = String::from_utf8_lossy(&bytes);
         // A line a crash cut short (no newline) is dropped: that delivery is sent again.
         let whole = text.rfind('\n').map_or("", |end| &text[..=end]);
-        let lines: Vec<&str> = whole.lines().filter(|l| l.contains('\t')).collect();
+        let lines: Vec<&str> = whole.lines().filter(|l| !l.is_empty()).collect();
         let kept = &lines[lines.len().saturating_sub(JOURNAL_KEEP)..];
         if kept.len() < lines.len() || whole.len() < text.len() {
             let tmp = path.with_extension("tmp");
@@ -206,7 +206,12 @@ impl Journal {
         })
     }
 
-    /// Records a delivery, on disk first.
+    /// Whether `key` was recorded.
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.sent.contains(key)
+    }
+
+    /// Records `key`, on disk first.
     fn record(&mut self, key: &str) -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -217,6 +222,23 @@ impl Journal {
         self.sent.insert(key.to_string());
         Ok(())
     }
+}
+
+/// Records `key` in `journal` on the blocking pool (it writes and syncs a file).
+pub(crate) async fn record(
+    journal: &Arc<std::sync::Mutex<Journal>>,
+    key: String,
+) -> Result<(), String> {
+    let journal = Arc::clone(journal);
+    tokio::task::spawn_blocking(move || {
+        journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(&key)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()))
 }
 
 /// Sends deliveries; shared by the tasks the worker spawns.
@@ -282,11 +304,7 @@ impl Worker {
                     let tried = sender.send(&d).await;
                     // Recorded at once: a kill now finds it sent, and sends it not again.
                     let recorded = match tried {
-                        Tried::Sent => journal
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .record(&key)
-                            .map_err(|e| e.to_string()),
+                        Tried::Sent => record(&journal, key.clone()).await,
                         _ => Ok(()),
                     };
                     (key, tried, recorded)
@@ -306,7 +324,7 @@ impl Worker {
             tokio::select! {
                 () = stop.cancelled() => return,
                 d = rx.recv() => match d {
-                    Some(d) if !self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).sent.contains(&d.key()) => {
+                    Some(d) if !self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).has(&d.key()) => {
                         seq += 1;
                         let now = crate::edge::clock::instant();
                         pending.insert(d.key(), Pending { delivery: d, due: now, tries: 0, seq, since: now });

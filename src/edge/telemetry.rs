@@ -271,6 +271,23 @@ impl Default for Telemetry {
     }
 }
 
+/// An error with its causes, `outer: inner: innermost`, a cause whose text the outer one
+/// already holds left out: why a fetch failed is in the causes (authentication refused, unknown
+/// host key), why a request failed in hyper's (its own message says only "client error").
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Locks a mutex, ignoring poisoning: a panic elsewhere leaves a counter that is still valid.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)

@@ -272,7 +272,8 @@ pub async fn run(
         crate::edge::https::client().map_err(DaemonError::Notify)?,
         admin.telemetry.clone(),
         shutdown.clone(),
-    );
+    )
+    .map_err(DaemonError::Notify)?;
     let loads = crate::edge::load::Loads::new(shutdown.clone());
     admin.add_renderer(loads.renderer());
     let mut daemon = Daemon {
@@ -624,22 +625,6 @@ impl Daemon {
             });
         }
     }
-}
-
-/// An error with its causes, `outer: inner: innermost`: why a fetch failed is in the causes
-/// (authentication refused, unknown host key), already scrubbed of secrets.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let next = c.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 fn short(commit: &str) -> &str {

@@ -79,7 +79,7 @@ impl Reader {
         if fetch || self.head.is_none() {
             let heads = m
                 .fetch()
-                .map_err(|e| SnapshotError::Fetch(super::chain(&e)))?;
+                .map_err(|e| SnapshotError::Fetch(crate::edge::telemetry::chain(&e)))?;
             self.head = heads.spec;
         }
         let Some(head) = self.head.clone() else {
@@ -133,7 +133,7 @@ impl Reader {
     /// read where they moved.
     pub fn refetch_statuses(&mut self, m: &Mirror) -> Result<Arc<Statuses>, SnapshotError> {
         m.fetch()
-            .map_err(|e| SnapshotError::Fetch(super::chain(&e)))?;
+            .map_err(|e| SnapshotError::Fetch(crate::edge::telemetry::chain(&e)))?;
         self.read_statuses(m)?;
         Ok(self.statuses.clone())
     }
