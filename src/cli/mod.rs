@@ -188,3 +188,27 @@ fn emit(text: &str) -> Result<()> {
         other => Ok(other?),
     }
 }
+
+/// A private scratch folder (a command's own Git mirror or fetch), removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A new folder under the system's temp dir, named for `command`, this process and now.
+    fn new(command: &str) -> Result<Scratch> {
+        let nanos = canaryd::edge::clock::system_time()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let dir =
+            std::env::temp_dir().join(format!("canaryd-{command}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,12 +1,9 @@
 //! `canaryd status`: shows the status recorded on the status branch, once or every two seconds.
 
-use std::fs;
-use std::path::PathBuf;
-
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use super::{ConfigArgs, DEFAULT_STATUS_BRANCH, Output, OutputArgs, emit};
+use super::{ConfigArgs, DEFAULT_STATUS_BRANCH, Output, OutputArgs, Scratch, emit};
 
 #[derive(Args)]
 #[command(mut_arg("config", |a| a.help(
@@ -34,10 +31,10 @@ pub fn run(args: StatusArgs) -> Result<u8> {
     let status_branch = &args.status_branch;
     let auth = args.config.read()?.git_auth.unwrap_or_default();
     auth.check()?;
-    let scratch = tempfile_dir()?;
+    let scratch = Scratch::new("status")?;
     loop {
         let files =
-            canaryd::edge::git::read_status_branch_as(&args.repo, status_branch, &scratch, &auth)
+            canaryd::edge::git::read_status_branch_as(&args.repo, status_branch, &scratch.0, &auth)
                 .with_context(|| format!("cannot read branch {status_branch}"))?;
         let mut parsed = Vec::new();
         for (rollout, text) in &files {
@@ -60,18 +57,10 @@ pub fn run(args: StatusArgs) -> Result<u8> {
         };
         if !args.watch {
             emit(&text)?;
-            let _ = fs::remove_dir_all(&scratch);
             return Ok(0);
         }
         // Clear the screen and draw again.
         emit(&format!("\x1b[2J\x1b[H{text}"))?;
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
-}
-
-/// A private scratch folder for fetching a remote status branch.
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("canaryd-status-{}", std::process::id()));
-    fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

@@ -2,7 +2,6 @@
 //! aborted, rolled back, superseded, or its spec is invalid) or time runs out (exit 2), printing
 //! each change of its status on the way. For CI: merge, then wait for that merge.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
@@ -16,7 +15,7 @@ use canaryd::edge::clock;
 use canaryd::edge::git::{Author, Mirror, Remote, redact, status_source};
 use canaryd::edge::wait::{Awaited, Ended, Event, wait};
 
-use super::{ConfigArgs, DEFAULT_STATUS_BRANCH, emit};
+use super::{ConfigArgs, DEFAULT_STATUS_BRANCH, Scratch, emit};
 
 /// How long past `--timeout` a read of the repository that hangs is waited for.
 const HANG_GRACE: Duration = Duration::from_secs(10);
@@ -83,7 +82,7 @@ pub fn run(args: WaitArgs) -> Result<u8> {
             .or(config.rollouts.clone())
             .unwrap_or_else(|| "rollouts".into()),
     };
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::new("wait")?;
     let mirror = Mirror::open(&scratch.0, remote, Author::default())?.with_auth(auth);
     let awaited = match (args.revision, args.commit) {
         (Some(r), _) => Awaited::Revision(Revision::from(r.as_str())),
@@ -245,30 +244,4 @@ fn failed(name: &str, revision: &Revision, why: &Failure, s: &StatusFile, repo: 
 
 fn short(commit: &str) -> &str {
     commit.get(..12).unwrap_or(commit)
-}
-
-/// The wait's own mirror, removed when the command ends.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Scratch> {
-        let dir = tempfile_dir()?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let nanos = clock::system_time()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let dir = std::env::temp_dir().join(format!("canaryd-wait-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
 }

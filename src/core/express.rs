@@ -11,8 +11,7 @@ pub fn refusal(kind: RouterKind, c: &Criterion) -> Option<String> {
     let word = |ch: char| ch.is_ascii_alphanumeric() || ch == '_';
     match kind {
         RouterKind::Haproxy => {
-            let plain = |ch: char| word(ch) || matches!(ch, '-' | '.');
-            if c.name.is_empty() || !c.name.chars().all(plain) {
+            if !haproxy_name(&c.name) {
                 return Some(format!(
                     "haproxy's snippet names `{}` in its configuration: letters, digits, `_`, `-` \
                      and `.` only",
@@ -64,6 +63,15 @@ pub fn refusal(kind: RouterKind, c: &Criterion) -> Option<String> {
         },
         RouterKind::Embedded | RouterKind::Caddy | RouterKind::GatewayApi => None,
     }
+}
+
+/// Whether `name` can stand as it is in HAProxy's configuration (a fetch's argument, a map
+/// key's prefix): letters, digits, `_`, `-` and `.`.
+pub fn haproxy_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// Whether `regex` uses `\A`, `\z`, `\Z` or `\G`.

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::core::express::haproxy_name;
 use crate::core::model::{Criterion, Field, Match, Observed, Pattern, Route, Sticky, Traffic};
 
 /// One map entry: key, value.
@@ -52,14 +53,6 @@ fn fetch(on: Field, name: &str) -> String {
         Field::Cookie => format!("req.cook({name})"),
         Field::Query => format!("url_param({name}),url_dec"),
     }
-}
-
-/// Whether `name` can stand in a fetch's argument and a key's prefix as it is.
-fn plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// The configuration lines a backend needs so that canaryd can route requests on `routes_on`
@@ -143,7 +136,7 @@ fn escape(text: &str) -> String {
 pub fn route_entries(routes: &[Route]) -> Result<Vec<Entry>, String> {
     let mut entries = Vec::new();
     for route in routes {
-        if !plain_name(&route.name) {
+        if !haproxy_name(&route.name) {
             return Err(format!(
                 "route `{}`: haproxy's map holds route names of letters, digits, `_`, `-` and `.` only",
                 route.name.escape_debug()
@@ -160,7 +153,7 @@ pub fn route_entries(routes: &[Route]) -> Result<Vec<Entry>, String> {
                     m.all.len()
                 ));
             };
-            if !plain_name(&c.name) {
+            if !haproxy_name(&c.name) {
                 return Err(format!(
                     "route `{}`: `{}` is not a name canaryd writes into haproxy's configuration",
                     route.name,
@@ -232,7 +225,7 @@ fn criterion_of(key: &str) -> Option<Criterion> {
         let (name, body) = rest.split_once('=')?;
         (on, name, body)
     };
-    if !plain_name(&name.replace('\\', "")) {
+    if !haproxy_name(&name.replace('\\', "")) {
         return None;
     }
     let name = unescape(name)?.0;
@@ -279,7 +272,7 @@ pub fn sticky_entries(traffic: &Traffic) -> Result<Vec<Entry>, String> {
         Sticky::Header(n) => ("header", n),
         Sticky::Cookie(n) => ("cookie", n),
     };
-    if !plain_name(name) {
+    if !haproxy_name(name) {
         return Err(format!(
             "sticky key `{}` is not a name canaryd writes into haproxy's configuration",
             name.escape_debug()
