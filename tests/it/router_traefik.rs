@@ -48,6 +48,21 @@ fn traffic(blue: u8, green: u8) -> Traffic {
 
 /// Polls `observe` of `service` until it reports `want`'s percentages and routes; the last
 /// observation on timeout.
+/// The routes Traefik reports for the service once they differ from `routes` (a hand edit
+/// read); Traefik may read a file half written, a transient error read again.
+async fn routes_unlike(f: &Fixture, routes: &[Route], what: &str) -> Vec<Route> {
+    let start = Instant::now();
+    loop {
+        if let Ok(o) = f.traefik.router.observe(SERVICE).await
+            && o.routes != routes
+        {
+            return o.routes;
+        }
+        assert!(start.elapsed() < SETTLE, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn settle(router: &TraefikRouter, service: &str, want: &Traffic) -> Result<Duration, String> {
     let start = Instant::now();
     let mut last = String::new();
@@ -893,17 +908,7 @@ async fn routes_of_every_kind_are_read_back_as_applied_and_a_hand_edit_is_drift(
     let edited = before.replacen("lower", "LOWER", 1);
     assert_ne!(edited, before);
     std::fs::write(&f.traefik.dynamic_file, &edited).unwrap();
-    let start = Instant::now();
-    let drift = loop {
-        // Traefik may read the file half written: a transient error, read again.
-        if let Ok(o) = f.traefik.router.observe(SERVICE).await
-            && o.routes != flipped.routes
-        {
-            break o.routes;
-        }
-        assert!(start.elapsed() < SETTLE, "hand edit not seen");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let drift = routes_unlike(&f, &flipped.routes, "hand edit not seen").await;
     // Read back as what it now says: a route that differs from the desired one.
     assert_eq!(
         drift[0].matches[2].all[0].value,
@@ -929,16 +934,7 @@ async fn routes_of_every_kind_are_read_back_as_applied_and_a_hand_edit_is_drift(
         serde_saphyr::to_string(&doc).unwrap(),
     )
     .unwrap();
-    let start = Instant::now();
-    let drift = loop {
-        if let Ok(o) = f.traefik.router.observe(SERVICE).await
-            && o.routes != flipped.routes
-        {
-            break o.routes;
-        }
-        assert!(start.elapsed() < SETTLE, "removed router not seen");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let drift = routes_unlike(&f, &flipped.routes, "removed router not seen").await;
     // Route 1 now stands in front of no router at all: it is gone from the read-back.
     assert_eq!(drift.len(), flipped.routes.len() - 1, "{drift:?}");
     apply_routed(&f, &flipped).await;
@@ -947,17 +943,7 @@ async fn routes_of_every_kind_are_read_back_as_applied_and_a_hand_edit_is_drift(
     let lowered = before.replacen("priority: ", "priority: 1", 1);
     assert_ne!(lowered, before);
     std::fs::write(&f.traefik.dynamic_file, &lowered).unwrap();
-    let start = Instant::now();
-    let drift = loop {
-        // Traefik may read the file half written: a transient error, read again.
-        if let Ok(o) = f.traefik.router.observe(SERVICE).await
-            && o.routes != flipped.routes
-        {
-            break o.routes;
-        }
-        assert!(start.elapsed() < SETTLE, "priority edit not seen");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let drift = routes_unlike(&f, &flipped.routes, "priority edit not seen").await;
     let marked: Vec<&str> = drift
         .iter()
         .map(|r| r.name.as_str())
