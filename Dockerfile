@@ -8,6 +8,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# The allocator's build settings (see .cargo/config.toml).
+COPY .cargo ./.cargo
 # benches/ too: Cargo.toml declares the bench target, and cargo reads every target's path.
 COPY src ./src
 COPY benches ./benches
@@ -19,8 +21,5 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/canaryd /usr/local/bin/canaryd
 # 65532 is distroless's `nonroot`; numeric, so Kubernetes can check runAsNonRoot.
 USER 65532:65532
-# Two glibc malloc arenas, not 8 per core: memory freed after a burst of connections is reused
-# instead of held in arenas that the next burst's threads never touch.
-ENV MALLOC_ARENA_MAX=2
 ENTRYPOINT ["/usr/local/bin/canaryd"]
 CMD ["--help"]

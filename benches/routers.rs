@@ -65,6 +65,10 @@ mod rig;
 use backends::{Backends, Server};
 use rig::Failed;
 
+/// The allocator the binary runs with (src/main.rs), so the embedded figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Timed round trips per router.
 const RUNS: usize = 50;
 /// Timed round trips per router for a route change.

@@ -6,6 +6,10 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// jemalloc, built to purge what it no longer uses (Cargo.toml, .cargo/config.toml).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     if let Some(format) = cli.command.log_format() {

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use canaryd::core::model::{
-    Criterion, Field, Match, Observed, Pattern, Route, Traffic, Weight, on_canary,
-};
+use canaryd::core::model::{Criterion, Field, Match, Pattern, Route, Traffic, Weight, on_canary};
 use canaryd::edge::backend::{LoadConfig, LoadReport, load};
 use canaryd::edge::router::RouterError;
 use canaryd::edge::router::haproxy::{HaproxyRouter, maps};
@@ -18,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::support::backends::{Backends, Server};
 use crate::support::net::{Relay, Silent};
 use crate::support::observe::{
-    assert_unknown, blue_green, observe_all_checked, services, weights_of,
+    assert_unknown, blue_green, observe_all_checked, services, shares_of, weights_of,
 };
 use crate::support::rig::haproxy::Haproxy;
 use crate::support::who::{Sides, StepCount, marked_and_sticky};
@@ -57,10 +55,16 @@ async fn applied_weights_are_read_back() {
     for (blue, green) in [(90, 10), (50, 50), (0, 100), (100, 0), (75, 25)] {
         unix.apply("checkout", &split(blue, green)).await.unwrap();
         assert_eq!(percentages(&unix).await, (blue as u8, green as u8));
-        // The same state over the TCP socket, and the raw weights are the percentages.
+        // The same state over the TCP socket; the raw weights split exactly so (a multiple of
+        // the percentages, on HAProxy's 0..=256 scale).
         let raw = tcp.observe("checkout").await.unwrap();
-        assert_eq!(raw.backends["blue"], blue as u32);
-        assert_eq!(raw.backends["green"], green as u32);
+        let (b, g) = (raw.backends["blue"], raw.backends["green"]);
+        assert_eq!(
+            b * green as u32,
+            g * blue as u32,
+            "{b}/{g} for {blue}/{green}"
+        );
+        assert!(b + g > 0 && b <= 256 && g <= 256);
     }
     // Twice is harmless, over either socket.
     tcp.apply("checkout", &split(90, 10)).await.unwrap();
@@ -224,42 +228,20 @@ fn blue_and_green(answer: &str) -> (u32, u32) {
     (weights["blue"], weights["green"])
 }
 
-/// The canary's share exactly as the driver maps weights (`Observed::percentages`); `None`
-/// when no server has weight.
-fn green_share(blue: u32, green: u32) -> Option<u8> {
-    let observed =
-        Observed::weights([("blue".to_string(), blue), ("green".to_string(), green)].into());
-    observed.percentages().map(|p| p["green"].get())
-}
-
 /// Issue 16: a change between two steps must not show as a split no step names. A sampler on
 /// its own runtime API connection and thread reads both weights every 10 ms while the driver
 /// walks 0..100 % and back in steps of 10 under load.
 ///
-/// HAProxy 2.6 runs a line's `set weight` commands one at a time and yields to its scheduler
-/// between them (see the driver's docs), so a change between two splits of neither 0 nor 100 %
-/// passes through one state with one server moved, for tens of microseconds: a sampler can
-/// catch that, rarely. Anything else must never show: no other split, no backend without
-/// weight, nothing in the changes from or to 0 %, which pass through no third split.
+/// HAProxy 2.6 sets one server's weight per command, so the driver picks weights (any multiple
+/// of the percentages splits the same) that make each of these changes one command, or two
+/// whose state between splits as before: every sample must be exactly a step's split.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sampler_sees_only_the_splits_the_steps_name() {
     const CHANGES: usize = 240;
-    // Well above the 0.1 to 0.7 to expect from a window of one scheduler pass (1 change in 360
-    // to 2000 caught in runs of 4000 changes), well below the 13 to 21 samples off step that one
-    // connection per command showed here.
-    const GLIMPSES_ALLOWED: usize = CHANGES / 60;
     let (haproxy, _backends) = start().await;
     let router = haproxy.unix();
     // Green's steps: 0, 10, ..., 100, 90, ..., 10.
     let cycle: Vec<u32> = (0..=10).chain((1..10).rev()).map(|i| i * 10).collect();
-    let named: BTreeSet<u8> = cycle.iter().map(|&g| g as u8).collect();
-    // The state with one server moved, of each change between two splits of neither 0 nor 100 %.
-    let halfway: BTreeSet<(u32, u32)> = cycle
-        .iter()
-        .zip(cycle.iter().cycle().skip(1))
-        .filter(|&(&from, &to)| [from, to].iter().all(|g| (1..100).contains(g)))
-        .flat_map(|(&from, &to)| [(100 - to, from), (100 - from, to)])
-        .collect();
     let done = CancellationToken::new();
 
     // Its own thread and clock, so that its reads do not line up with the changes' timer ticks.
@@ -310,37 +292,26 @@ async fn a_sampler_sees_only_the_splits_the_steps_name() {
     let samples = sampler.join().unwrap();
     let report = traffic.await.unwrap();
 
+    // Exactly: green/(blue+green) is a step's percentage, not merely rounds to one.
     let off_step: Vec<(u32, u32)> = samples
         .iter()
         .copied()
-        .filter(|&(blue, green)| !green_share(blue, green).is_some_and(|s| named.contains(&s)))
+        .filter(|&(blue, green)| {
+            !cycle
+                .iter()
+                .any(|&step| blue + green > 0 && green * 100 == step * (blue + green))
+        })
         .collect();
-    let (glimpses, others): (Vec<_>, Vec<_>) = off_step
-        .iter()
-        .copied()
-        .partition(|state| halfway.contains(state));
-    let farthest = off_step
-        .iter()
-        .filter_map(|&(blue, green)| green_share(blue, green))
-        .map(|s| named.iter().map(|&n| s.abs_diff(n)).min().unwrap_or(0))
-        .max()
-        .unwrap_or(0);
     let failed = report.failed + report.server_errors;
     println!(
         "haproxy steps under a 10 ms sampler: {CHANGES} changes in {took:?}, {} samples, {} \
-         off-step {off_step:?} (at most {farthest} points from a step); {} requests, {failed} \
-         failed, by backend {:?}",
+         off-step {off_step:?}; {} requests, {failed} failed, by backend {:?}",
         samples.len(),
         off_step.len(),
         report.sent,
         report.by_backend
     );
-    assert!(others.is_empty(), "splits no step names: {others:?}");
-    assert!(
-        glimpses.len() <= GLIMPSES_ALLOWED,
-        "{} changes caught halfway: {glimpses:?}",
-        glimpses.len()
-    );
+    assert!(off_step.is_empty(), "splits no step names: {off_step:?}");
     assert!(samples.len() >= 100, "too few samples: {}", samples.len());
     assert_eq!(failed, 0, "{report:?}");
     assert!(report.ok >= 1000, "too little load: {report:?}");
@@ -352,7 +323,9 @@ async fn an_operators_change_is_seen() {
     let (haproxy, _backends) = start().await;
     let router = haproxy.unix();
     router.apply("checkout", &split(90, 10)).await.unwrap();
-    let answer = haproxy.operator("set weight checkout/green 37").await;
+    let answer = haproxy
+        .operator("set weight checkout/blue 90;set weight checkout/green 37")
+        .await;
     assert_eq!(answer.trim(), "", "operator's command refused: {answer}");
     let observed = router.observe("checkout").await.unwrap();
     assert_eq!(observed.backends["blue"], 90);
@@ -465,7 +438,7 @@ async fn apply_and_observe_round_trip_time() {
                 .unwrap();
             let observed = router.observe("checkout").await.unwrap();
             times.push(started.elapsed());
-            assert_eq!(observed.backends["green"], green as u32);
+            assert_eq!(observed.percentages().unwrap()["green"].get(), green as u8);
         }
         times.sort();
         println!(
@@ -696,9 +669,9 @@ async fn every_backend_is_read_with_one_command() {
             "show servers state cart;show map",
         ]
     );
-    assert_eq!(weights_of(&all, "checkout"), &blue_green(90, 10));
-    assert_eq!(weights_of(&all, "search"), &blue_green(65, 35));
-    assert_eq!(weights_of(&all, "profile"), &blue_green(0, 100));
+    assert_eq!(shares_of(&all, "checkout"), blue_green(90, 10));
+    assert_eq!(shares_of(&all, "search"), blue_green(65, 35));
+    assert_eq!(shares_of(&all, "profile"), blue_green(0, 100));
     // A backend without servers is known and empty, as `observe` reads it.
     assert_eq!(weights_of(&all, "spare"), &BTreeMap::new());
     assert_unknown(&all, "cart", "backend `cart`");

@@ -35,6 +35,17 @@ pub fn blue_green(blue: u32, green: u32) -> BTreeMap<String, u32> {
     BTreeMap::from([("blue".to_string(), blue), ("green".to_string(), green)])
 }
 
+/// The percentages `observe_all` read for `service` (HAProxy's raw weights are any multiple).
+pub fn shares_of(all: &ObservedAll, service: &str) -> BTreeMap<String, u32> {
+    let observed = canaryd::core::model::Observed::weights(weights_of(all, service).clone());
+    observed
+        .percentages()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(s, w)| (s, u32::from(w.get())))
+        .collect()
+}
+
 /// The raw weights `observe_all` read for `service`.
 pub fn weights_of<'a>(all: &'a ObservedAll, service: &str) -> &'a BTreeMap<String, u32> {
     match &all[service] {
