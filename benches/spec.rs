@@ -137,6 +137,7 @@ fn main() {
         samples: &[],
         gates: &[],
         now,
+        group: None,
     });
     let live = Observed::weights([("blue".to_string(), 95), ("green".to_string(), 5)].into());
     let rounds = 10_000;
@@ -149,6 +150,7 @@ fn main() {
                 samples: &[],
                 gates: &[],
                 now,
+                group: None,
             }));
         }
     });

@@ -161,6 +161,9 @@ fn plan_all(g: &Gathered) -> Planned {
         human: String::new(),
         pending: false,
     };
+    // Each group member as its group allows it, from the recorded statuses (the daemon also
+    // lets members that become ready together move in the same look).
+    let groups = canaryd::core::group::all_gates(&g.catalog, |name| g.recorded.get(name));
     for rollout in &g.catalog.rollouts {
         let recorded = &g.recorded[&rollout.name];
         let observed = g.live.get(rollout.target());
@@ -180,6 +183,7 @@ fn plan_all(g: &Gathered) -> Planned {
             samples: &[],
             gates: &gates,
             now: g.now,
+            group: groups.get(&rollout.name),
         });
         out.pending |= p.has_changes(recorded);
         out.human.push_str(&report::plan_human(

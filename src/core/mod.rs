@@ -6,6 +6,7 @@ pub mod analysis;
 pub mod audience;
 pub mod diag;
 pub mod express;
+pub mod group;
 pub mod judge;
 pub mod limits;
 pub mod load;

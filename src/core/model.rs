@@ -81,6 +81,22 @@ impl Revision {
         Revision(digest[..6].iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// A group's revision: derived from its members' (name and revision each, in name order),
+    /// so that a merge changing any member gives the group a new one.
+    pub fn of_group<'a>(members: impl IntoIterator<Item = (&'a str, &'a Revision)>) -> Revision {
+        let mut members: Vec<_> = members.into_iter().collect();
+        members.sort();
+        let mut h = Sha256::new();
+        for (name, rev) in members {
+            h.update(name.as_bytes());
+            h.update([0xff]);
+            h.update(rev.0.as_bytes());
+            h.update([0xff]);
+        }
+        let digest = h.finalize();
+        Revision(digest[..6].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -692,6 +708,43 @@ pub struct Catalog {
     pub broken_files: Vec<String>,
     /// Routers defined by `kind: Router` documents in the repository, by name.
     pub routers: BTreeMap<String, RouterSpec>,
+    /// Valid rollout groups, sorted by name; every member is a valid rollout.
+    pub groups: Vec<Group>,
+}
+
+/// A validated rollout group: rollouts released as one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    /// The file it came from, relative to the repository.
+    pub file: String,
+    pub order: crate::core::spec::GroupOrder,
+    /// In the order written.
+    pub members: Vec<Member>,
+}
+
+/// One member of a [`Group`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub rollout: String,
+    /// What it waits for before it starts (ordered groups; empty in lockstep).
+    pub waits_for: Vec<Wait>,
+}
+
+/// A member waiting for another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wait {
+    pub rollout: String,
+    /// `None`: until that member is promoted; `Some(i)`: until it has reached step index `i`
+    /// (0-based; the spec writes it 1-based).
+    pub step: Option<usize>,
+}
+
+impl Group {
+    /// The member named `rollout`.
+    pub fn member(&self, rollout: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.rollout == rollout)
+    }
 }
 
 #[cfg(test)]

@@ -333,6 +333,7 @@ mod tests {
                 stall: None,
                 deadline_exceeded: false,
                 background: None,
+                done: false,
             },
             until: None,
             reason: PauseReason::Step,

@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::core::analysis::{self, AnalysisState, Evidence, Measurement, Verdict};
+use crate::core::group::GroupGate;
 use crate::core::model::{
     ERROR_RETRY, Observed, Revision, RollbackPolicy, Rollout, Step, Traffic, Weight,
 };
@@ -124,6 +125,8 @@ pub struct Inputs<'a> {
     /// revision it was made against; the caller knows the history, the planner does not).
     pub gates: &'a [Gate],
     pub now: DateTime<Utc>,
+    /// What its rollout group allows it now (`core::group`); `None`: not in a group.
+    pub group: Option<&'a GroupGate>,
 }
 
 /// A metric to measure now.
@@ -452,7 +455,16 @@ impl Planner<'_> {
 
     fn decide(&mut self) -> Action {
         if self.status.progress.revision() != Some(&self.i.spec.revision) {
+            // A new revision runs in its group's release under way (or a new one).
+            self.status.release = self.i.group.map(|g| g.release.clone());
             return self.new_revision();
+        }
+        if let Some(GroupGate {
+            abort: Some(evidence),
+            ..
+        }) = self.i.group
+        {
+            return self.abort_with_group(evidence.clone());
         }
         match self.status.progress.clone() {
             Progress::Stable { .. } => self.settle(Weight::ZERO, "no canary"),
@@ -611,6 +623,16 @@ impl Planner<'_> {
                 w.source
             ));
         }
+        if let Some(GroupGate {
+            hold_start: Some(why),
+            ..
+        }) = self.i.group
+        {
+            if self.live_canary() != Some(Weight::ZERO) {
+                self.set(Weight::ZERO);
+            }
+            return hold(why.clone());
+        }
         let rev = spec.revision.clone();
         let target = spec.target();
         let run = Run {
@@ -629,6 +651,7 @@ impl Planner<'_> {
             stall: None,
             deadline_exceeded: false,
             background: spec.background.as_ref().map(|_| AnalysisState::new(now)),
+            done: false,
         };
         self.enter(run, 0)
     }
@@ -756,6 +779,7 @@ impl Planner<'_> {
         run.step = k;
         run.step_started_at = now;
         run.stall = None;
+        run.done = false;
         let changes_traffic = !run.verified;
         let action = match step {
             Step::SetWeight(w) => {
@@ -821,6 +845,34 @@ impl Planner<'_> {
             evidence: evidence.clone(),
             step: run.step,
             weight: run.weight,
+        };
+        remember(&mut self.status.aborted, &rev);
+        self.set(Weight::ZERO);
+        self.revert = Some(Revert {
+            revision: rev,
+            evidence: evidence.clone(),
+        });
+        Action::Abort { evidence }
+    }
+
+    /// Another member of the rollout's group failed: canary to 0, whether this one is in
+    /// flight, waiting to start or already promoted in the same release.
+    fn abort_with_group(&mut self, evidence: Evidence) -> Action {
+        if let Some(run) = self.status.progress.run().cloned() {
+            return self.abort(&run, evidence);
+        }
+        let rev = self.i.spec.revision.clone();
+        let weight = match self.status.progress {
+            Progress::Promoted { .. } => Weight::FULL,
+            _ => Weight::ZERO,
+        };
+        self.status.promoted.retain(|r| *r != rev);
+        self.status.progress = Progress::Aborted {
+            revision: rev.clone(),
+            at: self.now(),
+            evidence: evidence.clone(),
+            step: 0,
+            weight,
         };
         remember(&mut self.status.aborted, &rev);
         self.set(Weight::ZERO);
@@ -1146,37 +1198,38 @@ impl Planner<'_> {
                 *bg = AnalysisState::new(now);
             }
             let next = run.step + 1;
-            return self.enter(run, next);
+            return self.enter_within_group(run, next);
         }
 
-        // 8. The step itself.
-        let ready = match &progress {
-            Progress::Progressing { .. } => true,
-            Progress::Paused { until: Some(t), .. } => {
-                if now < *t {
-                    self.wake_at(*t);
-                    return wait(format!("paused until {}", at(*t)));
-                }
-                true
-            }
-            Progress::Paused { reason, .. } => {
-                return wait(match reason {
-                    PauseReason::Step => {
-                        format!("paused until promoted (canaryd promote {})", spec.name)
+        // 8. The step itself: finished already when its group held it before the next.
+        let ready = run.done
+            || match &progress {
+                Progress::Progressing { .. } => true,
+                Progress::Paused { until: Some(t), .. } => {
+                    if now < *t {
+                        self.wake_at(*t);
+                        return wait(format!("paused until {}", at(*t)));
                     }
-                    PauseReason::Inconclusive { evidence } => {
-                        format!("{}; promote or abort by commit", evidence.summary)
-                    }
-                });
-            }
-            Progress::Analysing { .. } => {
-                if !step_passed {
-                    return wait("analysing");
+                    true
                 }
-                true
-            }
-            _ => false,
-        };
+                Progress::Paused { reason, .. } => {
+                    return wait(match reason {
+                        PauseReason::Step => {
+                            format!("paused until promoted (canaryd promote {})", spec.name)
+                        }
+                        PauseReason::Inconclusive { evidence } => {
+                            format!("{}; promote or abort by commit", evidence.summary)
+                        }
+                    });
+                }
+                Progress::Analysing { .. } => {
+                    if !step_passed {
+                        return wait("analysing");
+                    }
+                    true
+                }
+                _ => false,
+            };
         if ready {
             if let Some(w) = &spec.window
                 && !w.contains(now)
@@ -1187,9 +1240,25 @@ impl Planner<'_> {
                 return hold(format!("outside window `{}`", w.source));
             }
             let next = run.step + 1;
-            return self.enter(run, next);
+            return self.enter_within_group(run, next);
         }
         wait("nothing to do")
+    }
+
+    /// Enters step `next`, unless the rollout's group holds it before: then the finished step
+    /// is marked done and the run waits there (see `core::group`).
+    fn enter_within_group(&mut self, mut run: Run, next: usize) -> Action {
+        if let Some(GroupGate {
+            limit: Some((limit, why)),
+            ..
+        }) = self.i.group
+            && next > *limit
+        {
+            run.done = true;
+            self.put_run(&run);
+            return hold(why.clone());
+        }
+        self.enter(run, next)
     }
 
     /// An inconclusive verdict: pause for a person, or abort, as the spec says.

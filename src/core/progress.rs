@@ -36,6 +36,10 @@ pub struct Status {
     /// The last time the live weights differed from what canaryd had set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<Drift>,
+    /// The release of its rollout group that the current revision runs (or ran) in: the
+    /// group's revision when that release began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Revision>,
 }
 
 /// Adds `rev` as the newest of `list`, keeping at most [`REMEMBERED`].
@@ -57,6 +61,7 @@ impl Status {
             aborted: Vec::new(),
             last_gate: None,
             drift: None,
+            release: None,
         }
     }
 }
@@ -214,6 +219,10 @@ pub struct Run {
     /// The background analysis, when the spec has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background: Option<AnalysisState>,
+    /// The current step is finished and the run holds before the next for its group (a
+    /// lockstep member waiting for the others; see `core::group`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
 }
 
 /// A rollout held for want of an input; the progress deadline counts from `since`.

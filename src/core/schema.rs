@@ -6,7 +6,7 @@
 use schemars::{JsonSchema, Schema};
 
 use crate::core::record::StatusFile;
-use crate::core::spec::{AnyDoc, MetricTemplateDoc, RolloutDoc, RouterDoc};
+use crate::core::spec::{AnyDoc, MetricTemplateDoc, RolloutDoc, RolloutGroupDoc, RouterDoc};
 
 /// Every schema as (file name under `schemas/`, pretty JSON with a trailing newline).
 pub fn all() -> Vec<(&'static str, String)> {
@@ -14,6 +14,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("rollout.json", render::<RolloutDoc>()),
         ("router.json", render::<RouterDoc>()),
         ("metric-template.json", render::<MetricTemplateDoc>()),
+        ("rollout-group.json", render::<RolloutGroupDoc>()),
         ("canaryd.json", render::<AnyDoc>()),
         ("status.json", render::<StatusFile>()),
     ]

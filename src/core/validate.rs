@@ -19,6 +19,8 @@ use crate::core::spec::{self, DocKind, ProviderKind, RolloutSpec, RouterKind};
 use crate::core::yaml::{self, Document, PathMap};
 use crate::{core::par, core::templates};
 
+mod groups;
+
 /// One spec file's contents.
 #[derive(Clone, Debug)]
 pub struct Source {
@@ -97,6 +99,8 @@ fn check(sources: &[Source], known: &Known, keep_rollouts: bool) -> (Catalog, Ve
     let mut template_sites: BTreeMap<String, Site> = BTreeMap::new();
     let mut templates: BTreeMap<String, spec::MetricTemplateSpec> = BTreeMap::new();
     let mut rollout_docs = Vec::new();
+    let mut group_names: BTreeMap<String, Site> = BTreeMap::new();
+    let mut group_drafts = Vec::new();
     for (source, doc) in parsed {
         let file = source.file.as_str();
         let Some(kind) = document_kind(file, &doc, &mut diags) else {
@@ -104,6 +108,9 @@ fn check(sources: &[Source], known: &Known, keep_rollouts: bool) -> (Catalog, Ve
         };
         match kind {
             DocKind::Rollout => rollout_docs.push((source, doc)),
+            DocKind::RolloutGroup => {
+                group_drafts.extend(groups::read_group(file, &doc, &mut group_names, &mut diags));
+            }
             DocKind::Router => {
                 let paths = doc.paths();
                 let Some(r) = read::<spec::RouterDoc>(&doc, &paths, file, &mut diags) else {
@@ -197,6 +204,7 @@ fn check(sources: &[Source], known: &Known, keep_rollouts: bool) -> (Catalog, Ve
     let mut seen: BTreeMap<String, Site> = BTreeMap::new();
     let mut valid: BTreeMap<String, Option<Rollout>> = BTreeMap::new();
     let mut owners: Vec<Owner> = Vec::new();
+    let mut shapes: BTreeMap<String, groups::Shape> = BTreeMap::new();
     for checked in checked {
         let Checked {
             file,
@@ -244,12 +252,14 @@ fn check(sources: &[Source], known: &Known, keep_rollouts: bool) -> (Catalog, Ve
                     file,
                     site,
                 });
+                shapes.insert(name.clone(), b.shape);
                 valid.insert(name, b.rollout);
             }
             _ => catalog.invalid.entry(name).or_default().extend(errors),
         }
     }
     one_owner_per_service(&mut owners, &mut diags, &mut catalog);
+    groups::check(group_drafts, &seen, &shapes, &mut diags, &mut catalog);
     catalog.rollouts = valid
         .into_values()
         .flatten()
@@ -341,6 +351,8 @@ struct Checked<'a> {
 struct Built {
     router: String,
     service: String,
+    /// What a group needs to know of it.
+    shape: groups::Shape,
     rollout: Option<Rollout>,
 }
 
@@ -366,6 +378,17 @@ fn check_rollout<'a>(
         built: rollout.map(|r| Built {
             router: r.target().router.clone(),
             service: r.target().service.clone(),
+            shape: groups::Shape {
+                steps: r.steps.len(),
+                weights: r
+                    .steps
+                    .iter()
+                    .filter_map(|s| match s {
+                        crate::core::model::Step::SetWeight(w) => Some(w.get()),
+                        _ => None,
+                    })
+                    .collect(),
+            },
             rollout: keep_rollout.then_some(r),
         }),
         diags,

@@ -427,7 +427,7 @@ fn suggest(name: &str) -> Option<&'static str> {
         .map(|(f, _)| f.as_str())
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

@@ -431,6 +431,7 @@ mod tests {
             stall: None,
             deadline_exceeded: false,
             background: None,
+            done: false,
         }
     }
 

@@ -33,7 +33,7 @@ fn every_valid_example_lints_clean() {
         repo::catalog(&[examples], Some(&root()), &Known::default()).unwrap();
     assert!(diags.is_empty(), "{diags:#?}");
     assert!(catalog.invalid.is_empty() && catalog.broken_files.is_empty());
-    // Basic, manual gate, Flagger shorthand, analysis-heavy, windowed; one per router.
+    // Basic, manual gate, Flagger shorthand, analysis-heavy, windowed; one per router; a group.
     let names: Vec<&str> = catalog.rollouts.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
@@ -41,9 +41,11 @@ fn every_valid_example_lints_clean() {
             "billing",
             "cart",
             "checkout",
+            "checkout-api",
             "inventory",
             "ledger",
             "payments",
+            "payments-api",
             "profile",
             "recommendations",
             "search",
@@ -150,6 +152,7 @@ fn examples_satisfy_the_published_schemas() {
             let own = match kind {
                 "Rollout" => "rollout.json",
                 "Router" => "router.json",
+                "RolloutGroup" => "rollout-group.json",
                 _ => "metric-template.json",
             };
             assert!(

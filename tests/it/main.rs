@@ -18,6 +18,7 @@ mod examples;
 mod forge;
 mod git;
 mod git_auth;
+mod groups;
 mod hardening;
 mod hooks;
 mod judge;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use canaryd::core::analysis::{self, Evidence, Outcome};
+use canaryd::core::group::GroupGate;
 use canaryd::core::model::{Metric, Observed, Revision, Rollout, Step, Traffic, Weight};
 use canaryd::core::plan::{
     self, Action, AnalysisRef, Due, Gate, GateAction, Inputs, Plan, Revert, Sample,
@@ -208,6 +209,12 @@ impl World {
     }
 
     fn turn(&mut self, apply: bool) -> Plan {
+        let plan = self.plan_with(None);
+        self.take(plan, apply)
+    }
+
+    /// The plan for now, with what the rollout's group allows; changes nothing.
+    fn plan_with(&self, group: Option<&GroupGate>) -> Plan {
         let live = self.router_up.then(|| self.router.clone());
         let gates = self.pending_gates();
         let inputs = Inputs {
@@ -217,6 +224,7 @@ impl World {
             samples: &self.samples,
             gates: &gates,
             now: self.now,
+            group,
         };
         let plan = plan::plan(inputs);
         // Pure: `canaryd plan` and the daemon, given the same inputs, cannot disagree.
@@ -225,6 +233,11 @@ impl World {
             plan,
             "the same inputs planned twice differ"
         );
+        plan
+    }
+
+    /// Records `plan`'s status and, when `apply`, gives the router its traffic.
+    fn take(&mut self, plan: Plan, apply: bool) -> Plan {
         self.samples.clear();
         self.status = plan.status.clone();
         if apply
@@ -2103,6 +2116,7 @@ fn status_round_trips_through_yaml() {
             samples: &[],
             gates: &[],
             now: w.now,
+            group: None,
         };
         assert_eq!(plan::plan(inputs(&back)), plan::plan(inputs(status)));
     }
@@ -2916,4 +2930,283 @@ fn blue_green_without_auto_promotion_waits_for_a_promote_commit() {
     w.commit("c1", GateAction::Promote);
     w.settle();
     assert_eq!(w.router(), "blue=0 green=100");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollout groups: the members' plans with what their group allows, as the daemon makes them
+// ---------------------------------------------------------------------------------------------
+
+mod groups {
+    use super::*;
+    use canaryd::core::group;
+    use canaryd::core::model::Catalog;
+
+    /// Members `a` and `b` (services `a` and `b`, canary `green` over `blue`) with the steps
+    /// given, in a group whose `spec:` is `group`.
+    struct Release {
+        catalog: Catalog,
+        worlds: Vec<World>,
+    }
+
+    impl Release {
+        fn new(steps: [&str; 2], group: &str) -> Release {
+            let mut text = String::new();
+            for (name, steps) in ["a", "b"].into_iter().zip(steps) {
+                text.push_str(&format!(
+                    "apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: {name}}}\n\
+                     spec: {{router: edge, service: {name}, stable: {{name: blue, version: '1'}}, \
+                     canary: {{name: green, version: '2'}}, steps: {steps}}}\n---\n"
+                ));
+            }
+            text.push_str(&format!(
+                "apiVersion: canaryd.dev/v1alpha1\nkind: RolloutGroup\nmetadata: {{name: shop}}\nspec: {group}\n"
+            ));
+            let (catalog, diags) =
+                validate_texts(&[("routers.yaml", ROUTERS), ("shop.yaml", &text)]);
+            assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
+            assert_eq!(catalog.groups.len(), 1);
+            let worlds = catalog.rollouts.iter().cloned().map(World::new).collect();
+            Release { catalog, worlds }
+        }
+
+        fn world(&mut self, name: &str) -> &mut World {
+            self.worlds
+                .iter_mut()
+                .find(|w| w.spec.name == name)
+                .unwrap()
+        }
+
+        fn gates(&self, statuses: &[&Status]) -> BTreeMap<String, GroupGate> {
+            group::all_gates(&self.catalog, |name| {
+                self.worlds
+                    .iter()
+                    .zip(statuses)
+                    .find(|(w, _)| w.spec.name == name)
+                    .map(|(_, s)| *s)
+            })
+        }
+
+        /// One round of the daemon: every member planned with its gate, planned again while
+        /// the gates change with what the others' plans say, then all recorded and applied.
+        fn turn(&mut self) -> Vec<Plan> {
+            let recorded: Vec<&Status> = self.worlds.iter().map(|w| &w.status).collect();
+            let mut gates = self.gates(&recorded);
+            let mut plans: Vec<Plan> = Vec::new();
+            for _ in 0..3 {
+                plans = self
+                    .worlds
+                    .iter()
+                    .map(|w| w.plan_with(gates.get(&w.spec.name)))
+                    .collect();
+                let planned: Vec<&Status> = plans.iter().map(|p| &p.status).collect();
+                let next = self.gates(&planned);
+                if next == gates {
+                    break;
+                }
+                gates = next;
+            }
+            self.worlds
+                .iter_mut()
+                .zip(plans)
+                .map(|(w, p)| w.take(p, true))
+                .collect()
+        }
+
+        /// Rounds until one changes nothing, as a look does; the canary weights of the members
+        /// after each round, and the last round's plans.
+        fn settle(&mut self) -> (Vec<Vec<u32>>, Vec<Plan>) {
+            let mut greens = Vec::new();
+            for _ in 0..10 {
+                let before: Vec<Status> = self.worlds.iter().map(|w| w.status.clone()).collect();
+                let plans = self.turn();
+                greens.push(self.green());
+                // (An aborted rollout asks for its revert on every plan: not a change.)
+                if plans
+                    .iter()
+                    .zip(&before)
+                    .all(|(p, b)| p.traffic.is_none() && p.status == *b)
+                {
+                    return (greens, plans);
+                }
+            }
+            let last: Vec<(&Progress, Option<&Plan>)> = self
+                .worlds
+                .iter()
+                .map(|w| (&w.status.progress, w.last.as_ref()))
+                .collect();
+            panic!("the release did not settle in 10 rounds: {last:#?}");
+        }
+
+        fn advance(&mut self, d: Duration) {
+            for w in &mut self.worlds {
+                w.advance(d);
+            }
+        }
+
+        fn green(&self) -> Vec<u32> {
+            self.worlds
+                .iter()
+                .map(|w| w.router.backends["green"])
+                .collect()
+        }
+    }
+
+    fn promoted(w: &World) -> bool {
+        matches!(w.status.progress, Progress::Promoted { .. })
+    }
+
+    /// Lockstep: `a` pauses 1 minute at each weight and `b` 3; `a` waits for `b` at each, so
+    /// both routers carry the same weight after every round, and both promote in the same one.
+    #[test]
+    fn lockstep_members_stand_at_one_weight_and_promote_together() {
+        let mut r = Release::new(
+            [
+                "[{setWeight: 10}, {pause: {duration: 1m}}, {setWeight: 50}, {pause: {duration: 1m}}]",
+                "[{setWeight: 10}, {pause: {duration: 3m}}, {setWeight: 50}, {pause: {duration: 3m}}]",
+            ],
+            "{order: lockstep, members: [{rollout: a}, {rollout: b}]}",
+        );
+        let mut seen = Vec::new();
+        let mut held = false;
+        for _ in 0..40 {
+            let (greens, plans) = r.settle();
+            for green in greens {
+                assert_eq!(green[0], green[1], "members apart: {green:?}\n{plans:#?}");
+                seen.push(green[0]);
+            }
+            held |= matches!(&plans[0].action, Action::Hold { reason } if reason.contains("group `shop`: waiting for `b`"));
+            if promoted(&r.worlds[0]) || promoted(&r.worlds[1]) {
+                break;
+            }
+            r.advance(secs(30));
+        }
+        assert!(promoted(&r.worlds[0]) && promoted(&r.worlds[1]), "{seen:?}");
+        assert!(held, "a never waited for b");
+        seen.dedup();
+        assert_eq!(seen, [10, 50, 100]);
+        // `a` held at 10 % until b's 3 minutes were over.
+        assert_eq!(r.worlds[0].router.backends["green"], 100);
+    }
+
+    /// Ordered: `b` waits for `a`'s promotion with all traffic on its stable, then starts.
+    #[test]
+    fn an_ordered_member_starts_after_what_it_depends_on_is_promoted() {
+        let mut r = Release::new(
+            [
+                "[{setWeight: 20}, {pause: {duration: 2m}}]",
+                "[{setWeight: 20}, {pause: {duration: 1m}}]",
+            ],
+            "{order: ordered, members: [{rollout: a}, {rollout: b, dependsOn: [a]}]}",
+        );
+        let mut a_promoted_at = None;
+        let mut b_first_canary = None;
+        for tick in 0..20 {
+            let (_, plans) = r.settle();
+            if a_promoted_at.is_none() && promoted(&r.worlds[0]) {
+                a_promoted_at = Some(tick);
+            }
+            if b_first_canary.is_none() && r.worlds[1].router.backends["green"] > 0 {
+                b_first_canary = Some(tick);
+            }
+            if a_promoted_at.is_none() {
+                assert_eq!(r.worlds[1].router.backends["green"], 0);
+                assert!(
+                    matches!(&plans[1].action, Action::Hold { reason } if reason == "group `shop`: waiting for `a` to be promoted"),
+                    "{:?}",
+                    plans[1].action
+                );
+                assert!(matches!(
+                    r.worlds[1].status.progress,
+                    Progress::Waiting { .. }
+                ));
+            }
+            if promoted(&r.worlds[1]) {
+                break;
+            }
+            r.advance(secs(30));
+        }
+        let (a, b) = (a_promoted_at.unwrap(), b_first_canary.unwrap());
+        assert!(b >= a, "b's canary at tick {b}, a promoted at tick {a}");
+        assert!(promoted(&r.worlds[1]));
+    }
+
+    /// `dependsOn: {rollout: a, step: 2}`: `b` starts once `a` has entered its second step.
+    #[test]
+    fn an_ordered_member_can_wait_for_a_step() {
+        let mut r = Release::new(
+            [
+                "[{setWeight: 20}, {pause: {duration: 2m}}, {setWeight: 60}, {pause: {duration: 2m}}]",
+                "[{setWeight: 20}]",
+            ],
+            "{order: ordered, members: [{rollout: a}, {rollout: b, dependsOn: [{rollout: a, step: 3}]}]}",
+        );
+        r.settle();
+        assert_eq!(r.green(), [20, 0]);
+        r.advance(mins(2));
+        let (greens, _) = r.settle();
+        // a entered step 3 (60 %), and b started in the same look.
+        assert_eq!(greens[0], [60, 20], "{greens:?}");
+    }
+
+    /// One member aborted (a person's abort commit here; a failed analysis the same): the
+    /// other, in flight, aborts with the group's evidence naming the member that failed, and a
+    /// member of the release already promoted goes back to 0 too.
+    #[test]
+    fn a_member_aborted_aborts_the_rest_of_the_release() {
+        let mut r = Release::new(
+            [
+                "[{setWeight: 20}, {pause: {duration: 1m}}]",
+                "[{setWeight: 20}, {pause: {}}]",
+            ],
+            "{order: ordered, members: [{rollout: a}, {rollout: b, dependsOn: [a]}]}",
+        );
+        for _ in 0..6 {
+            r.settle();
+            r.advance(secs(30));
+        }
+        assert!(promoted(&r.worlds[0]));
+        assert_eq!(r.green(), [100, 20]);
+        r.world("b").commit("c1", GateAction::Abort);
+        let (greens, _) = r.settle();
+        // b first, then a, the member b depends on.
+        assert_eq!(greens[..2], [vec![100, 0], vec![0, 0]], "{greens:?}");
+        let Progress::Aborted { evidence, .. } = &r.worlds[0].status.progress else {
+            panic!("{:?}", r.worlds[0].status.progress)
+        };
+        assert!(
+            evidence.summary.starts_with("group `shop`: `b` failed: "),
+            "{}",
+            evidence.summary
+        );
+        assert_eq!(r.green(), [0, 0]);
+        // Settled: nothing moves again.
+        let (_, plans) = r.settle();
+        assert!(plans.iter().all(|p| p.traffic.is_none()), "{plans:#?}");
+        assert!(r.worlds[0].last.as_ref().unwrap().revert.is_some());
+    }
+
+    /// Lockstep with one member failing while the other waits at the barrier: both back to 0
+    /// within the round after.
+    #[test]
+    fn lockstep_fails_together() {
+        let mut r = Release::new(
+            [
+                "[{setWeight: 10}, {pause: {duration: 1m}}, {setWeight: 50}]",
+                "[{setWeight: 10}, {pause: {}}, {setWeight: 50}]",
+            ],
+            "{members: [{rollout: a}, {rollout: b}]}",
+        );
+        r.settle();
+        r.advance(mins(2));
+        r.settle();
+        assert_eq!(r.green(), [10, 10], "a waits for b's pause");
+        r.world("b").commit("c1", GateAction::Abort);
+        r.settle();
+        assert_eq!(r.green(), [0, 0]);
+        assert!(
+            r.worlds
+                .iter()
+                .all(|w| matches!(w.status.progress, Progress::Aborted { .. }))
+        );
+    }
 }

@@ -1189,3 +1189,174 @@ spec:
         assert!(catalog.invalid.contains_key("web"));
     }
 }
+
+/// A file with the router, rollouts `a`, `b` and `c` (each on its own service, with the steps
+/// given) and a group of them whose `spec:` body is `group`.
+fn grouped(steps: [&str; 3], group: &str) -> (Catalog, Vec<Diagnostic>) {
+    let mut text = ROUTER.to_string();
+    for (name, steps) in ["a", "b", "c"].iter().zip(steps) {
+        text.push_str(&format!(
+            "---\napiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: {name}}}\n\
+             spec: {{router: edge, service: {name}, stable: {{name: blue}}, canary: {{name: green}}, steps: {steps}}}\n"
+        ));
+    }
+    let group: String = group.lines().map(|l| format!("  {l}\n")).collect();
+    text.push_str(&format!(
+        "---\napiVersion: canaryd.dev/v1alpha1\nkind: RolloutGroup\nmetadata: {{name: release}}\nspec:\n{group}"
+    ));
+    validate::validate_texts(&[("rollouts/release.yaml", &text)])
+}
+
+const TWO_STEPS: &str = "[{setWeight: 20}, {pause: {duration: 1m}}, {setWeight: 50}]";
+
+fn group_errors(diags: &[Diagnostic]) -> Vec<(String, String)> {
+    diags
+        .iter()
+        .filter(|d| d.is_error())
+        .inspect(|d| assert!(d.help.is_some(), "{d:?}"))
+        .map(|d| (d.field.clone(), d.message.clone()))
+        .collect()
+}
+
+#[test]
+fn a_valid_group_is_in_the_catalog_with_what_each_member_waits_for() {
+    let (catalog, diags) = grouped(
+        [TWO_STEPS, TWO_STEPS, "[{setWeight: 10}]"],
+        "order: ordered\nmembers:\n  - rollout: a\n  - rollout: b\n    dependsOn: [a]\n  - rollout: c\n    dependsOn: [{rollout: a, step: 2}, b]\n",
+    );
+    assert_eq!(group_errors(&diags), []);
+    assert_eq!(catalog.rollouts.len(), 3);
+    let [g] = catalog.groups.as_slice() else {
+        panic!("{:?}", catalog.groups)
+    };
+    assert_eq!(g.name, "release");
+    assert_eq!(g.order, canaryd::core::spec::GroupOrder::Ordered);
+    let c = g.member("c").unwrap();
+    assert_eq!(
+        c.waits_for,
+        [
+            canaryd::core::model::Wait {
+                rollout: "a".into(),
+                step: Some(1)
+            },
+            canaryd::core::model::Wait {
+                rollout: "b".into(),
+                step: None
+            }
+        ]
+    );
+    // Lockstep is the default order.
+    let (catalog, diags) = grouped(
+        [TWO_STEPS, TWO_STEPS, TWO_STEPS],
+        "members: [{rollout: a}, {rollout: b}, {rollout: c}]\n",
+    );
+    assert_eq!(group_errors(&diags), []);
+    assert_eq!(
+        catalog.groups[0].order,
+        canaryd::core::spec::GroupOrder::Lockstep
+    );
+}
+
+/// The members' steps, the group's spec, and the errors (field, message) it must raise.
+type GroupCase<'a> = ([&'a str; 3], &'a str, &'a [(&'a str, &'a str)]);
+
+#[test]
+fn a_group_that_cannot_move_as_one_holds_every_member() {
+    let cases: [GroupCase; 6] = [
+        (
+            [TWO_STEPS, "[{setWeight: 20}, {setWeight: 60}]", TWO_STEPS],
+            "members: [{rollout: a}, {rollout: b}, {rollout: c}]\n",
+            &[(
+                "spec.members[1].rollout",
+                "lockstep member `b` sets weights 20%, 60% but `a` sets 20%, 50%",
+            )],
+        ),
+        (
+            [TWO_STEPS, TWO_STEPS, TWO_STEPS],
+            "members:\n  - rollout: a\n  - rollout: b\n    dependsOn: [a]\n",
+            &[(
+                "spec.members[1].dependsOn[0]",
+                "member `b` of lockstep group `release` has dependsOn",
+            )],
+        ),
+        (
+            [TWO_STEPS, TWO_STEPS, TWO_STEPS],
+            "order: ordered\nmembers:\n  - rollout: a\n  - rollout: b\n    dependsOn: [c]\n",
+            &[(
+                "spec.members[1].dependsOn[0]",
+                "member `b` depends on `c`, which is not a member of group `release`",
+            )],
+        ),
+        (
+            [TWO_STEPS, TWO_STEPS, TWO_STEPS],
+            "order: ordered\nmembers:\n  - rollout: a\n  - rollout: b\n    dependsOn: [{rollout: a, step: 4}]\n",
+            &[(
+                "spec.members[1].dependsOn[0]",
+                "member `b` waits for step 4 of `a`, which has 3 steps",
+            )],
+        ),
+        (
+            [TWO_STEPS, TWO_STEPS, TWO_STEPS],
+            "order: ordered\nmembers:\n  - rollout: a\n    dependsOn: [a]\n  - rollout: b\n",
+            &[(
+                "spec.members[0].dependsOn[0]",
+                "member `a` depends on itself",
+            )],
+        ),
+        (
+            [TWO_STEPS, TWO_STEPS, TWO_STEPS],
+            "members: [{rollout: a}, {rollout: b}, {rollout: a}]\n",
+            &[(
+                "spec.members[2].rollout",
+                "rollout `a` is named twice in group `release`",
+            )],
+        ),
+    ];
+    for (steps, group, expected) in cases {
+        let (catalog, diags) = grouped(steps, group);
+        let errors = group_errors(&diags);
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(f, m)| (f.to_string(), m.to_string()))
+            .collect();
+        assert_eq!(errors, expected, "{group}");
+        assert!(catalog.groups.is_empty(), "{group}");
+        // Its members are held with the reason; the rollout outside it runs.
+        let members: Vec<&str> = ["a", "b", "c"]
+            .into_iter()
+            .filter(|m| group.contains(&format!("rollout: {m}")))
+            .collect();
+        for m in &members {
+            let why = &catalog.invalid[*m];
+            assert!(
+                why.iter().any(|l| l.contains(&expected[0].1)),
+                "{m}: {why:?}"
+            );
+        }
+        let running: Vec<&str> = catalog.rollouts.iter().map(|r| r.name.as_str()).collect();
+        let outside: Vec<&str> = ["a", "b", "c"]
+            .into_iter()
+            .filter(|m| !members.contains(m))
+            .collect();
+        assert_eq!(running, outside, "{group}");
+    }
+}
+
+#[test]
+fn an_invalid_member_holds_its_group() {
+    let (catalog, diags) = grouped(
+        [TWO_STEPS, "[{setWeight: 200}]", TWO_STEPS],
+        "members: [{rollout: a}, {rollout: b}]\n",
+    );
+    assert_eq!(group_errors(&diags).len(), 1, "{diags:#?}");
+    assert!(catalog.groups.is_empty());
+    assert!(
+        catalog.invalid["a"]
+            .iter()
+            .any(|l| l.contains("group `release` is held: its member `b` is invalid")),
+        "{:?}",
+        catalog.invalid
+    );
+    let running: Vec<&str> = catalog.rollouts.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(running, ["c"]);
+}

@@ -891,6 +891,99 @@ pub struct MetricTemplateSpec {
     pub samples_query: Option<String>,
 }
 
+// ---------------------------------------------------------------------------------------------
+// RolloutGroup
+// ---------------------------------------------------------------------------------------------
+
+/// `kind: RolloutGroup`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RolloutGroupKind {
+    RolloutGroup,
+}
+
+/// Several rollouts released as one: they step together (or in dependency order), are judged
+/// together, and roll back together with one revert.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+#[schemars(title = "canaryd RolloutGroup")]
+pub struct RolloutGroupDoc {
+    pub api_version: ApiVersion,
+    pub kind: RolloutGroupKind,
+    pub metadata: Metadata,
+    pub spec: RolloutGroupSpec,
+}
+
+/// The members of a group and how they move.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct RolloutGroupSpec {
+    /// `lockstep` (the default): every member is at the same step, and the group moves on when
+    /// every member has finished that step. `ordered`: a member starts once the members it
+    /// `dependsOn` are promoted (or have reached the step named).
+    #[serde(default)]
+    pub order: GroupOrder,
+    /// The rollouts of the group, by name; a rollout belongs to one group at most.
+    #[schemars(length(min = 1))]
+    pub members: Vec<GroupMember>,
+}
+
+/// How a group's members move.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum GroupOrder {
+    /// Every member at the same step; the group moves on when all have finished it.
+    #[default]
+    Lockstep,
+    /// Members start in the order their `dependsOn` edges give.
+    Ordered,
+}
+
+/// One member of a group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct GroupMember {
+    /// The rollout's `metadata.name`.
+    pub rollout: String,
+    /// In an `ordered` group: the members this one waits for before it starts. A name waits
+    /// for that member's promotion; `{rollout, step}` for it to reach step `step` (1-based, as
+    /// `canaryd status` shows `step 2/4`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
+}
+
+/// What a member waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Dependency {
+    /// That member's promotion.
+    Promoted(String),
+    /// That member reaching a step.
+    Step(StepDependency),
+}
+
+/// A member reaching a step (1-based).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct StepDependency {
+    pub rollout: String,
+    #[schemars(range(min = 1))]
+    pub step: u32,
+}
+
+impl Dependency {
+    /// The member waited for.
+    pub fn rollout(&self) -> &str {
+        match self {
+            Dependency::Promoted(r) => r,
+            Dependency::Step(s) => &s.rollout,
+        }
+    }
+}
+
 /// Any document canaryd reads, for files that mix kinds (and their schema, `canaryd.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
@@ -900,6 +993,7 @@ pub enum AnyDoc {
     Rollout(RolloutDoc),
     Router(RouterDoc),
     MetricTemplate(MetricTemplateDoc),
+    RolloutGroup(RolloutGroupDoc),
 }
 
 /// The document kinds, for dispatch and schema generation.
@@ -908,10 +1002,16 @@ pub enum DocKind {
     Rollout,
     Router,
     MetricTemplate,
+    RolloutGroup,
 }
 
 impl DocKind {
-    pub const ALL: [DocKind; 3] = [DocKind::Rollout, DocKind::Router, DocKind::MetricTemplate];
+    pub const ALL: [DocKind; 4] = [
+        DocKind::Rollout,
+        DocKind::Router,
+        DocKind::MetricTemplate,
+        DocKind::RolloutGroup,
+    ];
 
     pub fn parse(kind: &str) -> Option<DocKind> {
         Self::ALL.into_iter().find(|k| k.as_str() == kind)
@@ -922,6 +1022,7 @@ impl DocKind {
             DocKind::Rollout => "Rollout",
             DocKind::Router => "Router",
             DocKind::MetricTemplate => "MetricTemplate",
+            DocKind::RolloutGroup => "RolloutGroup",
         }
     }
 }

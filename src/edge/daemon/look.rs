@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::snapshot::Snapshot;
 use super::{Daemon, PUSH_ATTEMPTS, ROUNDS, message};
-use crate::core::model::{Catalog, ERROR_RETRY, Observed, Rollout};
+use crate::core::model::{Catalog, ERROR_RETRY, Observed, Revision, Rollout};
 use crate::core::plan::{self, Effect, Inputs, Plan, Sample};
 use crate::core::record::{MetricValue, Seen, StatusFile};
 use crate::edge::git::{GateCommit, Push};
@@ -172,9 +172,17 @@ impl Daemon {
                 return;
             }
             self.plan_round(snapshot, works).await;
-            // Back toward stable: applied and read back before the record.
-            self.set_traffic(catalog, works, |w| w.before_record(Effect::SetTraffic))
+            // Back toward stable: applied and read back before the record; in a rollout group,
+            // dependents before the members they depend on.
+            let waves = crate::core::group::waves(catalog);
+            let last = waves.values().copied().max().unwrap_or(0);
+            for wave in 0..=last {
+                let in_wave = |w: &Work| waves.get(&w.name).copied().unwrap_or(0) == wave;
+                self.set_traffic(catalog, works, |w| {
+                    w.before_record(Effect::SetTraffic) && in_wave(w)
+                })
                 .await;
+            }
             self.read_back(catalog, works, |w| w.before_record(Effect::ReadBack))
                 .await;
             let now = self.settings.clock.now();
@@ -227,39 +235,41 @@ impl Daemon {
         }
     }
 
-    /// Reads every active rollout's router and plans it.
+    /// Reads every active rollout's router and plans it. The members of a rollout group are
+    /// planned with what their group allows (`core::group`), and planned again while that
+    /// changes with what the others' plans say (a member that becomes ready in this round lets
+    /// the others move in it too).
     async fn plan_round(&mut self, snapshot: &Snapshot, works: &mut [Work]) {
         let catalog = &snapshot.catalog;
         self.read_back(catalog, works, |w| w.spec.is_ok()).await;
         let now = self.settings.clock.now();
-        for w in works.iter_mut().filter(|w| w.active()) {
-            let plan = match &w.spec {
-                Err(errors) => plan::plan_invalid(&w.recorded.status, errors.clone()),
-                Ok(i) => {
-                    let r = &catalog.rollouts[*i];
-                    let gates = plan::pending_gates(
-                        snapshot
-                            .gates
-                            .get(&r.name)
-                            .into_iter()
-                            .flatten()
-                            .map(GateCommit::parts),
-                        r,
-                        w.recorded.status.last_gate.as_deref(),
-                    );
-                    plan::plan(Inputs {
-                        spec: r,
-                        recorded: &w.recorded.status,
-                        live: w.live.as_ref(),
-                        samples: &w.samples,
-                        gates: &gates,
-                        now,
-                    })
+        let mut gates = group_gates(snapshot, works, false);
+        let mut again: Option<Vec<String>> = None;
+        // A gate changes at most twice a round: ready, then open (or aborted).
+        for _ in 0..3 {
+            for w in works.iter_mut().filter(|w| w.active()) {
+                if again.as_ref().is_some_and(|names| !names.contains(&w.name)) {
+                    continue;
                 }
-            };
-            w.effects = plan.effects();
-            w.plan = Some(plan);
-            w.apply_failed = false;
+                let plan = plan_work(snapshot, w, gates.get(&w.name), now);
+                w.effects = plan.effects();
+                w.plan = Some(plan);
+                w.apply_failed = false;
+            }
+            if catalog.groups.is_empty() {
+                break;
+            }
+            let next = group_gates(snapshot, works, true);
+            let changed: Vec<String> = works
+                .iter()
+                .filter(|w| w.active() && next.get(&w.name) != gates.get(&w.name))
+                .map(|w| w.name.clone())
+                .collect();
+            gates = next;
+            if changed.is_empty() {
+                break;
+            }
+            again = Some(changed);
         }
     }
 
@@ -519,6 +529,7 @@ impl Daemon {
         }
         self.set_traffic(catalog, works, |w| w.after_record(Effect::SetTraffic))
             .await;
+        let releases = releases(catalog, works);
         let mut measure = Vec::new();
         for (k, w) in works.iter_mut().enumerate() {
             if !w.active() {
@@ -545,8 +556,15 @@ impl Daemon {
                 continue;
             };
             let r = &catalog.rollouts[i];
-            if let Some(revert) = &plan.revert
-                && let Some(branch) = self.revert(r, head, revert).await
+            // A member of a group release: one branch restores every member of the release.
+            let branch = match (&plan.revert, releases.get(&r.name)) {
+                (Some(revert), Some(release)) => {
+                    self.revert_release(catalog, release, head, revert).await
+                }
+                (Some(revert), None) => self.revert(r, head, revert).await,
+                (None, _) => None,
+            };
+            if let Some(branch) = branch
                 && w.recorded.revert.as_deref() != Some(branch.as_str())
             {
                 // Plan again, to record where the revert branch is.
@@ -654,4 +672,99 @@ fn commit_all(
         vec![(changes, message::folded(&messages))]
     };
     m.commit_status_chain(&chain)
+}
+
+/// The release each member of a group runs in, by rollout name, with every member of that
+/// release (as this round planned them): what one revert branch restores.
+fn releases(catalog: &Catalog, works: &[Work]) -> BTreeMap<String, super::revert::Release> {
+    let mut out = BTreeMap::new();
+    for g in &catalog.groups {
+        let mut by_release: BTreeMap<Revision, Vec<(usize, Revision)>> = BTreeMap::new();
+        for m in &g.members {
+            let Some(w) = works.iter().find(|w| w.name == m.rollout) else {
+                continue;
+            };
+            let (Ok(&i), Some(plan)) = (w.spec.as_ref(), w.plan.as_ref()) else {
+                continue;
+            };
+            let status = &plan.status;
+            if let (Some(release), Some(rev)) = (&status.release, status.progress.revision())
+                && *rev == catalog.rollouts[i].revision
+            {
+                by_release
+                    .entry(release.clone())
+                    .or_default()
+                    .push((i, rev.clone()));
+            }
+        }
+        for (release, members) in by_release {
+            for &(i, _) in &members {
+                out.insert(
+                    catalog.rollouts[i].name.clone(),
+                    super::revert::Release {
+                        group: g.name.clone(),
+                        release: release.clone(),
+                        members: members.clone(),
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// One rollout's plan from its recorded status, the measurements taken, its pending gates and
+/// what its group allows.
+fn plan_work(
+    snapshot: &Snapshot,
+    w: &Work,
+    group: Option<&crate::core::group::GroupGate>,
+    now: DateTime<Utc>,
+) -> Plan {
+    match &w.spec {
+        Err(errors) => plan::plan_invalid(&w.recorded.status, errors.clone()),
+        Ok(i) => {
+            let r = &snapshot.catalog.rollouts[*i];
+            let gates = plan::pending_gates(
+                snapshot
+                    .gates
+                    .get(&r.name)
+                    .into_iter()
+                    .flatten()
+                    .map(GateCommit::parts),
+                r,
+                w.recorded.status.last_gate.as_deref(),
+            );
+            plan::plan(Inputs {
+                spec: r,
+                recorded: &w.recorded.status,
+                live: w.live.as_ref(),
+                samples: &w.samples,
+                gates: &gates,
+                now,
+                group,
+            })
+        }
+    }
+}
+
+/// What each group allows each of its members, by rollout name: from the members' statuses as
+/// this look planned them (`planned`), else as recorded, and for a member not in this look, as
+/// Git holds it.
+fn group_gates(
+    snapshot: &Snapshot,
+    works: &[Work],
+    planned: bool,
+) -> BTreeMap<String, crate::core::group::GroupGate> {
+    crate::core::group::all_gates(&snapshot.catalog, |name| {
+        match works.iter().find(|w| w.name == name) {
+            Some(w) if planned => w.plan.as_ref().map(|p| &p.status),
+            Some(w) => Some(&w.recorded.status),
+            None => snapshot
+                .statuses
+                .get(name)
+                .and_then(|f| f.as_ref().ok())
+                .map(|f| &f.status),
+        }
+    })
 }

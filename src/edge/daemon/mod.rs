@@ -150,6 +150,19 @@ impl Scope {
             Scope::Only(names) => names.contains(name),
         }
     }
+
+    /// This scope and every member of a group one of its rollouts is in.
+    fn with_groups(self, catalog: &crate::core::model::Catalog) -> Scope {
+        let Scope::Only(mut names) = self else {
+            return Scope::All;
+        };
+        for g in &catalog.groups {
+            if g.members.iter().any(|m| names.contains(&m.rollout)) {
+                names.extend(g.members.iter().map(|m| m.rollout.clone()));
+            }
+        }
+        Scope::Only(names)
+    }
 }
 
 /// Runs the daemon until `shutdown` is cancelled.
@@ -474,6 +487,8 @@ impl Daemon {
             self.error(ErrorClass::Spec, None, line.clone());
         }
         let catalog = &snapshot.catalog;
+        // A group's members are looked at together, so that they move in the same round.
+        let scope = scope.with_groups(catalog);
         // Rollouts last seen in a file that no longer parses are held, not forgotten.
         let mut names: BTreeSet<String> = catalog.rollouts.iter().map(|r| r.name.clone()).collect();
         names.extend(catalog.invalid.keys().cloned());

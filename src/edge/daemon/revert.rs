@@ -15,6 +15,20 @@ use crate::edge::telemetry::ErrorClass;
 /// A commit that changed a rollout's spec, and its parent (`None`: the file was new).
 pub(super) type Change = (String, Option<String>);
 
+/// A release of a rollout group: its members (catalog index, revision), which one revert
+/// branch restores together.
+#[derive(Clone, Debug)]
+pub(super) struct Release {
+    pub group: String,
+    pub release: Revision,
+    pub members: Vec<(usize, Revision)>,
+}
+
+/// The branch name for the revert of release `release` of group `group`.
+pub fn group_branch_name(group: &str, release: &Revision) -> String {
+    format!("canaryd/revert/{group}-{release}")
+}
+
 /// The branch name for a revert of `rollout`'s change `commit`.
 pub fn branch_name(rollout: &str, commit: &str) -> String {
     format!("canaryd/revert/{rollout}-{}", short(commit))
@@ -70,7 +84,119 @@ pub fn message(r: &Rollout, revert: &Revert, change: &str, parent: Option<&str>)
     m
 }
 
+/// The group revert's message: the evidence, then each member's spec restored.
+fn group_message(
+    release: &Release,
+    revert: &Revert,
+    restored: &[(String, String, String, Option<String>)],
+) -> String {
+    let mut m = format!(
+        "Revert release {} of {}: restore {} specs\n\n",
+        release.release,
+        release.group,
+        restored.len()
+    );
+    let _ = writeln!(
+        m,
+        "canaryd aborted release {} of group {}: {}",
+        release.release, release.group, revert.evidence.summary
+    );
+    if let Some(metric) = &revert.evidence.metric {
+        let _ = writeln!(
+            m,
+            "metric {metric}, condition `{}`",
+            revert.evidence.condition.as_deref().unwrap_or("-")
+        );
+    }
+    let _ = writeln!(
+        m,
+        "\nTraffic of every member is already back on stable. Merging this makes Git agree:"
+    );
+    for (rollout, file, change, parent) in restored {
+        let _ = writeln!(
+            m,
+            "- {rollout}: {file} as of {} (before {})",
+            parent
+                .as_deref()
+                .map_or("(none: the file did not exist)", short),
+            short(change)
+        );
+    }
+    let _ = write!(
+        m,
+        "\nGroup: {}\nRelease: {}\n",
+        release.group, release.release
+    );
+    m
+}
+
 impl Daemon {
+    /// Makes sure the one revert branch of a group release exists on the remote: every member
+    /// of the release gets its spec file back as it was before the change that started it.
+    /// Returns its name.
+    pub(super) async fn revert_release(
+        &mut self,
+        catalog: &crate::core::model::Catalog,
+        release: &Release,
+        head: &str,
+        revert: &Revert,
+    ) -> Option<String> {
+        let key = (format!("group:{}", release.group), release.release.clone());
+        if let Some(branch) = self.reverts.get(&key) {
+            return Some(branch.clone());
+        }
+        let mut restore = BTreeMap::new();
+        let mut restored = Vec::new();
+        for (i, revision) in &release.members {
+            let r = &catalog.rollouts[*i];
+            let (change, parent) = self.start_of(r, head, revision).await?;
+            if restore.contains_key(&r.file) {
+                // Two members in one file, changed together: restored once.
+                restored.push((r.name.clone(), r.file.clone(), change, parent));
+                continue;
+            }
+            let text = match &parent {
+                Some(p) => {
+                    let (p, file) = (p.clone(), r.file.clone());
+                    match self.git(move |m| m.file_at(&p, &file)).await {
+                        Ok(text) => text,
+                        Err(e) => {
+                            self.error(ErrorClass::Git, Some(&r.name), e.to_string());
+                            return None;
+                        }
+                    }
+                }
+                None => None,
+            };
+            restore.insert(r.file.clone(), text);
+            restored.push((r.name.clone(), r.file.clone(), change, parent));
+        }
+        let name = group_branch_name(&release.group, &release.release);
+        let msg = group_message(release, revert, &restored);
+        let (n, base) = (name.clone(), head.to_string());
+        match self
+            .git(move |m| m.ensure_revert_branch(&n, &base, &restore, &msg))
+            .await
+        {
+            Ok(RevertBranch::Created(id)) => {
+                tracing::info!(branch = %name, commit = %short(&id), "group revert branch pushed");
+            }
+            Ok(RevertBranch::Existed(_)) => {
+                tracing::debug!(branch = %name, "group revert branch already there");
+            }
+            Err(e) => {
+                self.error(
+                    ErrorClass::Git,
+                    None,
+                    format!("cannot push revert branch {name}: {e}"),
+                );
+                return None;
+            }
+        }
+        self.reverts.insert(key, name.clone());
+        Some(name)
+    }
+
     /// Makes sure the revert branch for `revert` exists on the remote; returns its name.
     pub(super) async fn revert(
         &mut self,

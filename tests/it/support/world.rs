@@ -148,6 +148,17 @@ impl World {
         self.repo().commit(&[(&path, Some(text))], message)
     }
 
+    /// Writes several `rollouts/<file>`s in one commit and pushes, as one merged pull request.
+    pub fn merge_all(&self, files: &[(&str, &str)], message: &str) -> String {
+        let paths: Vec<String> = files.iter().map(|(f, _)| format!("rollouts/{f}")).collect();
+        let changes: Vec<(&str, Option<&str>)> = paths
+            .iter()
+            .zip(files)
+            .map(|(p, (_, text))| (p.as_str(), Some(*text)))
+            .collect();
+        self.repo().commit(&changes, message)
+    }
+
     /// `canaryd promote|abort checkout --push` in the working clone, as a person runs it.
     pub fn gate(&self, action: &str) {
         let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
