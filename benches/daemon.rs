@@ -50,8 +50,8 @@ fn main() {
         .failing(1.0)]));
     let (blue, green, red) = (sound["blue"], sound["green"], failing["green"]);
 
-    // `cargo bench --bench daemon -- abort` runs one part: latency, webhook, abort, memory or
-    // pushes.
+    // `cargo bench --bench daemon -- abort` runs one part: latency, group, webhook, abort,
+    // memory or pushes.
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -95,6 +95,10 @@ fn main() {
             times[0],
             times[times.len() - 1]
         );
+    }
+
+    if part("group") {
+        group_figure(blue, green);
     }
 
     // A file:// remote is not watched, and the poll is 5 min: only the webhook wakes the daemon.
@@ -268,6 +272,59 @@ fn main() {
         drop(git_daemon);
         println!(
             "  {n} rollouts given a canary in one commit, 200 ms per push (poll 200 ms): all at step 1, verified, after {took:.2?} ({pushes} pushes)"
+        );
+    }
+}
+
+/// Merge -> the first step (20 %) read back on every member, for `n` rollouts released by one
+/// merge, in one lockstep group or each on its own.
+fn group_figure(blue: SocketAddr, green: SocketAddr) {
+    println!(
+        "  one merge releasing n rollouts on the embedded router -> 20 % read back on every one \
+         (local watch; 3 runs, median):"
+    );
+    let group = |n: usize| {
+        let members: Vec<String> = (0..n)
+            .map(|i| format!("{{rollout: checkout-{i}}}"))
+            .collect();
+        format!(
+            "apiVersion: canaryd.dev/v1alpha1\nkind: RolloutGroup\nmetadata: {{name: shop}}\nspec:\n  order: lockstep\n  members: [{}]\n",
+            members.join(", ")
+        )
+    };
+    for n in [1, 10, 25, 50] {
+        let mut row = Vec::new();
+        for grouped in [false, true] {
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                let lab = Lab::new(blue, green);
+                let mut daemon = lab.start(true, "30s");
+                let with_group = |mut files: BTreeMap<String, Option<String>>| {
+                    if grouped {
+                        files.insert("rollouts/group.yaml".into(), Some(group(n)));
+                    }
+                    files
+                };
+                lab.commit(&with_group(lab.rollouts(n, None)), "stable");
+                lab.wait(|s| s.len() == n && s.values().all(|f| f.live.is_some()));
+                let t0 = Instant::now();
+                lab.commit(&with_group(lab.all_canary(n, "2.0")), "release");
+                lab.wait(|s| {
+                    s.len() == n
+                        && s.values().all(|f| {
+                            f.live.as_ref().is_some_and(|l| {
+                                l.backends.get("green").is_some_and(|w| w.get() == 20)
+                            })
+                        })
+                });
+                times.push(t0.elapsed());
+                kill(&mut daemon);
+            }
+            row.push(median(&mut times));
+        }
+        println!(
+            "    n = {n:>2}: each on its own {:?}, one lockstep group {:?}",
+            row[0], row[1]
         );
     }
 }

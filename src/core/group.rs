@@ -16,6 +16,11 @@
 //!   promoted in it included, with the failing member's evidence under the group's name.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::core::analysis::Evidence;
 use crate::core::model::{Catalog, Group, Revision, Rollout, Step};
@@ -295,4 +300,272 @@ pub fn waves(catalog: &Catalog) -> BTreeMap<String, usize> {
         }
     }
     out
+}
+
+/// What `status/groups/<group>.yaml` on the status branch holds: the release, each member's
+/// place in it, and who holds it back. Written by the daemon beside its members' status files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(title = "canaryd group status")]
+pub struct GroupStatusFile {
+    pub group: String,
+    pub order: GroupOrder,
+    /// The release under way, or the last one; `None`: none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Revision>,
+    pub phase: GroupPhase,
+    pub members: Vec<MemberPlace>,
+    /// The members the others wait for now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_by: Vec<String>,
+    /// Why the release was aborted: the failing member and its evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+    /// The one revert branch of an aborted release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where a group's release is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum GroupPhase {
+    /// No release under way, none run yet.
+    Idle,
+    /// A member is waiting to start or in flight.
+    Progressing,
+    /// Every member of the release is promoted.
+    Promoted,
+    /// A member failed; all went back to stable.
+    Aborted,
+}
+
+/// One member's place in its group's release.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberPlace {
+    pub rollout: String,
+    /// Its own phase (`analysing`, `paused`, …).
+    pub phase: String,
+    /// `2/4`, while in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Its canary weight now.
+    pub weight: u8,
+    /// Whether the release changed it.
+    pub in_release: bool,
+    /// Finished its step and waiting for the others, or promoted.
+    pub ready: bool,
+}
+
+impl GroupStatusFile {
+    pub fn to_yaml(&self) -> Result<String, String> {
+        serde_saphyr::to_string(self).map_err(|e| e.to_string())
+    }
+
+    /// Reads a group's status file; the error says why not.
+    pub fn from_yaml(text: &str) -> Result<GroupStatusFile, String> {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Whether `other` says the same, its time aside.
+    pub fn same_substance(&self, other: &GroupStatusFile) -> bool {
+        GroupStatusFile {
+            updated_at: other.updated_at,
+            ..self.clone()
+        } == *other
+    }
+
+    /// The commit subject that records it: `release shop: step 2/4 20% (checkout ✓,
+    /// payments analysing)`.
+    pub fn subject(&self) -> String {
+        let name = format!("release {}", self.group);
+        let marks = || {
+            let marks: Vec<String> = self
+                .members
+                .iter()
+                .filter(|m| m.in_release)
+                .map(|m| {
+                    if m.ready {
+                        format!("{} ✓", m.rollout)
+                    } else {
+                        format!("{} {}", m.rollout, m.phase)
+                    }
+                })
+                .collect();
+            marks.join(", ")
+        };
+        match self.phase {
+            GroupPhase::Idle => format!("{name}: idle"),
+            GroupPhase::Aborted => {
+                let evidence = self.evidence.as_deref().unwrap_or("a member failed");
+                let moving: Vec<&MemberPlace> = self
+                    .members
+                    .iter()
+                    .filter(|m| m.in_release && m.phase != "aborted")
+                    .collect();
+                if !moving.is_empty() {
+                    format!("{name}: aborting ({}): {evidence}", marks())
+                } else if let Some(branch) = &self.revert {
+                    format!("{name}: aborted: {evidence}; revert branch {branch} pushed")
+                } else {
+                    format!("{name}: aborted: {evidence}")
+                }
+            }
+            GroupPhase::Promoted => format!("{name}: promoted ({})", marks()),
+            GroupPhase::Progressing => {
+                // The step of the member that holds the others back, else of the first moving.
+                let lead = self
+                    .held_by
+                    .iter()
+                    .find_map(|h| self.members.iter().find(|m| &m.rollout == h))
+                    .or_else(|| self.members.iter().find(|m| m.in_release && !m.ready))
+                    .or_else(|| self.members.iter().find(|m| m.in_release));
+                let mut s = name;
+                if let Some(m) = lead {
+                    match &m.step {
+                        Some(step) => {
+                            let _ = write!(s, ": step {step} {}%", m.weight);
+                        }
+                        None => {
+                            let _ = write!(s, ": {}", m.phase);
+                        }
+                    }
+                }
+                let _ = write!(s, " ({})", marks());
+                s
+            }
+        }
+    }
+}
+
+/// The group's status from its members' (as [`gates`] reads them); `revert`: the release's
+/// revert branch, when one was pushed.
+pub fn summary(
+    group: &Group,
+    members: &BTreeMap<&str, MemberState<'_>>,
+    revert: Option<String>,
+    now: DateTime<Utc>,
+) -> GroupStatusFile {
+    let current = |m: &MemberState<'_>| m.status.progress.revision() == Some(&m.spec.revision);
+    // The release under way, else the last one its members ran in.
+    let release = group
+        .members
+        .iter()
+        .filter_map(|gm| members.get(gm.rollout.as_str()))
+        .find(|m| active(m))
+        .or_else(|| {
+            group
+                .members
+                .iter()
+                .filter_map(|gm| members.get(gm.rollout.as_str()))
+                .find(|m| current(m) && m.status.release.is_some())
+        })
+        .and_then(|m| m.status.release.clone());
+    let in_release =
+        |m: &MemberState<'_>| release.is_some() && m.status.release == release && current(m);
+    let mut places = Vec::new();
+    let mut held_by = Vec::new();
+    let any_done = group.members.iter().any(|gm| {
+        members
+            .get(gm.rollout.as_str())
+            .and_then(|m| run_of(m))
+            .is_some_and(|r| r.done)
+    });
+    for gm in &group.members {
+        let Some(m) = members.get(gm.rollout.as_str()) else {
+            places.push(MemberPlace {
+                rollout: gm.rollout.clone(),
+                phase: "pending".into(),
+                step: None,
+                weight: 0,
+                in_release: false,
+                ready: false,
+            });
+            continue;
+        };
+        let run = run_of(m);
+        let promoted = matches!(m.status.progress, Progress::Promoted { .. });
+        let ready = promoted || run.is_some_and(|r| r.done);
+        let mine = in_release(m);
+        if mine && run.is_some() && !ready && group.order == GroupOrder::Lockstep && any_done {
+            held_by.push(gm.rollout.clone());
+        }
+        if matches!(m.status.progress, Progress::Waiting { .. })
+            && group.order == GroupOrder::Ordered
+        {
+            for w in &gm.waits_for {
+                let done = members.get(w.rollout.as_str()).is_some_and(|d| {
+                    matches!(
+                        d.status.progress,
+                        Progress::Promoted { .. } | Progress::Stable { .. }
+                    ) || w
+                        .step
+                        .is_some_and(|i| run_of(d).is_some_and(|r| r.step >= i))
+                });
+                if !done && !held_by.contains(&w.rollout) {
+                    held_by.push(w.rollout.clone());
+                }
+            }
+        }
+        places.push(MemberPlace {
+            rollout: gm.rollout.clone(),
+            phase: m.status.progress.phase().to_string(),
+            step: run.map(|r| format!("{}/{}", r.step + 1, m.spec.steps.len())),
+            weight: match &m.status.progress {
+                Progress::Promoted { .. } => 100,
+                _ => run.map_or(0, |r| r.weight.get()),
+            },
+            in_release: mine,
+            ready,
+        });
+    }
+    let released: Vec<&MemberState<'_>> = group
+        .members
+        .iter()
+        .filter_map(|gm| members.get(gm.rollout.as_str()))
+        .filter(|m| in_release(m))
+        .collect();
+    let aborted: Vec<(&str, &Evidence)> = released
+        .iter()
+        .filter_map(|m| match &m.status.progress {
+            Progress::Aborted { evidence, .. } => Some((m.status.rollout.as_str(), evidence)),
+            _ => None,
+        })
+        .collect();
+    let phase = if !aborted.is_empty() {
+        GroupPhase::Aborted
+    } else if released.iter().any(|m| active(m)) {
+        GroupPhase::Progressing
+    } else if !released.is_empty()
+        && released
+            .iter()
+            .all(|m| matches!(m.status.progress, Progress::Promoted { .. }))
+    {
+        GroupPhase::Promoted
+    } else {
+        GroupPhase::Idle
+    };
+    // The member that failed first: its own evidence, not the group's echo of it.
+    let prefix = format!("group `{}`: ", group.name);
+    let evidence = aborted
+        .iter()
+        .find(|(_, e)| !e.summary.starts_with(&prefix))
+        .or(aborted.first())
+        .map(|(who, e)| match e.summary.strip_prefix(&prefix) {
+            Some(echo) => echo.to_string(),
+            None => format!("`{who}` failed: {}", e.summary),
+        });
+    GroupStatusFile {
+        group: group.name.clone(),
+        order: group.order,
+        release,
+        phase,
+        members: places,
+        held_by,
+        evidence,
+        revert: revert.filter(|_| phase == GroupPhase::Aborted),
+        updated_at: now,
+    }
 }

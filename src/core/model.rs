@@ -445,6 +445,9 @@ pub struct Rollout {
     pub load: Option<Load>,
     /// Hooks called after promotion or abort.
     pub post_hooks: Vec<Hook>,
+    /// Routes its rollout group adds while it is in flight, before its own (version
+    /// affinity: requests whose first hop chose a side go to the same side here).
+    pub follow: Vec<Route>,
 }
 
 impl Rollout {
@@ -472,7 +475,7 @@ impl Rollout {
         let Some(canary) = &self.target().canary else {
             return Vec::new();
         };
-        let mut routes: Vec<Route> = Vec::new();
+        let mut routes: Vec<Route> = self.follow.clone();
         for step in self.steps.iter().take(k + 1) {
             let Step::SetHeaderRoute { name, matches } = step else {
                 continue;
@@ -721,7 +724,20 @@ pub struct Group {
     pub order: crate::core::spec::GroupOrder,
     /// In the order written.
     pub members: Vec<Member>,
+    /// Version affinity: the member that picks each request's side, and the header that
+    /// carries it to the others.
+    pub affinity: Option<GroupAffinity>,
 }
+
+/// See [`Group::affinity`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupAffinity {
+    pub from: String,
+    pub header: String,
+}
+
+/// The header the first hop tells the next one its side in (`<service>=canary|stable`).
+pub const SIDE_HEADER: &str = "X-Canaryd-Side";
 
 /// One member of a [`Group`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,6 +17,10 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("rollout-group.json", render::<RolloutGroupDoc>()),
         ("canaryd.json", render::<AnyDoc>()),
         ("status.json", render::<StatusFile>()),
+        (
+            "group-status.json",
+            render::<crate::core::group::GroupStatusFile>(),
+        ),
     ]
 }
 

@@ -265,6 +265,7 @@ fn check(sources: &[Source], known: &Known, keep_rollouts: bool) -> (Catalog, Ve
         .flatten()
         .filter(|r| !catalog.invalid.contains_key(&r.name))
         .collect();
+    groups::follow(&mut catalog);
     diags.sort_by(|a, b| (a.file.as_str(), a.position).cmp(&(b.file.as_str(), b.position)));
     (catalog, diags)
 }
@@ -768,6 +769,7 @@ fn rollout(cx: &mut Cx<'_>, raw: &spec::RolloutDoc, refs: &Refs) -> Option<Rollo
         notify,
         load,
         post_hooks,
+        follow: Vec::new(),
     })
 }
 

@@ -47,6 +47,13 @@ pub struct Summary {
     pub load: LoadReport,
     /// How long the demo took.
     pub took: Duration,
+    /// Act 4: each member's final phase (checkout, payments).
+    pub group_phases: Vec<String>,
+    /// Act 4: the one revert branch of the release, and the spec files it restores.
+    pub group_revert: Option<String>,
+    pub group_restored: BTreeMap<String, Option<String>>,
+    /// Act 4: the group's status commits, newest first.
+    pub group_log: Vec<String>,
 }
 
 /// Why the demo could not run.
@@ -116,6 +123,58 @@ spec:
     )
 }
 
+const PAYMENTS_FILE: &str = "rollouts/payments.yaml";
+const GROUP_FILE: &str = "rollouts/shop.yaml";
+const GROUP_STATUS_FILE: &str = "status/groups/shop.yaml";
+
+/// Act 4's second service: payments on a router of its own, with the same weights as checkout
+/// (the group steps in lockstep).
+fn payments_spec(
+    router: SocketAddr,
+    backends: &BTreeMap<&str, SocketAddr>,
+    canary: Option<&str>,
+) -> String {
+    let canary = canary.map_or(String::new(), |version| {
+        format!("  canary: {{name: green, version: \"{version}\"}}\n")
+    });
+    format!(
+        "apiVersion: canaryd.dev/v1alpha1
+kind: Router
+metadata: {{name: mesh}}
+spec:
+  kind: embedded
+  listen: \"{router}\"
+  backends: {{blue: \"http://{}\", green: \"http://{}\"}}
+---
+apiVersion: canaryd.dev/v1alpha1
+kind: Rollout
+metadata: {{name: payments}}
+spec:
+  router: mesh
+  service: payments
+  stable: {{name: blue, version: \"2.0\"}}
+{canary}  steps:
+    - setWeight: 20
+    - analysis:
+        interval: 2s
+        count: 3
+        metrics:
+          - {{name: errors, template: error-rate}}
+    - setWeight: 50
+    - pause: {{duration: 3s}}
+",
+        backends["blue"], backends["green"]
+    )
+}
+
+const GROUP: &str = "apiVersion: canaryd.dev/v1alpha1
+kind: RolloutGroup
+metadata: {name: shop}
+spec:
+  order: lockstep
+  members: [{rollout: checkout}, {rollout: payments}]
+";
+
 /// Runs the demo in a fresh temp dir under `scratch`, narrating to `out`.
 pub fn run(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -180,6 +239,22 @@ async fn merge(remote: &Path, spec: String, message: &str, user: &Author) -> Res
         git::commit_files(&repo, "main", &files, &message, &user)
     })
     .await?;
+    Ok(())
+}
+
+/// Commits several spec files at once to `main`, as one merged pull request.
+async fn merge_files(
+    remote: &Path,
+    files: Vec<(&str, String)>,
+    message: &str,
+    user: &Author,
+) -> Result<(), DemoError> {
+    let (repo, message, user) = (remote.to_path_buf(), message.to_string(), user.clone());
+    let files: BTreeMap<String, Option<String>> = files
+        .into_iter()
+        .map(|(path, text)| (path.to_string(), Some(text)))
+        .collect();
+    blocking(move || git::commit_files(&repo, "main", &files, &message, &user)).await?;
     Ok(())
 }
 
@@ -276,6 +351,52 @@ impl Stage<'_> {
                     now: self
                         .last
                         .as_ref()
+                        .map_or("nothing".into(), |s| s.status.progress.phase().to_string()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Stage<'_> {
+    /// Waits, without narrating each step, until `rollout` is at `phase` and `done` holds
+    /// and each of `also` is at `phase` too; returns their statuses (`rollout`'s first).
+    async fn wait(
+        &mut self,
+        rollout: &str,
+        phase: &'static str,
+        done: impl Fn(&StatusFile) -> bool,
+        also: &[&str],
+    ) -> Result<Vec<StatusFile>, DemoError> {
+        let deadline = crate::edge::clock::instant() + Duration::from_secs(ACT_LIMIT);
+        loop {
+            let (remote, scratch) = (self.remote.clone(), self.scratch.clone());
+            let files = blocking(move || {
+                git::read_status_branch(
+                    remote.to_str().unwrap_or_default(),
+                    "canaryd/status",
+                    &scratch,
+                )
+            })
+            .await
+            .unwrap_or_default();
+            let read = |name: &str| files.get(name).and_then(|t| StatusFile::from_yaml(t).ok());
+            let mut found = Vec::new();
+            for name in std::iter::once(rollout).chain(also.iter().copied()) {
+                match read(name) {
+                    Some(s) if s.status.progress.phase() == phase => found.push(s),
+                    _ => break,
+                }
+            }
+            if found.len() == 1 + also.len() && done(&found[0]) {
+                return Ok(found);
+            }
+            if crate::edge::clock::instant() > deadline {
+                return Err(DemoError::Stuck {
+                    phase,
+                    secs: ACT_LIMIT,
+                    now: read(rollout)
                         .map_or("nothing".into(), |s| s.status.progress.phase().to_string()),
                 });
             }
@@ -405,7 +526,8 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
 
     stage.say("\nAct 2. The next pull request deploys checkout 1.2 into the blue slot; it fails 20% of requests.")?;
     blue_stop.cancel();
-    start_backend(backends["blue"], "blue", "1.2", 0.2, stop.child_token()).await?;
+    let blue2_stop = stop.child_token();
+    start_backend(backends["blue"], "blue", "1.2", 0.2, blue2_stop.clone()).await?;
     let act2 = spec(router, &backends, ("green", "1.1"), Some(("blue", "1.2")));
     merge(&remote, act2, "checkout: canary blue 1.2", &user).await?;
     let (weights, s) = stage.follow("aborted", |s| s.revert.is_some()).await?;
@@ -441,6 +563,19 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
     summary.weights.push(weights);
     summary.phases.push(s.status.progress.phase().to_string());
 
+    act4(
+        &mut stage,
+        &mut summary,
+        &remote,
+        router,
+        &backends,
+        &user,
+        &stop,
+        &load_stop,
+        blue2_stop,
+    )
+    .await?;
+
     load_stop.cancel();
     summary.load = match load.await {
         Ok(report) => report?,
@@ -465,4 +600,117 @@ async fn story(out: &mut dyn Write, scratch: &Path) -> Result<Summary, DemoError
     ))?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(summary)
+}
+
+/// Act 4: two services released as one group; the failing one takes both back, with one revert
+/// branch for both files.
+#[allow(clippy::too_many_arguments)]
+async fn act4(
+    stage: &mut Stage<'_>,
+    summary: &mut Summary,
+    remote: &Path,
+    router: SocketAddr,
+    backends: &BTreeMap<&str, SocketAddr>,
+    user: &Author,
+    stop: &CancellationToken,
+    load_stop: &CancellationToken,
+    blue2_stop: CancellationToken,
+) -> Result<(), DemoError> {
+    stage.say(
+        "\nAct 4. Two services, one release: a pull request adds payments 2.0 (its own router) and \
+         group `shop`, checkout and payments in lockstep.",
+    )?;
+    let pay_router = free_addr().await?;
+    let pay: BTreeMap<&str, SocketAddr> =
+        [("blue", free_addr().await?), ("green", free_addr().await?)].into();
+    start_backend(pay["blue"], "blue", "2.0", 0.0, stop.child_token()).await?;
+    start_backend(pay["green"], "green", "2.1", 0.2, stop.child_token()).await?;
+    merge_files(
+        remote,
+        vec![
+            (PAYMENTS_FILE, payments_spec(pay_router, &pay, None)),
+            (GROUP_FILE, GROUP.to_string()),
+        ],
+        "payments 2.0 on blue; group shop",
+        user,
+    )
+    .await?;
+    stage.wait("payments", "stable", settled, &[]).await?;
+    wait_for_router(pay_router).await?;
+    let pay_load = tokio::spawn(users(pay_router, load_stop.clone()));
+    stage.say(
+        "  The release: checkout 1.3 into the blue slot (healthy) and payments 2.1 on green, which \
+         fails 20% of requests, merged together.",
+    )?;
+    blue2_stop.cancel();
+    start_backend(backends["blue"], "blue", "1.3", 0.0, stop.child_token()).await?;
+    // Act 3 left act 1's spec on main.
+    let before_checkout = summary.act1_spec.clone();
+    let before_payments = payments_spec(pay_router, &pay, None);
+    merge_files(
+        remote,
+        vec![
+            (
+                SPEC_FILE,
+                spec(router, backends, ("green", "1.1"), Some(("blue", "1.3"))),
+            ),
+            (PAYMENTS_FILE, payments_spec(pay_router, &pay, Some("2.1"))),
+        ],
+        "release shop: checkout 1.3, payments 2.1",
+        user,
+    )
+    .await?;
+    let finals = stage
+        .wait("payments", "aborted", |s| s.revert.is_some(), &["checkout"])
+        .await?;
+    for s in &finals {
+        summary
+            .group_phases
+            .push(s.status.progress.phase().to_string());
+        if let Progress::Aborted { evidence, .. } = &s.status.progress {
+            stage.say(&format!(
+                "  {}: aborted: {}",
+                s.status.rollout, evidence.summary
+            ))?;
+        }
+    }
+    let branch = finals
+        .iter()
+        .find_map(|s| s.revert.clone())
+        .unwrap_or_default();
+    stage.say(&format!(
+        "  both back on their stable slots; one revert branch for the release: {branch}"
+    ))?;
+    let (repo, name) = (remote.to_path_buf(), branch.clone());
+    let (restored, log) = blocking(move || {
+        let tip = git::branch_tip(&repo, &name)?;
+        let mut restored = BTreeMap::new();
+        for file in [SPEC_FILE, PAYMENTS_FILE] {
+            restored.insert(file.to_string(), git::file_at_commit(&repo, &tip, file)?);
+        }
+        let log = git::log(&repo, "canaryd/status", Some(GROUP_STATUS_FILE), 20)?;
+        Ok((restored, log))
+    })
+    .await?;
+    stage.say(&format!(
+        "  it restores {} and {} as they were before the release.",
+        SPEC_FILE, PAYMENTS_FILE
+    ))?;
+    let same = restored.get(SPEC_FILE).and_then(Option::as_deref) == Some(before_checkout.as_str())
+        && restored.get(PAYMENTS_FILE).and_then(Option::as_deref) == Some(before_payments.as_str());
+    if !same {
+        stage.say("  (the restored files differ from the ones before the release!)")?;
+    }
+    stage.say("\n$ git log --oneline canaryd/status -- status/groups/shop.yaml")?;
+    for line in &log {
+        stage.say(&format!("  {line}"))?;
+    }
+    summary.group_revert = Some(branch);
+    summary.group_restored = restored;
+    summary.group_log = log;
+    load_stop.cancel();
+    if let Ok(Ok(report)) = pay_load.await {
+        summary.load.merge(report);
+    }
+    Ok(())
 }

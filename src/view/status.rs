@@ -396,6 +396,79 @@ pub fn json(files: &[StatusFile]) -> String {
     text
 }
 
+/// `canaryd status GROUP`: the group's release and each member's place in it, then each
+/// member's own status as `human` prints it.
+pub fn group_human(
+    group: &crate::core::group::GroupStatusFile,
+    members: &[StatusFile],
+    now: DateTime<Utc>,
+) -> String {
+    let mut out = format!(
+        "group {} ({}): {}\n",
+        group.group,
+        match group.order {
+            crate::core::spec::GroupOrder::Lockstep => "lockstep",
+            crate::core::spec::GroupOrder::Ordered => "ordered",
+        },
+        group.subject()
+    );
+    if let Some(r) = &group.release {
+        let _ = writeln!(out, "  release:   {r}");
+    }
+    if !group.held_by.is_empty() {
+        let _ = writeln!(out, "  held by:   {}", group.held_by.join(", "));
+    }
+    if let Some(b) = &group.revert {
+        let _ = writeln!(out, "  revert:    {b}");
+    }
+    let width = group
+        .members
+        .iter()
+        .map(|m| m.rollout.len())
+        .max()
+        .unwrap_or(0);
+    for m in &group.members {
+        let mark = if m.ready { "✓" } else { " " };
+        let _ = writeln!(
+            out,
+            "  {mark} {:width$}  {:12} {:>6}  {:>3}%{}",
+            m.rollout,
+            m.phase,
+            m.step.as_deref().unwrap_or("-"),
+            m.weight,
+            if m.in_release {
+                ""
+            } else {
+                "  (not in this release)"
+            },
+        );
+    }
+    if !members.is_empty() {
+        out.push('\n');
+        out.push_str(&human(members, now));
+    }
+    out
+}
+
+/// `canaryd status GROUP --output json`: `{group, members}`, the group's status file and each
+/// member's view as [`json`] gives it.
+pub fn group_json(group: &crate::core::group::GroupStatusFile, members: &[StatusFile]) -> String {
+    #[derive(Serialize)]
+    struct GroupView<'a> {
+        group: &'a crate::core::group::GroupStatusFile,
+        members: Vec<RolloutView<'a>>,
+    }
+    let view = GroupView {
+        group,
+        members: members.iter().map(RolloutView::of).collect(),
+    };
+    // String keys only, as in `json`.
+    #[allow(clippy::expect_used)]
+    let mut text = serde_json::to_string_pretty(&view).expect("group views serialise to JSON");
+    text.push('\n');
+    text
+}
+
 /// A 20-cell progress bar of the canary's share.
 pub fn bar(w: Weight) -> String {
     let filled = usize::from(w.get()) / 5;

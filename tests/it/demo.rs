@@ -62,4 +62,32 @@ fn the_demo_promotes_aborts_and_rolls_back_through_git() {
         text.contains("$ git log --oneline canaryd/status"),
         "{text}"
     );
+    // Act 4: a two-service release aborted together, one revert branch restoring both files.
+    assert_eq!(summary.group_phases, ["aborted", "aborted"], "{text}");
+    let branch = summary.group_revert.as_deref().unwrap_or_default();
+    assert!(
+        branch.starts_with("canaryd/revert/shop-"),
+        "{branch}\n{text}"
+    );
+    assert_eq!(
+        summary.group_restored["rollouts/checkout.yaml"].as_deref(),
+        Some(summary.act1_spec.as_str()),
+        "{text}"
+    );
+    let payments = summary.group_restored["rollouts/payments.yaml"]
+        .as_deref()
+        .unwrap_or_default();
+    assert!(
+        payments.contains("name: payments") && !payments.contains("canary:"),
+        "{payments}"
+    );
+    assert!(
+        summary
+            .group_log
+            .iter()
+            .any(|l| l.contains("release shop: aborted: `payments` failed")),
+        "{:?}\n{text}",
+        summary.group_log
+    );
+    println!("{text}");
 }

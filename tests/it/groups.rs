@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
+use crate::support::backends::{Backends, Server};
 use crate::support::git::git;
+use crate::support::net;
+use crate::support::rig::haproxy::Haproxy;
 use crate::support::world::{World, phase};
+use canaryd::core::model::Field;
 use canaryd::core::record::StatusFile;
 
 /// `checkout`'s spec (from [`World::spec`]) as `payments`, on service `payments`.
@@ -102,6 +106,44 @@ fn a_lockstep_release_steps_together_and_is_promoted() {
         log.contains("group `shop`: waiting for `payments`"),
         "{log}"
     );
+
+    // The group's own status file tells the release as a story.
+    let story = w.status_log("groups/shop");
+    println!("{story}");
+    assert_eq!(
+        story.lines().next(),
+        Some("release shop: promoted (checkout ✓, payments ✓)"),
+        "{story}"
+    );
+    assert!(
+        story
+            .lines()
+            .any(|l| l == "release shop: step 2/4 20% (checkout ✓, payments paused)"),
+        "{story}"
+    );
+    let group = group_status(&w);
+    assert_eq!(group["group"]["phase"], "promoted", "{group}");
+    assert_eq!(
+        group["members"].as_array().map(Vec::len),
+        Some(2),
+        "{group}"
+    );
+}
+
+/// `canaryd status shop --output json`, as a person runs it against the remote.
+fn group_status(w: &World) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["status", "shop", "--output", "json", "--repo"])
+        .arg(&w.remote)
+        .env_remove("CANARYD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// One member aborted by hand aborts the other: both back to 0, one revert branch for the
@@ -160,6 +202,11 @@ fn an_abort_of_one_member_aborts_the_release_with_one_revert_branch() {
         message.contains("checkout") && message.contains("payments"),
         "{message}"
     );
+    let group = group_status(&w);
+    assert_eq!(group["group"]["phase"], "aborted", "{group}");
+    assert_eq!(group["group"]["revert"], branch.as_str(), "{group}");
+    let evidence = group["group"]["evidence"].as_str().unwrap_or_default();
+    assert!(evidence.starts_with("`checkout` failed: "), "{evidence}");
     // A restart finds the branch again.
     w.kill();
     w.start();
@@ -205,4 +252,210 @@ fn an_ordered_member_starts_after_its_dependency_is_promoted() {
     );
     let waited = w.history("payments").iter().any(|s| phase(s) == "waiting");
     assert!(waited, "payments never waited");
+}
+
+/// Version affinity through two real routers in a chain: the embedded router in front of a
+/// frontend (blue, green) that calls an API (blue, green) behind HAProxy, passing on the side
+/// header. The frontend keeps users sticky by `X-User-Id` at 20 %; the API follows the side the
+/// frontend chose. Of 1,000 users, none sees a mixed pair (counted from what the backends
+/// answered).
+#[test]
+fn a_user_sees_the_canary_of_every_member_or_of_none() {
+    let mut w = World::new(0.0, 0.0);
+    let api = w.rt.block_on(Backends::start(&[
+        Server::new("blue"),
+        Server::new("green"),
+    ]));
+    let haproxy =
+        w.rt.block_on(Haproxy::start_routed_on(
+            "api",
+            api.upstreams(),
+            &[(Field::Header, "X-Canaryd-Side")],
+        ))
+        .unwrap();
+    // The frontend: answers `<its name>+<the API's>`, calling the API with the side header it
+    // was given (as an app passes on trace headers).
+    let api_front = haproxy.frontend;
+    let frontend = |name: &'static str| {
+        let client = reqwest::Client::new();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let client = client.clone();
+                async move {
+                    let mut req = client.get(format!("http://{api_front}/"));
+                    if let Some(side) = headers.get("x-canaryd-side") {
+                        req = req.header("x-canaryd-side", side.clone());
+                    }
+                    let body = match req.send().await {
+                        Ok(r) => r.text().await.unwrap_or_default(),
+                        Err(e) => format!("error {e}"),
+                    };
+                    format!(
+                        "{name}+{}",
+                        body.split_whitespace().next().unwrap_or("none")
+                    )
+                }
+            }),
+        );
+        w.rt.block_on(net::serve(app))
+    };
+    let (fe_blue, _blue_guard) = frontend("blue");
+    let (fe_green, _green_guard) = frontend("green");
+    let steps = "[{setWeight: 20}, {pause: {}}]";
+    let specs = format!(
+        "apiVersion: canaryd.dev/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\n\
+         spec: {{kind: embedded, listen: \"{}\", backends: {{blue: \"http://{fe_blue}\", green: \"http://{fe_green}\"}}}}\n---\n\
+         apiVersion: canaryd.dev/v1alpha1\nkind: Router\nmetadata: {{name: mesh}}\nspec:\n{}---\n\
+         apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: frontend}}\n\
+         spec: {{router: edge, service: frontend, stable: {{name: blue, version: '1'}}, canary: {{name: green, version: '2'}}, \
+         sticky: {{header: X-User-Id}}, steps: {steps}}}\n---\n\
+         apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: api}}\n\
+         spec: {{router: mesh, service: api, stable: {{name: blue, version: '1'}}, canary: {{name: green, version: '2'}}, steps: {steps}}}\n---\n\
+         apiVersion: canaryd.dev/v1alpha1\nkind: RolloutGroup\nmetadata: {{name: shop}}\n\
+         spec: {{order: lockstep, members: [{{rollout: frontend}}, {{rollout: api}}], affinity: {{from: frontend}}}}\n",
+        w.router,
+        haproxy.spec()
+    );
+    w.merge(
+        "shop.yaml",
+        &specs,
+        "release shop: frontend and api on green, one side per user",
+    );
+    w.start();
+    for name in ["frontend", "api"] {
+        w.wait_for(name, 40, "at 20 %, read back", |s| {
+            phase(s) == "paused"
+                && weight(s) == 20
+                && s.status.progress.run().is_some_and(|r| r.verified)
+        });
+    }
+    let router = w.router;
+    let pairs: Vec<String> = (0..1000)
+        .map(|i| {
+            let user = format!("user-{i}");
+            let (status, body) = net::http_get_with(router, "/", &[("X-User-Id", &user)])
+                .expect("the router answers");
+            assert_eq!(status, 200, "{body}");
+            body.trim().to_string()
+        })
+        .collect();
+    let count = |pair: &str| pairs.iter().filter(|p| p.as_str() == pair).count();
+    let (canary, stable) = (count("green+green"), count("blue+blue"));
+    let mixed = pairs.len() - canary - stable;
+    println!(
+        "version affinity: 1,000 users at 20 %: {canary} on both canaries, {stable} on both stables, {mixed} mixed"
+    );
+    assert_eq!(
+        mixed,
+        0,
+        "{:?}",
+        pairs
+            .iter()
+            .filter(|p| !matches!(p.as_str(), "green+green" | "blue+blue"))
+            .take(10)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        (150..=250).contains(&canary),
+        "{canary} users on the canaries"
+    );
+    // Without the header (a client straight to the API), the API's own weights decide.
+    let direct: Vec<String> = (0..200)
+        .map(|_| {
+            net::http_get_with(haproxy.frontend, "/", &[])
+                .expect("haproxy answers")
+                .1
+        })
+        .collect();
+    let green = direct.iter().filter(|b| b.starts_with("green")).count();
+    assert!(
+        (15..=70).contains(&green),
+        "{green} of 200 on the API's canary"
+    );
+}
+
+/// Kill -9 through an ordered release and its abort: the daemon is killed at 9 moments (while
+/// checkout steps, while payments waits for it, while payments steps, and right after an abort
+/// commit), restarted each time. Payments never carries canary traffic before checkout is
+/// promoted; the abort of payments completes for both (checkout, promoted in the release, goes
+/// back to 0 too); one revert branch.
+#[test]
+fn killed_through_an_ordered_release_and_its_abort_no_member_runs_ahead_or_stays_on_its_canary() {
+    const CHECKOUT: &str = "  steps:\n    - setWeight: 20\n    - pause: {duration: 2s}\n    - setWeight: 50\n    - pause: {duration: 1s}\n";
+    const PAYMENTS: &str = "  steps:\n    - setWeight: 20\n    - pause: {}\n";
+    let mut w = World::new(0.0, 0.0);
+    let g = group(
+        "ordered",
+        "[{rollout: checkout}, {rollout: payments, dependsOn: [checkout]}]",
+    );
+    on_stable(&mut w, &g, CHECKOUT, PAYMENTS);
+    w.merge_all(
+        &[
+            ("checkout.yaml", &w.spec(true, CHECKOUT)),
+            ("payments.yaml", &payments(&w, true, PAYMENTS)),
+        ],
+        "release shop",
+    );
+    let mut kills = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Killed every 0.4 to 0.9 s until payments stands at 20 %.
+    while !w
+        .status("payments")
+        .is_some_and(|s| phase(&s) == "paused" && weight(&s) == 20)
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", w.logs());
+        std::thread::sleep(Duration::from_millis(400 + 100 * (kills % 6)));
+        w.kill();
+        kills += 1;
+        w.start();
+    }
+    let before_abort = kills;
+    w.gate_on("abort", "payments");
+    for pause in [50, 150, 300] {
+        std::thread::sleep(Duration::from_millis(pause));
+        w.kill();
+        kills += 1;
+        w.start();
+    }
+    for name in ["checkout", "payments"] {
+        let s = w.wait_for(name, 30, "aborted and back on stable", |s| {
+            phase(s) == "aborted"
+                && s.revert.is_some()
+                && s.live
+                    .as_ref()
+                    .is_some_and(|l| l.backends["green"].get() == 0)
+        });
+        assert_eq!(weight(&s), 0);
+    }
+    println!(
+        "killed {kills} times ({before_abort} before the abort commit); both aborted, on stable"
+    );
+    assert!(
+        before_abort >= 6,
+        "only {before_abort} kills before the abort"
+    );
+    // Payments never ahead of checkout: its first canary weight after checkout's promotion.
+    let promoted_at = w
+        .history("checkout")
+        .into_iter()
+        .find(|s| phase(s) == "promoted")
+        .expect("checkout was promoted")
+        .updated_at;
+    for s in w.history("payments") {
+        if weight(&s) > 0 {
+            assert!(
+                s.updated_at >= promoted_at,
+                "payments at {} % before checkout promoted",
+                weight(&s)
+            );
+        }
+    }
+    // No weight outside the steps, in either history.
+    for (name, allowed) in [("checkout", [0u8, 20, 50]), ("payments", [0, 20, 20])] {
+        for s in w.history(name) {
+            assert!(allowed.contains(&weight(&s)), "{name}: {s:#?}");
+        }
+    }
+    assert_eq!(w.remote_branches("canaryd/revert").len(), 1);
 }

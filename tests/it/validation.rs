@@ -1245,6 +1245,21 @@ fn a_valid_group_is_in_the_catalog_with_what_each_member_waits_for() {
             }
         ]
     );
+    // Affinity: every member but the first hop follows its side header while in flight.
+    let (catalog, diags) = grouped(
+        [TWO_STEPS, TWO_STEPS, TWO_STEPS],
+        "members: [{rollout: a}, {rollout: b}]\naffinity: {from: a}\n",
+    );
+    assert_eq!(group_errors(&diags), []);
+    let b = catalog.rollouts.iter().find(|r| r.name == "b").unwrap();
+    let follow: Vec<String> = b.routes_at(0).iter().map(|r| format!("{r:?}")).collect();
+    assert_eq!(follow.len(), 2, "{follow:?}");
+    assert!(
+        follow[0].contains("X-Canaryd-Side") && follow[0].contains("a=canary"),
+        "{follow:?}"
+    );
+    let a = catalog.rollouts.iter().find(|r| r.name == "a").unwrap();
+    assert!(a.follow.is_empty());
     // Lockstep is the default order.
     let (catalog, diags) = grouped(
         [TWO_STEPS, TWO_STEPS, TWO_STEPS],
@@ -1262,7 +1277,7 @@ type GroupCase<'a> = ([&'a str; 3], &'a str, &'a [(&'a str, &'a str)]);
 
 #[test]
 fn a_group_that_cannot_move_as_one_holds_every_member() {
-    let cases: [GroupCase; 6] = [
+    let cases: [GroupCase; 8] = [
         (
             [TWO_STEPS, "[{setWeight: 20}, {setWeight: 60}]", TWO_STEPS],
             "members: [{rollout: a}, {rollout: b}, {rollout: c}]\n",
@@ -1309,6 +1324,22 @@ fn a_group_that_cannot_move_as_one_holds_every_member() {
             &[(
                 "spec.members[2].rollout",
                 "rollout `a` is named twice in group `release`",
+            )],
+        ),
+        (
+            [TWO_STEPS, TWO_STEPS, TWO_STEPS],
+            "order: ordered\nmembers: [{rollout: a}, {rollout: b}]\naffinity: {from: a}\n",
+            &[(
+                "spec.affinity",
+                "group `release` keeps users on one side but is not lockstep",
+            )],
+        ),
+        (
+            [TWO_STEPS, TWO_STEPS, TWO_STEPS],
+            "members: [{rollout: a}, {rollout: b}]\naffinity: {from: c}\n",
+            &[(
+                "spec.affinity.from",
+                "affinity.from `c` is not a member of group `release`",
             )],
         ),
     ];

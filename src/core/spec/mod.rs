@@ -927,6 +927,25 @@ pub struct RolloutGroupSpec {
     /// The rollouts of the group, by name; a rollout belongs to one group at most.
     #[schemars(length(min = 1))]
     pub members: Vec<GroupMember>,
+    /// Lockstep only: a user keeps one side in every member. Member `from` (the first hop)
+    /// picks each request's side by its own weights, sticky key or routes, and tells the next
+    /// hop in `header` (`X-Canaryd-Side: <its service>=canary|stable`, as the embedded router,
+    /// NGINX, Traefik and Caddy set it). Every other member sends requests that carry it to
+    /// the same side, whatever its own weights; the services in between pass the header on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+/// Version affinity across a group's members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Affinity {
+    /// The member whose router picks the side.
+    pub from: String,
+    /// The header carrying the side; `X-Canaryd-Side` unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
 }
 
 /// How a group's members move.

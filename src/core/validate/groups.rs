@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 
 use super::{Cx, Site, check_name, duplicate, read};
 use crate::core::diag::{Diagnostic, Position};
-use crate::core::model::{Catalog, Group, Member, Wait};
+use crate::core::model::{
+    Catalog, Criterion, Field, Group, GroupAffinity, Match, Member, Pattern, Route, SIDE_HEADER,
+    Wait,
+};
 use crate::core::spec::{self, Dependency, GroupOrder};
 use crate::core::yaml::Document;
 
@@ -19,6 +22,8 @@ pub(super) struct Draft<'a> {
     name: String,
     order: GroupOrder,
     members: Vec<DraftMember>,
+    /// `spec.affinity`, with where its `from` is and where the block is.
+    affinity: Option<(spec::Affinity, Position, Position)>,
 }
 
 struct DraftMember {
@@ -94,6 +99,13 @@ pub(super) fn read_group<'a>(
         name: g.metadata.name,
         order: g.spec.order,
         members,
+        affinity: g.spec.affinity.map(|a| {
+            (
+                a,
+                paths.value("spec.affinity.from"),
+                paths.value("spec.affinity"),
+            )
+        }),
     })
 }
 
@@ -262,6 +274,45 @@ pub(super) fn check(
             ));
             error(&g.name, d, diags);
         }
+        if let Some((a, from_at, at)) = &g.affinity {
+            let header = a.header.as_deref().unwrap_or(SIDE_HEADER);
+            let token = |c: char| c.is_ascii_alphanumeric() || "-_".contains(c);
+            let problem = if g.order != GroupOrder::Lockstep {
+                Some((
+                    "spec.affinity",
+                    *at,
+                    format!(
+                        "group `{}` keeps users on one side but is not lockstep",
+                        g.name
+                    ),
+                    "affinity needs every member at the same step: a user on the canary of one \
+                     must find a canary in the others; write `order: lockstep`",
+                ))
+            } else if !members.contains_key(a.from.as_str()) {
+                Some((
+                    "spec.affinity.from",
+                    *from_at,
+                    format!(
+                        "affinity.from `{}` is not a member of group `{}`",
+                        a.from, g.name
+                    ),
+                    "name the member whose router is the first hop: it picks each user's side",
+                ))
+            } else if header.is_empty() || !header.chars().all(token) {
+                Some((
+                    "spec.affinity.header",
+                    *at,
+                    format!("`{header}` is not a header name"),
+                    "letters, digits, `-` and `_`; the default is X-Canaryd-Side",
+                ))
+            } else {
+                None
+            };
+            if let Some((field, pos, message, help)) = problem {
+                let d = Diagnostic::error(g.file, pos, field, message).with_help(help);
+                error(&g.name, d, diags);
+            }
+        }
         if g.order == GroupOrder::Lockstep {
             let mut first: Option<(&DraftMember, &Shape)> = None;
             for m in &g.members {
@@ -311,6 +362,10 @@ pub(super) fn check(
         }
         if why.is_empty() {
             catalog.groups.push(Group {
+                affinity: g.affinity.map(|(a, _, _)| GroupAffinity {
+                    header: a.header.unwrap_or_else(|| SIDE_HEADER.to_string()),
+                    from: a.from,
+                }),
                 name: g.name,
                 file: g.file.to_string(),
                 order: g.order,
@@ -433,5 +488,41 @@ fn did_you_mean(name: &str, known: &[&str]) -> String {
     match close {
         Some((_, k)) => format!("did you mean `{k}`? members are rollouts' `metadata.name`"),
         None => "members are rollouts' `metadata.name`, defined in this repository".to_string(),
+    }
+}
+
+/// Version affinity: every member of a group with `affinity` but its first hop gets the routes
+/// that keep a request on the side the first hop chose (`<service>=canary` to its canary,
+/// `<service>=stable` to its stable), in force while it is in flight.
+pub(super) fn follow(catalog: &mut Catalog) {
+    let find = |c: &Catalog, name: &str| c.rollouts.binary_search_by(|r| r.name.as_str().cmp(name));
+    for g in catalog.groups.clone() {
+        let Some(a) = &g.affinity else { continue };
+        let Ok(first) = find(catalog, &a.from) else {
+            continue;
+        };
+        let service = catalog.rollouts[first].target().service.clone();
+        for m in g.members.iter().filter(|m| m.rollout != a.from) {
+            let Ok(i) = find(catalog, &m.rollout) else {
+                continue;
+            };
+            let r = &mut catalog.rollouts[i];
+            let Some(canary) = r.target().canary.clone() else {
+                continue;
+            };
+            let stable = r.target().stable.name.clone();
+            let route = |side: &str, backend: String| Route {
+                name: format!("affinity-{side}"),
+                matches: vec![Match {
+                    all: vec![Criterion {
+                        on: Field::Header,
+                        name: a.header.clone(),
+                        value: Pattern::Exact(format!("{service}={side}")),
+                    }],
+                }],
+                backend,
+            };
+            r.follow = vec![route("canary", canary.name), route("stable", stable)];
+        }
     }
 }

@@ -202,7 +202,8 @@ impl Daemon {
                 };
                 w.file = Some(w.recorded.after(plan, rollout, seen));
             }
-            match self.record_round(works).await {
+            let groups = self.group_files(snapshot, works, now);
+            match self.record_round(works, &groups).await {
                 Recorded::Rejected => {
                     attempts += 1;
                     self.telemetry.record(Tele::PushRejected);
@@ -411,8 +412,77 @@ impl Daemon {
         }
     }
 
-    /// Pushes every active rollout's new status file in one push.
-    async fn record_round(&mut self, works: &mut [Work]) -> Recorded {
+    /// The status file of each group with a member in this look, when it says something new:
+    /// from the members' files as this round assembled them (others' as Git holds them).
+    fn group_files(
+        &self,
+        snapshot: &Snapshot,
+        works: &[Work],
+        now: DateTime<Utc>,
+    ) -> Vec<crate::core::group::GroupStatusFile> {
+        use crate::core::group::{MemberState, summary};
+        let catalog = &snapshot.catalog;
+        let mut out = Vec::new();
+        for g in &catalog.groups {
+            if !g
+                .members
+                .iter()
+                .any(|m| works.iter().any(|w| w.name == m.rollout))
+            {
+                continue;
+            }
+            let mut files = BTreeMap::new();
+            for m in &g.members {
+                let file = match works.iter().find(|w| w.name == m.rollout) {
+                    Some(w) => w.file.as_ref().or(Some(w.recorded.as_ref())),
+                    None => snapshot
+                        .statuses
+                        .get(&m.rollout)
+                        .and_then(|f| f.as_ref().ok())
+                        .map(|f| f.as_ref()),
+                };
+                if let Some(f) = file {
+                    files.insert(m.rollout.as_str(), f);
+                }
+            }
+            let mut members = BTreeMap::new();
+            for (name, f) in &files {
+                if let Ok(i) = catalog
+                    .rollouts
+                    .binary_search_by(|r| r.name.as_str().cmp(name))
+                {
+                    members.insert(
+                        *name,
+                        MemberState {
+                            spec: &catalog.rollouts[i],
+                            status: &f.status,
+                        },
+                    );
+                }
+            }
+            let prefix = format!("canaryd/revert/{}-", g.name);
+            let revert = files
+                .values()
+                .find_map(|f| f.revert.clone().filter(|b| b.starts_with(&prefix)));
+            let file = summary(g, &members, revert, now);
+            if self
+                .group_files
+                .get(&g.name)
+                .is_some_and(|last| last.same_substance(&file))
+            {
+                continue;
+            }
+            out.push(file);
+        }
+        out
+    }
+
+    /// Pushes every active rollout's new status file, and its groups' (`groups`), in one push.
+    async fn record_round(
+        &mut self,
+        works: &mut [Work],
+        groups: &[crate::core::group::GroupStatusFile],
+    ) -> Recorded {
         let mut batch = Vec::new();
         for (k, w) in works.iter().enumerate() {
             let (Some(file), Some(plan)) = (&w.file, &w.plan) else {
@@ -433,17 +503,36 @@ impl Daemon {
                 ),
             }
         }
-        if batch.is_empty() {
+        let mut group_commits = Vec::new();
+        for g in groups {
+            match g.to_yaml() {
+                Ok(yaml) => group_commits.push((
+                    format!("groups/{}", g.group),
+                    yaml,
+                    format!("{}\n\nGroup: {}\n", g.subject(), g.group),
+                )),
+                Err(e) => self.error(
+                    ErrorClass::Status,
+                    None,
+                    format!("cannot write the status file of group `{}`: {e}", g.group),
+                ),
+            }
+        }
+        if batch.is_empty() && group_commits.is_empty() {
             return Recorded::Done;
         }
-        let commits: Vec<(String, String, String)> = batch
+        let mut commits: Vec<(String, String, String)> = batch
             .iter()
             .map(|(k, yaml, message)| (works[*k].name.clone(), yaml.clone(), message.clone()))
             .collect();
+        commits.extend(group_commits);
         let pushed = self.git(move |m| commit_all(m, &commits)).await;
         let now = self.settings.clock.now();
         match pushed {
             Ok(Push::Pushed(_) | Push::Unchanged) => {
+                for g in groups {
+                    self.group_files.insert(g.group.clone(), g.clone());
+                }
                 for (k, _, message) in batch {
                     let w = &mut works[k];
                     let file = Arc::new(w.file.clone().expect("assembled"));

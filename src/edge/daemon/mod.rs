@@ -301,6 +301,7 @@ pub async fn run(
         drivers: BTreeMap::new(),
         unrecorded: BTreeMap::new(),
         reverts: BTreeMap::new(),
+        group_files: BTreeMap::new(),
         starts: BTreeMap::new(),
         prs: BTreeMap::new(),
         providers,
@@ -416,6 +417,8 @@ struct Daemon {
     unrecorded: BTreeMap<String, Arc<StatusFile>>,
     /// Revert branches known to exist, by (rollout, aborted revision).
     reverts: BTreeMap<(String, Revision), String>,
+    /// Each group's status file as last pushed (written again after a restart).
+    group_files: BTreeMap<String, crate::core::group::GroupStatusFile>,
     /// The change that brought each (rollout, revision), and its parent; `None`: not found.
     starts: BTreeMap<(String, Revision), Option<revert::Change>>,
     /// The address of each revert branch's pull request, as the forge answered.

@@ -13,7 +13,7 @@ use super::auth::{GitAuth, Session};
 use super::error::{Cause, GitError, redact};
 use super::mirror::MAX_HISTORY_WALK;
 use super::names::{check_branch, is_url, split_path, tracking};
-use super::tree::{TreeEdit, edit_tree, status_map};
+use super::tree::{TreeEdit, edit_tree, group_status_map, status_map};
 use super::{Author, signature};
 
 /// For `canaryd status`: the status files (rollout → YAML) of `status_branch` at `source`.
@@ -35,6 +35,43 @@ pub fn read_status_branch_as(
     scratch: &Path,
     auth: &GitAuth,
 ) -> Result<BTreeMap<String, String>, GitError> {
+    read_status_commit(source, status_branch, scratch, auth, status_map)
+}
+
+/// Name → YAML text of status files.
+pub type Files = BTreeMap<String, String>;
+
+/// For `canaryd status`: the rollouts' status files and the groups' (group → YAML of
+/// `status/groups/<group>.yaml`) of `status_branch` at `source`, read as
+/// [`read_status_branch_as`] reads them.
+pub fn read_status_tree_as(
+    source: &str,
+    status_branch: &str,
+    scratch: &Path,
+    auth: &GitAuth,
+) -> Result<(Files, Files), GitError> {
+    read_status_commit(
+        source,
+        status_branch,
+        scratch,
+        auth,
+        |repo, commit, place| {
+            Ok((
+                status_map(repo, commit, place)?,
+                group_status_map(repo, commit, place)?,
+            ))
+        },
+    )
+}
+
+/// `read` of the tip of `status_branch` at `source` (see [`read_status_branch`]).
+fn read_status_commit<T>(
+    source: &str,
+    status_branch: &str,
+    scratch: &Path,
+    auth: &GitAuth,
+    read: impl FnOnce(&Repository, &Commit<'_>, &Path) -> Result<T, GitError>,
+) -> Result<T, GitError> {
     check_branch(status_branch)?;
     let not_found = || GitError::NotFound {
         what: "branch",
@@ -59,7 +96,7 @@ pub fn read_status_branch_as(
             path: path.to_path_buf(),
             source: Cause::new(&e, None),
         })?;
-        return status_map(&repo, &commit, path);
+        return read(&repo, &commit, path);
     }
     let dir = ScratchDir::new(scratch);
     let git = |op| {
@@ -90,7 +127,7 @@ pub fn read_status_branch_as(
         .refname_to_id(&tracking(status_branch))
         .map_err(|_| not_found())?;
     let commit = repo.find_commit(tip).map_err(git("read commit"))?;
-    status_map(&repo, &commit, &dir.0)
+    read(&repo, &commit, &dir.0)
 }
 
 /// A directory removed when dropped.

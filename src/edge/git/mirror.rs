@@ -413,7 +413,8 @@ impl Mirror {
         for (changes, message) in commits {
             let mut edits = Vec::new();
             for (rollout, text) in changes {
-                check_rollout(rollout)?;
+                // A group's status file lives in `status/groups/` (the rollout list skips it).
+                check_rollout(rollout.strip_prefix("groups/").unwrap_or(rollout))?;
                 edits.push((
                     format!("{STATUS_DIR}/{rollout}.yaml"),
                     text.as_deref().map(str::as_bytes),

@@ -35,7 +35,7 @@ pub use error::{Cause, GitError, redact};
 pub use gate::{GateCommit, gate_commit, trailers};
 pub use hand::{
     branch_tip, commit_files, file_at_commit, gates_at_head, head_commit, init_bare, log,
-    read_status_branch, read_status_branch_as, set_branch, status_source,
+    read_status_branch, read_status_branch_as, read_status_tree_as, set_branch, status_source,
 };
 pub use mirror::{
     Heads, MAX_HISTORY_WALK, Mirror, Push, Remote, RevertBranch, abort_after_status_push,

@@ -45,6 +45,49 @@ pub(super) fn status_map(
         .collect())
 }
 
+/// The groups' status files in `commit`'s tree: group → YAML text of
+/// `status/groups/<group>.yaml`.
+pub(super) fn group_status_map(
+    repo: &Repository,
+    commit: &Commit<'_>,
+    place: &Path,
+) -> Result<BTreeMap<String, String>, GitError> {
+    let git = |op| {
+        move |e: git2::Error| GitError::Repo {
+            op,
+            path: place.to_path_buf(),
+            source: Cause::new(&e, None),
+        }
+    };
+    let root = commit.tree().map_err(git("read tree"))?;
+    let mut out = BTreeMap::new();
+    let Ok(entry) = root.get_path(Path::new(&format!("{STATUS_DIR}/groups"))) else {
+        return Ok(out);
+    };
+    if entry.kind() != Some(ObjectType::Tree) {
+        return Ok(out);
+    }
+    let dir = repo.find_tree(entry.id()).map_err(git("read tree"))?;
+    for e in dir.iter() {
+        let (Some(name), Some(ObjectType::Blob)) = (e.name(), e.kind()) else {
+            continue;
+        };
+        let Some(group) = name.strip_suffix(".yaml") else {
+            continue;
+        };
+        let text = blob_text(repo, e.id()).map_err(|why| match why {
+            Unread::Git(e) => git("read blob")(e),
+            other => GitError::Unreadable {
+                path: format!("{STATUS_DIR}/groups/{name}"),
+                commit: commit.id().to_string(),
+                reason: other.to_string(),
+            },
+        })?;
+        out.insert(group.to_string(), text);
+    }
+    Ok(out)
+}
+
 /// The status files in `commit`'s tree: rollout → (blob id, text). The text is read only when
 /// the blob differs from the one `known` gives for that rollout (a look that changed nothing
 /// reads no file).

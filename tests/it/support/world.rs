@@ -161,8 +161,13 @@ impl World {
 
     /// `canaryd promote|abort checkout --push` in the working clone, as a person runs it.
     pub fn gate(&self, action: &str) {
+        self.gate_on(action, "checkout");
+    }
+
+    /// `canaryd promote|abort <rollout> --push` in the working clone.
+    pub fn gate_on(&self, action: &str, rollout: &str) {
         let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
-            .args([action, "checkout", "--push", "--repo"])
+            .args([action, rollout, "--push", "--repo"])
             .arg(&self.work)
             .env_remove("CANARYD_CONFIG")
             .output()

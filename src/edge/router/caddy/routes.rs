@@ -44,7 +44,7 @@ use serde_json::{Map, Value, json};
 use crate::core::model::{Criterion, Field, Match, Pattern, Route};
 
 /// The request header that names the side a routed request was sent to.
-pub const SIDE_HEADER: &str = "X-Canaryd-Side";
+pub use crate::core::model::SIDE_HEADER;
 /// The `vars` key that carries the route's name and the order of its criteria.
 const META: &str = "canaryd_route";
 const COOKIE_PREFIX: &str = r"(?:^|;\s*)";

@@ -44,7 +44,7 @@ use crate::core::spec::RouterKind;
 /// The prefix of every router and middleware name canaryd writes.
 const PREFIX: &str = "canaryd:";
 /// The request header naming the side a request was sent to.
-pub const SIDE_HEADER: &str = "X-Canaryd-Side";
+pub use crate::core::model::SIDE_HEADER;
 
 /// `part` with every byte outside `[A-Za-z0-9._~-]` written `%XX`.
 fn encode(part: &str) -> String {

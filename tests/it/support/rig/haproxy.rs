@@ -56,7 +56,7 @@ impl Haproxy {
         upstreams: &[(String, SocketAddr)],
         more: &[(&str, &[u32])],
     ) -> Result<Haproxy, Failed> {
-        Haproxy::start_inner(service, upstreams, more, false).await
+        Haproxy::start_inner(service, upstreams, more, None).await
     }
 
     /// [`Haproxy::start`] with the service's backend configured as canaryd's README says for
@@ -66,14 +66,23 @@ impl Haproxy {
         service: &str,
         upstreams: &[(String, SocketAddr)],
     ) -> Result<Haproxy, Failed> {
-        Haproxy::start_inner(service, upstreams, &[], true).await
+        Haproxy::start_inner(service, upstreams, &[], Some(ROUTED_ON)).await
+    }
+
+    /// [`Haproxy::start_routed`] routing on the fields `routed_on` instead.
+    pub async fn start_routed_on(
+        service: &str,
+        upstreams: &[(String, SocketAddr)],
+        routed_on: &[(Field, &str)],
+    ) -> Result<Haproxy, Failed> {
+        Haproxy::start_inner(service, upstreams, &[], Some(routed_on)).await
     }
 
     async fn start_inner(
         service: &str,
         upstreams: &[(String, SocketAddr)],
         more: &[(&str, &[u32])],
-        routed: bool,
+        routed: Option<&[(Field, &str)]>,
     ) -> Result<Haproxy, Failed> {
         let binary = require("haproxy", "apt-get install -y haproxy")?;
         let dir = tempfile::tempdir().map_err(setup("temp dir"))?;
@@ -87,7 +96,7 @@ impl Haproxy {
                 .map(|((name, addr), weight)| format!("    server {name} {addr} weight {weight}\n"))
                 .collect()
         };
-        let snippet = if routed {
+        let snippet = if let Some(routed_on) = routed {
             let dir = dir.path().display().to_string();
             for file in [maps::routes_map(service), maps::sticky_map(service)] {
                 std::fs::write(dir.clone() + "/" + &file, "").map_err(setup("map file"))?;
@@ -95,7 +104,7 @@ impl Haproxy {
             maps::snippet(
                 service,
                 &dir,
-                ROUTED_ON,
+                routed_on,
                 Some(&Sticky::Header(STICKY_KEY.to_string())),
             )
         } else {
