@@ -129,9 +129,11 @@ pub fn gates(
     members: &BTreeMap<&str, MemberState<'_>>,
 ) -> BTreeMap<String, GroupGate> {
     let release = current_release(group, members);
+    // A member whose spec names no canary has nothing to release or take back.
     let in_release = |m: &MemberState<'_>| -> bool {
         m.status.release.as_ref() == Some(&release)
             && m.status.progress.revision() == Some(&m.spec.revision)
+            && m.spec.target().canary.is_some()
     };
     let failed = group.members.iter().find_map(|gm| {
         let m = members.get(gm.rollout.as_str())?;
@@ -463,8 +465,12 @@ pub fn summary(
                 .find(|m| current(m) && m.status.release.is_some())
         })
         .and_then(|m| m.status.release.clone());
-    let in_release =
-        |m: &MemberState<'_>| release.is_some() && m.status.release == release && current(m);
+    let in_release = |m: &MemberState<'_>| {
+        release.is_some()
+            && m.status.release == release
+            && current(m)
+            && m.spec.target().canary.is_some()
+    };
     let mut places = Vec::new();
     let mut held_by = Vec::new();
     let any_done = group.members.iter().any(|gm| {

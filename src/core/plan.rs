@@ -838,13 +838,24 @@ impl Planner<'_> {
     }
 
     fn abort(&mut self, run: &Run, evidence: Evidence) -> Action {
-        let rev = run.revision.clone();
+        self.abort_at(run.revision.clone(), run.step, run.weight, evidence)
+    }
+
+    /// Canary to 0 for `rev`, recorded as aborted at `step` and `weight` with `evidence`, and
+    /// its revert wanted.
+    fn abort_at(
+        &mut self,
+        rev: Revision,
+        step: usize,
+        weight: Weight,
+        evidence: Evidence,
+    ) -> Action {
         self.status.progress = Progress::Aborted {
             revision: rev.clone(),
             at: self.now(),
             evidence: evidence.clone(),
-            step: run.step,
-            weight: run.weight,
+            step,
+            weight,
         };
         remember(&mut self.status.aborted, &rev);
         self.set(Weight::ZERO);
@@ -867,20 +878,7 @@ impl Planner<'_> {
             _ => Weight::ZERO,
         };
         self.status.promoted.retain(|r| *r != rev);
-        self.status.progress = Progress::Aborted {
-            revision: rev.clone(),
-            at: self.now(),
-            evidence: evidence.clone(),
-            step: 0,
-            weight,
-        };
-        remember(&mut self.status.aborted, &rev);
-        self.set(Weight::ZERO);
-        self.revert = Some(Revert {
-            revision: rev,
-            evidence: evidence.clone(),
-        });
-        Action::Abort { evidence }
+        self.abort_at(rev, 0, weight, evidence)
     }
 
     /// Adds the metrics of `analysis` due now to the plan, and wakes for the next one.

@@ -124,7 +124,14 @@ fn haproxy_canary_failing_20_percent_is_aborted_on_prometheus_evidence() {
         to_zero.as_secs_f64(),
         merged.elapsed().as_secs_f64()
     );
-    assert!(to_zero < Duration::from_secs(15), "{to_zero:?}");
+    // The abort follows the failing measurement at once. How many 5 s intervals it takes to
+    // get there depends on Prometheus having scraped enough samples (2 or 3 intervals here,
+    // more on a loaded 2-core machine: 15.6 s seen once in CI).
+    let after_failure = (aborted.updated_at - errors.at)
+        .to_std()
+        .unwrap_or_default();
+    assert!(after_failure < Duration::from_secs(2), "{after_failure:?}");
+    assert!(to_zero < Duration::from_secs(25), "{to_zero:?}");
 
     // The dry run, with the canary back at 0: its last seconds still show its errors.
     let (code, text) = analyze(&h.w, true);

@@ -618,7 +618,7 @@ impl Daemon {
         }
         self.set_traffic(catalog, works, |w| w.after_record(Effect::SetTraffic))
             .await;
-        let releases = releases(catalog, works);
+        let releases = releases(snapshot, works);
         let mut measure = Vec::new();
         for (k, w) in works.iter_mut().enumerate() {
             if !w.active() {
@@ -764,21 +764,32 @@ fn commit_all(
 }
 
 /// The release each member of a group runs in, by rollout name, with every member of that
-/// release (as this round planned them): what one revert branch restores.
-fn releases(catalog: &Catalog, works: &[Work]) -> BTreeMap<String, super::revert::Release> {
+/// release: as this round planned it, or, for a member not in this look (its measurements still
+/// out), as Git holds it. What one revert branch restores.
+fn releases(snapshot: &Snapshot, works: &[Work]) -> BTreeMap<String, super::revert::Release> {
+    let catalog = &snapshot.catalog;
     let mut out = BTreeMap::new();
     for g in &catalog.groups {
         let mut by_release: BTreeMap<Revision, Vec<(usize, Revision)>> = BTreeMap::new();
         for m in &g.members {
-            let Some(w) = works.iter().find(|w| w.name == m.rollout) else {
+            let Ok(i) = catalog
+                .rollouts
+                .binary_search_by(|r| r.name.as_str().cmp(&m.rollout))
+            else {
                 continue;
             };
-            let (Ok(&i), Some(plan)) = (w.spec.as_ref(), w.plan.as_ref()) else {
-                continue;
+            let status = match works.iter().find(|w| w.name == m.rollout) {
+                Some(w) => w.plan.as_ref().map(|p| &p.status),
+                None => snapshot
+                    .statuses
+                    .get(&m.rollout)
+                    .and_then(|f| f.as_ref().ok())
+                    .map(|f| &f.status),
             };
-            let status = &plan.status;
+            let Some(status) = status else { continue };
             if let (Some(release), Some(rev)) = (&status.release, status.progress.revision())
                 && *rev == catalog.rollouts[i].revision
+                && catalog.rollouts[i].target().canary.is_some()
             {
                 by_release
                     .entry(release.clone())

@@ -173,26 +173,7 @@ impl Daemon {
         }
         let name = group_branch_name(&release.group, &release.release);
         let msg = group_message(release, revert, &restored);
-        let (n, base) = (name.clone(), head.to_string());
-        match self
-            .git(move |m| m.ensure_revert_branch(&n, &base, &restore, &msg))
-            .await
-        {
-            Ok(RevertBranch::Created(id)) => {
-                tracing::info!(branch = %name, commit = %short(&id), "group revert branch pushed");
-            }
-            Ok(RevertBranch::Existed(_)) => {
-                tracing::debug!(branch = %name, "group revert branch already there");
-            }
-            Err(e) => {
-                self.error(
-                    ErrorClass::Git,
-                    None,
-                    format!("cannot push revert branch {name}: {e}"),
-                );
-                return None;
-            }
-        }
+        self.push_revert(&name, head, restore, msg, None).await?;
         self.reverts.insert(key, name.clone());
         Some(name)
     }
@@ -225,7 +206,24 @@ impl Daemon {
         let name = branch_name(&r.name, &change);
         let msg = message(r, revert, &change, parent.as_deref());
         let restore = BTreeMap::from([(r.file.clone(), restored)]);
-        let (n, base) = (name.clone(), head.to_string());
+        self.push_revert(&name, head, restore, msg, Some(&r.name))
+            .await?;
+        self.reverts.insert(key, name.clone());
+        Some(name)
+    }
+
+    /// Makes sure branch `name` exists on the remote, one commit on `head` restoring
+    /// `restore` (file → text, `None`: absent) with message `msg`; `None` when it could not be
+    /// pushed (the error is reported under `rollout`).
+    async fn push_revert(
+        &mut self,
+        name: &str,
+        head: &str,
+        restore: BTreeMap<String, Option<String>>,
+        msg: String,
+        rollout: Option<&str>,
+    ) -> Option<()> {
+        let (n, base) = (name.to_string(), head.to_string());
         match self
             .git(move |m| m.ensure_revert_branch(&n, &base, &restore, &msg))
             .await
@@ -239,14 +237,13 @@ impl Daemon {
             Err(e) => {
                 self.error(
                     ErrorClass::Git,
-                    Some(&r.name),
+                    rollout,
                     format!("cannot push revert branch {name}: {e}"),
                 );
                 return None;
             }
         }
-        self.reverts.insert(key, name.clone());
-        Some(name)
+        Some(())
     }
 
     /// The commit that brought `revision` of rollout `r` (the change that started its canary)

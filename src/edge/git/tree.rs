@@ -45,6 +45,28 @@ pub(super) fn status_map(
         .collect())
 }
 
+/// The text of the status blob `id` at `status/<path>` in `commit`, with its errors named.
+fn status_text(
+    repo: &Repository,
+    commit: &Commit<'_>,
+    place: &Path,
+    id: Oid,
+    path: String,
+) -> Result<String, GitError> {
+    blob_text(repo, id).map_err(|why| match why {
+        Unread::Git(e) => GitError::Repo {
+            op: "read blob",
+            path: place.to_path_buf(),
+            source: Cause::new(&e, None),
+        },
+        other => GitError::Unreadable {
+            path: format!("{STATUS_DIR}/{path}"),
+            commit: commit.id().to_string(),
+            reason: other.to_string(),
+        },
+    })
+}
+
 /// The groups' status files in `commit`'s tree: group → YAML text of
 /// `status/groups/<group>.yaml`.
 pub(super) fn group_status_map(
@@ -75,14 +97,7 @@ pub(super) fn group_status_map(
         let Some(group) = name.strip_suffix(".yaml") else {
             continue;
         };
-        let text = blob_text(repo, e.id()).map_err(|why| match why {
-            Unread::Git(e) => git("read blob")(e),
-            other => GitError::Unreadable {
-                path: format!("{STATUS_DIR}/groups/{name}"),
-                commit: commit.id().to_string(),
-                reason: other.to_string(),
-            },
-        })?;
+        let text = status_text(repo, commit, place, e.id(), format!("groups/{name}"))?;
         out.insert(group.to_string(), text);
     }
     Ok(out)
@@ -126,14 +141,7 @@ pub(super) fn status_entries(
             out.insert(rollout.to_string(), (id, None));
             continue;
         }
-        let text = blob_text(repo, e.id()).map_err(|why| match why {
-            Unread::Git(e) => git("read blob")(e),
-            other => GitError::Unreadable {
-                path: format!("{STATUS_DIR}/{name}"),
-                commit: commit.id().to_string(),
-                reason: other.to_string(),
-            },
-        })?;
+        let text = status_text(repo, commit, place, e.id(), name.to_string())?;
         out.insert(rollout.to_string(), (id, Some(text)));
     }
     Ok(out)
