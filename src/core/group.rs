@@ -49,6 +49,22 @@ pub struct MemberState<'a> {
     pub status: &'a Status,
 }
 
+/// The gates to plan again with, within one round: `planned`, from the statuses this round's
+/// plans give, except that a member held from starting by the recorded statuses (`recorded`)
+/// stays held. A dependent starts once its dependency's promotion is recorded and applied (a
+/// later round), never in the same round as it.
+pub fn replan(
+    recorded: &BTreeMap<String, GroupGate>,
+    mut planned: BTreeMap<String, GroupGate>,
+) -> BTreeMap<String, GroupGate> {
+    for (name, gate) in &mut planned {
+        if let Some(held) = recorded.get(name).and_then(|g| g.hold_start.clone()) {
+            gate.hold_start = Some(held);
+        }
+    }
+    planned
+}
+
 /// Every group member's gate in `catalog`, by rollout name, with each member's status from
 /// `status_of` (`None`: none to read).
 pub fn all_gates<'s>(

@@ -459,3 +459,266 @@ fn killed_through_an_ordered_release_and_its_abort_no_member_runs_ahead_or_stays
     }
     assert_eq!(w.remote_branches("canaryd/revert").len(), 1);
 }
+
+/// `canaryd promote shop` passes every member's pause with one commit; a `git revert` of the
+/// release merge then rolls both back.
+#[test]
+fn a_group_is_promoted_by_one_command_and_rolled_back_by_git_revert() {
+    const STEPS: &str = "  steps:\n    - setWeight: 20\n    - pause: {}\n";
+    let mut w = World::new(0.0, 0.0);
+    let g = group("lockstep", "[{rollout: checkout}, {rollout: payments}]");
+    on_stable(&mut w, &g, STEPS, STEPS);
+    let merge = w.merge_all(
+        &[
+            ("checkout.yaml", &w.spec(true, STEPS)),
+            ("payments.yaml", &payments(&w, true, STEPS)),
+        ],
+        "release shop",
+    );
+    for name in ["checkout", "payments"] {
+        w.wait_for(name, 30, "paused at 20 %", |s| {
+            phase(s) == "paused" && weight(s) == 20 && s.live.is_some()
+        });
+    }
+    w.gate_on("promote", "shop");
+    let message = git(&w.work, &["log", "-1", "--format=%B"]);
+    assert!(
+        message.contains("Rollout: checkout") && message.contains("Rollout: payments"),
+        "{message}"
+    );
+    for name in ["checkout", "payments"] {
+        w.wait_for(name, 30, "promoted", |s| {
+            phase(s) == "promoted"
+                && s.live
+                    .as_ref()
+                    .is_some_and(|l| l.backends["green"].get() == 100)
+        });
+    }
+    git(&w.work, &["revert", "--no-edit", &merge]);
+    git(&w.work, &["push", "-q", "origin", "HEAD:main"]);
+    for name in ["checkout", "payments"] {
+        w.wait_for(name, 30, "rolled back to blue", |s| {
+            matches!(phase(s), "rolledBack" | "stable")
+                && s.live
+                    .as_ref()
+                    .is_some_and(|l| l.backends.get("green").is_none_or(|g| g.get() == 0))
+        });
+    }
+}
+
+/// Checkout on the embedded router (its built-in provider) and payments on HAProxy (judged by
+/// a real Prometheus scraping HAProxy's exporter every second), released as one lockstep
+/// group, under load. `fails`: the share of requests payments' canary fails.
+struct TwoRouters {
+    w: World,
+    haproxy: Haproxy,
+    _prometheus: crate::support::rig::prometheus::PromServer,
+    _payments: Backends,
+    merge: String,
+    stable: [String; 2],
+}
+
+const JUDGED: &str = "[{setWeight: 20}, {analysis: {interval: 5s, count: 2, metrics: [{name: errors, template: error-rate}]}}, {setWeight: 50}, {analysis: {interval: 5s, count: 2, metrics: [{name: errors, template: error-rate}]}}]";
+
+impl TwoRouters {
+    fn release(fails: f64) -> TwoRouters {
+        TwoRouters::release_in(
+            fails,
+            &group("lockstep", "[{rollout: checkout}, {rollout: payments}]"),
+        )
+    }
+
+    /// [`TwoRouters::release`] in the group `g`.
+    fn release_in(fails: f64, g: &str) -> TwoRouters {
+        let mut w = World::new(0.0, 0.0);
+        let payments = w.rt.block_on(Backends::start(&[
+            Server::new("blue"),
+            Server::new("green").failing(fails),
+        ]));
+        let haproxy =
+            w.rt.block_on(Haproxy::start("payments", payments.upstreams()))
+                .unwrap();
+        let prometheus =
+            crate::support::rig::prometheus::PromServer::start(&[haproxy.metrics]).unwrap();
+        w.config = Some(format!("prometheus:\n  url: {}\n", prometheus.url()));
+        let (router_doc, mesh) = (w.router_doc(), haproxy.spec());
+        let files = |canary: bool| {
+            let line = if canary {
+                ", canary: {name: green, version: '2'}"
+            } else {
+                ""
+            };
+            let checkout = format!(
+                "{}apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: checkout}}\n\
+                 spec: {{router: edge, service: checkout, stable: {{name: blue, version: '1'}}{line}, steps: {JUDGED}}}\n",
+                router_doc
+            );
+            let pay = format!(
+                "apiVersion: canaryd.dev/v1alpha1\nkind: Router\nmetadata: {{name: mesh}}\nspec:\n{}---\n\
+                 apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: payments}}\n\
+                 spec: {{router: mesh, service: payments, stable: {{name: blue, version: '1'}}{line}, steps: {JUDGED}}}\n",
+                mesh
+            );
+            [checkout, pay]
+        };
+        let [c, p] = files(false);
+        w.merge_all(
+            &[
+                ("checkout.yaml", &c),
+                ("payments.yaml", &p),
+                ("shop.yaml", g),
+            ],
+            "checkout and payments on blue",
+        );
+        w.start();
+        for name in ["checkout", "payments"] {
+            w.wait_for(name, 30, "stable", |s| {
+                phase(s) == "stable" && s.live.is_some()
+            });
+        }
+        // Users on both routers for the analyses to judge, bounded in time.
+        w.background_load(60);
+        let front = haproxy.frontend;
+        w.rt.spawn(canaryd::edge::backend::load(
+            front,
+            canaryd::edge::backend::LoadConfig {
+                concurrency: 2,
+                total: 200_000,
+                max_duration: Duration::from_secs(60),
+                host: None,
+            },
+        ));
+        let [c2, p2] = files(true);
+        let merge = w.merge_all(
+            &[("checkout.yaml", &c2), ("payments.yaml", &p2)],
+            "release shop: checkout and payments on green",
+        );
+        TwoRouters {
+            w,
+            haproxy,
+            _prometheus: prometheus,
+            _payments: payments,
+            merge,
+            stable: [c, p],
+        }
+    }
+}
+
+/// The first time `name`'s router read back `weight` (percent) on green, as its status
+/// recorded it.
+fn read_back_at(w: &World, name: &str, weight: u8) -> chrono::DateTime<chrono::Utc> {
+    w.history(name)
+        .into_iter()
+        .filter_map(|s| s.live.clone())
+        .find(|l| l.backends.get("green").is_some_and(|g| g.get() == weight))
+        .map(|l| l.at)
+        .unwrap_or_else(|| panic!("{name} never read back at {weight} %"))
+}
+
+#[test]
+fn across_two_real_routers_a_sound_lockstep_release_is_promoted_at_equal_weights() {
+    let r = TwoRouters::release(0.0);
+    for name in ["checkout", "payments"] {
+        r.w.wait_for(name, 90, "promoted", |s| phase(s) == "promoted");
+    }
+    let mut apart = Vec::new();
+    for weight in [20, 50, 100] {
+        let (c, p) = (
+            read_back_at(&r.w, "checkout", weight),
+            read_back_at(&r.w, "payments", weight),
+        );
+        apart.push((c - p).num_milliseconds().abs());
+    }
+    println!("two routers, lockstep: read back at 20/50/100 % apart by {apart:?} ms");
+    // Each router is read back in the round after the push that sets both.
+    assert!(apart.iter().all(|&ms| ms < 1500), "{apart:?}");
+    // HAProxy itself says payments' canary carries everything now.
+    let observed =
+        r.w.rt
+            .block_on(r.haproxy.unix().observe("payments"))
+            .unwrap();
+    assert_eq!(observed.percentages().unwrap()["green"].get(), 100);
+
+    // `git revert` of the release merge: both back on blue, read back from both routers.
+    git(&r.w.work, &["revert", "--no-edit", &r.merge]);
+    git(&r.w.work, &["push", "-q", "origin", "HEAD:main"]);
+    for name in ["checkout", "payments"] {
+        r.w.wait_for(name, 30, "rolled back to blue", |s| {
+            matches!(phase(s), "rolledBack" | "stable")
+                && s.live
+                    .as_ref()
+                    .is_some_and(|l| l.backends.get("green").is_none_or(|g| g.get() == 0))
+        });
+    }
+    let observed =
+        r.w.rt
+            .block_on(r.haproxy.unix().observe("payments"))
+            .unwrap();
+    assert_eq!(observed.percentages().unwrap()["green"].get(), 0);
+}
+
+#[test]
+fn across_two_real_routers_an_ordered_member_starts_after_its_dependency_is_promoted() {
+    let r = TwoRouters::release_in(
+        0.0,
+        &group(
+            "ordered",
+            "[{rollout: checkout}, {rollout: payments, dependsOn: [checkout]}]",
+        ),
+    );
+    r.w.wait_for("payments", 90, "promoted", |s| phase(s) == "promoted");
+    let checkout_full = read_back_at(&r.w, "checkout", 100);
+    let payments_first = read_back_at(&r.w, "payments", 20);
+    println!(
+        "two routers, ordered: checkout read back at 100 % at {checkout_full}, payments first at 20 % {} ms later",
+        (payments_first - checkout_full).num_milliseconds()
+    );
+    // Its first weight is read back in a later look than checkout's promotion.
+    assert!(
+        payments_first > checkout_full,
+        "{payments_first} not after {checkout_full}"
+    );
+}
+
+#[test]
+fn across_two_real_routers_one_failing_member_takes_both_back_with_one_revert_branch() {
+    let mut r = TwoRouters::release(0.2);
+    let mut aborted = Vec::new();
+    for name in ["payments", "checkout"] {
+        aborted.push(r.w.wait_for(name, 60, "aborted with its revert", |s| {
+            phase(s) == "aborted"
+                && s.revert.is_some()
+                && s.live
+                    .as_ref()
+                    .is_some_and(|l| l.backends["green"].get() == 0)
+        }));
+    }
+    // Payments failed on Prometheus' evidence; checkout went back within one analysis interval
+    // (5 s) of that measurement.
+    let failing = aborted[0]
+        .analysis
+        .iter()
+        .find(|m| m.metric == "errors" && m.outcome == canaryd::core::analysis::Outcome::Failure)
+        .expect("payments' failing measurement");
+    let checkout_zero = aborted[1].live.as_ref().unwrap().at;
+    let after = (checkout_zero - failing.at).num_milliseconds();
+    println!(
+        "two routers: payments failed at {}, checkout read back at 0 {after} ms later",
+        failing.at
+    );
+    assert!(after < 5000, "{after} ms");
+    let branch = aborted[0].revert.clone().unwrap();
+    assert_eq!(aborted[1].revert.as_deref(), Some(branch.as_str()));
+    assert_eq!(r.w.remote_branches("canaryd/revert"), vec![branch.clone()]);
+    for (file, before) in ["checkout.yaml", "payments.yaml"].iter().zip(&r.stable) {
+        let restored = git(&r.w.remote, &["show", &format!("{branch}:rollouts/{file}")]);
+        assert_eq!(&restored, before, "{file}");
+    }
+    let message = git(&r.w.remote, &["log", "-1", "--format=%B", &branch]);
+    assert!(message.contains(&r.merge[..12]), "{message}");
+    // A restart adds no second branch.
+    r.w.kill();
+    r.w.start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(r.w.remote_branches("canaryd/revert"), vec![branch]);
+}

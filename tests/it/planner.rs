@@ -2990,7 +2990,8 @@ mod groups {
         /// the gates change with what the others' plans say, then all recorded and applied.
         fn turn(&mut self) -> Vec<Plan> {
             let recorded: Vec<&Status> = self.worlds.iter().map(|w| &w.status).collect();
-            let mut gates = self.gates(&recorded);
+            let first = self.gates(&recorded);
+            let mut gates = first.clone();
             let mut plans: Vec<Plan> = Vec::new();
             for _ in 0..3 {
                 plans = self
@@ -2999,7 +3000,7 @@ mod groups {
                     .map(|w| w.plan_with(gates.get(&w.spec.name)))
                     .collect();
                 let planned: Vec<&Status> = plans.iter().map(|p| &p.status).collect();
-                let next = self.gates(&planned);
+                let next = group::replan(&first, self.gates(&planned));
                 if next == gates {
                     break;
                 }
@@ -3144,8 +3145,9 @@ mod groups {
         assert_eq!(r.green(), [20, 0]);
         r.advance(mins(2));
         let (greens, _) = r.settle();
-        // a entered step 3 (60 %), and b started in the same look.
-        assert_eq!(greens[0], [60, 20], "{greens:?}");
+        // a entered step 3 (60 %); b starts in the next round, once that is applied.
+        assert_eq!(greens[0], [60, 0], "{greens:?}");
+        assert_eq!(greens[1], [60, 20], "{greens:?}");
     }
 
     /// One member aborted (a person's abort commit here; a failed analysis the same): the

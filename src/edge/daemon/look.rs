@@ -244,7 +244,8 @@ impl Daemon {
         let catalog = &snapshot.catalog;
         self.read_back(catalog, works, |w| w.spec.is_ok()).await;
         let now = self.settings.clock.now();
-        let mut gates = group_gates(snapshot, works, false);
+        let recorded = group_gates(snapshot, works, false);
+        let mut gates = recorded.clone();
         let mut again: Option<Vec<String>> = None;
         // A gate changes at most twice a round: ready, then open (or aborted).
         for _ in 0..3 {
@@ -260,7 +261,7 @@ impl Daemon {
             if catalog.groups.is_empty() {
                 break;
             }
-            let next = group_gates(snapshot, works, true);
+            let next = crate::core::group::replan(&recorded, group_gates(snapshot, works, true));
             let changed: Vec<String> = works
                 .iter()
                 .filter(|w| w.active() && next.get(&w.name) != gates.get(&w.name))

@@ -28,34 +28,48 @@ impl GateCommit {
 
 /// The gate a commit records for `rollout`, if it is one.
 pub(super) fn gate_of(commit: &Commit<'_>, rollout: &str) -> Option<GateCommit> {
-    any_gate(commit).and_then(|(name, gate)| (name == rollout).then_some(gate))
+    any_gate(commit)
+        .into_iter()
+        .find_map(|(name, gate)| (name == rollout).then_some(gate))
 }
 
-/// The gate a commit carries, with the rollout it names.
-pub(super) fn any_gate(commit: &Commit<'_>) -> Option<(String, GateCommit)> {
+/// The gates a commit carries, each with the rollout it names: one for `canaryd promote|abort
+/// ROLLOUT`, one per member for a group (`Rollout:` and `Revision:` trailers in pairs, in
+/// order).
+pub(super) fn any_gate(commit: &Commit<'_>) -> Vec<(String, GateCommit)> {
     let message = String::from_utf8_lossy(commit.message_bytes());
     let found = trailers(&message);
-    let get = |key: &str| {
-        found
-            .iter()
-            .rev()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
+    let Some(action) = found
+        .iter()
+        .rev()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Canaryd-Gate"))
+        .map(|(_, v)| v.to_ascii_lowercase())
+    else {
+        return Vec::new();
     };
-    let action = get("Canaryd-Gate")?.to_ascii_lowercase();
     if !matches!(action.as_str(), "promote" | "abort") {
-        return None;
+        return Vec::new();
     }
-    let rollout = get("Rollout")?;
-    let revision = get("Revision").filter(|r| !r.is_empty())?;
-    Some((
-        rollout.to_string(),
-        GateCommit {
-            id: commit.id().to_string(),
-            action,
-            revision: revision.to_string(),
-        },
-    ))
+    let mut out = Vec::new();
+    let mut rollout: Option<&str> = None;
+    for (k, v) in &found {
+        if k.eq_ignore_ascii_case("Rollout") {
+            rollout = Some(v);
+        } else if k.eq_ignore_ascii_case("Revision")
+            && let Some(name) = rollout.take()
+            && !v.is_empty()
+        {
+            out.push((
+                name.to_string(),
+                GateCommit {
+                    id: commit.id().to_string(),
+                    action: action.clone(),
+                    revision: v.clone(),
+                },
+            ));
+        }
+    }
+    out
 }
 
 /// Git trailers of a commit message: the `Key: value` lines of its last paragraph, when that

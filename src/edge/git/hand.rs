@@ -296,7 +296,7 @@ pub fn gates_at_head(
             break;
         }
         walked += 1;
-        if let Some((rollout, gate)) = super::gate::any_gate(&c) {
+        for (rollout, gate) in super::gate::any_gate(&c) {
             out.entry(rollout).or_default().push(gate);
         }
         current = c.parent(0).ok();

@@ -508,7 +508,7 @@ impl Mirror {
                 break;
             }
             walked += 1;
-            if let Some((rollout, gate)) = any_gate(&c) {
+            for (rollout, gate) in any_gate(&c) {
                 out.entry(rollout).or_default().push(gate);
             }
             current = if c.parent_count() > 0 {
