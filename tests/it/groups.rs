@@ -451,6 +451,16 @@ fn killed_through_an_ordered_release_and_its_abort_no_member_runs_ahead_or_stays
             );
         }
     }
+    // Nothing taken twice: each member's steps only move forward through its history (a
+    // restart re-applies the weight it recorded, never an earlier step).
+    for name in ["checkout", "payments"] {
+        let steps: Vec<usize> = w
+            .history(name)
+            .iter()
+            .filter_map(|s| s.status.progress.run().map(|r| r.step))
+            .collect();
+        assert!(steps.windows(2).all(|p| p[0] <= p[1]), "{name}: {steps:?}");
+    }
     // No weight outside the steps, in either history.
     for (name, allowed) in [("checkout", [0u8, 20, 50]), ("payments", [0, 20, 20])] {
         for s in w.history(name) {

@@ -2950,12 +2950,19 @@ mod groups {
 
     impl Release {
         fn new(steps: [&str; 2], group: &str) -> Release {
+            let catalog = Release::catalog(steps, group, ["2", "2"]);
+            let worlds = catalog.rollouts.iter().cloned().map(World::new).collect();
+            Release { catalog, worlds }
+        }
+
+        /// The specs with canary versions `versions` (a, b).
+        fn catalog(steps: [&str; 2], group: &str, versions: [&str; 2]) -> Catalog {
             let mut text = String::new();
-            for (name, steps) in ["a", "b"].into_iter().zip(steps) {
+            for ((name, steps), v) in ["a", "b"].into_iter().zip(steps).zip(versions) {
                 text.push_str(&format!(
                     "apiVersion: canaryd.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: {name}}}\n\
                      spec: {{router: edge, service: {name}, stable: {{name: blue, version: '1'}}, \
-                     canary: {{name: green, version: '2'}}, steps: {steps}}}\n---\n"
+                     canary: {{name: green, version: '{v}'}}, steps: {steps}}}\n---\n"
                 ));
             }
             text.push_str(&format!(
@@ -2965,8 +2972,20 @@ mod groups {
                 validate_texts(&[("routers.yaml", ROUTERS), ("shop.yaml", &text)]);
             assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
             assert_eq!(catalog.groups.len(), 1);
-            let worlds = catalog.rollouts.iter().cloned().map(World::new).collect();
-            Release { catalog, worlds }
+            catalog
+        }
+
+        /// A merge that changes the members' specs to `catalog`'s mid-release.
+        fn change(&mut self, catalog: Catalog) {
+            for w in &mut self.worlds {
+                w.spec = catalog
+                    .rollouts
+                    .iter()
+                    .find(|r| r.name == w.spec.name)
+                    .unwrap()
+                    .clone();
+            }
+            self.catalog = catalog;
         }
 
         fn world(&mut self, name: &str) -> &mut World {
@@ -3210,5 +3229,39 @@ mod groups {
                 .iter()
                 .all(|w| matches!(w.status.progress, Progress::Aborted { .. }))
         );
+    }
+
+    /// A member changed mid-release restarts under today's rules, in the same release: the
+    /// other waits for it at the next weight.
+    #[test]
+    fn a_member_changed_mid_release_restarts_in_the_same_release() {
+        let steps = [
+            "[{setWeight: 10}, {pause: {duration: 1m}}, {setWeight: 50}, {pause: {duration: 1m}}]",
+            "[{setWeight: 10}, {pause: {duration: 1m}}, {setWeight: 50}, {pause: {duration: 1m}}]",
+        ];
+        let group = "{members: [{rollout: a}, {rollout: b}]}";
+        let mut r = Release::new(steps, group);
+        r.settle();
+        r.advance(mins(2));
+        r.settle();
+        assert_eq!(r.green(), [50, 50]);
+        let release = r.worlds[0].status.release.clone();
+        assert!(release.is_some());
+        // b's canary becomes version 3: b starts again from its first step.
+        r.change(Release::catalog(steps, group, ["2", "3"]));
+        r.settle();
+        assert_eq!(
+            r.worlds[1].status.release, release,
+            "b joined the release under way"
+        );
+        assert_eq!(r.green(), [50, 10]);
+        // a holds before its promotion until b has caught up.
+        r.advance(mins(2));
+        r.settle();
+        assert_eq!(r.green(), [50, 50]);
+        assert!(!promoted(&r.worlds[0]), "a promoted without b");
+        r.advance(mins(2));
+        r.settle();
+        assert!(promoted(&r.worlds[0]) && promoted(&r.worlds[1]));
     }
 }
