@@ -75,10 +75,7 @@ pub fn all_gates<'s>(
     for g in &catalog.groups {
         let mut members = BTreeMap::new();
         for m in &g.members {
-            let Ok(i) = catalog
-                .rollouts
-                .binary_search_by(|r| r.name.as_str().cmp(&m.rollout))
-            else {
+            let Some(i) = catalog.index_of(&m.rollout) else {
                 continue;
             };
             if let Some(status) = status_of(&m.rollout) {

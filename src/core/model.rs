@@ -715,6 +715,15 @@ pub struct Catalog {
     pub groups: Vec<Group>,
 }
 
+impl Catalog {
+    /// Where the valid rollout `name` is in [`Catalog::rollouts`] (sorted by name).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.rollouts
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()
+    }
+}
+
 /// A validated rollout group: rollouts released as one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {

@@ -495,15 +495,14 @@ fn did_you_mean(name: &str, known: &[&str]) -> String {
 /// that keep a request on the side the first hop chose (`<service>=canary` to its canary,
 /// `<service>=stable` to its stable), in force while it is in flight.
 pub(super) fn follow(catalog: &mut Catalog) {
-    let find = |c: &Catalog, name: &str| c.rollouts.binary_search_by(|r| r.name.as_str().cmp(name));
     for g in catalog.groups.clone() {
         let Some(a) = &g.affinity else { continue };
-        let Ok(first) = find(catalog, &a.from) else {
+        let Some(first) = catalog.index_of(&a.from) else {
             continue;
         };
         let service = catalog.rollouts[first].target().service.clone();
         for m in g.members.iter().filter(|m| m.rollout != a.from) {
-            let Ok(i) = find(catalog, &m.rollout) else {
+            let Some(i) = catalog.index_of(&m.rollout) else {
                 continue;
             };
             let r = &mut catalog.rollouts[i];

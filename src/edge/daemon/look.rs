@@ -448,10 +448,7 @@ impl Daemon {
             }
             let mut members = BTreeMap::new();
             for (name, f) in &files {
-                if let Ok(i) = catalog
-                    .rollouts
-                    .binary_search_by(|r| r.name.as_str().cmp(name))
-                {
+                if let Some(i) = catalog.index_of(name) {
                     members.insert(
                         *name,
                         MemberState {
@@ -773,10 +770,7 @@ fn releases(snapshot: &Snapshot, works: &[Work]) -> BTreeMap<String, super::reve
     for g in &catalog.groups {
         let mut by_release: BTreeMap<Revision, Vec<(usize, Revision)>> = BTreeMap::new();
         for m in &g.members {
-            let Ok(i) = catalog
-                .rollouts
-                .binary_search_by(|r| r.name.as_str().cmp(&m.rollout))
-            else {
+            let Some(i) = catalog.index_of(&m.rollout) else {
                 continue;
             };
             let status = match works.iter().find(|w| w.name == m.rollout) {

@@ -155,19 +155,7 @@ impl Daemon {
                 restored.push((r.name.clone(), r.file.clone(), change, parent));
                 continue;
             }
-            let text = match &parent {
-                Some(p) => {
-                    let (p, file) = (p.clone(), r.file.clone());
-                    match self.git(move |m| m.file_at(&p, &file)).await {
-                        Ok(text) => text,
-                        Err(e) => {
-                            self.error(ErrorClass::Git, Some(&r.name), e.to_string());
-                            return None;
-                        }
-                    }
-                }
-                None => None,
-            };
+            let text = self.file_before(r, parent.as_deref()).await?;
             restore.insert(r.file.clone(), text);
             restored.push((r.name.clone(), r.file.clone(), change, parent));
         }
@@ -190,19 +178,7 @@ impl Daemon {
             return Some(branch.clone());
         }
         let (change, parent) = self.start_of(r, head, &revert.revision).await?;
-        let restored = match &parent {
-            Some(p) => {
-                let (p, file) = (p.clone(), r.file.clone());
-                match self.git(move |m| m.file_at(&p, &file)).await {
-                    Ok(text) => text,
-                    Err(e) => {
-                        self.error(ErrorClass::Git, Some(&r.name), e.to_string());
-                        return None;
-                    }
-                }
-            }
-            None => None,
-        };
+        let restored = self.file_before(r, parent.as_deref()).await?;
         let name = branch_name(&r.name, &change);
         let msg = message(r, revert, &change, parent.as_deref());
         let restore = BTreeMap::from([(r.file.clone(), restored)]);
@@ -210,6 +186,22 @@ impl Daemon {
             .await?;
         self.reverts.insert(key, name.clone());
         Some(name)
+    }
+
+    /// `r`'s spec file as it was at `parent` (`Some(None)`: it did not exist; `None`: Git could
+    /// not be read, reported).
+    async fn file_before(&mut self, r: &Rollout, parent: Option<&str>) -> Option<Option<String>> {
+        let Some(p) = parent else {
+            return Some(None);
+        };
+        let (p, file) = (p.to_string(), r.file.clone());
+        match self.git(move |m| m.file_at(&p, &file)).await {
+            Ok(text) => Some(text),
+            Err(e) => {
+                self.error(ErrorClass::Git, Some(&r.name), e.to_string());
+                None
+            }
+        }
     }
 
     /// Makes sure branch `name` exists on the remote, one commit on `head` restoring
