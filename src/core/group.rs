@@ -113,6 +113,24 @@ fn run_of<'s>(m: &MemberState<'s>) -> Option<&'s Run> {
         .filter(|r| r.revision == m.spec.revision)
 }
 
+/// The release `spec`'s current revision runs (or ran) in, as `status` records it; `None` when
+/// the status is of another revision, or the spec names no canary (nothing to release or take
+/// back).
+pub fn release_of<'s>(spec: &Rollout, status: &'s Status) -> Option<&'s Revision> {
+    let current = status.progress.revision() == Some(&spec.revision);
+    if current && spec.target().canary.is_some() {
+        status.release.as_ref()
+    } else {
+        None
+    }
+}
+
+impl MemberState<'_> {
+    fn release(&self) -> Option<&Revision> {
+        release_of(self.spec, self.status)
+    }
+}
+
 /// Whether the member is waiting to start or in flight on its current revision.
 fn active(m: &MemberState<'_>) -> bool {
     run_of(m).is_some()
@@ -142,12 +160,7 @@ pub fn gates(
     members: &BTreeMap<&str, MemberState<'_>>,
 ) -> BTreeMap<String, GroupGate> {
     let release = current_release(group, members);
-    // A member whose spec names no canary has nothing to release or take back.
-    let in_release = |m: &MemberState<'_>| -> bool {
-        m.status.release.as_ref() == Some(&release)
-            && m.status.progress.revision() == Some(&m.spec.revision)
-            && m.spec.target().canary.is_some()
-    };
+    let in_release = |m: &MemberState<'_>| -> bool { m.release() == Some(&release) };
     let failed = group.members.iter().find_map(|gm| {
         let m = members.get(gm.rollout.as_str())?;
         match &m.status.progress {
@@ -463,27 +476,18 @@ pub fn summary(
     revert: Option<String>,
     now: DateTime<Utc>,
 ) -> GroupStatusFile {
-    let current = |m: &MemberState<'_>| m.status.progress.revision() == Some(&m.spec.revision);
     // The release under way, else the last one its members ran in.
-    let release = group
-        .members
-        .iter()
-        .filter_map(|gm| members.get(gm.rollout.as_str()))
-        .find(|m| active(m))
-        .or_else(|| {
-            group
-                .members
-                .iter()
-                .filter_map(|gm| members.get(gm.rollout.as_str()))
-                .find(|m| current(m) && m.status.release.is_some())
-        })
-        .and_then(|m| m.status.release.clone());
-    let in_release = |m: &MemberState<'_>| {
-        release.is_some()
-            && m.status.release == release
-            && current(m)
-            && m.spec.target().canary.is_some()
+    let in_order = || {
+        group
+            .members
+            .iter()
+            .filter_map(|gm| members.get(gm.rollout.as_str()))
     };
+    let release = in_order()
+        .find(|m| active(m))
+        .and_then(|m| m.status.release.clone())
+        .or_else(|| in_order().find_map(|m| m.release().cloned()));
+    let in_release = |m: &MemberState<'_>| release.is_some() && m.release() == release.as_ref();
     let mut places = Vec::new();
     let mut held_by = Vec::new();
     let any_done = group.members.iter().any(|gm| {

@@ -86,24 +86,52 @@ fn spec(
     stable: (&str, &str),
     canary: Option<(&str, &str)>,
 ) -> String {
-    let canary = canary.map_or(String::new(), |(name, version)| {
-        format!("  canary: {{name: {name}, version: \"{version}\"}}\n")
-    });
-    format!(
-        "apiVersion: canaryd.dev/v1alpha1
+    let checkout = Service {
+        router: "edge",
+        listen: router,
+        backends,
+        name: "checkout",
+        background: true,
+    };
+    checkout.spec(stable, canary)
+}
+
+/// A service of the demo: its router (embedded, of its own) and its rollout.
+struct Service<'a> {
+    router: &'a str,
+    listen: SocketAddr,
+    backends: &'a BTreeMap<&'a str, SocketAddr>,
+    name: &'a str,
+    /// With a background check on success rate.
+    background: bool,
+}
+
+impl Service<'_> {
+    /// Its router and rollout documents: 20 %, an error-rate analysis, 50 %, a pause.
+    fn spec(&self, stable: (&str, &str), canary: Option<(&str, &str)>) -> String {
+        let canary = canary.map_or(String::new(), |(name, version)| {
+            format!("  canary: {{name: {name}, version: \"{version}\"}}\n")
+        });
+        let background = if self.background {
+            "  analysis:\n    interval: 2s\n    metrics:\n      - {name: success, template: request-success-rate}\n"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: canaryd.dev/v1alpha1
 kind: Router
-metadata: {{name: edge}}
+metadata: {{name: {router}}}
 spec:
   kind: embedded
-  listen: \"{router}\"
+  listen: \"{listen}\"
   backends: {{blue: \"http://{}\", green: \"http://{}\"}}
 ---
 apiVersion: canaryd.dev/v1alpha1
 kind: Rollout
-metadata: {{name: checkout}}
+metadata: {{name: {name}}}
 spec:
-  router: edge
-  service: checkout
+  router: {router}
+  service: {name}
   stable: {{name: {}, version: \"{}\"}}
 {canary}  steps:
     - setWeight: 20
@@ -114,13 +142,16 @@ spec:
           - {{name: errors, template: error-rate}}
     - setWeight: 50
     - pause: {{duration: 3s}}
-  analysis:
-    interval: 2s
-    metrics:
-      - {{name: success, template: request-success-rate}}
-",
-        backends["blue"], backends["green"], stable.0, stable.1
-    )
+{background}",
+            self.backends["blue"],
+            self.backends["green"],
+            stable.0,
+            stable.1,
+            router = self.router,
+            listen = self.listen,
+            name = self.name,
+        )
+    }
 }
 
 const PAYMENTS_FILE: &str = "rollouts/payments.yaml";
@@ -134,37 +165,14 @@ fn payments_spec(
     backends: &BTreeMap<&str, SocketAddr>,
     canary: Option<&str>,
 ) -> String {
-    let canary = canary.map_or(String::new(), |version| {
-        format!("  canary: {{name: green, version: \"{version}\"}}\n")
-    });
-    format!(
-        "apiVersion: canaryd.dev/v1alpha1
-kind: Router
-metadata: {{name: mesh}}
-spec:
-  kind: embedded
-  listen: \"{router}\"
-  backends: {{blue: \"http://{}\", green: \"http://{}\"}}
----
-apiVersion: canaryd.dev/v1alpha1
-kind: Rollout
-metadata: {{name: payments}}
-spec:
-  router: mesh
-  service: payments
-  stable: {{name: blue, version: \"2.0\"}}
-{canary}  steps:
-    - setWeight: 20
-    - analysis:
-        interval: 2s
-        count: 3
-        metrics:
-          - {{name: errors, template: error-rate}}
-    - setWeight: 50
-    - pause: {{duration: 3s}}
-",
-        backends["blue"], backends["green"]
-    )
+    let payments = Service {
+        router: "mesh",
+        listen: router,
+        backends,
+        name: "payments",
+        background: false,
+    };
+    payments.spec(("blue", "2.0"), canary.map(|v| ("green", v)))
 }
 
 const GROUP: &str = "apiVersion: canaryd.dev/v1alpha1

@@ -781,15 +781,12 @@ fn releases(snapshot: &Snapshot, works: &[Work]) -> BTreeMap<String, super::reve
                     .and_then(|f| f.as_ref().ok())
                     .map(|f| &f.status),
             };
-            let Some(status) = status else { continue };
-            if let (Some(release), Some(rev)) = (&status.release, status.progress.revision())
-                && *rev == catalog.rollouts[i].revision
-                && catalog.rollouts[i].target().canary.is_some()
-            {
+            let spec = &catalog.rollouts[i];
+            if let Some(release) = status.and_then(|s| crate::core::group::release_of(spec, s)) {
                 by_release
                     .entry(release.clone())
                     .or_default()
-                    .push((i, rev.clone()));
+                    .push((i, spec.revision.clone()));
             }
         }
         for (release, members) in by_release {
