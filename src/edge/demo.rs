@@ -294,10 +294,11 @@ impl Stage<'_> {
         self.out.flush()
     }
 
-    /// The status the daemon committed, as the status branch has it now.
-    async fn status(&self) -> Option<StatusFile> {
+    /// The status files on the status branch now (rollout → YAML); none when it cannot be read
+    /// yet.
+    async fn status_files(&self) -> BTreeMap<String, String> {
         let (remote, scratch) = (self.remote.clone(), self.scratch.clone());
-        let files = blocking(move || {
+        blocking(move || {
             git::read_status_branch(
                 remote.to_str().unwrap_or_default(),
                 "canaryd/status",
@@ -305,8 +306,12 @@ impl Stage<'_> {
             )
         })
         .await
-        .ok()?;
-        StatusFile::from_yaml(files.get("checkout")?).ok()
+        .unwrap_or_default()
+    }
+
+    /// The status the daemon committed, as the status branch has it now.
+    async fn status(&self) -> Option<StatusFile> {
+        StatusFile::from_yaml(self.status_files().await.get("checkout")?).ok()
     }
 
     /// Narrates each new status until the rollout is at `phase` and `done` holds; returns the
@@ -379,16 +384,7 @@ impl Stage<'_> {
     ) -> Result<Vec<StatusFile>, DemoError> {
         let deadline = crate::edge::clock::instant() + Duration::from_secs(ACT_LIMIT);
         loop {
-            let (remote, scratch) = (self.remote.clone(), self.scratch.clone());
-            let files = blocking(move || {
-                git::read_status_branch(
-                    remote.to_str().unwrap_or_default(),
-                    "canaryd/status",
-                    &scratch,
-                )
-            })
-            .await
-            .unwrap_or_default();
+            let files = self.status_files().await;
             let read = |name: &str| files.get(name).and_then(|t| StatusFile::from_yaml(t).ok());
             let mut found = Vec::new();
             for name in std::iter::once(rollout).chain(also.iter().copied()) {
